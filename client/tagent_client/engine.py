@@ -1,0 +1,395 @@
+"""The run state machine: pure scheduling, no I/O, no clocks, no sleeping.
+
+`RunMachine` takes a `Plan` and events (with the current time passed in) and
+returns actions. The in-process runner and the daemon only carry actions out,
+so every scheduling rule (docs/semantics.md) is decided here, once.
+
+Guarantees:
+- a step is dispatched as soon as its dependencies allow, never later;
+- SERIAL steps of a run never overlap; at most `max_concurrent_steps` tasks run;
+- events for an attempt that is no longer current are ignored (at-least-once safe);
+- every step ends in exactly one terminal state, and the run always finishes:
+  if nothing is running, waiting or runnable the run fails with a diagnostic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from .conditions import MISSING, condition_from_data, lookup_path
+from .events import (
+    Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, StepFailed,
+    StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
+)
+from .plan import DependencyType, ExecutionMode, Plan, StepSpec
+from .state import (
+    STEP_TRANSITIONS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus,
+)
+
+_LIVE_TASK = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_RETRY)
+
+
+def backoff_delay(retry: Any, failures: int, rng: random.Random) -> float:
+    """Delay before the retry that follows the `failures`-th failure: exponential, capped, jittered down."""
+    base = min(retry.max_delay, retry.delay * retry.backoff ** max(0, failures - 1))
+    return base * (1.0 - retry.jitter * rng.random())
+
+
+def gate_is_valid(output: Any) -> bool:
+    """The VALIDATION rule: the gate's output is `True`, or has a true `valid` / `is_valid` field."""
+    if isinstance(output, bool):
+        return output
+    for field in ("valid", "is_valid"):
+        value = lookup_path(output, field)
+        if value is not MISSING:
+            return bool(value)
+    return False
+
+
+def task_id(step: str, phase: Any = None, item_index: int | None = None) -> str:
+    """Stable id of a task: `step`, `step[3]` for an item, `step#merge` / `step#condition`."""
+    if item_index is not None:
+        return f"{step}[{item_index}]"
+    if phase is not None and phase is not Phase.RUN:
+        return f"{step}#{phase.value}"
+    return step
+
+
+class RunMachine:
+    """One run of one plan. Feed it `start`, then `handle(event, now)`; carry out what it returns."""
+
+    def __init__(self, plan: Plan, state: RunState, *, rng: random.Random | None = None) -> None:
+        self.plan = plan
+        self.state = state
+        self.specs: dict[str, StepSpec] = {s.name: s for s in plan.steps}
+        self.rng = rng or random.Random()
+        self._conditions = {s.name: condition_from_data(s.condition) for s in plan.steps if s.condition}
+        self._dependents: dict[str, list[str]] = {s.name: [] for s in plan.steps}
+        for spec in plan.steps:
+            for dep in spec.deps:
+                self._dependents[dep].append(spec.name)
+
+    @classmethod
+    def new(cls, plan: Plan, run_id: str, *, params: Mapping[str, Any] | None = None, now: float = 0.0,
+            rng: random.Random | None = None) -> RunMachine:
+        state = RunState(run_id=run_id, pipeline=plan.name, params=dict(params or {}), created_at=now,
+                         steps={s.name: StepState(name=s.name) for s in plan.steps})
+        return cls(plan, state, rng=rng)
+
+    # -- public interface ----------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.state.status.finished
+
+    def start(self, now: float) -> list[Action]:
+        """Begin the run (or continue a recovered one: see `recover`)."""
+        self.state.status = RunStatus.RUNNING
+        self.state.started_at = self.state.started_at or now
+        out: list[Action] = [Persist(), Emit(topic="run.started", data=self._ev())]
+        return out + self._advance(now)
+
+    def recover(self, now: float) -> list[Action]:
+        """Continue after a crash: in-flight attempts run again (attempt + 1), pending retries keep their time."""
+        out: list[Action] = []
+        for task in self.state.tasks.values():
+            if task.status is TaskStatus.RUNNING:
+                task.status = TaskStatus.QUEUED
+                task.interrupted += 1
+            elif task.status is TaskStatus.WAITING_RETRY and task.retry_at is not None:
+                out.append(ScheduleRetry(task=task.id, at=task.retry_at))
+        self.state.status = RunStatus.RUNNING
+        return [Persist(), *out, *self._advance(now)]
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event; stale or unknown events change nothing and return []."""
+        if self.finished:
+            return []
+        if isinstance(event, TimerFired):
+            return self._advance(now)
+        if isinstance(event, Cancelled):
+            return self._cancel_run(event.reason, now, RunStatus.CANCELLED)
+        task = self.state.tasks.get(event.task)
+        if task is None or task.status is not TaskStatus.RUNNING or task.attempt != event.attempt:
+            return []
+        spec = self.specs[task.step]
+        if isinstance(event, StepSucceeded):
+            self.state.steps[task.step].usage = self.state.steps[task.step].usage.add(event.usage)
+            return self._task_succeeded(task, event.output, now)
+        if isinstance(event, StepFailed):
+            self.state.steps[task.step].usage = self.state.steps[task.step].usage.add(event.usage)
+            return self._task_failed(task, event.error, now)
+        if isinstance(event, StepTimedOut):
+            limit = event.timeout if event.timeout is not None else spec.timeout
+            msg = f"step {task.step!r} timed out after {limit:g}s (attempt {task.attempt})" if limit else f"step {task.step!r} timed out"
+            return self._task_failed(task, ErrorInfo(type="StepTimeoutError", message=msg, retryable=True), now)
+        if isinstance(event, WorkerLost):
+            msg = f"worker running step {task.step!r} attempt {task.attempt} was lost: {event.reason}"
+            return self._task_failed(task, ErrorInfo(type="WorkerLostError", message=msg, retryable=True), now)
+        return []
+
+    def next_timer(self) -> float | None:
+        """The earliest pending retry time, if any (for shells that poll instead of scheduling)."""
+        times = [t.retry_at for t in self.state.tasks.values() if t.status is TaskStatus.WAITING_RETRY and t.retry_at]
+        return min(times) if times else None
+
+    def running_tasks(self) -> list[TaskState]:
+        return [t for t in self.state.tasks.values() if t.status is TaskStatus.RUNNING]
+
+    def reset(self, steps: list[str], now: float) -> list[Action]:
+        """Run `steps` again (resume / retry): they and their dependents go back to PENDING."""
+        todo = set(steps)
+        frontier = list(steps)
+        while frontier:
+            for dependent in self._dependents.get(frontier.pop(), []):
+                if dependent not in todo:
+                    todo.add(dependent)
+                    frontier.append(dependent)
+        for name in todo:
+            self.state.steps[name] = StepState(name=name, attempts=self.state.steps[name].attempts,
+                                               usage=self.state.steps[name].usage)
+            for tid in [t for t, task in self.state.tasks.items() if task.step == name]:
+                del self.state.tasks[tid]
+        self.state.status = RunStatus.RUNNING
+        self.state.finished_at = None
+        self.state.error = None
+        return [Persist(), Emit(topic="run.resumed", data=self._ev(steps=sorted(todo)))] + self._advance(now)
+
+    # -- transitions -----------------------------------------------------------------
+
+    def _set_step(self, name: str, status: StepStatus, now: float) -> None:
+        step = self.state.steps[name]
+        if status is step.status:
+            return
+        if status not in STEP_TRANSITIONS[step.status]:
+            raise AssertionError(f"illegal step transition {step.status.value} -> {status.value} for {name!r}")
+        step.status = status
+        if status is StepStatus.RUNNING and step.started_at is None:
+            step.started_at = now
+        if status.terminal:
+            step.finished_at = now
+
+    def _task_succeeded(self, task: TaskState, output: Any, now: float) -> list[Action]:
+        task.status, task.output, task.finished_at, task.error = TaskStatus.SUCCEEDED, output, now, None
+        step = self.state.steps[task.step]
+        spec = self.specs[task.step]
+        out: list[Action] = []
+        if task.phase is Phase.CONDITION:
+            del self.state.tasks[task.id]
+            if output:
+                step.condition_passed = True
+            else:
+                out += self._skip(task.step, f"condition false: {spec.name}'s callable condition returned {output!r}", now)
+            return out + self._advance(now)
+        if task.phase is Phase.RUN and task.item_index is not None:
+            items = [t for t in self.state.tasks.values() if t.step == task.step and t.phase is Phase.RUN]
+            if any(t.status is not TaskStatus.SUCCEEDED for t in items):
+                return [Persist()] + self._advance(now)
+            outputs = [t.output for t in sorted(items, key=lambda t: t.item_index or 0)]
+            if spec.has_merge:
+                self._add_task(task.step, Phase.MERGE, None)
+                return [Persist()] + self._advance(now)
+            output = outputs
+        return out + self._complete(task.step, output, now) + self._advance(now)
+
+    def _complete(self, name: str, output: Any, now: float) -> list[Action]:
+        step = self.state.steps[name]
+        step.output, step.error = output, None
+        self._set_step(name, StepStatus.COMPLETED, now)
+        for tid in [t for t, task in self.state.tasks.items() if task.step == name]:
+            del self.state.tasks[tid]
+        return [Persist(), Emit(topic="step.completed", data=self._ev(step=name, attempts=step.attempts))]
+
+    def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
+        spec = self.specs[task.step]
+        step = self.state.steps[task.step]
+        task.error, task.finished_at = error, now
+        failures = task.attempt - task.interrupted
+        if error.retryable and failures <= spec.retry.max_retries:
+            task.status = TaskStatus.WAITING_RETRY
+            task.retry_at = now + backoff_delay(spec.retry, failures, self.rng)
+            self._set_step(task.step, StepStatus.RETRYING, now)
+            ev = self._ev(step=task.step, attempt=task.attempt, error=str(error), retry_at=task.retry_at)
+            return [Persist(), Emit(topic="step.retrying", data=ev), ScheduleRetry(task=task.id, at=task.retry_at)] + self._advance(now)
+        task.status = TaskStatus.FAILED
+        out: list[Action] = []
+        for sibling in self.state.tasks.values():
+            if sibling.step == task.step and sibling.status in _LIVE_TASK:
+                if sibling.status is TaskStatus.RUNNING:
+                    out.append(CancelTask(task=sibling.id, attempt=sibling.attempt))
+                sibling.status = TaskStatus.CANCELLED
+        step.error = error
+        self._set_step(task.step, StepStatus.FAILED, now)
+        out += [Persist(), Emit(topic="step.failed", data=self._ev(step=task.step, attempt=task.attempt, error=str(error)))]
+        if self.plan.fail_fast and spec.required:
+            return out + self._cancel_run(f"fail_fast: step {task.step!r} failed: {error}", now, RunStatus.FAILED)
+        return out + self._advance(now)
+
+    def _skip(self, name: str, reason: str, now: float) -> list[Action]:
+        step = self.state.steps[name]
+        step.skip_reason = reason
+        self._set_step(name, StepStatus.SKIPPED, now)
+        return [Persist(), Emit(topic="step.skipped", data=self._ev(step=name, reason=reason))]
+
+    def _fail_step(self, name: str, message: str, now: float) -> list[Action]:
+        step = self.state.steps[name]
+        step.error = ErrorInfo(type="DependencyError", message=message)
+        self._set_step(name, StepStatus.FAILED, now)
+        out: list[Action] = [Persist(), Emit(topic="step.failed", data=self._ev(step=name, attempt=0, error=message))]
+        if self.plan.fail_fast and self.specs[name].required:
+            out += self._cancel_run(f"fail_fast: step {name!r} failed: {message}", now, RunStatus.FAILED)
+        return out
+
+    def _cancel_run(self, reason: str, now: float, status: RunStatus) -> list[Action]:
+        out: list[Action] = []
+        for task in self.state.tasks.values():
+            if task.status is TaskStatus.RUNNING:
+                out.append(CancelTask(task=task.id, attempt=task.attempt))
+            if task.status in _LIVE_TASK:
+                task.status = TaskStatus.CANCELLED
+        for name, step in self.state.steps.items():
+            if not step.status.terminal:
+                step.skip_reason = reason
+                self._set_step(name, StepStatus.CANCELLED, now)
+        return out + self._finish(status, now, reason)
+
+    def _finish(self, status: RunStatus, now: float, error: str | None = None) -> list[Action]:
+        self.state.status = status
+        self.state.finished_at = now
+        self.state.error = error
+        data = self._ev(status=status.value, error=error)
+        return [Persist(), Emit(topic="run.finished", data=data), Finish(status=status)]
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _advance(self, now: float) -> list[Action]:
+        if self.finished:
+            return []
+        out: list[Action] = []
+        changed = True
+        while changed and not self.finished:
+            changed = False
+            for spec in self.plan.steps:
+                if self.state.steps[spec.name].status is StepStatus.PENDING and not self._has_tasks(spec.name):
+                    produced = self._resolve(spec, now)
+                    if produced is not None:
+                        out += produced
+                        changed = True
+        if self.finished:
+            return out
+        out += self._dispatch_ready(now)
+        if all(s.status.terminal for s in self.state.steps.values()):
+            failed = [n for n, s in self.state.steps.items() if s.status is StepStatus.FAILED and self.specs[n].required]
+            status = RunStatus.FAILED if failed else RunStatus.COMPLETED
+            error = f"step(s) failed: {', '.join(failed)}" if failed else None
+            return out + self._finish(status, now, error)
+        if not any(t.status in _LIVE_TASK for t in self.state.tasks.values()):
+            waiting = sorted(n for n, s in self.state.steps.items() if not s.status.terminal)
+            return out + self._cancel_run(f"no progress possible: steps {', '.join(waiting)} can never start (engine diagnostic; please report)", now, RunStatus.FAILED)
+        return out
+
+    def _has_tasks(self, name: str) -> bool:
+        return any(t.step == name for t in self.state.tasks.values())
+
+    def _resolve(self, spec: StepSpec, now: float) -> list[Action] | None:
+        """Decide a PENDING step with no tasks: wait (None), skip, fail, or create its tasks."""
+        inputs: dict[str, Any] = {}
+        for dep, kind in spec.deps.items():
+            dep_state = self.state.steps[dep]
+            if not dep_state.status.terminal:
+                return None
+            if kind is DependencyType.SOFT:
+                inputs[dep] = dep_state.output
+                continue
+            if dep_state.status is not StepStatus.COMPLETED:
+                return self._skip(spec.name, f"upstream step {dep!r} {dep_state.status.value}", now)
+            inputs[dep] = dep_state.output
+            if kind is DependencyType.VALIDATION and not gate_is_valid(dep_state.output):
+                return self._skip(spec.name, f"validation gate {dep!r} did not pass", now)
+            if kind is DependencyType.DATA:
+                missing = [f for f in spec.data_fields.get(dep, []) if lookup_path(dep_state.output, f) in (MISSING, None)]
+                if missing:
+                    return self._fail_step(spec.name, f"DATA dependency {dep!r} output lacks field(s) {', '.join(missing)}", now)
+        step = self.state.steps[spec.name]
+        if spec.name in self._conditions and not step.condition_passed:
+            cond = self._conditions[spec.name]
+            if not cond.evaluate(self._scope(inputs)):
+                return self._skip(spec.name, f"condition false: {cond.describe()}", now)
+            step.condition_passed = True
+        if spec.condition_is_callable and not step.condition_passed:
+            self._add_task(spec.name, Phase.CONDITION, None)
+            return []
+        if spec.mode is ExecutionMode.PARALLEL_MERGE:
+            items = spec.over if isinstance(spec.over, list) else lookup_path(self._scope(inputs), spec.over)
+            if not isinstance(items, (list, tuple)):
+                return self._fail_step(spec.name, f"over={spec.over!r} is {'missing' if items is MISSING else type(items).__name__}, not a list", now)
+            step.items = list(items)
+            if not items:
+                if spec.has_merge:
+                    self._add_task(spec.name, Phase.MERGE, None)
+                    return []
+                return self._complete(spec.name, [], now)
+            for index in range(len(items)):
+                self._add_task(spec.name, Phase.RUN, index)
+            return []
+        self._add_task(spec.name, Phase.RUN, None)
+        return []
+
+    def _scope(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {**inputs, "shared": self.plan.shared_context, "params": self.state.params}
+
+    def _add_task(self, step: str, phase: Phase, item_index: int | None) -> None:
+        tid = task_id(step, phase, item_index)
+        self.state.tasks[tid] = TaskState(id=tid, step=step, phase=phase, item_index=item_index)
+
+    def _serial_busy(self) -> bool:
+        return any(
+            self.specs[n].mode is ExecutionMode.SERIAL and s.status in (StepStatus.RUNNING, StepStatus.RETRYING)
+            for n, s in self.state.steps.items()
+        )
+
+    def _dispatch_ready(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        running = sum(1 for t in self.state.tasks.values() if t.status is TaskStatus.RUNNING)
+        for task in list(self.state.tasks.values()):
+            if running >= self.plan.max_concurrent_steps:
+                break
+            due = task.status is TaskStatus.QUEUED or (
+                task.status is TaskStatus.WAITING_RETRY and task.retry_at is not None and task.retry_at <= now)
+            if not due:
+                continue
+            spec = self.specs[task.step]
+            step = self.state.steps[task.step]
+            if (spec.mode is ExecutionMode.SERIAL and task.phase is Phase.RUN and step.status is StepStatus.PENDING
+                    and self._serial_busy()):
+                continue
+            out += self._dispatch(task, spec, step, now)
+            running += 1
+        return out
+
+    def _dispatch(self, task: TaskState, spec: StepSpec, step: StepState, now: float) -> list[Action]:
+        announce = task.phase is Phase.RUN and (step.status is StepStatus.PENDING or task.item_index is None)
+        task.attempt += 1
+        task.status, task.retry_at, task.started_at = TaskStatus.RUNNING, None, now
+        if task.phase is not Phase.CONDITION:
+            step.attempts = max(step.attempts, task.attempt) if task.item_index is not None else step.attempts + 1
+            self._set_step(task.step, StepStatus.RUNNING, now)
+        inputs = {dep: self.state.steps[dep].output for dep in spec.deps}
+        item: Any = None
+        if task.item_index is not None and step.items is not None:
+            item = step.items[task.item_index]
+        elif task.phase is Phase.MERGE:
+            item = [t.output for t in sorted(
+                (t for t in self.state.tasks.values() if t.step == task.step and t.phase is Phase.RUN),
+                key=lambda t: t.item_index or 0)]
+        action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
+                          item=item, item_index=task.item_index, timeout=spec.timeout)
+        out: list[Action] = []
+        if announce:
+            out.append(Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)))
+        return out + [action]
+
+    def _ev(self, **data: Any) -> dict[str, Any]:
+        return {"run_id": self.state.run_id, "pipeline": self.state.pipeline, **data}

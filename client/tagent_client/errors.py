@@ -1,0 +1,153 @@
+"""One error tree for the whole product.
+
+Every error has a stable `code` (a short string) that the wire protocol carries
+and that `EXIT_CODES` maps to the CLI's exit status, in one table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TagentError(Exception):
+    """Base of every error tagentd or its client raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class PipelineValidationError(TagentError):
+    """A pipeline definition is wrong; `problems` lists every problem found, one line each."""
+
+    code = "invalid_pipeline"
+
+    def __init__(self, pipeline: str, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"pipeline {pipeline!r} is invalid ({len(problems)} problem(s)):\n{lines}")
+        self.pipeline = pipeline
+        self.problems = list(problems)
+
+
+class PipelineLoadError(TagentError):
+    """A pipeline file could not be imported (syntax error, import error, no pipeline in it)."""
+
+    code = "load_failed"
+
+
+class RetryableError(TagentError):
+    """Raise from a step to ask for a retry (the step's retry policy still applies)."""
+
+    code = "retryable"
+
+
+class StepTimeoutError(TagentError, TimeoutError):
+    """A step attempt ran past its timeout."""
+
+    code = "step_timeout"
+
+
+class WorkerLostError(TagentError):
+    """The worker process running a step attempt died or stopped answering."""
+
+    code = "worker_lost"
+
+
+class ProtocolError(TagentError):
+    """A message on a socket was malformed, oversized, of an unknown type or version."""
+
+    code = "protocol"
+
+
+class DaemonUnavailable(TagentError):
+    """No daemon answers on the runtime dir's control socket."""
+
+    code = "daemon_unavailable"
+
+
+class RequestTimeout(TagentError):
+    """The daemon did not answer a request in time."""
+
+    code = "request_timeout"
+
+
+class NotFound(TagentError):
+    """A run, step or other named object does not exist."""
+
+    code = "not_found"
+
+
+class InvalidRequest(TagentError):
+    """A well-formed request that asks for something impossible (bad state, bad argument)."""
+
+    code = "invalid_request"
+
+
+class ConfigError(TagentError):
+    """The configuration, a directory's ownership or its permissions are wrong."""
+
+    code = "config"
+
+
+class AlreadyRunning(TagentError):
+    """Another daemon holds the runtime dir's lock."""
+
+    code = "already_running"
+
+
+class RunFailed(TagentError):
+    """A run ended FAILED or CANCELLED while a caller waited for success."""
+
+    code = "run_failed"
+
+
+ERRORS: dict[str, type[TagentError]] = {
+    cls.code: cls
+    for cls in (
+        TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
+        WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
+        ConfigError, AlreadyRunning, RunFailed,
+    )
+}
+
+#: CLI exit status per error code. 0 = ok, 1 = the run failed, 2 = usage, 3 = no daemon.
+EXIT_CODES: dict[str, int] = {
+    "run_failed": 1,
+    "invalid_pipeline": 4,
+    "load_failed": 4,
+    "usage": 2,
+    "daemon_unavailable": 3,
+    "request_timeout": 5,
+    "not_found": 6,
+    "invalid_request": 7,
+    "protocol": 8,
+    "config": 9,
+    "already_running": 10,
+}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Retryable by default: ConnectionError, TimeoutError, RetryableError, or any error with `retryable = True`."""
+    if isinstance(exc, (RetryableError, ConnectionError, TimeoutError)):
+        return True
+    return getattr(exc, "retryable", False) is True
+
+
+def exit_code_for(code: str) -> int:
+    """The CLI exit status for an error code (unknown codes exit 1)."""
+    return EXIT_CODES.get(code, 1)
+
+
+def error_from_wire(code: str, message: str, details: dict[str, Any] | None = None) -> TagentError:
+    """Rebuild an error received over the wire as the matching class."""
+    cls = ERRORS.get(code, TagentError)
+    if cls is PipelineValidationError:
+        details = details or {}
+        err = PipelineValidationError(details.get("pipeline", "?"), details.get("problems", [message]))
+        return err
+    err = cls.__new__(cls)
+    TagentError.__init__(err, message, **(details or {}))
+    return err

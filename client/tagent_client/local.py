@@ -1,0 +1,186 @@
+"""In-process runs: `run_pipeline` (async) and `run_agent` (sync), on the same engine as the daemon.
+
+The runner is the engine's imperative shell: it carries out `Dispatch` as asyncio
+tasks with real timeouts, `ScheduleRetry` as loop timers, `CancelTask` as task
+cancellation, and feeds every outcome back to the machine as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .context import LocalServices, RunServices, StepContext
+from .engine import RunMachine
+from .errors import ConfigError, is_retryable
+from .events import (
+    Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
+)
+from .pipeline import Pipeline
+from .plan import StepKind
+from .result import PipelineResult
+from .runners import coerce_inputs, execute
+from .state import ErrorInfo, new_run_id
+
+
+class RunConfig(BaseModel):
+    """Run-wide settings; keyword arguments to `run_pipeline` / `run_agent` override these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    max_concurrent_steps: int | None = None
+    fail_fast: bool | None = None
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """An exception as ErrorInfo: type, first line of the message, retryable flag, traceback."""
+    message = str(exc).strip() or type(exc).__name__
+    return ErrorInfo(
+        type=type(exc).__name__,
+        message=message,
+        retryable=is_retryable(exc),
+        traceback="".join(traceback.format_exception(exc))[-4000:],
+    )
+
+
+def default_model(config_model: str | None) -> str | None:
+    return config_model or os.environ.get("TAGENT_MODEL") or None
+
+
+def check_models(pipeline: Pipeline, model: str | None) -> None:
+    """Fail before running anything if an agent step would have no model."""
+    missing = [s.name for s in pipeline.steps.values()
+               if s.kind is not StepKind.FUNCTION and not (s.model or pipeline.model or model)]
+    if missing:
+        raise ConfigError(
+            f"agent step(s) {', '.join(missing)} of pipeline {pipeline.name!r} have no model: pass model= "
+            f"(e.g. model='test' offline, or 'openai:gpt-4o-mini'), set it on the Pipeline, or set TAGENT_MODEL"
+        )
+
+
+async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: str | None) -> Event:
+    """Run one dispatched task to an event: succeeded, failed, or timed out. Never raises (except cancellation)."""
+    started = time.time()
+    try:
+        async with asyncio.timeout(task.timeout) as deadline:
+            output, usage = await execute(pipeline, task, ctx, model=model)
+    except TimeoutError as exc:
+        if deadline.expired():
+            return StepTimedOut(task=task.task, attempt=task.attempt, timeout=task.timeout)
+        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
+    except Exception as exc:  # noqa: BLE001 - every step error becomes an event
+        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
+    return StepSucceeded(task=task.task, attempt=task.attempt, output=output, usage=usage, started_at=started)
+
+
+def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, services: RunServices) -> StepContext:
+    return StepContext(
+        services=services,
+        run_id=machine.state.run_id,
+        pipeline=pipeline.name,
+        step_name=task.step,
+        attempt=task.attempt,
+        params=machine.state.params,
+        shared=machine.plan.shared_context,
+        inputs=coerce_inputs(pipeline, task.inputs),
+        item=task.item,
+        item_index=task.item_index,
+    )
+
+
+async def run_pipeline(
+    pipeline: Pipeline,
+    params: Mapping[str, Any] | None = None,
+    *,
+    config: RunConfig | None = None,
+    model: str | None = None,
+    max_concurrent_steps: int | None = None,
+    fail_fast: bool | None = None,
+    run_id: str | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> PipelineResult:
+    """Run `pipeline` in this process and return its result (never raises for step failures).
+
+    Raises PipelineValidationError for a bad definition and ConfigError for an agent
+    step without a model, before any step runs.
+    """
+    cfg = (config or RunConfig()).model_copy(update={
+        k: v for k, v in {"model": model, "max_concurrent_steps": max_concurrent_steps, "fail_fast": fail_fast}.items()
+        if v is not None
+    })
+    plan = pipeline.plan()
+    overrides: dict[str, Any] = {}
+    if cfg.max_concurrent_steps is not None:
+        overrides["max_concurrent_steps"] = cfg.max_concurrent_steps
+    if cfg.fail_fast is not None:
+        overrides["fail_fast"] = cfg.fail_fast
+    if overrides:
+        import msgspec
+
+        plan = msgspec.structs.replace(plan, **overrides)
+    run_model = default_model(cfg.model)
+    check_models(pipeline, run_model)
+    services = LocalServices()
+    machine = RunMachine.new(plan, run_id or new_run_id(), params=params, now=time.time())
+    inbox: asyncio.Queue[Event] = asyncio.Queue()
+    running: dict[str, asyncio.Task[None]] = {}
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.TimerHandle] = []
+
+    async def attempt(task: Dispatch) -> None:
+        ctx = make_context(pipeline, machine, task, services)
+        inbox.put_nowait(await run_task(pipeline, task, ctx, run_model))
+        if running.get(task.task) is asyncio.current_task():
+            del running[task.task]
+
+    def carry_out(actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Dispatch):
+                running[action.task] = loop.create_task(attempt(action), name=f"{machine.state.run_id}:{action.task}")
+            elif isinstance(action, CancelTask):
+                job = running.pop(action.task, None)
+                if job is not None:
+                    job.cancel()
+            elif isinstance(action, ScheduleRetry):
+                timers.append(loop.call_later(max(0.0, action.at - time.time()), inbox.put_nowait, TimerFired()))
+            elif isinstance(action, Emit) and on_event is not None:
+                on_event(action.topic, action.data)
+
+    try:
+        carry_out(machine.start(time.time()))
+        while not machine.finished:
+            event = await inbox.get()
+            carry_out(machine.handle(event, time.time()))
+    finally:
+        for timer in timers:
+            timer.cancel()
+        for job in running.values():
+            job.cancel()
+        if running:
+            await asyncio.gather(*running.values(), return_exceptions=True)
+    return PipelineResult.from_state(plan, machine.state)
+
+
+def run_agent(goal_or_pipeline: str | Pipeline, params: Mapping[str, Any] | None = None, **options: Any) -> PipelineResult:
+    """Run a pipeline, or a single agent step given by its goal, and wait for the result.
+
+    Keyword options are those of `run_pipeline` (`model`, `config`, `max_concurrent_steps`, ...);
+    a goal string also takes step options (`output_schema`, `constraints`, `tools`, `timeout`).
+    """
+    pipeline = goal_or_pipeline
+    if isinstance(goal_or_pipeline, str):
+        step_keys = {"output_schema", "constraints", "tools", "timeout", "max_retries"}
+        step_options = {k: options.pop(k) for k in list(options) if k in step_keys}
+        pipeline = Pipeline("agent").step("agent", goal=goal_or_pipeline, **step_options)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run_pipeline(pipeline, params, **options))
+    raise RuntimeError("run_agent() cannot run inside an event loop; use 'await run_pipeline(...)' there")

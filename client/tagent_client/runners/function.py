@@ -1,0 +1,102 @@
+"""The function runner: calls a step's Python function with its context and inputs.
+
+Binding rules (by parameter name): `ctx` → the StepContext; a dependency's name
+→ that dependency's output; `item` → the current PARALLEL_MERGE item; a submit
+param's name → that param; `**kwargs` → all dependency outputs. A sync function
+runs in a thread so it cannot stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..context import StepContext
+from ..errors import TagentError
+from ..pipeline import PipelineStep
+
+
+class StepOutputError(TagentError):
+    """A step returned something its output_schema rejects (not retryable: the same code returns the same thing)."""
+
+    code = "bad_output"
+
+
+class StepBindingError(TagentError, TypeError):
+    """A step function has a parameter that nothing can fill."""
+
+    code = "bad_signature"
+
+
+def bind(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], positional: list[Any] | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments for `fn` by the binding rules; `positional` fill leading unbound parameters (merge, condition)."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    extra = list(positional or [])
+    for index, (name, param) in enumerate(inspect.signature(fn).parameters.items()):
+        if param.kind is param.VAR_KEYWORD:
+            kwargs.update({k: v for k, v in inputs.items() if k not in kwargs})
+            continue
+        if param.kind is param.VAR_POSITIONAL:
+            args.extend(extra)
+            extra = []
+            continue
+        if name == "ctx" or (index == 0 and param.annotation in (StepContext, "StepContext")):
+            value: Any = ctx
+        elif name in inputs:
+            value = inputs[name]
+        elif name == "item":
+            value = ctx.item
+        elif extra:
+            value = extra.pop(0)
+        elif name in ctx.params:
+            value = ctx.params[name]
+        elif param.default is not param.empty:
+            continue
+        else:
+            raise StepBindingError(
+                f"step {ctx.step_name!r}: parameter {name!r} of {getattr(fn, '__name__', fn)!r} matches no dependency, "
+                f"param or 'ctx'; rename it, give it a default, or add the dependency"
+            )
+        if param.kind is param.POSITIONAL_ONLY:
+            args.append(value)
+        else:
+            kwargs[name] = value
+    return args, kwargs
+
+
+async def call(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], positional: list[Any] | None = None) -> Any:
+    """Call `fn` (sync in a worker thread, async awaited) with bound arguments."""
+    args, kwargs = bind(fn, ctx, inputs, positional)
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    result = await asyncio.to_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def check_output(step: PipelineStep, value: Any) -> Any:
+    """The output validated against the step's output_schema (an instance of it), or as returned."""
+    schema = step.output_schema
+    if schema is None or isinstance(value, schema):
+        return value
+    try:
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        return schema.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "output"
+        raise StepOutputError(
+            f"step {step.name!r} returned output that does not match {schema.__name__}: {where}: {first.get('msg', exc)}"
+        ) from None
+
+
+async def run(step: PipelineStep, ctx: StepContext) -> Any:
+    assert step.fn is not None
+    return check_output(step, await call(step.fn, ctx, ctx.inputs))
