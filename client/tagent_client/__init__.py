@@ -5,6 +5,7 @@
     print(run_agent(p, model="test").final_output)
 """
 
+from .client import AsyncClient, Client, RunHandle
 from .conditions import when
 from .context import StepContext
 from .errors import PipelineValidationError, RetryableError, TagentError
@@ -17,6 +18,8 @@ from .state import RunStatus, StepStatus, Usage
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "DependencyType",
     "ExecutionMode",
     "Pipeline",
@@ -24,6 +27,7 @@ __all__ = [
     "PipelineStep",
     "PipelineValidationError",
     "RetryableError",
+    "RunHandle",
     "RunConfig",
     "RunStatus",
     "StepContext",

@@ -19,7 +19,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import operator
 import types
@@ -28,9 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = [
-    "MISSING", "And", "Check", "Condition", "Not", "Or", "Ref", "as_condition", "condition_from_data", "lookup_path", "when",
-]
+__all__ = ["MISSING", "And", "Check", "Condition", "Not", "Or", "Ref",
+           "as_condition", "condition_from_data", "lookup_path", "when"]
 
 
 class _MissingType:
@@ -38,14 +36,9 @@ class _MissingType:
 
     __slots__ = ()
 
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __reduce__(self) -> str:
-        return "MISSING"
+    def __repr__(self) -> str: return "MISSING"
+    def __reduce__(self) -> str: return "MISSING"  # unpickles to the module's MISSING
+    def __bool__(self) -> bool: return False
 
 
 MISSING: Any = _MissingType()
@@ -129,14 +122,11 @@ def _holds(fn: Callable[[Any, Any], Any], a: Any, b: Any) -> bool:
         return False
 
 
-def _freeze(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
-    return frozenset((k, _freeze(x)) for k, x in v.items()) if isinstance(v, dict) else v
-
-
 class Condition(ABC):
-    """A node of a condition tree. Build with `when()`; combine with ``&``, ``|``, ``~``."""
+    """A node of a condition tree. Build with `when()`; combine with ``&``, ``|``, ``~``.
+
+    Nodes are frozen dataclasses and compare by identity; compare ``to_data()`` for equality.
+    """
 
     @abstractmethod
     def evaluate(self, scope: Mapping[str, Any]) -> bool: ...
@@ -164,15 +154,6 @@ class Condition(ABC):
 
     def __bool__(self) -> bool:
         raise TypeError(f"a condition has no truth value; {_BOOL_MISUSE}: (a > 1) & ~(b == 2)")
-
-    def _key(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))  # type: ignore[arg-type]
-
-    def __eq__(self, other: object) -> bool:  # structural; consistent with __hash__
-        return type(self) is type(other) and self._key() == other._key()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self), _freeze(self._key())))
 
 
 def _parts(c: Condition, kind: type) -> tuple[Condition, ...]:
@@ -254,6 +235,9 @@ class _Group(Condition):
             raise TypeError(f"{self._op!r} arguments must all be conditions")
         object.__setattr__(self, "args", tuple(self.args))
 
+    def evaluate(self, scope: Mapping[str, Any]) -> bool:
+        return (all if self._op == "and" else any)(a.evaluate(scope) for a in self.args)
+
     def refs(self) -> set[str]:
         return set().union(*(a.refs() for a in self.args))
 
@@ -266,22 +250,22 @@ class _Group(Condition):
 
 @dataclass(frozen=True, eq=False)
 class And(_Group):
-    _op, _sep = "and", " & "
+    """All of `args` hold (``a & b``; nested Ands are flattened)."""
 
-    def evaluate(self, scope: Mapping[str, Any]) -> bool:
-        return all(a.evaluate(scope) for a in self.args)
+    _op, _sep = "and", " & "
 
 
 @dataclass(frozen=True, eq=False)
 class Or(_Group):
-    _op, _sep = "or", " | "
+    """Any of `args` holds (``a | b``; nested Ors are flattened)."""
 
-    def evaluate(self, scope: Mapping[str, Any]) -> bool:
-        return any(a.evaluate(scope) for a in self.args)
+    _op, _sep = "or", " | "
 
 
 @dataclass(frozen=True, eq=False)
 class Not(Condition):
+    """`arg` does not hold (``~a``)."""
+
     arg: Condition
 
     def __post_init__(self) -> None:
@@ -343,37 +327,36 @@ def when(path: str) -> Ref:
     return Ref(path)
 
 
+class _Bad(ValueError):
+    """A located problem in condition data."""
+
+
 def _from_data(data: Any, where: str, depth: int) -> Condition:
     if depth > _MAX_DEPTH:
-        raise ValueError(f"{where}: conditions nested too deeply")
+        raise _Bad(f"{where}: conditions nested too deeply")
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a dict, got {type(data).__name__}")
-    op = data.get("op")
-    if not isinstance(op, str) or op not in (*_TESTS, "and", "or", "not"):
-        raise ValueError(f"{where}: unknown op {op!r}; expected one of {[*_TESTS, 'and', 'or', 'not']}")
+        raise _Bad(f"{where}: expected a dict, got {type(data).__name__}")
+    op, groups = data.get("op"), {"and": ["args"], "or": ["args"], "not": ["arg"]}
+    if not isinstance(op, str) or op not in (*_TESTS, *groups):
+        raise _Bad(f"{where}: unknown op {op!r}; expected one of {[*_TESTS, *groups]}")
     value_key = _VALUE_KEY.get(op, "value")
-    keys = {"and": ["args"], "or": ["args"], "not": ["arg"]}.get(op) or ["path", *[value_key] * bool(value_key)]
+    keys = groups.get(op) or ["path", *([value_key] if value_key else [])]
     if set(data) != {"op", *keys}:
-        raise ValueError(f"{where}: op {op!r} takes keys {['op', *keys]}, got {[*data]}")
+        raise _Bad(f"{where}: op {op!r} takes keys {['op', *keys]}, got {[*data]}")
     try:
         if op == "not":
             return Not(_from_data(data["arg"], f"{where}.arg", depth + 1))
-        if op in ("and", "or"):
-            if not isinstance(data["args"], list):
-                raise TypeError(f"'args' must be a list, got {type(data['args']).__name__}")
+        if op in groups or value_key == "values":
+            if not isinstance(data[keys[-1]], list):
+                raise TypeError(f"{keys[-1]!r} must be a list, got {type(data[keys[-1]]).__name__}")
+        if op in groups:
             args = [_from_data(a, f"{where}.args[{i}]", depth + 1) for i, a in enumerate(data["args"])]
             return (And if op == "and" else Or)(tuple(args))
-        if value_key == "values" and not isinstance(data["values"], list):
-            raise TypeError(f"'values' must be a list, got {type(data['values']).__name__}")
         return Check(op, data["path"], data[value_key] if value_key else None)
-    except _Nested:
+    except _Bad:
         raise
     except (TypeError, ValueError) as e:
-        raise _Nested(f"{where}: {e}") from None
-
-
-class _Nested(ValueError):
-    """Already located: pass through enclosing nodes unchanged."""
+        raise _Bad(f"{where}: {e}") from None
 
 
 def condition_from_data(data: Any) -> Condition:

@@ -64,6 +64,7 @@ class RunMachine:
         self.plan = plan
         self.state = state
         self.specs: dict[str, StepSpec] = {s.name: s for s in plan.steps}
+        self._order = {s.name: i for i, s in enumerate(plan.steps)}
         self.rng = rng or random.Random()
         self._conditions = {s.name: condition_from_data(s.condition) for s in plan.steps if s.condition}
         self._dependents: dict[str, list[str]] = {s.name: [] for s in plan.steps}
@@ -210,7 +211,8 @@ class RunMachine:
         if error.retryable and failures <= spec.retry.max_retries:
             task.status = TaskStatus.WAITING_RETRY
             task.retry_at = now + backoff_delay(spec.retry, failures, self.rng)
-            self._set_step(task.step, StepStatus.RETRYING, now)
+            if task.phase is not Phase.CONDITION:  # a condition retry leaves its step PENDING: it has not started
+                self._set_step(task.step, StepStatus.RETRYING, now)
             ev = self._ev(step=task.step, attempt=task.attempt, error=str(error), retry_at=task.retry_at)
             return [Persist(), Emit(topic="step.retrying", data=ev), ScheduleRetry(task=task.id, at=task.retry_at)] + self._advance(now)
         task.status = TaskStatus.FAILED
@@ -283,7 +285,7 @@ class RunMachine:
         if all(s.status.terminal for s in self.state.steps.values()):
             failed = [n for n, s in self.state.steps.items() if s.status is StepStatus.FAILED and self.specs[n].required]
             status = RunStatus.FAILED if failed else RunStatus.COMPLETED
-            error = f"step(s) failed: {', '.join(failed)}" if failed else None
+            error = "step(s) failed: " + "; ".join(f"{n} ({self.state.steps[n].error})" for n in failed) if failed else None
             return out + self._finish(status, now, error)
         if not any(t.status in _LIVE_TASK for t in self.state.tasks.values()):
             waiting = sorted(n for n, s in self.state.steps.items() if not s.status.terminal)
@@ -353,13 +355,12 @@ class RunMachine:
     def _dispatch_ready(self, now: float) -> list[Action]:
         out: list[Action] = []
         running = sum(1 for t in self.state.tasks.values() if t.status is TaskStatus.RUNNING)
-        for task in list(self.state.tasks.values()):
+        due = [t for t in self.state.tasks.values() if t.status is TaskStatus.QUEUED or (
+            t.status is TaskStatus.WAITING_RETRY and t.retry_at is not None and t.retry_at <= now)]
+        due.sort(key=lambda t: (self._order[t.step], t.item_index or 0))  # definition order, then item order
+        for task in due:
             if running >= self.plan.max_concurrent_steps:
                 break
-            due = task.status is TaskStatus.QUEUED or (
-                task.status is TaskStatus.WAITING_RETRY and task.retry_at is not None and task.retry_at <= now)
-            if not due:
-                continue
             spec = self.specs[task.step]
             step = self.state.steps[task.step]
             if (spec.mode is ExecutionMode.SERIAL and task.phase is Phase.RUN and step.status is StepStatus.PENDING
@@ -374,7 +375,8 @@ class RunMachine:
         task.attempt += 1
         task.status, task.retry_at, task.started_at = TaskStatus.RUNNING, None, now
         if task.phase is not Phase.CONDITION:
-            step.attempts = max(step.attempts, task.attempt) if task.item_index is not None else step.attempts + 1
+            fan_out = task.item_index is not None or task.phase is Phase.MERGE
+            step.attempts = max(step.attempts, task.attempt) if fan_out else step.attempts + 1
             self._set_step(task.step, StepStatus.RUNNING, now)
         inputs = {dep: self.state.steps[dep].output for dep in spec.deps}
         item: Any = None

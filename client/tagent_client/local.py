@@ -77,6 +77,12 @@ async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: 
         return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
     except Exception as exc:  # noqa: BLE001 - every step error becomes an event
         return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
+    except asyncio.CancelledError as exc:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # cancelled by CancelTask or shutdown: nobody waits for this result
+        # the step itself raised CancelledError: report it, or the run would wait forever
+        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
     return StepSucceeded(task=task.task, attempt=task.attempt, output=output, usage=usage, started_at=started)
 
 
@@ -133,6 +139,16 @@ async def run_pipeline(
     running: dict[str, asyncio.Task[None]] = {}
     loop = asyncio.get_running_loop()
     timers: list[asyncio.TimerHandle] = []
+    armed: set[float] = set()  # due times with a timer still pending
+
+    def fire(at: float) -> None:
+        armed.discard(at)
+        inbox.put_nowait(TimerFired())
+
+    def arm(at: float) -> None:
+        if at not in armed:
+            armed.add(at)
+            timers.append(loop.call_later(max(0.0, at - time.time()), fire, at))
 
     async def attempt(task: Dispatch) -> None:
         ctx = make_context(pipeline, machine, task, services)
@@ -149,7 +165,7 @@ async def run_pipeline(
                 if job is not None:
                     job.cancel()
             elif isinstance(action, ScheduleRetry):
-                timers.append(loop.call_later(max(0.0, action.at - time.time()), inbox.put_nowait, TimerFired()))
+                arm(action.at)
             elif isinstance(action, Emit) and on_event is not None:
                 on_event(action.topic, action.data)
 
@@ -157,7 +173,11 @@ async def run_pipeline(
         carry_out(machine.start(time.time()))
         while not machine.finished:
             event = await inbox.get()
-            carry_out(machine.handle(event, time.time()))
+            now = time.time()
+            carry_out(machine.handle(event, now))
+            due = machine.next_timer()
+            if isinstance(event, TimerFired) and due is not None and due > now:
+                arm(due)  # the monotonic timer fired before the wall clock says due (early, or the clock stepped back)
     finally:
         for timer in timers:
             timer.cancel()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,7 +20,7 @@ from .conditions import Condition, as_condition
 from .errors import PipelineValidationError
 from .plan import DependencyType, ExecutionMode, Plan, RetrySpec, StepKind, StepSpec
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\Z")  # \Z: "$" would accept a trailing newline
 _DEFAULT_RETRY = RetrySpec()
 
 
@@ -31,6 +32,15 @@ def _normalise_deps(depends_on: Iterable[str] | Mapping[str, Any] | str | None) 
     if isinstance(depends_on, Mapping):
         return {str(k): DependencyType(v) for k, v in depends_on.items()}
     return {str(name): DependencyType.HARD for name in depends_on}
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not bool): what a Plan can carry through JSON and msgpack unchanged."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def schema_ref(schema: type) -> str:
@@ -180,7 +190,7 @@ class Pipeline:
             found.append("pipeline has no steps")
         for name in dict.fromkeys(self._duplicates):
             found.append(f"duplicate step name {name!r}: each step needs a unique name")
-        if not (isinstance(self.max_concurrent_steps, int) and self.max_concurrent_steps >= 1):
+        if not (_is_count(self.max_concurrent_steps) and self.max_concurrent_steps >= 1):
             found.append(f"max_concurrent_steps must be a positive integer, got {self.max_concurrent_steps!r}")
         pipeline_tools = {_callable_name(t) for t in self.tools}
         for step in self.steps.values():
@@ -202,6 +212,8 @@ class Pipeline:
             out.append(f"{where}: has both goal= and fn=; a step is either an agent or a function")
         if step.fn is not None and not callable(step.fn):
             out.append(f"{where}: fn= must be callable, got {type(step.fn).__name__}")
+        if step.goal is not None and not isinstance(step.goal, str):
+            out.append(f"{where}: goal= must be a string, got {type(step.goal).__name__}")
         deps = step.dependencies
         for dep in deps:
             if dep == step.name:
@@ -212,6 +224,9 @@ class Pipeline:
         if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             out.append(f"{where}: output_schema must be a pydantic BaseModel subclass, got {schema!r}")
         for dep, fields in step.data_fields.items():
+            if not isinstance(fields, (list, tuple)) or not all(isinstance(f, str) for f in fields):
+                out.append(f"{where}: data_fields[{dep!r}] must be a list of field names, got {fields!r}")
+                continue
             if deps.get(dep) is not DependencyType.DATA:
                 out.append(f"{where}: data_fields names {dep!r}, which is not a DATA dependency of this step")
                 continue
@@ -224,7 +239,11 @@ class Pipeline:
         for dep, kind in deps.items():
             if kind is DependencyType.DATA and not step.data_fields.get(dep):
                 out.append(f"{where}: DATA dependency {dep!r} needs data_fields={{{dep!r}: [...]}} naming the fields it requires")
-        if step.tools_filter is not None:
+        if step.tools_filter is not None and (
+            not isinstance(step.tools_filter, (list, tuple)) or not all(isinstance(t, str) for t in step.tools_filter)
+        ):
+            out.append(f"{where}: tools_filter must be a list of tool names, got {step.tools_filter!r}")
+        elif step.tools_filter is not None:
             available = pipeline_tools | {_callable_name(t) for t in step.tools}
             for tool in step.tools_filter:
                 if tool not in available and not _is_builtin_tool(tool):
@@ -249,14 +268,24 @@ class Pipeline:
                 out.append(f"{where}: over= must be a list or a path string, got {type(step.over).__name__}")
         elif step.over is not None or step.merge is not None:
             out.append(f"{where}: over= and merge= only apply to execution_mode PARALLEL_MERGE")
-        if step.timeout is not None and not step.timeout > 0:
+        if step.timeout is not None and not (_is_number(step.timeout) and step.timeout > 0):
             out.append(f"{where}: timeout must be positive seconds, got {step.timeout!r}")
-        if not (isinstance(step.max_retries, int) and step.max_retries >= 0):
+        if not (_is_count(step.max_retries) and step.max_retries >= 0):
             out.append(f"{where}: max_retries must be an integer >= 0, got {step.max_retries!r}")
-        if step.retry_delay < 0 or step.retry_backoff < 1 or step.retry_max_delay < 0 or not 0 <= step.retry_jitter <= 1:
-            out.append(f"{where}: retry settings need delay >= 0, backoff >= 1, max_delay >= 0 and 0 <= jitter <= 1")
+        retry = (step.retry_delay, step.retry_backoff, step.retry_max_delay, step.retry_jitter)
+        if not all(_is_number(v) for v in retry) or (
+            step.retry_delay < 0 or step.retry_backoff < 1 or step.retry_max_delay < 0 or not 0 <= step.retry_jitter <= 1
+        ):
+            out.append(
+                f"{where}: retry settings need delay >= 0, backoff >= 1, max_delay >= 0 and 0 <= jitter <= 1 "
+                f"(finite numbers), got delay={step.retry_delay!r}, backoff={step.retry_backoff!r}, "
+                f"max_delay={step.retry_max_delay!r}, jitter={step.retry_jitter!r}"
+            )
         if step.runner not in (None, "function", "agent", "tagent"):
             out.append(f"{where}: runner must be 'function', 'agent' or 'tagent', got {step.runner!r}")
+        elif step.runner is not None and (step.runner == "function") != (step.fn is not None):
+            has = "has fn=" if step.fn is not None else "has no fn="
+            out.append(f"{where}: runner={step.runner!r} but the step {has}; runner 'function' needs fn=, 'agent' and 'tagent' take no fn=")
         return out
 
     def _cycles(self) -> list[list[str]]:
@@ -265,27 +294,32 @@ class Pipeline:
         stack: list[str] = []
         cycles: list[list[str]] = []
         seen_sets: set[frozenset[str]] = set()
+        pending: list[Iterator[str]] = []  # per stack entry: the dependencies still to look at
 
-        def visit(name: str) -> None:
+        def enter(name: str) -> None:
             state[name] = 1
             stack.append(name)
-            for dep in self.steps[name].dependencies:
-                if dep not in self.steps or dep == name:
+            pending.append(iter(self.steps[name].dependencies))
+
+        for root in self.steps:  # depth-first, without recursion: a long chain must not hit the recursion limit
+            if root in state:
+                continue
+            enter(root)
+            while pending:
+                dep = next(pending[-1], None)
+                if dep is None:
+                    pending.pop()
+                    state[stack.pop()] = 2
+                elif dep not in self.steps or dep == stack[-1]:
                     continue
-                if state.get(dep) == 1:
+                elif state.get(dep) == 1:
                     cycle = stack[stack.index(dep):] + [dep]
                     key = frozenset(cycle)
                     if key not in seen_sets:
                         seen_sets.add(key)
                         cycles.append(list(reversed(cycle)))
                 elif dep not in state:
-                    visit(dep)
-            stack.pop()
-            state[name] = 2
-
-        for name in self.steps:
-            if name not in state:
-                visit(name)
+                    enter(dep)
         return cycles
 
     def validate(self) -> Pipeline:
@@ -348,6 +382,47 @@ class Pipeline:
             triggers=list(self.triggers),
             capabilities=list(self.capabilities),
         )
+
+    # -- documents (see export.py) ------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """This pipeline's plan as plain data, the form JSON and TOML documents hold."""
+        from .export import pipeline_to_dict
+
+        return pipeline_to_dict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """This pipeline as a JSON document."""
+        from .export import to_json
+
+        return to_json(self, indent=indent)
+
+    def to_toml(self) -> str:
+        """This pipeline as a TOML document."""
+        from .export import to_toml
+
+        return to_toml(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
+        """A validated pipeline from plain data; see `export.pipeline_from_dict` for what gets imported."""
+        from .export import pipeline_from_dict
+
+        return pipeline_from_dict(data, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
+        """A validated pipeline from a JSON document."""
+        from .export import from_json
+
+        return from_json(text, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
+
+    @classmethod
+    def from_toml(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
+        """A validated pipeline from a TOML document."""
+        from .export import from_toml
+
+        return from_toml(text, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
 
     def tools_for(self, step_name: str) -> dict[str, Callable[..., Any]]:
         """The tools a step may offer its agent: pipeline + step tools, narrowed by tools_filter."""

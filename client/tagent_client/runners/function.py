@@ -3,13 +3,16 @@
 Binding rules (by parameter name): `ctx` → the StepContext; a dependency's name
 → that dependency's output; `item` → the current PARALLEL_MERGE item; a submit
 param's name → that param; `**kwargs` → all dependency outputs. A sync function
-runs in a thread so it cannot stall the event loop.
+runs in a thread so it cannot stall the event loop; such a thread cannot be
+cancelled, so it is registered while it runs and `sync_call_running` tells a
+worker whether a timed-out step is still burning its thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +33,23 @@ class StepBindingError(TagentError, TypeError):
     """A step function has a parameter that nothing can fill."""
 
     code = "bad_signature"
+
+
+#: (run_id, step_name, attempt, item_index) -> ident of the thread running that sync step call.
+_sync_calls: dict[tuple[str, str, int, int | None], int] = {}
+
+
+def sync_call_running(key: tuple[str, str, int, int | None]) -> bool:
+    """Whether the sync call of (run_id, step_name, attempt, item_index) is still running in its thread."""
+    return key in _sync_calls
+
+
+def _tracked(key: tuple[str, str, int, int | None], fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    _sync_calls[key] = threading.get_ident()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _sync_calls.pop(key, None)
 
 
 def bind(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], positional: list[Any] | None = None) -> tuple[list[Any], dict[str, Any]]:
@@ -74,7 +94,8 @@ async def call(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, An
     args, kwargs = bind(fn, ctx, inputs, positional)
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
-    result = await asyncio.to_thread(fn, *args, **kwargs)
+    key = (ctx.run_id, ctx.step_name, ctx.attempt, ctx.item_index)
+    result = await asyncio.to_thread(_tracked, key, fn, *args, **kwargs)
     if inspect.isawaitable(result):
         result = await result
     return result

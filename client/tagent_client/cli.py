@@ -1,0 +1,311 @@
+"""The `tagent` command: submit pipeline files to tagentd, then watch, inspect and steer their runs.
+
+Output contract: with --json, stdout carries nothing but JSON (one document; or
+one object per line for streams: `logs --json`, `submit --follow --json`), and
+anything else goes to stderr. Every TagentError ends the command with one line
+`tagent: <message>` on stderr and the exit status `errors.exit_code_for(code)`:
+0 ok, 1 the run failed, 2 usage, 3 no daemon running, ... (errors.EXIT_CODES).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from . import __version__
+from .client import FOLLOW_WAIT, Client
+from .errors import PipelineValidationError, TagentError, exit_code_for
+from .render import (
+    LiveView, StepBoard, history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table,
+)
+from .result import PipelineResult, to_builtins
+from .state import RunStatus
+
+EXIT_INTERRUPTED = 130
+LIVE_WAIT = 1.0  # long-poll on a terminal: short enough that running durations tick
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """'KEY=VALUE' -> (KEY, VALUE parsed as JSON if it parses, else the string itself)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="'--param'")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def build_params(pairs: Iterable[str], params_json: str | None) -> dict[str, Any]:
+    """Run params from --params-json (an object) overlaid with each --param KEY=VALUE."""
+    params: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="'--params-json'") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="'--params-json'")
+        params.update(loaded)
+    for pair in pairs:
+        key, value = parse_param(pair)
+        params[key] = value
+    return params
+
+
+def one_line(exc: TagentError) -> str:
+    """An error's message folded onto one line."""
+    if isinstance(exc, PipelineValidationError):
+        return f"pipeline {exc.pipeline!r} is invalid: {'; '.join(exc.problems)}"
+    parts = [part.strip(" -") for part in str(exc.message).splitlines() if part.strip()]
+    return "; ".join(parts) or exc.code
+
+
+def emit_json(data: Any, *, line: bool = False) -> None:
+    """JSON on stdout: indented, or compact on one line for streams."""
+    encoded = msgspec.json.encode(to_builtins(data))
+    click.echo((encoded if line else msgspec.json.format(encoded, indent=2)).decode())
+
+
+def _record(record: msgspec.Struct) -> dict[str, Any]:
+    return to_builtins(msgspec.structs.asdict(record))
+
+
+class TagentGroup(click.Group):
+    """Turns every TagentError into one stderr line and its exit status; Ctrl-C exits 130 quietly."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TagentError as exc:
+            click.echo(f"tagent: {one_line(exc)}", err=True)
+            ctx.exit(exit_code_for(exc.code))
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+class Session:
+    """The command's connection, made on first use (so `--help` never needs a daemon)."""
+
+    def __init__(self, runtime_dir: Path | None) -> None:
+        self.runtime_dir = runtime_dir
+        self._client: Client | None = None
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.runtime_dir)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+pass_session = click.make_pass_decorator(Session)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (nothing else on stdout).")
+run_argument = click.argument("run_id", metavar="RUN")
+
+
+def follow_run(client: Client, run_id: str, pipeline: str, steps: Sequence[str], *, quiet: bool) -> PipelineResult:
+    """Show the run's progress until it finishes (nothing when `quiet`), then return its result."""
+    view = None if quiet else LiveView(StepBoard(run_id, pipeline, steps))
+    wait = LIVE_WAIT if view is not None and view.tty else FOLLOW_WAIT
+    after = 0
+    try:
+        while True:
+            batch = client.events(run_id, after=after, wait=wait)
+            if view is not None:
+                view.update(batch.events)
+            if batch.events:
+                after = batch.events[-1].seq
+            elif batch.finished:
+                break
+    except KeyboardInterrupt:
+        click.echo(f"\ntagent: stopped following; run {run_id} keeps running ('tagent cancel {run_id}' stops it)",
+                   err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    result = client.result(run_id)
+    if view is not None:
+        view.finish(result.status, result.step_metadata)
+    return result
+
+
+def report_outcome(result: PipelineResult, *, as_json: bool, line: bool = False, brief: bool = False) -> None:
+    """Print a finished run's result; exit 1 unless it completed."""
+    if as_json:
+        emit_json(result.to_dict(), line=line)
+    elif brief:  # the live view already shows every step
+        click.echo(result.summary().splitlines()[0] + (f"\n  error: {result.error}" if result.error else ""))
+    else:
+        click.echo(result.summary())
+    if not result.success:
+        raise click.exceptions.Exit(exit_code_for("run_failed"))
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+@click.group(cls=TagentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--runtime-dir", type=click.Path(file_okay=False, path_type=Path), envvar="TAGENTD_RUNTIME_DIR",
+              help="The daemon's runtime dir (default: $XDG_RUNTIME_DIR/tagentd, else /tmp/tagentd-UID).")
+@click.version_option(__version__, "--version", prog_name="tagent")
+@click.pass_context
+def cli(ctx: click.Context, runtime_dir: Path | None) -> None:
+    """Submit pipelines to the tagentd daemon and watch, inspect and steer their runs."""
+    session = Session(runtime_dir.expanduser().absolute() if runtime_dir else None)
+    ctx.obj = session
+    ctx.call_on_close(session.close)
+
+
+@cli.command()
+@click.argument("spec", metavar="FILE[:NAME]")
+@click.option("--param", "-p", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="A run param; VALUE is parsed as JSON if it parses, else kept as a string. Repeatable.")
+@click.option("--params-json", metavar="JSON", help="Run params as one JSON object (--param entries override it).")
+@click.option("--model", metavar="MODEL", help="Model for agent steps that name none (e.g. openai:gpt-4o-mini, test).")
+@click.option("--follow", "-f", is_flag=True, help="Show progress until the run ends; exit 0 if it completed, else 1.")
+@json_option
+@pass_session
+def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str | None, model: str | None,
+           follow: bool, as_json: bool) -> None:
+    """Start a run of the pipeline in FILE (NAME picks one if FILE defines several); prints the run id."""
+    params = build_params(pairs, params_json)
+    client = session.client()
+    handle = client.submit(spec, params, model=model)
+    if as_json:
+        emit_json({"run_id": handle.id, "pipeline": handle.pipeline}, line=follow)
+    else:
+        click.echo(handle.id)
+    if follow:
+        result = follow_run(client, handle.id, handle.pipeline, handle.steps, quiet=as_json)
+        report_outcome(result, as_json=as_json, line=True, brief=not as_json and is_terminal(sys.stdout))
+
+
+@cli.command()
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this state.")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N runs.")
+@json_option
+@pass_session
+def runs(session: Session, status: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    found = session.client().runs(limit=limit, status=status)
+    if as_json:
+        emit_json(found)
+    else:
+        click.echo(runs_table(found, time.time()))
+
+
+@cli.command()
+@run_argument
+@json_option
+@pass_session
+def status(session: Session, run_id: str, as_json: bool) -> None:
+    """Show a run and the state of each of its steps."""
+    detail = session.client().status(run_id)
+    if as_json:
+        emit_json(detail)
+        return
+    now = time.time()
+    click.echo(run_header(detail, now))
+    if detail.steps:
+        click.echo(steps_table(detail, now))
+
+
+@cli.command()
+@run_argument
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run finishes.")
+@json_option
+@pass_session
+def logs(session: Session, run_id: str, follow: bool, as_json: bool) -> None:
+    """Print a run's log lines (--json: one JSON object per line)."""
+    for line in session.client().logs(run_id, follow=follow):
+        if as_json:
+            emit_json(_record(line), line=True)
+        else:
+            click.echo(log_line(line))
+
+
+@cli.command()
+@run_argument
+@json_option
+@pass_session
+def result(session: Session, run_id: str, as_json: bool) -> None:
+    """Show a run's result: status, time, cost, each step and its output (partial while it runs)."""
+    outcome = session.client().result(run_id)
+    if as_json:
+        emit_json(outcome.to_dict())
+    else:
+        click.echo(outcome.summary())
+        click.echo(outputs_block(outcome.step_outputs))
+
+
+@cli.command()
+@run_argument
+@pass_session
+def cancel(session: Session, run_id: str) -> None:
+    """Cancel a run: running steps are stopped, completed outputs are kept."""
+    session.client().cancel(run_id)
+    click.echo(f"run {run_id}: cancel requested")
+
+
+@cli.command()
+@run_argument
+@pass_session
+def resume(session: Session, run_id: str) -> None:
+    """Run a failed or cancelled run again from its checkpoint (completed steps are kept)."""
+    session.client().resume(run_id)
+    click.echo(f"run {run_id}: resumed")
+
+
+@cli.command()
+@run_argument
+@click.option("--step", required=True, metavar="NAME", help="The step to run again (its dependents follow).")
+@pass_session
+def retry(session: Session, run_id: str, step: str) -> None:
+    """Run one step of a finished run again, and every step that depends on it."""
+    session.client().retry(run_id, step)
+    click.echo(f"run {run_id}: retrying step {step} and its dependents")
+
+
+@cli.command()
+@run_argument
+@json_option
+@pass_session
+def history(session: Session, run_id: str, as_json: bool) -> None:
+    """Show a run's audit trail: every state change and who asked for it."""
+    entries = session.client().history(run_id)
+    if as_json:
+        emit_json(entries)
+    else:
+        click.echo(history_table(entries))
+
+
+@cli.command()
+@run_argument
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="S",
+              help="Give up after S seconds (exit 5; the run keeps going).")
+@json_option
+@pass_session
+def wait(session: Session, run_id: str, timeout: float | None, as_json: bool) -> None:
+    """Wait for a run to finish and show its result; exit 0 if it completed, 1 if not."""
+    report_outcome(session.client().wait(run_id, timeout=timeout), as_json=as_json)
+
+
+def main() -> None:
+    cli(prog_name="tagent")
+
+
+if __name__ == "__main__":
+    main()

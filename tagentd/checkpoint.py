@@ -1,0 +1,354 @@
+"""`DurableStore`: checkpoints as msgspec files — a write-ahead log plus per-run snapshots.
+
+Layout under the state dir (docs/checkpoints.md has the details):
+
+    wal/<NNNNNNNN>.wal   framed records: Created (a whole new run), Delta (what changed), Removed
+    runs/<run_id>.ckpt   one framed RunCheckpoint: the run as of WAL sequence `wal_seq`
+    corrupt/             files that failed their checks, moved aside with a reason
+
+Guarantees:
+- `flush()` appends one batch of records for every run changed since the last
+  flush and fsyncs once (group commit); when it returns, those changes survive
+  kill -9 and power loss;
+- a torn tail of the newest WAL segment (a crash mid-append) is cut off at the
+  last good record; any other bad record or snapshot is reported with its path
+  and moved aside, and the rest still loads — never a crash loop, never a
+  silently wrong value;
+- a checkpoint of an unknown newer format is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from tagent_client.engine import RunMachine
+from tagent_client.errors import ConfigError
+from tagent_client.plan import Plan
+from tagent_client.protocol import LogRecord
+from tagent_client.state import RunState, RunStatus, StepState, TaskState
+
+from .records import CorruptRecord, fsync_dir, frame, read_frames, read_single, write_atomic
+from .runs import AuditEntry, Run, RunSource
+
+log = logging.getLogger("tagentd.checkpoint")
+
+FORMAT = 1
+SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+class RunCheckpoint(msgspec.Struct, tag="run", kw_only=True):
+    """A whole run: source snapshot, plan, state, memory, history and counters."""
+
+    format: int = FORMAT
+    wal_seq: int = 0
+    source: RunSource
+    plan: Plan
+    state: RunState
+    memory: dict[str, Any] = {}
+    history: list[AuditEntry] = []
+    logs: list[LogRecord] = []
+    event_seq: int = 0
+
+
+class Created(msgspec.Struct, tag="created", kw_only=True):
+    format: int = FORMAT
+    seq: int
+    checkpoint: RunCheckpoint
+
+
+class Delta(msgspec.Struct, tag="delta", kw_only=True):
+    """What changed in one run since its previous record."""
+
+    format: int = FORMAT
+    seq: int
+    run_id: str
+    status: RunStatus
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    steps: dict[str, StepState] = {}
+    tasks: dict[str, TaskState] = {}
+    removed_tasks: list[str] = []
+    memory: dict[str, Any] = {}
+    history: list[AuditEntry] = []
+    logs: list[LogRecord] = []
+    event_seq: int = 0
+
+
+class Removed(msgspec.Struct, tag="removed", kw_only=True):
+    format: int = FORMAT
+    seq: int
+    run_id: str
+
+
+WalRecord = Created | Delta | Removed
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=lambda o: o.model_dump(mode="json"))
+_wal_decoder = msgspec.msgpack.Decoder(WalRecord)
+_ckpt_decoder = msgspec.msgpack.Decoder(RunCheckpoint)
+
+
+class _Progress:
+    """How much of a run the store has written: history entries, log lines, tasks it knows."""
+
+    __slots__ = ("history", "log_seq", "tasks", "snap_seq", "last_seq", "snapshot_final")
+
+    def __init__(self, history: int = 0, log_seq: int = 0, tasks: set[str] | None = None) -> None:
+        self.history = history
+        self.log_seq = log_seq
+        self.tasks = tasks or set()
+        self.snap_seq = 0
+        self.last_seq = 0
+        self.snapshot_final = False
+
+
+def check_format(version: int, where: Path) -> None:
+    if version > FORMAT:
+        raise ConfigError(
+            f"{where} was written by a newer tagentd (checkpoint format {version}, this one reads up to {FORMAT}); "
+            f"upgrade tagentd or move the state dir aside"
+        )
+
+
+class DurableStore:
+    """The durable RunStore. Only the daemon's loop calls it; fsyncs run in a thread."""
+
+    durable = True
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir)
+        self.wal_dir = self.root / "wal"
+        self.runs_dir = self.root / "runs"
+        self.corrupt_dir = self.root / "corrupt"
+        for d in (self.wal_dir, self.runs_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
+        self._dirty: dict[str, Run] = {}
+        self._created: list[Run] = []
+        self._removed: list[str] = []
+        self._progress: dict[str, _Progress] = {}
+        self._runs_by_id: dict[str, Run] = {}
+        self._seq = 0
+        self._fd: int | None = None
+        self._segment: Path | None = None
+        self._segment_size = 0
+        self.problems: list[str] = []
+        self.stats = {"flushes": 0, "records": 0, "bytes": 0, "snapshots": 0}
+
+    # -- the RunStore interface ----------------------------------------------------------------------
+
+    def created(self, run: Run) -> None:
+        self._created.append(run)
+        self._runs_by_id[run.id] = run
+
+    def changed(self, run: Run) -> None:
+        self._dirty[run.id] = run
+
+    def remove(self, run_id: str) -> None:
+        self._removed.append(run_id)
+        self._dirty.pop(run_id, None)
+        self._runs_by_id.pop(run_id, None)
+
+    async def flush(self) -> None:
+        if not (self._created or self._dirty or self._removed):
+            return
+        payload, finished = self._encode_batch()
+        fd = self._open_segment()
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+        self._segment_size += len(payload)
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+        self.stats["flushes"] += 1
+        self.stats["bytes"] += len(payload)
+        for run in finished:
+            await self._snapshot_async(run)
+        if self._segment_size > SEGMENT_BYTES:
+            self._rotate()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _encode_batch(self) -> tuple[bytes, list[Run]]:
+        chunks: list[bytes] = []
+        finished: list[Run] = []
+        for run in self._created:
+            seq = self._next_seq()
+            chunks.append(frame(_encoder.encode(Created(seq=seq, checkpoint=self._checkpoint(run, seq)))))
+            run.machine.take_changes()
+            run.dirty_memory.clear()
+            progress = _Progress(len(run.history), run.log_seq, set(run.state.tasks))
+            progress.last_seq = seq
+            self._progress[run.id] = progress
+            self._dirty.pop(run.id, None)
+        self._created.clear()
+        for run in self._dirty.values():
+            progress = self._progress.setdefault(run.id, _Progress())
+            steps_changed, tasks_changed = run.machine.take_changes()
+            state = run.state
+            tasks = {t: state.tasks[t] for t in tasks_changed if t in state.tasks}
+            removed = [t for t in tasks_changed if t not in state.tasks and t in progress.tasks]
+            progress.tasks.update(tasks)
+            progress.tasks.difference_update(removed)
+            seq = self._next_seq()
+            delta = Delta(
+                seq=seq, run_id=run.id, status=state.status, started_at=state.started_at,
+                finished_at=state.finished_at, error=state.error,
+                steps={s: state.steps[s] for s in steps_changed}, tasks=tasks, removed_tasks=removed,
+                memory={k: run.memory.get(k) for k in run.dirty_memory},
+                history=run.history[progress.history:], logs=run.logs_after(progress.log_seq),
+                event_seq=run.event_seq,
+            )
+            run.dirty_memory.clear()
+            progress.history = len(run.history)
+            progress.log_seq = run.log_seq
+            progress.last_seq = seq
+            chunks.append(frame(_encoder.encode(delta)))
+            if state.status.finished and not progress.snapshot_final:
+                finished.append(run)
+        self._dirty.clear()
+        for run_id in self._removed:
+            chunks.append(frame(_encoder.encode(Removed(seq=self._next_seq(), run_id=run_id))))
+            self._progress.pop(run_id, None)
+            try:
+                (self.runs_dir / f"{run_id}.ckpt").unlink()
+            except FileNotFoundError:
+                pass
+        self._removed.clear()
+        self.stats["records"] += len(chunks)
+        return b"".join(chunks), finished
+
+    def _checkpoint(self, run: Run, seq: int) -> RunCheckpoint:
+        return RunCheckpoint(wal_seq=seq, source=run.source, plan=run.plan, state=run.state, memory=run.memory,
+                             history=run.history, logs=run.logs, event_seq=run.event_seq)
+
+    async def _snapshot_async(self, run: Run) -> None:
+        progress = self._progress[run.id]
+        payload = _encoder.encode(self._checkpoint(run, progress.last_seq))
+        path = self.runs_dir / f"{run.id}.ckpt"
+        await asyncio.get_running_loop().run_in_executor(None, write_atomic, path, payload)
+        progress.snap_seq = progress.last_seq
+        progress.snapshot_final = run.state.status.finished
+        self.stats["snapshots"] += 1
+
+    def _open_segment(self) -> int:
+        if self._fd is None:
+            number = 1 + max((int(p.stem) for p in self.wal_dir.glob("*.wal") if p.stem.isdigit()), default=0)
+            self._segment = self.wal_dir / f"{number:08d}.wal"
+            self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._segment_size = os.fstat(self._fd).st_size
+            fsync_dir(self.wal_dir)
+        return self._fd
+
+    def _rotate(self) -> None:
+        """Snapshot every run the old segments still hold changes for, then delete those segments."""
+        old = sorted(self.wal_dir.glob("*.wal"))
+        self.close()
+        for run_id, progress in self._progress.items():
+            if progress.last_seq > progress.snap_seq and run_id in self._runs_by_id:
+                run = self._runs_by_id[run_id]
+                write_atomic(self.runs_dir / f"{run_id}.ckpt", _encoder.encode(self._checkpoint(run, progress.last_seq)))
+                progress.snap_seq = progress.last_seq
+        for path in old:
+            path.unlink()
+        fsync_dir(self.wal_dir)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def _move_aside(self, path: Path, reason: str) -> None:
+        self.corrupt_dir.mkdir(mode=0o700, exist_ok=True)
+        target = self.corrupt_dir / f"{path.name}.{int(time.time())}"
+        os.replace(path, target)
+        message = f"checkpoint {path} is corrupt ({reason}); moved it to {target}"
+        self.problems.append(message)
+        log.error(message)
+
+    def load(self) -> list[Run]:
+        """Every stored run, rebuilt: snapshots first, then the WAL on top."""
+        checkpoints: dict[str, RunCheckpoint] = {}
+        for path in self.runs_dir.glob("*.ckpt"):
+            try:
+                ckpt = _ckpt_decoder.decode(read_single(path))
+            except (CorruptRecord, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._move_aside(path, str(exc))
+                continue
+            check_format(ckpt.format, path)
+            checkpoints[ckpt.state.run_id] = ckpt
+            self._seq = max(self._seq, ckpt.wal_seq)
+        snap_seq = {rid: c.wal_seq for rid, c in checkpoints.items()}
+        segments = sorted(self.wal_dir.glob("*.wal"))
+        for index, path in enumerate(segments):
+            data = path.read_bytes()
+            try:
+                for _, payload in read_frames(data, path):
+                    self._replay(_wal_decoder.decode(payload), checkpoints, snap_seq, path)
+            except CorruptRecord as exc:
+                if index == len(segments) - 1:
+                    log.warning("%s: cutting off a torn tail at byte %d (%s)", path, exc.offset, exc.reason)
+                    os.truncate(path, exc.offset)
+                else:
+                    self._move_aside(path, str(exc))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._move_aside(path, f"undecodable record: {exc}")
+        runs = [self._rebuild(ckpt) for ckpt in checkpoints.values()]
+        runs.sort(key=lambda r: r.state.created_at)
+        self._runs_by_id = {r.id: r for r in runs}
+        for run in runs:
+            progress = _Progress(len(run.history), run.log_seq, set(run.state.tasks))
+            progress.last_seq = progress.snap_seq = snap_seq.get(run.id, 0)
+            progress.snapshot_final = run.finished and run.id in snap_seq and checkpoints[run.id].state.status.finished
+            self._progress[run.id] = progress
+            if run.finished and not progress.snapshot_final:
+                self._dirty[run.id] = run
+        return runs
+
+    def _replay(self, record: WalRecord, ckpts: dict[str, RunCheckpoint], snap_seq: dict[str, int], path: Path) -> None:
+        check_format(record.format, path)
+        self._seq = max(self._seq, record.seq)
+        if isinstance(record, Created):
+            run_id = record.checkpoint.state.run_id
+            if record.seq > snap_seq.get(run_id, 0):
+                ckpts[run_id] = record.checkpoint
+                snap_seq.setdefault(run_id, 0)
+        elif isinstance(record, Removed):
+            ckpts.pop(record.run_id, None)
+        else:
+            ckpt = ckpts.get(record.run_id)
+            if ckpt is None or record.seq <= snap_seq.get(record.run_id, 0):
+                return
+            state = ckpt.state
+            state.status, state.started_at, state.finished_at, state.error = (
+                record.status, record.started_at, record.finished_at, record.error)
+            state.steps.update(record.steps)
+            state.tasks.update(record.tasks)
+            for task in record.removed_tasks:
+                state.tasks.pop(task, None)
+            ckpt.memory.update(record.memory)
+            ckpt.history.extend(record.history)
+            ckpt.logs.extend(record.logs)
+            ckpt.event_seq = max(ckpt.event_seq, record.event_seq)
+
+    @staticmethod
+    def _rebuild(ckpt: RunCheckpoint) -> Run:
+        machine = RunMachine(ckpt.plan, ckpt.state, rng=random.Random())
+        run = Run(ckpt.source, ckpt.plan, machine)
+        run.memory = dict(ckpt.memory)
+        run.history = list(ckpt.history)
+        run.restore_counters(ckpt.event_seq, ckpt.logs)
+        run.announced_finish = ckpt.state.status.finished
+        return run

@@ -1,0 +1,425 @@
+"""The `tagentd` command: start, stop, restart and inspect the daemon; show its config.
+
+Every TagentError ends the command with one line on stderr, `tagentd: <message>`, and
+the exit status `errors.exit_code_for(code)` (10 already running, 3 not running, 9 bad
+config, 5 timed out, ...). `--json` output is nothing but JSON on stdout.
+
+`tagentd start` runs the daemon in the background: it re-executes itself as
+`python -m tagentd start --foreground --detached ...` in a new session with stdio on
+/dev/null (the daemon logs to `<state dir>/tagentd.log`), then waits until the control
+socket answers a ping. systemd runs `tagentd start --foreground` directly (Type=notify).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from tagent_client import paths
+from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError, exit_code_for
+
+from . import __version__
+from .config import FIELDS, LOG_FILE, Settings, absolute_path, default_config_path, flag_name, load_settings
+from .lock import already_running, is_locked, read_pid
+
+START_WAIT = 10.0
+PING_TIMEOUT = 0.5
+POLL = 0.05
+LOG_TAIL_LINES = 20
+NOT_RUNNING = exit_code_for(DaemonUnavailable.code)
+
+
+class _Group(click.Group):
+    """Turns any TagentError into `tagentd: <message>` on stderr and its exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TagentError as exc:
+            click.echo(f"tagentd: {exc.message}", err=True)
+            ctx.exit(exit_code_for(exc.code))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="tagentd", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Run and manage the tagentd daemon (durable background LLM-agent pipelines)."""
+
+
+def main() -> None:
+    cli(prog_name="tagentd")
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def _where_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--config and --runtime-dir: enough to find a running daemon."""
+    f = click.option("--runtime-dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Runtime dir (sockets, pidfile). Default: $TAGENTD_RUNTIME_DIR, $XDG_RUNTIME_DIR/tagentd, /tmp/tagentd-$UID.")(f)
+    return click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+                        help="Config file. Default: $XDG_CONFIG_HOME/tagentd/tagentd.toml (optional).")(f)
+
+
+def _settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Every setting that has a flag; values not given stay None and do not override."""
+    f = click.option("--watch", "watch_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+                     help="Start pipeline files dropped into DIR (repeatable).")(f)
+    f = click.option("--durable/--no-durable", default=None, help="Checkpoint runs to the state dir (default: on).")(f)
+    f = click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+                     help="Daemon log level.")(f)
+    f = click.option("--workers", type=int, help="Worker processes (default: CPU count).")(f)
+    f = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="State dir (checkpoints, log). Default: $TAGENTD_STATE_DIR, $XDG_STATE_HOME/tagentd.")(f)
+    return _where_options(f)
+
+
+def _flags(**values: Any) -> dict[str, Any]:
+    """Option values -> load_settings flags; options not given (None, no --watch) are left out."""
+    return {field: list(value) if field == "watch_dirs" else value
+            for field, value in values.items() if value is not None and value != ()}
+
+
+def _forward(config_path: Path | None, flags: dict[str, Any]) -> list[str]:
+    """The command-line flags that make a child load the same settings as we did."""
+    argv = ["--config", str(absolute_path(config_path))] if config_path else []
+    for field, value in flags.items():
+        if field == "watch_dirs":
+            for directory in value:
+                argv += ["--watch", str(absolute_path(directory))]
+        elif field == "durable":
+            argv.append("--durable" if value else "--no-durable")
+        else:
+            argv += [flag_name(field), str(absolute_path(value) if isinstance(value, Path) else value)]
+    return argv
+
+
+# -- talking to the daemon -------------------------------------------------------------------
+
+
+def _call(runtime_dir: Path, timeout: float, method: str, **kwargs: Any) -> Any:
+    """One request on a fresh Client (connecting pings first: DaemonUnavailable if nobody answers)."""
+    from tagent_client.client import Client  # noqa: PLC0415 - only the commands that talk to the daemon need it
+
+    with Client(runtime_dir=runtime_dir, timeout=timeout) as client:
+        return getattr(client, method)(**kwargs)
+
+
+def _answers(runtime_dir: Path) -> bool:
+    """True once the control socket exists and a ping is answered."""
+    if not (runtime_dir / paths.CONTROL_SOCKET).exists():
+        return False
+    try:
+        _call(runtime_dir, PING_TIMEOUT, "ping")
+    except (DaemonUnavailable, RequestTimeout):
+        return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+# -- start -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--foreground", is_flag=True, help="Run in this process (systemd, containers, debugging).")
+@click.option("--detached", is_flag=True, hidden=True)
+@_settings_options
+def start(foreground: bool, detached: bool, config_path: Path | None, **values: Any) -> None:
+    """Start the daemon (in the background unless --foreground)."""
+    flags = _flags(**values)
+    settings, _ = load_settings(config_path, flags)
+    if foreground:
+        sys.exit(_serve(settings, detached=detached))
+    sys.exit(_start_background(settings, config_path, flags))
+
+
+def _serve(settings: Settings, *, detached: bool) -> int:
+    from tagentd.daemon import serve  # noqa: PLC0415 - keep `tagentd status` & co. light
+
+    try:
+        return serve(settings, foreground_log=not detached)
+    except TagentError as exc:
+        if detached:
+            _append_log(settings, f"tagentd: {exc.message}\n")
+        raise
+    except Exception:
+        if detached:
+            _append_log(settings, f"tagentd: crashed:\n{traceback.format_exc()}")
+        raise
+
+
+def _append_log(settings: Settings, text: str) -> None:
+    """A detached daemon's stderr is /dev/null: leave its last words where `start` looks."""
+    try:
+        paths.check_private_dir(settings.state_dir, "state dir")
+        fd = os.open(settings.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(text)
+    except (OSError, TagentError):
+        pass
+
+
+def _start_background(settings: Settings, config_path: Path | None, flags: dict[str, Any]) -> int:
+    runtime_dir = settings.runtime_dir
+    if is_locked(runtime_dir):
+        raise already_running(runtime_dir, read_pid(runtime_dir))
+    # Report dir problems here, on the user's terminal, rather than in a log they must find.
+    paths.ensure_private_dir(runtime_dir, "runtime dir")
+    paths.ensure_private_dir(settings.state_dir, "state dir")
+    log_start = _size(settings.log_file)
+
+    argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--detached", *_forward(config_path, flags)]
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_WAIT
+    while not _answers(runtime_dir):
+        status = child.poll()
+        if status is not None:
+            _report_early_exit(settings, status, log_start)
+            return status if 0 < status < 256 else 1
+        if time.monotonic() >= deadline:
+            click.echo(
+                f"tagentd: the daemon (pid {child.pid}) did not answer on {runtime_dir / paths.CONTROL_SOCKET} "
+                f"within {START_WAIT:g} s; it may still be starting: check 'tagentd status' and {settings.log_file}",
+                err=True,
+            )
+            return exit_code_for(RequestTimeout.code)
+        time.sleep(POLL)
+
+    try:
+        info = _call(runtime_dir, 2.0, "daemon_status")
+        pid, sockets, state_dir = info.pid, info.sockets, info.state_dir
+    except (DaemonUnavailable, RequestTimeout):
+        pid, sockets, state_dir = child.pid, {k: str(v) for k, v in settings.socket_paths().items()}, str(settings.state_dir)
+    rows = [(f"{name} socket", path) for name, path in sockets.items()]
+    rows += [("runtime dir", str(runtime_dir)), ("state dir", state_dir), ("log file", str(Path(state_dir) / LOG_FILE))]
+    click.echo(f"tagentd started (pid {pid})")
+    _print_pairs(rows)
+    return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _report_early_exit(settings: Settings, status: int, log_start: int) -> None:
+    how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+    log_file = settings.log_file
+    try:
+        with open(log_file, "rb") as f:
+            if _size(log_file) >= log_start:
+                f.seek(log_start)
+            lines = f.read().decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError:
+        lines = []
+    if not lines:
+        click.echo(f"tagentd: the daemon {how} during startup and wrote nothing to {log_file}; "
+                   f"run 'tagentd start --foreground' to see why", err=True)
+        return
+    click.echo(f"tagentd: the daemon {how} during startup; last lines of {log_file}:", err=True)
+    for line in lines:
+        click.echo(f"  {line}", err=True)
+
+
+# -- stop / restart --------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--fast", is_flag=True, help="Do not wait for in-flight steps (they are re-run after the next start).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the daemon to exit.")
+@_where_options
+def stop(fast: bool, timeout: float, config_path: Path | None, runtime_dir: Path | None) -> None:
+    """Stop the daemon and wait until it has exited."""
+    settings, _ = load_settings(config_path, _flags(runtime_dir=runtime_dir))
+    _stop(settings.runtime_dir, fast=fast, timeout=timeout)
+
+
+def _stop(runtime_dir: Path, *, fast: bool, timeout: float) -> None:
+    if not is_locked(runtime_dir):
+        click.echo(f"tagentd is not running (runtime dir {runtime_dir}); nothing to stop")
+        return
+    pid = read_pid(runtime_dir)
+    began = time.monotonic()
+    try:
+        _call(runtime_dir, min(timeout, 5.0), "shutdown", graceful=not fast)
+    except (DaemonUnavailable, RequestTimeout):
+        if is_locked(runtime_dir):
+            if pid is None:
+                raise DaemonUnavailable(
+                    f"a process holds the lock {runtime_dir / paths.PIDFILE} but does not answer and wrote no pid; "
+                    f"find it with 'fuser {runtime_dir / paths.PIDFILE}'"
+                ) from None
+            click.echo(f"tagentd: pid {pid} did not answer the stop request on "
+                       f"{runtime_dir / paths.CONTROL_SOCKET}; sending it SIGTERM", err=True)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = began + timeout
+    while is_locked(runtime_dir) or (pid is not None and _pid_alive(pid)):
+        if time.monotonic() >= deadline:
+            raise RequestTimeout(
+                f"tagentd (pid {pid}) is still running {timeout:g} s after the stop request; wait longer with "
+                f"'tagentd stop --timeout 120', stop harder with 'tagentd stop --fast', or 'kill {pid}'",
+                pid=pid,
+            )
+        time.sleep(POLL)
+    click.echo(f"tagentd stopped (pid {pid}, after {time.monotonic() - began:.1f} s)")
+
+
+@cli.command()
+@click.option("--fast", is_flag=True, help="Stop without waiting for in-flight steps.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the old daemon to exit.")
+@_settings_options
+def restart(fast: bool, timeout: float, config_path: Path | None, **values: Any) -> None:
+    """Stop the daemon (if running), then start it in the background with these flags."""
+    flags = _flags(**values)
+    settings, _ = load_settings(config_path, flags)
+    _stop(settings.runtime_dir, fast=fast, timeout=timeout)
+    sys.exit(_start_background(settings, config_path, flags))
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (pid, sockets, workers, ...) and nothing else.")
+@_where_options
+def status(as_json: bool, config_path: Path | None, runtime_dir: Path | None) -> None:
+    """Show whether the daemon runs, its sockets, dirs, workers and runs."""
+    settings, _ = load_settings(config_path, _flags(runtime_dir=runtime_dir))
+    rd = settings.runtime_dir
+    if not is_locked(rd):
+        if as_json:
+            click.echo(json.dumps({"running": False, "runtime_dir": str(rd)}))
+        else:
+            click.echo(f"tagentd is not running (runtime dir {rd}); start it with 'tagentd start'")
+        sys.exit(NOT_RUNNING)
+    try:
+        info = _call(rd, 5.0, "daemon_status")
+    except (DaemonUnavailable, RequestTimeout):
+        raise DaemonUnavailable(
+            f"tagentd (pid {read_pid(rd)}) holds the lock in {rd} but does not answer on {rd / paths.CONTROL_SOCKET}; "
+            f"see {settings.log_file}, or restart it with 'tagentd restart'"
+        ) from None
+    if as_json:
+        data = msgspec.to_builtins(info)
+        data["running"] = True
+        data["log_file"] = str(Path(info.state_dir) / LOG_FILE)
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    _print_status(info)
+
+
+def _print_status(info: Any) -> None:
+    busy = sum(1 for w in info.workers if w.running > 0)
+    click.echo(f"tagentd is running (pid {info.pid}, version {info.version}, up {_duration(info.uptime_s)})")
+    rows = [(f"{name} socket", path) for name, path in info.sockets.items()]
+    rows += [
+        ("runtime dir", info.runtime_dir),
+        ("state dir", info.state_dir),
+        ("log file", str(Path(info.state_dir) / LOG_FILE)),
+        ("durable", "yes" if info.durable else "no (runs are lost when the daemon stops)"),
+        ("runs", f"{info.runs_active} active, {info.runs_total} total"),
+        ("workers", f"{len(info.workers)} ({busy} busy, {len(info.workers) - busy} idle)"),
+    ]
+    _print_pairs(rows)
+    if info.workers:
+        now = time.time()
+        table = [("ID", "PID", "STATE", "STEPS", "DONE", "UP")]
+        table += [
+            (str(w.id), str(w.pid), w.state, f"{w.running}/{w.capacity}", str(w.completed), _duration(now - w.started_at))
+            for w in info.workers
+        ]
+        click.echo()
+        _print_table(table, indent=2)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{n}{unit}" for n, unit in parts if n] or ["0s"]
+    return " ".join(shown[:2])
+
+
+def _print_pairs(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"  {key:<{width}}  {value}")
+
+
+def _print_table(rows: list[tuple[str, ...]], indent: int = 0) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(" " * indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+# -- config / version --------------------------------------------------------------------------
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the effective configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON and nothing else.")
+@_settings_options
+def config_show(as_json: bool, config_path: Path | None, **values: Any) -> None:
+    """Every setting, its effective value and where it came from (default, file, env, flag)."""
+    settings, sources = load_settings(config_path, _flags(**values))
+    data = settings.model_dump(mode="json")
+    if as_json:
+        click.echo(json.dumps({name: {"value": data[name], "source": sources[name]} for name in FIELDS}, indent=2))
+        return
+    path = config_path or default_config_path()
+    click.echo(f"config file: {path}" + ("" if Path(path).exists() else " (not found; defaults apply)"))
+    table = [("SETTING", "VALUE", "SOURCE")]
+    table += [(name, _show(data[name]), sources[name]) for name in FIELDS]
+    _print_table(table)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "[]"
+    return str(value)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"tagentd {__version__}")

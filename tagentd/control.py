@@ -1,0 +1,168 @@
+"""Request handlers for the control socket: one function per request type.
+
+A handler takes the daemon and the decoded request and returns the reply's
+result (plain data or a result Struct), or raises a TagentError that becomes an
+ErrorReply. Handlers that must wait (submit loads the file in a worker; events
+and logs long-poll) are coroutines; the rest answer at once. Replies are sent
+only after the daemon's next commit, so what a reply reports is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tagent_client import protocol as p
+from tagent_client.engine import RunMachine
+from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineLoadError, PipelineValidationError
+from tagent_client.plan import StepKind
+from tagent_client.state import RunStatus, StepStatus, new_run_id
+
+from . import __version__, wire
+from .runs import Run, RunSource
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+MAX_WAIT = 30.0
+
+
+def who(req: p.Request) -> str:
+    return f"uid={req.uid} pid={req.pid}"
+
+
+def find_run(daemon: Daemon, run_id: str) -> Run:
+    run = daemon.runs.get(run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id!r}; list runs with 'tagent runs'", run_id=run_id)
+    return run
+
+
+def ping(daemon: Daemon, req: p.Ping) -> dict[str, Any]:
+    return {"pid": os.getpid(), "version": __version__, "protocol": p.PROTOCOL_VERSION}
+
+
+async def submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
+    if not daemon.accepting:
+        raise InvalidRequest("the daemon is shutting down and accepts no new runs")
+    source_hash = hashlib.sha256(req.source.encode()).hexdigest()
+    try:
+        loaded = await daemon.pool.load(path=req.path, source=req.source, source_hash=source_hash, target=req.target)
+    except (TimeoutError, RuntimeError) as exc:
+        raise PipelineLoadError(f"{req.path}: {exc}") from None
+    if isinstance(loaded, wire.LoadFailed):
+        if loaded.code == PipelineValidationError.code:
+            raise PipelineValidationError(loaded.message, loaded.problems)
+        raise PipelineLoadError(loaded.message)
+    plan = loaded.plan
+    model = req.model or daemon.settings.model
+    unmodelled = [s.name for s in plan.steps if s.kind is not StepKind.FUNCTION and not (s.model or plan.model or model)]
+    if unmodelled:
+        raise ConfigError(
+            f"{req.path}: agent step(s) {', '.join(unmodelled)} have no model; pass --model (e.g. --model test "
+            f"offline), set model= in the pipeline, or set TAGENT_MODEL / model in tagentd.toml"
+        )
+    now = time.time()
+    machine = RunMachine.new(plan, new_run_id(now), params=req.params, now=now)
+    run = Run(RunSource(path=req.path, source=req.source, source_hash=source_hash, target=req.target, model=model),
+              plan, machine)
+    run.audit(who(req), "submit", path=req.path, target=req.target)
+    daemon.start_run(run)
+    return p.SubmitResult(run_id=run.id, pipeline=plan.name, steps=[s.name for s in plan.steps])
+
+
+def list_runs(daemon: Daemon, req: p.ListRuns) -> list[p.RunSummary]:
+    return [run.summary() for run in daemon.runs.newest(max(1, min(req.limit, 10_000)), req.status)]
+
+
+def get_run(daemon: Daemon, req: p.GetRun) -> p.RunDetail:
+    return find_run(daemon, req.run_id).detail()
+
+
+def get_result(daemon: Daemon, req: p.GetResult) -> dict[str, Any]:
+    return find_run(daemon, req.run_id).result().to_dict()
+
+
+def cancel(daemon: Daemon, req: p.Cancel) -> dict[str, Any]:
+    run = find_run(daemon, req.run_id)
+    if run.finished:
+        raise InvalidRequest(f"run {run.id} already ended {run.state.status.value}; nothing to cancel")
+    run.audit(who(req), "cancel", reason=req.reason)
+    daemon.cancel_run(run, req.reason)
+    return {"run_id": run.id, "status": run.state.status.value}
+
+
+def resume(daemon: Daemon, req: p.Resume) -> dict[str, Any]:
+    run = find_run(daemon, req.run_id)
+    if run.state.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        raise InvalidRequest(f"run {run.id} is {run.state.status.value}; only failed or cancelled runs can be resumed")
+    again = [n for n, s in run.state.steps.items() if s.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)]
+    run.audit(who(req), "resume", steps=again)
+    daemon.reset_run(run, again)
+    return {"run_id": run.id, "steps": again}
+
+
+def retry(daemon: Daemon, req: p.Retry) -> dict[str, Any]:
+    run = find_run(daemon, req.run_id)
+    if req.step not in run.state.steps:
+        raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
+    if not run.finished:
+        raise InvalidRequest(f"run {run.id} is still {run.state.status.value}; retry a step once the run has ended")
+    run.audit(who(req), "retry", step=req.step)
+    daemon.reset_run(run, [req.step])
+    return {"run_id": run.id, "step": req.step}
+
+
+async def get_events(daemon: Daemon, req: p.GetEvents) -> p.EventBatch:
+    run = find_run(daemon, req.run_id)
+    deadline = time.monotonic() + min(max(req.wait, 0.0), MAX_WAIT)
+    while True:
+        events = run.events_after(req.after)
+        remaining = deadline - time.monotonic()
+        if events or run.announced_finish or remaining <= 0:
+            return p.EventBatch(events=events, finished=run.announced_finish, status=run.state.status.value)
+        await run.wait_for_news(remaining)
+
+
+async def get_logs(daemon: Daemon, req: p.GetLogs) -> p.LogBatch:
+    run = find_run(daemon, req.run_id)
+    deadline = time.monotonic() + min(max(req.wait, 0.0), MAX_WAIT)
+    while True:
+        lines = run.logs_after(req.after)
+        remaining = deadline - time.monotonic()
+        if lines or run.announced_finish or remaining <= 0:
+            return p.LogBatch(lines=lines, finished=run.announced_finish)
+        await run.wait_for_news(remaining)
+
+
+def get_history(daemon: Daemon, req: p.GetHistory) -> list[Any]:
+    return list(find_run(daemon, req.run_id).history)
+
+
+def daemon_status(daemon: Daemon, req: p.DaemonStatus) -> p.DaemonInfo:
+    return daemon.info()
+
+
+def shutdown(daemon: Daemon, req: p.Shutdown) -> dict[str, Any]:
+    daemon.request_stop(graceful=req.graceful, who=who(req))
+    return {"stopping": True, "graceful": req.graceful}
+
+
+HANDLERS: dict[type, Callable[..., Any]] = {
+    p.Ping: ping,
+    p.Submit: submit,
+    p.ListRuns: list_runs,
+    p.GetRun: get_run,
+    p.GetResult: get_result,
+    p.Cancel: cancel,
+    p.Resume: resume,
+    p.Retry: retry,
+    p.GetEvents: get_events,
+    p.GetLogs: get_logs,
+    p.GetHistory: get_history,
+    p.DaemonStatus: daemon_status,
+    p.Shutdown: shutdown,
+}

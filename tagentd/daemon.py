@@ -1,0 +1,445 @@
+"""The daemon process: sockets, the asyncio loop, and the wiring between the parts.
+
+Guarantees:
+- one daemon per runtime dir (flock on the pidfile), dirs 0700, sockets 0600;
+- no request, frame or worker message can raise out of the loop: bad input gets
+  an ErrorReply or is dropped and counted;
+- group commit: everything that changed in one loop tick is flushed to the store
+  once, and only then are replies sent and lifecycle events published — so a
+  step reported COMPLETED is on disk (with a durable store);
+- SIGTERM/SIGINT: graceful stop (in-flight steps get time to finish); a second
+  signal: fast stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+from tagent_client import paths
+from tagent_client import protocol as p
+from tagent_client.errors import TagentError
+from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Persist, ScheduleRetry, StepTimedOut, TimerFired, WorkerLost
+
+from . import __version__, control, wire
+from .config import LOG_FILE, Settings
+from .lock import InstanceLock
+from .notify import notify
+from .pool import WorkerPool
+from .runs import Run, RunTable
+from .store import MemoryStore, RunStore
+
+log = logging.getLogger("tagentd")
+
+DRAIN_BATCH = 1000
+STOP_WAIT_GRACEFUL = 10.0
+
+
+class Daemon:
+    """Owns the sockets, the runs, the pool and the store; the loop's only writer of run state."""
+
+    def __init__(self, settings: Settings, store: RunStore | None = None) -> None:
+        self.settings = settings
+        self.runtime_dir = Path(settings.runtime_dir)
+        self.state_dir = Path(settings.state_dir)
+        self.store: RunStore = store or MemoryStore()
+        self.runs = RunTable()
+        self.started_at = time.time()
+        self.accepting = True
+        self.stats: dict[str, int] = {"requests": 0, "bad_frames": 0, "bad_worker_messages": 0, "events_published": 0}
+        self.sockets = {
+            "control": paths.endpoint(self.runtime_dir, paths.CONTROL_SOCKET),
+            "events": paths.endpoint(self.runtime_dir, paths.EVENTS_SOCKET),
+            "workers": paths.endpoint(self.runtime_dir, paths.WORKERS_SOCKET),
+        }
+        self._emits: list[tuple[Run, str, dict[str, Any]]] = []
+        self._replies: list[tuple[zmq.Socket, list[bytes]]] = []
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._graceful = True
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        self.zctx = zmq.asyncio.Context()
+        for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
+            stale = self.runtime_dir / name
+            if stale.exists() or stale.is_symlink():
+                stale.unlink()
+        old = os.umask(0o177)
+        try:
+            self.control = self.zctx.socket(zmq.ROUTER)
+            self.control.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
+            self.control.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            self.control.linger = 0
+            self.control.bind(self.sockets["control"])
+            self.events = self.zctx.socket(zmq.PUB)
+            self.events.sndhwm = 100_000
+            self.events.linger = 0
+            self.events.bind(self.sockets["events"])
+            self.workers = self.zctx.socket(zmq.ROUTER)
+            self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.workers.sndhwm = 0
+            self.workers.rcvhwm = 0
+            self.workers.linger = 0
+            self.workers.bind(self.sockets["workers"])
+        finally:
+            os.umask(old)
+        # Synchronous views of the same sockets: non-blocking drains and sends happen at once, no futures.
+        self.control_now = zmq.Socket.shadow(self.control.underlying)
+        self.events_now = zmq.Socket.shadow(self.events.underlying)
+        self.workers_now = zmq.Socket.shadow(self.workers.underlying)
+        for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
+            os.chmod(self.runtime_dir / name, 0o600)
+
+    async def run(self, log_fd: int | None = None) -> int:
+        self._bind()
+        self.pool = WorkerPool(
+            size=self.settings.workers, capacity=self.settings.worker_concurrency, endpoint=self.sockets["workers"],
+            send=self._send_worker, on_lost=self._on_lost, heartbeat_interval=self.settings.heartbeat_interval,
+            heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
+            recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
+        )
+        for run in self.store.load():
+            self.runs.add(run)
+            if not run.finished:
+                self.apply(run, run.machine.recover(time.time()))
+        self.pool.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        for coro in (self._control_loop(), self._worker_loop(), self.pool.supervise(), self._committer()):
+            self._spawn(coro)
+        log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
+                 self.settings.workers, self.runtime_dir, self.state_dir)
+        notify("READY=1")
+        await self._stop.wait()
+        notify("STOPPING=1")
+        await self._shutdown()
+        return 0
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task failed: %r", task.exception(), exc_info=task.exception())
+
+    def _on_signal(self, sig: int) -> None:
+        if self._stop.is_set():
+            log.warning("second %s: stopping fast", signal.Signals(sig).name)
+            self._graceful = False
+            for task in list(self._tasks):
+                if task.get_coro().__qualname__.startswith("Daemon._shutdown"):
+                    task.cancel()
+            self._fast_exit()
+            return
+        log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(sig).name)
+        self.request_stop(graceful=True, who="signal")
+
+    def _fast_exit(self) -> None:
+        for worker in self.pool.workers.values():
+            worker.proc.kill()
+        self.store.close()
+        os._exit(0)
+
+    def request_stop(self, *, graceful: bool, who: str) -> None:
+        log.info("stop requested by %s (%s)", who, "graceful" if graceful else "fast")
+        self._graceful = graceful
+        self.accepting = False
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        await self.pool.stop(STOP_WAIT_GRACEFUL if self._graceful else 0.0)
+        await self._commit()
+        await asyncio.sleep(0.05)  # let the last replies leave before the sockets close
+        for task in list(self._tasks):
+            task.cancel()
+        self.store.close()
+        for sock in (self.control, self.events, self.workers):
+            sock.close(linger=0)
+        self.zctx.term()
+        for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
+            (self.runtime_dir / name).unlink(missing_ok=True)
+        log.info("tagentd stopped")
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    def start_run(self, run: Run) -> None:
+        self.runs.add(run)
+        self.store.created(run)
+        self.apply(run, run.machine.start(time.time()))
+        self.pool.pump()
+
+    def cancel_run(self, run: Run, reason: str) -> None:
+        self.apply(run, run.machine.handle(Cancelled(reason=reason), time.time()))
+
+    def reset_run(self, run: Run, steps: list[str]) -> None:
+        run.announced_finish = False
+        self.apply(run, run.machine.reset(steps, time.time()))
+        self.pool.pump()
+
+    def feed(self, run: Run, event: Any) -> None:
+        self.apply(run, run.machine.handle(event, time.time()))
+
+    def apply(self, run: Run, actions: list[Action]) -> None:
+        """Carry out the engine's actions for `run` (Emits wait for the next commit)."""
+        loop = asyncio.get_running_loop()
+        for action in actions:
+            if isinstance(action, Dispatch):
+                self.pool.enqueue(run, action)
+            elif isinstance(action, Persist):
+                self.store.changed(run)
+            elif isinstance(action, Emit):
+                self._emits.append((run, action.topic, action.data))
+            elif isinstance(action, CancelTask):
+                self.pool.cancel(run.id, action.task, action.attempt)
+            elif isinstance(action, ScheduleRetry):
+                loop.call_later(max(0.0, action.at - time.time()), self._timer, run.id)
+        if actions:
+            self._dirty.set()
+
+    def _timer(self, run_id: str) -> None:
+        run = self.runs.get(run_id)
+        if run is not None and not run.finished:
+            self.feed(run, TimerFired())
+            self.pool.pump()
+
+    def _on_lost(self, run_id: str, task: str, attempt: int, reason: str, timed_out: bool) -> None:
+        run = self.runs.get(run_id)
+        if run is None:
+            return
+        event = StepTimedOut(task=task, attempt=attempt) if timed_out else WorkerLost(task=task, attempt=attempt, reason=reason)
+        self.feed(run, event)
+
+    # -- commit --------------------------------------------------------------------------------------
+
+    async def _committer(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Flush the store, then publish this tick's events and send its replies (group commit)."""
+        emits, self._emits = self._emits, []
+        replies, self._replies = self._replies, []
+        try:
+            await self.store.flush()
+        except Exception:  # noqa: BLE001 - a failing disk must not kill the loop; nothing is announced
+            log.exception("could not write checkpoints; holding replies and events until the next commit")
+            self._emits[:0], self._replies[:0] = emits, replies
+            await asyncio.sleep(0.5)
+            self._dirty.set()
+            return
+        now = time.time()
+        touched: set[Run] = set()
+        for run, topic, data in emits:
+            record = run.add_event(topic, data, now)
+            if topic == "run.finished":
+                run.announced_finish = True
+            touched.add(run)
+            try:
+                self.events_now.send_multipart([topic.encode(), msgspec.msgpack.encode(record)], zmq.NOBLOCK)
+                self.stats["events_published"] += 1
+            except zmq.Again:
+                self.stats["events_dropped"] = self.stats.get("events_dropped", 0) + 1
+        for run in touched:
+            run.notify()
+        for sock, frames in replies:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self.stats["replies_dropped"] = self.stats.get("replies_dropped", 0) + 1
+
+    # -- control socket ---------------------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        while True:
+            batch = [await self.control.recv_multipart()]
+            while len(batch) < DRAIN_BATCH:
+                try:
+                    batch.append(self.control_now.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for frames in batch:
+                self._on_request(frames)
+
+    def _reply(self, identity: bytes, message: msgspec.Struct) -> None:
+        self._replies.append((self.control_now, [identity, p.encode(message)]))
+        self._dirty.set()
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        self.stats["requests"] += 1
+        identity = frames[0]
+        if len(frames) != 2:
+            self.stats["bad_frames"] += 1
+            self._reply(identity, p.ErrorReply(id=0, code="protocol", message=f"expected 1 frame per request, got {len(frames) - 1}"))
+            return
+        try:
+            req = p.decode_request(frames[1], self.settings.max_message_bytes)
+        except TagentError as exc:
+            self.stats["bad_frames"] += 1
+            self._reply(identity, p.ErrorReply(id=p.peek_id(frames[1]), code=exc.code, message=exc.message))
+            return
+        handler = control.HANDLERS[type(req)]
+        if inspect.iscoroutinefunction(handler):
+            self._spawn(self._serve_async(identity, req, handler))
+            return
+        self._reply(identity, self._answer(req, handler))
+
+    def _answer(self, req: p.Request, handler: Any) -> msgspec.Struct:
+        try:
+            return p.Reply(id=req.id, result=handler(self, req))
+        except TagentError as exc:
+            return self._error(req, exc)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
+            log.exception("request %s failed", type(req).__name__)
+            return p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
+
+    @staticmethod
+    def _error(req: p.Request, exc: TagentError) -> p.ErrorReply:
+        details = dict(exc.details)
+        if hasattr(exc, "problems"):
+            details.update(pipeline=getattr(exc, "pipeline", "?"), problems=exc.problems)
+        return p.ErrorReply(id=req.id, code=exc.code, message=exc.message, details=details)
+
+    async def _serve_async(self, identity: bytes, req: p.Request, handler: Any) -> None:
+        try:
+            reply: msgspec.Struct = p.Reply(id=req.id, result=await handler(self, req))
+        except TagentError as exc:
+            reply = self._error(req, exc)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("request %s failed", type(req).__name__)
+            reply = p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
+        self._reply(identity, reply)
+
+    # -- workers socket -------------------------------------------------------------------------------------
+
+    def _send_worker(self, identity: bytes, payload: bytes) -> bool:
+        try:
+            self.workers_now.send_multipart([identity, payload], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    async def _worker_loop(self) -> None:
+        while True:
+            batch = [await self.workers.recv_multipart()]
+            while len(batch) < DRAIN_BATCH:
+                try:
+                    batch.append(self.workers_now.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for frames in batch:
+                try:
+                    self._on_worker_message(frames)
+                except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                    self.stats["bad_worker_messages"] += 1
+                    log.exception("bad message from worker %r", frames[0])
+            self.pool.pump()
+
+    def _on_worker_message(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.stats["bad_worker_messages"] += 1
+            return
+        identity, payload = frames
+        msg = wire.from_worker_decoder.decode(payload)
+        worker = self.pool.worker_for(identity)
+        if isinstance(msg, wire.TaskDone):
+            self.pool.on_done(worker, msg)
+            run = self.runs.get(msg.run_id)
+            if run is not None:
+                self.feed(run, msg.event)
+        elif isinstance(msg, wire.Heartbeat):
+            if worker is not None:
+                self.pool.on_heartbeat(worker)
+        elif isinstance(msg, wire.Hello):
+            if worker is not None:
+                self.pool.on_hello(worker, msg)
+        elif isinstance(msg, (wire.Loaded, wire.LoadFailed)):
+            self.pool.on_loaded(worker, msg)
+        elif isinstance(msg, wire.LogLine):
+            run = self.runs.get(msg.run_id)
+            if run is not None:
+                run.add_log(msg.step, msg.level, msg.message, msg.ts)
+                run.notify()
+        elif isinstance(msg, wire.MemoryGet):
+            run = self.runs.get(msg.run_id)
+            value = run.memory.get(msg.key) if run is not None else None
+            self._send_worker(identity, wire.encode(wire.MemoryReply(req=msg.req, value=value)))
+        elif isinstance(msg, wire.MemorySave):
+            run = self.runs.get(msg.run_id)
+            if run is not None:
+                run.remember(msg.key, msg.value)
+                self.store.changed(run)
+            self._replies.append((self.workers_now, [identity, wire.encode(wire.MemoryReply(req=msg.req))]))
+            self._dirty.set()
+        elif isinstance(msg, wire.ProgressNote):
+            data = {"run_id": msg.run_id, "step": msg.step, "fraction": msg.fraction, "message": msg.message}
+            try:
+                self.events_now.send_multipart([b"step.progress", msgspec.msgpack.encode(data)], zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats["events_dropped"] = self.stats.get("events_dropped", 0) + 1
+
+    # -- status ------------------------------------------------------------------------------------------------
+
+    def info(self) -> p.DaemonInfo:
+        now = time.time()
+        stats = dict(self.stats)
+        stats.update(self.pool.stats)
+        stats["queued_tasks"] = self.pool.queued
+        stats["in_flight_tasks"] = self.pool.in_flight
+        return p.DaemonInfo(
+            pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
+            runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
+            sockets={k: v.removeprefix("ipc://") for k, v in self.sockets.items()},
+            workers=self.pool.info(), runs_active=len(self.runs.active()), runs_total=len(self.runs),
+            durable=self.store.durable, stats=stats,
+        )
+
+
+def setup_logging(state_dir: Path, level: str, foreground: bool) -> int:
+    """Log to state_dir/tagentd.log (and stderr in the foreground); returns the log file's fd for workers."""
+    handlers: list[logging.Handler] = []
+    log_path = state_dir / LOG_FILE
+    file_handler = logging.FileHandler(log_path, encoding="utf-8")
+    handlers.append(file_handler)
+    if foreground:
+        handlers.append(logging.StreamHandler())
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    os.chmod(log_path, 0o600)
+    return file_handler.stream.fileno()
+
+
+def serve(settings: Settings, *, foreground_log: bool = True) -> int:
+    """Run a daemon until it is stopped; returns the process exit code. Raises TagentError on bad setup."""
+    runtime_dir = paths.ensure_private_dir(Path(settings.runtime_dir), "runtime dir")
+    state_dir = paths.ensure_private_dir(Path(settings.state_dir), "state dir")
+    lock = InstanceLock(runtime_dir)
+    try:
+        log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
+        store: RunStore = MemoryStore()
+        daemon = Daemon(settings, store)
+        return asyncio.run(daemon.run(log_fd))
+    finally:
+        lock.close()

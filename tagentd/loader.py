@@ -1,0 +1,205 @@
+"""Loading user pipeline files — only ever in a worker process, never in the daemon.
+
+A file is identified by the hash of its text: the same text is executed once
+per worker and kept (LRU-bounded) as a real module named
+`tagent_user_<hash[:16]>` in `sys.modules`, so pydantic models, dataclasses and
+pickling that look their module up by name work. The file's directory is on
+`sys.path` while it imports, so it can import its sibling modules.
+
+Every failure is a `PipelineLoadError` whose message is one line,
+`path:line: what happened`, or a `PipelineValidationError` carrying every
+problem of the definition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import traceback
+import types
+from collections import OrderedDict
+
+from tagent_client.errors import PipelineLoadError, PipelineValidationError
+from tagent_client.pipeline import Pipeline
+
+MAX_MODULES = 64
+MODULE_PREFIX = "tagent_user_"
+
+
+def source_hash(source: str) -> str:
+    """The content hash a pipeline file is known by: sha256 of its UTF-8 text, in hex."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def module_name(hash_: str) -> str:
+    return f"{MODULE_PREFIX}{hash_[:16]}"
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _import_error(path: str, exc: BaseException) -> PipelineLoadError:
+    """`path:line: Type: message`, the line being the innermost frame inside the user's file."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == path:
+            line = frame.lineno
+    where = f"{path}:{line}" if line else path
+    detail = _first_line(str(exc))
+    what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return PipelineLoadError(f"{where}: {what}", path=path, line=line)
+
+
+def _exec_module(hash_: str, path: str, source: str) -> types.ModuleType:
+    try:
+        code = compile(source, path, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = f"{path}:{exc.lineno}" if exc.lineno else path
+        raise PipelineLoadError(f"{where}: syntax error: {exc.msg}", path=path, line=exc.lineno) from None
+    except ValueError as exc:  # e.g. NUL bytes in the source
+        raise PipelineLoadError(f"{path}: cannot compile: {_first_line(str(exc))}", path=path) from None
+    name = module_name(hash_)
+    module = types.ModuleType(name)
+    module.__file__ = path
+    sys.modules[name] = module
+    folder = os.path.dirname(os.path.abspath(path))
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        exec(code, module.__dict__)
+    except PipelineValidationError:
+        sys.modules.pop(name, None)
+        raise
+    except (Exception, SystemExit) as exc:
+        sys.modules.pop(name, None)
+        raise _import_error(path, exc) from None
+    finally:
+        if added:
+            try:
+                sys.path.remove(folder)
+            except ValueError:
+                pass
+    return module
+
+
+class ModuleCache:
+    """Imported pipeline modules by content hash (LRU), and their validated pipelines by (hash, target).
+
+    Thread-safe: a worker imports on a loader thread and looks up cached pipelines on its loop.
+    Evicting a module removes it from `sys.modules`; steps already holding its objects keep working.
+    """
+
+    def __init__(self, max_modules: int = MAX_MODULES) -> None:
+        self.max_modules = max_modules
+        self._modules: OrderedDict[str, types.ModuleType] = OrderedDict()
+        self._pipelines: dict[tuple[str, str | None], Pipeline] = {}
+        self._lock = threading.Lock()
+        self._import_lock = threading.Lock()
+
+    def __contains__(self, hash_: str) -> bool:
+        return hash_ in self._modules
+
+    def module(self, hash_: str, path: str, source: str | None) -> types.ModuleType:
+        """The module for `hash_`, importing `source` on a miss (PipelineLoadError if there is none)."""
+        module = self._hit(hash_)
+        if module is not None:
+            return module
+        if source is None:
+            raise PipelineLoadError(f"{path}: source of pipeline file {hash_[:12]} is not loaded in this worker", path=path)
+        with self._import_lock:  # one import at a time; lookups (self._lock) never wait for an import
+            module = self._hit(hash_)
+            if module is None:
+                module = _exec_module(hash_, path, source)
+                self._store(hash_, module)
+            return module
+
+    def _hit(self, hash_: str) -> types.ModuleType | None:
+        with self._lock:
+            module = self._modules.get(hash_)
+            if module is not None:
+                self._modules.move_to_end(hash_)
+            return module
+
+    def _store(self, hash_: str, module: types.ModuleType) -> None:
+        with self._lock:
+            self._modules[hash_] = module
+            while len(self._modules) > self.max_modules:
+                old, _ = self._modules.popitem(last=False)
+                sys.modules.pop(module_name(old), None)
+                for key in [k for k in self._pipelines if k[0] == old]:
+                    del self._pipelines[key]
+
+    def cached_pipeline(self, hash_: str, target: str | None) -> Pipeline | None:
+        """The already validated pipeline, or None (never imports, never waits for an import)."""
+        with self._lock:
+            pipeline = self._pipelines.get((hash_, target))
+            if pipeline is not None:
+                self._modules.move_to_end(hash_)
+            return pipeline
+
+    def pipeline(self, hash_: str, path: str, source: str | None, target: str | None) -> Pipeline:
+        """The validated pipeline `target` picks in the file (see `find_pipeline`)."""
+        cached = self.cached_pipeline(hash_, target)
+        if cached is not None:
+            return cached
+        pipeline = find_pipeline(self.module(hash_, path, source), target, path=path)
+        pipeline.validate()
+        with self._lock:
+            if hash_ in self._modules:
+                self._pipelines[(hash_, target)] = pipeline
+        return pipeline
+
+
+#: The cache a worker process uses.
+CACHE = ModuleCache()
+
+
+def load_module(source_hash: str, path: str, source: str) -> types.ModuleType:
+    """Import `source` (the text of `path`) as module `tagent_user_<hash[:16]>`, or return it from the cache."""
+    return CACHE.module(source_hash, path, source)
+
+
+def find_pipeline(module: types.ModuleType, target: str | None, *, path: str | None = None) -> Pipeline:
+    """The module-level `Pipeline` whose variable name or `.name` is `target`; without a target, the only one."""
+    path = path or getattr(module, "__file__", None) or module.__name__
+    found: dict[int, tuple[str, Pipeline]] = {}
+    for var, value in vars(module).items():
+        if isinstance(value, Pipeline) and id(value) not in found:
+            found[id(value)] = (var, value)
+    pipelines = list(found.values())
+    if not pipelines:
+        raise PipelineLoadError(f"{path}: no Pipeline found at module level", path=path)
+    if target is not None:
+        for var, pipeline in pipelines:
+            if target == var or target == pipeline.name:
+                return pipeline
+        names = ", ".join(_label(var, p) for var, p in pipelines)
+        raise PipelineLoadError(f"{path}: no pipeline named {target!r} (found: {names})", path=path)
+    if len(pipelines) > 1:
+        names = ", ".join(_label(var, p) for var, p in pipelines)
+        raise PipelineLoadError(
+            f"{path}: {len(pipelines)} pipelines found ({names}); pick one with FILE:NAME, e.g. {path}:{pipelines[0][0]}",
+            path=path,
+        )
+    return pipelines[0][1]
+
+
+def _label(var: str, pipeline: Pipeline) -> str:
+    return var if var == pipeline.name else f"{var} ({pipeline.name!r})"
+
+
+def load_pipeline(source_hash: str, path: str, source: str | None, target: str | None = None) -> Pipeline:
+    """Import the file (cached by hash), pick the pipeline and validate it.
+
+    Raises PipelineLoadError (one line: `path:line: reason`) or PipelineValidationError (with `.problems`).
+    """
+    return CACHE.pipeline(source_hash, path, source, target)
+
+
+def schema_classes(pipeline: Pipeline) -> dict[str, type]:
+    """Step name → output_schema class, for the steps that declare one."""
+    return {name: step.output_schema for name, step in pipeline.steps.items() if step.output_schema is not None}

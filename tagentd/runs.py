@@ -1,0 +1,217 @@
+"""`Run`: the daemon's record of one run — its machine, event log, log lines, memory and audit trail.
+
+A Run is only ever touched from the daemon's event loop. Readers that wait for
+news (long-poll requests) await `Run.wait_for_news`; writers call `notify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from tagent_client.engine import RunMachine
+from tagent_client.plan import Plan
+from tagent_client.protocol import EventRecord, LogRecord, RunDetail, RunSummary, StepInfo
+from tagent_client.result import PipelineResult
+from tagent_client.state import RunState, StepStatus
+
+MAX_LOG_LINES = 10_000
+MAX_EVENTS = 50_000
+
+
+class RunSource(msgspec.Struct, kw_only=True):
+    """What a run was started from: the file's path and text (snapshotted), its hash, and the pipeline picked."""
+
+    path: str
+    source: str
+    source_hash: str
+    target: str | None = None
+    model: str | None = None
+    trigger: Any = None
+
+
+class AuditEntry(msgspec.Struct, kw_only=True, array_like=True):
+    """One line of a run's history: when, who (uid/pid, or "daemon"), what."""
+
+    ts: float
+    who: str
+    what: str
+    data: dict[str, Any] = {}
+
+
+class Run:
+    """One run inside the daemon."""
+
+    def __init__(self, source: RunSource, plan: Plan, machine: RunMachine) -> None:
+        self.source = source
+        self.plan = plan
+        self.machine = machine
+        self.events: list[EventRecord] = []
+        self.logs: list[LogRecord] = []
+        self.memory: dict[str, Any] = {}
+        self.history: list[AuditEntry] = []
+        self.announced_finish = False
+        self.dirty_memory: set[str] = set()
+        self._seq = 0
+        self._log_seq = 0
+        self._news = asyncio.Event()
+
+    @property
+    def id(self) -> str:
+        return self.machine.state.run_id
+
+    @property
+    def state(self) -> RunState:
+        return self.machine.state
+
+    @property
+    def finished(self) -> bool:
+        return self.machine.finished
+
+    @property
+    def event_seq(self) -> int:
+        return self._seq
+
+    @property
+    def log_seq(self) -> int:
+        return self._log_seq
+
+    def restore_counters(self, event_seq: int, logs: list[LogRecord]) -> None:
+        """After recovery: event numbering continues where it stopped; stored log lines come back."""
+        self._seq = event_seq
+        self.logs = list(logs)
+        self._log_seq = logs[-1].seq if logs else 0
+
+    def remember(self, key: str, value: Any) -> None:
+        """`ctx.memory.save`: keep `value` under `key` for the rest of the run (durable on the next flush)."""
+        self.memory[key] = value
+        self.dirty_memory.add(key)
+
+    # -- news --------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake every long-poll waiting on this run."""
+        self._news.set()
+        self._news = asyncio.Event()
+
+    async def wait_for_news(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        news = self._news
+        try:
+            await asyncio.wait_for(news.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def add_event(self, topic: str, data: dict[str, Any], ts: float) -> EventRecord:
+        self._seq += 1
+        record = EventRecord(seq=self._seq, ts=ts, topic=topic, data=data)
+        self.events.append(record)
+        if len(self.events) > MAX_EVENTS:
+            del self.events[: len(self.events) - MAX_EVENTS]
+        self.history.append(AuditEntry(ts=ts, who="daemon", what=topic, data=_brief(data)))
+        return record
+
+    def add_log(self, step: str, level: int, message: str, ts: float) -> None:
+        self._log_seq += 1
+        self.logs.append(LogRecord(seq=self._log_seq, ts=ts, step=step, level=logging.getLevelName(level), message=message))
+        if len(self.logs) > MAX_LOG_LINES:
+            del self.logs[: len(self.logs) - MAX_LOG_LINES]
+
+    def audit(self, who: str, what: str, **data: Any) -> None:
+        self.history.append(AuditEntry(ts=time.time(), who=who, what=what, data=data))
+
+    def events_after(self, seq: int) -> list[EventRecord]:
+        return [e for e in self.events if e.seq > seq] if self.events and self.events[-1].seq > seq else []
+
+    def logs_after(self, seq: int) -> list[LogRecord]:
+        return [line for line in self.logs if line.seq > seq] if self.logs and self.logs[-1].seq > seq else []
+
+    # -- views --------------------------------------------------------------------------
+
+    def summary(self) -> RunSummary:
+        steps = self.state.steps.values()
+        return RunSummary(
+            run_id=self.id,
+            pipeline=self.state.pipeline,
+            status=self.state.status.value,
+            steps_done=sum(1 for s in steps if s.status.terminal),
+            steps_total=len(self.state.steps),
+            created_at=self.state.created_at,
+            finished_at=self.state.finished_at,
+            path=self.source.path,
+        )
+
+    def detail(self) -> RunDetail:
+        state = self.state
+        steps = {}
+        for name, step in state.steps.items():
+            duration = step.finished_at - step.started_at if step.finished_at and step.started_at else None
+            steps[name] = StepInfo(
+                status=step.status.value,
+                attempts=step.attempts,
+                started_at=step.started_at,
+                finished_at=step.finished_at,
+                duration_s=duration,
+                error=str(step.error) if step.error and step.status is not StepStatus.COMPLETED else None,
+                skip_reason=step.skip_reason,
+                cost=step.usage.cost,
+                tokens=step.usage.total_tokens,
+            )
+        return RunDetail(
+            run_id=self.id, pipeline=state.pipeline, status=state.status.value, created_at=state.created_at,
+            started_at=state.started_at, finished_at=state.finished_at, error=state.error, path=self.source.path,
+            params=state.params, steps=steps,
+        )
+
+    def result(self) -> PipelineResult:
+        return PipelineResult.from_state(self.plan, self.state)
+
+
+def _brief(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in ("run_id", "pipeline")}
+
+
+class RunTable:
+    """Every run the daemon knows, by id, in creation order."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+
+    def add(self, run: Run) -> None:
+        self._runs[run.id] = run
+
+    def get(self, run_id: str) -> Run | None:
+        run = self._runs.get(run_id)
+        if run is None and len(run_id) >= 4:
+            matches = [r for rid, r in self._runs.items() if rid.startswith(run_id)]
+            if len(matches) == 1:
+                return matches[0]
+        return run
+
+    def remove(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._runs.values())
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def newest(self, limit: int, status: str | None = None) -> list[Run]:
+        runs: Iterable[Run] = reversed(list(self._runs.values()))
+        if status:
+            runs = (r for r in runs if r.state.status.value == status)
+        out = []
+        for run in runs:
+            out.append(run)
+            if len(out) >= limit:
+                break
+        return out
+
+    def active(self) -> list[Run]:
+        return [r for r in self._runs.values() if not r.finished]

@@ -1,0 +1,159 @@
+"""Messages between the daemon and its worker processes (workers.sock).
+
+Workers connect DEALER sockets (identity `w<id>`) to the daemon's ROUTER. One
+frame per message, msgpack-encoded tagged Structs. Results are re-sent until
+the daemon acknowledges them (`TaskAck`), because ZeroMQ alone does not
+guarantee delivery; the engine ignores duplicates (stale attempt).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
+from tagent_client.plan import Plan
+
+
+class WorkerMessage(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every daemon <-> worker message."""
+
+
+# -- daemon -> worker ---------------------------------------------------------------
+
+
+class LoadPipeline(WorkerMessage, tag="load"):
+    """Import `source` (the text of `path`) and return the Plan of the pipeline `target` picks."""
+
+    req: int
+    source_hash: str
+    path: str
+    source: str
+    target: str | None = None
+
+
+class RunTask(WorkerMessage, tag="run"):
+    """Execute one dispatched task. `source` is sent only when this worker has not seen `source_hash`."""
+
+    run_id: str
+    source_hash: str
+    path: str
+    target: str | None
+    source: str | None
+    task: Dispatch
+    params: dict[str, Any] = {}
+    model: str | None = None
+    trigger: Any = None
+
+
+class CancelRunning(WorkerMessage, tag="cancel"):
+    run_id: str
+    task: str
+    attempt: int
+
+
+class TaskAck(WorkerMessage, tag="ack"):
+    """The daemon has the result of this attempt; stop re-sending it."""
+
+    run_id: str
+    task: str
+    attempt: int
+
+
+class MemoryReply(WorkerMessage, tag="memory_reply"):
+    """The answer to MemoryGet / MemorySave `req`; `error` set means the step's memory call raises it."""
+
+    req: int
+    value: Any = None
+    error: str | None = None
+
+
+class StopWorker(WorkerMessage, tag="stop"):
+    """Exit: at once (`graceful=False`) or after in-flight tasks finish."""
+
+    graceful: bool = True
+
+
+# -- worker -> daemon ---------------------------------------------------------------
+
+
+class Hello(WorkerMessage, tag="hello"):
+    worker_id: int
+    pid: int
+    capacity: int
+
+
+class Heartbeat(WorkerMessage, tag="heartbeat"):
+    """Sent every heartbeat interval; `running` lists (run_id, task, attempt) in flight.
+
+    `dropped` counts malformed or unknown frames the worker has received and dropped so far.
+    """
+
+    worker_id: int
+    running: list[tuple[str, str, int]] = []
+    dropped: int = 0
+
+
+class Loaded(WorkerMessage, tag="loaded"):
+    req: int
+    plan: Plan
+    schemas: dict[str, Any] = {}
+
+
+class LoadFailed(WorkerMessage, tag="load_failed"):
+    """The file did not import or validate. `message` is one line: path:line: reason."""
+
+    req: int
+    code: str
+    message: str
+    problems: list[str] = []
+
+
+class TaskDone(WorkerMessage, tag="done"):
+    run_id: str
+    event: StepSucceeded | StepFailed | StepTimedOut
+
+
+class LogLine(WorkerMessage, tag="log"):
+    run_id: str
+    step: str
+    level: int
+    message: str
+    ts: float
+
+
+class ProgressNote(WorkerMessage, tag="progress"):
+    run_id: str
+    step: str
+    fraction: float | None = None
+    message: str | None = None
+
+
+class MemoryGet(WorkerMessage, tag="memory_get"):
+    req: int
+    run_id: str
+    key: str
+
+
+class MemorySave(WorkerMessage, tag="memory_save"):
+    req: int
+    run_id: str
+    key: str
+    value: Any = None
+
+
+ToWorker = LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | StopWorker
+FromWorker = Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
+
+_encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
+
+
+def encode(message: WorkerMessage) -> bytes:
+    return _encoder.encode(message)
+
+# Exit codes of a worker process, so the supervisor can say why one ended.
+EXIT_OK = 0
+EXIT_STUCK_STEP = 70      # a timed-out step would not stop; the worker ended itself
+EXIT_LOST_DAEMON = 71     # the daemon stopped answering
