@@ -36,6 +36,7 @@ from .lock import InstanceLock
 from .notify import notify
 from .pool import WorkerPool
 from .runs import Run, RunTable
+from .checkpoint import DurableStore
 from .store import MemoryStore, RunStore
 
 log = logging.getLogger("tagentd")
@@ -404,6 +405,7 @@ class Daemon:
         stats.update(self.pool.stats)
         stats["queued_tasks"] = self.pool.queued
         stats["in_flight_tasks"] = self.pool.in_flight
+        stats["checkpoint_problems"] = list(self.store.problems)
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
@@ -438,7 +440,7 @@ def serve(settings: Settings, *, foreground_log: bool = True) -> int:
     lock = InstanceLock(runtime_dir)
     try:
         log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
-        store: RunStore = MemoryStore()
+        store: RunStore = DurableStore(state_dir) if settings.durable else MemoryStore()
         daemon = Daemon(settings, store)
         return asyncio.run(daemon.run(log_fd))
     finally:

@@ -17,6 +17,8 @@ class RunStore(Protocol):
     """Where runs are kept. Guarantee of a durable store: what `flush` returned for survives kill -9."""
 
     durable: bool
+    #: Files found corrupt at load (each: what, where, where it was moved); shown by `tagentd status`.
+    problems: list[str]
 
     def created(self, run: Run) -> None:
         """A new run: its source snapshot and plan must be kept along with its state."""
@@ -41,6 +43,9 @@ class MemoryStore:
     """Keeps nothing: a daemon restart forgets every run. For tests and `durable = false`."""
 
     durable = False
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
 
     def created(self, run: Run) -> None:
         return None

@@ -227,7 +227,8 @@ class Worker:
             pending = self.loop.run_in_executor(self.loader, CACHE.module, hash_, path, source)
             self.loading[hash_] = pending
             try:
-                await asyncio.wait_for(asyncio.shield(pending), self.load_timeout)
+                async with asyncio.timeout(self.load_timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                    await asyncio.shield(pending)
             except TimeoutError:
                 self.exit_when_flushed(wire.EXIT_STUCK_STEP, f"importing {path} did not finish in {self.load_timeout:g}s",
                                        STUCK_FLUSH)

@@ -74,7 +74,7 @@ class FakeDaemon:
         self._stop.wait(seconds)
 
     def _serve(self) -> None:
-        router = zmq.Context.instance().socket(zmq.ROUTER)
+        router: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.bind(self.endpoint)
         self._ready.set()
@@ -275,7 +275,8 @@ def test_client_decodes_runs_and_status_and_maps_errors(runtime_dir: Path) -> No
     ids = [r.id for r in daemon.requests]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(r.pid == os.getpid() and r.uid == os.getuid() for r in daemon.requests)
-    assert daemon.requests[2].limit == 5 and daemon.requests[2].status == "running"
+    listing = next(r for r in daemon.requests if isinstance(r, protocol.ListRuns))
+    assert (listing.limit, listing.status) == (5, "running")
 
 
 def test_cli_maps_an_error_reply_to_one_line_and_its_exit_code(runtime_dir: Path) -> None:

@@ -501,7 +501,8 @@ def test_retryable_failures_back_off_exponentially_within_jitter_bounds_and_capp
         assert base * 0.9 <= retry.at - now <= base
         assert "step.retrying" in topics(actions)
         assert status(machine, "flaky") is StepStatus.RETRYING
-        assert machine.handle(TimerFired(), now=retry.at - 0.001) == []
+        # a timer that fires early dispatches nothing and is re-armed for the due time
+        assert machine.handle(TimerFired(), now=retry.at - 0.001) == [ScheduleRetry(task="", at=retry.at)]
         now = retry.at
         actions = machine.handle(TimerFired(), now=now)
         assert dispatch_of(actions, "flaky").attempt == attempt + 1
@@ -519,13 +520,13 @@ def test_jitter_comes_from_the_machine_rng_so_a_seed_makes_it_deterministic() ->
     assert times[0][0] == 5.0 + backoff_delay(RetrySpec(delay=1.0, max_delay=3.0), 1, random.Random(42))
 
 
-def test_timer_before_the_retry_is_due_does_nothing_and_after_it_redispatches() -> None:
-    """Given a retry due at t, when TimerFired comes before t, then nothing; at t, attempt 2 is dispatched."""
+def test_timer_before_the_retry_is_due_is_rearmed_and_after_it_redispatches() -> None:
+    """Given a retry due at t, when TimerFired comes before t, then only a re-armed timer; at t, attempt 2 is dispatched."""
     machine, _ = started(_retrying(retry_jitter=0.0))
     fail(machine, "flaky", retryable=True, now=10.0)
     assert machine.next_timer() == 11.0
 
-    assert machine.handle(TimerFired(), now=10.5) == []
+    assert machine.handle(TimerFired(), now=10.5) == [ScheduleRetry(task="", at=11.0)]  # early: re-armed
     actions = machine.handle(TimerFired(), now=11.0)
 
     assert dispatch_of(actions, "flaky").attempt == 2

@@ -265,8 +265,8 @@ def cancel(session: Session, run_id: str) -> None:
 @pass_session
 def resume(session: Session, run_id: str) -> None:
     """Run a failed or cancelled run again from its checkpoint (completed steps are kept)."""
-    session.client().resume(run_id)
-    click.echo(f"run {run_id}: resumed")
+    again = session.client().resume(run_id).get("steps") or []
+    click.echo(f"run {run_id}: resumed; running again: {', '.join(again) or 'nothing'}")
 
 
 @cli.command()

@@ -80,6 +80,10 @@ def _ignore(result: Any) -> None:
     return None
 
 
+def _plain(result: Any) -> dict[str, Any]:
+    return dict(result or {})
+
+
 def _history(result: Any) -> list[dict[str, Any]]:
     """Audit entries as dicts; entries sent as arrays ([ts, who, what, data]) are named."""
     entries = []
@@ -132,7 +136,7 @@ def _logs(run_id: str, after: int, wait: float) -> _Call[LogBatch]:
 
 
 def _ping() -> _Call[dict[str, Any]]:
-    return _Call(protocol.Ping(), lambda result: dict(result or {}))
+    return _Call(protocol.Ping(), _plain)
 
 
 def _runs(limit: int, status: str | None) -> _Call[list[RunSummary]]:
@@ -143,9 +147,9 @@ def _status(run_id: str) -> _Call[RunDetail]:
     return _Call(protocol.GetRun(run_id=run_id), _as(RunDetail))
 
 
-def _cancel(run_id: str, reason: str | None) -> _Call[None]:
+def _cancel(run_id: str, reason: str | None) -> _Call[dict[str, Any]]:
     request = protocol.Cancel(run_id=run_id) if reason is None else protocol.Cancel(run_id=run_id, reason=reason)
-    return _Call(request, _ignore)
+    return _Call(request, _plain)
 
 
 def _result(run_id: str, schemas: Schemas | None) -> _Call[PipelineResult]:
@@ -338,14 +342,17 @@ class Client(_Base):
         """The run's result (partial while it runs); outputs of steps in `schemas` become model instances."""
         return self._call(_result(run_id, schemas))
 
-    def cancel(self, run_id: str, reason: str | None = None) -> None:
-        self._call(_cancel(run_id, reason))
+    def cancel(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        """Stop the run; completed outputs are kept. Returns {run_id, status}."""
+        return self._call(_cancel(run_id, reason))
 
-    def resume(self, run_id: str) -> None:
-        self._call(_Call(protocol.Resume(run_id=run_id), _ignore))
+    def resume(self, run_id: str) -> dict[str, Any]:
+        """Run a failed or cancelled run again from its checkpoint. Returns {run_id, steps} (the steps run again)."""
+        return self._call(_Call(protocol.Resume(run_id=run_id), _plain))
 
-    def retry(self, run_id: str, step: str) -> None:
-        self._call(_Call(protocol.Retry(run_id=run_id, step=step), _ignore))
+    def retry(self, run_id: str, step: str) -> dict[str, Any]:
+        """Run `step` of an ended run again, and everything downstream of it. Returns {run_id, step}."""
+        return self._call(_Call(protocol.Retry(run_id=run_id, step=step), _plain))
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
         """The run's audit trail, oldest first: dicts with ts, who, what, data."""
@@ -377,8 +384,9 @@ class Client(_Base):
     def daemon_status(self) -> DaemonInfo:
         return self._call(_Call(protocol.DaemonStatus(), _as(DaemonInfo)))
 
-    def shutdown(self, graceful: bool = True) -> None:
-        self._call(_Call(protocol.Shutdown(graceful=graceful), _ignore))
+    def shutdown(self, graceful: bool = True) -> dict[str, Any]:
+        """Ask the daemon to stop (graceful: in-flight steps may finish). Returns {stopping, graceful}."""
+        return self._call(_Call(protocol.Shutdown(graceful=graceful), _plain))
 
 
 # -- the asyncio client ------------------------------------------------------------------------
@@ -503,14 +511,14 @@ class AsyncClient(_Base):
     async def result(self, run_id: str, schemas: Schemas | None = None) -> PipelineResult:
         return await self._call(_result(run_id, schemas))
 
-    async def cancel(self, run_id: str, reason: str | None = None) -> None:
-        await self._call(_cancel(run_id, reason))
+    async def cancel(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
+        return await self._call(_cancel(run_id, reason))
 
-    async def resume(self, run_id: str) -> None:
-        await self._call(_Call(protocol.Resume(run_id=run_id), _ignore))
+    async def resume(self, run_id: str) -> dict[str, Any]:
+        return await self._call(_Call(protocol.Resume(run_id=run_id), _plain))
 
-    async def retry(self, run_id: str, step: str) -> None:
-        await self._call(_Call(protocol.Retry(run_id=run_id, step=step), _ignore))
+    async def retry(self, run_id: str, step: str) -> dict[str, Any]:
+        return await self._call(_Call(protocol.Retry(run_id=run_id, step=step), _plain))
 
     async def history(self, run_id: str) -> list[dict[str, Any]]:
         return await self._call(_Call(protocol.GetHistory(run_id=run_id), _history))
@@ -539,5 +547,5 @@ class AsyncClient(_Base):
     async def daemon_status(self) -> DaemonInfo:
         return await self._call(_Call(protocol.DaemonStatus(), _as(DaemonInfo)))
 
-    async def shutdown(self, graceful: bool = True) -> None:
-        await self._call(_Call(protocol.Shutdown(graceful=graceful), _ignore))
+    async def shutdown(self, graceful: bool = True) -> dict[str, Any]:
+        return await self._call(_Call(protocol.Shutdown(graceful=graceful), _plain))

@@ -58,7 +58,13 @@ def task_id(step: str, phase: Any = None, item_index: int | None = None) -> str:
 
 
 class RunMachine:
-    """One run of one plan. Feed it `start`, then `handle(event, now)`; carry out what it returns."""
+    """One run of one plan. Feed it `start`, then `handle(event, now)`; carry out what it returns.
+
+    Besides the persisted `state`, the machine keeps derived indexes (tasks per
+    step, queued / running / waiting tasks, busy SERIAL steps, steps to look at)
+    so one event costs time in proportion to what it changes, not to the size
+    of the run. `take_changes()` tells a store which steps and tasks changed.
+    """
 
     def __init__(self, plan: Plan, state: RunState, *, rng: random.Random | None = None) -> None:
         self.plan = plan
@@ -71,6 +77,25 @@ class RunMachine:
         for spec in plan.steps:
             for dep in spec.deps:
                 self._dependents[dep].append(spec.name)
+        self._changed_steps: set[str] = set()
+        self._changed_tasks: set[str] = set()
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """Rebuild every derived index from `state` (at construction, recovery and reset)."""
+        self._tasks_of: dict[str, dict[str, TaskState]] = {name: {} for name in self.state.steps}
+        self._queued: dict[str, TaskState] = {}
+        self._running: dict[str, TaskState] = {}
+        self._waiting: dict[str, TaskState] = {}
+        for task in self.state.tasks.values():
+            self._tasks_of[task.step][task.id] = task
+            self._file(task)
+        self._serial_active = {
+            n for n, s in self.state.steps.items()
+            if self.specs[n].mode is ExecutionMode.SERIAL and s.status in (StepStatus.RUNNING, StepStatus.RETRYING)
+        }
+        self._open = sum(1 for s in self.state.steps.values() if not s.status.terminal)
+        self._candidates = {n for n, s in self.state.steps.items() if s.status is StepStatus.PENDING}
 
     @classmethod
     def new(cls, plan: Plan, run_id: str, *, params: Mapping[str, Any] | None = None, now: float = 0.0,
@@ -86,7 +111,7 @@ class RunMachine:
         return self.state.status.finished
 
     def start(self, now: float) -> list[Action]:
-        """Begin the run (or continue a recovered one: see `recover`)."""
+        """Begin a new run."""
         self.state.status = RunStatus.RUNNING
         self.state.started_at = self.state.started_at or now
         out: list[Action] = [Persist(), Emit(topic="run.started", data=self._ev())]
@@ -95,13 +120,14 @@ class RunMachine:
     def recover(self, now: float) -> list[Action]:
         """Continue after a crash: in-flight attempts run again (attempt + 1), pending retries keep their time."""
         out: list[Action] = []
-        for task in self.state.tasks.values():
+        for task in list(self.state.tasks.values()):
             if task.status is TaskStatus.RUNNING:
-                task.status = TaskStatus.QUEUED
                 task.interrupted += 1
+                self._task_to(task, TaskStatus.QUEUED)
             elif task.status is TaskStatus.WAITING_RETRY and task.retry_at is not None:
                 out.append(ScheduleRetry(task=task.id, at=task.retry_at))
         self.state.status = RunStatus.RUNNING
+        self.state.started_at = self.state.started_at or now
         return [Persist(), *out, *self._advance(now)]
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -109,18 +135,20 @@ class RunMachine:
         if self.finished:
             return []
         if isinstance(event, TimerFired):
-            return self._advance(now)
+            return self._timer_fired(now)
         if isinstance(event, Cancelled):
             return self._cancel_run(event.reason, now, RunStatus.CANCELLED)
-        task = self.state.tasks.get(event.task)
-        if task is None or task.status is not TaskStatus.RUNNING or task.attempt != event.attempt:
+        task = self._running.get(event.task)
+        if task is None or task.attempt != event.attempt:
             return []
         spec = self.specs[task.step]
+        if isinstance(event, (StepSucceeded, StepFailed)) and event.usage is not None:
+            step = self.state.steps[task.step]
+            step.usage = step.usage.add(event.usage)
+            self._changed_steps.add(task.step)
         if isinstance(event, StepSucceeded):
-            self.state.steps[task.step].usage = self.state.steps[task.step].usage.add(event.usage)
             return self._task_succeeded(task, event.output, now)
         if isinstance(event, StepFailed):
-            self.state.steps[task.step].usage = self.state.steps[task.step].usage.add(event.usage)
             return self._task_failed(task, event.error, now)
         if isinstance(event, StepTimedOut):
             limit = event.timeout if event.timeout is not None else spec.timeout
@@ -132,12 +160,18 @@ class RunMachine:
         return []
 
     def next_timer(self) -> float | None:
-        """The earliest pending retry time, if any (for shells that poll instead of scheduling)."""
-        times = [t.retry_at for t in self.state.tasks.values() if t.status is TaskStatus.WAITING_RETRY and t.retry_at]
+        """The earliest pending retry time, if any."""
+        times = [t.retry_at for t in self._waiting.values() if t.retry_at is not None]
         return min(times) if times else None
 
     def running_tasks(self) -> list[TaskState]:
-        return [t for t in self.state.tasks.values() if t.status is TaskStatus.RUNNING]
+        return list(self._running.values())
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """Names of steps and ids of tasks changed since the last call (a task id absent from state was removed)."""
+        steps, tasks = self._changed_steps, self._changed_tasks
+        self._changed_steps, self._changed_tasks = set(), set()
+        return steps, tasks
 
     def reset(self, steps: list[str], now: float) -> list[Action]:
         """Run `steps` again (resume / retry): they and their dependents go back to PENDING."""
@@ -149,58 +183,110 @@ class RunMachine:
                     todo.add(dependent)
                     frontier.append(dependent)
         for name in todo:
-            self.state.steps[name] = StepState(name=name, attempts=self.state.steps[name].attempts,
-                                               usage=self.state.steps[name].usage)
-            for tid in [t for t, task in self.state.tasks.items() if task.step == name]:
+            old = self.state.steps[name]
+            self.state.steps[name] = StepState(name=name, attempts=old.attempts, usage=old.usage)
+            self._changed_steps.add(name)
+            for tid in list(self._tasks_of[name]):
                 del self.state.tasks[tid]
+                self._changed_tasks.add(tid)
         self.state.status = RunStatus.RUNNING
         self.state.finished_at = None
         self.state.error = None
+        self._reindex()
         return [Persist(), Emit(topic="run.resumed", data=self._ev(steps=sorted(todo)))] + self._advance(now)
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def _file(self, task: TaskState) -> None:
+        for index in (self._queued, self._running, self._waiting):
+            index.pop(task.id, None)
+        if task.status is TaskStatus.QUEUED:
+            self._queued[task.id] = task
+        elif task.status is TaskStatus.RUNNING:
+            self._running[task.id] = task
+        elif task.status is TaskStatus.WAITING_RETRY:
+            self._waiting[task.id] = task
+
+    def _task_to(self, task: TaskState, status: TaskStatus) -> None:
+        task.status = status
+        self._file(task)
+        self._changed_tasks.add(task.id)
+
+    def _add_task(self, step: str, phase: Phase, item_index: int | None) -> None:
+        tid = task_id(step, phase, item_index)
+        task = TaskState(id=tid, step=step, phase=phase, item_index=item_index)
+        self.state.tasks[tid] = task
+        self._tasks_of[step][tid] = task
+        self._file(task)
+        self._changed_tasks.add(tid)
+
+    def _drop_tasks(self, step: str, phase: Phase | None = None) -> None:
+        for tid, task in list(self._tasks_of[step].items()):
+            if phase is None or task.phase is phase:
+                del self.state.tasks[tid]
+                del self._tasks_of[step][tid]
+                for index in (self._queued, self._running, self._waiting):
+                    index.pop(tid, None)
+                self._changed_tasks.add(tid)
+
+    def _item_outputs(self, step: str) -> list[Any]:
+        items = [t for t in self._tasks_of[step].values() if t.phase is Phase.RUN]
+        return [t.output for t in sorted(items, key=lambda t: t.item_index or 0)]
 
     # -- transitions -----------------------------------------------------------------
 
     def _set_step(self, name: str, status: StepStatus, now: float) -> None:
         step = self.state.steps[name]
+        self._changed_steps.add(name)
         if status is step.status:
             return
         if status not in STEP_TRANSITIONS[step.status]:
             raise AssertionError(f"illegal step transition {step.status.value} -> {status.value} for {name!r}")
+        was_open = not step.status.terminal
         step.status = status
+        if self.specs[name].mode is ExecutionMode.SERIAL:
+            if status in (StepStatus.RUNNING, StepStatus.RETRYING):
+                self._serial_active.add(name)
+            else:
+                self._serial_active.discard(name)
         if status is StepStatus.RUNNING and step.started_at is None:
             step.started_at = now
         if status.terminal:
             step.finished_at = now
+            if was_open:
+                self._open -= 1
+            self._candidates.update(self._dependents[name])
 
     def _task_succeeded(self, task: TaskState, output: Any, now: float) -> list[Action]:
-        task.status, task.output, task.finished_at, task.error = TaskStatus.SUCCEEDED, output, now, None
+        task.output, task.finished_at, task.error = output, now, None
+        self._task_to(task, TaskStatus.SUCCEEDED)
         step = self.state.steps[task.step]
         spec = self.specs[task.step]
-        out: list[Action] = []
         if task.phase is Phase.CONDITION:
-            del self.state.tasks[task.id]
+            self._drop_tasks(task.step, Phase.CONDITION)
+            self._changed_steps.add(task.step)
+            self._candidates.add(task.step)
+            out: list[Action] = []
             if output:
                 step.condition_passed = True
             else:
                 out += self._skip(task.step, f"condition false: {spec.name}'s callable condition returned {output!r}", now)
             return out + self._advance(now)
         if task.phase is Phase.RUN and task.item_index is not None:
-            items = [t for t in self.state.tasks.values() if t.step == task.step and t.phase is Phase.RUN]
+            items = [t for t in self._tasks_of[task.step].values() if t.phase is Phase.RUN]
             if any(t.status is not TaskStatus.SUCCEEDED for t in items):
                 return [Persist()] + self._advance(now)
-            outputs = [t.output for t in sorted(items, key=lambda t: t.item_index or 0)]
             if spec.has_merge:
                 self._add_task(task.step, Phase.MERGE, None)
                 return [Persist()] + self._advance(now)
-            output = outputs
-        return out + self._complete(task.step, output, now) + self._advance(now)
+            output = self._item_outputs(task.step)
+        return self._complete(task.step, output, now) + self._advance(now)
 
     def _complete(self, name: str, output: Any, now: float) -> list[Action]:
         step = self.state.steps[name]
         step.output, step.error = output, None
         self._set_step(name, StepStatus.COMPLETED, now)
-        for tid in [t for t, task in self.state.tasks.items() if task.step == name]:
-            del self.state.tasks[tid]
+        self._drop_tasks(name)
         return [Persist(), Emit(topic="step.completed", data=self._ev(step=name, attempts=step.attempts))]
 
     def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
@@ -209,19 +295,19 @@ class RunMachine:
         task.error, task.finished_at = error, now
         failures = task.attempt - task.interrupted
         if error.retryable and failures <= spec.retry.max_retries:
-            task.status = TaskStatus.WAITING_RETRY
             task.retry_at = now + backoff_delay(spec.retry, failures, self.rng)
+            self._task_to(task, TaskStatus.WAITING_RETRY)
             if task.phase is not Phase.CONDITION:  # a condition retry leaves its step PENDING: it has not started
                 self._set_step(task.step, StepStatus.RETRYING, now)
             ev = self._ev(step=task.step, attempt=task.attempt, error=str(error), retry_at=task.retry_at)
             return [Persist(), Emit(topic="step.retrying", data=ev), ScheduleRetry(task=task.id, at=task.retry_at)] + self._advance(now)
-        task.status = TaskStatus.FAILED
+        self._task_to(task, TaskStatus.FAILED)
         out: list[Action] = []
-        for sibling in self.state.tasks.values():
-            if sibling.step == task.step and sibling.status in _LIVE_TASK:
+        for sibling in list(self._tasks_of[task.step].values()):
+            if sibling.status in _LIVE_TASK:
                 if sibling.status is TaskStatus.RUNNING:
                     out.append(CancelTask(task=sibling.id, attempt=sibling.attempt))
-                sibling.status = TaskStatus.CANCELLED
+                self._task_to(sibling, TaskStatus.CANCELLED)
         step.error = error
         self._set_step(task.step, StepStatus.FAILED, now)
         out += [Persist(), Emit(topic="step.failed", data=self._ev(step=task.step, attempt=task.attempt, error=str(error)))]
@@ -246,11 +332,10 @@ class RunMachine:
 
     def _cancel_run(self, reason: str, now: float, status: RunStatus) -> list[Action]:
         out: list[Action] = []
-        for task in self.state.tasks.values():
+        for task in [*self._running.values(), *self._queued.values(), *self._waiting.values()]:
             if task.status is TaskStatus.RUNNING:
                 out.append(CancelTask(task=task.id, attempt=task.attempt))
-            if task.status in _LIVE_TASK:
-                task.status = TaskStatus.CANCELLED
+            self._task_to(task, TaskStatus.CANCELLED)
         for name, step in self.state.steps.items():
             if not step.status.terminal:
                 step.skip_reason = reason
@@ -266,34 +351,41 @@ class RunMachine:
 
     # -- scheduling ------------------------------------------------------------------------
 
+    def _timer_fired(self, now: float) -> list[Action]:
+        """Start due retries; a timer that fired early (clocks differ) is re-armed, so no retry is ever lost."""
+        out = self._advance(now)
+        if not self.finished and not any(isinstance(a, Dispatch) for a in out):
+            due = self.next_timer()
+            if due is not None and due > now:
+                out.append(ScheduleRetry(task="", at=due))
+        return out
+
     def _advance(self, now: float) -> list[Action]:
         if self.finished:
             return []
         out: list[Action] = []
-        changed = True
-        while changed and not self.finished:
-            changed = False
-            for spec in self.plan.steps:
-                if self.state.steps[spec.name].status is StepStatus.PENDING and not self._has_tasks(spec.name):
-                    produced = self._resolve(spec, now)
-                    if produced is not None:
+        while self._candidates and not self.finished:
+            batch = sorted(self._candidates, key=self._order.__getitem__)
+            self._candidates.clear()
+            for name in batch:
+                if self.finished:
+                    break
+                if self.state.steps[name].status is StepStatus.PENDING and not self._tasks_of[name]:
+                    produced = self._resolve(self.specs[name], now)
+                    if produced:
                         out += produced
-                        changed = True
         if self.finished:
             return out
         out += self._dispatch_ready(now)
-        if all(s.status.terminal for s in self.state.steps.values()):
+        if self._open == 0:
             failed = [n for n, s in self.state.steps.items() if s.status is StepStatus.FAILED and self.specs[n].required]
             status = RunStatus.FAILED if failed else RunStatus.COMPLETED
             error = "step(s) failed: " + "; ".join(f"{n} ({self.state.steps[n].error})" for n in failed) if failed else None
             return out + self._finish(status, now, error)
-        if not any(t.status in _LIVE_TASK for t in self.state.tasks.values()):
+        if not (self._queued or self._running or self._waiting):
             waiting = sorted(n for n, s in self.state.steps.items() if not s.status.terminal)
             return out + self._cancel_run(f"no progress possible: steps {', '.join(waiting)} can never start (engine diagnostic; please report)", now, RunStatus.FAILED)
         return out
-
-    def _has_tasks(self, name: str) -> bool:
-        return any(t.step == name for t in self.state.tasks.values())
 
     def _resolve(self, spec: StepSpec, now: float) -> list[Action] | None:
         """Decide a PENDING step with no tasks: wait (None), skip, fail, or create its tasks."""
@@ -320,6 +412,7 @@ class RunMachine:
             if not cond.evaluate(self._scope(inputs)):
                 return self._skip(spec.name, f"condition false: {cond.describe()}", now)
             step.condition_passed = True
+            self._changed_steps.add(spec.name)
         if spec.condition_is_callable and not step.condition_passed:
             self._add_task(spec.name, Phase.CONDITION, None)
             return []
@@ -328,6 +421,7 @@ class RunMachine:
             if not isinstance(items, (list, tuple)):
                 return self._fail_step(spec.name, f"over={spec.over!r} is {'missing' if items is MISSING else type(items).__name__}, not a list", now)
             step.items = list(items)
+            self._changed_steps.add(spec.name)
             if not items:
                 if spec.has_merge:
                     self._add_task(spec.name, Phase.MERGE, None)
@@ -342,38 +436,34 @@ class RunMachine:
     def _scope(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return {**inputs, "shared": self.plan.shared_context, "params": self.state.params}
 
-    def _add_task(self, step: str, phase: Phase, item_index: int | None) -> None:
-        tid = task_id(step, phase, item_index)
-        self.state.tasks[tid] = TaskState(id=tid, step=step, phase=phase, item_index=item_index)
-
-    def _serial_busy(self) -> bool:
-        return any(
-            self.specs[n].mode is ExecutionMode.SERIAL and s.status in (StepStatus.RUNNING, StepStatus.RETRYING)
-            for n, s in self.state.steps.items()
-        )
-
     def _dispatch_ready(self, now: float) -> list[Action]:
+        room = self.plan.max_concurrent_steps - len(self._running)
+        if room <= 0:
+            return []
+        due = list(self._queued.values())
+        due += [t for t in self._waiting.values() if t.retry_at is not None and t.retry_at <= now]
+        if not due:
+            return []
+        if len(due) > 1:
+            due.sort(key=lambda t: (self._order[t.step], t.item_index or 0))  # definition order, then item order
         out: list[Action] = []
-        running = sum(1 for t in self.state.tasks.values() if t.status is TaskStatus.RUNNING)
-        due = [t for t in self.state.tasks.values() if t.status is TaskStatus.QUEUED or (
-            t.status is TaskStatus.WAITING_RETRY and t.retry_at is not None and t.retry_at <= now)]
-        due.sort(key=lambda t: (self._order[t.step], t.item_index or 0))  # definition order, then item order
         for task in due:
-            if running >= self.plan.max_concurrent_steps:
+            if room <= 0:
                 break
             spec = self.specs[task.step]
             step = self.state.steps[task.step]
             if (spec.mode is ExecutionMode.SERIAL and task.phase is Phase.RUN and step.status is StepStatus.PENDING
-                    and self._serial_busy()):
+                    and self._serial_active):
                 continue
             out += self._dispatch(task, spec, step, now)
-            running += 1
+            room -= 1
         return out
 
     def _dispatch(self, task: TaskState, spec: StepSpec, step: StepState, now: float) -> list[Action]:
         announce = task.phase is Phase.RUN and (step.status is StepStatus.PENDING or task.item_index is None)
         task.attempt += 1
-        task.status, task.retry_at, task.started_at = TaskStatus.RUNNING, None, now
+        task.retry_at, task.started_at = None, now
+        self._task_to(task, TaskStatus.RUNNING)
         if task.phase is not Phase.CONDITION:
             fan_out = task.item_index is not None or task.phase is Phase.MERGE
             step.attempts = max(step.attempts, task.attempt) if fan_out else step.attempts + 1
@@ -383,15 +473,12 @@ class RunMachine:
         if task.item_index is not None and step.items is not None:
             item = step.items[task.item_index]
         elif task.phase is Phase.MERGE:
-            item = [t.output for t in sorted(
-                (t for t in self.state.tasks.values() if t.step == task.step and t.phase is Phase.RUN),
-                key=lambda t: t.item_index or 0)]
+            item = self._item_outputs(task.step)
         action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
                           item=item, item_index=task.item_index, timeout=spec.timeout)
-        out: list[Action] = []
         if announce:
-            out.append(Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)))
-        return out + [action]
+            return [Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)), action]
+        return [action]
 
     def _ev(self, **data: Any) -> dict[str, Any]:
         return {"run_id": self.state.run_id, "pipeline": self.state.pipeline, **data}

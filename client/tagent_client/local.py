@@ -173,11 +173,7 @@ async def run_pipeline(
         carry_out(machine.start(time.time()))
         while not machine.finished:
             event = await inbox.get()
-            now = time.time()
-            carry_out(machine.handle(event, now))
-            due = machine.next_timer()
-            if isinstance(event, TimerFired) and due is not None and due > now:
-                arm(due)  # the monotonic timer fired before the wall clock says due (early, or the clock stepped back)
+            carry_out(machine.handle(event, time.time()))  # an early timer comes back as a new ScheduleRetry
     finally:
         for timer in timers:
             timer.cancel()

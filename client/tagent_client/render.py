@@ -138,13 +138,20 @@ def outputs_block(outputs: Mapping[str, Any]) -> str:
     """Each step's output as JSON: on one line when short, indented otherwise."""
     if not outputs:
         return "outputs: none"
-    lines = ["outputs:"]
-    for name, value in outputs.items():
-        text = compact_json(value)
-        if len(text) > 72:
-            text = msgspec.json.format(text, indent=2).replace("\n", "\n    ")
-        lines.append(f"  {name}: {text}")
-    return "\n".join(lines)
+    return "\n".join(["outputs:"] + [f"  {name}: {pretty_json(value, 2)}" for name, value in outputs.items()])
+
+
+def pretty_json(value: Any, indent: int = 0, width: int = 100) -> str:
+    """JSON that keeps whatever fits in `width` on one line and breaks only the big maps and lists."""
+    text = compact_json(value)
+    if indent + len(text) <= width or not isinstance(value, (dict, list)) or not value:
+        return text
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        items = [f"{pad}{compact_json(str(k))}: {pretty_json(v, indent + 2, width)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + pretty_json(v, indent + 2, width) for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
 
 
 def log_line(record: LogRecord) -> str:
@@ -200,6 +207,9 @@ class StepBoard:
             row.started_at = row.started_at or ts
         elif kind == "retrying":
             row.status, row.detail = "retrying", f"retry after: {data.get('error', '')}"
+        elif kind == "progress" and row.status == "running":
+            fraction = data.get("fraction")
+            row.detail = (f"{fraction:.0%} " if isinstance(fraction, (int, float)) else "") + str(data.get("message") or "")
         elif kind in ("completed", "failed", "skipped", "cancelled"):
             row.status, row.finished_at = kind, ts
             row.attempts = max(row.attempts, _int(data.get("attempts", data.get("attempt")), row.attempts))
