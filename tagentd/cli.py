@@ -423,3 +423,8 @@ def _show(value: Any) -> str:
 def version() -> None:
     """Print the version."""
     click.echo(f"tagentd {__version__}")
+
+
+from . import cli_state  # noqa: E402 - registers gc and inspect on the group defined above
+
+cli_state.register(cli, _where_options)

@@ -142,6 +142,11 @@ def get_history(daemon: Daemon, req: p.GetHistory) -> list[Any]:
     return list(find_run(daemon, req.run_id).history)
 
 
+def gc(daemon: Daemon, req: p.Gc) -> dict[str, Any]:
+    removed = daemon.apply_retention(max_age_s=req.max_age_s, max_runs=req.max_runs, dry_run=req.dry_run)
+    return {"removed": removed, "dry_run": req.dry_run}
+
+
 def daemon_status(daemon: Daemon, req: p.DaemonStatus) -> p.DaemonInfo:
     return daemon.info()
 
@@ -163,6 +168,7 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     p.GetEvents: get_events,
     p.GetLogs: get_logs,
     p.GetHistory: get_history,
+    p.Gc: gc,
     p.DaemonStatus: daemon_status,
     p.Shutdown: shutdown,
 }

@@ -30,7 +30,7 @@ from tagent_client import protocol as p
 from tagent_client.errors import TagentError
 from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Persist, ScheduleRetry, StepTimedOut, TimerFired, WorkerLost
 
-from . import __version__, control, wire
+from . import __version__, control, retention, wire
 from .config import LOG_FILE, Settings
 from .lock import InstanceLock
 from .notify import notify
@@ -43,6 +43,7 @@ log = logging.getLogger("tagentd")
 
 DRAIN_BATCH = 1000
 STOP_WAIT_GRACEFUL = 10.0
+RETENTION_EVERY_S = 3600.0
 
 
 class Daemon:
@@ -119,7 +120,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        for coro in (self._control_loop(), self._worker_loop(), self.pool.supervise(), self._committer()):
+        for coro in (self._control_loop(), self._worker_loop(), self.pool.supervise(), self._committer(),
+                     self._retention_loop()):
             self._spawn(coro)
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
@@ -226,6 +228,27 @@ class Daemon:
             return
         event = StepTimedOut(task=task, attempt=attempt) if timed_out else WorkerLost(task=task, attempt=attempt, reason=reason)
         self.feed(run, event)
+
+    def apply_retention(self, *, max_age_s: float | None = None, max_runs: int | None = None,
+                        dry_run: bool = False) -> list[str]:
+        """Remove expired finished runs (see retention.py); returns their ids."""
+        age = self.settings.retention_days * 86400 if max_age_s is None else max_age_s
+        limit = self.settings.retention_max_runs if max_runs is None else max_runs
+        doomed = retention.expired(self.runs, now=time.time(), max_age_s=age, max_runs=limit)
+        if not dry_run:
+            for run in doomed:
+                self.runs.remove(run.id)
+                self.store.remove(run.id)
+                self.pool.forget_run(run.id)
+            if doomed:
+                log.info("retention removed %d finished run(s)", len(doomed))
+                self._dirty.set()
+        return [r.id for r in doomed]
+
+    async def _retention_loop(self) -> None:
+        while True:
+            self.apply_retention()
+            await asyncio.sleep(RETENTION_EVERY_S)
 
     # -- commit --------------------------------------------------------------------------------------
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import msgspec
 import zmq
-import zmq.asyncio
 from tagent_client.context import StepContext
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, is_retryable
 from tagent_client.events import Event, StepFailed, StepSucceeded, StepTimedOut
@@ -84,7 +83,7 @@ class Worker:
         self.load_timeout = args.load_timeout
         self.parent_pid = args.parent_pid or os.getppid()
         self.loop = asyncio.get_running_loop()
-        self.zmq = zmq.asyncio.Context()
+        self.zmq = zmq.Context()
         self.link = WorkerLink(self.zmq, args.endpoint, f"w{self.id}".encode())
         self.services = WorkerServices(self.link, self.loop)
         self.slots = asyncio.Semaphore(self.capacity)
@@ -108,12 +107,12 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         self.link.send(wire.Hello(worker_id=self.id, pid=os.getpid(), capacity=self.capacity))
         threading.Thread(target=preload_agent_runtime, args=(self.agent_ready,), name="preload", daemon=True).start()
-        jobs = [self.loop.create_task(self.link.receive_forever(self.on_frame)), self.loop.create_task(self.housekeep())]
+        self.link.start(self.on_frame)
+        housekeeping = self.loop.create_task(self.housekeep())
         try:
             return await self.exited
         finally:
-            for job in jobs:
-                job.cancel()
+            housekeeping.cancel()
 
     def exit_when_flushed(self, code: int, reason: str, wait: float) -> None:
         """Stop taking work; exit with `code` once every result is acknowledged, or after `wait` seconds."""

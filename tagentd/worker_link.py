@@ -1,8 +1,8 @@
 """The worker's end of workers.sock: batched sends, drained receives, re-send until acknowledged.
 
-Throughput comes from never paying one loop wake-up per message: after one
-awaited receive, every frame already queued is read with non-blocking receives;
-sends made during one loop tick go out together in one flush. Messages that
+Throughput comes from never paying one loop wake-up per message: one wake-up
+reads every frame already queued with non-blocking receives, and the sends made
+during one loop tick go out together in one pass. Messages that
 must arrive (results, memory requests) stay in an unacked map and are re-sent
 every `RESEND_AFTER` seconds until `acked(key)`, because ZeroMQ alone may drop
 them.
@@ -17,7 +17,6 @@ from collections.abc import Callable, Hashable
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from . import wire
 
@@ -29,18 +28,32 @@ ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
 
 
 class WorkerLink:
-    """A DEALER socket (identity `w<id>`) connected to the daemon's ROUTER, used only from the event loop."""
+    """A DEALER socket (identity `w<id>`) connected to the daemon's ROUTER, used only from the event loop.
 
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str, identity: bytes) -> None:
+    The loop watches the socket's ZMQ_FD, which is edge-triggered: it signals that *something*
+    changed and is reset by any send, receive or EVENTS query. So every pass (`_service`)
+    sends what it can, receives what is queued, then re-reads EVENTS and goes again if
+    anything is still pending — no message ever waits unseen. (Mixing this with a
+    zmq.asyncio socket would not work: both would claim the same FD.)
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, identity: bytes) -> None:
         self._sock = context.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.IDENTITY, identity)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(endpoint)
-        self._sync = zmq.Socket.shadow(self._sock.underlying)  # same socket, for non-blocking calls
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: Callable[[bytes], None] = lambda frame: None
         self._out: deque[bytes] = deque()
-        self._flush_scheduled = False
-        self._blocked = False
+        self._scheduled = False
         self._unacked: dict[Hashable, list] = {}  # key -> [frame, last sent (monotonic)]
+
+    def start(self, handle: Callable[[bytes], None]) -> None:
+        """Call `handle(frame)` for every frame received from now on (on the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._handle = handle
+        self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._schedule)
+        self._schedule()
 
     # -- sending ------------------------------------------------------------------------
 
@@ -83,48 +96,45 @@ class WorkerLink:
 
     def _queue(self, frame: bytes) -> None:
         self._out.append(frame)
-        if not self._flush_scheduled and not self._blocked:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule()
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        while self._out and not self._blocked:
-            try:
-                self._sync.send(self._out[0], zmq.NOBLOCK)
-            except zmq.Again:
-                self._blocked = True
-                asyncio.get_running_loop().create_task(self._flush_when_writable())
-                return
-            self._out.popleft()
+    # -- the socket pass ------------------------------------------------------------------
 
-    async def _flush_when_writable(self) -> None:
-        """The high-water mark was reached: wait on each send until the daemon reads again."""
+    def _schedule(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._service)
+
+    def _service(self) -> None:
+        """Send what is queued (until the high-water mark), handle what arrived, then re-check EVENTS."""
+        self._scheduled = False
+        sock = self._sock
         try:
             while self._out:
-                await self._sock.send(self._out[0])
+                sock.send(self._out[0], zmq.NOBLOCK)
                 self._out.popleft()
-        finally:
-            self._blocked = False
-
-    # -- receiving ----------------------------------------------------------------------
-
-    async def receive_forever(self, handle: Callable[[bytes], None]) -> None:
-        """Call `handle(frame)` for every frame received; one awaited receive, then drain what is queued."""
-        while True:
-            handle(await self._sock.recv())
-            for _ in range(MAX_DRAIN):
-                try:
-                    frame = self._sync.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                handle(frame)
+        except zmq.Again:
+            pass  # the daemon is not reading; POLLOUT will signal the FD
+        for _ in range(MAX_DRAIN):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._handle(frame)
+        else:
+            self._schedule()  # more may be queued; let other tasks run first
+            return
+        events = sock.getsockopt(zmq.EVENTS)
+        if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
+            self._schedule()
 
     def close(self, linger_ms: int = 0) -> None:
         """Send what is queued if possible, then close (waiting at most `linger_ms` for the daemon)."""
+        if self._loop is not None and not self._sock.closed:
+            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
         while self._out:
             try:
-                self._sync.send(self._out.popleft(), zmq.NOBLOCK)
+                self._sock.send(self._out.popleft(), zmq.NOBLOCK)
             except zmq.ZMQError:
                 break
         self._sock.close(linger=linger_ms)

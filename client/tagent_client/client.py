@@ -388,6 +388,10 @@ class Client(_Base):
         """Ask the daemon to stop (graceful: in-flight steps may finish). Returns {stopping, graceful}."""
         return self._call(_Call(protocol.Shutdown(graceful=graceful), _plain))
 
+    def gc(self, max_age_s: float | None = None, max_runs: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Apply retention now (None: the daemon's settings). Returns {removed: [run ids], dry_run}."""
+        return self._call(_Call(protocol.Gc(max_age_s=max_age_s, max_runs=max_runs, dry_run=dry_run), _plain))
+
 
 # -- the asyncio client ------------------------------------------------------------------------
 
@@ -549,3 +553,6 @@ class AsyncClient(_Base):
 
     async def shutdown(self, graceful: bool = True) -> dict[str, Any]:
         return await self._call(_Call(protocol.Shutdown(graceful=graceful), _plain))
+
+    async def gc(self, max_age_s: float | None = None, max_runs: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+        return await self._call(_Call(protocol.Gc(max_age_s=max_age_s, max_runs=max_runs, dry_run=dry_run), _plain))

@@ -104,6 +104,14 @@ class GetHistory(Request, tag="history"):
     run_id: str
 
 
+class Gc(Request, tag="gc"):
+    """Apply retention now: remove finished runs older than `max_age_s` or beyond `max_runs` (None: the daemon's settings)."""
+
+    max_age_s: float | None = None
+    max_runs: int | None = None
+    dry_run: bool = False
+
+
 class DaemonStatus(Request, tag="daemon_status"):
     """pid, uptime, sockets, dirs, workers and run counts."""
 
@@ -115,10 +123,13 @@ class Shutdown(Request, tag="shutdown"):
 
 
 REQUEST_TYPES = (
-    Ping, Submit, ListRuns, GetRun, GetResult, Cancel, Resume, Retry, GetEvents, GetLogs, GetHistory,
+    Ping, Submit, ListRuns, GetRun, GetResult, Cancel, Resume, Retry, GetEvents, GetLogs, GetHistory, Gc,
     DaemonStatus, Shutdown,
 )
-AnyRequest = Ping | Submit | ListRuns | GetRun | GetResult | Cancel | Resume | Retry | GetEvents | GetLogs | GetHistory | DaemonStatus | Shutdown
+AnyRequest = (
+    Ping | Submit | ListRuns | GetRun | GetResult | Cancel | Resume | Retry | GetEvents | GetLogs | GetHistory | Gc
+    | DaemonStatus | Shutdown
+)
 
 
 class Reply(msgspec.Struct, tag="reply", tag_field="type", kw_only=True):

@@ -209,7 +209,8 @@ class StepBoard:
             row.status, row.detail = "retrying", f"retry after: {data.get('error', '')}"
         elif kind == "progress" and row.status == "running":
             fraction = data.get("fraction")
-            row.detail = (f"{fraction:.0%} " if isinstance(fraction, (int, float)) else "") + str(data.get("message") or "")
+            percent = f"{fraction:.0%} " if isinstance(fraction, (int, float)) else ""
+            row.detail = percent + str(data.get("message") or "")
         elif kind in ("completed", "failed", "skipped", "cancelled"):
             row.status, row.finished_at = kind, ts
             row.attempts = max(row.attempts, _int(data.get("attempts", data.get("attempt")), row.attempts))

@@ -1,0 +1,177 @@
+"""Shared fixtures: a real tagentd in private temp dirs, and helpers to wait without sleeping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)  # ok-sleep: polling interval of a deadline-bounded wait
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child pids of `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class DaemonProcess:
+    """A real `tagentd start --foreground` in its own runtime/state dirs, driven by tests."""
+
+    def __init__(self, root: Path, workers: int = 2, extra: list[str] | None = None) -> None:
+        self.root = root
+        self.runtime_dir = root / "run"
+        self.state_dir = root / "state"
+        self.workers = workers
+        self.extra = list(extra or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = dict(os.environ)
+        self.env.update(
+            TAGENTD_RUNTIME_DIR=str(self.runtime_dir),
+            TAGENTD_STATE_DIR=str(self.state_dir),
+            XDG_CONFIG_HOME=str(root / "config"),
+            PYTHONPATH=os.pathsep.join([str(REPO / "client"), str(REPO), self.env.get("PYTHONPATH", "")]),
+        )
+        self.env.pop("NOTIFY_SOCKET", None)
+
+    def start(self, timeout: float = 20.0) -> DaemonProcess:
+        argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--workers", str(self.workers), *self.extra]
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_until(self._answers, timeout, what=f"tagentd to answer (log: {self.state_dir / 'tagentd.log'})")
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"tagentd exited with {self.proc.returncode}; log:\n{self.log()}")
+        from tagent_client.client import Client
+        from tagent_client.errors import TagentError
+
+        try:
+            with self.client(timeout=1.0) as c:
+                c.ping()
+            return True
+        except TagentError:
+            return False
+
+    def client(self, timeout: float = 10.0):  # noqa: ANN201
+        from tagent_client.client import Client
+
+        return Client(runtime_dir=self.runtime_dir, timeout=timeout)
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run `tagent ARGS` against this daemon."""
+        return subprocess.run([sys.executable, "-m", "tagent_client.cli", *args], env=self.env, text=True,
+                              capture_output=True, timeout=timeout, check=False)
+
+    def admin(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run `tagentd ARGS` against this daemon."""
+        return subprocess.run([sys.executable, "-m", "tagentd", *args], env=self.env, text=True,
+                              capture_output=True, timeout=timeout, check=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        return [p for p in children_of(self.pid) if pid_alive(p)]
+
+    def log(self) -> str:
+        path = self.state_dir / "tagentd.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else "(no log)"
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon and every worker at once, as a crash would."""
+        assert self.proc is not None
+        workers = self.worker_pids()
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        wait_until(lambda: not any(pid_alive(p) for p in workers), 10, what="workers to die")
+
+    def stop(self) -> None:
+        """Stop gracefully if running; SIGKILL whatever is left. Leaves no process behind."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        workers = self.worker_pids()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        for pid in workers:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Factory of real daemons in private temp dirs; all are stopped (and checked gone) at teardown."""
+    started: list[DaemonProcess] = []
+    tmp_path.chmod(0o700)
+
+    def make(workers: int = 2, extra: list[str] | None = None, root: Path | None = None) -> DaemonProcess:
+        daemon = DaemonProcess(root or tmp_path, workers, extra)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
+    """A started daemon with 2 workers."""
+    return make_daemon().start()
+
+
+def write_pipeline(directory: Path, name: str, source: str) -> Path:
+    """Write a pipeline file (dedented source) and return its path."""
+    import textwrap
+
+    path = directory / name
+    path.write_text(textwrap.dedent(source))
+    return path
