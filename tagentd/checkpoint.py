@@ -34,7 +34,7 @@ from tagent_client.plan import Plan
 from tagent_client.protocol import LogRecord
 from tagent_client.state import RunState, RunStatus, StepState, TaskState
 
-from .records import CorruptRecord, fsync_dir, frame, read_frames, read_single, write_atomic
+from .records import HEADER, MAGIC, CorruptRecord, fsync_dir, frame, read_frames, read_single, write_atomic
 from .runs import AuditEntry, Run, RunSource
 
 log = logging.getLogger("tagentd.checkpoint")
@@ -90,9 +90,19 @@ class Removed(msgspec.Struct, tag="removed", kw_only=True):
 
 WalRecord = Created | Delta | Removed
 
+class _Version(msgspec.Struct):
+    """Just the `format` of any record: read before the full decode, which a newer layout may fail."""
+
+    format: int = 0
+
+
 _encoder = msgspec.msgpack.Encoder(enc_hook=lambda o: o.model_dump(mode="json"))
 _wal_decoder = msgspec.msgpack.Decoder(WalRecord)
 _ckpt_decoder = msgspec.msgpack.Decoder(RunCheckpoint)
+_version_decoder = msgspec.msgpack.Decoder(_Version)
+
+#: A snapshot waiting to be written: (run id, encoded RunCheckpoint).
+Snapshot = tuple[str, bytes]
 
 
 class _Progress:
@@ -107,6 +117,25 @@ class _Progress:
         self.snap_seq = 0
         self.last_seq = 0
         self.snapshot_final = False
+
+
+def peek_format(payload: bytes) -> int:
+    """The `format` field of an encoded record, or 0 if it has none (then it is simply undecodable)."""
+    try:
+        return _version_decoder.decode(payload).format
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return 0
+
+
+def is_torn_tail(data: bytes, exc: CorruptRecord) -> bool:
+    """True if the bad frame is the last thing in `data`: what a crash in the middle of an append leaves."""
+    if exc.reason.startswith("truncated"):
+        return True
+    rest = data[exc.offset:]
+    if not rest.strip(b"\0"):
+        return True  # the file grew but the bytes never reached the disk
+    magic, length, _ = HEADER.unpack_from(data, exc.offset)
+    return magic == MAGIC and exc.offset + HEADER.size + length == len(data)
 
 
 def check_format(version: int, where: Path) -> None:
@@ -138,6 +167,9 @@ class DurableStore:
         self._fd: int | None = None
         self._segment: Path | None = None
         self._segment_size = 0
+        self._unwritten = b""              # encoded records not yet durably appended (a failed flush keeps them)
+        self._snapshots: list[Snapshot] = []  # encoded snapshots not yet written
+        self._lock = asyncio.Lock()        # one flush at a time (the shutdown commit may overlap the committer's)
         self.problems: list[str] = []
         self.stats = {"flushes": 0, "records": 0, "bytes": 0, "snapshots": 0}
 
@@ -156,21 +188,38 @@ class DurableStore:
         self._runs_by_id.pop(run_id, None)
 
     async def flush(self) -> None:
-        if not (self._created or self._dirty or self._removed):
+        async with self._lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not (self._created or self._dirty or self._removed or self._unwritten or self._snapshots):
             return
-        payload, finished = self._encode_batch()
-        fd = self._open_segment()
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        self._segment_size += len(payload)
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
-        self.stats["flushes"] += 1
-        self.stats["bytes"] += len(payload)
-        for run in finished:
-            await self._snapshot_async(run)
-        if self._segment_size > SEGMENT_BYTES:
-            self._rotate()
+        loop = asyncio.get_running_loop()
+        payload, snapshots = self._encode_batch()
+        self._unwritten += payload
+        self._snapshots += snapshots
+        rotate = self._segment_size + len(self._unwritten) > SEGMENT_BYTES
+        if rotate:
+            # Encoded now, in the same tick as the batch, so each snapshot is exactly the state as of its wal_seq.
+            self._snapshots += self._stale_snapshots()
+        if self._unwritten:
+            fd = self._open_segment()
+            try:
+                view = memoryview(self._unwritten)
+                while view:
+                    view = view[os.write(fd, view):]
+                await loop.run_in_executor(None, os.fsync, fd)
+            except BaseException:
+                self._drop_segment()
+                raise
+            self._segment_size += len(self._unwritten)
+            self.stats["flushes"] += 1
+            self.stats["bytes"] += len(self._unwritten)
+            self._unwritten = b""
+        if self._snapshots:
+            await loop.run_in_executor(None, self._write_snapshots)
+        if rotate:
+            self._retire_segments()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -184,9 +233,9 @@ class DurableStore:
         self._seq += 1
         return self._seq
 
-    def _encode_batch(self) -> tuple[bytes, list[Run]]:
+    def _encode_batch(self) -> tuple[bytes, list[Snapshot]]:
         chunks: list[bytes] = []
-        finished: list[Run] = []
+        snapshots: list[Snapshot] = []
         for run in self._created:
             seq = self._next_seq()
             chunks.append(frame(_encoder.encode(Created(seq=seq, checkpoint=self._checkpoint(run, seq)))))
@@ -196,6 +245,10 @@ class DurableStore:
             progress.last_seq = seq
             self._progress[run.id] = progress
             self._dirty.pop(run.id, None)
+            if run.state.status.finished:  # e.g. every step skipped at start
+                snapshots.append((run.id, _encoder.encode(self._checkpoint(run, seq))))
+                progress.snap_seq = seq
+                progress.snapshot_final = True
         self._created.clear()
         for run in self._dirty.values():
             progress = self._progress.setdefault(run.id, _Progress())
@@ -219,32 +272,47 @@ class DurableStore:
             progress.log_seq = run.log_seq
             progress.last_seq = seq
             chunks.append(frame(_encoder.encode(delta)))
-            if state.status.finished and not progress.snapshot_final:
-                finished.append(run)
+            if not state.status.finished:
+                progress.snapshot_final = False  # resumed or retried: its next finish needs a new snapshot
+            elif not progress.snapshot_final:
+                snapshots.append((run.id, _encoder.encode(self._checkpoint(run, seq))))
+                progress.snap_seq = seq
+                progress.snapshot_final = True
         self._dirty.clear()
         for run_id in self._removed:
             chunks.append(frame(_encoder.encode(Removed(seq=self._next_seq(), run_id=run_id))))
             self._progress.pop(run_id, None)
+            self._snapshots = [s for s in self._snapshots if s[0] != run_id]
+            snapshots = [s for s in snapshots if s[0] != run_id]
             try:
                 (self.runs_dir / f"{run_id}.ckpt").unlink()
             except FileNotFoundError:
                 pass
         self._removed.clear()
         self.stats["records"] += len(chunks)
-        return b"".join(chunks), finished
+        return b"".join(chunks), snapshots
 
     def _checkpoint(self, run: Run, seq: int) -> RunCheckpoint:
         return RunCheckpoint(wal_seq=seq, source=run.source, plan=run.plan, state=run.state, memory=run.memory,
                              history=run.history, logs=run.logs, event_seq=run.event_seq)
 
-    async def _snapshot_async(self, run: Run) -> None:
-        progress = self._progress[run.id]
-        payload = _encoder.encode(self._checkpoint(run, progress.last_seq))
-        path = self.runs_dir / f"{run.id}.ckpt"
-        await asyncio.get_running_loop().run_in_executor(None, write_atomic, path, payload)
-        progress.snap_seq = progress.last_seq
-        progress.snapshot_final = run.state.status.finished
-        self.stats["snapshots"] += 1
+    def _stale_snapshots(self) -> list[Snapshot]:
+        """Snapshots of every run the WAL holds newer changes for than its .ckpt (before the WAL is dropped)."""
+        out: list[Snapshot] = []
+        for run_id, progress in self._progress.items():
+            run = self._runs_by_id.get(run_id)
+            if run is not None and progress.last_seq > progress.snap_seq:
+                out.append((run_id, _encoder.encode(self._checkpoint(run, progress.last_seq))))
+                progress.snap_seq = progress.last_seq
+        return out
+
+    def _write_snapshots(self) -> None:
+        """Write the queued snapshots in order (in a thread); what fails stays queued for the next flush."""
+        while self._snapshots:
+            run_id, payload = self._snapshots[0]
+            write_atomic(self.runs_dir / f"{run_id}.ckpt", payload)
+            self._snapshots.pop(0)
+            self.stats["snapshots"] += 1
 
     def _open_segment(self) -> int:
         if self._fd is None:
@@ -255,17 +323,26 @@ class DurableStore:
             fsync_dir(self.wal_dir)
         return self._fd
 
-    def _rotate(self) -> None:
-        """Snapshot every run the old segments still hold changes for, then delete those segments."""
+    def _drop_segment(self) -> None:
+        """After a failed append: cut the segment back to its last whole record and start a new one next time."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, self._segment_size)
+        except OSError:
+            pass  # the segment may keep a partial record; load cuts it or sets the segment aside
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _retire_segments(self) -> None:
+        """Every run the old segments hold changes for is snapshotted: delete those segments."""
         old = sorted(self.wal_dir.glob("*.wal"))
         self.close()
-        for run_id, progress in self._progress.items():
-            if progress.last_seq > progress.snap_seq and run_id in self._runs_by_id:
-                run = self._runs_by_id[run_id]
-                write_atomic(self.runs_dir / f"{run_id}.ckpt", _encoder.encode(self._checkpoint(run, progress.last_seq)))
-                progress.snap_seq = progress.last_seq
         for path in old:
-            path.unlink()
+            path.unlink(missing_ok=True)
         fsync_dir(self.wal_dir)
 
     # -- reading --------------------------------------------------------------------------------------
@@ -278,59 +355,103 @@ class DurableStore:
         self.problems.append(message)
         log.error(message)
 
+    def _cut_tail(self, path: Path, data: bytes, exc: CorruptRecord) -> None:
+        """Keep the torn bytes in corrupt/ for inspection, then truncate the segment to its last good record."""
+        self.corrupt_dir.mkdir(mode=0o700, exist_ok=True)
+        target = self.corrupt_dir / f"{path.name}.tail.{int(time.time())}"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data[exc.offset:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, exc.offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        message = (f"checkpoint {path} ends in a torn record at byte {exc.offset} ({exc.reason}; a crash interrupted "
+                   f"a write that was never acknowledged); cut it off, kept the {len(data) - exc.offset} bytes in {target}")
+        self.problems.append(message)
+        log.warning(message)
+
     def load(self) -> list[Run]:
         """Every stored run, rebuilt: snapshots first, then the WAL on top."""
         checkpoints: dict[str, RunCheckpoint] = {}
-        for path in self.runs_dir.glob("*.ckpt"):
+        snapshots: dict[str, tuple[int, bool]] = {}  # run id -> (wal_seq, finished) of its .ckpt file
+        for path in sorted(self.runs_dir.glob("*.ckpt")):
             try:
-                ckpt = _ckpt_decoder.decode(read_single(path))
-            except (CorruptRecord, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                payload = read_single(path)
+            except CorruptRecord as exc:
                 self._move_aside(path, str(exc))
+                continue
+            try:
+                ckpt = _ckpt_decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                check_format(peek_format(payload), path)
+                self._move_aside(path, f"undecodable: {exc}")
                 continue
             check_format(ckpt.format, path)
             checkpoints[ckpt.state.run_id] = ckpt
+            snapshots[ckpt.state.run_id] = (ckpt.wal_seq, ckpt.state.status.finished)
             self._seq = max(self._seq, ckpt.wal_seq)
-        snap_seq = {rid: c.wal_seq for rid, c in checkpoints.items()}
+        applied = {run_id: seq for run_id, (seq, _) in snapshots.items()}  # newest record applied, per run
         segments = sorted(self.wal_dir.glob("*.wal"))
+        lost_records = False
         for index, path in enumerate(segments):
             data = path.read_bytes()
             try:
                 for _, payload in read_frames(data, path):
-                    self._replay(_wal_decoder.decode(payload), checkpoints, snap_seq, path)
+                    try:
+                        record = _wal_decoder.decode(payload)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        check_format(peek_format(payload), path)
+                        raise
+                    self._replay(record, checkpoints, applied, path)
             except CorruptRecord as exc:
-                if index == len(segments) - 1:
-                    log.warning("%s: cutting off a torn tail at byte %d (%s)", path, exc.offset, exc.reason)
-                    os.truncate(path, exc.offset)
+                if index == len(segments) - 1 and is_torn_tail(data, exc):
+                    self._cut_tail(path, data, exc)
                 else:
                     self._move_aside(path, str(exc))
+                    lost_records = True
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._move_aside(path, f"undecodable record: {exc}")
+                lost_records = True
         runs = [self._rebuild(ckpt) for ckpt in checkpoints.values()]
         runs.sort(key=lambda r: r.state.created_at)
         self._runs_by_id = {r.id: r for r in runs}
         for run in runs:
             progress = _Progress(len(run.history), run.log_seq, set(run.state.tasks))
-            progress.last_seq = progress.snap_seq = snap_seq.get(run.id, 0)
-            progress.snapshot_final = run.finished and run.id in snap_seq and checkpoints[run.id].state.status.finished
+            snap_seq, snap_final = snapshots.get(run.id, (0, False))
+            progress.snap_seq = snap_seq
+            progress.last_seq = applied.get(run.id, snap_seq)
+            progress.snapshot_final = snap_final and progress.last_seq == snap_seq
             self._progress[run.id] = progress
-            if run.finished and not progress.snapshot_final:
-                self._dirty[run.id] = run
+            # A segment set aside may hold this run's first records: snapshot it so it no longer depends on them.
+            # A finished run whose final snapshot a crash prevented gets it now.
+            if lost_records or (run.finished and not progress.snapshot_final):
+                write_atomic(self.runs_dir / f"{run.id}.ckpt", _encoder.encode(self._checkpoint(run, progress.last_seq)))
+                progress.snap_seq = progress.last_seq
+                progress.snapshot_final = run.finished
         return runs
 
-    def _replay(self, record: WalRecord, ckpts: dict[str, RunCheckpoint], snap_seq: dict[str, int], path: Path) -> None:
+    def _replay(self, record: WalRecord, ckpts: dict[str, RunCheckpoint], applied: dict[str, int], path: Path) -> None:
         check_format(record.format, path)
         self._seq = max(self._seq, record.seq)
         if isinstance(record, Created):
             run_id = record.checkpoint.state.run_id
-            if record.seq > snap_seq.get(run_id, 0):
+            if record.seq > applied.get(run_id, 0):
                 ckpts[run_id] = record.checkpoint
-                snap_seq.setdefault(run_id, 0)
+                applied[run_id] = record.seq
         elif isinstance(record, Removed):
             ckpts.pop(record.run_id, None)
+            applied.pop(record.run_id, None)
         else:
             ckpt = ckpts.get(record.run_id)
-            if ckpt is None or record.seq <= snap_seq.get(record.run_id, 0):
+            if ckpt is None or record.seq <= applied.get(record.run_id, 0):
                 return
+            applied[record.run_id] = record.seq
             state = ckpt.state
             state.status, state.started_at, state.finished_at, state.error = (
                 record.status, record.started_at, record.finished_at, record.error)
@@ -340,7 +461,8 @@ class DurableStore:
                 state.tasks.pop(task, None)
             ckpt.memory.update(record.memory)
             ckpt.history.extend(record.history)
-            ckpt.logs.extend(record.logs)
+            last_log = ckpt.logs[-1].seq if ckpt.logs else 0
+            ckpt.logs.extend(line for line in record.logs if line.seq > last_log)
             ckpt.event_seq = max(ckpt.event_seq, record.event_seq)
 
     @staticmethod

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 MAX_WAIT = 30.0
 
 
+def wait_limit(wait: float) -> float:
+    """A long-poll's `wait` clamped to [0, MAX_WAIT]; NaN means 0 (it compares false, so it would never expire)."""
+    return min(max(wait, 0.0), MAX_WAIT) if wait == wait else 0.0
+
+
 def who(req: p.Request) -> str:
     return f"uid={req.uid} pid={req.pid}"
 
@@ -55,7 +60,9 @@ async def submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
         raise PipelineLoadError(f"{req.path}: {exc}") from None
     if isinstance(loaded, wire.LoadFailed):
         if loaded.code == PipelineValidationError.code:
-            raise PipelineValidationError(loaded.message, loaded.problems)
+            invalid = PipelineValidationError(loaded.pipeline or "?", loaded.problems)
+            invalid.details["path"] = req.path
+            raise invalid
         raise PipelineLoadError(loaded.message)
     plan = loaded.plan
     model = req.model or daemon.settings.model
@@ -118,7 +125,7 @@ def retry(daemon: Daemon, req: p.Retry) -> dict[str, Any]:
 
 async def get_events(daemon: Daemon, req: p.GetEvents) -> p.EventBatch:
     run = find_run(daemon, req.run_id)
-    deadline = time.monotonic() + min(max(req.wait, 0.0), MAX_WAIT)
+    deadline = time.monotonic() + wait_limit(req.wait)
     while True:
         events = run.events_after(req.after)
         remaining = deadline - time.monotonic()
@@ -129,7 +136,7 @@ async def get_events(daemon: Daemon, req: p.GetEvents) -> p.EventBatch:
 
 async def get_logs(daemon: Daemon, req: p.GetLogs) -> p.LogBatch:
     run = find_run(daemon, req.run_id)
-    deadline = time.monotonic() + min(max(req.wait, 0.0), MAX_WAIT)
+    deadline = time.monotonic() + wait_limit(req.wait)
     while True:
         lines = run.logs_after(req.after)
         remaining = deadline - time.monotonic()

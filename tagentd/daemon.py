@@ -24,7 +24,6 @@ from typing import Any
 
 import msgspec
 import zmq
-import zmq.asyncio
 from tagent_client import paths
 from tagent_client import protocol as p
 from tagent_client.errors import TagentError
@@ -36,12 +35,12 @@ from .lock import InstanceLock
 from .notify import notify
 from .pool import WorkerPool
 from .runs import Run, RunTable
+from .channel import Channel
 from .checkpoint import DurableStore
 from .store import MemoryStore, RunStore
 
 log = logging.getLogger("tagentd")
 
-DRAIN_BATCH = 1000
 STOP_WAIT_GRACEFUL = 10.0
 RETENTION_EVERY_S = 3600.0
 
@@ -64,7 +63,8 @@ class Daemon:
             "workers": paths.endpoint(self.runtime_dir, paths.WORKERS_SOCKET),
         }
         self._emits: list[tuple[Run, str, dict[str, Any]]] = []
-        self._replies: list[tuple[zmq.Socket, list[bytes]]] = []
+        self._unpublished: list[tuple[Run, p.EventRecord]] = []
+        self._replies: list[tuple[Channel, list[bytes]]] = []
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._graceful = True
@@ -73,7 +73,7 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def _bind(self) -> None:
-        self.zctx = zmq.asyncio.Context()
+        self.zctx = zmq.Context()
         for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             stale = self.runtime_dir / name
             if stale.exists() or stale.is_symlink():
@@ -97,10 +97,8 @@ class Daemon:
             self.workers.bind(self.sockets["workers"])
         finally:
             os.umask(old)
-        # Synchronous views of the same sockets: non-blocking drains and sends happen at once, no futures.
-        self.control_now = zmq.Socket.shadow(self.control.underlying)
-        self.events_now = zmq.Socket.shadow(self.events.underlying)
-        self.workers_now = zmq.Socket.shadow(self.workers.underlying)
+        self.control_channel = Channel(self.control)
+        self.workers_channel = Channel(self.workers)
         for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             os.chmod(self.runtime_dir / name, 0o600)
 
@@ -120,7 +118,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        for coro in (self._control_loop(), self._worker_loop(), self.pool.supervise(), self._committer(),
+        self.control_channel.start(self._on_control_batch)
+        self.workers_channel.start(self._on_worker_batch)
+        for coro in (self.pool.supervise(), self._committer(),
                      self._retention_loop()):
             self._spawn(coro)
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
@@ -173,8 +173,9 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         self.store.close()
-        for sock in (self.control, self.events, self.workers):
-            sock.close(linger=0)
+        self.control_channel.close()
+        self.workers_channel.close()
+        self.events.close(linger=0)
         self.zctx.term()
         for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             (self.runtime_dir / name).unlink(missing_ok=True)
@@ -200,8 +201,14 @@ class Daemon:
         self.apply(run, run.machine.handle(event, time.time()))
 
     def apply(self, run: Run, actions: list[Action]) -> None:
-        """Carry out the engine's actions for `run` (Emits wait for the next commit)."""
+        """Carry out the engine's actions for `run` (Emits wait for the next commit).
+
+        Any action means the run's state moved (a Dispatch without a Persist still started an attempt), so the
+        store hears of it: nothing is announced that the next flush does not write.
+        """
         loop = asyncio.get_running_loop()
+        if actions:
+            self.store.changed(run)
         for action in actions:
             if isinstance(action, Dispatch):
                 self.pool.enqueue(run, action)
@@ -259,52 +266,52 @@ class Daemon:
             await self._commit()
 
     async def _commit(self) -> None:
-        """Flush the store, then publish this tick's events and send its replies (group commit)."""
-        emits, self._emits = self._emits, []
+        """Flush the store, then publish this tick's events and send its replies (group commit).
+
+        Events are numbered and entered in the run's history before the flush, so the flush writes them too.
+        """
+        now = time.time()
+        for run, topic, data in self._emits:
+            self._unpublished.append((run, run.add_event(topic, data, now)))
+        self._emits.clear()
+        events, self._unpublished = self._unpublished, []
         replies, self._replies = self._replies, []
         try:
             await self.store.flush()
         except Exception:  # noqa: BLE001 - a failing disk must not kill the loop; nothing is announced
             log.exception("could not write checkpoints; holding replies and events until the next commit")
-            self._emits[:0], self._replies[:0] = emits, replies
+            self._unpublished[:0], self._replies[:0] = events, replies
             await asyncio.sleep(0.5)
             self._dirty.set()
             return
-        now = time.time()
         touched: set[Run] = set()
-        for run, topic, data in emits:
-            record = run.add_event(topic, data, now)
+        for run, record in events:
+            topic = record.topic
             if topic == "run.finished":
                 run.announced_finish = True
             touched.add(run)
             try:
-                self.events_now.send_multipart([topic.encode(), msgspec.msgpack.encode(record)], zmq.NOBLOCK)
+                self.events.send_multipart([topic.encode(), msgspec.msgpack.encode(record)], zmq.NOBLOCK)
                 self.stats["events_published"] += 1
             except zmq.Again:
                 self.stats["events_dropped"] = self.stats.get("events_dropped", 0) + 1
         for run in touched:
             run.notify()
-        for sock, frames in replies:
-            try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.ZMQError:
-                self.stats["replies_dropped"] = self.stats.get("replies_dropped", 0) + 1
+        for channel, frames in replies:
+            channel.send(frames)
 
     # -- control socket ---------------------------------------------------------------------------------
 
-    async def _control_loop(self) -> None:
-        while True:
-            batch = [await self.control.recv_multipart()]
-            while len(batch) < DRAIN_BATCH:
-                try:
-                    batch.append(self.control_now.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            for frames in batch:
+    def _on_control_batch(self, batch: list[list[bytes]]) -> None:
+        for frames in batch:
+            try:
                 self._on_request(frames)
+            except Exception:  # noqa: BLE001 - one bad frame must not stop the control loop
+                self.stats["bad_frames"] += 1
+                log.exception("could not handle a control frame of %d part(s)", len(frames))
 
     def _reply(self, identity: bytes, message: msgspec.Struct) -> None:
-        self._replies.append((self.control_now, [identity, p.encode(message)]))
+        self._replies.append((self.control_channel, [identity, p.encode(message)]))
         self._dirty.set()
 
     def _on_request(self, frames: list[bytes]) -> None:
@@ -355,27 +362,16 @@ class Daemon:
     # -- workers socket -------------------------------------------------------------------------------------
 
     def _send_worker(self, identity: bytes, payload: bytes) -> bool:
-        try:
-            self.workers_now.send_multipart([identity, payload], zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError:
-            return False
+        return self.workers_channel.send_now([identity, payload])
 
-    async def _worker_loop(self) -> None:
-        while True:
-            batch = [await self.workers.recv_multipart()]
-            while len(batch) < DRAIN_BATCH:
-                try:
-                    batch.append(self.workers_now.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            for frames in batch:
-                try:
-                    self._on_worker_message(frames)
-                except Exception:  # noqa: BLE001 - one bad message must not stop the loop
-                    self.stats["bad_worker_messages"] += 1
-                    log.exception("bad message from worker %r", frames[0])
-            self.pool.pump()
+    def _on_worker_batch(self, batch: list[list[bytes]]) -> None:
+        for frames in batch:
+            try:
+                self._on_worker_message(frames)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                self.stats["bad_worker_messages"] += 1
+                log.exception("bad message from worker %r", frames[0])
+        self.pool.pump()
 
     def _on_worker_message(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -401,6 +397,7 @@ class Daemon:
             run = self.runs.get(msg.run_id)
             if run is not None:
                 run.add_log(msg.step, msg.level, msg.message, msg.ts)
+                self.store.changed(run)
                 run.notify()
         elif isinstance(msg, wire.MemoryGet):
             run = self.runs.get(msg.run_id)
@@ -411,12 +408,12 @@ class Daemon:
             if run is not None:
                 run.remember(msg.key, msg.value)
                 self.store.changed(run)
-            self._replies.append((self.workers_now, [identity, wire.encode(wire.MemoryReply(req=msg.req))]))
+            self._replies.append((self.workers_channel, [identity, wire.encode(wire.MemoryReply(req=msg.req))]))
             self._dirty.set()
         elif isinstance(msg, wire.ProgressNote):
             data = {"run_id": msg.run_id, "step": msg.step, "fraction": msg.fraction, "message": msg.message}
             try:
-                self.events_now.send_multipart([b"step.progress", msgspec.msgpack.encode(data)], zmq.NOBLOCK)
+                self.events.send_multipart([b"step.progress", msgspec.msgpack.encode(data)], zmq.NOBLOCK)
             except zmq.Again:
                 self.stats["events_dropped"] = self.stats.get("events_dropped", 0) + 1
 
@@ -429,6 +426,7 @@ class Daemon:
         stats["queued_tasks"] = self.pool.queued
         stats["in_flight_tasks"] = self.pool.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
+        stats["replies_dropped"] = self.control_channel.dropped_sends
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),

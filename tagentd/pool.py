@@ -319,7 +319,8 @@ class WorkerPool:
             await asyncio.sleep(0.05)
         for worker in self.workers.values():
             worker.state = "stopping"
-            self.send(worker.identity, wire.encode(wire.StopWorker(graceful=False)))
+            if not self.send(worker.identity, wire.encode(wire.StopWorker(graceful=False))):
+                worker.proc.terminate()  # not connected yet, so it cannot hear StopWorker; SIGTERM stops it
         deadline = time.monotonic() + 3.0
         while any(w.proc.poll() is None for w in self.workers.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -107,6 +107,7 @@ class LoadFailed(WorkerMessage, tag="load_failed"):
     code: str
     message: str
     problems: list[str] = []
+    pipeline: str | None = None  # the invalid pipeline's name (code "invalid_pipeline")
 
 
 class TaskDone(WorkerMessage, tag="done"):

@@ -117,9 +117,14 @@ class Worker:
     def exit_when_flushed(self, code: int, reason: str, wait: float) -> None:
         """Stop taking work; exit with `code` once every result is acknowledged, or after `wait` seconds."""
         self.accepting = False
-        if self.exit_at is None or code != wire.EXIT_OK:
-            log.log(logging.WARNING if code else logging.INFO, "%s; exiting with status %d", reason, code)
-            self.exit_at = (code, time.monotonic() + wait)
+        deadline = time.monotonic() + wait
+        if self.exit_at is not None:
+            old_code, old_deadline = self.exit_at
+            code, deadline = old_code or code, min(deadline, old_deadline)  # a failure status is never downgraded
+            if code == old_code and deadline == old_deadline:
+                return
+        log.log(logging.WARNING if code else logging.INFO, "%s; exiting with status %d", reason, code)
+        self.exit_at = (code, deadline)
         self.check_exit()
 
     def check_exit(self) -> None:
@@ -168,7 +173,7 @@ class Worker:
     def on_frame(self, frame: bytes) -> None:
         try:
             message = wire.to_worker_decoder.decode(frame)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: UnicodeDecodeError for non-UTF-8 str
             self.dropped += 1
             if self.dropped <= 10 or self.dropped % 1000 == 0:
                 log.warning("dropped a malformed frame of %d bytes (%d so far): %s", len(frame), self.dropped, exc)
@@ -200,7 +205,7 @@ class Worker:
             self.link.send(wire.Loaded(req=message.req, plan=pipeline.plan(), schemas=schemas))
         except PipelineValidationError as exc:
             self.link.send(wire.LoadFailed(req=message.req, code=exc.code, message=f"{message.path}: {one_line(exc)}",
-                                           problems=exc.problems))
+                                           problems=exc.problems, pipeline=exc.pipeline))
         except PipelineLoadError as exc:
             self.link.send(wire.LoadFailed(req=message.req, code=exc.code, message=one_line(exc)))
         except ENCODE_ERRORS as exc:

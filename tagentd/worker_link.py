@@ -120,7 +120,10 @@ class WorkerLink:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self._handle(frame)
+            try:
+                self._handle(frame)
+            except Exception:  # noqa: BLE001 - the handler reports its own errors; never stall the socket
+                pass
         else:
             self._schedule()  # more may be queued; let other tasks run first
             return

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tagent_client.errors import TagentError
@@ -54,7 +55,7 @@ class WorkerServices:
         data = to_builtins(value)
         await self._request(lambda req: wire.MemorySave(req=req, run_id=run_id, key=key, value=data))
 
-    async def _request(self, make: Any) -> Any:
+    async def _request(self, make: Callable[[int], wire.WorkerMessage]) -> Any:
         if threading.get_ident() != self._loop_thread:  # a sync step running its own loop in a thread
             future = asyncio.run_coroutine_threadsafe(self._request(make), self._loop)
             return await asyncio.wrap_future(future)

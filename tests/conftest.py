@@ -117,6 +117,13 @@ class DaemonProcess:
         path = self.state_dir / "tagentd.log"
         return path.read_text(errors="replace")[-5000:] if path.exists() else "(no log)"
 
+    def start_refused(self, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run `tagentd start --foreground` expecting it to refuse to start; returns its exit status and output."""
+        argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--workers", str(self.workers), *self.extra]
+        done = subprocess.run(argv, env=self.env, text=True, capture_output=True, timeout=timeout, check=False)
+        assert done.returncode != 0, f"tagentd started although it should have refused; stderr:\n{done.stderr}"
+        return done
+
     def kill9(self) -> None:
         """SIGKILL the daemon and every worker at once, as a crash would."""
         assert self.proc is not None

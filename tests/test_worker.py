@@ -23,6 +23,8 @@ pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[1]
 
+File = tuple[str, str, str]  # (path, source, source hash) of a pipeline file, as a RunTask carries them
+
 PIPELINE = """\
 import asyncio
 
@@ -70,6 +72,11 @@ async def remember(ctx):
 @p.task
 async def gated(ctx):
     return await ctx.memory.get("gate")
+
+
+@p.task
+def unsendable(ctx):
+    return {"handle": object()}
 """
 
 
@@ -91,7 +98,7 @@ class FakeDaemon:
         """Start a worker and wait for its Hello."""
         env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}{os.pathsep}{ROOT}"}
         proc = subprocess.Popen(
-            [sys.executable, *(["/tmp/dbg.py"] if os.environ.get("WDBG") else ["-m", "tagentd.worker"]), "--endpoint", self.endpoint, "--id", str(wid),
+            [sys.executable, "-m", "tagentd.worker", "--endpoint", self.endpoint, "--id", str(wid),
              "--capacity", str(capacity), "--heartbeat", str(heartbeat), "--grace", str(grace)],
             env=env, stderr=(self.tmp_path / f"worker{wid}.err").open("wb"),
         )
@@ -161,7 +168,7 @@ class FakeDaemon:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
+def fake_daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
     fake = FakeDaemon(tmp_path)
     try:
         yield fake
@@ -170,13 +177,13 @@ def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
 
 
 @pytest.fixture
-def pipeline_file(tmp_path: Path) -> tuple[str, str, str]:
+def pipeline_file(tmp_path: Path) -> File:
     path = tmp_path / "worker_pipeline.py"
     path.write_text(PIPELINE)
     return str(path), PIPELINE, source_hash(PIPELINE)
 
 
-def run_task(file: tuple[str, str, str], step: str, task: str | None = None, *, attempt: int = 1,
+def run_task(file: File, step: str, task: str | None = None, *, attempt: int = 1,
              timeout: float | None = None, with_source: bool = True, params: dict[str, Any] | None = None) -> wire.RunTask:
     path, source, hash_ = file
     dispatch = Dispatch(task=task or step, step=step, phase=Phase.RUN, attempt=attempt, inputs={}, timeout=timeout)
@@ -195,78 +202,78 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
 # -- start and load ---------------------------------------------------------------------
 
 
-def test_a_worker_says_hello_and_heartbeats(daemon: FakeDaemon) -> None:
+def test_a_worker_says_hello_and_heartbeats(fake_daemon: FakeDaemon) -> None:
     # Given a spawned worker (spawn waits for its Hello)
-    daemon.spawn(wid=1, capacity=3)
+    fake_daemon.spawn(wid=1, capacity=3)
 
     # Then it heartbeats with nothing in flight
-    beat = daemon.expect(wire.Heartbeat)
+    beat = fake_daemon.expect(wire.Heartbeat)
     assert beat.worker_id == 1 and beat.running == [] and beat.dropped == 0
 
 
-def test_load_pipeline_answers_with_its_plan_and_schema_names(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_load_pipeline_answers_with_its_plan_and_schema_names(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a worker
-    daemon.spawn()
+    fake_daemon.spawn()
     path, source, hash_ = pipeline_file
 
     # When it is asked to load the file
-    daemon.send(wire.LoadPipeline(req=7, source_hash=hash_, path=path, source=source))
+    fake_daemon.send(wire.LoadPipeline(req=7, source_hash=hash_, path=path, source=source))
 
     # Then it answers with the plan and the schema class names
-    loaded = daemon.expect(wire.Loaded)
+    loaded = fake_daemon.expect(wire.Loaded)
     assert loaded.req == 7
     assert loaded.plan.name == "worker_test"
-    assert [s.name for s in loaded.plan.steps] == ["greet", "boom", "slow", "spin", "remember", "gated"]
+    assert [s.name for s in loaded.plan.steps] == ["greet", "boom", "slow", "spin", "remember", "gated", "unsendable"]
     assert loaded.schemas == {"greet": f"tagent_user_{hash_[:16]}:Greeting"}
 
 
-def test_load_failures_are_one_line_with_a_code(daemon: FakeDaemon, tmp_path: Path) -> None:
+def test_load_failures_are_one_line_with_a_code(fake_daemon: FakeDaemon, tmp_path: Path) -> None:
     # Given a worker, a file with a syntax error and a file with an invalid pipeline
-    daemon.spawn()
+    fake_daemon.spawn()
     broken = "from tagent_client import Pipeline\np = Pipeline('x'\n"
     invalid = "from tagent_client import Pipeline\np = Pipeline('bad').step('a', fn=print, depends_on=['nope'])\n"
     broken_path, invalid_path = tmp_path / "broken.py", tmp_path / "invalid.py"
 
     # When both are loaded
-    daemon.send(wire.LoadPipeline(req=1, source_hash=source_hash(broken), path=str(broken_path), source=broken))
-    daemon.send(wire.LoadPipeline(req=2, source_hash=source_hash(invalid), path=str(invalid_path), source=invalid))
+    fake_daemon.send(wire.LoadPipeline(req=1, source_hash=source_hash(broken), path=str(broken_path), source=broken))
+    fake_daemon.send(wire.LoadPipeline(req=2, source_hash=source_hash(invalid), path=str(invalid_path), source=invalid))
 
     # Then each fails with its code, a one-line message naming the file, and the problems
-    syntax = daemon.expect(wire.LoadFailed, lambda m: m.req == 1)
+    syntax = fake_daemon.expect(wire.LoadFailed, lambda m: m.req == 1)
     assert syntax.code == "load_failed"
     assert syntax.message.startswith(f"{broken_path}:2: syntax error:") and "\n" not in syntax.message
-    bad = daemon.expect(wire.LoadFailed, lambda m: m.req == 2)
+    bad = fake_daemon.expect(wire.LoadFailed, lambda m: m.req == 2)
     assert bad.code == "invalid_pipeline"
     assert bad.message.startswith(f"{invalid_path}: pipeline 'bad' is invalid:") and "\n" not in bad.message
     assert bad.problems == ["step 'a': depends on unknown step 'nope'"]
 
 
-def test_a_malformed_frame_is_counted_and_dropped(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_a_malformed_frame_is_counted_and_dropped(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a worker
-    daemon.spawn()
+    fake_daemon.spawn()
     path, source, hash_ = pipeline_file
 
     # When it receives garbage, then a good message
-    daemon.send(b"\xc1 not msgpack")
-    daemon.send(wire.LoadPipeline(req=1, source_hash=hash_, path=path, source=source))
+    fake_daemon.send(b"\xc1 not msgpack")
+    fake_daemon.send(wire.LoadPipeline(req=1, source_hash=hash_, path=path, source=source))
 
     # Then the good message is still served and the heartbeat counts the dropped frame
-    daemon.expect(wire.Loaded)
-    daemon.expect(wire.Heartbeat, lambda m: m.dropped == 1)
+    fake_daemon.expect(wire.Loaded)
+    fake_daemon.expect(wire.Heartbeat, lambda m: m.dropped == 1)
 
 
 # -- running tasks ----------------------------------------------------------------------
 
 
-def test_a_function_step_succeeds_with_plain_data_output(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_a_function_step_succeeds_with_plain_data_output(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a worker that has never seen the file
-    daemon.spawn()
+    fake_daemon.spawn()
 
     # When a task is dispatched with the source, then another one without it
-    daemon.send(run_task(pipeline_file, "greet", "t1", params={"name": "ada"}))
-    first = daemon.done("t1")
-    daemon.send(run_task(pipeline_file, "greet", "t2", attempt=2, with_source=False))
-    second = daemon.done("t2")
+    fake_daemon.send(run_task(pipeline_file, "greet", "t1", params={"name": "ada"}))
+    first = fake_daemon.done("t1")
+    fake_daemon.send(run_task(pipeline_file, "greet", "t2", attempt=2, with_source=False))
+    second = fake_daemon.done("t2")
 
     # Then both succeed, their pydantic outputs sent as plain dicts
     assert isinstance(first.event, StepSucceeded) and first.run_id == "r1"
@@ -275,156 +282,164 @@ def test_a_function_step_succeeds_with_plain_data_output(daemon: FakeDaemon, pip
     assert second.event.output == {"text": "hello world", "attempt": 2}
 
 
-def test_a_raising_step_fails_with_error_info(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
-    daemon.spawn()
-    daemon.send(run_task(pipeline_file, "boom"))
-    event = daemon.done("boom").event
+def test_a_raising_step_fails_with_error_info(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
+    fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "boom"))
+    event = fake_daemon.done("boom").event
     assert isinstance(event, StepFailed)
     assert (event.error.type, event.error.message, event.error.retryable) == ("ValueError", "bad input: 42", False)
     assert "raise ValueError" in (event.error.traceback or "")
 
 
-def test_a_task_for_an_unknown_file_without_source_fails_retryably(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
-    daemon.spawn()
-    daemon.send(run_task(pipeline_file, "greet", with_source=False))
-    event = daemon.done("greet").event
+def test_an_output_that_is_not_plain_data_fails_the_attempt(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
+    fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "unsendable"))
+    event = fake_daemon.done("unsendable").event
+    assert isinstance(event, StepFailed) and not event.error.retryable
+    assert event.error.type == "StepOutputError" and "cannot encode object" in event.error.message
+
+
+def test_a_task_for_an_unknown_file_without_source_fails_retryably(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
+    fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "greet", with_source=False))
+    event = fake_daemon.done("greet").event
     assert isinstance(event, StepFailed) and event.error.retryable
     assert "carried no source" in event.error.message
 
 
-def test_a_slow_async_step_times_out_and_the_worker_carries_on(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_a_slow_async_step_times_out_and_the_worker_carries_on(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a worker with a 0.3 s grace
-    proc = daemon.spawn(grace=0.3)
+    proc = fake_daemon.spawn(grace=0.3)
 
     # When an async step overruns its 0.2 s timeout
-    daemon.send(run_task(pipeline_file, "slow", timeout=0.2))
-    done = daemon.done("slow")
-    daemon.send(ack(done))
+    fake_daemon.send(run_task(pipeline_file, "slow", timeout=0.2))
+    done = fake_daemon.done("slow")
+    fake_daemon.send(ack(done))
 
     # Then it is reported timed out, and the worker keeps serving past the grace period
     assert isinstance(done.event, StepTimedOut) and done.event.timeout == 0.2
     timed_out_at = time.monotonic()
-    daemon.expect(wire.Heartbeat, lambda m: time.monotonic() > timed_out_at + 1.0)
+    fake_daemon.expect(wire.Heartbeat, lambda m: time.monotonic() > timed_out_at + 1.0)
     assert proc.poll() is None
-    daemon.send(run_task(pipeline_file, "greet", with_source=False))
-    assert isinstance(daemon.done("greet").event, StepSucceeded)
+    fake_daemon.send(run_task(pipeline_file, "greet", with_source=False))
+    assert isinstance(fake_daemon.done("greet").event, StepSucceeded)
 
 
-def test_a_result_is_resent_until_acknowledged(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_a_result_is_resent_until_acknowledged(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a finished task whose result was not acknowledged
-    daemon.spawn()
-    daemon.send(run_task(pipeline_file, "greet"))
-    first = daemon.done("greet")
+    fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "greet"))
+    first = fake_daemon.done("greet")
 
     # When the daemon stays silent, Then the same result comes again
-    again = daemon.done("greet", timeout=5)
+    again = fake_daemon.done("greet", timeout=5)
     assert again.event == first.event
 
     # When it acknowledges, Then the re-sending stops
-    daemon.send(ack(again))
-    daemon.inbox.clear()
-    daemon.expect_none(wire.TaskDone, within=2.0)
+    fake_daemon.send(ack(again))
+    fake_daemon.inbox.clear()
+    fake_daemon.expect_none(wire.TaskDone, within=2.0)
 
 
-def test_memory_log_and_progress_go_through_the_daemon(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_memory_log_and_progress_go_through_the_daemon(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a worker running a step that saves, logs, reports progress and reads back
-    daemon.spawn()
-    daemon.send(run_task(pipeline_file, "remember"))
+    fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "remember"))
 
     # When the daemon serves the memory requests
-    save = daemon.expect(wire.MemorySave)
+    save = fake_daemon.expect(wire.MemorySave)
     assert (save.run_id, save.key, save.value) == ("r1", "seen", {"count": 3})
-    daemon.serve_memory(save)
-    daemon.serve_memory(daemon.expect(wire.MemoryGet, lambda m: m.key == "seen"))
+    fake_daemon.serve_memory(save)
+    fake_daemon.serve_memory(fake_daemon.expect(wire.MemoryGet, lambda m: m.key == "seen"))
 
     # Then the step's output is what memory held, and its log line and progress arrived
-    done = daemon.done("remember")
+    done = fake_daemon.done("remember")
     assert isinstance(done.event, StepSucceeded) and done.event.output == {"count": 3}
-    line = daemon.expect(wire.LogLine)
+    line = fake_daemon.expect(wire.LogLine)
     assert (line.run_id, line.step, line.message) == ("r1", "remember", "saved the count")
-    note = daemon.expect(wire.ProgressNote)
+    note = fake_daemon.expect(wire.ProgressNote)
     assert (note.fraction, note.message) == (0.5, "half way")
 
 
-def test_tasks_run_concurrently(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_tasks_run_concurrently(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a task blocked on a memory read the daemon has not answered yet
-    daemon.spawn(capacity=2)
-    daemon.send(run_task(pipeline_file, "gated"))
-    gate = daemon.expect(wire.MemoryGet, lambda m: m.key == "gate")
+    fake_daemon.spawn(capacity=2)
+    fake_daemon.send(run_task(pipeline_file, "gated"))
+    gate = fake_daemon.expect(wire.MemoryGet, lambda m: m.key == "gate")
 
     # When another task is dispatched, Then it finishes while the first still waits
-    daemon.send(run_task(pipeline_file, "greet", with_source=False))
-    assert isinstance(daemon.done("greet").event, StepSucceeded)
+    fake_daemon.send(run_task(pipeline_file, "greet", with_source=False))
+    assert isinstance(fake_daemon.done("greet").event, StepSucceeded)
 
     # And the first finishes once its read is answered
-    daemon.memory["gate"] = "open"
-    daemon.serve_memory(gate)
-    assert daemon.done("gated").event.output == "open"
+    fake_daemon.memory["gate"] = "open"
+    fake_daemon.serve_memory(gate)
+    assert fake_daemon.done("gated").event.output == "open"
 
 
-def test_a_cancelled_task_stops_without_a_result(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_a_cancelled_task_stops_without_a_result(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a running task
-    daemon.spawn()
-    daemon.send(run_task(pipeline_file, "slow"))
-    daemon.expect(wire.Heartbeat, lambda m: m.running == [("r1", "slow", 1)])
+    fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "slow"))
+    fake_daemon.expect(wire.Heartbeat, lambda m: m.running == [("r1", "slow", 1)])
 
     # When it is cancelled
-    daemon.send(wire.CancelRunning(run_id="r1", task="slow", attempt=1))
+    fake_daemon.send(wire.CancelRunning(run_id="r1", task="slow", attempt=1))
 
     # Then it leaves the heartbeat and sends no result
-    daemon.expect(wire.Heartbeat, lambda m: m.running == [])
-    daemon.expect_none(wire.TaskDone, within=0.5)
+    fake_daemon.expect(wire.Heartbeat, lambda m: m.running == [])
+    fake_daemon.expect_none(wire.TaskDone, within=0.5)
 
 
 # -- ending ----------------------------------------------------------------------------------
 
 
-def test_a_stuck_sync_step_makes_the_worker_exit_70_after_reporting(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_a_stuck_sync_step_makes_the_worker_exit_70_after_reporting(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a worker with a 0.3 s grace
-    proc = daemon.spawn(grace=0.3)
+    proc = fake_daemon.spawn(grace=0.3)
 
     # When a sync step spins forever past its 0.2 s timeout
-    daemon.send(run_task(pipeline_file, "spin", timeout=0.2))
+    fake_daemon.send(run_task(pipeline_file, "spin", timeout=0.2))
 
     # Then the timeout is reported, and once acknowledged the worker exits with EXIT_STUCK_STEP
-    done = daemon.done("spin")
+    done = fake_daemon.done("spin")
     assert isinstance(done.event, StepTimedOut)
-    daemon.send(ack(done))
+    fake_daemon.send(ack(done))
     assert wait_exit(proc) == wire.EXIT_STUCK_STEP == 70
-    assert "still running" in daemon.stderr(1)
+    assert "still running" in fake_daemon.stderr(1)
 
 
-def test_a_graceful_stop_finishes_running_tasks_and_refuses_new_ones(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
+def test_a_graceful_stop_finishes_running_tasks_and_refuses_new_ones(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a task in flight
-    proc = daemon.spawn()
-    daemon.send(run_task(pipeline_file, "gated"))
-    gate = daemon.expect(wire.MemoryGet)
+    proc = fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "gated"))
+    gate = fake_daemon.expect(wire.MemoryGet)
 
     # When the worker is told to stop gracefully and then given more work
-    daemon.send(wire.StopWorker(graceful=True))
-    daemon.send(run_task(pipeline_file, "greet", with_source=False))
+    fake_daemon.send(wire.StopWorker(graceful=True))
+    fake_daemon.send(run_task(pipeline_file, "greet", with_source=False))
 
     # Then the new task is refused as retryable, the running one completes, and the worker exits 0
-    refused = daemon.done("greet").event
+    refused = fake_daemon.done("greet").event
     assert isinstance(refused, StepFailed) and refused.error.retryable
-    daemon.send(ack(wire.TaskDone(run_id="r1", event=refused)))
+    fake_daemon.send(ack(wire.TaskDone(run_id="r1", event=refused)))
     assert proc.poll() is None
-    daemon.memory["gate"] = 1
-    daemon.serve_memory(gate)
-    done = daemon.done("gated")
-    daemon.send(ack(done))
+    fake_daemon.memory["gate"] = 1
+    fake_daemon.serve_memory(gate)
+    done = fake_daemon.done("gated")
+    fake_daemon.send(ack(done))
     assert wait_exit(proc) == wire.EXIT_OK
 
 
-def test_a_hard_stop_exits_at_once(daemon: FakeDaemon, pipeline_file: tuple[str, str, str]) -> None:
-    proc = daemon.spawn()
-    daemon.send(run_task(pipeline_file, "slow"))
-    daemon.expect(wire.Heartbeat, lambda m: m.running)
-    daemon.send(wire.StopWorker(graceful=False))
+def test_a_hard_stop_exits_at_once(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
+    proc = fake_daemon.spawn()
+    fake_daemon.send(run_task(pipeline_file, "slow"))
+    fake_daemon.expect(wire.Heartbeat, lambda m: m.running)
+    fake_daemon.send(wire.StopWorker(graceful=False))
     assert wait_exit(proc, timeout=5) == wire.EXIT_OK
 
 
-def test_sigterm_stops_an_idle_worker(daemon: FakeDaemon) -> None:
-    proc = daemon.spawn()
+def test_sigterm_stops_an_idle_worker(fake_daemon: FakeDaemon) -> None:
+    proc = fake_daemon.spawn()
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc) == wire.EXIT_OK

@@ -67,7 +67,8 @@ def build_params(pairs: Iterable[str], params_json: str | None) -> dict[str, Any
 def one_line(exc: TagentError) -> str:
     """An error's message folded onto one line."""
     if isinstance(exc, PipelineValidationError):
-        return f"pipeline {exc.pipeline!r} is invalid: {'; '.join(exc.problems)}"
+        where = f"{exc.details['path']}: " if exc.details.get("path") else ""
+        return f"{where}pipeline {exc.pipeline!r} is invalid: {'; '.join(exc.problems)}"
     parts = [part.strip(" -") for part in str(exc.message).splitlines() if part.strip()]
     return "; ".join(parts) or exc.code
 

@@ -147,6 +147,7 @@ def error_from_wire(code: str, message: str, details: dict[str, Any] | None = No
     if cls is PipelineValidationError:
         details = details or {}
         err = PipelineValidationError(details.get("pipeline", "?"), details.get("problems", [message]))
+        err.details = dict(details)
         return err
     err = cls.__new__(cls)
     TagentError.__init__(err, message, **(details or {}))

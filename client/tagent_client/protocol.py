@@ -272,6 +272,8 @@ def decode_request(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> AnyReque
         raise ProtocolError(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"undecodable request (not msgpack): {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec raises this, not DecodeError, for a str that is not UTF-8
+        raise ProtocolError(f"undecodable request (a string is not UTF-8): {exc}") from None
     if request.v != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {request.v} is not supported (daemon speaks {PROTOCOL_VERSION})")
     return request
@@ -280,7 +282,7 @@ def decode_request(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> AnyReque
 def decode_reply(frame: bytes) -> AnyReply:
     try:
         return _reply_decoder.decode(frame)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"undecodable reply from daemon: {exc}") from None
 
 

@@ -1,0 +1,98 @@
+"""`Channel`: a ZeroMQ socket driven by the asyncio loop through its ZMQ_FD, in batches.
+
+ZMQ_FD is edge-triggered: it says *something* changed and any send, receive or
+EVENTS query resets it. So one pass sends everything queued, receives
+everything already there (handing the whole batch to the handler at once), and
+re-reads ZMQ_EVENTS before it sleeps — no message ever waits unseen, and the
+loop wakes once per batch, not once per message. A socket used this way must
+not also be used through zmq.asyncio: both would claim the same FD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+import zmq
+
+MAX_DRAIN = 1000  # messages handled per pass before letting other tasks run
+
+Frames = list[bytes]
+
+
+class Channel:
+    """Batched, non-blocking sends and receives on one socket, from the running event loop only."""
+
+    def __init__(self, sock: zmq.Socket, *, multipart: bool = True) -> None:
+        self.sock = sock
+        self.multipart = multipart
+        self.dropped_sends = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: Callable[[list[Frames]], None] = lambda batch: None
+        self._out: deque[Frames] = deque()
+        self._scheduled = False
+        self._fd: int | None = None
+
+    def start(self, handle: Callable[[list[Frames]], None]) -> None:
+        """Call `handle(batch)` with every batch of received messages from now on."""
+        self._loop = asyncio.get_running_loop()
+        self._handle = handle
+        self._fd = self.sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._schedule)
+        self._schedule()
+
+    def send(self, frames: Frames) -> None:
+        """Queue one message; it leaves on the next pass (or as soon as the peer accepts it)."""
+        self._out.append(frames)
+        self._schedule()
+
+    def send_now(self, frames: Frames) -> bool:
+        """Send at once, without queueing; False if the peer cannot take it (gone, or full)."""
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        finally:
+            self._schedule()  # the send reset the FD's edge: look again
+        return True
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._service)
+
+    def _service(self) -> None:
+        self._scheduled = False
+        sock = self.sock
+        if sock.closed:
+            return
+        while self._out:
+            try:
+                sock.send_multipart(self._out[0], zmq.NOBLOCK)
+            except zmq.Again:
+                break  # the peer is not reading; POLLOUT will signal the FD
+            except zmq.ZMQError:
+                self.dropped_sends += 1  # e.g. a ROUTER peer that went away
+            self._out.popleft()
+        batch: list[Frames] = []
+        for _ in range(MAX_DRAIN):
+            try:
+                batch.append(sock.recv_multipart(zmq.NOBLOCK) if self.multipart else [sock.recv(zmq.NOBLOCK)])
+            except zmq.Again:
+                break
+        if batch:
+            self._handle(batch)
+        if len(batch) >= MAX_DRAIN:
+            self._schedule()
+            return
+        if sock.closed:
+            return
+        events = sock.getsockopt(zmq.EVENTS)
+        if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
+            self._schedule()
+
+    def close(self) -> None:
+        if self._loop is not None and self._fd is not None and not self.sock.closed:
+            self._loop.remove_reader(self._fd)
+        self.sock.close(linger=0)
