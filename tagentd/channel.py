@@ -92,7 +92,15 @@ class Channel:
         if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
             self._schedule()
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        """Send what is queued now, as far as the peer takes it (used just before closing)."""
+        while self._out:
+            try:
+                self.sock.send_multipart(self._out.popleft(), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+
+    def close(self, linger_ms: int = 0) -> None:
         if self._loop is not None and self._fd is not None and not self.sock.closed:
             self._loop.remove_reader(self._fd)
-        self.sock.close(linger=0)
+        self.sock.close(linger=linger_ms)

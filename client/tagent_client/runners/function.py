@@ -11,6 +11,7 @@ worker whether a timed-out step is still burning its thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Mapping
@@ -52,12 +53,18 @@ def _tracked(key: tuple[str, str, int, int | None], fn: Callable[..., Any], /, *
         _sync_calls.pop(key, None)
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """A step function's signature, computed once (it is looked at on every call)."""
+    return inspect.signature(fn)
+
+
 def bind(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], positional: list[Any] | None = None) -> tuple[list[Any], dict[str, Any]]:
     """Arguments for `fn` by the binding rules; `positional` fill leading unbound parameters (merge, condition)."""
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     extra = list(positional or [])
-    for index, (name, param) in enumerate(inspect.signature(fn).parameters.items()):
+    for index, (name, param) in enumerate(_signature(fn).parameters.items()):
         if param.kind is param.VAR_KEYWORD:
             kwargs.update({k: v for k, v in inputs.items() if k not in kwargs})
             continue
