@@ -9,12 +9,16 @@ Layout under the state dir (docs/checkpoints.md has the details):
 Guarantees:
 - `flush()` appends one batch of records for every run changed since the last
   flush and fsyncs once (group commit); when it returns, those changes survive
-  kill -9 and power loss;
+  kill -9 and power loss; when it raises, nothing of the batch is lost: the next
+  flush writes it first;
+- a snapshot is exactly the run as of its `wal_seq` (encoded in the same tick as
+  that record), so replaying newer records on top never repeats history;
 - a torn tail of the newest WAL segment (a crash mid-append) is cut off at the
-  last good record; any other bad record or snapshot is reported with its path
-  and moved aside, and the rest still loads — never a crash loop, never a
-  silently wrong value;
-- a checkpoint of an unknown newer format is refused with a clear message.
+  last good record (the cut bytes are kept in corrupt/ and reported); any other
+  bad record or snapshot is reported with its path and moved aside, and the rest
+  still loads — never a crash loop, never a silently wrong value;
+- a checkpoint of an unknown newer format is refused with a clear message, even
+  if its layout no longer decodes (it is never mistaken for a corrupt file).
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class Removed(msgspec.Struct, tag="removed", kw_only=True):
 
 
 WalRecord = Created | Delta | Removed
+
 
 class _Version(msgspec.Struct):
     """Just the `format` of any record: read before the full decode, which a newer layout may fail."""

@@ -61,6 +61,7 @@ async def submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
     if isinstance(loaded, wire.LoadFailed):
         if loaded.code == PipelineValidationError.code:
             invalid = PipelineValidationError(loaded.pipeline or "?", loaded.problems)
+            invalid.message = loaded.message  # one line on the wire: "path: pipeline 'x' is invalid: ..."
             invalid.details["path"] = req.path
             raise invalid
         raise PipelineLoadError(loaded.message)

@@ -51,6 +51,22 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def processes_using(root: Path) -> list[int]:
+    """Live pids (not this one) whose command line or environment mentions `root`: daemons, workers, CLIs of a test."""
+    needle = os.path.join(str(root), "").encode()  # "root/": tmp dirs test_x1 and test_x10 must not match each other
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in blob and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 class DaemonProcess:
     """A real `tagentd start --foreground` in its own runtime/state dirs, driven by tests."""
 

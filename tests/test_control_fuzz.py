@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import DaemonProcess, write_pipeline
+from conftest import DaemonProcess, processes_using, wait_until, write_pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -77,6 +77,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     proc.start()
     yield proc
     proc.stop()
+    wait_until(lambda: not processes_using(root), 10, what="the daemon and its workers to exit")
 
 
 @pytest.fixture

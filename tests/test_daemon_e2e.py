@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, DaemonProcess, pid_alive, wait_until, write_pipeline
+from conftest import REPO, DaemonProcess, pid_alive, processes_using, wait_until, write_pipeline
 
 from tagent_client.client import Client
 from tagent_client.errors import exit_code_for
@@ -69,6 +70,13 @@ def worker_states(daemon: DaemonProcess) -> list[tuple[int, str]]:
     return [(w["pid"], w["state"]) for w in info["workers"]]
 
 
+@pytest.fixture(autouse=True)
+def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
+    """Set up before `make_daemon`, so torn down after it: every daemon, worker and CLI of the test has exited."""
+    yield
+    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
+
+
 # -- the CLI, start to stop -------------------------------------------------------------------------
 
 
@@ -76,15 +84,11 @@ def worker_states(daemon: DaemonProcess) -> list[tuple[int, str]]:
 def background(make_daemon: Callable[..., DaemonProcess]) -> Iterator[DaemonProcess]:
     """A DaemonProcess whose daemon the test starts with `tagentd start` (detached); killed at teardown if left."""
     daemon = make_daemon()
-    pids: list[int] = []
-    daemon.background_pids = pids  # type: ignore[attr-defined]
     yield daemon
-    if any(pid_alive(p) for p in pids):
+    if processes_using(daemon.root):
         daemon.admin("stop", "--fast", "--timeout", "10")
-    for pid in pids:
-        if pid_alive(pid):
-            os.kill(pid, 9)
-    assert not any(pid_alive(p) for p in pids), "processes left behind"
+        for pid in processes_using(daemon.root):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_cli_drives_a_background_daemon_from_start_to_stop(background: DaemonProcess, tmp_path: Path) -> None:
@@ -94,7 +98,6 @@ def test_cli_drives_a_background_daemon_from_start_to_stop(background: DaemonPro
     assert "tagentd started" in started.stdout
     info = as_json(background.admin("status", "--json"))
     daemon_pid, worker_pids = info["pid"], [w["pid"] for w in info["workers"]]
-    background.background_pids.extend([daemon_pid, *worker_pids])  # type: ignore[attr-defined]
     assert len(worker_pids) == 2 and all(pid_alive(p) for p in [daemon_pid, *worker_pids])
 
     # When the offline example is submitted and followed
@@ -313,7 +316,10 @@ def test_a_step_stuck_in_a_cpu_loop_times_out_and_its_worker_is_replaced(
         assert "timed out" in (client.status(run.id).steps["spin"].error or ""), client.status(run.id)
         assert took < 8, f"the timeout took {took:.1f}s to be reported"
         # And the spinning worker is killed and replaced
+        # (a sync step's worker exits by itself once the grace is over; a blocked loop is killed by the supervisor)
         wait_until(lambda: not all(pid_alive(p) for p in before), 10, what="the spinning worker to end")
+        why = "exiting with status 70" if kind == "sync" else "would not stop at its timeout"
+        wait_until(lambda: why in daemon.log(), 5, what=f"{why!r} in the daemon log")
         wait_until(lambda: len(daemon.worker_pids()) == 2 and set(daemon.worker_pids()) != before
                    and all(st == "ready" for _, st in worker_states(daemon)), 10, what="a replacement worker")
         # And the daemon keeps working

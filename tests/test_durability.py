@@ -42,7 +42,7 @@ from tagentd.runs import AuditEntry, Run, RunSource
 pytestmark = pytest.mark.timeout(180)
 
 CRASH_RUNS = 20
-CRASH_KILLS = 10
+CRASH_KILLS = 12
 
 # The preamble of every pipeline below: how a step leaves its trace outside the daemon.
 RECORD = '''\
@@ -85,6 +85,7 @@ for name, deps in DAG.items():
     pipeline.step(name, fn=work, depends_on=deps, execution_mode=mode, retry_delay=0.05)
 '''
 CRASH_STEPS = [f"s{i}" for i in range(10)]
+CRASH_TOTAL = CRASH_RUNS * len(CRASH_STEPS)
 
 
 class Effects:
@@ -138,7 +139,9 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
     rng = random.Random(seed)
     effects = Effects(tmp_path / "effects.log")
     # Given 20 runs of a 10-step DAG whose steps leave a durable trace outside the daemon
-    daemon = make_daemon(workers=2).start()
+    daemon = make_daemon(workers=2)
+    daemon.env["TAGENTD_WORKER_CONCURRENCY"] = "2"  # 4 steps at a time: the work outlasts the kills
+    daemon.start()
     path = pipeline_file(tmp_path, "crashy.py", CRASH_PIPELINE)
     with daemon.client() as client:
         run_ids = [client.submit(path, {"effects": str(effects.path)}).id for _ in range(CRASH_RUNS)]
@@ -150,8 +153,8 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
     for kill in range(CRASH_KILLS):
         if kill:
             daemon.start()
-        target = len(effects.lines()) + rng.randint(0, 4)
-        wait_until(lambda: len(effects.lines()) >= target or len(effects.counts()) == 200,
+        target = len(effects.lines()) + rng.randint(0, 8)
+        wait_until(lambda: len(effects.lines()) >= target or len(effects.counts()) == CRASH_TOTAL,
                    timeout=30, what="steps to make progress")
         with daemon.client() as client:
             newly = {(run_id, name) for run_id in run_ids for name in completed_steps(client, run_id)}
@@ -159,9 +162,9 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
         for key in newly - reported.keys():
             reported[key] = counts[key]
         target = len(effects.lines()) + rng.choice([0, 0, 1, 2, 3])
-        wait_until(lambda: len(effects.lines()) >= target or len(effects.counts()) == 200,
+        wait_until(lambda: len(effects.lines()) >= target or len(effects.counts()) == CRASH_TOTAL,
                    timeout=30, what="a step to complete before the kill")
-        in_flight_kills += len(effects.counts()) < 200
+        in_flight_kills += len(effects.counts()) < CRASH_TOTAL  # some step has not run yet
         daemon.kill9()
 
     # Then after a last restart every run completes
@@ -353,7 +356,8 @@ def test_a_corrupt_checkpoint_file_is_reported_and_set_aside_and_the_other_runs_
         assert damaged.read_bytes() == original[:offset]  # cut at the last whole record
         assert kept[0].read_bytes() == torn[offset:]  # the torn bytes, kept for a look
     else:
-        assert not snapshot.exists() or read_single(snapshot)  # rewritten whole from the WAL, or absent
+        rewritten = msgspec.msgpack.decode(read_single(snapshot), type=RunCheckpoint)  # from the WAL, at load
+        assert rewritten.state.status is RunStatus.COMPLETED
     # and both runs are still there: the finished one as it was, the waiting one goes on from its checkpoint
     with daemon.client() as client:
         assert client.status(done).status == "completed"
@@ -405,8 +409,9 @@ pipeline.task(d, depends_on=["a"])
 
 @pytest.mark.timeout(90)
 def test_resume_reruns_only_the_failed_part_and_retry_only_the_step_and_its_dependents(
-    daemon: DaemonProcess, tmp_path: Path
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
+    daemon = make_daemon().start()
     effects = Effects(tmp_path / "effects.log")
     marker = tmp_path / "marker"
     path = pipeline_file(tmp_path, "flaky.py", FLAKY_PIPELINE)
@@ -454,6 +459,11 @@ def test_resume_reruns_only_the_failed_part_and_retry_only_the_step_and_its_depe
     assert transitions.count(("step.completed", "b")) == 2  # after the resume and after the retry
     text = daemon.cli("history", run_id)
     assert text.returncode == 0 and "resume" in text.stdout and "retry" in text.stdout
+
+    # And after a kill -9 the history reads back exactly as it was shown
+    daemon.kill9()
+    daemon.start()
+    assert json.loads(daemon.cli("history", run_id, "--json").stdout) == history
 
 
 # -- format versions -------------------------------------------------------------------------------------------------
@@ -779,7 +789,8 @@ class TestDurableStore:
             h.flush()
         h.store.close()
         # Then old segments are gone, every run with changes in them has a snapshot, and all read back equal
-        assert len(list((tmp_path / "wal").glob("*.wal"))) <= 2
+        segments = sorted(p.name for p in (tmp_path / "wal").glob("*.wal"))
+        assert len(segments) <= 1 and "00000001.wal" not in segments, segments  # rotated, old ones deleted
         assert len(list((tmp_path / "runs").glob("*.ckpt"))) == 8
         loaded = reopen(tmp_path)
         for run in runs:

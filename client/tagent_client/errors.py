@@ -104,12 +104,25 @@ class RunFailed(TagentError):
     code = "run_failed"
 
 
+class PermissionDenied(TagentError):
+    """A step asked the broker for something its pipeline may not do (a space's allow-list)."""
+
+    code = "permission_denied"
+
+
+class MailboxFull(TagentError):
+    """A pipeline's mailbox holds its limit of unacknowledged messages (retryable: it may drain)."""
+
+    code = "mailbox_full"
+    retryable = True
+
+
 ERRORS: dict[str, type[TagentError]] = {
     cls.code: cls
     for cls in (
         TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
-        ConfigError, AlreadyRunning, RunFailed,
+        ConfigError, AlreadyRunning, RunFailed, PermissionDenied, MailboxFull,
     )
 }
 
@@ -126,6 +139,8 @@ EXIT_CODES: dict[str, int] = {
     "protocol": 8,
     "config": 9,
     "already_running": 10,
+    "permission_denied": 11,
+    "mailbox_full": 12,
 }
 
 

@@ -1,0 +1,281 @@
+"""Broker messages of the control protocol: mailboxes, topics, shared spaces, registry, triggers.
+
+The same request Structs travel two ways: from `Client`/`tagent` on control.sock,
+and from a step's context inside a worker on workers.sock (wrapped in the worker's
+`BrokerCall` with the calling step's `StepRef`). On events.sock a subscriber sends
+`Subscribe` (renewed every `RENEW_EVERY` seconds, forgotten after `EXPIRE_AFTER`)
+and receives `EventRecord`s. docs/protocol.md and docs/broker.md describe them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+PROTOCOL_VERSION = 1  # the control protocol's version (protocol.py re-checks it)
+RENEW_EVERY = 2.0
+EXPIRE_AFTER = 10.0
+MAX_WAIT = 60.0  # longest a receive / wait_for_event request is parked by the daemon; clients loop
+
+
+# -- shapes a step or a client sees -----------------------------------------------------------
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """A direct message in a pipeline's mailbox. `deliveries` counts leases, this one included."""
+
+    id: str
+    sender: str
+    payload: Any = None
+    ts: float = 0.0
+    seq: int = 0
+    mailbox: str = ""
+    deliveries: int = 0
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """One key of a shared space: its value and version (1 on creation, +1 on every write)."""
+
+    key: str
+    value: Any = None
+    version: int = 0
+
+
+class AccessEntry(msgspec.Struct, kw_only=True, array_like=True):
+    """One line of a space's access log."""
+
+    ts: float
+    who: str
+    op: str
+    key: str = ""
+    version: int = 0
+    ok: bool = True
+
+
+class StepRef(msgspec.Struct, kw_only=True, array_like=True):
+    """Which step attempt a worker's broker call comes from (its leases are settled with that attempt)."""
+
+    run_id: str
+    pipeline: str
+    step: str
+    task: str
+    attempt: int
+    item_index: int | None = None
+
+    @property
+    def holder(self) -> tuple[str, str, int]:
+        return (self.run_id, self.task, self.attempt)
+
+    def __str__(self) -> str:
+        return f"{self.pipeline}/{self.run_id}/{self.task}#{self.attempt}"
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+class BrokerRequest(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every broker request (same envelope as protocol.Request)."""
+
+    v: int = PROTOCOL_VERSION
+    id: int = 0
+    pid: int = 0
+    uid: int = -1
+
+
+class SendMessage(BrokerRequest, tag="send"):
+    """Put `payload` in pipeline `to`'s mailbox; answered once durable. A repeated `message_id` is dropped."""
+
+    to: str
+    payload: Any = None
+    message_id: str | None = None
+
+
+class ReceiveMessage(BrokerRequest, tag="receive"):
+    """(steps only) Lease the oldest unleased message of the caller's pipeline's mailbox; wait up to `wait` s."""
+
+    wait: float = 0.0
+
+
+class AckMessages(BrokerRequest, tag="ack_messages"):
+    """Remove messages for good (they were handled). `mailbox` defaults to the calling step's pipeline."""
+
+    ids: list[str]
+    mailbox: str | None = None
+
+
+class Publish(BrokerRequest, tag="publish"):
+    """Publish one event (best effort to subscribers; durable for the triggers it starts)."""
+
+    topic: str
+    data: Any = None
+
+
+class PublishMany(BrokerRequest, tag="publish_many"):
+    """Publish a batch of (topic, data) events with one request."""
+
+    events: list[tuple[str, Any]]
+
+
+class WaitEvent(BrokerRequest, tag="wait_event"):
+    """Answer with the next event whose topic starts with `prefix`, or null after `wait` s."""
+
+    prefix: str
+    wait: float = 0.0
+
+
+class SpaceGet(BrokerRequest, tag="space_get"):
+    space: str
+    key: str
+
+
+class SpacePut(BrokerRequest, tag="space_put"):
+    space: str
+    key: str
+    value: Any = None
+
+
+class SpaceCas(BrokerRequest, tag="space_cas"):
+    """Write only if the key's version is `expected_version` (0: only if the key does not exist)."""
+
+    space: str
+    key: str
+    value: Any = None
+    expected_version: int
+
+
+class SpaceDelete(BrokerRequest, tag="space_delete"):
+    space: str
+    key: str
+    expected_version: int | None = None
+
+
+class SpaceKeys(BrokerRequest, tag="space_keys"):
+    """Keys starting with `prefix`, sorted; with `versions`, [key, version, bytes] rows instead."""
+
+    space: str
+    prefix: str = ""
+    versions: bool = False
+
+
+class SpaceLog(BrokerRequest, tag="space_log"):
+    space: str
+    limit: int = 100
+
+
+class SpaceAllow(BrokerRequest, tag="space_allow"):
+    """Add pipelines to a space's allow-list (`replace`: set it; an empty list with `replace` lifts it)."""
+
+    space: str
+    pipelines: list[str] = []
+    replace: bool = False
+
+
+class ListPipelines(BrokerRequest, tag="pipelines"):
+    """The registry: running and registered pipelines (only those declaring `capability`, if given)."""
+
+    capability: str | None = None
+
+
+class ListMailboxes(BrokerRequest, tag="mailboxes"):
+    """Mailbox depths; `peek` shows the first N messages of each."""
+
+    pipeline: str | None = None
+    peek: int = 0
+
+
+class Unregister(BrokerRequest, tag="unregister"):
+    """Forget a triggered pipeline's registration (its queued triggers are dropped, running runs go on)."""
+
+    pipeline: str
+
+
+class BrokerStatsRequest(BrokerRequest, tag="stats"):
+    """Message rates, queue depths, dropped events, space sizes."""
+
+
+BROKER_REQUESTS = (
+    SendMessage, ReceiveMessage, AckMessages, Publish, PublishMany, WaitEvent, SpaceGet, SpacePut, SpaceCas,
+    SpaceDelete, SpaceKeys, SpaceLog, SpaceAllow, ListPipelines, ListMailboxes, Unregister, BrokerStatsRequest,
+)
+AnyBrokerRequest = (
+    SendMessage | ReceiveMessage | AckMessages | Publish | PublishMany | WaitEvent | SpaceGet | SpacePut | SpaceCas
+    | SpaceDelete | SpaceKeys | SpaceLog | SpaceAllow | ListPipelines | ListMailboxes | Unregister | BrokerStatsRequest
+)
+
+# -- events.sock -----------------------------------------------------------------------------------
+
+
+class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", kw_only=True):
+    """Subscriber -> daemon: deliver events whose topic starts with one of `prefixes` (renew to stay)."""
+
+    v: int = PROTOCOL_VERSION
+    prefixes: list[str]
+
+
+class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", kw_only=True):
+    v: int = PROTOCOL_VERSION
+
+
+SubscriberMessage = Subscribe | Unsubscribe
+
+# -- results --------------------------------------------------------------------------------------------
+
+
+class RegistryEntry(msgspec.Struct, kw_only=True):
+    """A pipeline the daemon knows as running (runs in flight) and/or registered (triggers)."""
+
+    pipeline: str
+    capabilities: list[str] = []
+    run_ids: list[str] = []
+    workers: list[int] = []
+    triggers: list[str] = []
+    registered: bool = False
+    queued_triggers: int = 0
+
+
+class MailboxInfo(msgspec.Struct, kw_only=True):
+    name: str
+    messages: int
+    leased: int
+    oldest_ts: float | None = None
+    peek: list[Message] = []
+
+
+class SubscriberInfo(msgspec.Struct, kw_only=True):
+    id: str
+    prefixes: list[str]
+    delivered: int
+    dropped: int
+    age_s: float
+
+
+class SpaceInfo(msgspec.Struct, kw_only=True):
+    name: str
+    keys: int
+    bytes: int
+    allow: list[str] | None = None
+    log_entries: int = 0
+
+
+class BrokerStats(msgspec.Struct, kw_only=True):
+    counters: dict[str, int] = {}
+    rates: dict[str, float] = {}
+    mailboxes: list[MailboxInfo] = []
+    subscribers: list[SubscriberInfo] = []
+    spaces: list[SpaceInfo] = []
+    triggers: dict[str, dict[str, int]] = {}
+    store: dict[str, Any] = {}
+
+
+_encoder = msgspec.msgpack.Encoder()
+subscriber_decoder = msgspec.msgpack.Decoder(SubscriberMessage)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def matches(topic: str, prefixes: list[str] | tuple[str, ...]) -> bool:
+    """Prefix matching, the one rule for subscriptions, triggers and wait_for_event ('' matches everything)."""
+    return any(topic.startswith(p) for p in prefixes)

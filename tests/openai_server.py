@@ -1,0 +1,200 @@
+"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1, for tests and the agent benchmark.
+
+    with ScriptedServer() as server:
+        server.script(Reply.tool("lookup", {"q": "acme"}), Reply.final({"name": "Acme"}))
+        ...  # point an agent at server.base_url
+        server.requests  # every request body, in arrival order
+
+Each POST to /v1/chat/completions takes the next `Reply` of the script (or the
+default one when the script is empty) and answers it: a tool call, the final
+structured output (a call of the output tool the request offers), plain text,
+or an HTTP error with optional headers (429 with Retry-After, 500). A reply may
+delay its answer. The server records every request (body and headers) and the
+largest number of requests it has had in flight at once.
+
+It runs in a thread of the test process (stdlib ThreadingHTTPServer: one thread
+per connection, so delays overlap) and listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    """One scripted answer. Build with the class methods."""
+
+    kind: str                       # "tool", "final", "text", "error"
+    name: str | None = None         # tool name (kind "tool")
+    args: Any = None                # tool or final arguments (a dict, or a raw string for invalid JSON)
+    text: str = ""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    prompt_tokens: int = 100
+    completion_tokens: int = 20
+
+    @classmethod
+    def tool(cls, name: str, args: dict[str, Any], **kw: Any) -> Reply:
+        return cls("tool", name=name, args=args, **kw)
+
+    @classmethod
+    def final(cls, args: Any, **kw: Any) -> Reply:
+        """Call the request's output tool (the one named final_result*) with `args` (a dict, or a raw JSON string)."""
+        return cls("final", args=args, **kw)
+
+    @classmethod
+    def say(cls, text: str, **kw: Any) -> Reply:
+        return cls("text", text=text, **kw)
+
+    @classmethod
+    def error(cls, status: int, message: str = "scripted error", headers: dict[str, str] | None = None, **kw: Any) -> Reply:
+        return cls("error", status=status, text=message, headers=dict(headers or {}), **kw)
+
+
+@dataclass
+class Seen:
+    """A request as the server received it."""
+
+    at: float
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.body.get("tools") or []]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body.get("messages") or []
+
+
+class ScriptedServer:
+    """The server; a context manager that starts it on a free port and stops it."""
+
+    def __init__(self, default: Reply | Callable[[Seen], Reply] | None = None) -> None:
+        self.default = default or Reply.say("ok")
+        self.requests: list[Seen] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._script: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-server", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def script(self, *replies: Reply) -> ScriptedServer:
+        """Queue replies, answered in order before the default one."""
+        with self._lock:
+            self._script.extend(replies)
+        return self
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    # -- answering ------------------------------------------------------------------------
+
+    def _next(self, seen: Seen) -> Reply:
+        with self._lock:
+            self.requests.append(seen)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self._script:
+                return self._script.popleft()
+        return self.default(seen) if callable(self.default) else self.default
+
+    def _done(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _answer(self, seen: Seen, reply: Reply) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if reply.kind == "error":
+            body = {"error": {"message": reply.text, "type": "scripted", "code": str(reply.status)}}
+            return reply.status, reply.headers, body
+        message: dict[str, Any] = {"role": "assistant", "content": None}
+        finish = "tool_calls"
+        if reply.kind == "text":
+            message["content"], finish = reply.text, "stop"
+        else:
+            name = reply.name if reply.kind == "tool" else _output_tool(seen)
+            args = reply.args if isinstance(reply.args, str) else json.dumps(reply.args)
+            message["tool_calls"] = [{"id": f"call_{next(self._ids)}", "type": "function",
+                                      "function": {"name": name, "arguments": args}}]
+        body = {
+            "id": f"chatcmpl-{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
+            "model": seen.body.get("model", "scripted"),
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                      "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+        }
+        return 200, reply.headers, body
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+                return None
+
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {}, {"error": {"message": f"no route {self.path}"}})
+                    return
+                seen = Seen(at=time.monotonic(), body=json.loads(raw or b"{}"), headers=dict(self.headers.items()))
+                reply = server._next(seen)
+                try:
+                    if reply.delay:
+                        time.sleep(reply.delay)  # ok-sleep: a scripted slow answer
+                    self._send(*server._answer(seen, reply))
+                finally:
+                    server._done()
+
+            def _send(self, status: int, headers: dict[str, str], body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def _output_tool(seen: Seen) -> str:
+    names = [n for n in seen.tool_names if n.startswith("final_result")]
+    if not names:
+        raise AssertionError(f"the request offers no output tool (tools: {seen.tool_names})")
+    return names[0]
+
+
+def final_for(args: Any, **kw: Any) -> Callable[[Seen], Reply]:
+    """A default responder that answers every request with the final output `args`."""
+    return lambda seen: Reply.final(args, **kw)
