@@ -25,6 +25,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -256,6 +257,7 @@ class BenchDaemon:
             "TAGENTD_RUNTIME_DIR": str(self.runtime_dir),
             "TAGENTD_STATE_DIR": str(self.state_dir),
             "XDG_CONFIG_HOME": str(root / "config"),
+            "XDG_DATA_HOME": str(root / "data"),  # the default watched pipelines folder lives here: keep it private
         })
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_s = 0.0
@@ -424,21 +426,23 @@ def measure_rss(daemon: BenchDaemon, settle_max: float = 15.0) -> dict[str, Any]
     return {"rss_mb": round(total / 1024, 1), "pss_mb": round(pss / 1024, 1)}
 
 
-def measure_daemon(durable: bool, files: dict[str, Path], reps: int, cli_reps: int) -> dict[str, Any]:
+def measure_daemon(durable: bool, files: dict[str, Path], reps: int, cli_reps: int, out: dict[str, Any]) -> None:
+    """Start one daemon and fill `out` metric by metric (what was measured before a failure is kept)."""
     label = "durable" if durable else "nodurable"
     say(f"daemon ({label}): starting")
     with running_daemon(label, durable=durable) as daemon:
         ready = daemon.start()
         say(f"  ready in {ready * 1000:.0f} ms")
-        out: dict[str, Any] = {"ready_s": round(ready, 3)}
+        out["ready_s"] = round(ready, 3)
         out.update(measure_rss(daemon))
         with daemon.client() as client:
-            out.update(measure_chain(client, files, reps))
+            chain = measure_chain(client, files, reps)
+            run_id = chain.pop("_chain_run_id")
+            out.update(chain)
             out.update(measure_fanout(client, files, reps))
             out.update(measure_io(client, files, reps))
-        out.update(measure_cli(daemon, out.pop("_chain_run_id"), cli_reps))
+        out.update(measure_cli(daemon, run_id, cli_reps))
     say(f"daemon ({label}): {out}")
-    return out
 
 
 ECHO_SERVER = """
@@ -601,7 +605,8 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "runs": len(runs),
 """
 
 
-def measure_recovery(files: dict[str, Path], finished: int, unfinished: int, reps: int) -> dict[str, Any]:
+def measure_recovery(files: dict[str, Path], finished: int, unfinished: int, reps: int, out: dict[str, Any]) -> None:
+    """Fill `out` with recovery_s (store load in a fresh process) and then recovery_ready_s (daemon start)."""
     say(f"recovery: generating {finished} finished + {unfinished} unfinished runs")
     root = CLEANUP.tempdir("tagentd-bench-recovery-")
     state_dir = root / "state"
@@ -617,15 +622,13 @@ def measure_recovery(files: dict[str, Path], finished: int, unfinished: int, rep
         raise RuntimeError(f"load found {loads[0]} instead of {finished} + {unfinished} runs")
     load_times = ", ".join(f"{x['load_s']:.2f}" for x in loads)
     say(f"  DurableStore.load(): {load_times} s (import {loads[0]['import_s']:.2f} s)")
+    out["recovery_s"] = round(median([x["load_s"] for x in loads]), 3)
+    out["recovery_runs"] = {"finished": finished, "unfinished": unfinished, "generate_s": generated["seconds"],
+                            "ckpt_mb": generated["ckpt_mb"]}
     with running_daemon("recovery", durable=True, state_dir=state_dir) as daemon:
-        ready = daemon.start(timeout=120)
+        ready = daemon.start(timeout=60)
         say(f"  daemon on that state dir answered in {ready:.2f} s")
-    return {
-        "recovery_s": round(median([x["load_s"] for x in loads]), 3),
-        "recovery_ready_s": round(ready, 3),
-        "recovery_runs": {"finished": finished, "unfinished": unfinished, "generate_s": generated["seconds"],
-                          "ckpt_mb": generated["ckpt_mb"]},
-    }
+    out["recovery_ready_s"] = round(ready, 3)
 
 
 # -- main -------------------------------------------------------------------------------------------------
@@ -661,20 +664,33 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load_before = os.getloadavg()[0]
     result: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+
+    def section(name: str, fn: Callable[..., Any], *fn_args: Any) -> Any:
+        """Run one part of the benchmark; a failure is reported and recorded, and the rest still runs."""
+        try:
+            return fn(*fn_args)
+        except Exception as exc:  # noqa: BLE001 - one broken part must not lose the other numbers
+            say(f"{name} FAILED:\n{traceback.format_exc()}")
+            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return None
+
     try:
         if not args.no_bytecode_cache:
-            enable_bytecode_cache()
+            section("bytecode_cache", enable_bytecode_cache)
         files = write_pipelines(CLEANUP.tempdir("tagentd-bench-pipelines-"))
         modes = {"both": [True, False], "on": [True], "off": [False]}[args.durable]
         for index, durable in enumerate(modes):
-            measured = measure_daemon(durable, files, reps, cli_reps)
+            measured: dict[str, Any] = {}
+            section(f"daemon_{'durable' if durable else 'nodurable'}", measure_daemon, durable, files, reps, cli_reps,
+                    measured)
             for key, value in measured.items():
                 if key in ("ready_s", "rss_mb", "pss_mb"):  # the main number comes from the first daemon started
                     result[key if index == 0 else f"{key}_nodurable"] = value
                 else:
                     result[key if durable else f"{key}_nodurable"] = value
-        result.update(measure_raw_zmq(ZMQ_ROUND_TRIPS))
-        result.update(measure_recovery(files, finished, unfinished, load_reps))
+        result.update(section("raw_zmq", measure_raw_zmq, ZMQ_ROUND_TRIPS) or {})
+        section("recovery", measure_recovery, files, finished, unfinished, load_reps, result)
     finally:
         CLEANUP.run()
     result.update({
@@ -689,8 +705,10 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {k: (f"< {v['max']}" if "max" in v else f"> {v['min']}") for k, v in TARGETS.items()},
     })
     result["missed_targets"] = missed(result)
+    if errors:
+        result["errors"] = errors
     print(json.dumps(result), flush=True)
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ class Channel:
             self._schedule()  # the send reset the FD's edge: look again
         return True
 
+    def rearm(self) -> None:
+        """Look at the socket again soon: call after sending on `sock` directly (a send resets the FD's edge)."""
+        self._schedule()
+
     def _schedule(self) -> None:
         if not self._scheduled and self._loop is not None:
             self._scheduled = True

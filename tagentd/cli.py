@@ -31,6 +31,7 @@ from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError,
 from . import __version__
 from .config import FIELDS, LOG_FILE, Settings, absolute_path, default_config_path, flag_name, load_settings
 from .lock import already_running, is_locked, read_pid
+from .watch_rules import watch_folders
 
 START_WAIT = 10.0
 PING_TIMEOUT = 0.5
@@ -190,6 +191,7 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
     # Report dir problems here, on the user's terminal, rather than in a log they must find.
     paths.ensure_private_dir(runtime_dir, "runtime dir")
     paths.ensure_private_dir(settings.state_dir, "state dir")
+    watch_folders(settings.watch_dirs)  # ConfigError for an unsafe watch folder
     log_start = _size(settings.log_file)
 
     argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--detached", *_forward(config_path, flags)]
@@ -348,8 +350,10 @@ def _print_status(info: Any) -> None:
         ("log file", str(Path(info.state_dir) / LOG_FILE)),
         ("durable", "yes" if info.durable else "no (runs are lost when the daemon stops)"),
         ("runs", f"{info.runs_active} active, {info.runs_total} total"),
+        ("watching", ", ".join(info.watch_dirs) + " (see 'tagent watch')" if info.watch_dirs else "no folder"),
         ("workers", f"{len(info.workers)} ({busy} busy, {len(info.workers) - busy} idle)"),
     ]
+    rows += _broker_rows(info.stats.get("broker"))
     _print_pairs(rows)
     if info.workers:
         now = time.time()
@@ -360,6 +364,20 @@ def _print_status(info: Any) -> None:
         ]
         click.echo()
         _print_table(table, indent=2)
+
+
+def _broker_rows(broker: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The broker's numbers for `tagentd status` (see `tagent mailbox ls`, `tagent pipelines` for details)."""
+    if not broker:
+        return []
+    return [
+        ("messages", f"{broker['messages_queued']} queued in {broker['mailboxes']} mailbox(es), "
+                     f"{broker['messages_leased']} leased; {broker['messages_per_s']:g}/s sent"),
+        ("events", f"{broker['events_per_s']:g}/s published, {broker['subscribers']} subscriber(s), "
+                   f"{broker['events_dropped']} dropped for slow subscribers"),
+        ("spaces", f"{broker['spaces']} ({broker['space_bytes']} bytes)"),
+        ("triggers", f"{broker['registered']} pipeline(s) registered, {broker['triggers_queued']} event(s) queued"),
+    ]
 
 
 def _duration(seconds: float) -> str:
@@ -416,6 +434,8 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "[]"
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":")) if value else "{}"
     return str(value)
 
 

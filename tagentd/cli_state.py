@@ -57,10 +57,14 @@ def register(cli: click.Group, where_options: Any) -> None:
     @cli.command()
     @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
     def inspect(path: Path) -> None:
-        """Print a checkpoint file (runs/*.ckpt or wal/*.wal) as JSON, one line per record."""
+        """Print a checkpoint file (runs/*.ckpt, wal/*.wal, broker/*.wal, broker/snapshot.ckpt) as JSON, one line per record."""
+        from .broker_store import BrokerCheckpoint, Logged
         from .checkpoint import RunCheckpoint, WalRecord, check_format
 
-        decoder = msgspec.msgpack.Decoder(RunCheckpoint if path.suffix == ".ckpt" else WalRecord)
+        if path.parent.name == "broker":
+            decoder = msgspec.msgpack.Decoder(BrokerCheckpoint if path.suffix == ".ckpt" else Logged)
+        else:
+            decoder = msgspec.msgpack.Decoder(RunCheckpoint if path.suffix == ".ckpt" else WalRecord)
         data = path.read_bytes()
         try:
             for _, payload in read_frames(data, path):

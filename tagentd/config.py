@@ -11,15 +11,17 @@ source; nothing is half-applied.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tagent_client import paths
 from tagent_client.errors import ConfigError
+from tagent_client.llm import EndpointSettings, LLMConfig, PriceOverride
 
 LOG_FILE = "tagentd.log"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -43,6 +45,14 @@ class _CrossFieldError(ValueError):
         self.message = message
 
 
+class SpaceSettings(BaseModel):
+    """`[spaces.NAME]` in tagentd.toml: `allow` lists the only pipelines whose steps may use the space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] | None = None
+
+
 class Settings(BaseModel):
     """Every knob of the daemon. Paths are absolute once validated."""
 
@@ -63,7 +73,15 @@ class Settings(BaseModel):
     model: str | None = None
     retention_days: float = Field(30, ge=0, description="delete finished runs older than this; 0 = no age limit")
     retention_max_runs: int = Field(10000, ge=0, description="keep at most N finished runs; 0 = no limit")
-    watch_dirs: list[Path] = Field(default_factory=list)
+    watch_dirs: list[Path] = Field(default_factory=list, description="empty = $XDG_DATA_HOME/tagentd/pipelines")
+    watch_recursive: bool = Field(False, description="also watch the watched folders' subfolders")
+    on_change: Literal["keep", "restart"] = Field("keep", description="a watched file changed: keep or cancel its older runs")
+    on_delete: Literal["ignore", "cancel"] = Field("ignore", description="a watched file was deleted: keep or cancel its runs")
+    endpoints: dict[str, EndpointSettings] = Field(default_factory=dict, description="[endpoints.NAME]: LLM servers and limits")
+    price_overrides: dict[str, PriceOverride] = Field(default_factory=dict, description="model -> $ per million tokens")
+    mailbox_max: int = Field(100_000, ge=1, description="unacknowledged messages a pipeline's mailbox may hold")
+    trigger_max_concurrent: int = Field(4, ge=1, description="runs a triggered pipeline may have going at once")
+    spaces: dict[str, SpaceSettings] = Field(default_factory=dict, description="[spaces.NAME] allow = [pipelines]")
 
     @field_validator("runtime_dir", "state_dir", mode="after")
     @classmethod
@@ -113,6 +131,20 @@ class Settings(BaseModel):
                 f"must be greater than heartbeat_interval ({self.heartbeat_interval})",
             )
         return self
+
+    @field_validator("endpoints", mode="after")
+    @classmethod
+    def _endpoint_names(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
+        return LLMConfig(endpoints=value).endpoints
+
+    def llm_config(self) -> LLMConfig:
+        return LLMConfig(endpoints=self.endpoints, price_overrides=self.price_overrides)
+
+    def worker_llm_args(self) -> list[str]:
+        """The worker command-line flag carrying endpoints and prices (names of key variables, never keys)."""
+        if not (self.endpoints or self.price_overrides):
+            return []
+        return ["--llm", self.llm_config().model_dump_json(exclude_defaults=True)]
 
     @property
     def log_file(self) -> Path:
@@ -228,6 +260,11 @@ def _env_value(field: str, raw: str) -> Any:
         return absolute_path(Path(raw))
     if field == "watch_dirs":
         return [absolute_path(Path(p)) for p in raw.split(os.pathsep) if p.strip()]
+    if field in ("endpoints", "price_overrides", "spaces"):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw  # pydantic says what is wrong with it
     return raw
 
 
@@ -253,7 +290,8 @@ def _describe(exc: ValidationError, sources: dict[str, str]) -> str:
         else:
             field = str(error["loc"][0]) if error["loc"] else "settings"
             problem = _problem(error)
-        parts.append(f"{field}: {problem} (from {sources.get(field, 'default')})")
+        where = ".".join(str(part) for part in error["loc"]) or field  # endpoints.local.max_concurrent
+        parts.append(f"{where}: {problem} (from {sources.get(field, 'default')})")
     return "config: " + "; ".join(parts)
 
 

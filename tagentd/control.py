@@ -9,20 +9,18 @@ only after the daemon's next commit, so what a reply reports is on disk.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tagent_client import protocol as p
-from tagent_client.engine import RunMachine
-from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineLoadError, PipelineValidationError
-from tagent_client.plan import StepKind
-from tagent_client.state import RunStatus, StepStatus, new_run_id
+from tagent_client.errors import InvalidRequest, NotFound
+from tagent_client.state import RunStatus, StepStatus
 
-from . import __version__, wire
-from .runs import Run, RunSource
+from . import __version__, submit as submitting
+from .broker_handlers import CLIENT_HANDLERS as BROKER_HANDLERS
+from .runs import Run
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -51,35 +49,14 @@ def ping(daemon: Daemon, req: p.Ping) -> dict[str, Any]:
 
 
 async def submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
-    if not daemon.accepting:
-        raise InvalidRequest("the daemon is shutting down and accepts no new runs")
-    source_hash = hashlib.sha256(req.source.encode()).hexdigest()
-    try:
-        loaded = await daemon.pool.load(path=req.path, source=req.source, source_hash=source_hash, target=req.target)
-    except (TimeoutError, RuntimeError) as exc:
-        raise PipelineLoadError(f"{req.path}: {exc}") from None
-    if isinstance(loaded, wire.LoadFailed):
-        if loaded.code == PipelineValidationError.code:
-            invalid = PipelineValidationError(loaded.pipeline or "?", loaded.problems)
-            invalid.message = loaded.message  # one line on the wire: "path: pipeline 'x' is invalid: ..."
-            invalid.details["path"] = req.path
-            raise invalid
-        raise PipelineLoadError(loaded.message)
-    plan = loaded.plan
-    model = req.model or daemon.settings.model
-    unmodelled = [s.name for s in plan.steps if s.kind is not StepKind.FUNCTION and not (s.model or plan.model or model)]
-    if unmodelled:
-        raise ConfigError(
-            f"{req.path}: agent step(s) {', '.join(unmodelled)} have no model; pass --model (e.g. --model test "
-            f"offline), set model= in the pipeline, or set TAGENT_MODEL / model in tagentd.toml"
-        )
-    now = time.time()
-    machine = RunMachine.new(plan, new_run_id(now), params=req.params, now=now)
-    run = Run(RunSource(path=req.path, source=req.source, source_hash=source_hash, target=req.target, model=model),
-              plan, machine)
-    run.audit(who(req), "submit", path=req.path, target=req.target)
-    daemon.start_run(run)
-    return p.SubmitResult(run_id=run.id, pipeline=plan.name, steps=[s.name for s in plan.steps])
+    plan = await submitting.load_plan(daemon.pool, req.path, req.source, req.target)
+    if plan.triggers and not req.run:  # a triggered pipeline is registered; each matching event starts a run
+        daemon.broker.register(path=req.path, source=req.source, target=req.target,
+                               model=req.model or daemon.settings.model, plan=plan, who=who(req))
+        return p.SubmitResult(run_id="", pipeline=plan.name, steps=[s.name for s in plan.steps], registered=True,
+                              triggers=list(plan.triggers))
+    run = await daemon.submit_source(req.path, req.source, req.target, req.params, req.model, who(req), plan=plan)
+    return p.SubmitResult(run_id=run.id, pipeline=run.plan.name, steps=[s.name for s in run.plan.steps])
 
 
 def list_runs(daemon: Daemon, req: p.ListRuns) -> list[p.RunSummary]:
@@ -150,6 +127,14 @@ def get_history(daemon: Daemon, req: p.GetHistory) -> list[Any]:
     return list(find_run(daemon, req.run_id).history)
 
 
+def get_transcript(daemon: Daemon, req: p.GetTranscript) -> dict[str, Any]:
+    run = find_run(daemon, req.run_id)
+    step = run.state.steps.get(req.step)
+    if step is None:
+        raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
+    return {"run_id": run.id, "step": req.step, "attempts": list(step.transcript)}
+
+
 def gc(daemon: Daemon, req: p.Gc) -> dict[str, Any]:
     removed = daemon.apply_retention(max_age_s=req.max_age_s, max_runs=req.max_runs, dry_run=req.dry_run)
     return {"removed": removed, "dry_run": req.dry_run}
@@ -157,6 +142,12 @@ def gc(daemon: Daemon, req: p.Gc) -> dict[str, Any]:
 
 def daemon_status(daemon: Daemon, req: p.DaemonStatus) -> p.DaemonInfo:
     return daemon.info()
+
+
+def get_watch(daemon: Daemon, req: p.GetWatch) -> p.WatchInfo:
+    if daemon.watcher is None:
+        raise InvalidRequest("the folder watcher is not running yet; try again in a moment")
+    return daemon.watcher.info()
 
 
 def shutdown(daemon: Daemon, req: p.Shutdown) -> dict[str, Any]:
@@ -176,7 +167,10 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     p.GetEvents: get_events,
     p.GetLogs: get_logs,
     p.GetHistory: get_history,
+    p.GetTranscript: get_transcript,
     p.Gc: gc,
     p.DaemonStatus: daemon_status,
     p.Shutdown: shutdown,
+    p.GetWatch: get_watch,
+    **BROKER_HANDLERS,
 }

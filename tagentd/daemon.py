@@ -26,18 +26,23 @@ import msgspec
 import zmq
 from tagent_client import paths
 from tagent_client import protocol as p
-from tagent_client.errors import TagentError
+from tagent_client.errors import InvalidRequest, TagentError
 from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Persist, ScheduleRetry, StepTimedOut, TimerFired, WorkerLost
+from tagent_client.plan import Plan
 
-from . import __version__, control, retention, wire
+from . import __version__, broker_views, control, retention, submit, wire
 from .config import LOG_FILE, Settings
 from .lock import InstanceLock
 from .notify import notify
+from .permits import PermitDesk
 from .pool import WorkerPool
 from .runs import Run, RunTable
+from .broker_shell import BrokerShell
 from .channel import Channel
 from .checkpoint import DurableStore
 from .store import MemoryStore, RunStore
+from .watch_rules import watch_folders
+from .watcher import Watcher
 
 log = logging.getLogger("tagentd")
 
@@ -69,6 +74,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self._graceful = True
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.permits = PermitDesk(settings.endpoints, self._send_worker)
+        self._commit_waiters: list[asyncio.Future[None]] = []
+        self.watcher: Watcher | None = None
+        self.broker = BrokerShell(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -85,10 +94,7 @@ class Daemon:
             self.control.setsockopt(zmq.ROUTER_MANDATORY, 0)
             self.control.linger = 0
             self.control.bind(self.sockets["control"])
-            self.events = self.zctx.socket(zmq.PUB)
-            self.events.sndhwm = 100_000
-            self.events.linger = 0
-            self.events.bind(self.sockets["events"])
+            self.broker.bind(self.zctx, self.sockets["events"])
             self.workers = self.zctx.socket(zmq.ROUTER)
             self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.workers.sndhwm = 0
@@ -103,25 +109,29 @@ class Daemon:
             os.chmod(self.runtime_dir / name, 0o600)
 
     async def run(self, log_fd: int | None = None) -> int:
+        self.watcher = Watcher(self, watch_folders(self.settings.watch_dirs))  # ConfigError: refuse to start
         self._bind()
         self.pool = WorkerPool(
             size=self.settings.workers, capacity=self.settings.worker_concurrency, endpoint=self.sockets["workers"],
             send=self._send_worker, on_lost=self._on_lost, heartbeat_interval=self.settings.heartbeat_interval,
             heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
+            worker_args=self.settings.worker_llm_args(),
         )
         for run in self.store.load():
             self.runs.add(run)
             if not run.finished:
                 self.apply(run, run.machine.recover(time.time()))
+        self.broker.load()
         self.pool.start()
+        self.watcher.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.control_channel.start(self._on_control_batch)
         self.workers_channel.start(self._on_worker_batch)
         for coro in (self.pool.supervise(), self._committer(),
-                     self._retention_loop()):
+                     self._retention_loop(), self.permits.supervise(self.pool.identities), self.broker.serve()):
             self._spawn(coro)
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
@@ -167,6 +177,8 @@ class Daemon:
         self._stop.set()
 
     async def _shutdown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         await self.pool.stop(STOP_WAIT_GRACEFUL if self._graceful else 0.0)
         await self._commit()
         await asyncio.sleep(0.05)  # let the last replies leave before the sockets close
@@ -175,7 +187,7 @@ class Daemon:
         self.store.close()
         self.control_channel.close()
         self.workers_channel.close()
-        self.events.close(linger=0)
+        self.broker.close()
         self.zctx.term()
         for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             (self.runtime_dir / name).unlink(missing_ok=True)
@@ -199,6 +211,7 @@ class Daemon:
 
     def feed(self, run: Run, event: Any) -> None:
         self.apply(run, run.machine.handle(event, time.time()))
+        self.broker.on_event(run, event)
 
     def apply(self, run: Run, actions: list[Action]) -> None:
         """Carry out the engine's actions for `run` (Emits wait for the next commit).
@@ -222,6 +235,7 @@ class Daemon:
                 loop.call_later(max(0.0, action.at - time.time()), self._timer, run.id)
         if actions:
             self._dirty.set()
+            self.broker.on_actions(run, actions)
 
     def _timer(self, run_id: str) -> None:
         run = self.runs.get(run_id)
@@ -271,34 +285,75 @@ class Daemon:
         Events are numbered and entered in the run's history before the flush, so the flush writes them too.
         """
         now = time.time()
-        for run, topic, data in self._emits:
-            self._unpublished.append((run, run.add_event(topic, data, now)))
+        emitted = [(run, run.add_event(topic, data, now)) for run, topic, data in self._emits]
         self._emits.clear()
+        self._unpublished += emitted
+        self.broker.match_triggers(emitted)  # the runs they start are queued in this same commit
         events, self._unpublished = self._unpublished, []
         replies, self._replies = self._replies, []
+        waiters, self._commit_waiters = self._commit_waiters, []
+        token = self.broker.before_flush()
         try:
-            await self.store.flush()
+            if self.broker.has_writes():
+                await asyncio.gather(self.store.flush(), self.broker.store.flush())
+            else:
+                await self.store.flush()
         except Exception:  # noqa: BLE001 - a failing disk must not kill the loop; nothing is announced
             log.exception("could not write checkpoints; holding replies and events until the next commit")
-            self._unpublished[:0], self._replies[:0] = events, replies
+            self._unpublished[:0], self._replies[:0], self._commit_waiters[:0] = events, replies, waiters
+            self.broker.flush_failed(token)
             await asyncio.sleep(0.5)
             self._dirty.set()
             return
         touched: set[Run] = set()
         for run, record in events:
-            topic = record.topic
-            if topic == "run.finished":
+            if record.topic == "run.finished":
                 run.announced_finish = True
             touched.add(run)
-            try:
-                self.events.send_multipart([topic.encode(), msgspec.msgpack.encode(record)], zmq.NOBLOCK)
-                self.stats["events_published"] += 1
-            except zmq.Again:
-                self.stats["events_dropped"] = self.stats.get("events_dropped", 0) + 1
+        self.stats["events_published"] += len(events)
+        self.broker.after_commit(token, [record for _, record in events])
         for run in touched:
             run.notify()
         for channel, frames in replies:
             channel.send(frames)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def committed(self) -> None:
+        """Return once everything changed so far is on disk (the next commit has flushed it)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_waiters.append(waiter)
+        self._dirty.set()
+        await waiter
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        """An event that belongs to no run, on the broker's bus after the next commit (it may start triggers)."""
+        self.broker.publish(topic, data, None)
+
+    def reply_after_commit(self, channel: Channel, frames: list[bytes]) -> None:
+        """Send `frames` on `channel` once everything changed so far is on disk."""
+        self._replies.append((channel, frames))
+        self._dirty.set()
+
+    # -- submitting ----------------------------------------------------------------------------------
+
+    async def submit_source(self, path: str, source: str, target: str | None = None, params: dict[str, Any] | None = None,
+                            model: str | None = None, who: str = "daemon", *, plan: Plan | None = None) -> Run:
+        """Start a run of the pipeline file `path` whose text is `source` (`tagent submit` and the folder watcher).
+
+        The file is loaded in a worker unless `plan` is given (a declarative file, read without Python).
+        Raises InvalidRequest while shutting down, PipelineLoadError / PipelineValidationError for a bad
+        file, ConfigError for an agent step without a model.
+        """
+        if not self.accepting:
+            raise InvalidRequest("the daemon is shutting down and accepts no new runs")
+        if plan is None:
+            plan = await submit.load_plan(self.pool, path, source, target)
+        run = submit.new_run(plan, path=path, source=source, target=target, params=params,
+                             model=model or self.settings.model, who=who)
+        self.start_run(run)
+        return run
 
     # -- control socket ---------------------------------------------------------------------------------
 
@@ -388,6 +443,12 @@ class Daemon:
         elif isinstance(msg, wire.Heartbeat):
             if worker is not None:
                 self.pool.on_heartbeat(worker)
+                self.permits.on_heartbeat(identity, msg.permits)
+        elif isinstance(msg, wire.PermitRequest):
+            if worker is not None:
+                self.permits.on_request(identity, msg)
+        elif isinstance(msg, wire.PermitRelease):
+            self.permits.on_release(identity, msg)
         elif isinstance(msg, wire.Hello):
             if worker is not None:
                 self.pool.on_hello(worker, msg)
@@ -412,10 +473,9 @@ class Daemon:
             self._dirty.set()
         elif isinstance(msg, wire.ProgressNote):
             data = {"run_id": msg.run_id, "step": msg.step, "fraction": msg.fraction, "message": msg.message}
-            try:
-                self.events.send_multipart([b"step.progress", msgspec.msgpack.encode(data)], zmq.NOBLOCK)
-            except zmq.Again:
-                self.stats["events_dropped"] = self.stats.get("events_dropped", 0) + 1
+            self.broker.publish_now("step.progress", data)
+        elif isinstance(msg, wire.BrokerCall):
+            self.broker.on_worker_call(identity, msg)
 
     # -- status ------------------------------------------------------------------------------------------------
 
@@ -427,12 +487,17 @@ class Daemon:
         stats["in_flight_tasks"] = self.pool.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
         stats["replies_dropped"] = self.control_channel.dropped_sends
+        stats["llm_permits_granted"] = self.permits.granted
+        stats["llm_endpoints"] = self.permits.stats()
+        stats["broker"] = broker_views.summary(self.broker)
+        stats["checkpoint_problems"] += self.broker.store.problems
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
             sockets={k: v.removeprefix("ipc://") for k, v in self.sockets.items()},
             workers=self.pool.info(), runs_active=len(self.runs.active()), runs_total=len(self.runs),
             durable=self.store.durable, stats=stats,
+            watch_dirs=self.watcher.folder_paths() if self.watcher is not None else [],
         )
 
 

@@ -4,7 +4,9 @@ A file is identified by the hash of its text: the same text is executed once
 per worker and kept (LRU-bounded) as a real module named
 `tagent_user_<hash[:16]>` in `sys.modules`, so pydantic models, dataclasses and
 pickling that look their module up by name work. The file's directory is on
-`sys.path` while it imports, so it can import its sibling modules.
+`sys.path` while it imports, so it can import its sibling modules. A `.toml`
+or `.json` file is a pipeline document (tagent_client.export): it is read, not
+executed, and becomes a module holding that one pipeline.
 
 Every failure is a `PipelineLoadError` whose message is one line,
 `path:line: what happened`, or a `PipelineValidationError` carrying every
@@ -26,6 +28,8 @@ from tagent_client.pipeline import Pipeline
 
 MAX_MODULES = 64
 MODULE_PREFIX = "tagent_user_"
+#: Pipeline files read as documents (tagent_client.export), not imported as Python.
+DOCUMENT_SUFFIXES = (".toml", ".json")
 
 
 def source_hash(source: str) -> str:
@@ -54,6 +58,8 @@ def _import_error(path: str, exc: BaseException) -> PipelineLoadError:
 
 
 def _exec_module(hash_: str, path: str, source: str) -> types.ModuleType:
+    if path.lower().endswith(DOCUMENT_SUFFIXES):
+        return _document_module(hash_, path, source)
     try:
         code = compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
@@ -83,6 +89,33 @@ def _exec_module(hash_: str, path: str, source: str) -> types.ModuleType:
                 sys.path.remove(folder)
             except ValueError:
                 pass
+    return module
+
+
+def _document_module(hash_: str, path: str, source: str) -> types.ModuleType:
+    """A declarative `.toml` / `.json` pipeline (the export format) as a module whose `pipeline` is it.
+
+    Function steps, tools and merge functions need Python and are refused; output schemas named
+    `module:Class` are imported, with the file's directory on sys.path.
+    """
+    from tagent_client import export  # noqa: PLC0415 - only documents need it
+
+    reader = export.from_toml if path.lower().endswith(".toml") else export.from_json
+    folder = os.path.dirname(os.path.abspath(path))
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        pipeline = reader(source, source=path)
+    finally:
+        if added:
+            try:
+                sys.path.remove(folder)
+            except ValueError:
+                pass
+    module = types.ModuleType(module_name(hash_))
+    module.__file__ = path
+    module.pipeline = pipeline  # type: ignore[attr-defined]
     return module
 
 

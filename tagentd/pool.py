@@ -78,7 +78,8 @@ class WorkerPool:
 
     def __init__(self, *, size: int, capacity: int, endpoint: str, send: Callable[[bytes, bytes], bool],
                  on_lost: LostCallback, heartbeat_interval: float, heartbeat_timeout: float, grace: float,
-                 recycle_after: int, load_timeout: float, log_file: int | None = None) -> None:
+                 recycle_after: int, load_timeout: float, log_file: int | None = None,
+                 worker_args: list[str] | None = None) -> None:
         self.size = size
         self.capacity = capacity
         self.endpoint = endpoint
@@ -90,6 +91,7 @@ class WorkerPool:
         self.recycle_after = recycle_after
         self.load_timeout = load_timeout
         self.log_file = log_file
+        self.worker_args = list(worker_args or [])
         self.workers: dict[int, Worker] = {}
         self.queues: collections.OrderedDict[str, collections.deque[tuple[Run, Dispatch]]] = collections.OrderedDict()
         self.loads: dict[int, tuple[asyncio.Future[wire.Loaded | wire.LoadFailed], int]] = {}
@@ -110,7 +112,8 @@ class WorkerPool:
         wid = self._next_id
         self._next_id += 1
         argv = [sys.executable, "-m", "tagentd.worker", "--endpoint", self.endpoint, "--id", str(wid),
-                "--capacity", str(self.capacity), "--heartbeat", str(self.heartbeat_interval), "--grace", str(self.grace)]
+                "--capacity", str(self.capacity), "--heartbeat", str(self.heartbeat_interval), "--grace", str(self.grace),
+                *self.worker_args]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file or subprocess.DEVNULL,
                                 stderr=self.log_file or subprocess.DEVNULL, close_fds=True)
         worker = Worker(id=wid, proc=proc, capacity=self.capacity)
@@ -338,6 +341,10 @@ class WorkerPool:
                        completed=w.completed, started_at=w.started_at)
             for w in self.workers.values()
         ]
+
+    def identities(self) -> set[bytes]:
+        """The socket identities of the workers the pool still has."""
+        return {w.identity for w in self.workers.values()}
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers.values() if w.proc.poll() is None]

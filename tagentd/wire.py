@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.plan import Plan
+from tagent_client.protocol_broker import AnyBrokerRequest, StepRef
 
 
 class WorkerMessage(msgspec.Struct, tag_field="type", kw_only=True):
@@ -68,6 +69,21 @@ class MemoryReply(WorkerMessage, tag="memory_reply"):
     error: str | None = None
 
 
+class PermitGrant(WorkerMessage, tag="permit_grant"):
+    """The model request `req` may go now (see tagentd.limits); a repeated grant is harmless."""
+
+    req: int
+
+
+class BrokerReply(WorkerMessage, tag="broker_reply"):
+    """The answer to BrokerCall `req`: `result`, or an error (`code` from errors.py, one-line `message`)."""
+
+    req: int
+    result: Any = None
+    code: str | None = None
+    message: str | None = None
+
+
 class StopWorker(WorkerMessage, tag="stop"):
     """Exit: at once (`graceful=False`) or after in-flight tasks finish."""
 
@@ -92,6 +108,7 @@ class Heartbeat(WorkerMessage, tag="heartbeat"):
     worker_id: int
     running: list[tuple[str, str, int]] = []
     dropped: int = 0
+    permits: list[int] = []  # model-request permits asked for or held; any other this worker had is given back
 
 
 class Loaded(WorkerMessage, tag="loaded"):
@@ -143,8 +160,33 @@ class MemorySave(WorkerMessage, tag="memory_save"):
     value: Any = None
 
 
-ToWorker = LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | StopWorker
-FromWorker = Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
+class PermitRequest(WorkerMessage, tag="permit_request"):
+    """May a model request of about `tokens` tokens go to `endpoint`? Re-sent until granted."""
+
+    req: int
+    endpoint: str
+    tokens: int = 0
+
+
+class PermitRelease(WorkerMessage, tag="permit_release"):
+    """The request `req` is over (or no longer wanted): it used `tokens`; `retry_after` pauses the endpoint."""
+
+    req: int
+    tokens: int = 0
+    retry_after: float | None = None
+
+
+class BrokerCall(WorkerMessage, tag="broker"):
+    """A step's broker request (send, receive, publish, space ...); re-sent until a BrokerReply with `req` comes."""
+
+    req: int
+    caller: StepRef
+    op: AnyBrokerRequest
+
+
+ToWorker = LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
+FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
+              | PermitRequest | PermitRelease | BrokerCall)
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

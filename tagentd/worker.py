@@ -35,6 +35,7 @@ import zmq
 from tagent_client.context import StepContext
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, is_retryable
 from tagent_client.events import Event, StepFailed, StepSucceeded, StepTimedOut
+from tagent_client.llm import LLMConfig, LLMRuntime
 from tagent_client.local import run_task
 from tagent_client.pipeline import Pipeline, schema_ref
 from tagent_client.plan import StepKind
@@ -46,6 +47,7 @@ from tagent_client.state import ErrorInfo, Phase
 from . import wire
 from .loader import CACHE, schema_classes
 from .worker_link import ENCODE_ERRORS, WorkerLink
+from .worker_llm import PermitClient, preload_agent_runtime
 from .worker_services import WorkerServices
 
 TICK = 0.1            # housekeeping period: re-sends, heartbeat, parent check, exit deadlines
@@ -86,6 +88,8 @@ class Worker:
         self.zmq = zmq.Context()
         self.link = WorkerLink(self.zmq, args.endpoint, f"w{self.id}".encode())
         self.services = WorkerServices(self.link, self.loop)
+        self.permits = PermitClient(self.link, self.loop)
+        self.llm = LLMRuntime(config=LLMConfig.model_validate_json(args.llm or "{}"), limiter=self.permits)
         self.slots = asyncio.Semaphore(self.capacity)
         self.running: dict[AttemptKey, tuple[asyncio.Task[None], wire.RunTask]] = {}
         self.loading: dict[str, asyncio.Future[Any]] = {}
@@ -162,7 +166,8 @@ class Worker:
             self.link.resend_due(now)
             if now >= next_beat:
                 next_beat = now + self.heartbeat
-                self.link.send(wire.Heartbeat(worker_id=self.id, running=list(self.running), dropped=self.dropped))
+                self.link.send(wire.Heartbeat(worker_id=self.id, running=list(self.running), dropped=self.dropped,
+                                              permits=self.permits.outstanding))
             if self.stopping and not self.running:
                 self.exit_when_flushed(wire.EXIT_OK, "stopped: no task left running", STOP_FLUSH)
             self.check_exit()
@@ -189,8 +194,10 @@ class Worker:
         elif isinstance(message, wire.TaskAck):
             self.link.acked((message.run_id, message.task, message.attempt))
             self.check_exit()
-        elif isinstance(message, wire.MemoryReply):
+        elif isinstance(message, (wire.MemoryReply, wire.BrokerReply)):
             self.services.resolve(message)
+        elif isinstance(message, wire.PermitGrant):
+            self.permits.granted(message)
         elif isinstance(message, wire.LoadPipeline):
             self.loop.create_task(self.on_load(message))
         elif isinstance(message, wire.CancelRunning):
@@ -283,12 +290,12 @@ class Worker:
                 services=self.services, run_id=message.run_id, pipeline=pipeline.name, step_name=task.step,
                 attempt=task.attempt, params=message.params, shared=pipeline.shared_context,
                 inputs=coerce_inputs(pipeline, task.inputs), item=task.item, item_index=task.item_index,
-                trigger=message.trigger,
+                trigger=message.trigger, task=task.task,
             )
         except Exception as exc:  # noqa: BLE001 - a bad task becomes a failed attempt
             error = ErrorInfo(type=type(exc).__name__, message=one_line(exc), retryable=False)
             return StepFailed(task=task.task, attempt=task.attempt, error=error)
-        return await run_task(pipeline, task, ctx, message.model)
+        return await run_task(pipeline, task, ctx, message.model, self.llm)
 
     def send_result(self, message: wire.RunTask, event: Event) -> None:
         """Send the attempt's outcome as plain data, re-sent until the daemon acknowledges it."""
@@ -327,16 +334,6 @@ class Worker:
         self.loop.call_later(self.grace, check)
 
 
-def preload_agent_runtime(ready: concurrent.futures.Future[bool]) -> None:
-    """Import pydantic-ai (1-2 s) off the loop, so the first agent step does not pay for it. Runs in a thread."""
-    try:
-        import pydantic_ai  # noqa: F401
-
-        ready.set_result(True)
-    except BaseException:  # noqa: BLE001 - the agent runner will raise the real ImportError
-        ready.set_result(False)
-
-
 def die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this process when the parent dies (a kill -9'd daemon leaves no workers)."""
     if not sys.platform.startswith("linux"):
@@ -357,9 +354,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=5.0, help="seconds a timed-out sync step may keep running (default 5)")
     parser.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT, help="seconds an import may take (default 30)")
     parser.add_argument("--parent-pid", type=int, default=0, help="pid to watch (default: the parent process)")
+    parser.add_argument("--llm", default=None, help="endpoints and price overrides as JSON (tagent_client.llm.LLMConfig)")
     args = parser.parse_args(argv)
     if args.capacity < 1 or args.heartbeat <= 0 or args.grace < 0 or args.load_timeout <= 0:
         parser.error("--capacity must be >= 1, --heartbeat and --load-timeout > 0, --grace >= 0")
+    if args.llm is not None:
+        try:
+            LLMConfig.model_validate_json(args.llm)
+        except ValueError as exc:
+            parser.error(f"--llm is not a valid LLM config: {exc}")
     return args
 
 

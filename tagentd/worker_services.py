@@ -16,13 +16,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tagent_client.errors import TagentError
+from tagent_client.errors import TagentError, error_from_wire
+from tagent_client.protocol_broker import BrokerRequest, StepRef
 from tagent_client.result import to_builtins
 
 from . import wire
 from .worker_link import WorkerLink
 
 MEMORY_TIMEOUT = 30.0
+BROKER_TIMEOUT = 30.0  # beyond the time a request may be parked (receive, wait_for_event)
 MAX_LOG_CHARS = 16_000
 
 
@@ -44,7 +46,7 @@ class WorkerServices:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._reqs = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[wire.MemoryReply]] = {}
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
 
     # -- memory (requests answered by the daemon) -----------------------------------------
 
@@ -75,8 +77,32 @@ class WorkerServices:
             raise MemoryRequestError(reply.error, retryable=False)
         return reply.value
 
-    def resolve(self, reply: wire.MemoryReply) -> None:
-        """Hand a MemoryReply to the step waiting for it (late or repeated replies are ignored)."""
+    # -- the broker (requests answered after the daemon's commit) -----------------------------
+
+    async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
+        """Send one broker request for a step and return its result; raises the daemon's error as its TagentError."""
+        if threading.get_ident() != self._loop_thread:
+            future = asyncio.run_coroutine_threadsafe(self.broker(caller, op, wait), self._loop)
+            return await asyncio.wrap_future(future)
+        req = next(self._reqs)
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[req] = waiter
+        try:
+            self._link.send_until_acked(("broker", req), wire.BrokerCall(req=req, caller=caller, op=op))
+            async with asyncio.timeout(wait + BROKER_TIMEOUT):
+                reply = await waiter
+        except TimeoutError:
+            raise MemoryRequestError(f"the daemon did not answer a {type(op).__name__} request in "
+                                     f"{wait + BROKER_TIMEOUT:g}s", retryable=True) from None
+        finally:
+            self._waiting.pop(req, None)
+            self._link.acked(("broker", req))
+        if reply.code:
+            raise error_from_wire(reply.code, reply.message or reply.code)
+        return reply.result
+
+    def resolve(self, reply: wire.MemoryReply | wire.BrokerReply) -> None:
+        """Hand a MemoryReply or BrokerReply to the step waiting for it (late or repeated replies are ignored)."""
         waiter = self._waiting.get(reply.req)
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)

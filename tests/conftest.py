@@ -82,6 +82,7 @@ class DaemonProcess:
             TAGENTD_RUNTIME_DIR=str(self.runtime_dir),
             TAGENTD_STATE_DIR=str(self.state_dir),
             XDG_CONFIG_HOME=str(root / "config"),
+            XDG_DATA_HOME=str(root / "data"),  # the default watch folder is data/tagentd/pipelines
             PYTHONPATH=os.pathsep.join([str(REPO / "client"), str(REPO), self.env.get("PYTHONPATH", "")]),
         )
         self.env.pop("NOTIFY_SOCKET", None)

@@ -10,7 +10,8 @@ default one when the script is empty) and answers it: a tool call, the final
 structured output (a call of the output tool the request offers), plain text,
 or an HTTP error with optional headers (429 with Retry-After, 500). A reply may
 delay its answer. The server records every request (body and headers) and the
-largest number of requests it has had in flight at once.
+largest number of requests it has had in flight at once (from receiving a request
+until its answer starts to leave).
 
 It runs in a thread of the test process (stdlib ThreadingHTTPServer: one thread
 per connection, so delays overlap) and listens on 127.0.0.1 only.
@@ -171,9 +172,10 @@ class ScriptedServer:
                 try:
                     if reply.delay:
                         time.sleep(reply.delay)  # ok-sleep: a scripted slow answer
-                    self._send(*server._answer(seen, reply))
+                    answer = server._answer(seen, reply)
                 finally:
-                    server._done()
+                    server._done()  # before the answer leaves: a client holding it is no longer in flight here
+                self._send(*answer)
 
             def _send(self, status: int, headers: dict[str, str], body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
@@ -198,3 +200,18 @@ def _output_tool(seen: Seen) -> str:
 def final_for(args: Any, **kw: Any) -> Callable[[Seen], Reply]:
     """A default responder that answers every request with the final output `args`."""
     return lambda seen: Reply.final(args, **kw)
+
+
+def main() -> None:
+    """`python tests/openai_server.py [FINAL_JSON]`: serve in a process of its own (benchmarks), answering every
+    request with the final output FINAL_JSON; prints the base URL, stops when stdin closes."""
+    import sys
+
+    args = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {"ok": True}
+    with ScriptedServer(default=final_for(args, prompt_tokens=200, completion_tokens=20)) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -309,6 +309,11 @@ class BrokerCore:
         space.log.append(entry)
         return entry
 
+    def refused(self, space_name: str, who: str, op: str, key: str, now: float) -> None:
+        """Log an access the caller was not allowed (the space need not exist yet)."""
+        space = self.space(space_name)
+        self._record(AccessLogged(space=space_name, log=self._log(space, who, op, key, space.version_of(key), False, now)))
+
     def get(self, space_name: str, key: str, who: str, now: float) -> Entry | None:
         space = self.space(space_name)
         entry = space.entries.get(check_name("a key", key))

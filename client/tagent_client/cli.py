@@ -24,8 +24,10 @@ from .client import FOLLOW_WAIT, Client
 from .errors import PipelineValidationError, TagentError, exit_code_for
 from .render import (
     LiveView, StepBoard, history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table,
+    watch_view,
 )
 from .result import PipelineResult, to_builtins
+from .transcript import render as render_transcript
 from .state import RunStatus
 
 EXIT_INTERRUPTED = 130
@@ -177,14 +179,25 @@ def cli(ctx: click.Context, runtime_dir: Path | None) -> None:
 @click.option("--params-json", metavar="JSON", help="Run params as one JSON object (--param entries override it).")
 @click.option("--model", metavar="MODEL", help="Model for agent steps that name none (e.g. openai:gpt-4o-mini, test).")
 @click.option("--follow", "-f", is_flag=True, help="Show progress until the run ends; exit 0 if it completed, else 1.")
+@click.option("--run", "force_run", is_flag=True, help="Run a pipeline that declares triggers now instead of registering it.")
 @json_option
 @pass_session
 def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str | None, model: str | None,
-           follow: bool, as_json: bool) -> None:
-    """Start a run of the pipeline in FILE (NAME picks one if FILE defines several); prints the run id."""
+           follow: bool, force_run: bool, as_json: bool) -> None:
+    """Start a run of the pipeline in FILE (NAME picks one if FILE defines several); prints the run id.
+
+    A pipeline that declares triggers is registered instead: each matching event starts a run of it.
+    """
     params = build_params(pairs, params_json)
     client = session.client()
-    handle = client.submit(spec, params, model=model)
+    handle = client.submit(spec, params, model=model, run=force_run)
+    if handle.registered:
+        if as_json:
+            emit_json({"registered": True, "pipeline": handle.pipeline, "triggers": list(handle.triggers)})
+        else:
+            click.echo(f"registered pipeline {handle.pipeline}: each event on {', '.join(handle.triggers)} starts a run "
+                       f"('tagent unregister {handle.pipeline}' stops that; 'submit --run' runs it now)")
+        return
     if as_json:
         emit_json({"run_id": handle.id, "pipeline": handle.pipeline}, line=follow)
     else:
@@ -282,6 +295,20 @@ def retry(session: Session, run_id: str, step: str) -> None:
 
 @cli.command()
 @run_argument
+@click.argument("step")
+@json_option
+@pass_session
+def transcript(session: Session, run_id: str, step: str, as_json: bool) -> None:
+    """Show what an agent step said and did: prompts, tool calls and results, output (last attempts)."""
+    found = session.client().transcript(run_id, step)
+    if as_json:
+        emit_json(found)
+    else:
+        click.echo(render_transcript(found.get("attempts") or []))
+
+
+@cli.command()
+@run_argument
 @json_option
 @pass_session
 def history(session: Session, run_id: str, as_json: bool) -> None:
@@ -302,6 +329,24 @@ def history(session: Session, run_id: str, as_json: bool) -> None:
 def wait(session: Session, run_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a run to finish and show its result; exit 0 if it completed, 1 if not."""
     report_outcome(session.client().wait(run_id, timeout=timeout), as_json=as_json)
+
+
+@cli.command()
+@json_option
+@pass_session
+def watch(session: Session, as_json: bool) -> None:
+    """Show the watched folders and each pipeline file dropped into them: hash, status (run, error, ...), when."""
+    info = session.client().watch()
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(watch_view(info, time.time()))
+
+
+from .cli_broker import COMMANDS as _BROKER_COMMANDS  # noqa: E402 - they use the helpers above
+
+for _command in _BROKER_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -35,7 +35,10 @@ from pydantic import BaseModel
 
 from . import paths, protocol
 from .errors import DaemonUnavailable, InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout, TagentError
-from .protocol import DaemonInfo, EventBatch, EventRecord, LogBatch, LogRecord, RunDetail, RunSummary, SubmitResult
+from .protocol import (
+    DaemonInfo, EventBatch, EventRecord, LogBatch, LogRecord, RunDetail, RunSummary, SubmitResult, WatchInfo,
+)
+from .client_broker import AsyncBrokerMethods, BrokerMethods
 from .result import PipelineResult, to_builtins
 
 DEFAULT_TIMEOUT = 10.0
@@ -50,11 +53,17 @@ Schemas = Mapping[str, type[BaseModel]]
 
 @dataclass(frozen=True)
 class RunHandle:
-    """A run the daemon accepted: its id, the pipeline's name and its step names."""
+    """A run the daemon accepted: its id, the pipeline's name and its step names.
+
+    For a pipeline with triggers (submitted without `run=True`) no run starts: `registered` is True,
+    `id` is empty and `triggers` lists the topic prefixes whose events will each start one.
+    """
 
     id: str
     pipeline: str
     steps: tuple[str, ...] = ()
+    registered: bool = False
+    triggers: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.id
@@ -99,7 +108,8 @@ def _history(result: Any) -> list[dict[str, Any]]:
 
 def _handle(result: Any) -> RunHandle:
     accepted = msgspec.convert(result, SubmitResult)
-    return RunHandle(accepted.run_id, accepted.pipeline, tuple(accepted.steps))
+    return RunHandle(accepted.run_id, accepted.pipeline, tuple(accepted.steps), accepted.registered,
+                     tuple(accepted.triggers))
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -111,7 +121,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _submit(path_or_spec: str | os.PathLike[str], params: Mapping[str, Any] | None,
-            target: str | None, model: str | None) -> _Call[RunHandle]:
+            target: str | None, model: str | None, run: bool = False) -> _Call[RunHandle]:
     path, spec_target = split_spec(os.fspath(path_or_spec))
     file = Path(path).expanduser().resolve()
     try:
@@ -123,7 +133,8 @@ def _submit(path_or_spec: str | os.PathLike[str], params: Mapping[str, Any] | No
         plain = to_builtins(dict(params or {}))
     except (TypeError, NotImplementedError) as exc:
         raise InvalidRequest(f"run params must be JSON-like data: {exc}") from None
-    request = protocol.Submit(path=str(file), source=source, target=target or spec_target, params=plain, model=model)
+    request = protocol.Submit(path=str(file), source=source, target=target or spec_target, params=plain, model=model,
+                              run=run)
     return _Call(request, _handle)
 
 
@@ -269,7 +280,7 @@ class _Base:
 # -- the synchronous client -------------------------------------------------------------------
 
 
-class Client(_Base):
+class Client(BrokerMethods, _Base):
     """Blocking client. Constructing one connects: raises DaemonUnavailable if no daemon answers."""
 
     def __init__(self, runtime_dir: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -327,9 +338,13 @@ class Client(_Base):
         return self._call(_ping())
 
     def submit(self, path_or_spec: str | os.PathLike[str], params: Mapping[str, Any] | None = None, *,
-               target: str | None = None, model: str | None = None) -> RunHandle:
-        """Start a run of the pipeline file ("file.py" or "file.py:name"); the daemon snapshots its text."""
-        return self._call(_submit(path_or_spec, params, target, model))
+               target: str | None = None, model: str | None = None, run: bool = False) -> RunHandle:
+        """Start a run of the pipeline file ("file.py" or "file.py:name"); the daemon snapshots its text.
+
+        A pipeline that declares triggers is registered instead (each matching event starts a run; see
+        RunHandle.registered) unless `run` is True.
+        """
+        return self._call(_submit(path_or_spec, params, target, model, run))
 
     def runs(self, limit: int = 50, status: str | None = None) -> list[RunSummary]:
         """Newest runs first, optionally only those in `status`."""
@@ -358,6 +373,10 @@ class Client(_Base):
         """The run's audit trail, oldest first: dicts with ts, who, what, data."""
         return self._call(_Call(protocol.GetHistory(run_id=run_id), _history))
 
+    def transcript(self, run_id: str, step: str) -> dict[str, Any]:
+        """An agent step's last attempts: {run_id, step, attempts: [{attempt, item, status, model, messages}]}."""
+        return self._call(_Call(protocol.GetTranscript(run_id=run_id, step=step), _plain))
+
     def events(self, run_id: str, after: int = 0, wait: float = 0) -> EventBatch:
         """Events with seq > `after`; the daemon holds the reply up to `wait` s until there is news."""
         return self._call(_events(run_id, after, wait))
@@ -384,6 +403,10 @@ class Client(_Base):
     def daemon_status(self) -> DaemonInfo:
         return self._call(_Call(protocol.DaemonStatus(), _as(DaemonInfo)))
 
+    def watch(self) -> WatchInfo:
+        """The watched folders and each pipeline file in them: content hash, status (run id, error, ...), time."""
+        return self._call(_Call(protocol.GetWatch(), _as(WatchInfo)))
+
     def shutdown(self, graceful: bool = True) -> dict[str, Any]:
         """Ask the daemon to stop (graceful: in-flight steps may finish). Returns {stopping, graceful}."""
         return self._call(_Call(protocol.Shutdown(graceful=graceful), _plain))
@@ -396,7 +419,7 @@ class Client(_Base):
 # -- the asyncio client ------------------------------------------------------------------------
 
 
-class AsyncClient(_Base):
+class AsyncClient(AsyncBrokerMethods, _Base):
     """asyncio client with the same methods as `Client`. Connects on `async with` or on its first call."""
 
     def __init__(self, runtime_dir: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -503,8 +526,8 @@ class AsyncClient(_Base):
         return await self._call(_ping())
 
     async def submit(self, path_or_spec: str | os.PathLike[str], params: Mapping[str, Any] | None = None, *,
-                     target: str | None = None, model: str | None = None) -> RunHandle:
-        return await self._call(_submit(path_or_spec, params, target, model))
+                     target: str | None = None, model: str | None = None, run: bool = False) -> RunHandle:
+        return await self._call(_submit(path_or_spec, params, target, model, run))
 
     async def runs(self, limit: int = 50, status: str | None = None) -> list[RunSummary]:
         return await self._call(_runs(limit, status))
@@ -526,6 +549,9 @@ class AsyncClient(_Base):
 
     async def history(self, run_id: str) -> list[dict[str, Any]]:
         return await self._call(_Call(protocol.GetHistory(run_id=run_id), _history))
+
+    async def transcript(self, run_id: str, step: str) -> dict[str, Any]:
+        return await self._call(_Call(protocol.GetTranscript(run_id=run_id, step=step), _plain))
 
     async def events(self, run_id: str, after: int = 0, wait: float = 0) -> EventBatch:
         return await self._call(_events(run_id, after, wait))
@@ -550,6 +576,9 @@ class AsyncClient(_Base):
 
     async def daemon_status(self) -> DaemonInfo:
         return await self._call(_Call(protocol.DaemonStatus(), _as(DaemonInfo)))
+
+    async def watch(self) -> WatchInfo:
+        return await self._call(_Call(protocol.GetWatch(), _as(WatchInfo)))
 
     async def shutdown(self, graceful: bool = True) -> dict[str, Any]:
         return await self._call(_Call(protocol.Shutdown(graceful=graceful), _plain))

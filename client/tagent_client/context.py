@@ -6,9 +6,14 @@ behind it differ (an in-memory one here, a daemon-backed one in the worker).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from .broker_local import LocalBroker
+from .context_broker import BrokerAbilities
+from .protocol_broker import BrokerRequest, StepRef
 
 
 class RunServices(Protocol):
@@ -21,6 +26,9 @@ class RunServices(Protocol):
     def log(self, run_id: str, step: str, level: int, message: str) -> None: ...
 
     def progress(self, run_id: str, step: str, fraction: float | None, message: str | None) -> None: ...
+
+    async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
+        """Carry out a broker request for a step (`wait`: how long the request may be parked)."""
 
 
 class Memory:
@@ -53,12 +61,13 @@ class _StepLog(logging.LoggerAdapter):
         super().log(level, text, **kwargs)
 
 
-class StepContext:
+class StepContext(BrokerAbilities):
     """The first argument (`ctx`) of a function step; agent steps get the same abilities as tools.
 
     `attempt` is 1 on the first try and grows with every retry or crash-recovery re-run;
     `inputs` maps each dependency to its output; `item` / `item_index` are set for
     PARALLEL_MERGE items; `trigger` holds the event that started a triggered run.
+    Messaging, events and shared spaces: see `context_broker.BrokerAbilities`.
     """
 
     def __init__(
@@ -75,6 +84,7 @@ class StepContext:
         item: Any = None,
         item_index: int | None = None,
         trigger: Any = None,
+        task: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -86,6 +96,7 @@ class StepContext:
         self.item = item
         self.item_index = item_index
         self.trigger = trigger
+        self.task = task or (step_name if item_index is None else f"{step_name}[{item_index}]")
         self.memory = Memory(services, run_id)
         self.log = _StepLog(services, run_id, step_name)
         self._services = services
@@ -99,11 +110,23 @@ class StepContext:
 
 
 class LocalServices:
-    """In-process services: memory in a dict, log lines kept in a list."""
+    """In-process services: memory in a dict, log lines kept in a list, the broker in memory (`LocalBroker`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: LocalBroker | None = None) -> None:
         self.memory: dict[str, dict[str, Any]] = {}
         self.lines: list[tuple[str, str, int, str]] = []
+        self.bus = broker or LocalBroker.default()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
+        """The broker lives on the run's loop: a sync step's own loop (in a thread) hands its calls over."""
+        loop = self._loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.bus.call(caller, op), loop))
+        return await self.bus.call(caller, op)
 
     async def memory_get(self, run_id: str, key: str) -> Any:
         return self.memory.get(run_id, {}).get(key)

@@ -25,7 +25,8 @@ from .events import (
 )
 from .plan import DependencyType, ExecutionMode, Plan, StepSpec
 from .state import (
-    STEP_TRANSITIONS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus,
+    MAX_TRANSCRIPTS, STEP_TRANSITIONS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState,
+    TaskStatus,
 )
 
 _LIVE_TASK = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_RETRY)
@@ -142,9 +143,13 @@ class RunMachine:
         if task is None or task.attempt != event.attempt:
             return []
         spec = self.specs[task.step]
-        if isinstance(event, (StepSucceeded, StepFailed)) and event.usage is not None:
+        if isinstance(event, (StepSucceeded, StepFailed)) and (event.usage is not None or event.transcript is not None):
             step = self.state.steps[task.step]
             step.usage = step.usage.add(event.usage)
+            if event.transcript is not None:
+                entry = {**event.transcript, "attempt": task.attempt, "item": task.item_index,
+                         "status": "succeeded" if isinstance(event, StepSucceeded) else "failed"}
+                step.transcript = [*step.transcript, entry][-MAX_TRANSCRIPTS:]
             self._changed_steps.add(task.step)
         if isinstance(event, StepSucceeded):
             return self._task_succeeded(task, event.output, now)
@@ -184,7 +189,7 @@ class RunMachine:
                     frontier.append(dependent)
         for name in todo:
             old = self.state.steps[name]
-            self.state.steps[name] = StepState(name=name, attempts=old.attempts, usage=old.usage)
+            self.state.steps[name] = StepState(name=name, attempts=old.attempts, usage=old.usage, transcript=old.transcript)
             self._changed_steps.add(name)
             for tid in list(self._tasks_of[name]):
                 del self.state.tasks[tid]

@@ -17,13 +17,14 @@ from .state import ErrorInfo, Phase, RunStatus, Usage
 
 
 class StepSucceeded(msgspec.Struct, tag=True, kw_only=True):
-    """Attempt `attempt` of task `task` returned `output`."""
+    """Attempt `attempt` of task `task` returned `output`; an agent attempt adds its `transcript` (see StepState)."""
 
     task: str
     attempt: int
     output: Any = None
     usage: Usage | None = None
     started_at: float | None = None
+    transcript: dict[str, Any] | None = None
 
 
 class StepFailed(msgspec.Struct, tag=True, kw_only=True):
@@ -34,6 +35,7 @@ class StepFailed(msgspec.Struct, tag=True, kw_only=True):
     error: ErrorInfo
     usage: Usage | None = None
     started_at: float | None = None
+    transcript: dict[str, Any] | None = None
 
 
 class StepTimedOut(msgspec.Struct, tag=True, kw_only=True):

@@ -300,6 +300,8 @@ def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bo
         tools_filter=list(spec.tools_filter) if spec.tools_filter is not None else None,
         output_schema=schema,
         model=spec.model,
+        output_retries=spec.output_retries,
+        tool_retries=spec.tool_retries,
         condition=condition_from_data(spec.condition) if spec.condition is not None else None,
         over=spec.over,
         data_fields={k: list(v) for k, v in spec.data_fields.items()},

@@ -143,7 +143,8 @@ class LLMRuntime:
     config: LLMConfig = field(default_factory=LLMConfig)
     limiter: RequestLimiter | None = None
     builtin_tools: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
-    models: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)  # model string -> BuiltModel
+    agents: dict[Any, Any] = field(default_factory=dict)  # (step, model string) -> a reusable pydantic-ai Agent
 
     @classmethod
     def local(cls, config: LLMConfig | None = None) -> LLMRuntime:

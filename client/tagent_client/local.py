@@ -22,10 +22,11 @@ from .errors import ConfigError, is_retryable
 from .events import (
     Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
 )
+from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
 from .pipeline import Pipeline
 from .plan import StepKind
 from .result import PipelineResult
-from .runners import coerce_inputs, execute
+from .runners import Attempt, coerce_inputs, execute
 from .state import ErrorInfo, new_run_id
 
 
@@ -37,6 +38,8 @@ class RunConfig(BaseModel):
     model: str | None = None
     max_concurrent_steps: int | None = None
     fail_fast: bool | None = None
+    endpoints: dict[str, EndpointSettings] = {}
+    price_overrides: dict[str, PriceOverride] = {}
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
@@ -65,25 +68,42 @@ def check_models(pipeline: Pipeline, model: str | None) -> None:
         )
 
 
-async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: str | None) -> Event:
-    """Run one dispatched task to an event: succeeded, failed, or timed out. Never raises (except cancellation)."""
+async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: str | None,
+                   llm: LLMRuntime | None = None) -> Event:
+    """Run one dispatched task to an event: succeeded, failed, or timed out. Never raises (except cancellation).
+
+    An agent attempt's usage and transcript ride on the event, also when it fails.
+    """
     started = time.time()
+    record = Attempt()
     try:
         async with asyncio.timeout(task.timeout) as deadline:
-            output, usage = await execute(pipeline, task, ctx, model=model)
+            output, usage = await execute(pipeline, task, ctx, model=model, llm=llm, record=record)
     except TimeoutError as exc:
         if deadline.expired():
             return StepTimedOut(task=task.task, attempt=task.attempt, timeout=task.timeout)
-        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
+        return _failed(task, exc, started, record)
     except Exception as exc:  # noqa: BLE001 - every step error becomes an event
-        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
+        return _failed(task, exc, started, record)
     except asyncio.CancelledError as exc:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise  # cancelled by CancelTask or shutdown: nobody waits for this result
         # the step itself raised CancelledError: report it, or the run would wait forever
-        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started)
-    return StepSucceeded(task=task.task, attempt=task.attempt, output=output, usage=usage, started_at=started)
+        return _failed(task, exc, started, record)
+    return StepSucceeded(task=task.task, attempt=task.attempt, output=output, usage=usage, started_at=started,
+                         transcript=_transcript(record))
+
+
+def _failed(task: Dispatch, exc: BaseException, started: float, record: Attempt) -> StepFailed:
+    return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc), started_at=started,
+                      usage=record.usage, transcript=_transcript(record))
+
+
+def _transcript(record: Attempt) -> dict[str, Any] | None:
+    if record.transcript is None:
+        return None
+    return {"model": record.model, "messages": record.transcript}
 
 
 def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, services: RunServices) -> StepContext:
@@ -98,6 +118,7 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
         inputs=coerce_inputs(pipeline, task.inputs),
         item=task.item,
         item_index=task.item_index,
+        task=task.task,
     )
 
 
@@ -133,6 +154,7 @@ async def run_pipeline(
         plan = msgspec.structs.replace(plan, **overrides)
     run_model = default_model(cfg.model)
     check_models(pipeline, run_model)
+    llm = LLMRuntime.local(LLMConfig(endpoints=cfg.endpoints, price_overrides=cfg.price_overrides))
     services = LocalServices()
     machine = RunMachine.new(plan, run_id or new_run_id(), params=params, now=time.time())
     inbox: asyncio.Queue[Event] = asyncio.Queue()
@@ -152,7 +174,9 @@ async def run_pipeline(
 
     async def attempt(task: Dispatch) -> None:
         ctx = make_context(pipeline, machine, task, services)
-        inbox.put_nowait(await run_task(pipeline, task, ctx, run_model))
+        event = await run_task(pipeline, task, ctx, run_model, llm)
+        services.bus.settle((machine.state.run_id, task.task, task.attempt), isinstance(event, StepSucceeded))
+        inbox.put_nowait(event)
         if running.get(task.task) is asyncio.current_task():
             del running[task.task]
 
@@ -164,17 +188,22 @@ async def run_pipeline(
                 job = running.pop(action.task, None)
                 if job is not None:
                     job.cancel()
+                services.bus.settle((machine.state.run_id, action.task, action.attempt), False)
             elif isinstance(action, ScheduleRetry):
                 arm(action.at)
-            elif isinstance(action, Emit) and on_event is not None:
-                on_event(action.topic, action.data)
+            elif isinstance(action, Emit):
+                services.bus.publish(action.topic, action.data)
+                if on_event is not None:
+                    on_event(action.topic, action.data)
 
+    services.bus.run_started(machine.state.run_id, plan.name, list(plan.capabilities))
     try:
         carry_out(machine.start(time.time()))
         while not machine.finished:
             event = await inbox.get()
             carry_out(machine.handle(event, time.time()))  # an early timer comes back as a new ScheduleRetry
     finally:
+        services.bus.run_finished(machine.state.run_id)
         for timer in timers:
             timer.cancel()
         for job in running.values():
@@ -188,11 +217,14 @@ def run_agent(goal_or_pipeline: str | Pipeline, params: Mapping[str, Any] | None
     """Run a pipeline, or a single agent step given by its goal, and wait for the result.
 
     Keyword options are those of `run_pipeline` (`model`, `config`, `max_concurrent_steps`, ...);
-    a goal string also takes step options (`output_schema`, `constraints`, `tools`, `timeout`).
+    a goal string also takes step options (`output_schema`, `constraints`, `tools`, `tools_filter`, `timeout`,
+    `max_retries`, `output_retries`, `tool_retries`). Endpoints and price overrides go in
+    `config=RunConfig(endpoints=..., price_overrides=...)`.
     """
     pipeline = goal_or_pipeline
     if isinstance(goal_or_pipeline, str):
-        step_keys = {"output_schema", "constraints", "tools", "timeout", "max_retries"}
+        step_keys = {"output_schema", "constraints", "tools", "tools_filter", "timeout", "max_retries", "output_retries",
+                     "tool_retries"}
         step_options = {k: options.pop(k) for k in list(options) if k in step_keys}
         pipeline = Pipeline("agent").step("agent", goal=goal_or_pipeline, **step_options)
     try:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from .conditions import Condition, as_condition
 from .errors import PipelineValidationError
-from .plan import DependencyType, ExecutionMode, Plan, RetrySpec, StepKind, StepSpec
+from .plan import OUTPUT_RETRIES, TOOL_RETRIES, DependencyType, ExecutionMode, Plan, RetrySpec, StepKind, StepSpec
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\Z")  # \Z: "$" would accept a trailing newline
 _DEFAULT_RETRY = RetrySpec()
@@ -58,6 +58,8 @@ class PipelineStep:
 
     `depends_on` is a list of step names (all HARD) or a mapping name → DependencyType.
     `max_retries` counts retries after the first attempt; only retryable errors are retried.
+    Agent steps: `output_retries` is how often output that fails `output_schema` is sent back to the
+    model; `tool_retries` how often in a row one tool may fail (its error goes back to the model).
     """
 
     name: str
@@ -77,6 +79,8 @@ class PipelineStep:
     tools_filter: list[str] | None = None
     output_schema: Any = None
     model: str | None = None
+    output_retries: int = OUTPUT_RETRIES
+    tool_retries: int = TOOL_RETRIES
     condition: Any = None
     over: Any = None
     merge: Callable[..., Any] | None = None
@@ -270,8 +274,10 @@ class Pipeline:
             out.append(f"{where}: over= and merge= only apply to execution_mode PARALLEL_MERGE")
         if step.timeout is not None and not (_is_number(step.timeout) and step.timeout > 0):
             out.append(f"{where}: timeout must be positive seconds, got {step.timeout!r}")
-        if not (_is_count(step.max_retries) and step.max_retries >= 0):
-            out.append(f"{where}: max_retries must be an integer >= 0, got {step.max_retries!r}")
+        for field in ("max_retries", "output_retries", "tool_retries"):
+            value = getattr(step, field)
+            if not (_is_count(value) and value >= 0):
+                out.append(f"{where}: {field} must be an integer >= 0, got {value!r}")
         retry = (step.retry_delay, step.retry_backoff, step.retry_max_delay, step.retry_jitter)
         if not all(_is_number(v) for v in retry) or (
             step.retry_delay < 0 or step.retry_backoff < 1 or step.retry_max_delay < 0 or not 0 <= step.retry_jitter <= 1
@@ -348,6 +354,8 @@ class Pipeline:
                     description=step.description,
                     constraints=list(step.constraints),
                     model=step.model,
+                    output_retries=step.output_retries,
+                    tool_retries=step.tool_retries,
                     tools=pipeline_tools + [_callable_name(t) for t in step.tools],
                     tools_filter=list(step.tools_filter) if step.tools_filter is not None else None,
                     output_schema=schema_ref(step.output_schema) if step.output_schema is not None else None,

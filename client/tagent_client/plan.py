@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 
 PLAN_FORMAT = 1
+OUTPUT_RETRIES = 2  # agent steps: invalid output sent back to the model this many times before the attempt fails
+TOOL_RETRIES = 2    # agent steps: one tool may fail this many times in a row (the model sees each error)
 
 
 class ExecutionMode(str, enum.Enum):
@@ -63,6 +65,8 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     description: str | None = None
     constraints: list[str] = []
     model: str | None = None
+    output_retries: int = OUTPUT_RETRIES
+    tool_retries: int = TOOL_RETRIES
     tools: list[str] = []
     tools_filter: list[str] | None = None
     output_schema: str | None = None

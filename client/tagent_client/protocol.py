@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from .errors import ProtocolError, TagentError, error_from_wire
+from .protocol_broker import AnyBrokerRequest
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -43,6 +44,7 @@ class Submit(Request, tag="submit"):
     target: str | None = None
     params: dict[str, Any] = {}
     model: str | None = None
+    run: bool = False  # a pipeline with triggers is registered, not run, unless this is set
 
 
 class ListRuns(Request, tag="runs"):
@@ -104,6 +106,13 @@ class GetHistory(Request, tag="history"):
     run_id: str
 
 
+class GetTranscript(Request, tag="transcript"):
+    """An agent step's transcripts: its last attempts' messages (prompts, tool calls and results, output)."""
+
+    run_id: str
+    step: str
+
+
 class Gc(Request, tag="gc"):
     """Apply retention now: remove finished runs older than `max_age_s` or beyond `max_runs` (None: the daemon's settings)."""
 
@@ -116,6 +125,10 @@ class DaemonStatus(Request, tag="daemon_status"):
     """pid, uptime, sockets, dirs, workers and run counts."""
 
 
+class GetWatch(Request, tag="watch"):
+    """The watched folders and every pipeline file seen in them: content hash, what became of it, when."""
+
+
 class Shutdown(Request, tag="shutdown"):
     """Stop the daemon. `graceful`: finish or checkpoint in-flight work first."""
 
@@ -124,11 +137,11 @@ class Shutdown(Request, tag="shutdown"):
 
 REQUEST_TYPES = (
     Ping, Submit, ListRuns, GetRun, GetResult, Cancel, Resume, Retry, GetEvents, GetLogs, GetHistory, Gc,
-    DaemonStatus, Shutdown,
+    DaemonStatus, Shutdown, GetWatch, GetTranscript,
 )
 AnyRequest = (
     Ping | Submit | ListRuns | GetRun | GetResult | Cancel | Resume | Retry | GetEvents | GetLogs | GetHistory | Gc
-    | DaemonStatus | Shutdown
+    | DaemonStatus | Shutdown | GetWatch | GetTranscript
 )
 
 
@@ -159,9 +172,13 @@ AnyReply = Reply | ErrorReply
 
 
 class SubmitResult(msgspec.Struct, kw_only=True):
+    """A run started (`run_id`), or a pipeline with triggers registered (`registered`, `run_id` empty)."""
+
     run_id: str
     pipeline: str
     steps: list[str]
+    registered: bool = False
+    triggers: list[str] = []
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -201,10 +218,12 @@ class RunDetail(msgspec.Struct, kw_only=True):
 
 
 class EventRecord(msgspec.Struct, kw_only=True, array_like=True):
+    """One event. `data` is a dict for the daemon's own events; a published event's data is any JSON value."""
+
     seq: int
     ts: float
     topic: str
-    data: dict[str, Any]
+    data: Any
 
 
 class EventBatch(msgspec.Struct, kw_only=True):
@@ -249,12 +268,52 @@ class DaemonInfo(msgspec.Struct, kw_only=True):
     runs_total: int
     durable: bool
     stats: dict[str, Any] = {}
+    watch_dirs: list[str] = []
+
+
+class WatchFolder(msgspec.Struct, kw_only=True):
+    """A watched folder: "watching", "missing" (watched again once it exists) or "refused" (`message` says why)."""
+
+    path: str
+    status: str
+    message: str | None = None
+    recursive: bool = False
+
+
+class WatchedFile(msgspec.Struct, kw_only=True):
+    """A pipeline file in a watched folder and what became of its latest content.
+
+    `status`: "loading", "started" (`run_id`), "registered" (it declares triggers), "error" (`message`:
+    one line `path:line: reason`; `line`) or "skipped" (`message` says why). `at`: when the status was
+    reached; `checked_at`: when the file was last read.
+    """
+
+    path: str
+    folder: str
+    status: str
+    hash: str | None = None
+    run_id: str | None = None
+    message: str | None = None
+    line: int | None = None
+    at: float
+    checked_at: float
+
+
+class WatchInfo(msgspec.Struct, kw_only=True):
+    """The answer to GetWatch. `settling`: paths with recent events, waiting to be complete."""
+
+    folders: list[WatchFolder]
+    files: list[WatchedFile]
+    settling: list[str] = []
+    on_change: str = "keep"
+    on_delete: str = "ignore"
+    problems: list[str] = []
 
 
 # -- encoding -------------------------------------------------------------------------------
 
 _encoder = msgspec.msgpack.Encoder()
-_request_decoder = msgspec.msgpack.Decoder(AnyRequest)
+_request_decoder = msgspec.msgpack.Decoder(AnyRequest | AnyBrokerRequest)
 _reply_decoder = msgspec.msgpack.Decoder(AnyReply)
 
 

@@ -83,7 +83,7 @@ class BrokerRequest(msgspec.Struct, tag_field="type", kw_only=True):
     uid: int = -1
 
 
-class SendMessage(BrokerRequest, tag="send"):
+class SendMessage(BrokerRequest, tag="send", kw_only=True):
     """Put `payload` in pipeline `to`'s mailbox; answered once durable. A repeated `message_id` is dropped."""
 
     to: str
@@ -91,51 +91,51 @@ class SendMessage(BrokerRequest, tag="send"):
     message_id: str | None = None
 
 
-class ReceiveMessage(BrokerRequest, tag="receive"):
+class ReceiveMessage(BrokerRequest, tag="receive", kw_only=True):
     """(steps only) Lease the oldest unleased message of the caller's pipeline's mailbox; wait up to `wait` s."""
 
     wait: float = 0.0
 
 
-class AckMessages(BrokerRequest, tag="ack_messages"):
+class AckMessages(BrokerRequest, tag="ack_messages", kw_only=True):
     """Remove messages for good (they were handled). `mailbox` defaults to the calling step's pipeline."""
 
     ids: list[str]
     mailbox: str | None = None
 
 
-class Publish(BrokerRequest, tag="publish"):
+class Publish(BrokerRequest, tag="publish", kw_only=True):
     """Publish one event (best effort to subscribers; durable for the triggers it starts)."""
 
     topic: str
     data: Any = None
 
 
-class PublishMany(BrokerRequest, tag="publish_many"):
+class PublishMany(BrokerRequest, tag="publish_many", kw_only=True):
     """Publish a batch of (topic, data) events with one request."""
 
     events: list[tuple[str, Any]]
 
 
-class WaitEvent(BrokerRequest, tag="wait_event"):
+class WaitEvent(BrokerRequest, tag="wait_event", kw_only=True):
     """Answer with the next event whose topic starts with `prefix`, or null after `wait` s."""
 
     prefix: str
     wait: float = 0.0
 
 
-class SpaceGet(BrokerRequest, tag="space_get"):
+class SpaceGet(BrokerRequest, tag="space_get", kw_only=True):
     space: str
     key: str
 
 
-class SpacePut(BrokerRequest, tag="space_put"):
+class SpacePut(BrokerRequest, tag="space_put", kw_only=True):
     space: str
     key: str
     value: Any = None
 
 
-class SpaceCas(BrokerRequest, tag="space_cas"):
+class SpaceCas(BrokerRequest, tag="space_cas", kw_only=True):
     """Write only if the key's version is `expected_version` (0: only if the key does not exist)."""
 
     space: str
@@ -144,13 +144,13 @@ class SpaceCas(BrokerRequest, tag="space_cas"):
     expected_version: int
 
 
-class SpaceDelete(BrokerRequest, tag="space_delete"):
+class SpaceDelete(BrokerRequest, tag="space_delete", kw_only=True):
     space: str
     key: str
     expected_version: int | None = None
 
 
-class SpaceKeys(BrokerRequest, tag="space_keys"):
+class SpaceKeys(BrokerRequest, tag="space_keys", kw_only=True):
     """Keys starting with `prefix`, sorted; with `versions`, [key, version, bytes] rows instead."""
 
     space: str
@@ -158,12 +158,12 @@ class SpaceKeys(BrokerRequest, tag="space_keys"):
     versions: bool = False
 
 
-class SpaceLog(BrokerRequest, tag="space_log"):
+class SpaceLog(BrokerRequest, tag="space_log", kw_only=True):
     space: str
     limit: int = 100
 
 
-class SpaceAllow(BrokerRequest, tag="space_allow"):
+class SpaceAllow(BrokerRequest, tag="space_allow", kw_only=True):
     """Add pipelines to a space's allow-list (`replace`: set it; an empty list with `replace` lifts it)."""
 
     space: str
@@ -171,26 +171,26 @@ class SpaceAllow(BrokerRequest, tag="space_allow"):
     replace: bool = False
 
 
-class ListPipelines(BrokerRequest, tag="pipelines"):
+class ListPipelines(BrokerRequest, tag="pipelines", kw_only=True):
     """The registry: running and registered pipelines (only those declaring `capability`, if given)."""
 
     capability: str | None = None
 
 
-class ListMailboxes(BrokerRequest, tag="mailboxes"):
+class ListMailboxes(BrokerRequest, tag="mailboxes", kw_only=True):
     """Mailbox depths; `peek` shows the first N messages of each."""
 
     pipeline: str | None = None
     peek: int = 0
 
 
-class Unregister(BrokerRequest, tag="unregister"):
+class Unregister(BrokerRequest, tag="unregister", kw_only=True):
     """Forget a triggered pipeline's registration (its queued triggers are dropped, running runs go on)."""
 
     pipeline: str
 
 
-class BrokerStatsRequest(BrokerRequest, tag="stats"):
+class BrokerStatsRequest(BrokerRequest, tag="stats", kw_only=True):
     """Message rates, queue depths, dropped events, space sizes."""
 
 

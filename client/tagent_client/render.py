@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import click
 import msgspec
 
-from .protocol import EventRecord, LogRecord, RunDetail, RunSummary
+from .protocol import EventRecord, LogRecord, RunDetail, RunSummary, WatchInfo
 
 SYMBOLS = {"pending": "·", "running": "▶", "retrying": "↻", "completed": "✓", "failed": "✗",
            "skipped": "↷", "cancelled": "⊘"}
@@ -107,7 +107,14 @@ def steps_table(detail: RunDetail, now: float) -> str:
         if took is None and step.started_at and step.status in ("running", "retrying"):
             took = now - step.started_at
         rows.append((name, step.status, step.attempts, duration(took), step.error or step.skip_reason or ""))
-    return table(("STEP", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"), rows)
+    if not any(step.tokens or step.cost for step in detail.steps.values()):
+        return table(("STEP", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"), rows)
+    usage = [(s.tokens or "-", f"${s.cost:.6f}" if s.cost else "-") for s in detail.steps.values()]
+    rows = [(*row[:4], *used, row[4]) for row, used in zip(rows, usage, strict=True)]
+    total_tokens = sum(s.tokens for s in detail.steps.values())
+    total_cost = sum(s.cost for s in detail.steps.values())
+    rows.append(("total", "", "", "", total_tokens, f"${total_cost:.6f}", ""))
+    return table(("STEP", "STATUS", "ATTEMPTS", "DURATION", "TOKENS", "COST", "DETAIL"), rows)
 
 
 def history_table(entries: Sequence[Mapping[str, Any]]) -> str:
@@ -116,6 +123,33 @@ def history_table(entries: Sequence[Mapping[str, Any]]) -> str:
     rows = [(clock(e["ts"]) if isinstance(e.get("ts"), (int, float)) else "-", e.get("who", ""), e.get("what", ""),
              compact_json(e["data"]) if e.get("data") else "") for e in entries]
     return table(("TIME", "WHO", "WHAT", "DETAILS"), rows)
+
+
+def watch_view(info: WatchInfo, now: float) -> str:
+    """The watched folders, then one line per known file: name, short hash, status, detail, when."""
+    lines = ["watched folders:"]
+    for folder in info.folders:
+        note = f" ({folder.message})" if folder.message and folder.status != "watching" else ""
+        lines.append(f"  {folder.path}  {folder.status}{' (with subfolders)' if folder.recursive else ''}{note}")
+    if not info.folders:
+        lines.append("  none")
+    if info.files:
+        rows = []
+        for f in info.files:
+            name = os.path.relpath(f.path, f.folder) if len(info.folders) == 1 else f.path
+            detail = f"run {f.run_id}" if f.run_id else (f.message or "")
+            if f.path in info.settling and f.status != "loading":
+                detail = f"{detail}; a newer version is settling" if detail else "settling"
+            rows.append((name, (f.hash or "-")[:12], f.status, detail, f"{age(now - f.at)} ago"))
+        lines += ["", table(("FILE", "HASH", "STATUS", "DETAIL", "WHEN"), rows)]
+    else:
+        lines += ["", "no pipeline files yet: drop a .py, .toml or .json pipeline into a watched folder"]
+    waiting = [path for path in info.settling if path not in {f.path for f in info.files}]
+    if waiting:
+        lines.append(f"settling (waiting until complete): {', '.join(waiting)}")
+    for problem in info.problems:
+        lines.append(f"problem: {problem}")
+    return "\n".join(lines)
 
 
 def event_line(record: EventRecord) -> str:

@@ -144,8 +144,15 @@ class TaskState(msgspec.Struct, kw_only=True):
     finished_at: float | None = None
 
 
+MAX_TRANSCRIPTS = 5
+
+
 class StepState(msgspec.Struct, kw_only=True):
-    """A step's progress within one run."""
+    """A step's progress within one run.
+
+    `transcript` holds the last MAX_TRANSCRIPTS agent attempts, oldest first, each
+    `{attempt, item, status, model, messages}` (messages: see tagent_client.transcript).
+    """
 
     name: str
     status: StepStatus = StepStatus.PENDING
@@ -158,6 +165,7 @@ class StepState(msgspec.Struct, kw_only=True):
     condition_passed: bool = False
     started_at: float | None = None
     finished_at: float | None = None
+    transcript: list[dict[str, Any]] = []
 
 
 class RunState(msgspec.Struct, kw_only=True):

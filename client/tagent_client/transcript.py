@@ -24,7 +24,7 @@ SECRET_KEYS = frozenset({"authorization", "proxy_authorization", "api_key", "x_a
 _NOISE = frozenset({"run_id", "conversation_id", "state", "provider_details", "provider_url", "canonical_system",
                     "model_id", "provider_response_id", "scope", "history_digest", "workspace_ref", "failed_attempts",
                     "tool_kind", "dynamic_ref", "context_id", "metadata", "instructions", "id", "provider_name",
-                    "outcome"})
+                    })
 
 
 def from_messages(messages: Sequence[Any], secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -105,7 +105,9 @@ def _message_lines(message: Mapping[str, Any]) -> list[str]:
         elif kind == "tool-call":
             lines.append(f"  assistant -> {part.get('tool_name')}({_short(part.get('args'))})")
         elif kind == "tool-return":
-            lines.append(f"  {part.get('tool_name')} -> {_short(part.get('content'))}")
+            outcome = part.get("outcome")
+            note = f" [{outcome}]" if outcome not in (None, "success") else ""
+            lines.append(f"  {part.get('tool_name')}{note} -> {_short(part.get('content'))}")
         elif kind == "retry-prompt":
             target = part.get("tool_name") or "output"
             lines.append(f"  retry ({target}): {_short(part.get('content'))}")

@@ -6,7 +6,8 @@ daemon's workers, so a step behaves the same wherever it runs.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -15,6 +16,18 @@ from ..events import Dispatch
 from ..pipeline import Pipeline
 from ..state import Phase, Usage
 from . import function as function_runner
+
+if TYPE_CHECKING:
+    from ..llm import LLMRuntime
+
+
+@dataclass
+class Attempt:
+    """What one attempt of an agent task consumed and said; filled in by the runner even when the attempt fails."""
+
+    model: str | None = None
+    usage: Usage | None = None
+    transcript: list[dict[str, Any]] | None = None
 
 
 def coerce_inputs(pipeline: Pipeline, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -31,8 +44,13 @@ def coerce_inputs(pipeline: Pipeline, inputs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None = None) -> tuple[Any, Usage | None]:
-    """Run one task; returns (output, usage). Raises whatever the step raises."""
+async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None = None,
+                  llm: LLMRuntime | None = None, record: Attempt | None = None) -> tuple[Any, Usage | None]:
+    """Run one task; returns (output, usage). Raises whatever the step raises.
+
+    `llm` holds endpoints, prices and the request limiter for agent steps; `record` receives an agent
+    attempt's usage and transcript, also when it fails.
+    """
     step = pipeline.steps[task.step]
     if task.phase is Phase.CONDITION:
         scope = {**ctx.inputs, "shared": ctx.shared, "params": ctx.params}
@@ -45,7 +63,7 @@ async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model
     if step.runner == "tagent":
         from . import tagent as tagent_runner
 
-        return await tagent_runner.run(pipeline, step, ctx, model=model)
+        return await tagent_runner.run(pipeline, step, ctx, model=model, llm=llm, record=record)
     from . import agent as agent_runner
 
-    return await agent_runner.run(pipeline, step, ctx, model=model)
+    return await agent_runner.run(pipeline, step, ctx, model=model, llm=llm, record=record)

@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Benchmark: what tagentd adds to an agent step, against calling the same pydantic-ai agent directly.
+
+    python bench/agent.py [--steps N] [--quick]
+
+Both sides talk to the scripted OpenAI-compatible server of tests/openai_server.py
+(127.0.0.1, in a process of its own, so it does not share a GIL with either side),
+which answers every request at once with a valid structured output, so one agent
+step = one model request.
+
+- direct: one pydantic-ai Agent (OpenAIChatModel on the server, output type, system
+  prompt), reused, `await agent.run(prompt)` N times in this process; per-run wall time.
+- daemon: a real `tagentd --workers 2` whose `[endpoints.bench]` points at the server;
+  a pipeline of N agent steps in a chain (each depends on the previous). Per step:
+  finished_at(step i) - finished_at(step i-1) from the run's own state (daemon clock),
+  i.e. dispatch, the worker building the agent, the request, the result's trip back,
+  the commit and the next dispatch.
+- daemon_limited: the same with `max_concurrent` set, so every request also takes a
+  permit from the daemon (one more round trip to it per request).
+
+overhead = p50(daemon) - p50(direct); target: under 10 ms. Prints ONE JSON line on
+stdout (progress on stderr) and writes it to bench/results/agent-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+for _p in (str(REPO), str(REPO / "client"), str(REPO / "tests"), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from daemon import CLEANUP, BenchDaemon, child_env, enable_bytecode_cache, say  # noqa: E402  (bench/daemon.py)
+
+TARGET_MS = 10.0
+OUTPUT = {"name": "Acme", "founded": 1999}
+RESULT_FILE = BENCH / "results" / "agent-latest.json"
+
+
+def pipeline_source(steps: int) -> str:
+    return textwrap.dedent(f"""
+        from pydantic import BaseModel
+        from tagent_client import Pipeline
+
+        class Company(BaseModel):
+            name: str
+            founded: int
+
+        pipeline = Pipeline("agent_chain", max_concurrent_steps=4)
+        previous = None
+        for i in range({steps}):
+            name = f"s{{i:03d}}"
+            pipeline.step(name, goal="Find the company's founding year", output_schema=Company,
+                          model="bench:llama3", depends_on=[previous] if previous else None, max_retries=0)
+            previous = name
+    """)
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def start_server() -> str:
+    """tests/openai_server.py in its own process; returns its base URL (it stops when its stdin closes)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "openai_server.py"), json.dumps(OUTPUT)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(), text=True,
+                            start_new_session=True)
+    CLEANUP.procs.append(proc)
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
+
+
+def measure_direct(base_url: str, runs: int) -> list[float]:
+    from pydantic import BaseModel
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    class Company(BaseModel):
+        name: str
+        founded: int
+
+    async def go() -> list[float]:
+        model = OpenAIChatModel("llama3", provider=OpenAIProvider(base_url=base_url, api_key="k"),
+                                settings={"max_retries": 0})
+        agent = Agent(model, output_type=Company, system_prompt="You are one step of a pipeline. Goal: find it.")
+        prompt = json.dumps({"inputs": {"previous": OUTPUT}, "shared": {}, "params": {}}, indent=1)
+        for _ in range(10):  # warm-up: connections, schemas, caches
+            await agent.run(prompt)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            await agent.run(prompt)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    return asyncio.run(go())
+
+
+def measure_daemon(base_url: str, steps: int, reps: int, limited: bool) -> list[float]:
+    label = "limited" if limited else "plain"
+    root = CLEANUP.tempdir(f"tagentd-bench-agent-{label}-")
+    config = root / "config" / "tagentd" / "tagentd.toml"
+    config.parent.mkdir(parents=True)
+    extra = "max_concurrent = 8\n" if limited else ""
+    config.write_text(f'[endpoints.bench]\nbase_url = "{base_url}"\n{extra}')
+    pipeline = root / "chain.py"
+    pipeline.write_text(pipeline_source(steps))
+    daemon = BenchDaemon(root, durable=True)
+    daemon.start()
+    try:
+        with daemon.client() as client:
+            gaps: list[float] = []
+            for rep in range(reps + 1):  # the first run is a warm-up (imports, model and schema caches)
+                handle = client.submit(pipeline)
+                result = client.wait(handle.id, timeout=300)
+                if not result.success:
+                    raise RuntimeError(f"agent chain run {handle.id} ended {result.status}: {result.error}")
+                ends = [result.step_metadata[f"s{i:03d}"]["finished_at"] for i in range(steps)]
+                starts = [result.step_metadata["s000"]["started_at"], *ends[:-1]]
+                run_gaps = [end - start for start, end in zip(starts, ends, strict=True)]
+                say(f"  daemon ({label}) run {rep}: p50 {p50(run_gaps) * 1000:.2f} ms/step "
+                    f"({'warm-up' if rep == 0 else 'measured'})")
+                if rep:
+                    gaps += run_gaps
+            return gaps
+    finally:
+        daemon.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--steps", type=int, default=100, help="agent steps per chain run (default 100)")
+    parser.add_argument("--reps", type=int, default=3, help="measured chain runs per daemon (default 3)")
+    parser.add_argument("--quick", action="store_true", help="30 steps, 1 measured run")
+    args = parser.parse_args(argv)
+    steps, reps = (30, 1) if args.quick else (args.steps, args.reps)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    try:
+        enable_bytecode_cache()
+        base_url = start_server()
+        say(f"scripted server at {base_url}; direct pydantic-ai agent: {steps * reps} runs")
+        direct = measure_direct(base_url, steps * reps)
+        say(f"  direct: p50 {p50(direct) * 1000:.2f} ms")
+        plain = measure_daemon(base_url, steps, reps, limited=False)
+        limited = measure_daemon(base_url, steps, reps, limited=True)
+    finally:
+        CLEANUP.run()
+    out: dict[str, Any] = {
+        "bench": "agent",
+        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "steps": steps,
+        "reps": reps,
+        "direct_p50_ms": round(p50(direct) * 1000, 2),
+        "daemon_p50_ms": round(p50(plain) * 1000, 2),
+        "daemon_limited_p50_ms": round(p50(limited) * 1000, 2),
+        "overhead_p50_ms": round((p50(plain) - p50(direct)) * 1000, 2),
+        "overhead_limited_p50_ms": round((p50(limited) - p50(direct)) * 1000, 2),
+        "target_overhead_ms": TARGET_MS,
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "bench_s": round(time.perf_counter() - started, 1),
+    }
+    out["met_target"] = out["overhead_p50_ms"] < TARGET_MS and out["overhead_limited_p50_ms"] < TARGET_MS
+    line = json.dumps(out)
+    print(line)
+    if not args.quick:
+        RESULT_FILE.parent.mkdir(parents=True, exist_ok=True)
+        RESULT_FILE.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

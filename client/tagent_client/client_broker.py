@@ -1,0 +1,220 @@
+"""The broker half of `Client` / `AsyncClient`: messages, events, shared spaces, registry, subscriptions.
+
+`Client` and `AsyncClient` inherit these methods (`BrokerMethods`,
+`AsyncBrokerMethods`); each builds one request of protocol_broker and decodes
+its reply the same way for both. A client is the daemon's owner: space
+allow-lists do not apply to it. `subscribe` opens its own socket on events.sock
+(see `subscription.py`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from . import protocol_broker as b
+from .protocol_broker import AccessEntry, BrokerStats, Entry, MailboxInfo, RegistryEntry
+from .result import to_builtins
+from .subscription import AsyncSubscription, Subscription
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """Same shape as client._Call: the request, how to read its result, extra time for parked requests."""
+
+    request: Any
+    decode: Callable[[Any], T]
+    extra_timeout: float = 0.0
+
+
+def _as(kind: Any) -> Callable[[Any], Any]:
+    return lambda result: msgspec.convert(result, kind) if result is not None else None
+
+
+def _plain(result: Any) -> Any:
+    return result
+
+
+def _send(pipeline: str, payload: Any, message_id: str | None) -> _Call[str]:
+    request = b.SendMessage(to=pipeline, payload=to_builtins(payload), message_id=message_id or uuid.uuid4().hex)
+    return _Call(request, lambda r: str(r["id"]))
+
+
+def _publish(topic: str, data: Any) -> _Call[dict[str, Any]]:
+    return _Call(b.Publish(topic=topic, data=to_builtins(data)), _plain)
+
+
+def _publish_many(events: Iterable[tuple[str, Any]]) -> _Call[int]:
+    batch = [(topic, to_builtins(data)) for topic, data in events]
+    return _Call(b.PublishMany(events=batch), lambda r: int(r["published"]))
+
+
+def _space_calls(name: str) -> dict[str, Callable[..., _Call[Any]]]:
+    return {
+        "get": lambda key: _Call(b.SpaceGet(space=name, key=key), _as(Entry)),
+        "put": lambda key, value: _Call(b.SpacePut(space=name, key=key, value=to_builtins(value)), _as(Entry)),
+        "cas": lambda key, value, expected_version: _Call(
+            b.SpaceCas(space=name, key=key, value=to_builtins(value), expected_version=expected_version),
+            lambda r: bool(r["ok"])),
+        "delete": lambda key, expected_version=None: _Call(
+            b.SpaceDelete(space=name, key=key, expected_version=expected_version), lambda r: bool(r["deleted"])),
+        "keys": lambda prefix="": _Call(b.SpaceKeys(space=name, prefix=prefix), list),
+        "listing": lambda prefix="": _Call(b.SpaceKeys(space=name, prefix=prefix, versions=True),
+                                           lambda r: [tuple(row) for row in r]),
+        "log": lambda limit=100: _Call(b.SpaceLog(space=name, limit=limit), _as(list[AccessEntry])),
+        "allow": lambda pipelines, replace=False: _Call(
+            b.SpaceAllow(space=name, pipelines=list(pipelines), replace=replace), _plain),
+    }
+
+
+class ClientSpace:
+    """A shared space seen from a client: `client.space("research").get("acme")` (same methods as ctx.space)."""
+
+    def __init__(self, call: Callable[[Any], Any], name: str) -> None:
+        self.name = name
+        self._call = call
+        self._calls = _space_calls(name)
+
+    def get(self, key: str) -> Entry | None:
+        return self._call(self._calls["get"](key))
+
+    def put(self, key: str, value: Any) -> Entry:
+        return self._call(self._calls["put"](key, value))
+
+    def cas(self, key: str, value: Any, expected_version: int) -> bool:
+        return self._call(self._calls["cas"](key, value, expected_version))
+
+    def delete(self, key: str, expected_version: int | None = None) -> bool:
+        return self._call(self._calls["delete"](key, expected_version))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return self._call(self._calls["keys"](prefix))
+
+    def listing(self, prefix: str = "") -> list[tuple[str, int, int]]:
+        """(key, version, size in bytes) of each key starting with `prefix`."""
+        return self._call(self._calls["listing"](prefix))
+
+    def log(self, limit: int = 100) -> list[AccessEntry]:
+        """The newest `limit` lines of the space's access log, oldest first."""
+        return self._call(self._calls["log"](limit))
+
+    def allow(self, pipelines: Iterable[str], replace: bool = False) -> dict[str, Any]:
+        """Let these pipelines' steps use the space (and no others); `replace` with [] lifts the list."""
+        return self._call(self._calls["allow"](pipelines, replace))
+
+
+class AsyncClientSpace:
+    """`ClientSpace` for AsyncClient: the same methods, awaited."""
+
+    def __init__(self, call: Callable[[Any], Any], name: str) -> None:
+        self.name = name
+        self._call = call
+        self._calls = _space_calls(name)
+
+    async def get(self, key: str) -> Entry | None:
+        return await self._call(self._calls["get"](key))
+
+    async def put(self, key: str, value: Any) -> Entry:
+        return await self._call(self._calls["put"](key, value))
+
+    async def cas(self, key: str, value: Any, expected_version: int) -> bool:
+        return await self._call(self._calls["cas"](key, value, expected_version))
+
+    async def delete(self, key: str, expected_version: int | None = None) -> bool:
+        return await self._call(self._calls["delete"](key, expected_version))
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        return await self._call(self._calls["keys"](prefix))
+
+    async def listing(self, prefix: str = "") -> list[tuple[str, int, int]]:
+        return await self._call(self._calls["listing"](prefix))
+
+    async def log(self, limit: int = 100) -> list[AccessEntry]:
+        return await self._call(self._calls["log"](limit))
+
+    async def allow(self, pipelines: Iterable[str], replace: bool = False) -> dict[str, Any]:
+        return await self._call(self._calls["allow"](pipelines, replace))
+
+
+class BrokerMethods:
+    """Broker calls of the blocking `Client`."""
+
+    runtime_dir: Any
+    _call: Callable[..., Any]
+
+    def send(self, pipeline: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002
+        """Put a message in `pipeline`'s mailbox (kept until a run of it takes it); returns its id once durable."""
+        return self._call(_send(pipeline, payload, id))
+
+    def publish(self, topic: str, data: Any = None) -> dict[str, Any]:
+        """Publish an event; returns {seq, triggered: [pipelines a run was queued for]}."""
+        return self._call(_publish(topic, data))
+
+    def publish_many(self, events: Iterable[tuple[str, Any]]) -> int:
+        """Publish a batch of (topic, data) events in one request; returns how many."""
+        return self._call(_publish_many(events))
+
+    def space(self, name: str) -> ClientSpace:
+        return ClientSpace(self._call, name)
+
+    def pipelines(self, capability: str | None = None) -> list[RegistryEntry]:
+        """Running and registered pipelines (only those declaring `capability`, if given)."""
+        return self._call(_Call(b.ListPipelines(capability=capability), _as(list[RegistryEntry])))
+
+    def mailboxes(self, pipeline: str | None = None, peek: int = 0) -> list[MailboxInfo]:
+        """Mailbox depths (and the first `peek` messages of each)."""
+        return self._call(_Call(b.ListMailboxes(pipeline=pipeline, peek=peek), _as(list[MailboxInfo])))
+
+    def unregister(self, pipeline: str) -> dict[str, Any]:
+        """Stop starting runs of a triggered pipeline; returns {pipeline, dropped_queued}."""
+        return self._call(_Call(b.Unregister(pipeline=pipeline), _plain))
+
+    def broker_stats(self) -> BrokerStats:
+        """Message rates, queue depths, subscribers and their drops, space sizes, trigger queues."""
+        return self._call(_Call(b.BrokerStatsRequest(), _as(BrokerStats)))
+
+    def subscribe(self, *prefixes: str, timeout: float = 5.0) -> Subscription:
+        """Events whose topic starts with one of `prefixes` ('' = all), from now on; iterate or `get()`."""
+        return Subscription(self.runtime_dir, list(prefixes) or [""], timeout=timeout)
+
+
+class AsyncBrokerMethods:
+    """Broker calls of `AsyncClient` (see BrokerMethods)."""
+
+    runtime_dir: Any
+    _call: Callable[..., Any]
+
+    async def send(self, pipeline: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002
+        return await self._call(_send(pipeline, payload, id))
+
+    async def publish(self, topic: str, data: Any = None) -> dict[str, Any]:
+        return await self._call(_publish(topic, data))
+
+    async def publish_many(self, events: Iterable[tuple[str, Any]]) -> int:
+        return await self._call(_publish_many(events))
+
+    def space(self, name: str) -> AsyncClientSpace:
+        return AsyncClientSpace(self._call, name)
+
+    async def pipelines(self, capability: str | None = None) -> list[RegistryEntry]:
+        return await self._call(_Call(b.ListPipelines(capability=capability), _as(list[RegistryEntry])))
+
+    async def mailboxes(self, pipeline: str | None = None, peek: int = 0) -> list[MailboxInfo]:
+        return await self._call(_Call(b.ListMailboxes(pipeline=pipeline, peek=peek), _as(list[MailboxInfo])))
+
+    async def unregister(self, pipeline: str) -> dict[str, Any]:
+        return await self._call(_Call(b.Unregister(pipeline=pipeline), _plain))
+
+    async def broker_stats(self) -> BrokerStats:
+        return await self._call(_Call(b.BrokerStatsRequest(), _as(BrokerStats)))
+
+    async def subscribe(self, *prefixes: str, timeout: float = 5.0) -> AsyncSubscription:
+        subscription = AsyncSubscription(self.runtime_dir, list(prefixes) or [""])
+        await subscription.open(timeout)
+        return subscription
