@@ -37,7 +37,7 @@ PROVIDER_KEY_ENV = (
 class EndpointSettings(BaseModel):
     """One `[endpoints.NAME]` table of tagentd.toml (or `RunConfig.endpoints[NAME]`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
@@ -63,7 +63,7 @@ class EndpointSettings(BaseModel):
 class PriceOverride(BaseModel):
     """The price of a model in dollars per million tokens; wins over the genai-prices table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
@@ -75,7 +75,7 @@ class PriceOverride(BaseModel):
 class LLMConfig(BaseModel):
     """Endpoints and price overrides; plain data that crosses to workers as JSON (no keys in it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
     price_overrides: dict[str, PriceOverride] = Field(default_factory=dict)

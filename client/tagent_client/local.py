@@ -33,7 +33,7 @@ from .state import ErrorInfo, new_run_id
 class RunConfig(BaseModel):
     """Run-wide settings; keyword arguments to `run_pipeline` / `run_agent` override these."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps `import` fast
 
     model: str | None = None
     max_concurrent_steps: int | None = None
