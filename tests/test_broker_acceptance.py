@@ -164,7 +164,7 @@ TRIGGERED = '''
 
     @pipeline.task(final=True)
     async def handle(ctx):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # ok-sleep: the step's own work (or a yield), not a wait for something
         return {"i": ctx.trigger["data"]["i"], "topic": ctx.trigger["topic"]}
 '''
 LIMIT = 3

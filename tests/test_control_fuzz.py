@@ -168,7 +168,7 @@ def test_long_polls_with_odd_wait_values_answer_promptly(daemon: DaemonProcess, 
 
         @pipeline.task(max_retries=0)
         async def nap(ctx):
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # ok-sleep: the step's own work (or a yield), not a wait for something
     """)
     with daemon.client() as client:
         run_id = client.submit(path).id

@@ -42,7 +42,7 @@ SLOW = """
 
     @pipeline.task(timeout=60, max_retries=0)
     async def nap(ctx):
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # ok-sleep: the step's own work (or a yield), not a wait for something
 """
 
 ECHO = """
@@ -340,7 +340,7 @@ def test_two_hundred_concurrent_half_second_waits_finish_in_under_two_seconds(da
         pipeline = Pipeline("fan", max_concurrent_steps=200)
 
         async def pause(ctx):
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # ok-sleep: the step's own work (or a yield), not a wait for something
             return ctx.step_name
 
         for i in range(200):
@@ -477,7 +477,7 @@ def test_a_graceful_stop_lets_a_running_step_finish_and_its_result_survives_a_re
 
         @pipeline.task(final=True)
         async def nap(ctx):
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # ok-sleep: the step's own work (or a yield), not a wait for something
             return {"slept": 0.3, "attempt": ctx.attempt}
     """)
     with daemon.client() as client:
