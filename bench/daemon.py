@@ -105,8 +105,16 @@ def enable_bytecode_cache() -> None:
     """
     global PYCACHE
     PYCACHE = CLEANUP.tempdir("tagentd-bench-pyc-")
-    code = "import tagentd.cli, tagentd.daemon, tagentd.worker, tagent_client.cli, pydantic_ai"
+    code = "import tagentd.cli, tagentd.daemon, tagentd.worker, tagent_client.cli"
     subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=120)
+    # The prefix hides site-packages' own __pycache__ too; a throwaway daemon compiles whatever the daemon and
+    # its workers import (the workers' agent-runtime pre-import included), so no measured process compiles.
+    # Compiling leaves a process bigger for good, so skipping this would also inflate the first daemon's RSS.
+    say("warming the bytecode cache with a throwaway daemon")
+    with running_daemon("warmup", durable=True) as daemon:
+        daemon.start()
+        measure_rss(daemon)
+        subprocess.run([*cli_argv(), "runs"], env=daemon.env, capture_output=True, timeout=60, check=True)
 
 
 # -- cleanup: every process and temp dir this script makes ----------------------------------------------
@@ -395,8 +403,21 @@ def measure_cli(daemon: BenchDaemon, run_id: str, reps: int) -> dict[str, Any]:
     return out
 
 
-def measure_rss(daemon: BenchDaemon, settle_max: float = 15.0) -> dict[str, Any]:
-    """Daemon + workers RSS once both workers are 'ready' and their RSS stopped growing (pydantic-ai preload)."""
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def measure_rss(daemon: BenchDaemon, settle_max: float = 20.0) -> dict[str, Any]:
+    """Daemon + workers RSS once both workers are 'ready' and idle: RSS flat and (almost) no CPU used for 1.5 s.
+
+    'ready' comes before the workers' background pre-import of the agent runtime (pydantic-ai, ...), which
+    takes seconds; waiting for RSS *and* CPU to go flat is what tells that the pre-import is over.
+    """
     with daemon.client(timeout=5.0) as client:
         deadline = time.monotonic() + 30
         while True:
@@ -407,17 +428,20 @@ def measure_rss(daemon: BenchDaemon, settle_max: float = 15.0) -> dict[str, Any]
                 raise RuntimeError(f"workers not ready: {info.workers}")
             time.sleep(0.02)
     t_ready = time.monotonic()
-    samples: list[tuple[float, int]] = []
+    window, hz = 1.5, os.sysconf("SC_CLK_TCK")
+    samples: list[tuple[float, int, int]] = []
     while True:
         pids = daemon.pids()
         total = sum(rss_kb(pid) for pid in pids)
         now = time.monotonic()
-        samples.append((now, total))
-        recent = [kb for t, kb in samples if now - t <= 1.5]
-        if now - t_ready >= 1.5 and len(pids) == WORKERS + 1 and max(recent) - min(recent) < 512:
+        samples.append((now, total, sum(cpu_ticks(pid) for pid in pids)))
+        recent = [s for s in samples if now - s[0] <= window]
+        flat_rss = max(s[1] for s in recent) - min(s[1] for s in recent) < 512
+        idle_cpu = (recent[-1][2] - recent[0][2]) / hz < 0.05 * window  # under 5% of one CPU
+        if now - t_ready >= window and len(pids) == WORKERS + 1 and flat_rss and idle_cpu:
             break
         if now - t_ready > settle_max:
-            say("  rss: still changing after 15 s; taking the last sample")
+            say(f"  rss: not idle after {settle_max:g} s; taking the last sample")
             break
         time.sleep(0.1)
     per = {pid: round(rss_kb(pid) / 1024, 1) for pid in daemon.pids()}

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
 from pathlib import Path
 
 import msgspec
@@ -33,8 +31,9 @@ from tagent_client.broker_core import AccessLogged, Record
 from tagent_client.errors import ConfigError
 
 from .broker import AnyRecord, Broker, BrokerSnapshot
-from .records import CorruptRecord, fsync_dir, frame, read_frames, read_single, write_atomic
-from .checkpoint import is_torn_tail, peek_format
+from .records import CorruptRecord, frame, read_single, write_atomic
+from .checkpoint import peek_format
+from .wal import SegmentLog, cut_tail, move_aside
 
 log = logging.getLogger("tagentd.broker_store")
 
@@ -79,8 +78,7 @@ class BrokerStore:
         self.problems: list[str] = []
         self.stats = {"flushes": 0, "records": 0, "bytes": 0, "snapshots": 0}
         self._seq = 0
-        self._fd: int | None = None
-        self._segment_size = 0
+        self._wal = SegmentLog(self.dir)
         self._unwritten = b""
         self._needs_sync = False
         self._lock = asyncio.Lock()
@@ -109,20 +107,11 @@ class BrokerStore:
                 self._encode(records)
             if not self._unwritten:
                 return
-            rotate = self._segment_size + len(self._unwritten) > SEGMENT_BYTES
+            rotate = self._wal.size + len(self._unwritten) > SEGMENT_BYTES
             snapshot = _encoder.encode(BrokerCheckpoint(seq=self._seq, state=self.broker.snapshot())) if rotate else None
             loop = asyncio.get_running_loop()
-            fd = self._open_segment()
-            try:
-                view = memoryview(self._unwritten)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self._needs_sync:
-                    await loop.run_in_executor(None, os.fsync, fd)
-            except BaseException:
-                self._drop_segment()
-                raise
-            self._segment_size += len(self._unwritten)
+            # Reads alone (AccessLogged) are not fsynced; a failure cuts the segment back and raises.
+            await self._wal.append(self._unwritten, fsync=self._needs_sync)
             self.stats["bytes"] += len(self._unwritten)
             self.stats["flushes"] += self._needs_sync
             self._unwritten = b""
@@ -130,39 +119,10 @@ class BrokerStore:
             if snapshot is not None:
                 await loop.run_in_executor(None, write_atomic, self.dir / SNAPSHOT, snapshot)
                 self.stats["snapshots"] += 1
-                self._retire_segments()
-
-    def _open_segment(self) -> int:
-        if self._fd is None:
-            number = 1 + max((int(p.stem) for p in self.dir.glob("*.wal") if p.stem.isdigit()), default=0)
-            self._fd = os.open(self.dir / f"{number:08d}.wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._segment_size = os.fstat(self._fd).st_size
-            fsync_dir(self.dir)
-        return self._fd
-
-    def _drop_segment(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            os.ftruncate(fd, self._segment_size)
-            os.close(fd)
-        except OSError:
-            pass
-
-    def _retire_segments(self) -> None:
-        """The snapshot holds everything: delete every segment (the next flush starts a new one)."""
-        old = sorted(self.dir.glob("*.wal"))
-        self.close()
-        for path in old:
-            path.unlink(missing_ok=True)
-        fsync_dir(self.dir)
+                self._wal.retire()  # the snapshot holds everything; the next flush starts a new segment
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        self._wal.close()
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -183,44 +143,29 @@ class BrokerStore:
                 snap_seq = self._seq = ckpt.seq
             except (CorruptRecord, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._move_aside(path, str(exc))
-        segments = sorted(p for p in self.dir.glob("*.wal") if p.stem.isdigit())
-        for index, segment in enumerate(segments):
-            data = segment.read_bytes()
+
+        def handle(segment: Path, payload: bytes) -> None:
             try:
-                for _, payload in read_frames(data, segment):
-                    try:
-                        logged = _logged_decoder.decode(payload)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        check_format(peek_format(payload), segment)
-                        raise
-                    check_format(logged.format, segment)
-                    if logged.seq > snap_seq:
-                        self.broker.apply(logged.record)
-                    self._seq = max(self._seq, logged.seq)
-            except CorruptRecord as exc:
-                if index == len(segments) - 1 and is_torn_tail(data, exc):
-                    self._cut_tail(segment, exc)
-                else:
-                    self._move_aside(segment, str(exc))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._move_aside(segment, f"undecodable record: {exc}")
+                logged = _logged_decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                check_format(peek_format(payload), segment)
+                raise
+            check_format(logged.format, segment)
+            if logged.seq > snap_seq:
+                self.broker.apply(logged.record)
+            self._seq = max(self._seq, logged.seq)
+
+        self._wal.replay(handle, self._cut_tail, self._move_aside, numbered_only=True)
         self.broker.core.take_journal()
 
     def _move_aside(self, path: Path, reason: str) -> None:
-        self.corrupt_dir.mkdir(mode=0o700, exist_ok=True)
-        target = self.corrupt_dir / f"broker-{path.name}.{int(time.time())}"
-        os.replace(path, target)
-        message = f"broker state {path} is corrupt ({reason}); moved it to {target}"
+        message = move_aside(path, self.corrupt_dir, "broker state", reason, prefix="broker-")
         self.problems.append(message)
         log.error(message)
 
-    def _cut_tail(self, path: Path, exc: CorruptRecord) -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, exc.offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _cut_tail(self, path: Path, data: bytes, exc: CorruptRecord) -> None:
+        """Truncate the newest segment to its last good record (the torn bytes are not kept)."""
+        cut_tail(path, data, exc.offset)
         message = f"broker log {path} ends in a torn record at byte {exc.offset} ({exc.reason}); cut it off"
         self.problems.append(message)
         log.warning(message)

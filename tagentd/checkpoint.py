@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import os  # noqa: F401 (tests patch `checkpoint.os.fsync`; the WAL's fsyncs go through the same module)
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,9 @@ from tagent_client.plan import Plan
 from tagent_client.protocol import LogRecord
 from tagent_client.state import RunState, RunStatus, StepState, TaskState
 
-from .records import HEADER, MAGIC, CorruptRecord, fsync_dir, frame, read_frames, read_single, write_atomic
+from .records import CorruptRecord, frame, read_single, write_atomic
 from .runs import AuditEntry, Run, RunSource
+from .wal import SegmentLog, cut_tail, is_torn_tail, move_aside  # noqa: F401 (is_torn_tail: re-exported)
 
 log = logging.getLogger("tagentd.checkpoint")
 
@@ -132,17 +132,6 @@ def peek_format(payload: bytes) -> int:
         return 0
 
 
-def is_torn_tail(data: bytes, exc: CorruptRecord) -> bool:
-    """True if the bad frame is the last thing in `data`: what a crash in the middle of an append leaves."""
-    if exc.reason.startswith("truncated"):
-        return True
-    rest = data[exc.offset:]
-    if not rest.strip(b"\0"):
-        return True  # the file grew but the bytes never reached the disk
-    magic, length, _ = HEADER.unpack_from(data, exc.offset)
-    return magic == MAGIC and exc.offset + HEADER.size + length == len(data)
-
-
 def check_format(version: int, where: Path) -> None:
     if version > FORMAT:
         raise ConfigError(
@@ -169,9 +158,7 @@ class DurableStore:
         self._progress: dict[str, _Progress] = {}
         self._runs_by_id: dict[str, Run] = {}
         self._seq = 0
-        self._fd: int | None = None
-        self._segment: Path | None = None
-        self._segment_size = 0
+        self._wal = SegmentLog(self.wal_dir)
         self._unwritten = b""              # encoded records not yet durably appended (a failed flush keeps them)
         self._snapshots: list[Snapshot] = []  # encoded snapshots not yet written
         self._lock = asyncio.Lock()        # one flush at a time (the shutdown commit may overlap the committer's)
@@ -203,34 +190,22 @@ class DurableStore:
         payload, snapshots = self._encode_batch()
         self._unwritten += payload
         self._snapshots += snapshots
-        rotate = self._segment_size + len(self._unwritten) > SEGMENT_BYTES
+        rotate = self._wal.size + len(self._unwritten) > SEGMENT_BYTES
         if rotate:
             # Encoded now, in the same tick as the batch, so each snapshot is exactly the state as of its wal_seq.
             self._snapshots += self._stale_snapshots()
         if self._unwritten:
-            fd = self._open_segment()
-            try:
-                view = memoryview(self._unwritten)
-                while view:
-                    view = view[os.write(fd, view):]
-                await loop.run_in_executor(None, os.fsync, fd)
-            except BaseException:
-                self._drop_segment()
-                raise
-            self._segment_size += len(self._unwritten)
+            await self._wal.append(self._unwritten)  # fsynced; a failure cuts the segment back and raises
             self.stats["flushes"] += 1
             self.stats["bytes"] += len(self._unwritten)
             self._unwritten = b""
         if self._snapshots:
             await loop.run_in_executor(None, self._write_snapshots)
         if rotate:
-            self._retire_segments()
+            self._wal.retire()  # every run the old segments hold changes for is snapshotted
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        self._wal.close()
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -319,63 +294,16 @@ class DurableStore:
             self._snapshots.pop(0)
             self.stats["snapshots"] += 1
 
-    def _open_segment(self) -> int:
-        if self._fd is None:
-            number = 1 + max((int(p.stem) for p in self.wal_dir.glob("*.wal") if p.stem.isdigit()), default=0)
-            self._segment = self.wal_dir / f"{number:08d}.wal"
-            self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._segment_size = os.fstat(self._fd).st_size
-            fsync_dir(self.wal_dir)
-        return self._fd
-
-    def _drop_segment(self) -> None:
-        """After a failed append: cut the segment back to its last whole record and start a new one next time."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            os.ftruncate(fd, self._segment_size)
-        except OSError:
-            pass  # the segment may keep a partial record; load cuts it or sets the segment aside
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-    def _retire_segments(self) -> None:
-        """Every run the old segments hold changes for is snapshotted: delete those segments."""
-        old = sorted(self.wal_dir.glob("*.wal"))
-        self.close()
-        for path in old:
-            path.unlink(missing_ok=True)
-        fsync_dir(self.wal_dir)
-
     # -- reading --------------------------------------------------------------------------------------
 
     def _move_aside(self, path: Path, reason: str) -> None:
-        self.corrupt_dir.mkdir(mode=0o700, exist_ok=True)
-        target = self.corrupt_dir / f"{path.name}.{int(time.time())}"
-        os.replace(path, target)
-        message = f"checkpoint {path} is corrupt ({reason}); moved it to {target}"
+        message = move_aside(path, self.corrupt_dir, "checkpoint", reason)
         self.problems.append(message)
         log.error(message)
 
     def _cut_tail(self, path: Path, data: bytes, exc: CorruptRecord) -> None:
         """Keep the torn bytes in corrupt/ for inspection, then truncate the segment to its last good record."""
-        self.corrupt_dir.mkdir(mode=0o700, exist_ok=True)
-        target = self.corrupt_dir / f"{path.name}.tail.{int(time.time())}"
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data[exc.offset:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, exc.offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        target = cut_tail(path, data, exc.offset, keep_dir=self.corrupt_dir)
         message = (f"checkpoint {path} ends in a torn record at byte {exc.offset} ({exc.reason}; a crash interrupted "
                    f"a write that was never acknowledged); cut it off, kept the {len(data) - exc.offset} bytes in {target}")
         self.problems.append(message)
@@ -402,27 +330,16 @@ class DurableStore:
             snapshots[ckpt.state.run_id] = (ckpt.wal_seq, ckpt.state.status.finished)
             self._seq = max(self._seq, ckpt.wal_seq)
         applied = {run_id: seq for run_id, (seq, _) in snapshots.items()}  # newest record applied, per run
-        segments = sorted(self.wal_dir.glob("*.wal"))
-        lost_records = False
-        for index, path in enumerate(segments):
-            data = path.read_bytes()
+
+        def handle(path: Path, payload: bytes) -> None:
             try:
-                for _, payload in read_frames(data, path):
-                    try:
-                        record = _wal_decoder.decode(payload)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        check_format(peek_format(payload), path)
-                        raise
-                    self._replay(record, checkpoints, applied, path)
-            except CorruptRecord as exc:
-                if index == len(segments) - 1 and is_torn_tail(data, exc):
-                    self._cut_tail(path, data, exc)
-                else:
-                    self._move_aside(path, str(exc))
-                    lost_records = True
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._move_aside(path, f"undecodable record: {exc}")
-                lost_records = True
+                record = _wal_decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                check_format(peek_format(payload), path)
+                raise
+            self._replay(record, checkpoints, applied, path)
+
+        lost_records = self._wal.replay(handle, self._cut_tail, self._move_aside)
         runs = [self._rebuild(ckpt) for ckpt in checkpoints.values()]
         runs.sort(key=lambda r: r.state.created_at)
         self._runs_by_id = {r.id: r for r in runs}

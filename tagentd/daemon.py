@@ -14,6 +14,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -118,11 +119,17 @@ class Daemon:
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
             worker_args=self.settings.worker_llm_args(),
         )
-        for run in self.store.load():
+        gc.disable()  # recovery builds ~100 objects per run: full collections would double its time
+        try:
+            recovered = self.store.load()
+        finally:
+            gc.enable()
+        for run in recovered:
             self.runs.add(run)
             if not run.finished:
                 self.apply(run, run.machine.recover(time.time()))
         self.broker.load()
+        gc.freeze()  # what recovery loaded lives for long: keep it out of every later collection
         self.pool.start()
         self.watcher.start()
         loop = asyncio.get_running_loop()

@@ -95,6 +95,7 @@ class Worker:
         self.loading: dict[str, asyncio.Future[Any]] = {}
         self.loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"w{self.id}-loader")
         self.agent_ready: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._preloading = False
         self.dropped = 0
         self.accepting = True
         self.stopping = False
@@ -110,7 +111,6 @@ class Worker:
             concurrent.futures.ThreadPoolExecutor(self.capacity + 4, thread_name_prefix=f"w{self.id}-step"))
         self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         self.link.send(wire.Hello(worker_id=self.id, pid=os.getpid(), capacity=self.capacity))
-        threading.Thread(target=preload_agent_runtime, args=(self.agent_ready,), name="preload", daemon=True).start()
         self.link.start(self.on_frame)
         housekeeping = self.loop.create_task(self.housekeep())
         try:
@@ -205,9 +205,18 @@ class Worker:
         elif isinstance(message, wire.StopWorker):
             self.stop(graceful=message.graceful, reason="StopWorker")
 
+    def want_agent_runtime(self) -> None:
+        """Import pydantic-ai and friends off the loop, once, and only in workers that meet an agent step
+        (it costs ~50 MB and 1-2 s; function-only pipelines never pay)."""
+        if not self._preloading:
+            self._preloading = True
+            threading.Thread(target=preload_agent_runtime, args=(self.agent_ready,), name="preload", daemon=True).start()
+
     async def on_load(self, message: wire.LoadPipeline) -> None:
         try:
             pipeline = await self.pipeline(message.source_hash, message.path, message.source, message.target)
+            if any(step.kind is not StepKind.FUNCTION for step in pipeline.steps.values()):
+                self.want_agent_runtime()
             schemas = {step: schema_ref(cls) for step, cls in schema_classes(pipeline).items()}
             self.link.send(wire.Loaded(req=message.req, plan=pipeline.plan(), schemas=schemas))
         except PipelineValidationError as exc:
@@ -285,6 +294,7 @@ class Worker:
             if step is None:
                 raise TagentError(f"pipeline {pipeline.name!r} in {message.path} has no step {task.step!r}")
             if step.kind is not StepKind.FUNCTION and task.phase is Phase.RUN:
+                self.want_agent_runtime()
                 await asyncio.wrap_future(self.agent_ready)
             ctx = StepContext(
                 services=self.services, run_id=message.run_id, pipeline=pipeline.name, step_name=task.step,

@@ -5,15 +5,45 @@
     print(run_agent(p, model="test").final_output)
 """
 
-from .client import AsyncClient, Client, RunHandle
-from .conditions import when
-from .context import StepContext
-from .errors import PipelineValidationError, RetryableError, TagentError
-from .local import RunConfig, run_agent, run_pipeline
-from .pipeline import Pipeline, PipelineStep
-from .plan import DependencyType, ExecutionMode
-from .result import PipelineResult
-from .state import RunStatus, StepStatus, Usage
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import AsyncClient, Client, RunHandle
+    from .conditions import when
+    from .context import StepContext
+    from .errors import PipelineValidationError, RetryableError, TagentError
+    from .local import RunConfig, run_agent, run_pipeline
+    from .pipeline import Pipeline, PipelineStep
+    from .plan import DependencyType, ExecutionMode
+    from .result import PipelineResult
+    from .state import RunStatus, StepStatus, Usage
+
+#: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
+#: does not pay for pydantic, asyncio and the engine just to print a table.
+_EXPORTS = {
+    "AsyncClient": "client", "Client": "client", "RunHandle": "client",
+    "when": "conditions",
+    "StepContext": "context",
+    "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
+    "RunConfig": "local", "run_agent": "local", "run_pipeline": "local",
+    "Pipeline": "pipeline", "PipelineStep": "pipeline",
+    "DependencyType": "plan", "ExecutionMode": "plan",
+    "PipelineResult": "result",
+    "RunStatus": "state", "StepStatus": "state", "Usage": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tagent_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,6 @@ reply to its request by id. One ZeroMQ context per process is shared by all.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import os
@@ -26,12 +25,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 import zmq
-import zmq.asyncio
-from pydantic import BaseModel
 
 from . import paths, protocol
 from .errors import DaemonUnavailable, InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout, TagentError
@@ -48,7 +45,13 @@ HISTORY_FIELDS = ("ts", "who", "what", "data")
 
 T = TypeVar("T")
 S = TypeVar("S", bound=zmq.Socket)
-Schemas = Mapping[str, type[BaseModel]]
+if TYPE_CHECKING:  # asyncio, zmq.asyncio and pydantic load only where used: `tagent runs` starts faster
+    import asyncio
+
+    import zmq.asyncio
+    from pydantic import BaseModel
+
+    Schemas = Mapping[str, type[BaseModel]]
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ _shared: tuple[zmq.Context, zmq.asyncio.Context] | None = None
 
 def _async_context() -> zmq.asyncio.Context:
     """An asyncio view (shadow) of the process's one `zmq.Context.instance()`."""
+    import zmq.asyncio
     global _shared
     sync_ctx: zmq.Context = zmq.Context.instance()
     if _shared is None or _shared[0] is not sync_ctx:
@@ -427,6 +431,8 @@ class AsyncClient(AsyncBrokerMethods, _Base):
         self._socket: zmq.asyncio.Socket | None = None
         self._ready = False
         self._closed = False
+        import asyncio
+
         self._connecting = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[protocol.AnyReply]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -456,6 +462,8 @@ class AsyncClient(AsyncBrokerMethods, _Base):
         return await self._send(call, timeout)
 
     async def _send(self, call: _Call[T], timeout: float | None) -> T:
+        import asyncio
+
         socket = self._socket
         if socket is None:
             raise TagentError("this tagent AsyncClient is closed")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from pydantic import BaseModel
 
 from .plan import Plan
 from .state import RunState, RunStatus, StepStatus, Usage
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 def to_builtins(value: Any) -> Any:
@@ -24,7 +26,7 @@ def to_builtins(value: Any) -> Any:
 
 
 def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, BaseModel):
+    if hasattr(obj, "model_dump") and hasattr(type(obj), "model_fields"):  # a pydantic model, without importing pydantic
         return obj.model_dump(mode="json")
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)

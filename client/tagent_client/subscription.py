@@ -17,15 +17,18 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from . import paths
 from .errors import DaemonUnavailable
 from .protocol import EventRecord
 from .protocol_broker import RENEW_EVERY, Subscribe, Unsubscribe, encode
+
+if TYPE_CHECKING:
+    import zmq.asyncio
 
 RECEIVE_QUEUE = 200  # frames (of up to 500 events) buffered on our side of the socket
 _decoder = msgspec.msgpack.Decoder(list[EventRecord])
@@ -136,6 +139,8 @@ class AsyncSubscription(_State):
         self._sock: zmq.asyncio.Socket | None = None
 
     async def open(self, timeout: float = 5.0) -> None:
+        import zmq.asyncio  # only asyncio users pay for it
+
         self._sock = _events_socket(zmq.asyncio.Context.instance(), self.runtime_dir)
         await self._sock.send(self._subscribe_frame())
         deadline = time.monotonic() + timeout
