@@ -136,6 +136,7 @@ class SegmentLog:
         for path in old:
             path.unlink(missing_ok=True)
         fsync_dir(self.dir)
+        self.size = 0  # the next segment starts empty: no second rotation right after this one
 
     def close(self) -> None:
         """Fsync and close the current segment, if one is open."""
