@@ -30,6 +30,7 @@ from tagent_client.errors import InvalidRequest, TagentError
 from tagent_client.events import Action, CancelTask, StepSucceeded
 from tagent_client.plan import Plan
 from tagent_client.protocol import EventRecord
+from tagent_client.receivers import Receivers
 
 from . import broker_views as views, wire
 from .broker import Broker, QueuedTrigger, Registration
@@ -63,7 +64,7 @@ class BrokerShell:
         self.store = BrokerStore(settings.state_dir, self.broker) if settings.durable else MemoryBrokerStore(self.broker)
         self.bus: EventBus | None = None
         self._seq = itertools.count(1)
-        self._receivers: dict[str, collections.deque[tuple[Holder, asyncio.Future[Any]]]] = {}
+        self._receivers = Receivers(self.broker.core.lease)
         self._pending: list[EventRecord] = []      # published after the next commit
         self._launched: list[QueuedTrigger] = []    # runs created; their TriggerStarted waits for the run's commit
         self._acks: list[Record] = []               # acks of succeeded attempts; wait for the attempt's commit
@@ -129,10 +130,7 @@ class BrokerShell:
         self._ended[holder] = None
         while len(self._ended) > ENDED_KEEP:
             self._ended.popitem(last=False)
-        for queue in self._receivers.values():
-            for waiting, future in queue:
-                if waiting == holder and not future.done():
-                    future.set_result(None)
+        self._receivers.wake(holder)
         journal = self.broker.core.journal
         before = len(journal)
         count = self.broker.core.settle(holder, succeeded)
@@ -144,8 +142,7 @@ class BrokerShell:
         if count:
             self.broker.stats["messages_acked" if succeeded else "messages_released"] += count
             if not succeeded:
-                for mailbox in list(self._receivers):
-                    self.deliver(mailbox)
+                self._receivers.deliver_all()
             self.daemon._dirty.set()
 
     def match_triggers(self, lifecycle: list[tuple[Run, EventRecord]]) -> None:
@@ -236,7 +233,7 @@ class BrokerShell:
         sent = self.broker.core.send(to, message_id, sender, payload, time.time())
         self.broker.stats["messages_duplicate" if sent is None else "messages_sent"] += 1
         if sent is not None:
-            self.deliver(to)
+            self._receivers.deliver(to)
         return {"id": message_id, "duplicate": sent is None}
 
     async def receive(self, caller: b.StepRef, wait: float) -> Any:
@@ -244,35 +241,10 @@ class BrokerShell:
         run = self.daemon.runs.get(caller.run_id)
         if holder in self._ended or run is None or run.finished:
             return None  # a late re-send for an attempt that is over: lease nothing
-        message = self.broker.core.lease(caller.pipeline, holder)
-        if message is None and wait > 0:
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._receivers.setdefault(caller.pipeline, collections.deque()).append((holder, future))
-            try:
-                message = await asyncio.wait_for(asyncio.shield(future), wait)
-            except TimeoutError:
-                message = future.result() if future.done() else None
-                if not future.done():
-                    future.cancel()
+        message = await self._receivers.receive(caller.pipeline, holder, wait)
         if message is not None:
             self.broker.stats["messages_delivered"] += 1
         return message
-
-    def deliver(self, mailbox: str) -> None:
-        """Lease waiting messages to parked receivers of `mailbox`, oldest receiver first."""
-        waiting = self._receivers.get(mailbox)
-        while waiting:
-            holder, future = waiting[0]
-            if future.done():
-                waiting.popleft()
-                continue
-            message = self.broker.core.lease(mailbox, holder)
-            if message is None:
-                return
-            waiting.popleft()
-            future.set_result(message)
-        if waiting is not None and not waiting:
-            del self._receivers[mailbox]
 
     # -- topics and spaces ----------------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
 from typing import Any
 
 import msgspec
@@ -21,6 +20,7 @@ from . import protocol_broker as b
 from .broker_core import BrokerCore, Holder
 from .errors import InvalidRequest
 from .protocol import EventRecord
+from .receivers import Receivers
 
 
 class LocalBroker:
@@ -31,7 +31,7 @@ class LocalBroker:
     def __init__(self) -> None:
         self.core = BrokerCore()
         self.runs: dict[str, tuple[str, list[str]]] = {}  # run id -> (pipeline, capabilities)
-        self._receivers: dict[str, deque[tuple[Holder, asyncio.Future[Any]]]] = {}
+        self._receivers = Receivers(self.core.lease)
         self._watchers: list[tuple[str, asyncio.Future[Any]]] = []
         self._seq = itertools.count(1)
 
@@ -53,8 +53,7 @@ class LocalBroker:
     def settle(self, holder: Holder, succeeded: bool) -> None:
         self.core.settle(holder, succeeded)
         if not succeeded:
-            for mailbox in list(self._receivers):
-                self._deliver(mailbox)
+            self._receivers.deliver_all()
 
     def publish(self, topic: str, data: Any) -> EventRecord:
         record = EventRecord(seq=next(self._seq), ts=time.time(), topic=topic, data=data)
@@ -80,7 +79,7 @@ class LocalBroker:
             message_id = op.message_id or f"{caller.run_id}/{caller.task}/{next(self._seq)}"
             sent = core.send(op.to, message_id, who, op.payload, now)
             if sent is not None:
-                self._deliver(op.to)
+                self._receivers.deliver(op.to)
             return {"id": message_id, "duplicate": sent is None}
         if isinstance(op, b.ReceiveMessage):
             return await self._receive(caller, op.wait)
@@ -137,31 +136,8 @@ class LocalBroker:
                                               "value": value, "by": who})
 
     async def _receive(self, caller: b.StepRef, wait: float) -> Any:
-        message = self.core.lease(caller.pipeline, caller.holder)
-        if message is not None or wait <= 0:
-            return msgspec.to_builtins(message) if message is not None else None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._receivers.setdefault(caller.pipeline, deque()).append((caller.holder, future))
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), wait)
-        except TimeoutError:
-            if future.done() and not future.cancelled():  # delivered just as the wait ran out: keep it
-                return future.result()
-            future.cancel()
-            return None
-
-    def _deliver(self, mailbox: str) -> None:
-        waiting = self._receivers.get(mailbox)
-        while waiting:
-            holder, future = waiting[0]
-            if future.done():
-                waiting.popleft()
-                continue
-            message = self.core.lease(mailbox, holder)
-            if message is None:
-                return
-            waiting.popleft()
-            future.set_result(msgspec.to_builtins(message))
+        message = await self._receivers.receive(caller.pipeline, caller.holder, wait)
+        return msgspec.to_builtins(message) if message is not None else None
 
     async def _wait_event(self, prefix: str, wait: float) -> Any:
         if wait <= 0:
