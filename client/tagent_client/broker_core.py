@@ -27,13 +27,13 @@ from typing import Any
 
 import msgspec
 
-from .errors import InvalidRequest, MailboxFull
+from .bounds import check_name
+from .errors import MailboxFull
 from .protocol_broker import AccessEntry, Entry, Message
 
 MAILBOX_MAX = 100_000
 SEEN_MAX = 100_000
 LOG_MAX = 1_000
-NAME_MAX = 200
 
 Holder = Hashable  # who holds a lease: the daemon uses (run_id, task, attempt)
 
@@ -93,13 +93,6 @@ class SpaceState(msgspec.Struct, kw_only=True):
 class CoreSnapshot(msgspec.Struct, kw_only=True):
     mailboxes: list[MailboxState] = []
     spaces: list[SpaceState] = []
-
-
-def check_name(kind: str, name: Any) -> str:
-    """A mailbox, space, key or topic name: a non-empty string of at most NAME_MAX characters."""
-    if not isinstance(name, str) or not name or len(name) > NAME_MAX:
-        raise InvalidRequest(f"{kind} must be a non-empty string of at most {NAME_MAX} characters, got {name!r:.80}")
-    return name
 
 
 def value_size(value: Any) -> int:

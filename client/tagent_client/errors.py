@@ -26,10 +26,18 @@ class PipelineValidationError(TagentError):
     code = "invalid_pipeline"
 
     def __init__(self, pipeline: str, problems: list[str]) -> None:
+        pipeline = shorten(pipeline)
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"pipeline {pipeline!r} is invalid ({len(problems)} problem(s)):\n{lines}")
         self.pipeline = pipeline
         self.problems = list(problems)
+
+
+def shorten(name: Any, keep: int = 40) -> Any:
+    """A name fit for a one-line message: a very long one is cut, saying how long it was."""
+    if isinstance(name, str) and len(name) > 2 * keep:
+        return f"{name[:keep]}...({len(name):,} characters)"
+    return name
 
 
 class PipelineLoadError(TagentError):
@@ -86,6 +94,18 @@ class InvalidRequest(TagentError):
     code = "invalid_request"
 
 
+class RequestTooLarge(InvalidRequest):
+    """A request is larger than the daemon accepts (`max_message_bytes`); refused before it is sent."""
+
+    code = "request_too_large"
+
+
+class NameTooLong(InvalidRequest):
+    """A name (pipeline, step, topic, space, key, id) is longer than `bounds.NAME_MAX` characters."""
+
+    code = "name_too_long"
+
+
 class ConfigError(TagentError):
     """The configuration, a directory's ownership or its permissions are wrong."""
 
@@ -122,7 +142,7 @@ ERRORS: dict[str, type[TagentError]] = {
     for cls in (
         TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
-        ConfigError, AlreadyRunning, RunFailed, PermissionDenied, MailboxFull,
+        ConfigError, AlreadyRunning, RunFailed, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
     )
 }
 
@@ -141,6 +161,8 @@ EXIT_CODES: dict[str, int] = {
     "already_running": 10,
     "permission_denied": 11,
     "mailbox_full": 12,
+    "request_too_large": 13,
+    "name_too_long": 14,
 }
 
 

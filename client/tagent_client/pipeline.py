@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from .conditions import Condition, as_condition
-from .errors import PipelineValidationError
+from .bounds import NAME_MAX
+from .errors import PipelineValidationError, shorten
 from .plan import OUTPUT_RETRIES, TOOL_RETRIES, DependencyType, ExecutionMode, Plan, RetrySpec, StepKind, StepSpec
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\Z")  # \Z: "$" would accept a trailing newline
@@ -188,7 +189,9 @@ class Pipeline:
     def problems(self) -> list[str]:
         """Every problem with the definition, one precise line each; empty when valid."""
         found: list[str] = []
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if isinstance(self.name, str) and len(self.name) > NAME_MAX:
+            found.append(f"pipeline name {shorten(self.name)!r} is too long: names have at most {NAME_MAX} characters")
+        elif not isinstance(self.name, str) or not _NAME.match(self.name):
             found.append(f"pipeline name {self.name!r} must start with a letter or _ and use only letters, digits, _ and -")
         if not self.steps:
             found.append("pipeline has no steps")
@@ -206,9 +209,11 @@ class Pipeline:
         return found
 
     def _step_problems(self, step: PipelineStep, pipeline_tools: set[str]) -> list[str]:
-        where = f"step {step.name!r}"
+        where = f"step {shorten(step.name)!r}"
         out: list[str] = []
-        if not isinstance(step.name, str) or not _NAME.match(step.name) or step.name in ("shared", "params"):
+        if isinstance(step.name, str) and len(step.name) > NAME_MAX:
+            out.append(f"{where}: name is too long: names have at most {NAME_MAX} characters")
+        elif not isinstance(step.name, str) or not _NAME.match(step.name) or step.name in ("shared", "params"):
             out.append(f"{where}: name must start with a letter or _, use letters, digits, _ and -, and not be 'shared' or 'params'")
         if step.fn is None and not step.goal and step.runner != "tagent":
             out.append(f"{where}: needs a goal= (agent step) or fn= (function step)")

@@ -2,9 +2,10 @@
 
 One ZeroMQ frame per message: a msgpack-encoded, tagged msgspec Struct. Every
 request carries the protocol version `v`, a request `id` the reply echoes, and
-the caller's pid/uid for the audit trail. The daemon answers every request
-it can parse with exactly one `Reply` or `ErrorReply`; a frame it cannot parse
-gets an `ErrorReply` with id 0 (or is dropped and counted if it cannot be answered).
+the caller's pid/uid as it reports them. The daemon answers every request it
+receives with exactly one `Reply` or `ErrorReply` (a frame it cannot parse gets
+an `ErrorReply` with id 0 when no id can be read), and never drops a reply it
+can deliver. Requests are bounded (bounds.py): size, name lengths, nesting.
 
 docs/protocol.md lists every message; this module is the source of truth.
 """
@@ -16,15 +17,22 @@ from typing import Any
 
 import msgspec
 
+from .bounds import DEPTH_MAX, NAME_MAX, too_large
 from .errors import ProtocolError, TagentError, error_from_wire
 from .protocol_broker import AnyBrokerRequest
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+LOAD_TIMEOUT = 30.0  # the daemon's default load_timeout: how long a submit's import may take
 
 
-class Request(msgspec.Struct, tag_field="type", kw_only=True):
-    """Base of every control request."""
+class Request(msgspec.Struct, tag_field="type", kw_only=True, dict=True):
+    """Base of every control request.
+
+    `pid`/`uid` are what the client reports. The daemon attaches what the OS says about the sender (its
+    uid, gid and pid from SO_PEERCRED, where the socket gives them) as the attribute `peer`, which is
+    never on the wire (see tagentd/peers.py).
+    """
 
     v: int = PROTOCOL_VERSION
     id: int = 0
@@ -45,6 +53,7 @@ class Submit(Request, tag="submit"):
     params: dict[str, Any] = {}
     model: str | None = None
     run: bool = False  # a pipeline with triggers is registered, not run, unless this is set
+    idempotency_key: str | None = None  # a repeat with the same key answers with the run the first one started
 
 
 class ListRuns(Request, tag="runs"):
@@ -172,13 +181,26 @@ AnyReply = Reply | ErrorReply
 
 
 class SubmitResult(msgspec.Struct, kw_only=True):
-    """A run started (`run_id`), or a pipeline with triggers registered (`registered`, `run_id` empty)."""
+    """A run started (`run_id`), or a pipeline with triggers registered (`registered`, `run_id` empty).
+
+    `duplicate`: the submit's idempotency key was seen before; `run_id` is the run that submit started.
+    """
 
     run_id: str
     pipeline: str
     steps: list[str]
     registered: bool = False
     triggers: list[str] = []
+    duplicate: bool = False
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    """The daemon's bounds a client must know (in the ping's result): request size, import time, names, nesting."""
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    load_timeout: float = LOAD_TIMEOUT
+    name_max: int = NAME_MAX
+    depth_max: int = DEPTH_MAX
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -322,11 +344,13 @@ def encode(message: msgspec.Struct) -> bytes:
 
 
 def decode_request(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> AnyRequest:
-    """Parse one request frame; raises ProtocolError saying what is wrong (never anything else)."""
+    """Parse one request frame; raises RequestTooLarge or ProtocolError saying what is wrong (never anything else)."""
     if len(frame) > max_bytes:
-        raise ProtocolError(f"message of {len(frame)} bytes exceeds the {max_bytes}-byte limit")
+        raise too_large(None, len(frame), max_bytes)
     try:
         request = _request_decoder.decode(frame)
+    except RecursionError:
+        raise ProtocolError(f"invalid request: nested too deeply to decode (data may nest {DEPTH_MAX} levels)") from None
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:

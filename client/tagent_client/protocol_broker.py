@@ -74,8 +74,8 @@ class StepRef(msgspec.Struct, kw_only=True, array_like=True):
 # -- requests ------------------------------------------------------------------------------------
 
 
-class BrokerRequest(msgspec.Struct, tag_field="type", kw_only=True):
-    """Base of every broker request (same envelope as protocol.Request)."""
+class BrokerRequest(msgspec.Struct, tag_field="type", kw_only=True, dict=True):
+    """Base of every broker request (same envelope as protocol.Request, `peer` included)."""
 
     v: int = PROTOCOL_VERSION
     id: int = 0
