@@ -11,64 +11,50 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
-import msgspec
+from typing import Any
 
 from . import protocol_broker as b
+from .calls import Call, decode_as, plain_data
 from .protocol_broker import AccessEntry, BrokerStats, Entry, MailboxInfo, RegistryEntry
-from .result import to_builtins
 from .subscription import AsyncSubscription, Subscription
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _Call(Generic[T]):
-    """Same shape as client._Call: the request, how to read its result, extra time for parked requests."""
-
-    request: Any
-    decode: Callable[[Any], T]
-    extra_timeout: float = 0.0
-
-
-def _as(kind: Any) -> Callable[[Any], Any]:
-    return lambda result: msgspec.convert(result, kind) if result is not None else None
 
 
 def _plain(result: Any) -> Any:
     return result
 
 
-def _send(pipeline: str, payload: Any, message_id: str | None) -> _Call[str]:
-    request = b.SendMessage(to=pipeline, payload=to_builtins(payload), message_id=message_id or uuid.uuid4().hex)
-    return _Call(request, lambda r: str(r["id"]))
+def _send(pipeline: str, payload: Any, message_id: str | None) -> Call[str]:
+    """A send whose message id is chosen once: a resend of it (by the client, or by the caller with that id)
+    is stored once at most."""
+    request = b.SendMessage(to=pipeline, payload=plain_data("the message payload", payload),
+                            message_id=message_id or uuid.uuid4().hex)
+    return Call(request, lambda r: str(r["id"]), resend=True)
 
 
-def _publish(topic: str, data: Any) -> _Call[dict[str, Any]]:
-    return _Call(b.Publish(topic=topic, data=to_builtins(data)), _plain)
+def _publish(topic: str, data: Any) -> Call[dict[str, Any]]:
+    return Call(b.Publish(topic=topic, data=plain_data("the event data", data)), _plain)
 
 
-def _publish_many(events: Iterable[tuple[str, Any]]) -> _Call[int]:
-    batch = [(topic, to_builtins(data)) for topic, data in events]
-    return _Call(b.PublishMany(events=batch), lambda r: int(r["published"]))
+def _publish_many(events: Iterable[tuple[str, Any]]) -> Call[int]:
+    batch = [(topic, plain_data("the event data", data)) for topic, data in events]
+    return Call(b.PublishMany(events=batch), lambda r: int(r["published"]))
 
 
-def _space_calls(name: str) -> dict[str, Callable[..., _Call[Any]]]:
+def _space_calls(name: str) -> dict[str, Callable[..., Call[Any]]]:
     return {
-        "get": lambda key: _Call(b.SpaceGet(space=name, key=key), _as(Entry)),
-        "put": lambda key, value: _Call(b.SpacePut(space=name, key=key, value=to_builtins(value)), _as(Entry)),
-        "cas": lambda key, value, expected_version: _Call(
-            b.SpaceCas(space=name, key=key, value=to_builtins(value), expected_version=expected_version),
+        "get": lambda key: Call(b.SpaceGet(space=name, key=key), decode_as(Entry)),
+        "put": lambda key, value: Call(b.SpacePut(space=name, key=key, value=plain_data("the value", value)),
+                                        decode_as(Entry)),
+        "cas": lambda key, value, expected_version: Call(
+            b.SpaceCas(space=name, key=key, value=plain_data("the value", value), expected_version=expected_version),
             lambda r: bool(r["ok"])),
-        "delete": lambda key, expected_version=None: _Call(
+        "delete": lambda key, expected_version=None: Call(
             b.SpaceDelete(space=name, key=key, expected_version=expected_version), lambda r: bool(r["deleted"])),
-        "keys": lambda prefix="": _Call(b.SpaceKeys(space=name, prefix=prefix), list),
-        "listing": lambda prefix="": _Call(b.SpaceKeys(space=name, prefix=prefix, versions=True),
+        "keys": lambda prefix="": Call(b.SpaceKeys(space=name, prefix=prefix), list),
+        "listing": lambda prefix="": Call(b.SpaceKeys(space=name, prefix=prefix, versions=True),
                                            lambda r: [tuple(row) for row in r]),
-        "log": lambda limit=100: _Call(b.SpaceLog(space=name, limit=limit), _as(list[AccessEntry])),
-        "allow": lambda pipelines, replace=False: _Call(
+        "log": lambda limit=100: Call(b.SpaceLog(space=name, limit=limit), decode_as(list[AccessEntry])),
+        "allow": lambda pipelines, replace=False: Call(
             b.SpaceAllow(space=name, pipelines=list(pipelines), replace=replace), _plain),
     }
 
@@ -149,7 +135,12 @@ class BrokerMethods:
     _call: Callable[..., Any]
 
     def send(self, pipeline: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002
-        """Put a message in `pipeline`'s mailbox (kept until a run of it takes it); returns its id once durable."""
+        """Put a message in `pipeline`'s mailbox (kept until a run of it takes it); returns its id once durable.
+
+        The id (`id`, or a random one chosen once per call) is stored once at most: the client resends a send
+        that got no answer in time under the same id, and a RequestTimeout's `details["message_id"]` lets you
+        retry it under that id too.
+        """
         return self._call(_send(pipeline, payload, id))
 
     def publish(self, topic: str, data: Any = None) -> dict[str, Any]:
@@ -165,19 +156,19 @@ class BrokerMethods:
 
     def pipelines(self, capability: str | None = None) -> list[RegistryEntry]:
         """Running and registered pipelines (only those declaring `capability`, if given)."""
-        return self._call(_Call(b.ListPipelines(capability=capability), _as(list[RegistryEntry])))
+        return self._call(Call(b.ListPipelines(capability=capability), decode_as(list[RegistryEntry])))
 
     def mailboxes(self, pipeline: str | None = None, peek: int = 0) -> list[MailboxInfo]:
         """Mailbox depths (and the first `peek` messages of each)."""
-        return self._call(_Call(b.ListMailboxes(pipeline=pipeline, peek=peek), _as(list[MailboxInfo])))
+        return self._call(Call(b.ListMailboxes(pipeline=pipeline, peek=peek), decode_as(list[MailboxInfo])))
 
     def unregister(self, pipeline: str) -> dict[str, Any]:
         """Stop starting runs of a triggered pipeline; returns {pipeline, dropped_queued}."""
-        return self._call(_Call(b.Unregister(pipeline=pipeline), _plain))
+        return self._call(Call(b.Unregister(pipeline=pipeline), _plain))
 
     def broker_stats(self) -> BrokerStats:
         """Message rates, queue depths, subscribers and their drops, space sizes, trigger queues."""
-        return self._call(_Call(b.BrokerStatsRequest(), _as(BrokerStats)))
+        return self._call(Call(b.BrokerStatsRequest(), decode_as(BrokerStats)))
 
     def subscribe(self, *prefixes: str, timeout: float = 5.0) -> Subscription:
         """Events whose topic starts with one of `prefixes` ('' = all), from now on; iterate or `get()`."""
@@ -203,16 +194,16 @@ class AsyncBrokerMethods:
         return AsyncClientSpace(self._call, name)
 
     async def pipelines(self, capability: str | None = None) -> list[RegistryEntry]:
-        return await self._call(_Call(b.ListPipelines(capability=capability), _as(list[RegistryEntry])))
+        return await self._call(Call(b.ListPipelines(capability=capability), decode_as(list[RegistryEntry])))
 
     async def mailboxes(self, pipeline: str | None = None, peek: int = 0) -> list[MailboxInfo]:
-        return await self._call(_Call(b.ListMailboxes(pipeline=pipeline, peek=peek), _as(list[MailboxInfo])))
+        return await self._call(Call(b.ListMailboxes(pipeline=pipeline, peek=peek), decode_as(list[MailboxInfo])))
 
     async def unregister(self, pipeline: str) -> dict[str, Any]:
-        return await self._call(_Call(b.Unregister(pipeline=pipeline), _plain))
+        return await self._call(Call(b.Unregister(pipeline=pipeline), _plain))
 
     async def broker_stats(self) -> BrokerStats:
-        return await self._call(_Call(b.BrokerStatsRequest(), _as(BrokerStats)))
+        return await self._call(Call(b.BrokerStatsRequest(), decode_as(BrokerStats)))
 
     async def subscribe(self, *prefixes: str, timeout: float = 5.0) -> AsyncSubscription:
         subscription = AsyncSubscription(self.runtime_dir, list(prefixes) or [""])
