@@ -20,7 +20,7 @@ from tagent_client import protocol_broker as b
 from tagent_client.broker_core import check_name
 from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
 
-from . import broker_views as views
+from . import broker_views as views, peers
 
 if TYPE_CHECKING:
     from .broker_shell import BrokerShell
@@ -30,7 +30,7 @@ Caller = b.StepRef | None
 
 
 def who(req: b.BrokerRequest, caller: Caller) -> str:
-    return str(caller) if caller is not None else f"client uid={req.uid} pid={req.pid}"
+    return str(caller) if caller is not None else f"client {peers.who(req)}"
 
 
 def wait_limit(wait: float) -> float:

@@ -194,7 +194,7 @@ class BrokerShell:
         if handler is None:
             self._answer(key, wire.BrokerReply(req=call.req, code="protocol", message=f"unknown broker request {call.op!r:.60}"))
         elif inspect.iscoroutinefunction(handler):
-            self.daemon._spawn(self._serve_async(key, handler, call))
+            self.daemon.spawn(self._serve_async(key, handler, call))
         else:
             self._answer(key, self._reply(call, lambda: handler(self, call.op, call.caller)))
 

@@ -6,11 +6,15 @@ everything already there (handing the whole batch to the handler at once), and
 re-reads ZMQ_EVENTS before it sleeps — no message ever waits unseen, and the
 loop wakes once per batch, not once per message. A socket used this way must
 not also be used through zmq.asyncio: both would claim the same FD.
+
+A send is dropped only when ZeroMQ refuses it for good (a ROUTER_MANDATORY
+peer that is gone); each drop is counted (`dropped_sends`) and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 
@@ -18,15 +22,29 @@ import zmq
 
 MAX_DRAIN = 1000  # messages handled per pass before letting other tasks run
 
+log = logging.getLogger("tagentd.channel")
+
 Frames = list[bytes]
 
 
-class Channel:
-    """Batched, non-blocking sends and receives on one socket, from the running event loop only."""
+class Received(list[bytes]):
+    """One received message's frames, with its "Peer-Address" property (None where the transport has none)."""
 
-    def __init__(self, sock: zmq.Socket, *, multipart: bool = True) -> None:
+    peer: str | None = None
+
+
+class Channel:
+    """Batched, non-blocking sends and receives on one socket, from the running event loop only.
+
+    With `peers`, each received message is a `Received` that carries its sender's "Peer-Address"
+    (on ipc: the connecting process's uid, gid and pid; see peers.py).
+    """
+
+    def __init__(self, sock: zmq.Socket, *, multipart: bool = True, peers: bool = False, name: str = "socket") -> None:
         self.sock = sock
         self.multipart = multipart
+        self.peers = peers
+        self.name = name
         self.dropped_sends = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: Callable[[list[Frames]], None] = lambda batch: None
@@ -76,13 +94,13 @@ class Channel:
                 sock.send_multipart(self._out[0], zmq.NOBLOCK)
             except zmq.Again:
                 break  # the peer is not reading; POLLOUT will signal the FD
-            except zmq.ZMQError:
-                self.dropped_sends += 1  # e.g. a ROUTER peer that went away
+            except zmq.ZMQError as exc:
+                self._dropped(exc)  # e.g. a ROUTER peer that went away
             self._out.popleft()
         batch: list[Frames] = []
         for _ in range(MAX_DRAIN):
             try:
-                batch.append(sock.recv_multipart(zmq.NOBLOCK) if self.multipart else [sock.recv(zmq.NOBLOCK)])
+                batch.append(self._receive(sock))
             except zmq.Again:
                 break
         if batch:
@@ -95,6 +113,22 @@ class Channel:
         events = sock.getsockopt(zmq.EVENTS)
         if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
             self._schedule()
+
+    def _receive(self, sock: zmq.Socket) -> Frames:
+        if self.peers:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            message = Received(frame.bytes for frame in frames)
+            try:
+                message.peer = frames[-1].get("Peer-Address")
+            except zmq.ZMQError:  # no such property on this transport
+                pass
+            return message
+        return sock.recv_multipart(zmq.NOBLOCK) if self.multipart else [sock.recv(zmq.NOBLOCK)]
+
+    def _dropped(self, exc: zmq.ZMQError) -> None:
+        self.dropped_sends += 1
+        log.info("%s: a message could not be delivered (%s); %d dropped so far", self.name, exc.strerror,
+                 self.dropped_sends)
 
     def flush(self) -> None:
         """Send what is queued now, as far as the peer takes it (used just before closing)."""

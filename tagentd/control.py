@@ -18,7 +18,7 @@ from tagent_client import protocol as p
 from tagent_client.errors import InvalidRequest, NotFound
 from tagent_client.state import RunStatus, StepStatus
 
-from . import __version__, submit as submitting
+from . import __version__, peers, submit as submitting
 from .broker_handlers import CLIENT_HANDLERS as BROKER_HANDLERS
 from .runs import Run
 
@@ -34,7 +34,8 @@ def wait_limit(wait: float) -> float:
 
 
 def who(req: p.Request) -> str:
-    return f"uid={req.uid} pid={req.pid}"
+    """The sender as the audit trail names it: OS-verified uid/pid, the client's own marked "reported"."""
+    return peers.who(req)
 
 
 def find_run(daemon: Daemon, run_id: str) -> Run:
@@ -45,18 +46,28 @@ def find_run(daemon: Daemon, run_id: str) -> Run:
 
 
 def ping(daemon: Daemon, req: p.Ping) -> dict[str, Any]:
-    return {"pid": os.getpid(), "version": __version__, "protocol": p.PROTOCOL_VERSION}
+    """Liveness, and the limits a client must know: request size, how long a submit's import may take."""
+    limits = p.Limits(max_message_bytes=daemon.settings.max_message_bytes, load_timeout=daemon.settings.load_timeout)
+    return {"pid": os.getpid(), "version": __version__, "protocol": p.PROTOCOL_VERSION, "limits": limits}
 
 
 async def submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
+    """Start a run (or register a triggered pipeline); a repeat of an idempotency key returns its run instead."""
+    if req.idempotency_key:
+        return await daemon.submit_keys.once(req.idempotency_key, daemon.runs, req.path, lambda: _submit(daemon, req))
+    return await _submit(daemon, req)
+
+
+async def _submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
     plan = await submitting.load_plan(daemon.pool, req.path, req.source, req.target)
     if plan.triggers and not req.run:  # a triggered pipeline is registered; each matching event starts a run
         daemon.broker.register(path=req.path, source=req.source, target=req.target,
                                model=req.model or daemon.settings.model, plan=plan, who=who(req))
         return p.SubmitResult(run_id="", pipeline=plan.name, steps=[s.name for s in plan.steps], registered=True,
                               triggers=list(plan.triggers))
-    run = await daemon.submit_source(req.path, req.source, req.target, req.params, req.model, who(req), plan=plan)
-    return p.SubmitResult(run_id=run.id, pipeline=run.plan.name, steps=[s.name for s in run.plan.steps])
+    run = await daemon.submit_source(req.path, req.source, req.target, req.params, req.model, who(req), plan=plan,
+                                     idempotency_key=req.idempotency_key)
+    return submitting.accepted(run)
 
 
 def list_runs(daemon: Daemon, req: p.ListRuns) -> list[p.RunSummary]:

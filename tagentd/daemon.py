@@ -2,8 +2,9 @@
 
 Guarantees:
 - one daemon per runtime dir (flock on the pidfile), dirs 0700, sockets 0600;
-- no request, frame or worker message can raise out of the loop: bad input gets
-  an ErrorReply or is dropped and counted;
+- no request, frame or worker message can raise out of the loop: every control
+  request gets exactly one reply (control_server.py), a bad worker message is
+  dropped and counted;
 - group commit: everything that changed in one loop tick is flushed to the store
   once, and only then are replies sent and lifecycle events published — so a
   step reported COMPLETED is on disk (with a durable store);
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import logging
 import os
 import signal
@@ -23,15 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 from tagent_client import paths
 from tagent_client import protocol as p
-from tagent_client.errors import InvalidRequest, TagentError
+from tagent_client.errors import InvalidRequest
 from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Persist, ScheduleRetry, StepTimedOut, TimerFired, WorkerLost
 from tagent_client.plan import Plan
 
-from . import __version__, broker_views, control, retention, submit, wire
+from . import __version__, broker_views, retention, submit, wire
 from .config import LOG_FILE, Settings
 from .lock import InstanceLock
 from .notify import notify
@@ -40,6 +39,7 @@ from .pool import WorkerPool
 from .runs import Run, RunTable
 from .broker_shell import BrokerShell
 from .channel import Channel
+from .control_server import ControlServer
 from .checkpoint import DurableStore
 from .store import MemoryStore, RunStore
 from .watch_rules import watch_folders
@@ -79,6 +79,8 @@ class Daemon:
         self._commit_waiters: list[asyncio.Future[None]] = []
         self.watcher: Watcher | None = None
         self.broker = BrokerShell(self)
+        self.control = ControlServer(self)
+        self.submit_keys = submit.SubmitKeys()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -90,11 +92,7 @@ class Daemon:
                 stale.unlink()
         old = os.umask(0o177)
         try:
-            self.control = self.zctx.socket(zmq.ROUTER)
-            self.control.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_bytes)
-            self.control.setsockopt(zmq.ROUTER_MANDATORY, 0)
-            self.control.linger = 0
-            self.control.bind(self.sockets["control"])
+            self.control.bind(self.zctx, self.sockets["control"])
             self.broker.bind(self.zctx, self.sockets["events"])
             self.workers = self.zctx.socket(zmq.ROUTER)
             self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -104,7 +102,6 @@ class Daemon:
             self.workers.bind(self.sockets["workers"])
         finally:
             os.umask(old)
-        self.control_channel = Channel(self.control)
         self.workers_channel = Channel(self.workers)
         for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             os.chmod(self.runtime_dir / name, 0o600)
@@ -126,6 +123,7 @@ class Daemon:
             gc.enable()
         for run in recovered:
             self.runs.add(run)
+            self.submit_keys.add(run)
             if not run.finished:
                 self.apply(run, run.machine.recover(time.time()))
         self.broker.load()
@@ -135,11 +133,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        self.control_channel.start(self._on_control_batch)
+        self.control.start()
         self.workers_channel.start(self._on_worker_batch)
         for coro in (self.pool.supervise(), self._committer(),
                      self._retention_loop(), self.permits.supervise(self.pool.identities), self.broker.serve()):
-            self._spawn(coro)
+            self.spawn(coro)
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
         notify("READY=1")
@@ -148,7 +146,8 @@ class Daemon:
         await self._shutdown()
         return 0
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run `coro` as a task the daemon keeps (and cancels at shutdown); its failure is logged."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -192,7 +191,7 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         self.store.close()
-        self.control_channel.close()
+        self.control.close()
         self.workers_channel.close()
         self.broker.close()
         self.zctx.term()
@@ -346,7 +345,8 @@ class Daemon:
     # -- submitting ----------------------------------------------------------------------------------
 
     async def submit_source(self, path: str, source: str, target: str | None = None, params: dict[str, Any] | None = None,
-                            model: str | None = None, who: str = "daemon", *, plan: Plan | None = None) -> Run:
+                            model: str | None = None, who: str = "daemon", *, plan: Plan | None = None,
+                            idempotency_key: str | None = None) -> Run:
         """Start a run of the pipeline file `path` whose text is `source` (`tagent submit` and the folder watcher).
 
         The file is loaded in a worker unless `plan` is given (a declarative file, read without Python).
@@ -358,68 +358,9 @@ class Daemon:
         if plan is None:
             plan = await submit.load_plan(self.pool, path, source, target)
         run = submit.new_run(plan, path=path, source=source, target=target, params=params,
-                             model=model or self.settings.model, who=who)
+                             model=model or self.settings.model, who=who, idempotency_key=idempotency_key)
         self.start_run(run)
         return run
-
-    # -- control socket ---------------------------------------------------------------------------------
-
-    def _on_control_batch(self, batch: list[list[bytes]]) -> None:
-        for frames in batch:
-            try:
-                self._on_request(frames)
-            except Exception:  # noqa: BLE001 - one bad frame must not stop the control loop
-                self.stats["bad_frames"] += 1
-                log.exception("could not handle a control frame of %d part(s)", len(frames))
-
-    def _reply(self, identity: bytes, message: msgspec.Struct) -> None:
-        self._replies.append((self.control_channel, [identity, p.encode(message)]))
-        self._dirty.set()
-
-    def _on_request(self, frames: list[bytes]) -> None:
-        self.stats["requests"] += 1
-        identity = frames[0]
-        if len(frames) != 2:
-            self.stats["bad_frames"] += 1
-            self._reply(identity, p.ErrorReply(id=0, code="protocol", message=f"expected 1 frame per request, got {len(frames) - 1}"))
-            return
-        try:
-            req = p.decode_request(frames[1], self.settings.max_message_bytes)
-        except TagentError as exc:
-            self.stats["bad_frames"] += 1
-            self._reply(identity, p.ErrorReply(id=p.peek_id(frames[1]), code=exc.code, message=exc.message))
-            return
-        handler = control.HANDLERS[type(req)]
-        if inspect.iscoroutinefunction(handler):
-            self._spawn(self._serve_async(identity, req, handler))
-            return
-        self._reply(identity, self._answer(req, handler))
-
-    def _answer(self, req: p.Request, handler: Any) -> msgspec.Struct:
-        try:
-            return p.Reply(id=req.id, result=handler(self, req))
-        except TagentError as exc:
-            return self._error(req, exc)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
-            log.exception("request %s failed", type(req).__name__)
-            return p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
-
-    @staticmethod
-    def _error(req: p.Request, exc: TagentError) -> p.ErrorReply:
-        details = dict(exc.details)
-        if hasattr(exc, "problems"):
-            details.update(pipeline=getattr(exc, "pipeline", "?"), problems=exc.problems)
-        return p.ErrorReply(id=req.id, code=exc.code, message=exc.message, details=details)
-
-    async def _serve_async(self, identity: bytes, req: p.Request, handler: Any) -> None:
-        try:
-            reply: msgspec.Struct = p.Reply(id=req.id, result=await handler(self, req))
-        except TagentError as exc:
-            reply = self._error(req, exc)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("request %s failed", type(req).__name__)
-            reply = p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
-        self._reply(identity, reply)
 
     # -- workers socket -------------------------------------------------------------------------------------
 
@@ -493,7 +434,7 @@ class Daemon:
         stats["queued_tasks"] = self.pool.queued
         stats["in_flight_tasks"] = self.pool.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
-        stats["replies_dropped"] = self.control_channel.dropped_sends
+        stats["replies_dropped"] = self.control.replies_dropped
         stats["llm_permits_granted"] = self.permits.granted
         stats["llm_endpoints"] = self.permits.stats()
         stats["broker"] = broker_views.summary(self.broker)

@@ -32,6 +32,7 @@ class RunSource(msgspec.Struct, kw_only=True):
     target: str | None = None
     model: str | None = None
     trigger: Any = None
+    idempotency_key: str | None = None  # the submit's (control.submit): a repeat of it returns this run
 
 
 class AuditEntry(msgspec.Struct, kw_only=True, array_like=True):
