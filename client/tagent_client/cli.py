@@ -19,9 +19,9 @@ from typing import Any
 import click
 import msgspec
 
-from . import __version__
+from . import __version__, bounds
 from .client import FOLLOW_WAIT, Client
-from .errors import PipelineValidationError, TagentError, exit_code_for
+from .errors import InvalidRequest, PipelineValidationError, TagentError, exit_code_for
 from .render import (
     LiveView, StepBoard, history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table,
     watch_view,
@@ -44,7 +44,7 @@ def parse_param(text: str) -> tuple[str, Any]:
         raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="'--param'")
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         value = raw
     return key.strip(), value
 
@@ -54,9 +54,12 @@ def build_params(pairs: Iterable[str], params_json: str | None) -> dict[str, Any
     params: dict[str, Any] = {}
     if params_json:
         try:
-            loaded = json.loads(params_json)
+            loaded = bounds.check_depth("run params", json.loads(params_json))
         except ValueError as exc:
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="'--params-json'") from None
+        except (RecursionError, InvalidRequest):
+            raise click.BadParameter(f"nested more than {bounds.DEPTH_MAX} levels deep; flatten it, or pass a file "
+                                     "path in it instead", param_hint="'--params-json'") from None
         if not isinstance(loaded, dict):
             raise click.BadParameter("must be a JSON object", param_hint="'--params-json'")
         params.update(loaded)
@@ -180,17 +183,19 @@ def cli(ctx: click.Context, runtime_dir: Path | None) -> None:
 @click.option("--model", metavar="MODEL", help="Model for agent steps that name none (e.g. openai:gpt-4o-mini, test).")
 @click.option("--follow", "-f", is_flag=True, help="Show progress until the run ends; exit 0 if it completed, else 1.")
 @click.option("--run", "force_run", is_flag=True, help="Run a pipeline that declares triggers now instead of registering it.")
+@click.option("--idempotency-key", metavar="KEY",
+              help="Start at most one run per KEY: a repeat prints the run the first one started.")
 @json_option
 @pass_session
 def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str | None, model: str | None,
-           follow: bool, force_run: bool, as_json: bool) -> None:
+           follow: bool, force_run: bool, idempotency_key: str | None, as_json: bool) -> None:
     """Start a run of the pipeline in FILE (NAME picks one if FILE defines several); prints the run id.
 
     A pipeline that declares triggers is registered instead: each matching event starts a run of it.
     """
     params = build_params(pairs, params_json)
     client = session.client()
-    handle = client.submit(spec, params, model=model, run=force_run)
+    handle = client.submit(spec, params, model=model, run=force_run, idempotency_key=idempotency_key)
     if handle.registered:
         if as_json:
             emit_json({"registered": True, "pipeline": handle.pipeline, "triggers": list(handle.triggers)})

@@ -38,7 +38,7 @@ def emit_json(data: Any, *, line: bool = False) -> None:
 def parse_json(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return text
 
 
