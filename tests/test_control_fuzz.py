@@ -136,25 +136,46 @@ def test_a_malformed_request_gets_a_protocol_error_and_the_daemon_keeps_serving(
     assert peer.ping()["protocol"] == protocol.PROTOCOL_VERSION
 
 
-def test_an_oversized_message_is_dropped_and_the_daemon_keeps_serving(daemon: DaemonProcess, peer: RawPeer) -> None:
-    # Given a message of 100 KB, over the daemon's 64 KiB limit
+def daemon_stats(daemon: DaemonProcess) -> dict[str, Any]:
+    with daemon.client() as client:
+        return client.daemon_status().stats
+
+
+def test_an_oversized_request_is_refused_with_an_answer_and_counted(daemon: DaemonProcess, peer: RawPeer) -> None:
+    # Given a request of 100 KB, over the daemon's 64 KiB limit
     huge = packed({"type": "ping", "v": 1, "id": 77, "pad": "x" * 100_000})
     assert len(huge) > MAX_MESSAGE_BYTES
+    before = daemon_stats(daemon)["requests_too_large"]
 
     # When it is sent
-    peer.send([huge])
+    answer = peer.ask([huge])
 
-    # Then it is refused (ZeroMQ's MAXMSGSIZE drops it and disconnects the peer) or answered with a protocol error
-    answer = peer.reply(timeout=1.0)
-    assert answer is None or (isinstance(answer, protocol.ErrorReply) and answer.code == "protocol"), answer
-    # And the daemon serves a new connection, and a message just under the limit still works
+    # Then it is answered at once with request_too_large (size, limit, what to do), and counted
+    assert isinstance(answer, protocol.ErrorReply) and answer.code == "request_too_large" and answer.id == 77, answer
+    assert answer.details["size"] == len(huge) and answer.details["limit"] == MAX_MESSAGE_BYTES, answer.details
+    assert "file path" in answer.message and "\n" not in answer.message, answer.message
+    assert daemon_stats(daemon)["requests_too_large"] == before + 1
+    # And the same connection is still served, and a request just under the limit still works
+    near = packed({"type": "ping", "v": 1, "id": 78, "pad": "x" * (MAX_MESSAGE_BYTES - 100)})
+    assert len(near) <= MAX_MESSAGE_BYTES
+    answer = peer.ask([near])
+    assert isinstance(answer, protocol.Reply) and answer.id == 78
+
+
+def test_a_frame_over_the_transport_ceiling_is_discarded_and_the_daemon_keeps_serving(
+        daemon: DaemonProcess, peer: RawPeer) -> None:
+    # Given a frame of 300 KB, over twice the 64 KiB limit (ZeroMQ's MAXMSGSIZE on control.sock)
+    giant = packed({"type": "ping", "v": 1, "id": 79, "pad": "x" * 300_000})
+
+    # When it is sent
+    peer.send([giant])
+
+    # Then ZeroMQ discards it (and the connection) before the daemon sees it: no answer
+    assert peer.reply(timeout=1.0) is None
+    # And the daemon serves a new connection
     fresh = RawPeer(daemon.runtime_dir)
     try:
         assert fresh.ping()["pid"] == daemon.pid
-        near = packed({"type": "ping", "v": 1, "id": 78, "pad": "x" * (MAX_MESSAGE_BYTES - 100)})
-        assert len(near) <= MAX_MESSAGE_BYTES
-        answer = fresh.ask([near])
-        assert isinstance(answer, protocol.Reply) and answer.id == 78
     finally:
         fresh.close()
 
