@@ -122,6 +122,8 @@ class Daemon:
         gc.disable()  # recovery builds ~100 objects per run: full collections would double its time
         try:
             recovered = self.store.load()
+        except OSError as exc:  # e.g. cutting a torn tail on a read-only or full disk
+            raise paths.unwritable(self.state_dir, "state dir", exc) from None
         finally:
             gc.enable()
         for run in recovered:
@@ -532,9 +534,12 @@ def serve(settings: Settings, *, foreground_log: bool = True) -> int:
     state_dir = paths.ensure_private_dir(Path(settings.state_dir), "state dir")
     lock = InstanceLock(runtime_dir)
     try:
-        log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
-        store: RunStore = DurableStore(state_dir) if settings.durable else MemoryStore()
-        daemon = Daemon(settings, store)
+        try:
+            log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
+            store: RunStore = DurableStore(state_dir) if settings.durable else MemoryStore()
+            daemon = Daemon(settings, store)
+        except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
+            raise paths.unwritable(state_dir, "state dir", exc) from None
         return asyncio.run(daemon.run(log_fd))
     finally:
         lock.close()

@@ -117,12 +117,20 @@ class MailboxFull(TagentError):
     retryable = True
 
 
+class DiskFull(TagentError):
+    """The state dir's file system is full (or over quota): nothing can be saved, so requests that must be
+    durable are refused until space is freed; the daemon resumes by itself (retryable)."""
+
+    code = "disk_full"
+    retryable = True
+
+
 ERRORS: dict[str, type[TagentError]] = {
     cls.code: cls
     for cls in (
         TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
-        ConfigError, AlreadyRunning, RunFailed, PermissionDenied, MailboxFull,
+        ConfigError, AlreadyRunning, RunFailed, PermissionDenied, MailboxFull, DiskFull,
     )
 }
 
@@ -141,6 +149,7 @@ EXIT_CODES: dict[str, int] = {
     "already_running": 10,
     "permission_denied": 11,
     "mailbox_full": 12,
+    "disk_full": 13,
 }
 
 
