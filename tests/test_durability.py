@@ -34,7 +34,7 @@ from tagent_client.engine import RunMachine
 from tagent_client.errors import ConfigError
 from tagent_client.events import Dispatch, Emit, Persist, StepFailed, StepSucceeded
 from tagent_client.state import ErrorInfo, RunStatus, StepStatus, new_run_id
-from tagentd import checkpoint
+from tagentd import checkpoint, failpoints
 from tagentd.checkpoint import DurableStore, RunCheckpoint, is_torn_tail
 from tagentd.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
 from tagentd.runs import AuditEntry, Run, RunSource
@@ -901,6 +901,40 @@ class TestDurableStore:
         h.store.close()
         # Then the changes of the failed flush are on disk too
         same(reopen(tmp_path)[run.id], run)
+
+    def test_writes_that_fail_on_a_full_disk_leave_no_empty_segment_or_temporary_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a store, and a snapshot file, on a disk that is full (the failpoint: ENOSPC after each open)
+        full = tmp_path / "full"
+        full.touch()
+        monkeypatch.setattr(failpoints, "_disk_full_flag", str(full))
+        state = tmp_path / "state"
+        state.mkdir()
+        h = Harness(DurableStore(state), chain_plan())
+        run = h.submit()
+        # When flushes fail again and again, and a snapshot replacement fails
+        for _ in range(3):
+            with pytest.raises(OSError, match="No space"):
+                h.flush()
+        (state / "old.ckpt").write_bytes(b"old")
+        with pytest.raises(OSError, match="No space"):
+            write_atomic(state / "old.ckpt", b"new")
+        # Then no WAL segment and no temporary snapshot file is left, and the old snapshot is untouched
+        assert list((state / "wal").iterdir()) == []
+        assert sorted(p.name for p in state.iterdir()) == ["old.ckpt", "runs", "wal"]
+        assert (state / "old.ckpt").read_bytes() == b"old"
+        # When space returns, Then the next flush writes everything into one segment
+        full.unlink()
+        h.flush()
+        h.store.close()
+        assert len(list((state / "wal").iterdir())) == 1
+        same(reopen(state)[run.id], run)
+        # And empty segments an older tagentd left behind are deleted when the store is loaded
+        for number in (7, 8):
+            (state / "wal" / f"{number:08d}.wal").touch()
+        same(reopen(state)[run.id], run)
+        assert len(list((state / "wal").iterdir())) == 1
 
     def test_a_finished_run_whose_snapshot_a_crash_prevented_gets_it_at_the_next_load(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
