@@ -42,6 +42,7 @@ from .broker_shell import BrokerShell
 from .channel import Channel
 from .checkpoint import DurableStore
 from .store import MemoryStore, RunStore
+from .store_health import RETRY_S, StoreHealth
 from .watch_rules import watch_folders
 from .watcher import Watcher
 
@@ -77,6 +78,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.permits = PermitDesk(settings.endpoints, self._send_worker)
         self._commit_waiters: list[asyncio.Future[None]] = []
+        self.health = StoreHealth(self.state_dir)
         self.watcher: Watcher | None = None
         self.broker = BrokerShell(self)
 
@@ -307,13 +309,14 @@ class Daemon:
                 await asyncio.gather(self.store.flush(), self.broker.store.flush())
             else:
                 await self.store.flush()
-        except Exception:  # noqa: BLE001 - a failing disk must not kill the loop; nothing is announced
-            log.exception("could not write checkpoints; holding replies and events until the next commit")
+        except Exception as exc:  # noqa: BLE001 - a failing disk must not kill the loop; nothing is announced
+            self.health.commit_failed(exc)  # logged once per outage; requests that need a commit are refused
             self._unpublished[:0], self._replies[:0], self._commit_waiters[:0] = events, replies, waiters
             self.broker.flush_failed(token)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(RETRY_S)
             self._dirty.set()
             return
+        self.health.commit_succeeded()
         touched: set[Run] = set()
         for run, record in events:
             if record.topic == "run.finished":
@@ -392,6 +395,12 @@ class Daemon:
             self._reply(identity, p.ErrorReply(id=p.peek_id(frames[1]), code=exc.code, message=exc.message))
             return
         handler = control.HANDLERS[type(req)]
+        if isinstance(req, control.ANSWERED_AT_ONCE):  # reports nothing that must be on disk: no commit to wait for
+            self.control_channel.send([identity, p.encode(self._answer(req, handler))])
+            return
+        if self.health.failing:  # its reply would wait for a commit that cannot happen: refuse it, change nothing
+            self.control_channel.send([identity, p.encode(self._error(req, self.health.refusal()))])
+            return
         if inspect.iscoroutinefunction(handler):
             self._spawn(self._serve_async(identity, req, handler))
             return
@@ -421,6 +430,9 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             log.exception("request %s failed", type(req).__name__)
             reply = p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
+        if self.health.failing and isinstance(req, control.PARKED_READS):  # it changed nothing: no need to wait
+            self.control_channel.send([identity, p.encode(self._error(req, self.health.refusal()))])
+            return
         self._reply(identity, reply)
 
     # -- workers socket -------------------------------------------------------------------------------------
@@ -500,6 +512,7 @@ class Daemon:
         stats["llm_endpoints"] = self.permits.stats()
         stats["broker"] = broker_views.summary(self.broker)
         stats["checkpoint_problems"] += self.broker.store.problems
+        stats["state_dir_problem"] = self.health.problem()
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
