@@ -349,6 +349,7 @@ def _print_status(info: Any) -> None:
         ("state dir", info.state_dir),
         ("log file", str(Path(info.state_dir) / LOG_FILE)),
         ("durable", "yes" if info.durable else "no (runs are lost when the daemon stops)"),
+        ("disk", _disk_row(info.stats.get("state_dir_problem"))),
         ("runs", f"{info.runs_active} active, {info.runs_total} total"),
         ("watching", ", ".join(info.watch_dirs) + " (see 'tagent watch')" if info.watch_dirs else "no folder"),
         ("workers", f"{len(info.workers)} ({busy} busy, {len(info.workers) - busy} idle)"),
@@ -364,6 +365,11 @@ def _print_status(info: Any) -> None:
         ]
         click.echo()
         _print_table(table, indent=2)
+
+
+def _disk_row(problem: str | None) -> str:
+    """`tagentd status`: whether commits reach the state dir (see docs/operations.md, "Disk full")."""
+    return f"STATE DIR {problem}" if problem else "ok"
 
 
 def _broker_rows(broker: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -4,7 +4,9 @@ A handler takes the daemon and the decoded request and returns the reply's
 result (plain data or a result Struct), or raises a TagentError that becomes an
 ErrorReply. Handlers that must wait (submit loads the file in a worker; events
 and logs long-poll) are coroutines; the rest answer at once. Replies are sent
-only after the daemon's next commit, so what a reply reports is on disk.
+only after the daemon's next commit, so what a reply reports is on disk — but
+for `ANSWERED_AT_ONCE`, which report nothing that must be. While the state dir
+cannot be written, every other request is refused at once (store_health.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tagent_client import protocol as p
+from tagent_client import protocol_broker as b
 from tagent_client.errors import InvalidRequest, NotFound
 from tagent_client.state import RunStatus, StepStatus
 
@@ -185,3 +188,10 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     p.GetWatch: get_watch,
     **BROKER_HANDLERS,
 }
+
+#: Replies that report nothing that must be on disk: sent at once, not after the next commit, so they answer
+#: even while the state dir cannot be written (`daemon_status` then says so).
+ANSWERED_AT_ONCE = (p.Ping, p.DaemonStatus, p.Shutdown)
+#: Reads that may be parked for a while: if the state dir stopped being writable meanwhile, they end with its
+#: error at once rather than wait for a commit (what they would report may not be on disk).
+PARKED_READS = (p.GetEvents, p.GetLogs, b.WaitEvent)

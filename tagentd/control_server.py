@@ -11,6 +11,10 @@
   never reach the daemon, and a tagent client refuses them before sending;
 - a name too long or data nested too deeply (bounds.py): `name_too_long` /
   `invalid_request`;
+- while the state dir cannot be written (store_health.py): `disk_full` (or
+  `config`) at once, and nothing changes — except for the requests in
+  `control.ANSWERED_AT_ONCE` (ping, status, shutdown), which report nothing
+  that must be on disk and are answered at once, commit or not;
 - otherwise what the request's handler (control.py) returns or raises.
 
 Replies are never dropped on a full queue: the socket's send queue is
@@ -122,10 +126,20 @@ class ControlServer:
             self._reply(identity, _error(req, exc))
             return
         handler = control.HANDLERS[type(req)]
+        if isinstance(req, control.ANSWERED_AT_ONCE):  # reports nothing that must be on disk: no commit to wait for
+            self._send_now(identity, self._answer(req, handler))
+            return
+        if self.daemon.health.failing:  # its reply would wait for a commit that cannot happen: refuse, change nothing
+            self._send_now(identity, _error(req, self.daemon.health.refusal()))
+            return
         if inspect.iscoroutinefunction(handler):
             self.daemon.spawn(self._serve_async(identity, req, handler))
             return
         self._reply(identity, self._answer(req, handler))
+
+    def _send_now(self, identity: bytes, message: msgspec.Struct) -> None:
+        assert self.channel is not None
+        self.channel.send([identity, p.encode(message)])
 
     def _answer(self, req: p.Request, handler: Any) -> msgspec.Struct:
         try:
@@ -144,6 +158,9 @@ class ControlServer:
         except Exception as exc:  # noqa: BLE001
             log.exception("request %s failed", type(req).__name__)
             reply = p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
+        if self.daemon.health.failing and isinstance(req, control.PARKED_READS):  # it changed nothing: no need to wait
+            self._send_now(identity, _error(req, self.daemon.health.refusal()))
+            return
         self._reply(identity, reply)
 
 

@@ -42,6 +42,7 @@ from .channel import Channel
 from .control_server import ControlServer
 from .checkpoint import DurableStore
 from .store import MemoryStore, RunStore
+from .store_health import RETRY_S, StoreHealth
 from .watch_rules import watch_folders
 from .watcher import Watcher
 
@@ -77,6 +78,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.permits = PermitDesk(settings.endpoints, self._send_worker)
         self._commit_waiters: list[asyncio.Future[None]] = []
+        self.health = StoreHealth(self.state_dir)
         self.watcher: Watcher | None = None
         self.broker = BrokerShell(self)
         self.control = ControlServer(self)
@@ -119,6 +121,8 @@ class Daemon:
         gc.disable()  # recovery builds ~100 objects per run: full collections would double its time
         try:
             recovered = self.store.load()
+        except OSError as exc:  # e.g. cutting a torn tail on a read-only or full disk
+            raise paths.unwritable(self.state_dir, "state dir", exc) from None
         finally:
             gc.enable()
         for run in recovered:
@@ -304,13 +308,14 @@ class Daemon:
                 await asyncio.gather(self.store.flush(), self.broker.store.flush())
             else:
                 await self.store.flush()
-        except Exception:  # noqa: BLE001 - a failing disk must not kill the loop; nothing is announced
-            log.exception("could not write checkpoints; holding replies and events until the next commit")
+        except Exception as exc:  # noqa: BLE001 - a failing disk must not kill the loop; nothing is announced
+            self.health.commit_failed(exc)  # logged once per outage; requests that need a commit are refused
             self._unpublished[:0], self._replies[:0], self._commit_waiters[:0] = events, replies, waiters
             self.broker.flush_failed(token)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(RETRY_S)
             self._dirty.set()
             return
+        self.health.commit_succeeded()
         touched: set[Run] = set()
         for run, record in events:
             if record.topic == "run.finished":
@@ -439,6 +444,7 @@ class Daemon:
         stats["llm_endpoints"] = self.permits.stats()
         stats["broker"] = broker_views.summary(self.broker)
         stats["checkpoint_problems"] += self.broker.store.problems
+        stats["state_dir_problem"] = self.health.problem()
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
@@ -473,9 +479,12 @@ def serve(settings: Settings, *, foreground_log: bool = True) -> int:
     state_dir = paths.ensure_private_dir(Path(settings.state_dir), "state dir")
     lock = InstanceLock(runtime_dir)
     try:
-        log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
-        store: RunStore = DurableStore(state_dir) if settings.durable else MemoryStore()
-        daemon = Daemon(settings, store)
+        try:
+            log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
+            store: RunStore = DurableStore(state_dir) if settings.durable else MemoryStore()
+            daemon = Daemon(settings, store)
+        except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
+            raise paths.unwritable(state_dir, "state dir", exc) from None
         return asyncio.run(daemon.run(log_fd))
     finally:
         lock.close()

@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from .failpoints import check_disk_space
+
 MAGIC = b"TG"
 HEADER = struct.Struct(">2sII")
 MAX_RECORD = 256 * 1024 * 1024
@@ -64,16 +66,23 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
-    """Replace `path` with one framed record: temp file, fsync, rename, fsync dir. Readers see old or new, never a mix."""
+    """Replace `path` with one framed record: temp file, fsync, rename, fsync dir. Readers see old or new, never a mix.
+
+    If the temp file cannot be written whole (a full disk), it is deleted: a failed write holds no space.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        check_disk_space(tmp)
         view = memoryview(frame(payload))
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

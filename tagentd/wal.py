@@ -10,11 +10,12 @@ Guarantees:
   thread; when it returns the batch is in the segment (and on disk if fsynced);
   when it raises, the segment is cut back to its last whole record and closed,
   and the next append starts a new segment, so a failed batch is never half-kept
-  in front of a later one;
+  in front of a later one; a segment left holding no record is deleted, so
+  appends that keep failing (a full disk) leave no empty segments behind;
 - `retire()` deletes every segment (the caller has snapshotted what they hold)
   and fsyncs the directory; `close()` fsyncs and closes the current segment;
 - `replay()` hands every good record of every segment, oldest first, to a
-  handler; damage that reaches the end of the newest segment (a crash
+  handler (and deletes empty segments); damage that reaches the end of the newest segment (a crash
   mid-append) is a torn tail, any other bad frame or undecodable record makes
   the whole segment bad: the store decides (callbacks) how each is cut, moved
   aside and reported (`cut_tail`, `move_aside`), and the rest still loads.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import msgspec
 
+from .failpoints import check_disk_space
 from .records import HEADER, MAGIC, CorruptRecord, fsync_dir, read_frames
 
 
@@ -105,6 +107,7 @@ class SegmentLog:
         """
         fd = self._open()
         try:
+            check_disk_space(self.segment)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -116,7 +119,10 @@ class SegmentLog:
         self.size += len(data)
 
     def drop_partial(self) -> None:
-        """After a failed append: cut the segment back to its last whole record and start a new one next time."""
+        """After a failed append: cut the segment back to its last whole record and start a new one next time.
+
+        A segment that holds no record (the append that failed was its first) is deleted.
+        """
         fd, self._fd = self._fd, None
         if fd is None:
             return
@@ -128,6 +134,11 @@ class SegmentLog:
             os.close(fd)
         except OSError:
             pass
+        if self.size == 0 and self.segment is not None:
+            try:
+                self.segment.unlink()  # not fsynced: an empty segment that comes back after a crash replays as nothing
+            except OSError:
+                pass  # replaying an empty segment is harmless
 
     def retire(self) -> None:
         """Everything the segments hold is snapshotted: delete them all (the next append starts a new one)."""
@@ -163,6 +174,9 @@ class SegmentLog:
         lost = False
         for index, path in enumerate(segments):
             data = path.read_bytes()
+            if not data:  # what failed appends of older versions left behind: nothing to keep
+                path.unlink()
+                continue
             try:
                 for _, payload in read_frames(data, path):
                     handle(path, payload)

@@ -34,7 +34,7 @@ from tagent_client.engine import RunMachine
 from tagent_client.errors import ConfigError
 from tagent_client.events import Dispatch, Emit, Persist, StepFailed, StepSucceeded
 from tagent_client.state import ErrorInfo, RunStatus, StepStatus, new_run_id
-from tagentd import checkpoint
+from tagentd import checkpoint, failpoints
 from tagentd.checkpoint import DurableStore, RunCheckpoint, is_torn_tail
 from tagentd.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
 from tagentd.runs import AuditEntry, Run, RunSource
@@ -605,6 +605,74 @@ def test_a_retry_scheduled_before_a_kill9_happens_at_its_time_after_the_restart(
     assert retry_at - 0.05 <= ran_at <= retry_at + 1.5, (ran_at - retry_at, daemon.log())
 
 
+# -- the fsync before a reply --------------------------------------------------------------------------------------
+
+# On PYTHONPATH as sitecustomize.py, it wraps os.fsync in every Python process started (the daemon, its workers):
+# each fsync that returned is recorded as "<monotonic time> <pid> <fd> <file size> <file the fd is open on>".
+FSYNC_RECORDER = """
+import os
+import time
+
+_fsync = os.fsync
+_log = os.open(os.environ["TAGENTD_TEST_FSYNC_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def fsync(fd):
+    fd = fd if isinstance(fd, int) else fd.fileno()
+    _fsync(fd)
+    size, path = os.fstat(fd).st_size, os.readlink(f"/proc/self/fd/{fd}")
+    os.write(_log, f"{time.monotonic()} {os.getpid()} {fd} {size} {path}\\n".encode())
+
+
+os.fsync = fsync
+"""
+
+
+def record_ends(segment: Path, run_id: str) -> tuple[int, int]:
+    """Where, in the WAL segment, the run's Created record ends and the Delta that completed it ends."""
+    decoder = msgspec.msgpack.Decoder(checkpoint.WalRecord)
+    created = completed = 0
+    for offset, payload in read_frames(segment.read_bytes(), segment):
+        record = decoder.decode(payload)
+        end = offset + HEADER.size + len(payload)
+        if isinstance(record, checkpoint.Created) and record.checkpoint.state.run_id == run_id:
+            created = end
+        elif isinstance(record, checkpoint.Delta) and record.run_id == run_id and record.status == RunStatus.COMPLETED:
+            completed = completed or end
+    assert created and completed, (created, completed)
+    return created, completed
+
+
+def test_a_reply_leaves_only_after_the_wal_segment_holding_its_record_was_fsynced(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    # Given a durable daemon in which every fsync is recorded: when, on which fd, the file behind it and its size
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FSYNC_RECORDER)
+    fsyncs = tmp_path / "fsyncs.log"
+    daemon = make_daemon(workers=1)
+    daemon.env["PYTHONPATH"] = os.pathsep.join([str(hook), daemon.env["PYTHONPATH"]])
+    daemon.env["TAGENTD_TEST_FSYNC_LOG"] = str(fsyncs)
+    daemon.start()
+    path = pipeline_file(tmp_path, "done.py", DONE_PIPELINE)
+    with daemon.client() as client:
+        # When a run is submitted (the reply says it exists), and waited for until it has completed
+        run_id = client.submit(path, {"effects": str(tmp_path / "effects")}).id
+        submitted = time.monotonic()
+        client.wait(run_id, timeout=30)
+        finished = time.monotonic()
+    # Then before each answer left, the daemon had fsynced the WAL segment itself (its own fd, not the directory's)
+    # up to the end of the record the answer reports: the run's Created record, and the Delta that completed it
+    (segment,) = (daemon.state_dir / "wal").glob("*.wal")
+    created_end, completed_end = record_ends(segment, run_id)
+    synced = [(float(t), int(size)) for t, pid, _, size, name in
+              (line.split(" ", 4) for line in fsyncs.read_text().splitlines())
+              if int(pid) == daemon.pid and name == os.path.realpath(segment)]
+    assert any(size >= created_end and t < submitted for t, size in synced), (created_end, synced)
+    assert any(size >= completed_end and t < finished for t, size in synced), (completed_end, synced)
+
+
 # -- records.py ------------------------------------------------------------------------------------------------------
 
 
@@ -833,6 +901,40 @@ class TestDurableStore:
         h.store.close()
         # Then the changes of the failed flush are on disk too
         same(reopen(tmp_path)[run.id], run)
+
+    def test_writes_that_fail_on_a_full_disk_leave_no_empty_segment_or_temporary_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a store, and a snapshot file, on a disk that is full (the failpoint: ENOSPC after each open)
+        full = tmp_path / "full"
+        full.touch()
+        monkeypatch.setattr(failpoints, "_disk_full_flag", str(full))
+        state = tmp_path / "state"
+        state.mkdir()
+        h = Harness(DurableStore(state), chain_plan())
+        run = h.submit()
+        # When flushes fail again and again, and a snapshot replacement fails
+        for _ in range(3):
+            with pytest.raises(OSError, match="No space"):
+                h.flush()
+        (state / "old.ckpt").write_bytes(b"old")
+        with pytest.raises(OSError, match="No space"):
+            write_atomic(state / "old.ckpt", b"new")
+        # Then no WAL segment and no temporary snapshot file is left, and the old snapshot is untouched
+        assert list((state / "wal").iterdir()) == []
+        assert sorted(p.name for p in state.iterdir()) == ["old.ckpt", "runs", "wal"]
+        assert (state / "old.ckpt").read_bytes() == b"old"
+        # When space returns, Then the next flush writes everything into one segment
+        full.unlink()
+        h.flush()
+        h.store.close()
+        assert len(list((state / "wal").iterdir())) == 1
+        same(reopen(state)[run.id], run)
+        # And empty segments an older tagentd left behind are deleted when the store is loaded
+        for number in (7, 8):
+            (state / "wal" / f"{number:08d}.wal").touch()
+        same(reopen(state)[run.id], run)
+        assert len(list((state / "wal").iterdir())) == 1
 
     def test_a_finished_run_whose_snapshot_a_crash_prevented_gets_it_at_the_next_load(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

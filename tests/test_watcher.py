@@ -291,6 +291,44 @@ def test_files_dropped_while_the_daemon_was_down_start_once_after_it_starts_and_
             assert len(client.runs()) == 2
 
 
+@pytest.mark.parametrize("damage", ["deleted", "corrupt", "stale"])
+def test_after_a_crash_a_lost_or_stale_watcher_memory_falls_back_to_the_run_store(
+        make_daemon: Callable[..., DaemonProcess], tmp_path: Path, damage: str) -> None:
+    # Given a durable daemon that started a.py and then b.py from its watched folder, both remembered in watch-seen.bin
+    daemon, inbox = watching(make_daemon, tmp_path)
+    seen_file = daemon.state_dir / "watch-seen.bin"
+    with daemon.client() as client:
+        a = write_pipeline(inbox, "a.py", hello(1))
+        first = {a: handled(client, a, 0).run_id}
+        wait_until(seen_file.exists, 10, what="watch-seen.bin to remember a.py")
+        stale = seen_file.read_bytes()  # the memory as it was before b.py ran
+        b = write_pipeline(inbox, "b.py", hello(2))
+        wait_until(lambda: runs_of(client, b), 10, what="the run of b.py")
+        first[b] = handled(client, b, 0).run_id
+        wait_until(lambda: seen_file.read_bytes() != stale, 10, what="watch-seen.bin to remember b.py")
+        for run_id in first.values():
+            result_of(client, run_id)
+    # When the daemon is killed with SIGKILL and its memory of started files is deleted, corrupted, or an older copy
+    daemon.kill9()
+    if damage == "deleted":
+        seen_file.unlink()
+    elif damage == "corrupt":
+        data = bytearray(seen_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        seen_file.write_bytes(bytes(data))
+    else:
+        seen_file.write_bytes(stale)
+    started = time.time()
+    daemon.start()
+    # Then neither file runs again: the runs in the checkpoint store say the watcher started them
+    with daemon.client() as client:
+        for path, run_id in first.items():
+            assert handled(client, path, started).run_id == run_id
+        assert len(client.runs()) == 2
+        if damage == "corrupt":  # and the damaged file is reported, not silently trusted
+            assert any("watch-seen.bin" in problem for problem in client.watch().problems)
+
+
 def test_without_durable_runs_the_watcher_still_remembers_what_it_started(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     # Given a daemon that keeps no runs across restarts, which started a dropped file

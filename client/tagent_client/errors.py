@@ -137,12 +137,21 @@ class MailboxFull(TagentError):
     retryable = True
 
 
+class DiskFull(TagentError):
+    """The state dir's file system is full (or over quota): nothing can be saved, so requests that must be
+    durable are refused until space is freed; the daemon resumes by itself (retryable)."""
+
+    code = "disk_full"
+    retryable = True
+
+
 ERRORS: dict[str, type[TagentError]] = {
     cls.code: cls
     for cls in (
         TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
         ConfigError, AlreadyRunning, RunFailed, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
+        DiskFull,
     )
 }
 
@@ -163,6 +172,7 @@ EXIT_CODES: dict[str, int] = {
     "mailbox_full": 12,
     "request_too_large": 13,
     "name_too_long": 14,
+    "disk_full": 15,
 }
 
 

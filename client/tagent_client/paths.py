@@ -7,11 +7,12 @@ Both are the owner's alone: mode 0700, owned by the current user.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, DiskFull, TagentError
 
 CONTROL_SOCKET = "control.sock"
 EVENTS_SOCKET = "events.sock"
@@ -56,7 +57,7 @@ def check_private_dir(path: Path, what: str) -> None:
 
 
 def ensure_private_dir(path: Path, what: str) -> Path:
-    """Create `path` (mode 0700, parents as needed) if missing, then check it is private to us."""
+    """Create `path` (mode 0700, parents as needed) if missing, then check it is private to us and writable."""
     if not path.exists():
         old = os.umask(0o077)
         try:
@@ -66,4 +67,33 @@ def ensure_private_dir(path: Path, what: str) -> Path:
         finally:
             os.umask(old)
     check_private_dir(path, what)
+    check_writable_dir(path, what)
     return path
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Raise ConfigError (DiskFull if it is full) unless a file can be created in `path`.
+
+    A probe file is created and removed: it is the only check that sees a read-only mount, a
+    read-only bind or an ACL as the kernel does, for root too.
+    """
+    probe = path / f".tagentd-write-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise unwritable(path, what, exc) from None
+
+
+def unwritable(path: Path, what: str, exc: OSError) -> TagentError:
+    """The one-line error for a dir the daemon cannot write in: DiskFull if it is full, else ConfigError."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"{what} {path} is full ({exc.strerror}); free space in {path}")
+    elsewhere = f"point TAGENTD_{what.split()[0].upper()}_DIR elsewhere"
+    if exc.errno == errno.EROFS:
+        fix = f"remount it read-write or {elsewhere}"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = f"run 'chmod 700 {path}' or {elsewhere}"
+    else:
+        fix = f"check the disk (dmesg) or {elsewhere}"
+    return ConfigError(f"{what} {path} is not writable ({exc.strerror}); {fix}")
