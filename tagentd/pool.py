@@ -7,7 +7,8 @@ Guarantees:
 - a dead worker is replaced on the next supervision tick (with back-off when
   workers die in a loop), so one bad step never stops the pool;
 - queued work is dispatched round-robin across runs (fairness), each worker
-  taking up to its capacity of concurrent steps.
+  taking up to its capacity of concurrent steps; `pump` never offers work to a
+  worker it has found dead, so it always returns.
 """
 
 from __future__ import annotations
@@ -242,7 +243,11 @@ class WorkerPool:
         return sum(len(q) for q in self.queues.values())
 
     def pump(self) -> int:
-        """Hand queued tasks to workers with free slots, one run at a time in rotation."""
+        """Hand queued tasks to workers with free slots, one run at a time in rotation.
+
+        A worker leaves the rotation when it is full or found dead while sending (its task is queued again),
+        so the loop ends whatever happens to the workers.
+        """
         if not self.accepting or not self.queues:
             return 0
         sent = 0
@@ -255,13 +260,13 @@ class WorkerPool:
             run, task = queue.popleft()
             self.queues.move_to_end(run_id)
             worker = max(ready, key=lambda w: w.free)
-            self._send_task(worker, run, task)
-            sent += 1
-            if worker.free <= 0:
+            sent += self._send_task(worker, run, task)
+            if worker.state != "ready" or worker.free <= 0:
                 ready.remove(worker)
         return sent
 
-    def _send_task(self, worker: Worker, run: Run, task: Dispatch) -> None:
+    def _send_task(self, worker: Worker, run: Run, task: Dispatch) -> int:
+        """Send one attempt to `worker`: 1 if sent; 0 if the worker is gone (it is killed, the attempt queued again)."""
         src = run.source
         first = src.source_hash not in worker.sources
         msg = wire.RunTask(run_id=run.id, source_hash=src.source_hash, path=src.path, target=src.target,
@@ -274,8 +279,10 @@ class WorkerPool:
         if not self.send(worker.identity, wire.encode(msg)):
             del worker.running[(run.id, task.task, task.attempt)]
             self._kill(worker, "its socket is gone")
-            self.enqueue(run, task)
+            self.queues.setdefault(run.id, collections.deque()).appendleft((run, task))  # it keeps its place
+            return 0
         self.stats["tasks_dispatched"] += 1
+        return 1
 
     async def load(self, *, path: str, source: str, source_hash: str, target: str | None) -> wire.Loaded | wire.LoadFailed:
         """Import and validate a pipeline file in a worker (never here). Raises TimeoutError or RuntimeError."""
