@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from tagent_client import DependencyType, ExecutionMode, Pipeline, when
 from tagent_client.engine import RunMachine, backoff_delay, gate_is_valid
 from tagent_client.events import (
-    Action, CancelTask, Cancelled, Dispatch, Emit, Finish, Persist, ScheduleRetry, StepFailed, StepSucceeded,
-    StepTimedOut, TimerFired, WorkerLost,
+    Action, CancelTask, Cancelled, Dispatch, Emit, Finish, Persist, ScheduleRetry, StepFailed, StepInterrupted,
+    StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
 )
 from tagent_client.plan import Plan, RetrySpec, StepKind, StepSpec
 from tagent_client.result import PipelineResult
@@ -585,6 +585,57 @@ def test_lost_worker_is_retried() -> None:
     actions = machine.handle(WorkerLost(task="flaky", attempt=1, reason="segfault"), now=1.0)
     assert [a.task for a in actions if isinstance(a, ScheduleRetry)] == ["flaky"]
     assert "segfault" in machine.state.tasks["flaky"].error.message
+
+
+def test_an_interrupted_attempt_runs_again_at_once_without_using_a_retry() -> None:
+    """Given max_retries=0, when the worker running `flaky` dies for another step's reason (StepInterrupted),
+    then `flaky` is dispatched again at once as attempt 2, the event says it was not charged, and its one
+    attempt's worth of budget is intact: the next retryable failure still fails it (no retry to spare)."""
+    machine, _ = started(_retrying(max_retries=0))
+
+    actions = machine.handle(StepInterrupted(task="flaky", attempt=1, reason="worker 3 ended (exit 3)"), now=1.0)
+
+    assert isinstance(actions[0], Persist)
+    assert dispatch_of(actions, "flaky").attempt == 2
+    assert not [a for a in actions if isinstance(a, ScheduleRetry)]
+    [retrying] = [a for a in actions if isinstance(a, Emit) and a.topic == "step.retrying"]
+    assert retrying.data["charged"] is False and retrying.data["retry_at"] == 1.0
+    assert "worker 3 ended (exit 3)" in retrying.data["error"] and "WorkerLostError" in retrying.data["error"]
+    task = machine.state.tasks["flaky"]
+    assert (task.attempt, task.interrupted) == (2, 1)
+    assert status(machine, "flaky") is StepStatus.RUNNING
+    assert machine.handle(StepSucceeded(task="flaky", attempt=1, output="late"), now=1.5) == []
+    fail(machine, "flaky", retryable=True, now=2.0)
+    assert status(machine, "flaky") is StepStatus.FAILED
+
+
+def test_interruptions_never_use_up_retries_however_many() -> None:
+    """Given max_retries=1, when `flaky` is interrupted five times, then fails retryably once, then it is retried
+    once more (attempt 7) and a second failure fails it: only the two failures counted."""
+    machine, _ = started(_retrying(max_retries=1, retry_jitter=0.0))
+    for attempt in range(1, 6):
+        machine.handle(StepInterrupted(task="flaky", attempt=attempt), now=float(attempt))
+    actions = fail(machine, "flaky", retryable=True, now=10.0)
+    assert [a.task for a in actions if isinstance(a, ScheduleRetry)] == ["flaky"]
+    assert [a for a in actions if isinstance(a, Emit) and a.topic == "step.retrying"][0].data["charged"] is True
+    assert dispatch_of(machine.handle(TimerFired(), now=machine.next_timer()), "flaky").attempt == 7
+    fail(machine, "flaky", retryable=True, now=20.0)
+    assert status(machine, "flaky") is StepStatus.FAILED
+
+
+def test_an_interrupted_item_reruns_alone_and_a_full_run_still_respects_max_concurrent_steps() -> None:
+    """Given a PARALLEL_MERGE of 3 items with max_concurrent_steps=2, when item 0 is interrupted, then item 0 (not
+    the queued item 2) takes the slot it freed, and the step's other running item is untouched."""
+    p = Pipeline("p", max_concurrent_steps=2).step("fan", fn=noop, execution_mode=PARALLEL_MERGE, over=[1, 2, 3],
+                                                  max_retries=0)
+    machine, actions = started(p)
+    assert dispatched(actions) == ["fan[0]", "fan[1]"]
+
+    actions = machine.handle(StepInterrupted(task="fan[0]", attempt=1), now=1.0)
+
+    assert dispatched(actions) == ["fan[0]"] and dispatch_of(actions, "fan[0]").attempt == 2
+    assert machine.state.tasks["fan[1]"].status is TaskStatus.RUNNING
+    assert machine.state.tasks["fan[2]"].status is TaskStatus.QUEUED
 
 
 def test_max_retries_zero_fails_on_the_first_retryable_error() -> None:

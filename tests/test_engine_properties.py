@@ -2,8 +2,9 @@
 
 A small simulator plays the shell: it keeps the dispatched attempts "in flight",
 answers them in a random order with a random outcome, fires timers by advancing a
-fake clock, and now and then re-delivers an old event, crashes and recovers the
-machine from a msgpack checkpoint, or cancels the run.
+fake clock, and now and then re-delivers an old event, interrupts an attempt (its
+worker died for another step's reason), crashes and recovers the machine from a
+msgpack checkpoint, or cancels the run.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from hypothesis import strategies as st
 from tagent_client import DependencyType, ExecutionMode, Pipeline
 from tagent_client.engine import RunMachine
 from tagent_client.events import (
-    Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, ScheduleRetry, StepFailed, StepSucceeded,
-    StepTimedOut, TimerFired,
+    Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, ScheduleRetry, StepFailed, StepInterrupted,
+    StepSucceeded, StepTimedOut, TimerFired,
 )
 from tagent_client.plan import Plan
 from tagent_client.state import ErrorInfo, RunState, RunStatus, StepStatus, TaskStatus
@@ -28,6 +29,7 @@ from tagent_client.state import ErrorInfo, RunState, RunStatus, StepStatus, Task
 pytestmark = pytest.mark.timeout(60)
 
 MAX_LOOPS = 2_000
+MAX_INTERRUPTIONS = 6  # uncharged, so unbounded interruptions could keep a run going forever
 BLOCKING = (DependencyType.HARD, DependencyType.DATA, DependencyType.VALIDATION)
 OUTCOMES = ["succeed", "succeed", "succeed", "retryable", "fatal", "timeout"]
 OUTPUTS = [{"valid": True, "x": 1}, {"valid": False, "x": 2}, {"valid": True}, None]
@@ -81,6 +83,8 @@ class Simulator:
         self.terminal_seen: dict[str, StepStatus] = {}
         self.cancelled = False
         self.crashes = 0
+        self.interruptions = 0
+        self.charged: dict[str, int] = {}  # per task: retryable failures and timeouts delivered (each uses a retry)
 
     # -- carrying out actions -------------------------------------------------------------
 
@@ -147,7 +151,22 @@ class Simulator:
             error = ErrorInfo(type="ConnectionError" if outcome == "retryable" else "ValueError",
                               message=outcome, retryable=outcome == "retryable")
             event = StepFailed(task=task, attempt=dispatch.attempt, error=error)
+        if outcome in ("retryable", "timeout"):
+            self.charged[task] = self.charged.get(task, 0) + 1
         self.handle(event)
+
+    def interrupt(self) -> None:
+        """The attempt's worker died for another step's reason: it must run again at once, at no cost."""
+        task = self.data.draw(st.sampled_from(sorted(self.in_flight)))
+        old = self.in_flight.pop(task)
+        self.interruptions += 1
+        self.handle(StepInterrupted(task=task, attempt=old.attempt, reason="another step crashed its worker"))
+        assert not self.machine.finished, "an interruption ended the run"
+        state = self.machine.state.tasks[task]
+        if task in self.in_flight:  # else an earlier-defined queued task took the free slot first
+            assert self.in_flight[task].attempt == old.attempt + 1, f"{task} not re-run after the interruption"
+        else:
+            assert state.status is TaskStatus.QUEUED, f"{task} lost by an interruption"
 
     def fire_timer(self) -> None:
         due = min(self.timers)
@@ -191,6 +210,8 @@ class Simulator:
                 moves.append("redeliver")
             if self.crashes < 2:
                 moves.append("crash")
+            if self.in_flight and self.interruptions < MAX_INTERRUPTIONS:
+                moves.append("interrupt")
             if not self.cancelled:
                 moves.append("cancel")
             assert self.in_flight or self.timers, "the run is stuck: nothing in flight, no timer, not finished"
@@ -203,6 +224,8 @@ class Simulator:
                 self.redeliver()
             elif move == "crash":
                 self.crash_and_recover()
+            elif move == "interrupt":
+                self.interrupt()
             elif self.data.draw(st.integers(0, 9)) == 0:
                 self.cancelled = True
                 self.handle(Cancelled())
@@ -214,7 +237,9 @@ class Simulator:
 def test_random_runs_keep_every_scheduling_invariant(plan: Plan, data: st.DataObject) -> None:
     """Given a random DAG and random attempt outcomes, when the simulator drives the run to its end,
     then dependencies, SERIAL exclusion and the concurrency bound always held, every step ended
-    in exactly one terminal state, Finish came once, and the run status matches the step outcomes."""
+    in exactly one terminal state, Finish came once, the run status matches the step outcomes, and
+    a task failed for want of retries only after max_retries + 1 charged failures (crashes and
+    interruptions cost nothing)."""
     sim = Simulator(plan, data)
 
     sim.run()
@@ -222,6 +247,7 @@ def test_random_runs_keep_every_scheduling_invariant(plan: Plan, data: st.DataOb
     state = sim.machine.state
     event(f"run {state.status.value}")
     event(f"{sim.crashes} crash(es)")
+    event(f"{sim.interruptions} interruption(s)")
     assert len(sim.finishes) == 1
     assert sim.finishes[0].status is state.status
     assert all(s.status.terminal for s in state.steps.values())
@@ -238,6 +264,10 @@ def test_random_runs_keep_every_scheduling_invariant(plan: Plan, data: st.DataOb
         if step.status is StepStatus.FAILED and not sim.specs[name].required and state.status is RunStatus.FAILED:
             assert required_failed
     assert sim.machine.handle(TimerFired(), sim.now + 1e6) == []
+    for task in state.tasks.values():  # crashes and interruptions never use up a retry budget
+        if task.status is TaskStatus.FAILED and task.error is not None and task.error.retryable:
+            budget = sim.specs[task.step].retry.max_retries
+            assert sim.charged.get(task.id, 0) == budget + 1, f"{task.id} failed before its retries ran out"
 
 
 def _run_with_outcomes(plan: Plan, outcomes: dict[str, list[str]]) -> dict[str, Any]:

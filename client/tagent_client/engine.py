@@ -21,7 +21,7 @@ from typing import Any
 from .conditions import MISSING, condition_from_data, lookup_path
 from .events import (
     Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, StepFailed,
-    StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
+    StepInterrupted, StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
 )
 from .plan import DependencyType, ExecutionMode, Plan, StepSpec
 from .state import (
@@ -162,6 +162,8 @@ class RunMachine:
         if isinstance(event, WorkerLost):
             msg = f"worker running step {task.step!r} attempt {task.attempt} was lost: {event.reason}"
             return self._task_failed(task, ErrorInfo(type="WorkerLostError", message=msg, retryable=True), now)
+        if isinstance(event, StepInterrupted):
+            return self._task_interrupted(task, event.reason, now)
         return []
 
     def next_timer(self) -> float | None:
@@ -304,7 +306,7 @@ class RunMachine:
             self._task_to(task, TaskStatus.WAITING_RETRY)
             if task.phase is not Phase.CONDITION:  # a condition retry leaves its step PENDING: it has not started
                 self._set_step(task.step, StepStatus.RETRYING, now)
-            ev = self._ev(step=task.step, attempt=task.attempt, error=str(error), retry_at=task.retry_at)
+            ev = self._ev(step=task.step, attempt=task.attempt, error=str(error), retry_at=task.retry_at, charged=True)
             return [Persist(), Emit(topic="step.retrying", data=ev), ScheduleRetry(task=task.id, at=task.retry_at)] + self._advance(now)
         self._task_to(task, TaskStatus.FAILED)
         out: list[Action] = []
@@ -319,6 +321,15 @@ class RunMachine:
         if self.plan.fail_fast and spec.required:
             return out + self._cancel_run(f"fail_fast: step {task.step!r} failed: {error}", now, RunStatus.FAILED)
         return out + self._advance(now)
+
+    def _task_interrupted(self, task: TaskState, reason: str, now: float) -> list[Action]:
+        """Queue the task again at once with `interrupted += 1`: the lost attempt uses none of its retries."""
+        task.interrupted += 1
+        task.error = ErrorInfo(type="WorkerLostError", retryable=True,
+                               message=f"worker running step {task.step!r} attempt {task.attempt} was lost: {reason}")
+        self._task_to(task, TaskStatus.QUEUED)
+        ev = self._ev(step=task.step, attempt=task.attempt, error=str(task.error), retry_at=now, charged=False)
+        return [Persist(), Emit(topic="step.retrying", data=ev)] + self._advance(now)
 
     def _skip(self, name: str, reason: str, now: float) -> list[Action]:
         step = self.state.steps[name]

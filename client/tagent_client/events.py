@@ -54,6 +54,15 @@ class WorkerLost(msgspec.Struct, tag=True, kw_only=True):
     reason: str = "worker process exited"
 
 
+class StepInterrupted(msgspec.Struct, tag=True, kw_only=True):
+    """Attempt `attempt` of task `task` was cut short through no fault of its own (its worker died for another
+    step's reason); it runs again at once, and, as after a daemon crash, the lost attempt uses none of its retries."""
+
+    task: str
+    attempt: int
+    reason: str = "its worker process ended"
+
+
 class TimerFired(msgspec.Struct, tag=True, kw_only=True):
     """Time passed; retries that are due start."""
 
@@ -64,7 +73,7 @@ class Cancelled(msgspec.Struct, tag=True, kw_only=True):
     reason: str = "cancelled by request"
 
 
-Event = StepSucceeded | StepFailed | StepTimedOut | WorkerLost | TimerFired | Cancelled
+Event = StepSucceeded | StepFailed | StepTimedOut | WorkerLost | StepInterrupted | TimerFired | Cancelled
 
 # -- actions --------------------------------------------------------------------------
 
