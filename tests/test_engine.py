@@ -120,6 +120,15 @@ def test_dispatch_carries_the_step_timeout() -> None:
     assert dispatch_of(actions, "a").timeout == 2.5
 
 
+def test_dispatch_says_whether_the_step_must_run_alone() -> None:
+    """Given an isolated=True step and an ordinary one, when dispatched, then only the first Dispatch is isolated."""
+    p = Pipeline("p").step("alone", fn=noop, isolated=True, execution_mode=CONCURRENT)
+    p.step("shared_one", fn=noop, execution_mode=CONCURRENT)
+    _, actions = started(p)
+    assert dispatch_of(actions, "alone").isolated is True
+    assert dispatch_of(actions, "shared_one").isolated is False
+
+
 # -- SERIAL and CONCURRENT ---------------------------------------------------------------------
 
 

@@ -86,7 +86,7 @@ def rich_pipeline() -> Pipeline:
         execution_mode=ExecutionMode.CONCURRENT,
     )
     p.step("angles", goal="Look at it from one angle", execution_mode="parallel_merge",
-           over=["cost", "risk", {"name": "impact", "weight": 2}], required=False)
+           over=["cost", "risk", {"name": "impact", "weight": 2}], required=False, isolated=True)
     p.step("per_source", goal="Summarise one source", depends_on="search",
            execution_mode="parallel_merge", over="search.sources")
     p.step(
@@ -118,6 +118,20 @@ def test_json_round_trip_keeps_the_plan_and_the_schema_classes() -> None:
     assert back.steps["search"].output_schema is Facts
     assert back.steps["report"].output_schema is Report
     assert back.steps["notify"].output_schema is Report.Section
+
+
+def test_isolated_is_written_to_json_and_toml_and_read_back() -> None:
+    # Given a pipeline with one isolated=True step among ordinary ones
+    p = rich_pipeline()
+    # When it is written as JSON and as TOML
+    steps = {s["name"]: s for s in json.loads(to_json(p))["steps"]}
+    toml_steps = {s["name"]: s for s in tomllib.loads(to_toml(p))["steps"]}
+    # Then both documents say which step must run alone, and reading them back keeps it
+    assert steps["angles"]["isolated"] is True and steps["report"]["isolated"] is False
+    assert toml_steps["angles"]["isolated"] is True and toml_steps["report"]["isolated"] is False
+    assert from_json(to_json(p)).steps["angles"].isolated is True
+    assert from_toml(to_toml(p)).steps["angles"].isolated is True
+    assert from_toml(to_toml(p)).steps["report"].isolated is False
 
 
 def test_toml_round_trip_keeps_the_plan_and_the_schema_classes() -> None:
@@ -501,6 +515,7 @@ def goal_only_pipelines(draw: st.DrawFn) -> Pipeline:
             execution_mode=draw(st.sampled_from([ExecutionMode.SERIAL, ExecutionMode.CONCURRENT])),
             condition=condition,
             required=draw(st.booleans()),
+            isolated=draw(st.booleans()),
         )
     return p
 

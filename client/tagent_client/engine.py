@@ -491,7 +491,7 @@ class RunMachine:
         elif task.phase is Phase.MERGE:
             item = self._item_outputs(task.step)
         action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
-                          item=item, item_index=task.item_index, timeout=spec.timeout)
+                          item=item, item_index=task.item_index, timeout=spec.timeout, isolated=spec.isolated)
         if announce:
             return [Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)), action]
         return [action]

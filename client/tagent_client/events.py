@@ -84,6 +84,7 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     `inputs` maps each dependency name to its output (None for a SOFT dependency
     that produced nothing). For a PARALLEL_MERGE item, `item` is the item and
     `item_index` its position; for a MERGE task, `item` is the list of item outputs.
+    `timeout` and `isolated` (run alone, in a worker of its own) are the step's.
     """
 
     task: str
@@ -94,6 +95,7 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     item: Any = None
     item_index: int | None = None
     timeout: float | None = None
+    isolated: bool = False
 
 
 class CancelTask(msgspec.Struct, tag=True, kw_only=True):

@@ -292,6 +292,7 @@ def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bo
         description=spec.description,
         constraints=list(spec.constraints),
         timeout=spec.timeout,
+        isolated=spec.isolated,
         max_retries=spec.retry.max_retries,
         retry_delay=spec.retry.delay,
         retry_backoff=spec.retry.backoff,

@@ -61,6 +61,7 @@ class PipelineStep:
     `max_retries` counts retries after the first attempt; only retryable errors are retried.
     Agent steps: `output_retries` is how often output that fails `output_schema` is sent back to the
     model; `tool_retries` how often in a row one tool may fail (its error goes back to the model).
+    `isolated=True`: in the daemon, each attempt runs alone in a worker process started for it (docs/semantics.md).
     """
 
     name: str
@@ -71,6 +72,7 @@ class PipelineStep:
     description: str | None = None
     constraints: list[str] = dataclasses.field(default_factory=list)
     timeout: float | None = None
+    isolated: bool = False
     max_retries: int = _DEFAULT_RETRY.max_retries
     retry_delay: float = _DEFAULT_RETRY.delay
     retry_backoff: float = _DEFAULT_RETRY.backoff
@@ -279,6 +281,8 @@ class Pipeline:
             out.append(f"{where}: over= and merge= only apply to execution_mode PARALLEL_MERGE")
         if step.timeout is not None and not (_is_number(step.timeout) and step.timeout > 0):
             out.append(f"{where}: timeout must be positive seconds, got {step.timeout!r}")
+        if not isinstance(step.isolated, bool):
+            out.append(f"{where}: isolated must be True or False, got {step.isolated!r}")
         for field in ("max_retries", "output_retries", "tool_retries"):
             value = getattr(step, field)
             if not (_is_count(value) and value >= 0):
@@ -365,6 +369,7 @@ class Pipeline:
                     tools_filter=list(step.tools_filter) if step.tools_filter is not None else None,
                     output_schema=schema_ref(step.output_schema) if step.output_schema is not None else None,
                     timeout=step.timeout,
+                    isolated=step.isolated,
                     retry=RetrySpec(
                         max_retries=step.max_retries,
                         delay=step.retry_delay,

@@ -71,6 +71,7 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     tools_filter: list[str] | None = None
     output_schema: str | None = None
     timeout: float | None = None
+    isolated: bool = False
     retry: RetrySpec = RetrySpec()
     condition: dict[str, Any] | None = None
     condition_is_callable: bool = False
