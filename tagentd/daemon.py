@@ -27,7 +27,7 @@ import zmq
 from tagent_client import paths
 from tagent_client import protocol as p
 from tagent_client.errors import InvalidRequest
-from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Persist, ScheduleRetry, StepTimedOut, TimerFired, WorkerLost
+from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, TimerFired
 from tagent_client.plan import Plan
 
 from . import __version__, broker_views, retention, submit, wire
@@ -243,6 +243,8 @@ class Daemon:
                 self.pool.cancel(run.id, action.task, action.attempt)
             elif isinstance(action, ScheduleRetry):
                 loop.call_later(max(0.0, action.at - time.time()), self._timer, run.id)
+            elif isinstance(action, Finish):
+                self.pool.forget_run(run.id)
         if actions:
             self._dirty.set()
             self.broker.on_actions(run, actions)
@@ -253,12 +255,11 @@ class Daemon:
             self.feed(run, TimerFired())
             self.pool.pump()
 
-    def _on_lost(self, run_id: str, task: str, attempt: int, reason: str, timed_out: bool) -> None:
+    def _on_lost(self, run_id: str, event: Event) -> None:
+        """The pool's verdict on an attempt whose worker ended or was killed (see tagentd/deaths.py)."""
         run = self.runs.get(run_id)
-        if run is None:
-            return
-        event = StepTimedOut(task=task, attempt=attempt) if timed_out else WorkerLost(task=task, attempt=attempt, reason=reason)
-        self.feed(run, event)
+        if run is not None:
+            self.feed(run, event)
 
     def apply_retention(self, *, max_age_s: float | None = None, max_runs: int | None = None,
                         dry_run: bool = False) -> list[str]:

@@ -2,13 +2,17 @@
 
 Guarantees:
 - every dispatched attempt ends in exactly one report to the daemon: a result
-  from the worker, or `on_lost(...)` when its worker died, stopped heartbeating,
-  or overran the step's timeout plus grace (then the worker is killed);
+  from the worker, or `on_lost(run_id, event)` when its worker died, stopped
+  heartbeating, or overran the step's timeout plus grace (then the worker is
+  killed); `DeathLedger` (deaths.py) decides who is charged, so the steps next
+  to one that kills its worker are run again without using their retries;
 - a dead worker is replaced on the next supervision tick (with back-off when
   workers die in a loop), so one bad step never stops the pool;
 - queued work is dispatched round-robin across runs (fairness), each worker
   taking up to its capacity of concurrent steps; `pump` never offers work to a
-  worker it has found dead, so it always returns.
+  worker it has found dead, so it always returns;
+- an isolated or quarantined step runs alone, in a worker started for it and
+  stopped after it (at most `size` such workers at a time).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tagent_client.events import Dispatch
+from tagent_client.events import Dispatch, Event, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.protocol import WorkerInfo
 
 from . import wire
+from .deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
+from .queues import DispatchQueues
 from .runs import Run
 
 log = logging.getLogger("tagentd.pool")
@@ -40,7 +46,7 @@ EXIT_MEANINGS = {
     -signal.SIGSEGV: "segmentation fault",
 }
 
-LostCallback = Callable[[str, str, int, str, bool], None]
+LostCallback = Callable[[str, Event], None]  # (run_id, the verdict on an attempt whose worker is gone)
 
 
 @dataclass
@@ -64,6 +70,9 @@ class Worker:
     sources: set[str] = field(default_factory=set)
     completed: int = 0
     loading: int = 0
+    dedicated: bool = False  # started for one step that must run alone; stopped after it
+    alone_for: tuple[Run, Dispatch] | None = None  # that step, until it is sent
+    cause: Cause = Cause.UNKNOWN  # why it ends, when the pool ends it
 
     @property
     def identity(self) -> bytes:
@@ -94,7 +103,7 @@ class WorkerPool:
         self.log_file = log_file
         self.worker_args = list(worker_args or [])
         self.workers: dict[int, Worker] = {}
-        self.queues: collections.OrderedDict[str, collections.deque[tuple[Run, Dispatch]]] = collections.OrderedDict()
+        self.queues = DispatchQueues()
         self.loads: dict[int, tuple[asyncio.Future[wire.Loaded | wire.LoadFailed], int]] = {}
         self.accepting = True
         self.stats = collections.Counter[str]()
@@ -102,6 +111,7 @@ class WorkerPool:
         self._next_req = 1
         self._deaths: collections.deque[float] = collections.deque(maxlen=10)
         self._ready = asyncio.Event()
+        self.ledger = DeathLedger(stuck_window=grace + 10.0)
 
     # -- processes ---------------------------------------------------------------------
 
@@ -140,14 +150,29 @@ class WorkerPool:
             self.stats["workers_lost"] += 1
             log.warning("worker %d (pid %d) ended: %s; %d step(s) in flight", worker.id, worker.proc.pid, meaning,
                         len(worker.running))
-        for key, job in list(worker.running.items()):
-            self.on_lost(job.run.id, job.task.task, job.task.attempt,
-                         f"worker {worker.id} (pid {worker.proc.pid}) ended: {meaning}", False)
-        worker.running.clear()
+        self._judge(worker, code)
+        if worker.alone_for is not None:  # it died before its step was sent: the step waits for another
+            self.queues.put(*worker.alone_for, alone=True, first=True)
         for req, (future, wid) in list(self.loads.items()):
             if wid == worker.id and not future.done():
                 future.set_exception(RuntimeError(f"worker {worker.id} ended while loading the pipeline: {meaning}"))
                 del self.loads[req]
+
+    def _judge(self, worker: Worker, code: int) -> None:
+        """Report every step in flight on a worker that ended, each with the ledger's verdict."""
+        jobs = [(job.run.id, job.task) for job in worker.running.values()]
+        worker.running.clear()
+        cause = Cause.POOL if worker.state == "stopping" else Cause.TIMEOUT if code == wire.EXIT_STUCK_STEP else worker.cause
+        verdicts = self.ledger.died(worker.id, jobs, cause=cause, how=how_it_ended(code), alone=worker.dedicated,
+                                    where=f"worker {worker.id} (pid {worker.proc.pid})", now=time.monotonic())
+        for run_id, event in verdicts:
+            self.stats[VERDICT_STATS[type(event).__name__]] += 1
+            self.on_lost(run_id, event)
+
+    def _may_spawn(self, now: float) -> bool:
+        """Back-off: after 5 deaths within 5 s, start a worker at most every 2 s."""
+        recent = [t for t in self._deaths if now - t < 5.0]
+        return len(recent) < 5 or now - recent[-1] > 2.0
 
     async def supervise(self) -> None:
         """Reap, detect silence and overruns, replace, recycle — every tick, forever."""
@@ -170,16 +195,17 @@ class WorkerPool:
             for key, job in list(worker.running.items()):
                 if job.deadline is not None and now > job.deadline:
                     del worker.running[key]
-                    self.on_lost(job.run.id, job.task.task, job.task.attempt,
-                                 f"step overran its timeout by more than {self.grace:g}s grace", True)
+                    self.on_lost(job.run.id, self.ledger.overran(worker.id, job.run.id, job.task, alone=worker.dedicated,
+                                                                 now=time.monotonic()))
+                    worker.cause = Cause.TIMEOUT
                     self._kill(worker, f"step {job.task.step!r} of run {job.run.id} would not stop at its timeout")
             if worker.state == "recycling" and not worker.running and worker.loading == 0:
                 worker.state = "stopping"
                 self.send(worker.identity, wire.encode(wire.StopWorker(graceful=True)))
         if self.accepting:
-            missing = self.size - sum(1 for w in self.workers.values() if w.state not in ("stopping", "recycling"))
-            recent = [t for t in self._deaths if now - t < 5.0]
-            if missing > 0 and (len(recent) < 5 or now - recent[-1] > 2.0):
+            missing = self.size - sum(1 for w in self.workers.values()
+                                      if w.state not in ("stopping", "recycling") and not w.dedicated)
+            if missing > 0 and self._may_spawn(now):
                 for _ in range(missing):
                     self._spawn()
         self.pump()
@@ -205,8 +231,12 @@ class WorkerPool:
     def on_done(self, worker: Worker | None, msg: wire.TaskDone) -> None:
         """Release the attempt's slot and acknowledge the result (duplicates are acknowledged too)."""
         event = msg.event
+        if isinstance(event, (StepSucceeded, StepFailed)):  # that attempt did not kill its worker
+            self.ledger.forget(msg.run_id, event.task)
         if worker is not None:
             worker.last_seen = time.monotonic()
+            if isinstance(event, StepTimedOut):  # a sync step may go on running and end the worker (exit 70)
+                self.ledger.timed_out(worker.id, (msg.run_id, event.task), time.monotonic())
             if worker.running.pop((msg.run_id, event.task, event.attempt), None) is not None:
                 worker.completed += 1
                 if self.recycle_after and worker.completed >= self.recycle_after and worker.state == "ready":
@@ -222,25 +252,26 @@ class WorkerPool:
 
     # -- work --------------------------------------------------------------------------------
 
-    def enqueue(self, run: Run, task: Dispatch) -> None:
-        self.queues.setdefault(run.id, collections.deque()).append((run, task))
+    def enqueue(self, run: Run, task: Dispatch, *, first: bool = False) -> None:
+        """Queue an attempt (at the front with `first`); one that must run alone waits for a worker of its own."""
+        self.queues.put(run, task, alone=self.ledger.runs_alone(run.id, task), first=first)
 
     def cancel(self, run_id: str, task: str, attempt: int) -> None:
-        queue = self.queues.get(run_id)
-        if queue:
-            kept = [(r, d) for r, d in queue if not (d.task == task and d.attempt == attempt)]
-            queue.clear()
-            queue.extend(kept)
+        self.queues.remove(run_id, task, attempt)
         for worker in self.workers.values():
+            pending = worker.alone_for
+            if pending is not None and (pending[0].id, pending[1].task, pending[1].attempt) == (run_id, task, attempt):
+                worker.alone_for = None  # its worker is still starting: it will be stopped unused
             if worker.running.pop((run_id, task, attempt), None) is not None:
                 self.send(worker.identity, wire.encode(wire.CancelRunning(run_id=run_id, task=task, attempt=attempt)))
 
     def forget_run(self, run_id: str) -> None:
-        self.queues.pop(run_id, None)
+        self.queues.forget_run(run_id)
+        self.ledger.forget(run_id)
 
     @property
     def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return len(self.queues)
 
     def pump(self) -> int:
         """Hand queued tasks to workers with free slots, one run at a time in rotation.
@@ -248,21 +279,35 @@ class WorkerPool:
         A worker leaves the rotation when it is full or found dead while sending (its task is queued again),
         so the loop ends whatever happens to the workers.
         """
-        if not self.accepting or not self.queues:
+        if not self.accepting:
             return 0
-        sent = 0
-        ready = [w for w in self.workers.values() if w.state == "ready" and w.free > 0]
-        while self.queues and ready:
-            run_id, queue = next(iter(self.queues.items()))
-            if not queue:
-                del self.queues[run_id]
-                continue
-            run, task = queue.popleft()
-            self.queues.move_to_end(run_id)
+        sent = self._pump_alone()
+        ready = [w for w in self.workers.values() if w.state == "ready" and not w.dedicated and w.free > 0]
+        while ready and (waiting := self.queues.next_shared()) is not None:
+            run, task = waiting
             worker = max(ready, key=lambda w: w.free)
             sent += self._send_task(worker, run, task)
             if worker.state != "ready" or worker.free <= 0:
                 ready.remove(worker)
+        return sent
+
+    def _pump_alone(self) -> int:
+        """Send each step that must run alone to the worker started for it, and start workers for those waiting."""
+        sent = 0
+        for worker in list(self.workers.values()):
+            if worker.dedicated and worker.state == "ready":
+                pending, worker.alone_for = worker.alone_for, None
+                if pending is not None and self._send_task(worker, *pending):
+                    sent += 1
+                    self.stats["steps_run_alone"] += 1
+                if worker.state == "ready":
+                    worker.state = "recycling"  # nothing else is ever sent to it; stopped once its step is done
+        dedicated = sum(1 for w in self.workers.values() if w.dedicated)
+        now = time.monotonic()
+        while self.queues.alone_waiting and dedicated < self.size and self._may_spawn(now):
+            worker = self._spawn()
+            worker.dedicated, worker.alone_for = True, self.queues.next_alone()
+            dedicated += 1
         return sent
 
     def _send_task(self, worker: Worker, run: Run, task: Dispatch) -> int:
@@ -279,7 +324,7 @@ class WorkerPool:
         if not self.send(worker.identity, wire.encode(msg)):
             del worker.running[(run.id, task.task, task.attempt)]
             self._kill(worker, "its socket is gone")
-            self.queues.setdefault(run.id, collections.deque()).appendleft((run, task))  # it keeps its place
+            self.enqueue(run, task, first=True)
             return 0
         self.stats["tasks_dispatched"] += 1
         return 1
@@ -288,7 +333,7 @@ class WorkerPool:
         """Import and validate a pipeline file in a worker (never here). Raises TimeoutError or RuntimeError."""
         deadline = time.monotonic() + self.load_timeout
         while True:
-            ready = [w for w in self.workers.values() if w.state == "ready"]
+            ready = [w for w in self.workers.values() if w.state == "ready" and not w.dedicated]
             if ready:
                 break
             self._ready.clear()
@@ -312,6 +357,7 @@ class WorkerPool:
             return await asyncio.wait_for(future, max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             self.loads.pop(req, None)
+            worker.cause = Cause.POOL  # the steps it runs are not to blame
             self._kill(worker, f"loading {path} took longer than {self.load_timeout:g}s")
             raise TimeoutError(f"loading {path} took longer than {self.load_timeout:g}s; does it do slow work at import time?") from None
 
@@ -344,7 +390,8 @@ class WorkerPool:
 
     def info(self) -> list[WorkerInfo]:
         return [
-            WorkerInfo(id=w.id, pid=w.proc.pid, state=w.state, running=len(w.running), capacity=w.capacity,
+            WorkerInfo(id=w.id, pid=w.proc.pid, state="alone" if w.dedicated and w.running else w.state,
+                       running=len(w.running), capacity=w.capacity,
                        completed=w.completed, started_at=w.started_at)
             for w in self.workers.values()
         ]
