@@ -845,6 +845,45 @@ def test_reset_reruns_a_step_and_its_dependents_and_keeps_other_completed_output
     assert machine.state.steps["a"].output == "A"
 
 
+def test_a_reset_step_counts_its_attempts_on_and_gets_its_whole_retry_budget_again() -> None:
+    """Given a step that failed for good after 1 + 2 retries, when it is reset, then its next attempts are
+    numbered 4, 5, 6 (the Dispatch, the step.started event and `attempts` agree) and it again gets 2 retries."""
+    machine, _ = started(steps(Pipeline("p"), "a", max_retries=2, retry_delay=0.0))  # a retry is due at once
+    for now in (1.0, 2.0, 3.0):
+        fail(machine, "a", retryable=True, now=now)
+    assert status(machine, "a") is StepStatus.FAILED and machine.state.steps["a"].attempts == 3
+
+    actions = machine.reset(["a"], now=10.0)
+    numbers = [dispatch_of(actions, "a").attempt]
+    for now in (11.0, 12.0):
+        numbers.append(dispatch_of(fail(machine, "a", retryable=True, now=now), "a").attempt)
+        assert machine.state.steps["a"].attempts == numbers[-1]
+    fail(machine, "a", retryable=True, now=13.0)
+
+    assert numbers == [4, 5, 6]
+    assert [e.data["attempt"] for e in actions if isinstance(e, Emit) and e.topic == "step.started"] == [4]
+    assert status(machine, "a") is StepStatus.FAILED and machine.state.steps["a"].attempts == 6
+
+
+def test_a_reset_fan_out_step_numbers_its_items_and_merge_on_from_its_attempts() -> None:
+    """Given a PARALLEL_MERGE step with a merge whose merge failed on attempt 1, when it is reset,
+    then its items and its merge run as attempt 2, and the step shows 2 attempts."""
+    p = Pipeline("p").step("fan", fn=noop, execution_mode=PARALLEL_MERGE, over=["x", "y"], merge=noop, max_retries=0)
+    machine, _ = started(p)
+    succeed(machine, "fan[0]")
+    succeed(machine, "fan[1]")
+    assert machine.state.tasks["fan#merge"].attempt == 1
+    fail(machine, "fan#merge", retryable=False)
+
+    actions = machine.reset(["fan"], now=10.0)
+    assert [d.attempt for d in actions if isinstance(d, Dispatch)] == [2, 2]
+    succeed(machine, "fan[0]")
+    actions = succeed(machine, "fan[1]")
+
+    assert dispatch_of(actions, "fan#merge").attempt == 2
+    assert machine.state.steps["fan"].attempts == 2
+
+
 # -- actions order, topics, diagnostics ----------------------------------------------------------------------------------------
 
 

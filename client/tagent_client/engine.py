@@ -191,7 +191,8 @@ class RunMachine:
                     frontier.append(dependent)
         for name in todo:
             old = self.state.steps[name]
-            self.state.steps[name] = StepState(name=name, attempts=old.attempts, usage=old.usage, transcript=old.transcript)
+            self.state.steps[name] = StepState(name=name, attempts=old.attempts, attempts_before=old.attempts,
+                                               usage=old.usage, transcript=old.transcript)
             self._changed_steps.add(name)
             for tid in list(self._tasks_of[name]):
                 del self.state.tasks[tid]
@@ -221,7 +222,8 @@ class RunMachine:
 
     def _add_task(self, step: str, phase: Phase, item_index: int | None) -> None:
         tid = task_id(step, phase, item_index)
-        task = TaskState(id=tid, step=step, phase=phase, item_index=item_index)
+        before = self.state.steps[step].attempts_before  # a reset step's attempts count on (ctx.attempt == attempts)
+        task = TaskState(id=tid, step=step, phase=phase, item_index=item_index, attempt=before)
         self.state.tasks[tid] = task
         self._tasks_of[step][tid] = task
         self._file(task)
@@ -300,7 +302,7 @@ class RunMachine:
         spec = self.specs[task.step]
         step = self.state.steps[task.step]
         task.error, task.finished_at = error, now
-        failures = task.attempt - task.interrupted
+        failures = task.attempt - step.attempts_before - task.interrupted
         if error.retryable and failures <= spec.retry.max_retries:
             task.retry_at = now + backoff_delay(spec.retry, failures, self.rng)
             self._task_to(task, TaskStatus.WAITING_RETRY)

@@ -128,7 +128,8 @@ class ErrorInfo(msgspec.Struct, kw_only=True):
 
 
 class TaskState(msgspec.Struct, kw_only=True):
-    """One unit of work of a step. `attempt` counts attempts started; `interrupted` of them were cut by a crash."""
+    """One unit of work of a step. `attempt` is the number of its latest attempt (counting on from its step's
+    `attempts_before`); `interrupted` of its attempts were cut by a crash."""
 
     id: str
     step: str
@@ -150,6 +151,9 @@ MAX_TRANSCRIPTS = 5
 class StepState(msgspec.Struct, kw_only=True):
     """A step's progress within one run.
 
+    `attempts` counts the step's attempts over the whole run, across resume and
+    retry; `attempts_before` is how many it had when it was last reset (its tasks
+    number their attempts on from there, so `ctx.attempt` and `attempts` agree).
     `transcript` holds the last MAX_TRANSCRIPTS agent attempts, oldest first, each
     `{attempt, item, status, model, messages}` (messages: see tagent_client.transcript).
     """
@@ -157,6 +161,7 @@ class StepState(msgspec.Struct, kw_only=True):
     name: str
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
+    attempts_before: int = 0
     output: Any = None
     error: ErrorInfo | None = None
     skip_reason: str | None = None
