@@ -23,7 +23,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from tagent_client.broker_core import BrokerCore, CoreRecord, CoreSnapshot, Record
+from tagent_client.broker_core import MAX_DELIVERIES, BrokerCore, CoreRecord, CoreSnapshot, Record
 from tagent_client.errors import PermissionDenied
 from tagent_client.plan import Plan
 from tagent_client.protocol_broker import StepRef, matches
@@ -95,8 +95,10 @@ class Broker:
     """The daemon's broker state; only the daemon's loop touches it."""
 
     def __init__(self, *, mailbox_max: int, trigger_max_concurrent: int,
-                 config_allow: dict[str, list[str]] | None = None) -> None:
-        self.core = BrokerCore(mailbox_max=mailbox_max, journal=True)
+                 config_allow: dict[str, list[str]] | None = None, max_deliveries: int = MAX_DELIVERIES,
+                 max_deliveries_of: dict[str, int] | None = None) -> None:
+        self.core = BrokerCore(mailbox_max=mailbox_max, max_deliveries=max_deliveries,
+                               max_deliveries_of=max_deliveries_of, journal=True)
         self.trigger_max_concurrent = trigger_max_concurrent
         self.config_allow = {space: set(names) for space, names in (config_allow or {}).items()}
         self.granted: dict[str, set[str]] = {}

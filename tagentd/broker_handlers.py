@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tagent_client import protocol_broker as b
-from tagent_client.broker_core import check_name
+from tagent_client.bounds import check_name
 from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
 
 from . import broker_views as views, peers
@@ -72,6 +72,31 @@ def ack_messages(shell: BrokerShell, req: b.AckMessages, caller: Caller) -> dict
 
 def list_mailboxes(shell: BrokerShell, req: b.ListMailboxes, caller: Caller) -> list[b.MailboxInfo]:
     return views.mailboxes(shell, req.pipeline, max(0, min(req.peek, 1000)))
+
+
+def dead_letters(shell: BrokerShell, req: b.DeadLetters, caller: Caller) -> list[b.DeadLetter]:
+    return shell.broker.core.dead_letters(check_name("a mailbox (pipeline) name", req.mailbox))
+
+
+def requeue_dead(shell: BrokerShell, req: b.RequeueDead, caller: Caller) -> dict[str, Any]:
+    owner_only(caller, f"requeue dead letters of mailbox {req.mailbox!r}")
+    needs_ids(req)
+    return {"requeued": shell.requeue(req.mailbox, [str(i) for i in req.ids], req.all)}
+
+
+def drop_dead(shell: BrokerShell, req: b.DropDead, caller: Caller) -> dict[str, Any]:
+    owner_only(caller, f"drop dead letters of mailbox {req.mailbox!r}")
+    needs_ids(req)
+    dropped = shell.broker.core.drop_dead(req.mailbox, [str(i) for i in req.ids], req.all)
+    shell.broker.stats["messages_dropped"] += len(dropped)
+    return {"dropped": dropped}
+
+
+def needs_ids(req: b.RequeueDead | b.DropDead) -> None:
+    check_name("a mailbox (pipeline) name", req.mailbox)
+    if not req.ids and not req.all:
+        raise InvalidRequest(f"name the dead letters of mailbox {req.mailbox!r} by id, or ask for all of them; "
+                             f"list them with 'tagent mailbox dead {req.mailbox}'")
 
 
 # -- topics ----------------------------------------------------------------------------------------------------
@@ -176,6 +201,9 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     b.ReceiveMessage: receive,
     b.AckMessages: ack_messages,
     b.ListMailboxes: list_mailboxes,
+    b.DeadLetters: dead_letters,
+    b.RequeueDead: requeue_dead,
+    b.DropDead: drop_dead,
     b.Publish: publish,
     b.PublishMany: publish_many,
     b.WaitEvent: wait_event,

@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tagent_client import protocol_broker as b
-from tagent_client.broker_core import Record
+from tagent_client.broker_core import Record, attempt_error
 from tagent_client.errors import InvalidRequest, TagentError
 from tagent_client.events import Action, CancelTask, StepSucceeded
 from tagent_client.plan import Plan
@@ -60,7 +60,8 @@ class BrokerShell:
         self.daemon = daemon
         config_allow = {name: s.allow for name, s in settings.spaces.items() if s.allow is not None}
         self.broker = Broker(mailbox_max=settings.mailbox_max, trigger_max_concurrent=settings.trigger_max_concurrent,
-                             config_allow=config_allow)
+                             config_allow=config_allow, max_deliveries=settings.max_deliveries,
+                             max_deliveries_of={name: m.max_deliveries for name, m in settings.mailboxes.items()})
         self.store = BrokerStore(settings.state_dir, self.broker) if settings.durable else MemoryBrokerStore(self.broker)
         self.bus: EventBus | None = None
         self._seq = itertools.count(1)
@@ -114,33 +115,40 @@ class BrokerShell:
         holder = (run.id, getattr(event, "task", ""), getattr(event, "attempt", 0))
         if not holder[1]:
             return
-        self._end(holder, isinstance(event, StepSucceeded))
+        self._end(holder, isinstance(event, StepSucceeded), attempt_error(event))
 
     def on_actions(self, run: Run, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, CancelTask):
-                self._end((run.id, action.task, action.attempt), False)
+                self._end((run.id, action.task, action.attempt), False, None)
         if run.finished and isinstance(run.source.trigger, dict):
             running = self.broker.triggered_running.get(run.plan.name)
             if running and run.id in running:
                 self.broker.run_ended(run.plan.name, run.id)
                 self.pump_triggers()
 
-    def _end(self, holder: Holder, succeeded: bool) -> None:
+    def _end(self, holder: Holder, succeeded: bool, error: str | None) -> None:
+        """Attempt `holder` ended: ack its messages (succeeded), count a failed delivery (`error`), or release them."""
         self._ended[holder] = None
         while len(self._ended) > ENDED_KEEP:
             self._ended.popitem(last=False)
         self._receivers.wake(holder)
         journal = self.broker.core.journal
         before = len(journal)
-        count = self.broker.core.settle(holder, succeeded)
+        count, dead = self.broker.core.settle(holder, succeeded, error, time.time())
         if succeeded and len(journal) > before:
             # Written one commit after the success itself: a crash in between redelivers (at-least-once); the
             # other order could lose messages to an attempt whose success was never recorded.
             self._acks += journal[before:]
             del journal[before:]
+        for letter in dead:
+            message = letter.message
+            log.warning("mailbox %s: message %s failed %d deliveries (last: %s); moved to the dead letters: see "
+                        "'tagent mailbox dead %s', then requeue or drop it", message.mailbox, message.id,
+                        message.failures, letter.error, message.mailbox)
         if count:
-            self.broker.stats["messages_acked" if succeeded else "messages_released"] += count
+            self.broker.stats["messages_acked" if succeeded else "messages_released"] += count - len(dead)
+            self.broker.stats["messages_dead"] += len(dead)
             if not succeeded:
                 self._receivers.deliver_all()
             self.daemon._dirty.set()
@@ -245,6 +253,13 @@ class BrokerShell:
         if message is not None:
             self.broker.stats["messages_delivered"] += 1
         return message
+
+    def requeue(self, mailbox: str, ids: list[str], every: bool) -> list[str]:
+        """Dead letters back at their original positions (durable at the commit); parked receivers get them."""
+        requeued = self.broker.core.requeue(mailbox, ids, every)
+        self.broker.stats["messages_requeued"] += len(requeued)
+        self._receivers.deliver(mailbox)
+        return requeued
 
     # -- topics and spaces ----------------------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ Guarantees:
 - `flush()` appends every record the broker journalled since the last flush and
   fsyncs once; the daemon awaits it in the same commit as the run store, so a
   reply sent after the commit (a send, a put, a queued trigger) is on disk;
-- reads in a space's access log (`AccessLogged`) are appended without an fsync
-  of their own: they become durable with the next write (a crash may lose the
-  last few read lines, never a write);
+- reads in a space's access log (`AccessLogged`) and failed deliveries
+  (`DeliveryFailed`) are appended without an fsync of their own: they become
+  durable with the next write (a crash may lose the last few read lines or
+  failure counts — a message is then delivered once more — never a write);
 - when a segment passes SEGMENT_BYTES the whole state is snapshotted (encoded in
   the same tick as the last batch, so it is exactly the state as of `seq`) and
   the old segments are deleted;
@@ -27,7 +28,7 @@ import logging
 from pathlib import Path
 
 import msgspec
-from tagent_client.broker_core import AccessLogged, Record
+from tagent_client.broker_core import UNSYNCED, Record
 from tagent_client.errors import ConfigError
 
 from .broker import AnyRecord, Broker, BrokerSnapshot
@@ -95,7 +96,7 @@ class BrokerStore:
         for record in records:
             self._seq += 1
             chunks.append(frame(_encoder.encode(Logged(seq=self._seq, record=record))))
-            if not isinstance(record, AccessLogged):
+            if not isinstance(record, UNSYNCED):
                 self._needs_sync = True
         self._unwritten += b"".join(chunks)
         self.stats["records"] += len(records)
@@ -110,7 +111,7 @@ class BrokerStore:
             rotate = self._wal.size + len(self._unwritten) > SEGMENT_BYTES
             snapshot = _encoder.encode(BrokerCheckpoint(seq=self._seq, state=self.broker.snapshot())) if rotate else None
             loop = asyncio.get_running_loop()
-            # Reads alone (AccessLogged) are not fsynced; a failure cuts the segment back and raises.
+            # Reads and failure counts alone (UNSYNCED) are not fsynced; a failure cuts the segment back and raises.
             await self._wal.append(self._unwritten, fsync=self._needs_sync)
             self.stats["bytes"] += len(self._unwritten)
             self.stats["flushes"] += self._needs_sync

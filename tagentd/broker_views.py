@@ -20,7 +20,7 @@ RATE_WINDOW = 10  # seconds of counter samples behind the rates in `stats`
 
 
 def mailboxes(shell: BrokerShell, pipeline: str | None, peek: int) -> list[b.MailboxInfo]:
-    """Each mailbox (or `pipeline`'s): depth, leased, oldest message, and its first `peek` messages."""
+    """Each mailbox (or `pipeline`'s): depth, leased, dead letters, oldest message, and its first `peek` messages."""
     out = []
     for name, box in sorted(shell.broker.core.mailboxes.items()):
         if pipeline is not None and name != pipeline:
@@ -28,7 +28,8 @@ def mailboxes(shell: BrokerShell, pipeline: str | None, peek: int) -> list[b.Mai
         oldest = box.oldest()
         shown = list(itertools.islice(shell.broker.core.iter_messages(name), peek)) if peek else []
         out.append(b.MailboxInfo(name=name, messages=len(box), leased=len(box.leases),
-                                 oldest_ts=oldest.ts if oldest else None, peek=shown))
+                                 oldest_ts=oldest.ts if oldest else None, peek=shown, dead=len(box.dead),
+                                 max_deliveries=box.max_deliveries))
     return out
 
 
@@ -99,6 +100,7 @@ def summary(shell: BrokerShell) -> dict[str, Any]:
         "messages_per_s": per_s.get("messages_sent", 0.0), "events_per_s": per_s.get("events_published", 0.0),
         "mailboxes": len(core.mailboxes), "messages_queued": sum(len(m) for m in core.mailboxes.values()),
         "messages_leased": sum(len(m.leases) for m in core.mailboxes.values()),
+        "messages_dead": sum(len(m.dead) for m in core.mailboxes.values()),
         "subscribers": len(shell.bus.subscribers) if shell.bus is not None else 0,
         "events_dropped": totals.get("events_dropped", 0), "spaces": len(core.spaces),
         "space_bytes": sum(space.bytes for space in core.spaces.values()),

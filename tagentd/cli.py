@@ -378,7 +378,8 @@ def _broker_rows(broker: dict[str, Any] | None) -> list[tuple[str, str]]:
         return []
     return [
         ("messages", f"{broker['messages_queued']} queued in {broker['mailboxes']} mailbox(es), "
-                     f"{broker['messages_leased']} leased; {broker['messages_per_s']:g}/s sent"),
+                     f"{broker['messages_leased']} leased, {broker.get('messages_dead', 0)} dead letter(s); "
+                     f"{broker['messages_per_s']:g}/s sent"),
         ("events", f"{broker['events_per_s']:g}/s published, {broker['subscribers']} subscriber(s), "
                    f"{broker['events_dropped']} dropped for slow subscribers"),
         ("spaces", f"{broker['spaces']} ({broker['space_bytes']} bytes)"),

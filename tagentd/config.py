@@ -53,6 +53,14 @@ class SpaceSettings(BaseModel):
     allow: list[str] | None = None
 
 
+class MailboxSettings(BaseModel):
+    """`[mailboxes.NAME]` in tagentd.toml: `max_deliveries` for pipeline NAME's mailbox (over the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_deliveries: int = Field(ge=1)
+
+
 class Settings(BaseModel):
     """Every knob of the daemon. Paths are absolute once validated."""
 
@@ -80,6 +88,8 @@ class Settings(BaseModel):
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict, description="[endpoints.NAME]: LLM servers and limits")
     price_overrides: dict[str, PriceOverride] = Field(default_factory=dict, description="model -> $ per million tokens")
     mailbox_max: int = Field(100_000, ge=1, description="unacknowledged messages a pipeline's mailbox may hold")
+    max_deliveries: int = Field(5, ge=1, description="failed deliveries before a message becomes a dead letter")
+    mailboxes: dict[str, MailboxSettings] = Field(default_factory=dict, description="[mailboxes.NAME] max_deliveries = N")
     trigger_max_concurrent: int = Field(4, ge=1, description="runs a triggered pipeline may have going at once")
     spaces: dict[str, SpaceSettings] = Field(default_factory=dict, description="[spaces.NAME] allow = [pipelines]")
 
@@ -260,7 +270,7 @@ def _env_value(field: str, raw: str) -> Any:
         return absolute_path(Path(raw))
     if field == "watch_dirs":
         return [absolute_path(Path(p)) for p in raw.split(os.pathsep) if p.strip()]
-    if field in ("endpoints", "price_overrides", "spaces"):
+    if field in ("endpoints", "price_overrides", "spaces", "mailboxes"):
         try:
             return json.loads(raw)
         except ValueError:

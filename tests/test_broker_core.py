@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagent_client.broker_core import BrokerCore, CoreSnapshot, MessageSent
-from tagent_client.errors import InvalidRequest, MailboxFull, is_retryable
+from tagent_client.errors import InvalidRequest, MailboxFull, NotFound, is_retryable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,7 +41,7 @@ def test_a_released_message_comes_back_in_its_original_position() -> None:
     core.lease("reporter", A)
     core.lease("reporter", B)
     # When A's attempt fails
-    assert core.settle(A, succeeded=False) == 1
+    assert core.settle(A, succeeded=False).count == 1
     # Then the next lease gets the first message again (before the third), counted as a second delivery
     again = core.lease("reporter", A)
     assert again.id == ids[0] and again.deliveries == 2
@@ -56,7 +56,7 @@ def test_a_succeeded_attempt_acknowledges_its_leases_for_good() -> None:
     core.lease("reporter", A)
     core.take_journal()
     # When A's attempt succeeds
-    assert core.settle(A, succeeded=True) == 2
+    assert core.settle(A, succeeded=True).count == 2
     # Then they are gone, the third remains, and the removal is journalled
     assert list(core.mailboxes["reporter"].messages) == [ids[2]]
     assert [type(r).__name__ for r in core.take_journal()] == ["MessagesAcked"]
@@ -104,8 +104,97 @@ def test_explicit_ack_removes_only_named_messages() -> None:
     first = core.lease("reporter", A)
     assert core.ack("reporter", [first.id, "nope"]) == [first.id]
     # A later settle of A has nothing left to acknowledge
-    assert core.settle(A, succeeded=True) == 0
+    assert core.settle(A, succeeded=True).count == 0
     assert list(core.mailboxes["reporter"].messages) == ids[1:]
+
+
+# -- dead letters ------------------------------------------------------------------------------------
+
+
+def fail_attempts(core: BrokerCore, times: int, error: str = "ValueError: bad payload") -> list[str]:
+    """`times` attempts in turn lease the oldest message and fail; returns the ids they got."""
+    got = []
+    for attempt in range(1, times + 1):
+        holder = ("run-a", "take", attempt)
+        got.append(core.lease("reporter", holder).id)
+        core.settle(holder, succeeded=False, error=f"{error} ({attempt})", now=100.0 + attempt)
+    return got
+
+
+def test_a_poison_message_becomes_a_dead_letter_after_max_deliveries_and_the_next_one_is_delivered() -> None:
+    # Given a poison message ahead of two good ones, in a mailbox allowing the default 5 deliveries
+    core = BrokerCore(journal=True)
+    ids = sent(core, 3)
+    # When five attempts in turn receive it and fail
+    assert fail_attempts(core, 5) == [ids[0]] * 5
+    # Then it is a dead letter with its count and the last error, and the next lease gets the second message
+    [letter] = core.dead_letters("reporter")
+    assert (letter.message.id, letter.message.failures, letter.error, letter.dead_at) == (
+        ids[0], 5, "ValueError: bad payload (5)", 105.0)
+    assert core.lease("reporter", A).id == ids[1]
+    assert list(core.mailboxes["reporter"].messages) == ids[1:]
+    journal = [type(r).__name__ for r in core.take_journal()]
+    assert journal.count("DeliveryFailed") == 5 and journal.count("MessageDead") == 1
+
+
+def test_a_released_lease_without_an_error_is_not_a_failed_delivery() -> None:
+    # Given a mailbox allowing 2 deliveries and a message leased and given back 3 times without an error (cancelled)
+    core = BrokerCore(max_deliveries=2)
+    ids = sent(core, 1)
+    for attempt in range(3):
+        core.lease("reporter", ("run-a", "take", attempt))
+        core.settle(("run-a", "take", attempt), succeeded=False)
+    # Then it is still deliverable: only failed attempts count
+    assert core.dead_letters("reporter") == []
+    assert core.lease("reporter", A).id == ids[0]
+
+
+def test_max_deliveries_can_differ_per_mailbox() -> None:
+    core = BrokerCore(max_deliveries=5, max_deliveries_of={"reporter": 1})
+    ids = sent(core, 1)
+    fail_attempts(core, 1)
+    assert [d.message.id for d in core.dead_letters("reporter")] == ids
+
+
+def test_a_requeued_dead_letter_is_offered_first_again_with_fresh_counts_and_a_dropped_one_stays_a_duplicate() -> None:
+    # Given two dead letters (max 1 delivery) and one good message
+    core = BrokerCore(max_deliveries=1, journal=True)
+    ids = sent(core, 3)
+    fail_attempts(core, 2)
+    assert [d.message.id for d in core.dead_letters("reporter")] == ids[:2]
+    # When the first is requeued and the second dropped
+    assert core.requeue("reporter", [ids[0]]) == [ids[0]]
+    assert core.drop_dead("reporter", [ids[1]]) == [ids[1]]
+    # Then the first is leased before the good one, as a first delivery; the second is gone for good
+    again = core.lease("reporter", A)
+    assert (again.id, again.deliveries, again.failures) == (ids[0], 1, 0)
+    assert core.dead_letters("reporter") == []
+    assert core.send("reporter", ids[1], "s", None, 9.0) is None
+    assert core.mailboxes["reporter"].oldest().id == ids[0]
+
+
+def test_an_unknown_dead_letter_id_is_refused_and_nothing_changes() -> None:
+    core = BrokerCore(max_deliveries=1)
+    ids = sent(core, 1)
+    fail_attempts(core, 1)
+    with pytest.raises(NotFound) as caught:
+        core.requeue("reporter", [ids[0], "nope"])
+    assert caught.value.message.startswith("mailbox 'reporter' has no dead letter 'nope' (dead letters: s-0)")
+    assert "tagent mailbox dead reporter" in caught.value.message
+    with pytest.raises(NotFound):
+        core.drop_dead("elsewhere", ["x"])
+    assert [d.message.id for d in core.dead_letters("reporter")] == ids
+    assert core.requeue("reporter", [], every=True) == ids
+
+
+def test_dead_letters_count_against_the_mailbox_limit_and_the_error_says_so() -> None:
+    core = BrokerCore(mailbox_max=2, max_deliveries=1)
+    sent(core, 2)
+    fail_attempts(core, 1)
+    with pytest.raises(MailboxFull) as caught:
+        core.send("reporter", "one-more", "s", None, 0.0)
+    assert ("mailbox 'reporter' is full (2 messages, 1 of them dead letters); look at them with "
+            "'tagent mailbox dead reporter'") in caught.value.message
 
 
 def test_names_must_be_non_empty_strings() -> None:
@@ -177,6 +266,8 @@ operations = st.lists(
         st.tuples(st.just("send"), st.sampled_from(["x", "y"]), st.integers(0, 20)),
         st.tuples(st.just("lease"), st.sampled_from(["x", "y"]), st.sampled_from([A, B])),
         st.tuples(st.just("settle"), st.sampled_from([A, B]), st.booleans()),
+        st.tuples(st.just("fail"), st.sampled_from([A, B]), st.none()),
+        st.tuples(st.just("requeue"), st.sampled_from(["x", "y"]), st.booleans()),
         st.tuples(st.just("put"), st.sampled_from(["k1", "k2"]), st.integers(-1000, 1000)),
         st.tuples(st.just("cas"), st.sampled_from(["k1", "k2"]), st.integers(0, 4)),
         st.tuples(st.just("delete"), st.sampled_from(["k1", "k2"]), st.none()),
@@ -189,7 +280,7 @@ operations = st.lists(
 @given(operations)
 def test_replaying_the_journal_or_restoring_a_snapshot_rebuilds_the_same_state(ops: list[tuple]) -> None:
     # Given any sequence of operations on a journalling core
-    live = BrokerCore(journal=True, seen_max=15)
+    live = BrokerCore(journal=True, seen_max=15, max_deliveries=2)
     for op in ops:
         kind = op[0]
         if kind == "send":
@@ -198,6 +289,10 @@ def test_replaying_the_journal_or_restoring_a_snapshot_rebuilds_the_same_state(o
             live.lease(op[1], op[2])
         elif kind == "settle":
             live.settle(op[1], op[2])
+        elif kind == "fail":
+            live.settle(op[1], False, "boom", 1.0)
+        elif kind == "requeue":  # every dead letter back, or dropped
+            (live.requeue if op[2] else live.drop_dead)(op[1], [], every=True)
         elif kind == "put":
             live.put("space", op[1], op[2], "w", 0.0)
         elif kind == "cas":
@@ -205,10 +300,10 @@ def test_replaying_the_journal_or_restoring_a_snapshot_rebuilds_the_same_state(o
         else:
             live.delete("space", op[1], "w", 0.0)
     # When a fresh core replays its journal, and another restores a snapshot of the first
-    replayed = BrokerCore(seen_max=15)
+    replayed = BrokerCore(seen_max=15, max_deliveries=2)
     for record in live.take_journal():
         replayed.apply(msgspec.msgpack.decode(msgspec.msgpack.encode(record), type=type(record)))
-    restored = BrokerCore(seen_max=15)
+    restored = BrokerCore(seen_max=15, max_deliveries=2)
     restored.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(live.snapshot()), type=CoreSnapshot))
     # Then both hold the same messages (all unleased), entries, tombstones, logs and seen ids as the live one
     for rebuilt in (replayed, restored):

@@ -67,6 +67,36 @@ def test_a_failed_attempt_gives_its_message_back_and_the_retry_gets_it() -> None
     assert len(broker.core.mailboxes["reporter"]) == 0
 
 
+def test_a_poison_message_becomes_a_dead_letter_in_process_too_and_can_be_requeued() -> None:
+    # Given a poison message ahead of two good ones, and a step that fails on the poison every time (retried)
+    broker = LocalBroker.default()
+    for message_id, payload in (("poison", {"bad": True}), ("m1", {"n": 1}), ("m2", {"n": 2})):
+        broker.core.send("inbox", message_id, "test", payload, 0.0)
+    inbox = Pipeline("inbox")
+
+    @inbox.task(max_retries=10, retry_delay=0.01)
+    async def handle(ctx):  # noqa: ANN001, ANN202
+        got = []
+        while (message := await ctx.receive(timeout=0)) is not None:
+            if message.payload.get("bad"):
+                raise RetryableError(f"cannot digest {message.id}")
+            got.append(message.payload["n"])
+        return {"got": got, "attempt": ctx.attempt}
+
+    # When it runs in this process
+    result = asyncio.run(run_pipeline(inbox))
+    # Then after 5 failed deliveries (the default max_deliveries) the poison is a dead letter with the last error,
+    # and the sixth attempt got the messages behind it
+    assert result.step_outputs["handle"] == {"got": [1, 2], "attempt": 6}
+    [letter] = broker.dead_letters("inbox")
+    assert (letter.message.id, letter.message.failures) == ("poison", 5)
+    assert letter.error == "RetryableError: cannot digest poison"
+    # And requeue puts it back in the mailbox, as with the daemon (the same core: see test_broker_core.py)
+    assert broker.requeue("inbox", "poison") == ["poison"]
+    assert [m.id for m in broker.core.iter_messages("inbox")] == ["poison"]
+    assert broker.dead_letters("inbox") == []
+
+
 def test_parallel_steps_increment_a_counter_with_cas_exactly() -> None:
     # Given 10 concurrent items that each add 1 to a counter 20 times with a CAS retry loop
     counter = Pipeline("counter")

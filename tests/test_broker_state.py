@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from tagent_client.broker_core import AccessLogged
 from tagent_client.errors import ConfigError, PermissionDenied
 from tagent_client.plan import Plan, StepKind, StepSpec
 from tagent_client.protocol_broker import StepRef
@@ -102,7 +103,7 @@ def test_a_torn_tail_is_cut_off_and_everything_before_it_loads(tmp_path: Path) -
     asyncio.run(store.flush())
     store.close()
     segment = sorted((tmp_path / "broker").glob("*.wal"))[-1]
-    whole = frame(msgspec.msgpack.encode(Logged(seq=999, record=broker_store.AccessLogged(
+    whole = frame(msgspec.msgpack.encode(Logged(seq=999, record=AccessLogged(
         space="x", log=broker.core.spaces["research"].log[0]))))
     with segment.open("ab") as f:
         f.write(whole[: len(whole) // 2])

@@ -9,33 +9,36 @@ dump and load the whole state — that is all the daemon's broker store needs.
 Guarantees (docs/broker.md):
 - a mailbox is one FIFO in arrival order; `lease` hands out the oldest message
   nobody holds; a released message is offered again at its original position;
+- a message whose delivery failed `max_deliveries` times becomes a dead letter
+  (broker_mailbox.py), so one poison message cannot block its mailbox;
 - a message id is accepted once: a repeat of an id still in the mailbox, or of
   one of the last `seen_max` ids accepted, is dropped (the send still succeeds);
 - a key's version starts at 1 and grows by 1 on every write, also across a
   delete (the tombstone keeps the last version), so a compare-and-set never
   mistakes a re-created key for the one it read;
 - leases are not journalled: after a restart every unacknowledged message is
-  available again (at-least-once).
+  available again (at-least-once); failed deliveries are journalled (without an
+  fsync of their own), dead letters and what is done with them are.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import msgspec
 
 from .bounds import check_name
-from .errors import MailboxFull
-from .protocol_broker import AccessEntry, Entry, Message
+from .broker_mailbox import Holder, Mailbox, MailboxState
+from .broker_space import Space, SpaceState
+from .errors import MailboxFull, NotFound
+from .events import StepFailed, StepTimedOut, WorkerLost
+from .protocol_broker import AccessEntry, DeadLetter, Entry, Message
 
 MAILBOX_MAX = 100_000
 SEEN_MAX = 100_000
 LOG_MAX = 1_000
-
-Holder = Hashable  # who holds a lease: the daemon uses (run_id, task, attempt)
+MAX_DELIVERIES = 5
 
 # -- journal records ---------------------------------------------------------------------------
 
@@ -73,21 +76,40 @@ class AccessLogged(Record, tag="logged"):
     log: AccessEntry
 
 
-CoreRecord = MessageSent | MessagesAcked | EntryWritten | EntryDeleted | AccessLogged
+class DeliveryFailed(Record, tag="delivery_failed"):
+    """The attempt holding these messages failed (their `failures` grow); written without its own fsync."""
+
+    mailbox: str
+    ids: list[str]
 
 
-class MailboxState(msgspec.Struct, kw_only=True):
-    name: str
-    messages: list[Message] = []
-    seen: list[str] = []
-    next_seq: int = 1
+class MessageDead(Record, tag="dead"):
+    """A message failed its last allowed delivery and became a dead letter."""
+
+    mailbox: str
+    letter: DeadLetter
 
 
-class SpaceState(msgspec.Struct, kw_only=True):
-    name: str
-    entries: list[Entry] = []
-    tombstones: dict[str, int] = {}
-    log: list[AccessEntry] = []
+class DeadRequeued(Record, tag="dead_requeued"):
+    mailbox: str
+    ids: list[str]
+
+
+class DeadDropped(Record, tag="dead_dropped"):
+    mailbox: str
+    ids: list[str]
+
+
+CoreRecord = (MessageSent | MessagesAcked | EntryWritten | EntryDeleted | AccessLogged | DeliveryFailed | MessageDead
+              | DeadRequeued | DeadDropped)
+UNSYNCED = (AccessLogged, DeliveryFailed)  # a crash may lose the newest of these: a log line, one failure count
+
+
+class Settled(NamedTuple):
+    """What settling an attempt's leases did: how many messages it settled, and which of them died."""
+
+    count: int
+    dead: list[DeadLetter]
 
 
 class CoreSnapshot(msgspec.Struct, kw_only=True):
@@ -95,104 +117,15 @@ class CoreSnapshot(msgspec.Struct, kw_only=True):
     spaces: list[SpaceState] = []
 
 
-def value_size(value: Any) -> int:
-    try:
-        return len(msgspec.msgpack.encode(value))
-    except (TypeError, ValueError, OverflowError):
-        return 0
-
-
-# -- mailboxes -------------------------------------------------------------------------------------
-
-
-class Mailbox:
-    """The messages addressed to one pipeline, in arrival order, with leases."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.messages: dict[str, Message] = {}
-        self.leases: dict[str, Holder] = {}
-        self.seen: OrderedDict[str, None] = OrderedDict()
-        self.next_seq = 1
-        self._available: list[tuple[int, str]] = []  # heap of (seq, id); stale entries are skipped
-
-    def __len__(self) -> int:
-        return len(self.messages)
-
-    def knows(self, message_id: str) -> bool:
-        return message_id in self.messages or message_id in self.seen
-
-    def add(self, message: Message, seen_max: int) -> None:
-        self.messages[message.id] = message
-        self.next_seq = max(self.next_seq, message.seq + 1)
-        heapq.heappush(self._available, (message.seq, message.id))
-        self.remember(message.id, seen_max)
-
-    def remember(self, message_id: str, seen_max: int) -> None:
-        self.seen[message_id] = None
-        while len(self.seen) > seen_max:
-            self.seen.popitem(last=False)
-
-    def lease(self, holder: Holder) -> Message | None:
-        while self._available:
-            seq, message_id = heapq.heappop(self._available)
-            message = self.messages.get(message_id)
-            if message is None or message.seq != seq or message_id in self.leases:
-                continue
-            self.leases[message_id] = holder
-            message.deliveries += 1
-            return message
-        return None
-
-    def release(self, message_id: str) -> None:
-        if self.leases.pop(message_id, None) is not None and message_id in self.messages:
-            heapq.heappush(self._available, (self.messages[message_id].seq, message_id))
-
-    def remove(self, message_id: str) -> Message | None:
-        self.leases.pop(message_id, None)
-        return self.messages.pop(message_id, None)
-
-    @property
-    def unleased(self) -> int:
-        return len(self.messages) - len(self.leases)
-
-    def oldest(self) -> Message | None:
-        return next(iter(self.messages.values()), None)
-
-
-# -- spaces ------------------------------------------------------------------------------------------
-
-
-class Space:
-    """A named key-value space with per-key versions and a bounded access log."""
-
-    def __init__(self, name: str, log_max: int = LOG_MAX) -> None:
-        self.name = name
-        self.entries: dict[str, Entry] = {}
-        self.sizes: dict[str, int] = {}
-        self.tombstones: dict[str, int] = {}
-        self.log: deque[AccessEntry] = deque(maxlen=log_max)
-
-    def version_of(self, key: str) -> int:
-        entry = self.entries.get(key)
-        return entry.version if entry is not None else 0
-
-    def write(self, entry: Entry) -> None:
-        self.entries[entry.key] = entry
-        self.sizes[entry.key] = value_size(entry.value)
-        self.tombstones.pop(entry.key, None)
-
-    def delete(self, key: str, version: int) -> None:
-        self.entries.pop(key, None)
-        self.sizes.pop(key, None)
-        self.tombstones[key] = version
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.sizes.values())
-
-    def keys(self, prefix: str = "") -> list[str]:
-        return sorted(k for k in self.entries if k.startswith(prefix))
+def attempt_error(event: Any) -> str | None:
+    """Why an attempt failed (its error, its timeout, its lost worker), for a dead letter; None if it did not fail."""
+    if isinstance(event, StepFailed):
+        return str(event.error)
+    if isinstance(event, StepTimedOut):
+        return f"timed out after {event.timeout:g}s" if event.timeout else "timed out"
+    if isinstance(event, WorkerLost):
+        return f"worker lost: {event.reason}"
+    return None
 
 
 # -- the core ----------------------------------------------------------------------------------------
@@ -202,8 +135,11 @@ class BrokerCore:
     """Mailboxes and spaces, with a journal of every durable change when `journal` is True."""
 
     def __init__(self, *, mailbox_max: int = MAILBOX_MAX, seen_max: int = SEEN_MAX, log_max: int = LOG_MAX,
+                 max_deliveries: int = MAX_DELIVERIES, max_deliveries_of: dict[str, int] | None = None,
                  journal: bool = False) -> None:
         self.mailbox_max = mailbox_max
+        self.max_deliveries = max_deliveries
+        self.max_deliveries_of = dict(max_deliveries_of or {})  # per mailbox, over the default
         self.seen_max = seen_max
         self.log_max = log_max
         self.journalling = journal
@@ -225,22 +161,24 @@ class BrokerCore:
     def mailbox(self, name: str) -> Mailbox:
         box = self.mailboxes.get(name)
         if box is None:
-            box = self.mailboxes[check_name("a mailbox (pipeline) name", name)] = Mailbox(name)
+            limit = self.max_deliveries_of.get(name, self.max_deliveries)
+            box = self.mailboxes[check_name("a mailbox (pipeline) name", name)] = Mailbox(name, limit)
         return box
 
     def send(self, to: str, message_id: str, sender: str, payload: Any, now: float) -> Message | None:
         """Append a message to `to`'s mailbox; None if its id was seen before (a duplicate, dropped).
 
-        Raises MailboxFull when the mailbox holds `mailbox_max` messages.
+        Raises MailboxFull when the mailbox holds `mailbox_max` messages (dead letters included).
         """
         box = self.mailbox(to)
         check_name("a message id", message_id)
         if box.knows(message_id):
             return None
-        if len(box) >= self.mailbox_max:
-            raise MailboxFull(
-                f"mailbox {to!r} is full ({len(box)} messages); no run of pipeline {to!r} is taking them: start one, "
-                f"or raise mailbox_max in tagentd.toml", mailbox=to, messages=len(box))
+        if box.size >= self.mailbox_max:
+            why = (f", {len(box.dead)} of them dead letters); look at them with 'tagent mailbox dead {to}' and requeue "
+                   f"or drop them" if box.dead else f"); no run of pipeline {to!r} is taking them: start one")
+            raise MailboxFull(f"mailbox {to!r} is full ({box.size} messages{why}, or raise mailbox_max in tagentd.toml",
+                              mailbox=to, messages=box.size)
         message = Message(id=message_id, sender=sender, payload=payload, ts=now, seq=box.next_seq, mailbox=to)
         box.add(message, self.seen_max)
         self._record(MessageSent(message=message))
@@ -254,24 +192,37 @@ class BrokerCore:
             self.holders.setdefault(holder, set()).add((mailbox, message.id))
         return message
 
-    def release(self, holder: Holder) -> int:
-        """Give back every message `holder` leased (its attempt failed); returns how many."""
-        held = self.holders.pop(holder, set())
-        for mailbox, message_id in held:
-            box = self.mailboxes.get(mailbox)
-            if box is not None:
-                box.release(message_id)
-        return len(held)
+    def settle(self, holder: Holder, succeeded: bool, error: str | None = None, now: float = 0.0) -> Settled:
+        """The holder's attempt ended: acknowledge its leases if it succeeded; else give them back.
 
-    def settle(self, holder: Holder, succeeded: bool) -> int:
-        """The holder's attempt ended: acknowledge its leases if it succeeded, else release them."""
-        if not succeeded:
-            return self.release(holder)
+        With an `error` the attempt failed: each held message's failures grow, and one that reached its
+        mailbox's `max_deliveries` becomes a dead letter (with `error`). Without one (cancelled, or the
+        attempt ended for a reason that is not the message's) the messages are only released.
+        """
         held = self.holders.pop(holder, set())
         by_box: dict[str, list[str]] = {}
         for mailbox, message_id in held:
             by_box.setdefault(mailbox, []).append(message_id)
-        return sum(len(self.ack(mailbox, ids)) for mailbox, ids in by_box.items())
+        if succeeded:
+            return Settled(sum(len(self.ack(mailbox, ids)) for mailbox, ids in by_box.items()), [])
+        dead: list[DeadLetter] = []
+        for mailbox, ids in by_box.items():
+            box = self.mailboxes.get(mailbox)
+            if box is None:
+                continue
+            if error is not None:
+                counted = [m for m in map(box.failed, sorted(ids)) if m is not None]
+                if counted:
+                    self._record(DeliveryFailed(mailbox=mailbox, ids=[m.id for m in counted]))
+                for message in counted:
+                    if message.failures >= box.max_deliveries:
+                        letter = DeadLetter(message=message, error=error, dead_at=now)
+                        box.bury(letter)
+                        self._record(MessageDead(mailbox=mailbox, letter=letter))
+                        dead.append(letter)
+            for message_id in ids:
+                box.release(message_id)
+        return Settled(len(held), dead)
 
     def ack(self, mailbox: str, ids: list[str]) -> list[str]:
         """Remove messages for good; returns the ids that were there."""
@@ -288,6 +239,42 @@ class BrokerCore:
         if done:
             self._record(MessagesAcked(mailbox=mailbox, ids=done))
         return done
+
+    # -- dead letters -------------------------------------------------------------------------------
+
+    def dead_letters(self, mailbox: str) -> list[DeadLetter]:
+        box = self.mailboxes.get(mailbox)
+        return sorted(box.dead.values(), key=lambda d: d.message.seq) if box is not None else []
+
+    def _dead_ids(self, mailbox: str, ids: list[str], every: bool) -> tuple[Mailbox | None, list[str]]:
+        """The dead letters named (all of them with `every`); NotFound, changing nothing, if one is not there."""
+        box = self.mailboxes.get(mailbox)
+        dead = box.dead if box is not None else {}
+        if every:
+            return box, list(dead)
+        missing = [i for i in ids if i not in dead]
+        if missing:
+            have = ", ".join(list(dead)[:5]) + (" ..." if len(dead) > 5 else "") if dead else "none"
+            raise NotFound(f"mailbox {mailbox!r} has no dead letter {missing[0]!r} (dead letters: {have}); "
+                           f"list them with 'tagent mailbox dead {mailbox}'", mailbox=mailbox, id=missing[0])
+        return box, list(dict.fromkeys(ids))
+
+    def requeue(self, mailbox: str, ids: list[str], every: bool = False) -> list[str]:
+        """Put dead letters back at their original positions with fresh counts; returns their ids."""
+        box, found = self._dead_ids(mailbox, ids, every)
+        if box is not None and found:
+            box.requeue(found)
+            self._record(DeadRequeued(mailbox=mailbox, ids=found))
+        return found
+
+    def drop_dead(self, mailbox: str, ids: list[str], every: bool = False) -> list[str]:
+        """Delete dead letters for good (their ids stay known, so a re-send is a duplicate); returns their ids."""
+        box, found = self._dead_ids(mailbox, ids, every)
+        if box is not None and found:
+            for message_id in found:
+                del box.dead[message_id]
+            self._record(DeadDropped(mailbox=mailbox, ids=found))
+        return found
 
     # -- spaces ----------------------------------------------------------------------------------------
 
@@ -362,6 +349,18 @@ class BrokerCore:
             box = self.mailbox(record.mailbox)
             for message_id in record.ids:
                 box.remove(message_id)
+        elif isinstance(record, DeliveryFailed):
+            for message_id in record.ids:
+                self.mailbox(record.mailbox).failed(message_id)
+        elif isinstance(record, MessageDead):
+            self.mailbox(record.mailbox).bury(record.letter)
+        elif isinstance(record, DeadRequeued):
+            box = self.mailbox(record.mailbox)
+            box.requeue([i for i in record.ids if i in box.dead])
+        elif isinstance(record, DeadDropped):
+            box = self.mailbox(record.mailbox)
+            for message_id in record.ids:
+                box.dead.pop(message_id, None)
         elif isinstance(record, EntryWritten):
             space = self.space(record.space)
             space.write(record.entry)
@@ -377,21 +376,14 @@ class BrokerCore:
 
     def snapshot(self) -> CoreSnapshot:
         return CoreSnapshot(
-            mailboxes=[MailboxState(name=b.name, messages=sorted(b.messages.values(), key=lambda m: m.seq),
-                                    seen=list(b.seen), next_seq=b.next_seq) for b in self.mailboxes.values()],
+            mailboxes=[box.state() for box in self.mailboxes.values()],
             spaces=[SpaceState(name=s.name, entries=list(s.entries.values()), tombstones=dict(s.tombstones),
                                log=list(s.log)) for s in self.spaces.values()],
         )
 
     def restore(self, snapshot: CoreSnapshot) -> None:
         for state in snapshot.mailboxes:
-            box = self.mailbox(state.name)
-            for message_id in state.seen:
-                box.remember(message_id, self.seen_max)
-            for message in state.messages:
-                message.deliveries = 0
-                box.add(message, self.seen_max)
-            box.next_seq = max(box.next_seq, state.next_seq)
+            self.mailbox(state.name).restore(state, self.seen_max)
         for state in snapshot.spaces:
             space = self.space(state.name)
             for entry in state.entries:

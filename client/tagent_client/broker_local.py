@@ -4,7 +4,9 @@ Pipelines run by `run_pipeline` in one process talk through one LocalBroker
 (`LocalBroker.default()` unless a run is given its own): messages, events,
 spaces and the registry work as with the daemon, but in memory only — nothing
 survives the process, there are no allow-lists and no triggers (registering a
-pipeline for events needs the daemon). Only the event loop's thread may call it.
+pipeline for events needs the daemon). A message whose delivery failed
+`max_deliveries` times becomes a dead letter as in the daemon (`dead_letters`,
+`requeue`, `drop_dead`). Only the event loop's thread may call it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 import msgspec
 
 from . import protocol_broker as b
-from .broker_core import BrokerCore, Holder
+from .broker_core import MAX_DELIVERIES, BrokerCore, Holder, attempt_error
 from .errors import InvalidRequest
+from .events import StepSucceeded
 from .protocol import EventRecord
 from .receivers import Receivers
 
@@ -28,8 +31,8 @@ class LocalBroker:
 
     _default: LocalBroker | None = None
 
-    def __init__(self) -> None:
-        self.core = BrokerCore()
+    def __init__(self, *, max_deliveries: int = MAX_DELIVERIES, max_deliveries_of: dict[str, int] | None = None) -> None:
+        self.core = BrokerCore(max_deliveries=max_deliveries, max_deliveries_of=max_deliveries_of)
         self.runs: dict[str, tuple[str, list[str]]] = {}  # run id -> (pipeline, capabilities)
         self._receivers = Receivers(self.core.lease)
         self._watchers: list[tuple[str, asyncio.Future[Any]]] = []
@@ -50,10 +53,28 @@ class LocalBroker:
     def run_finished(self, run_id: str) -> None:
         self.runs.pop(run_id, None)
 
-    def settle(self, holder: Holder, succeeded: bool) -> None:
-        self.core.settle(holder, succeeded)
+    def settle(self, holder: Holder, outcome: Any) -> None:
+        """The attempt `holder` ended with `outcome` (its event; None: cancelled): ack, count a failure, or release."""
+        succeeded = isinstance(outcome, StepSucceeded)
+        self.core.settle(holder, succeeded, attempt_error(outcome), time.time())
         if not succeeded:
             self._receivers.deliver_all()
+
+    # -- dead letters (as `tagent mailbox dead / requeue / drop` with the daemon) --------------------------
+
+    def dead_letters(self, mailbox: str) -> list[b.DeadLetter]:
+        """The messages of `mailbox` whose delivery failed `max_deliveries` times, oldest first, with their errors."""
+        return self.core.dead_letters(mailbox)
+
+    def requeue(self, mailbox: str, *ids: str, all: bool = False) -> list[str]:  # noqa: A002
+        """Put dead letters back at their original positions (fresh counts); NotFound for an unknown id."""
+        found = self.core.requeue(mailbox, list(ids), all)
+        self._receivers.deliver(mailbox)
+        return found
+
+    def drop_dead(self, mailbox: str, *ids: str, all: bool = False) -> list[str]:  # noqa: A002
+        """Delete dead letters for good; NotFound for an unknown id."""
+        return self.core.drop_dead(mailbox, list(ids), all)
 
     def publish(self, topic: str, data: Any) -> EventRecord:
         record = EventRecord(seq=next(self._seq), ts=time.time(), topic=topic, data=data)

@@ -18,7 +18,7 @@ import click
 import msgspec
 
 from .protocol import EventRecord
-from .protocol_broker import AccessEntry, MailboxInfo, RegistryEntry
+from .protocol_broker import AccessEntry, DeadLetter, MailboxInfo, RegistryEntry
 from .render import age, clock, compact_json, table
 from .result import to_builtins
 
@@ -64,12 +64,21 @@ def pipelines_table(entries: Sequence[RegistryEntry]) -> str:
 def mailboxes_table(boxes: Sequence[MailboxInfo], now: float) -> str:
     if not boxes:
         return "no mailboxes"
-    lines = [table(("MAILBOX", "MESSAGES", "LEASED", "OLDEST"),
-                   [(m.name, m.messages, m.leased, age(now - m.oldest_ts) if m.oldest_ts else "-") for m in boxes])]
+    lines = [table(("MAILBOX", "MESSAGES", "LEASED", "DEAD", "OLDEST"),
+                   [(m.name, m.messages, m.leased, m.dead, age(now - m.oldest_ts) if m.oldest_ts else "-")
+                    for m in boxes])]
     for box in boxes:
         for message in box.peek:
             lines.append(f"  {box.name} #{message.seq}  {message.id}  from {message.sender}  {compact_json(message.payload)}")
     return "\n".join(lines)
+
+
+def dead_table(name: str, letters: Sequence[DeadLetter], now: float) -> str:
+    if not letters:
+        return f"mailbox {name!r} has no dead letters"
+    rows = [(d.message.id, d.message.sender, d.message.failures, age(now - d.dead_at), d.error[:80],
+             compact_json(d.message.payload)[:60]) for d in letters]
+    return table(("ID", "FROM", "FAILURES", "DIED", "LAST ERROR", "PAYLOAD"), rows)
 
 
 def access_table(entries: Sequence[AccessEntry]) -> str:
@@ -257,6 +266,48 @@ def mailbox_ls(session: Session, pipeline: str | None, peek: int, as_json: bool)
         emit_json(boxes)
     else:
         click.echo(mailboxes_table(boxes, time.time()))
+
+
+@mailbox.command("dead")
+@click.argument("pipeline")
+@json_option
+@pass_session
+def mailbox_dead(session: Session, pipeline: str, as_json: bool) -> None:
+    """Dead letters of PIPELINE's mailbox: messages whose delivery failed max_deliveries times, with the last error."""
+    letters = session.client().dead_letters(pipeline)
+    if as_json:
+        emit_json(letters)
+    else:
+        click.echo(dead_table(pipeline, letters, time.time()))
+
+
+def _dead_ids(pipeline: str, ids: tuple[str, ...], every: bool) -> None:
+    if bool(ids) == every:
+        raise click.UsageError(f"name dead letter IDs or give --all (not both); list them with 'tagent mailbox dead {pipeline}'")
+
+
+@mailbox.command("requeue")
+@click.argument("pipeline")
+@click.argument("ids", nargs=-1, metavar="ID...")
+@click.option("--all", "every", is_flag=True, help="Every dead letter of the mailbox.")
+@pass_session
+def mailbox_requeue(session: Session, pipeline: str, ids: tuple[str, ...], every: bool) -> None:
+    """Put dead letters back in PIPELINE's mailbox, at their original positions and with fresh counts."""
+    _dead_ids(pipeline, ids, every)
+    done = session.client().requeue_dead(pipeline, *ids, all=every)
+    click.echo(f"mailbox {pipeline}: requeued {len(done)} message(s)" + (f": {' '.join(done)}" if done else ""))
+
+
+@mailbox.command("drop")
+@click.argument("pipeline")
+@click.argument("ids", nargs=-1, metavar="ID...")
+@click.option("--all", "every", is_flag=True, help="Every dead letter of the mailbox.")
+@pass_session
+def mailbox_drop(session: Session, pipeline: str, ids: tuple[str, ...], every: bool) -> None:
+    """Delete dead letters of PIPELINE's mailbox for good (a re-send with the same id stays a duplicate)."""
+    _dead_ids(pipeline, ids, every)
+    done = session.client().drop_dead(pipeline, *ids, all=every)
+    click.echo(f"mailbox {pipeline}: dropped {len(done)} dead letter(s)" + (f": {' '.join(done)}" if done else ""))
 
 
 @click.command()

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import protocol_broker as b
 from .calls import Call, decode_as, plain_data
-from .protocol_broker import AccessEntry, BrokerStats, Entry, MailboxInfo, RegistryEntry
+from .protocol_broker import AccessEntry, BrokerStats, DeadLetter, Entry, MailboxInfo, RegistryEntry
 from .subscription import AsyncSubscription, Subscription
 
 
@@ -38,6 +38,18 @@ def _publish(topic: str, data: Any) -> Call[dict[str, Any]]:
 def _publish_many(events: Iterable[tuple[str, Any]]) -> Call[int]:
     batch = [(topic, plain_data("the event data", data)) for topic, data in events]
     return Call(b.PublishMany(events=batch), lambda r: int(r["published"]))
+
+
+def _dead_letters(pipeline: str) -> Call[list[DeadLetter]]:
+    return Call(b.DeadLetters(mailbox=pipeline), decode_as(list[DeadLetter]))
+
+
+def _requeue(pipeline: str, ids: Iterable[str], every: bool) -> Call[list[str]]:
+    return Call(b.RequeueDead(mailbox=pipeline, ids=list(ids), all=every), lambda r: list(r["requeued"]))
+
+
+def _drop_dead(pipeline: str, ids: Iterable[str], every: bool) -> Call[list[str]]:
+    return Call(b.DropDead(mailbox=pipeline, ids=list(ids), all=every), lambda r: list(r["dropped"]))
 
 
 def _space_calls(name: str) -> dict[str, Callable[..., Call[Any]]]:
@@ -162,6 +174,19 @@ class BrokerMethods:
         """Mailbox depths (and the first `peek` messages of each)."""
         return self._call(Call(b.ListMailboxes(pipeline=pipeline, peek=peek), decode_as(list[MailboxInfo])))
 
+    def dead_letters(self, pipeline: str) -> list[DeadLetter]:
+        """Messages of `pipeline`'s mailbox whose delivery failed max_deliveries times, with their last error."""
+        return self._call(_dead_letters(pipeline))
+
+    def requeue_dead(self, pipeline: str, *ids: str, all: bool = False) -> list[str]:  # noqa: A002
+        """Put dead letters (or `all` of them) back at their original positions with fresh counts; returns
+        their ids once durable. NotFound (nothing changed) if an id is not a dead letter of that mailbox."""
+        return self._call(_requeue(pipeline, ids, all))
+
+    def drop_dead(self, pipeline: str, *ids: str, all: bool = False) -> list[str]:  # noqa: A002
+        """Delete dead letters (or `all` of them) for good; returns their ids once durable (NotFound as above)."""
+        return self._call(_drop_dead(pipeline, ids, all))
+
     def unregister(self, pipeline: str) -> dict[str, Any]:
         """Stop starting runs of a triggered pipeline; returns {pipeline, dropped_queued}."""
         return self._call(Call(b.Unregister(pipeline=pipeline), _plain))
@@ -198,6 +223,15 @@ class AsyncBrokerMethods:
 
     async def mailboxes(self, pipeline: str | None = None, peek: int = 0) -> list[MailboxInfo]:
         return await self._call(Call(b.ListMailboxes(pipeline=pipeline, peek=peek), decode_as(list[MailboxInfo])))
+
+    async def dead_letters(self, pipeline: str) -> list[DeadLetter]:
+        return await self._call(_dead_letters(pipeline))
+
+    async def requeue_dead(self, pipeline: str, *ids: str, all: bool = False) -> list[str]:  # noqa: A002
+        return await self._call(_requeue(pipeline, ids, all))
+
+    async def drop_dead(self, pipeline: str, *ids: str, all: bool = False) -> list[str]:  # noqa: A002
+        return await self._call(_drop_dead(pipeline, ids, all))
 
     async def unregister(self, pipeline: str) -> dict[str, Any]:
         return await self._call(Call(b.Unregister(pipeline=pipeline), _plain))

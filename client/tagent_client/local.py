@@ -175,7 +175,7 @@ async def run_pipeline(
     async def attempt(task: Dispatch) -> None:
         ctx = make_context(pipeline, machine, task, services)
         event = await run_task(pipeline, task, ctx, run_model, llm)
-        services.bus.settle((machine.state.run_id, task.task, task.attempt), isinstance(event, StepSucceeded))
+        services.bus.settle((machine.state.run_id, task.task, task.attempt), event)
         inbox.put_nowait(event)
         if running.get(task.task) is asyncio.current_task():
             del running[task.task]
@@ -188,7 +188,7 @@ async def run_pipeline(
                 job = running.pop(action.task, None)
                 if job is not None:
                     job.cancel()
-                services.bus.settle((machine.state.run_id, action.task, action.attempt), False)
+                services.bus.settle((machine.state.run_id, action.task, action.attempt), None)
             elif isinstance(action, ScheduleRetry):
                 arm(action.at)
             elif isinstance(action, Emit):

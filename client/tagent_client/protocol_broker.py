@@ -23,7 +23,11 @@ MAX_WAIT = 60.0  # longest a receive / wait_for_event request is parked by the d
 
 
 class Message(msgspec.Struct, kw_only=True):
-    """A direct message in a pipeline's mailbox. `deliveries` counts leases, this one included."""
+    """A direct message in a pipeline's mailbox.
+
+    `deliveries` counts leases, this one included; `failures` counts the attempts that held it and failed
+    (durable: at `max_deliveries` failures the message becomes a dead letter).
+    """
 
     id: str
     sender: str
@@ -32,6 +36,16 @@ class Message(msgspec.Struct, kw_only=True):
     seq: int = 0
     mailbox: str = ""
     deliveries: int = 0
+    failures: int = 0
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A message whose delivery failed `max_deliveries` times: kept aside, with the last error, until it is
+    requeued or dropped."""
+
+    message: Message
+    error: str
+    dead_at: float = 0.0
 
 
 class Entry(msgspec.Struct, kw_only=True):
@@ -184,6 +198,28 @@ class ListMailboxes(BrokerRequest, tag="mailboxes", kw_only=True):
     peek: int = 0
 
 
+class DeadLetters(BrokerRequest, tag="dead_letters", kw_only=True):
+    """The dead letters of pipeline `mailbox`, oldest message first."""
+
+    mailbox: str
+
+
+class RequeueDead(BrokerRequest, tag="requeue_dead", kw_only=True):
+    """(clients only) Put dead letters back in their mailbox at their original position (`all`: every one)."""
+
+    mailbox: str
+    ids: list[str] = []
+    all: bool = False
+
+
+class DropDead(BrokerRequest, tag="drop_dead", kw_only=True):
+    """(clients only) Delete dead letters for good (`all`: every one); their ids stay known as duplicates."""
+
+    mailbox: str
+    ids: list[str] = []
+    all: bool = False
+
+
 class Unregister(BrokerRequest, tag="unregister", kw_only=True):
     """Forget a triggered pipeline's registration (its queued triggers are dropped, running runs go on)."""
 
@@ -196,11 +232,13 @@ class BrokerStatsRequest(BrokerRequest, tag="stats", kw_only=True):
 
 BROKER_REQUESTS = (
     SendMessage, ReceiveMessage, AckMessages, Publish, PublishMany, WaitEvent, SpaceGet, SpacePut, SpaceCas,
-    SpaceDelete, SpaceKeys, SpaceLog, SpaceAllow, ListPipelines, ListMailboxes, Unregister, BrokerStatsRequest,
+    SpaceDelete, SpaceKeys, SpaceLog, SpaceAllow, ListPipelines, ListMailboxes, DeadLetters, RequeueDead, DropDead,
+    Unregister, BrokerStatsRequest,
 )
 AnyBrokerRequest = (
     SendMessage | ReceiveMessage | AckMessages | Publish | PublishMany | WaitEvent | SpaceGet | SpacePut | SpaceCas
-    | SpaceDelete | SpaceKeys | SpaceLog | SpaceAllow | ListPipelines | ListMailboxes | Unregister | BrokerStatsRequest
+    | SpaceDelete | SpaceKeys | SpaceLog | SpaceAllow | ListPipelines | ListMailboxes | DeadLetters | RequeueDead
+    | DropDead | Unregister | BrokerStatsRequest
 )
 
 # -- events.sock -----------------------------------------------------------------------------------
@@ -240,6 +278,8 @@ class MailboxInfo(msgspec.Struct, kw_only=True):
     leased: int
     oldest_ts: float | None = None
     peek: list[Message] = []
+    dead: int = 0
+    max_deliveries: int = 0
 
 
 class SubscriberInfo(msgspec.Struct, kw_only=True):
