@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError,
 
 from . import __version__
 from .config import FIELDS, LOG_FILE, Settings, absolute_path, default_config_path, flag_name, load_settings
+from .cli_stop import stop_daemon, stopping_rows
 from .lock import already_running, is_locked, read_pid
 from .watch_rules import watch_folders
 
@@ -125,21 +125,6 @@ def _answers(runtime_dir: Path) -> bool:
     except (DaemonUnavailable, RequestTimeout):
         return False
     return True
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 # -- start -------------------------------------------------------------------------------------
@@ -253,58 +238,30 @@ def _report_early_exit(settings: Settings, status: int, log_start: int) -> None:
 # -- stop / restart --------------------------------------------------------------------------
 
 
+_STOP_TIMEOUT = click.option(
+    "--timeout", type=click.FloatRange(min=0), metavar="S",
+    help="Wait at most S seconds for the steps in flight, then checkpoint them (default: 10).")
+
+
 @cli.command()
-@click.option("--fast", is_flag=True, help="Do not wait for in-flight steps (they are re-run after the next start).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the daemon to exit.")
+@click.option("--fast", is_flag=True, help="Checkpoint the steps in flight and stop now (they re-run after the next start).")
+@_STOP_TIMEOUT
 @_where_options
-def stop(fast: bool, timeout: float, config_path: Path | None, runtime_dir: Path | None) -> None:
-    """Stop the daemon and wait until it has exited."""
+def stop(fast: bool, timeout: float | None, config_path: Path | None, runtime_dir: Path | None) -> None:
+    """Stop the daemon: start nothing new, wait for the steps in flight (say which), exit."""
     settings, _ = load_settings(config_path, _flags(runtime_dir=runtime_dir))
-    _stop(settings.runtime_dir, fast=fast, timeout=timeout)
-
-
-def _stop(runtime_dir: Path, *, fast: bool, timeout: float) -> None:
-    if not is_locked(runtime_dir):
-        click.echo(f"tagentd is not running (runtime dir {runtime_dir}); nothing to stop")
-        return
-    pid = read_pid(runtime_dir)
-    began = time.monotonic()
-    try:
-        _call(runtime_dir, min(timeout, 5.0), "shutdown", graceful=not fast)
-    except (DaemonUnavailable, RequestTimeout):
-        if is_locked(runtime_dir):
-            if pid is None:
-                raise DaemonUnavailable(
-                    f"a process holds the lock {runtime_dir / paths.PIDFILE} but does not answer and wrote no pid; "
-                    f"find it with 'fuser {runtime_dir / paths.PIDFILE}'"
-                ) from None
-            click.echo(f"tagentd: pid {pid} did not answer the stop request on "
-                       f"{runtime_dir / paths.CONTROL_SOCKET}; sending it SIGTERM", err=True)
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = began + timeout
-    while is_locked(runtime_dir) or (pid is not None and _pid_alive(pid)):
-        if time.monotonic() >= deadline:
-            raise RequestTimeout(
-                f"tagentd (pid {pid}) is still running {timeout:g} s after the stop request; wait longer with "
-                f"'tagentd stop --timeout 120', stop harder with 'tagentd stop --fast', or 'kill {pid}'",
-                pid=pid,
-            )
-        time.sleep(POLL)
-    click.echo(f"tagentd stopped (pid {pid}, after {time.monotonic() - began:.1f} s)")
+    stop_daemon(settings.runtime_dir, fast=fast, timeout=timeout)
 
 
 @cli.command()
-@click.option("--fast", is_flag=True, help="Stop without waiting for in-flight steps.")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the old daemon to exit.")
+@click.option("--fast", is_flag=True, help="Checkpoint the steps in flight and stop now.")
+@_STOP_TIMEOUT
 @_settings_options
-def restart(fast: bool, timeout: float, config_path: Path | None, **values: Any) -> None:
+def restart(fast: bool, timeout: float | None, config_path: Path | None, **values: Any) -> None:
     """Stop the daemon (if running), then start it in the background with these flags."""
     flags = _flags(**values)
     settings, _ = load_settings(config_path, flags)
-    _stop(settings.runtime_dir, fast=fast, timeout=timeout)
+    stop_daemon(settings.runtime_dir, fast=fast, timeout=timeout)
     sys.exit(_start_background(settings, config_path, flags))
 
 
@@ -354,7 +311,7 @@ def _print_status(info: Any) -> None:
         ("watching", ", ".join(info.watch_dirs) + " (see 'tagent watch')" if info.watch_dirs else "no folder"),
         ("workers", f"{len(info.workers)} ({busy} busy, {len(info.workers) - busy} idle)"),
     ]
-    rows += _broker_rows(info.stats.get("broker"))
+    rows += _broker_rows(info.stats.get("broker")) + stopping_rows(info.stats.get("stopping"))
     _print_pairs(rows)
     if info.workers:
         now = time.time()

@@ -99,8 +99,8 @@ def resume(daemon: Daemon, req: p.Resume) -> dict[str, Any]:
     if run.state.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
         raise InvalidRequest(f"run {run.id} is {run.state.status.value}; only failed or cancelled runs can be resumed")
     again = [n for n, s in run.state.steps.items() if s.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)]
+    daemon.reset_run(run, again)  # refused while the daemon stops: then nothing is audited
     run.audit(who(req), "resume", steps=again)
-    daemon.reset_run(run, again)
     return {"run_id": run.id, "steps": again}
 
 
@@ -110,8 +110,8 @@ def retry(daemon: Daemon, req: p.Retry) -> dict[str, Any]:
         raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
     if not run.finished:
         raise InvalidRequest(f"run {run.id} is still {run.state.status.value}; retry a step once the run has ended")
-    run.audit(who(req), "retry", step=req.step)
     daemon.reset_run(run, [req.step])
+    run.audit(who(req), "retry", step=req.step)
     return {"run_id": run.id, "step": req.step}
 
 
@@ -165,8 +165,9 @@ def get_watch(daemon: Daemon, req: p.GetWatch) -> p.WatchInfo:
 
 
 def shutdown(daemon: Daemon, req: p.Shutdown) -> dict[str, Any]:
-    daemon.request_stop(graceful=req.graceful, who=who(req))
-    return {"stopping": True, "graceful": req.graceful}
+    if req.timeout is not None and not req.timeout >= 0:
+        raise InvalidRequest(f"a stop's timeout must be a number of seconds >= 0, got {req.timeout!r}")
+    return daemon.request_stop(graceful=req.graceful, who=who(req), timeout=req.timeout)
 
 
 HANDLERS: dict[type, Callable[..., Any]] = {

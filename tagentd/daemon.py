@@ -8,8 +8,9 @@ Guarantees:
 - group commit: everything that changed in one loop tick is flushed to the store
   once, and only then are replies sent and lifecycle events published — so a
   step reported COMPLETED is on disk (with a durable store);
-- SIGTERM/SIGINT: graceful stop (in-flight steps get time to finish); a second
-  signal: fast stop.
+- a stop dispatches nothing new; SIGTERM/SIGINT: graceful stop (in-flight steps
+  get time to finish, then are checkpointed); a second signal: fast stop (see
+  stopping.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .broker_shell import BrokerShell
 from .channel import Channel
 from .control_server import ControlServer
 from .checkpoint import DurableStore
+from .stopping import Stopper
 from .store import MemoryStore, RunStore
 from .store_health import RETRY_S, StoreHealth
 from .watch_rules import watch_folders
@@ -48,7 +50,6 @@ from .watcher import Watcher
 
 log = logging.getLogger("tagentd")
 
-STOP_WAIT_GRACEFUL = 10.0
 RETENTION_EVERY_S = 3600.0
 
 
@@ -73,8 +74,7 @@ class Daemon:
         self._unpublished: list[tuple[Run, p.EventRecord]] = []
         self._replies: list[tuple[Channel, list[bytes]]] = []
         self._dirty = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._graceful = True
+        self.stopper = Stopper(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.permits = PermitDesk(settings.endpoints, self._send_worker)
         self._commit_waiters: list[asyncio.Future[None]] = []
@@ -136,7 +136,7 @@ class Daemon:
         self.watcher.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(sig, self.stopper.on_signal, sig)
         self.control.start()
         self.workers_channel.start(self._on_worker_batch)
         for coro in (self.pool.supervise(), self._committer(),
@@ -145,7 +145,7 @@ class Daemon:
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
         notify("READY=1")
-        await self._stop.wait()
+        await self.stopper.requested.wait()
         notify("STOPPING=1")
         await self._shutdown()
         return 0
@@ -162,34 +162,15 @@ class Daemon:
         if not task.cancelled() and task.exception() is not None:
             log.error("internal task failed: %r", task.exception(), exc_info=task.exception())
 
-    def _on_signal(self, sig: int) -> None:
-        if self._stop.is_set():
-            log.warning("second %s: stopping fast", signal.Signals(sig).name)
-            self._graceful = False
-            for task in list(self._tasks):
-                if task.get_coro().__qualname__.startswith("Daemon._shutdown"):
-                    task.cancel()
-            self._fast_exit()
-            return
-        log.info("%s: stopping gracefully (send it again to stop at once)", signal.Signals(sig).name)
-        self.request_stop(graceful=True, who="signal")
-
-    def _fast_exit(self) -> None:
-        for worker in self.pool.workers.values():
-            worker.proc.kill()
-        self.store.close()
-        os._exit(0)
-
-    def request_stop(self, *, graceful: bool, who: str) -> None:
-        log.info("stop requested by %s (%s)", who, "graceful" if graceful else "fast")
-        self._graceful = graceful
-        self.accepting = False
-        self._stop.set()
+    def request_stop(self, *, graceful: bool, who: str, timeout: float | None = None) -> dict[str, Any]:
+        """Stop: nothing new starts from now on; see stopping.py. Returns what the stop waits for."""
+        return self.stopper.request(graceful=graceful, who=who, timeout=timeout)
 
     async def _shutdown(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        await self.pool.stop(STOP_WAIT_GRACEFUL if self._graceful else 0.0)
+        await self.stopper.drain()
+        await self.pool.stop(0.0)
         await self._commit()
         await asyncio.sleep(0.05)  # let the last replies leave before the sockets close
         for task in list(self._tasks):
@@ -215,6 +196,8 @@ class Daemon:
         self.apply(run, run.machine.handle(Cancelled(reason=reason), time.time()))
 
     def reset_run(self, run: Run, steps: list[str]) -> None:
+        if not self.accepting:
+            raise InvalidRequest(f"the daemon is stopping; resume or retry run {run.id} after the next start")
         run.announced_finish = False
         self.apply(run, run.machine.reset(steps, time.time()))
         self.pool.pump()
@@ -444,6 +427,7 @@ class Daemon:
         stats["llm_permits_granted"] = self.permits.granted
         stats["llm_endpoints"] = self.permits.stats()
         stats["broker"] = broker_views.summary(self.broker)
+        stats["stopping"] = self.stopper.info()
         stats["checkpoint_problems"] += self.broker.store.problems
         stats["state_dir_problem"] = self.health.problem()
         return p.DaemonInfo(

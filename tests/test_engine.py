@@ -884,6 +884,22 @@ def test_a_reset_fan_out_step_numbers_its_items_and_merge_on_from_its_attempts()
     assert machine.state.steps["fan"].attempts == 2
 
 
+def test_a_held_machine_dispatches_nothing_and_its_ready_tasks_stay_queued_for_the_next_start() -> None:
+    """Given a running a and a queued c (one step at a time), when the machine is held (the daemon stops) and
+    a succeeds, then c is not dispatched and stays PENDING with a QUEUED task, and a machine rebuilt from the
+    state dispatches it as attempt 1."""
+    machine, actions = started(steps(Pipeline("p", max_concurrent_steps=1), "a", "c"))
+    assert dispatched(actions) == ["a"]
+
+    machine.hold()
+    actions = succeed(machine, "a", output="A")
+
+    assert dispatched(actions) == [] and not finishes(actions)
+    assert status(machine, "c") is StepStatus.PENDING and machine.state.tasks["c"].status is TaskStatus.QUEUED
+    rebuilt = RunMachine(machine.plan, msgspec.msgpack.decode(msgspec.msgpack.encode(machine.state), type=RunState))
+    assert dispatch_of(rebuilt.recover(now=5.0), "c").attempt == 1
+
+
 # -- actions order, topics, diagnostics ----------------------------------------------------------------------------------------
 
 

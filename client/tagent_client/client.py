@@ -229,9 +229,10 @@ class Client(BrokerMethods, _Base):
         """The watched folders and each pipeline file in them: content hash, status (run id, error, ...), time."""
         return self._call(Call(protocol.GetWatch(), decode_as(WatchInfo)))
 
-    def shutdown(self, graceful: bool = True) -> dict[str, Any]:
-        """Ask the daemon to stop (graceful: in-flight steps may finish). Returns {stopping, graceful}."""
-        return self._call(Call(protocol.Shutdown(graceful=graceful), as_dict))
+    def shutdown(self, graceful: bool = True, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the daemon to stop: nothing new starts; graceful: steps in flight get up to `timeout` s to finish.
+        Returns {graceful, timeout_s, remaining_s, waiting: [{run_id, pipeline, step, task, attempt, elapsed_s}]}."""
+        return self._call(Call(protocol.Shutdown(graceful=graceful, timeout=timeout), as_dict))
 
     def gc(self, max_age_s: float | None = None, max_runs: int | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Apply retention now (None: the daemon's settings). Returns {removed: [run ids], dry_run}."""
@@ -419,8 +420,8 @@ class AsyncClient(AsyncBrokerMethods, _Base):
     async def watch(self) -> WatchInfo:
         return await self._call(Call(protocol.GetWatch(), decode_as(WatchInfo)))
 
-    async def shutdown(self, graceful: bool = True) -> dict[str, Any]:
-        return await self._call(Call(protocol.Shutdown(graceful=graceful), as_dict))
+    async def shutdown(self, graceful: bool = True, timeout: float | None = None) -> dict[str, Any]:
+        return await self._call(Call(protocol.Shutdown(graceful=graceful, timeout=timeout), as_dict))
 
     async def gc(self, max_age_s: float | None = None, max_runs: int | None = None, dry_run: bool = False) -> dict[str, Any]:
         return await self._call(Call(protocol.Gc(max_age_s=max_age_s, max_runs=max_runs, dry_run=dry_run), as_dict))

@@ -80,6 +80,7 @@ class RunMachine:
                 self._dependents[dep].append(spec.name)
         self._changed_steps: set[str] = set()
         self._changed_tasks: set[str] = set()
+        self.held = False
         self._reindex()
 
     def _reindex(self) -> None:
@@ -165,6 +166,11 @@ class RunMachine:
         if isinstance(event, StepInterrupted):
             return self._task_interrupted(task, event.reason, now)
         return []
+
+    def hold(self) -> None:
+        """Dispatch nothing from now on (the daemon is stopping): ready tasks stay QUEUED and due retries
+        WAITING_RETRY, so the checkpoint shows them as not started; events are still handled."""
+        self.held = True
 
     def next_timer(self) -> float | None:
         """The earliest pending retry time, if any."""
@@ -456,7 +462,7 @@ class RunMachine:
 
     def _dispatch_ready(self, now: float) -> list[Action]:
         room = self.plan.max_concurrent_steps - len(self._running)
-        if room <= 0:
+        if room <= 0 or self.held:
             return []
         due = list(self._queued.values())
         due += [t for t in self._waiting.values() if t.retry_at is not None and t.retry_at <= now]

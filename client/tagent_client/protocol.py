@@ -139,9 +139,11 @@ class GetWatch(Request, tag="watch"):
 
 
 class Shutdown(Request, tag="shutdown"):
-    """Stop the daemon. `graceful`: finish or checkpoint in-flight work first."""
+    """Stop the daemon; nothing new starts. `graceful`: wait up to `timeout` s (None: the daemon's default) for the
+    steps in flight, then checkpoint them; else checkpoint them now. Sent again with `graceful` false: stop now."""
 
     graceful: bool = True
+    timeout: float | None = None
 
 
 REQUEST_TYPES = (
