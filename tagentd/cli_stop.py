@@ -99,8 +99,10 @@ def stopping_rows(stopping: dict[str, Any] | None) -> list[tuple[str, str]]:
     waiting = stopping.get("waiting") or []
     if not stopping.get("graceful"):
         return [("stopping", f"now; checkpointing {waiting_line(waiting)}" if waiting else "now")]
-    what = f"waiting for {waiting_line(waiting)}" if waiting else "nothing in flight"
-    return [("stopping", f"{what}; {stopping.get('remaining_s', 0):g} s left, then they are checkpointed")]
+    if not waiting:
+        return [("stopping", "nothing in flight; stopping the workers")]
+    return [("stopping", f"waiting for {waiting_line(waiting)}; {stopping.get('remaining_s', 0):g} s left, "
+                         f"then they are checkpointed")]
 
 
 def stop_daemon(runtime_dir: Path, *, fast: bool, timeout: float | None) -> None:
