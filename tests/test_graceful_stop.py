@@ -131,6 +131,8 @@ def test_a_graceful_stop_starts_nothing_new_says_what_it_waits_for_and_every_ste
         detail = client.status(run_id)
     assert {name: (s.status, s.attempts) for name, s in detail.steps.items()} == {
         "a": ("completed", 1), "c": ("running", 1), "d": ("pending", 0), "b": ("pending", 0)}
+    # (and `tagentd status` says what the stop waits for)
+    assert re.search(r"stopping\s+waiting for 1 step: c \(", daemon.admin("status").stdout)
     # And once c finishes the daemon exits
     files["go_c"].touch()
     assert stopping.wait(timeout=30) == 0, printed(files)
