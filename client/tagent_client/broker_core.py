@@ -218,7 +218,8 @@ class BrokerCore:
                     if message.failures >= box.max_deliveries:
                         letter = DeadLetter(message=message, error=error, dead_at=now)
                         box.bury(letter)
-                        self._record(MessageDead(mailbox=mailbox, letter=letter))
+                        copy = msgspec.structs.replace(letter, message=msgspec.structs.replace(message))
+                        self._record(MessageDead(mailbox=mailbox, letter=copy))  # unchanged by a later requeue
                         dead.append(letter)
             for message_id in ids:
                 box.release(message_id)
@@ -343,7 +344,7 @@ class BrokerCore:
         if isinstance(record, MessageSent):
             box = self.mailbox(record.message.mailbox)
             if not box.knows(record.message.id):
-                record.message.deliveries = 0
+                record.message.deliveries = record.message.failures = 0  # as sent (the record may alias the live one)
                 box.add(record.message, self.seen_max)
         elif isinstance(record, MessagesAcked):
             box = self.mailbox(record.mailbox)
