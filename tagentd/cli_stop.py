@@ -45,51 +45,41 @@ def pid_alive(pid: int) -> bool:
 
 
 class StopWatch:
-    """Follows one stop: prints what it waits for, and what it checkpoints, when that changes."""
+    """Follows one stop: prints what the daemon says it waits for, and what it checkpoints, when that changes."""
 
     def __init__(self, client: Any, deadline: float) -> None:
         self.client = client
-        self.deadline = deadline  # when the daemon gives up waiting (time.monotonic())
+        self.deadline = deadline  # about when the daemon gives up waiting (time.monotonic())
         self.shown: tuple[Any, ...] | None = None
         self.shown_at = 0.0
         self.next_look = 0.0
-        self.waiting: list[dict[str, Any]] = []
 
     def show(self, stopping: dict[str, Any] | None) -> None:
-        """Take what the daemon says the stop waits for, and print it."""
-        if not stopping:
+        """Print what the daemon said, when it changed (or every REPEAT_EVERY s); nothing if no step runs."""
+        waiting = list((stopping or {}).get("waiting") or [])
+        if not waiting:
             return
-        self.waiting = list(stopping.get("waiting") or [])
-        if not stopping.get("graceful", True) or stopping.get("remaining_s", 1.0) <= 0:
-            self.deadline = min(self.deadline, time.monotonic())
-        self.print()
-
-    def print(self) -> None:
-        """The waiting (or checkpointing) line, when it changed or every REPEAT_EVERY s; nothing if nothing runs."""
+        cutting = not stopping.get("graceful", True) or stopping.get("remaining_s", 1.0) <= 0
+        shown = (cutting, *sorted(w["run_id"] + "/" + w["task"] for w in waiting))
         now = time.monotonic()
-        cutting = now >= self.deadline
-        shown = (cutting, *sorted(w["run_id"] + "/" + w["task"] for w in self.waiting))
-        if not self.waiting or shown == self.shown and (cutting or now - self.shown_at < REPEAT_EVERY):
+        if shown == self.shown and (cutting or now - self.shown_at < REPEAT_EVERY):
             return
         self.shown, self.shown_at = shown, now
         if cutting:
-            click.echo(f"checkpointing {waiting_line(self.waiting)}; they run again after the next start")
+            click.echo(f"checkpointing {waiting_line(waiting)}; they run again after the next start")
         else:
-            click.echo(f"waiting for {waiting_line(self.waiting)}; Ctrl-C or --fast to checkpoint and stop now")
+            click.echo(f"waiting for {waiting_line(waiting)}; Ctrl-C or --fast to checkpoint and stop now")
 
     def look(self) -> None:
-        """Ask the daemon what the stop waits for (every STATUS_EVERY s, while it answers)."""
+        """Ask the daemon what the stop waits for: every STATUS_EVERY s, and often around the deadline."""
         now = time.monotonic()
-        if now < self.next_look:
+        if self.client is None or now < self.next_look:
             return
-        self.next_look = now + STATUS_EVERY
-        if self.client is not None:
-            try:
-                self.show(self.client.daemon_status().stats.get("stopping"))
-                return
-            except TagentError:
-                self.client = None  # going away: from now on only the lock and the pid tell
-        self.print()  # past the deadline: what it was waiting for is being checkpointed
+        self.next_look = now + (STATUS_EVERY if now < self.deadline - STATUS_EVERY else POLL)
+        try:
+            self.show(self.client.daemon_status().stats.get("stopping"))
+        except TagentError:
+            self.client = None  # going away: from now on only the lock and the pid tell
 
 
 def stopping_rows(stopping: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -158,8 +158,6 @@ def test_stop_timeout_checkpoints_the_steps_still_running_and_they_resume_after_
     # Then it said what it waited for, waited about a second, checkpointed a and c and exited
     assert stopped.returncode == 0, stopped.stderr
     assert WAITING.search(stopped.stdout), stopped.stdout
-    assert re.search(r"^checkpointing 2 steps: .+; they run again after the next start$", stopped.stdout,
-                     re.MULTILINE), stopped.stdout
     assert 1.0 <= seconds_between(daemon.log(), "stop requested by uid=", "s passed; checkpointing 2 steps") < 3.0
     # And after a restart (with the steps let go) they run again as attempt 2 and the run completes
     files["go_a"].touch()
