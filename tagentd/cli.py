@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -28,10 +28,13 @@ from tagent_client import paths
 from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError, exit_code_for
 
 from . import __version__
-from .config import FIELDS, LOG_FILE, Settings, absolute_path, default_config_path, flag_name, load_settings
-from .cli_stop import stop_daemon, stopping_rows
+from .cli_stop import stop_daemon
+from .cli_views import print_pairs, print_status, print_table, show_value
 from .lock import already_running, is_locked, read_pid
-from .watch_rules import watch_folders
+from .locations import LOG_FILE, Locations, absolute_path, default_config_path
+
+if TYPE_CHECKING:  # tagentd.config (pydantic, the LLM settings) is imported only by the commands that need it
+    from .config import Settings
 
 START_WAIT = 10.0
 PING_TIMEOUT = 0.5
@@ -93,6 +96,8 @@ def _flags(**values: Any) -> dict[str, Any]:
 
 def _forward(config_path: Path | None, flags: dict[str, Any]) -> list[str]:
     """The command-line flags that make a child load the same settings as we did."""
+    from .config import flag_name  # noqa: PLC0415 - see TYPE_CHECKING above
+
     argv = ["--config", str(absolute_path(config_path))] if config_path else []
     for field, value in flags.items():
         if field == "watch_dirs":
@@ -136,6 +141,8 @@ def _answers(runtime_dir: Path) -> bool:
 @_settings_options
 def start(foreground: bool, detached: bool, config_path: Path | None, **values: Any) -> None:
     """Start the daemon (in the background unless --foreground)."""
+    from .config import load_settings  # noqa: PLC0415 - see TYPE_CHECKING above
+
     flags = _flags(**values)
     settings, _ = load_settings(config_path, flags)
     if foreground:
@@ -176,6 +183,8 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
     # Report dir problems here, on the user's terminal, rather than in a log they must find.
     paths.ensure_private_dir(runtime_dir, "runtime dir")
     paths.ensure_private_dir(settings.state_dir, "state dir")
+    from .watch_rules import watch_folders  # noqa: PLC0415 - only `start` needs it
+
     watch_folders(settings.watch_dirs)  # ConfigError for an unsafe watch folder
     log_start = _size(settings.log_file)
 
@@ -205,7 +214,7 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
     rows = [(f"{name} socket", path) for name, path in sockets.items()]
     rows += [("runtime dir", str(runtime_dir)), ("state dir", state_dir), ("log file", str(Path(state_dir) / LOG_FILE))]
     click.echo(f"tagentd started (pid {pid})")
-    _print_pairs(rows)
+    print_pairs(rows)
     return 0
 
 
@@ -249,8 +258,7 @@ _STOP_TIMEOUT = click.option(
 @_where_options
 def stop(fast: bool, timeout: float | None, config_path: Path | None, runtime_dir: Path | None) -> None:
     """Stop the daemon: start nothing new, wait for the steps in flight (say which), exit."""
-    settings, _ = load_settings(config_path, _flags(runtime_dir=runtime_dir))
-    stop_daemon(settings.runtime_dir, fast=fast, timeout=timeout)
+    stop_daemon(Locations(config_path, runtime_dir).runtime_dir, fast=fast, timeout=timeout)
 
 
 @cli.command()
@@ -259,6 +267,8 @@ def stop(fast: bool, timeout: float | None, config_path: Path | None, runtime_di
 @_settings_options
 def restart(fast: bool, timeout: float | None, config_path: Path | None, **values: Any) -> None:
     """Stop the daemon (if running), then start it in the background with these flags."""
+    from .config import load_settings  # noqa: PLC0415 - see TYPE_CHECKING above
+
     flags = _flags(**values)
     settings, _ = load_settings(config_path, flags)
     stop_daemon(settings.runtime_dir, fast=fast, timeout=timeout)
@@ -273,8 +283,8 @@ def restart(fast: bool, timeout: float | None, config_path: Path | None, **value
 @_where_options
 def status(as_json: bool, config_path: Path | None, runtime_dir: Path | None) -> None:
     """Show whether the daemon runs, its sockets, dirs, workers and runs."""
-    settings, _ = load_settings(config_path, _flags(runtime_dir=runtime_dir))
-    rd = settings.runtime_dir
+    where = Locations(config_path, runtime_dir)
+    rd = where.runtime_dir
     if not is_locked(rd):
         if as_json:
             click.echo(json.dumps({"running": False, "runtime_dir": str(rd)}))
@@ -286,7 +296,7 @@ def status(as_json: bool, config_path: Path | None, runtime_dir: Path | None) ->
     except (DaemonUnavailable, RequestTimeout):
         raise DaemonUnavailable(
             f"tagentd (pid {read_pid(rd)}) holds the lock in {rd} but does not answer on {rd / paths.CONTROL_SOCKET}; "
-            f"see {settings.log_file}, or restart it with 'tagentd restart'"
+            f"see {where.log_file}, or restart it with 'tagentd restart'"
         ) from None
     if as_json:
         data = msgspec.to_builtins(info)
@@ -294,76 +304,7 @@ def status(as_json: bool, config_path: Path | None, runtime_dir: Path | None) ->
         data["log_file"] = str(Path(info.state_dir) / LOG_FILE)
         click.echo(json.dumps(data, indent=2, default=str))
         return
-    _print_status(info)
-
-
-def _print_status(info: Any) -> None:
-    busy = sum(1 for w in info.workers if w.running > 0)
-    click.echo(f"tagentd is running (pid {info.pid}, version {info.version}, up {_duration(info.uptime_s)})")
-    rows = [(f"{name} socket", path) for name, path in info.sockets.items()]
-    rows += [
-        ("runtime dir", info.runtime_dir),
-        ("state dir", info.state_dir),
-        ("log file", str(Path(info.state_dir) / LOG_FILE)),
-        ("durable", "yes" if info.durable else "no (runs are lost when the daemon stops)"),
-        ("disk", _disk_row(info.stats.get("state_dir_problem"))),
-        ("runs", f"{info.runs_active} active, {info.runs_total} total"),
-        ("watching", ", ".join(info.watch_dirs) + " (see 'tagent watch')" if info.watch_dirs else "no folder"),
-        ("workers", f"{len(info.workers)} ({busy} busy, {len(info.workers) - busy} idle)"),
-    ]
-    rows += _broker_rows(info.stats.get("broker")) + stopping_rows(info.stats.get("stopping"))
-    _print_pairs(rows)
-    if info.workers:
-        now = time.time()
-        table = [("ID", "PID", "STATE", "STEPS", "DONE", "UP")]
-        table += [
-            (str(w.id), str(w.pid), w.state, f"{w.running}/{w.capacity}", str(w.completed), _duration(now - w.started_at))
-            for w in info.workers
-        ]
-        click.echo()
-        _print_table(table, indent=2)
-
-
-def _disk_row(problem: str | None) -> str:
-    """`tagentd status`: whether commits reach the state dir (see docs/operations.md, "Disk full")."""
-    return f"STATE DIR {problem}" if problem else "ok"
-
-
-def _broker_rows(broker: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The broker's numbers for `tagentd status` (see `tagent mailbox ls`, `tagent pipelines` for details)."""
-    if not broker:
-        return []
-    return [
-        ("messages", f"{broker['messages_queued']} queued in {broker['mailboxes']} mailbox(es), "
-                     f"{broker['messages_leased']} leased, {broker.get('messages_dead', 0)} dead letter(s); "
-                     f"{broker['messages_per_s']:g}/s sent"),
-        ("events", f"{broker['events_per_s']:g}/s published, {broker['subscribers']} subscriber(s), "
-                   f"{broker['events_dropped']} dropped for slow subscribers"),
-        ("spaces", f"{broker['spaces']} ({broker['space_bytes']} bytes)"),
-        ("triggers", f"{broker['registered']} pipeline(s) registered, {broker['triggers_queued']} event(s) queued"),
-    ]
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
-    shown = [f"{n}{unit}" for n, unit in parts if n] or ["0s"]
-    return " ".join(shown[:2])
-
-
-def _print_pairs(rows: list[tuple[str, str]]) -> None:
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        click.echo(f"  {key:<{width}}  {value}")
-
-
-def _print_table(rows: list[tuple[str, ...]], indent: int = 0) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo(" " * indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print_status(info)
 
 
 # -- config / version --------------------------------------------------------------------------
@@ -379,6 +320,8 @@ def config() -> None:
 @_settings_options
 def config_show(as_json: bool, config_path: Path | None, **values: Any) -> None:
     """Every setting, its effective value and where it came from (default, file, env, flag)."""
+    from .config import FIELDS, load_settings  # noqa: PLC0415 - see TYPE_CHECKING above
+
     settings, sources = load_settings(config_path, _flags(**values))
     data = settings.model_dump(mode="json")
     if as_json:
@@ -387,20 +330,8 @@ def config_show(as_json: bool, config_path: Path | None, **values: Any) -> None:
     path = config_path or default_config_path()
     click.echo(f"config file: {path}" + ("" if Path(path).exists() else " (not found; defaults apply)"))
     table = [("SETTING", "VALUE", "SOURCE")]
-    table += [(name, _show(data[name]), sources[name]) for name in FIELDS]
-    _print_table(table)
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "[]"
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":")) if value else "{}"
-    return str(value)
+    table += [(name, show_value(data[name]), sources[name]) for name in FIELDS]
+    print_table(table)
 
 
 @cli.command()

@@ -16,9 +16,7 @@ import click
 import msgspec
 from tagent_client.errors import ConfigError, DaemonUnavailable
 
-from . import retention
-from .config import load_settings
-from .records import CorruptRecord, read_frames
+from .locations import Locations
 
 
 def _json_line(value: Any) -> str:
@@ -37,14 +35,16 @@ def register(cli: click.Group, where_options: Any) -> None:
     def gc(days: float | None, keep: int | None, dry_run: bool, as_json: bool, config_path: Path | None,
            runtime_dir: Path | None) -> None:
         """Remove finished runs past the retention limits (running and recent runs are never removed)."""
-        settings, _ = load_settings(config_path, {"runtime_dir": runtime_dir} if runtime_dir else {})
         max_age = days * 86400 if days is not None else None
         try:
             from tagent_client.client import Client
 
-            with Client(runtime_dir=settings.runtime_dir) as client:
+            with Client(runtime_dir=Locations(config_path, runtime_dir).runtime_dir) as client:
                 outcome = client.gc(max_age_s=max_age, max_runs=keep, dry_run=dry_run)
         except DaemonUnavailable:
+            from .config import load_settings  # pydantic & co.: only when there is no daemon to ask
+
+            settings, _ = load_settings(config_path, {"runtime_dir": runtime_dir} if runtime_dir else {})
             outcome = _offline_gc(settings, max_age, keep, dry_run)
         if as_json:
             click.echo(json.dumps(outcome))
@@ -60,6 +60,7 @@ def register(cli: click.Group, where_options: Any) -> None:
         """Print a checkpoint file (runs/*.ckpt, wal/*.wal, broker/*.wal, broker/snapshot.ckpt) as JSON, one line per record."""
         from .broker_store import BrokerCheckpoint, Logged
         from .checkpoint import RunCheckpoint, WalRecord, check_format
+        from .records import CorruptRecord, read_frames
 
         if path.parent.name == "broker":
             decoder = msgspec.msgpack.Decoder(BrokerCheckpoint if path.suffix == ".ckpt" else Logged)
@@ -83,6 +84,7 @@ def _offline_gc(settings: Any, max_age_s: float | None, keep: int | None, dry_ru
 
     from tagent_client import paths
 
+    from . import retention
     from .checkpoint import DurableStore
     from .lock import InstanceLock
 

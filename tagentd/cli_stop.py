@@ -21,7 +21,7 @@ from tagent_client import paths
 from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError
 
 from .lock import is_locked, read_pid
-from .stopping import STOP_WAIT_GRACEFUL, waiting_line
+from .stop_report import STOP_WAIT_GRACEFUL, waiting_line
 
 POLL = 0.05
 STATUS_EVERY = 0.5   # seconds between looks at what the stop waits for

@@ -14,7 +14,6 @@ import difflib
 import json
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,8 @@ from tagent_client import paths
 from tagent_client.errors import ConfigError
 from tagent_client.llm import EndpointSettings, LLMConfig, PriceOverride
 
-LOG_FILE = "tagentd.log"
+from .locations import LOG_FILE, absolute_path, read_config_file, relative_to
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIB = 1024 * 1024
 
@@ -187,11 +187,6 @@ def flag_name(field: str, value: Any = None) -> str:
     return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
-def default_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "tagentd" / "tagentd.toml"
-
-
 def load_settings(config_path: Path | None, flags: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
     """Build the effective Settings and, per field, the layer its value came from.
 
@@ -231,23 +226,7 @@ def load_settings(config_path: Path | None, flags: dict[str, Any]) -> tuple[Sett
 
 
 def _read_file(config_path: Path | None) -> dict[str, tuple[Any, str]]:
-    explicit = config_path is not None
-    path = absolute_path(Path(config_path)) if explicit else default_config_path()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        if explicit:
-            raise ConfigError(f"config: file {path} (from flag --config) does not exist; create it or drop --config") from None
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"config: cannot read {path}: {exc.strerror}; check its permissions") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config: {path} is not UTF-8 text; fix the file or point --config elsewhere") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: cannot parse {path}: {exc}; fix the file or point --config elsewhere") from None
-
+    data, path = read_config_file(config_path)
     source = f"file {path}"
     out: dict[str, tuple[Any, str]] = {}
     for key, value in data.items():
@@ -257,9 +236,9 @@ def _read_file(config_path: Path | None) -> dict[str, tuple[Any, str]]:
             also = f"; did you mean {hint[0]!r}?" if hint else f"; known settings: {', '.join(FIELDS)}"
             raise ConfigError(f"config: {key}: unknown setting (from {source}){also}")
         if field in ("runtime_dir", "state_dir") and isinstance(value, str):
-            value = _relative_to(path.parent, value)
+            value = relative_to(path.parent, value)
         elif field == "watch_dirs" and isinstance(value, list):
-            value = [_relative_to(path.parent, v) if isinstance(v, str) else v for v in value]
+            value = [relative_to(path.parent, v) if isinstance(v, str) else v for v in value]
         out[field] = (value, source)
     return out
 
@@ -276,17 +255,6 @@ def _env_value(field: str, raw: str) -> Any:
         except ValueError:
             return raw  # pydantic says what is wrong with it
     return raw
-
-
-def _relative_to(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-def absolute_path(path: Path) -> Path:
-    """`~` expanded; relative paths taken against the current directory."""
-    path = path.expanduser()
-    return path if path.is_absolute() else Path.cwd() / path
 
 
 def _describe(exc: ValidationError, sources: dict[str, str]) -> str:

@@ -27,20 +27,15 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+from .stop_report import STOP_WAIT_GRACEFUL, waiting_line
+
 if TYPE_CHECKING:
     from .daemon import Daemon
 
 log = logging.getLogger("tagentd")
 
-STOP_WAIT_GRACEFUL = 10.0  # seconds a graceful stop waits for steps in flight, unless told otherwise
 LOG_EVERY = 2.0
 POLL = 0.05
-
-
-def waiting_line(waiting: list[dict[str, Any]]) -> str:
-    """'2 steps: b (3.1 s), c (0.4 s)' for the steps a stop waits for (the longest-running first)."""
-    steps = ", ".join(f"{w['step']} ({w['elapsed_s']:.1f} s)" for w in waiting)
-    return f"{len(waiting)} step{'s' if len(waiting) != 1 else ''}: {steps}"
 
 
 class Stopper:

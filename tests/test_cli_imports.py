@@ -1,0 +1,112 @@
+"""Which modules each command of `tagent` and `tagentd` loads: a guard on their start-up time.
+
+Nearly all of a command's wall time is imports (issue 11, finding 2). pydantic, pydantic-ai,
+asyncio and the daemon's settings (tagentd.config, which pulls pydantic and the LLM settings) each
+cost a multiple of the interpreter's own start, and printing a table needs none of them. Each
+command below runs in a real process against a real daemon; an `atexit` hook writes the names in
+sys.modules when it ends. A command fails the guard when it loaded a HEAVY module it is not listed
+as needing. New commands go into COMMANDS (with what they may load, if anything).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DaemonProcess, write_pipeline
+
+pytestmark = pytest.mark.timeout(120)
+
+HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.config")
+
+#: (program, arguments, HEAVY modules the command may load); arguments {run}, {file}, {pipeline} are filled in.
+#: `tagentd stop` stops the daemon, so it comes last.
+COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
+    ("tagent", ["--help"], ()),
+    ("tagent", ["runs"], ()),
+    ("tagent", ["status", "{run}"], ()),
+    ("tagent", ["logs", "{run}"], ()),
+    ("tagent", ["result", "{run}"], ()),
+    ("tagent", ["history", "{run}"], ()),
+    ("tagent", ["wait", "{run}"], ()),
+    ("tagent", ["submit", "{file}", "--follow"], ()),
+    ("tagent", ["send", "{pipeline}", '{"n": 1}'], ()),
+    ("tagent", ["publish", "imports.check", '{"n": 1}'], ()),
+    ("tagent", ["space", "put", "imports", "k", "1"], ()),
+    ("tagent", ["space", "get", "imports", "k"], ()),
+    ("tagent", ["space", "ls", "imports"], ()),
+    ("tagent", ["pipelines"], ()),
+    ("tagent", ["mailbox", "ls"], ()),
+    ("tagent", ["watch"], ()),
+    ("tagentd", ["--help"], ()),
+    ("tagentd", ["version"], ()),
+    ("tagentd", ["status"], ()),
+    ("tagentd", ["status", "--json"], ()),
+    ("tagentd", ["gc", "--dry-run"], ()),
+    ("tagentd", ["stop"], ()),
+]
+
+#: Runs a command's main() in this interpreter and, at exit, writes sorted sys.modules to argv[1].
+PROBE = """
+import atexit, sys
+out, program = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+sys.argv = [program, *sys.argv[3:]]
+if program == "tagent":
+    from tagent_client.cli import main
+else:
+    from tagentd.cli import main
+main()
+"""
+
+PIPELINE = """
+from tagent_client import Pipeline
+
+pipeline = Pipeline("imports_check")
+
+@pipeline.task(final=True)
+def hello(ctx):
+    ctx.log.info("hello")
+    return "hi"
+"""
+
+
+def loaded_modules(daemon: DaemonProcess, program: str, args: list[str], out: Path) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, str(out), program, *args], env=daemon.env, text=True,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, f"{program} {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}"
+    return set(out.read_text().split())
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return [h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)]
+
+
+def test_no_command_loads_heavy_modules_it_does_not_need(daemon: DaemonProcess, tmp_path: Path) -> None:
+    # Given a daemon with one finished run of a function pipeline
+    path = write_pipeline(tmp_path, "imports_check.py", PIPELINE)
+    with daemon.client() as client:
+        run_id = client.submit(path).id
+        client.wait(run_id, timeout=30)
+    fill = {"{run}": run_id, "{file}": str(path), "{pipeline}": "imports_check"}
+    # When each command runs to its end in a process of its own
+    problems = []
+    for index, (program, template, allowed) in enumerate(COMMANDS):
+        args = [fill.get(arg, arg) for arg in template]
+        modules = loaded_modules(daemon, program, args, tmp_path / f"modules-{index}.txt")
+        extra = [name for name in heavy_in(modules) if name not in allowed]
+        if extra:
+            problems.append(f"'{program} {' '.join(template)}' loaded {', '.join(extra)}")
+    # Then none loaded a heavy module it does not need
+    assert not problems, ("commands loaded modules that slow their start (import them only on the path that needs "
+                          "them, or list them in COMMANDS):\n  " + "\n  ".join(problems))
+
+
+def test_the_guard_sees_a_heavy_import(daemon: DaemonProcess, tmp_path: Path) -> None:
+    # Given the probe / When a command that needs the daemon's settings runs (config show loads tagentd.config)
+    modules = loaded_modules(daemon, "tagentd", ["config", "show"], tmp_path / "modules.txt")
+    # Then the guard notices it (so an empty finding above means something)
+    assert "tagentd.config" in heavy_in(modules) and "pydantic" in heavy_in(modules)
