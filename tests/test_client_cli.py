@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import msgspec
 import pytest
 import zmq
 from click.testing import CliRunner
@@ -28,8 +29,9 @@ from tagent_client import protocol
 from tagent_client.cli import build_params, cli, parse_param
 from tagent_client.client import AsyncClient, Client, split_spec
 from tagent_client.errors import DaemonUnavailable, NotFound, RequestTimeout, exit_code_for
-from tagent_client.protocol import EventBatch, EventRecord, RunDetail, RunSummary, StepInfo
-from tagent_client.render import LiveView, StepBoard, age, duration, event_line
+from tagent_client.protocol import EventBatch, EventRecord, LogBatch, RunDetail, RunSummary, StepInfo
+from tagent_client.live import LiveView, StepBoard
+from tagent_client.render import age, duration, event_line
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,10 +52,14 @@ def error(request: protocol.Request, code: str, message: str) -> list[protocol.R
 
 
 class FakeDaemon:
-    """A ROUTER at <dir>/control.sock answering each request with `answer(request)` (pings are answered for it)."""
+    """A ROUTER at <dir>/control.sock answering each request with `answer(request)` (pings are answered for it).
+
+    Its events.sock confirms subscriptions (and publishes nothing else).
+    """
 
     def __init__(self, runtime_dir: Path, answer: Answer) -> None:
         self.endpoint = f"ipc://{runtime_dir / 'control.sock'}"
+        self.events_endpoint = f"ipc://{runtime_dir / 'events.sock'}"
         self.answer = answer
         self.requests: list[protocol.Request] = []
         self._ready = threading.Event()
@@ -77,10 +83,21 @@ class FakeDaemon:
         router: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.bind(self.endpoint)
+        events: zmq.Socket = zmq.Context.instance().socket(zmq.ROUTER)
+        events.setsockopt(zmq.LINGER, 0)
+        events.bind(self.events_endpoint)
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(events, zmq.POLLIN)
         self._ready.set()
         try:
             while not self._stop.is_set():
-                if not router.poll(20):
+                ready = dict(poller.poll(20))
+                if events in ready:
+                    identity, _ = events.recv_multipart()
+                    confirm = EventRecord(seq=0, ts=time.time(), topic="broker.subscribed", data={})
+                    events.send_multipart([identity, msgspec.msgpack.encode([confirm])])
+                if router not in ready:
                     continue
                 identity, frame = router.recv_multipart()
                 request = protocol.decode_request(frame)
@@ -91,6 +108,7 @@ class FakeDaemon:
                     router.send_multipart([identity, protocol.encode(reply)])
         finally:
             router.close(linger=0)
+            events.close(linger=0)
 
 
 @pytest.fixture
@@ -145,6 +163,8 @@ def finished_run(status: str) -> Answer:
             log = events_script(status)
             new = [e for e in log if e.seq > request.after][:3]
             return ok(request, EventBatch(events=new, finished=request.after >= 3, status=status))
+        if isinstance(request, protocol.GetLogs):
+            return ok(request, LogBatch(lines=[], finished=True))
         if isinstance(request, protocol.GetResult):
             return ok(request, result_dict(status))
         return error(request, "invalid_request", f"unexpected {type(request).__name__}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,13 @@ import click
 import msgspec
 
 from . import __version__, bounds
-from .client import FOLLOW_WAIT, Client
+from .client import Client
 from .errors import InvalidRequest, PipelineValidationError, TagentError, exit_code_for
-from .render import (
-    LiveView, StepBoard, history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table,
-    watch_view,
-)
+from .render import history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table, watch_view
 from .result import PipelineResult, to_builtins
-from .transcript import render as render_transcript
 from .state import RunStatus
 
 EXIT_INTERRUPTED = 130
-LIVE_WAIT = 1.0  # long-poll on a terminal: short enough that running durations tick
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -103,18 +98,26 @@ class TagentGroup(click.Group):
 
 
 class Session:
-    """The command's connection, made on first use (so `--help` never needs a daemon)."""
+    """The command's connection, made on first use (so `--help` never needs a daemon), and what it opened."""
 
     def __init__(self, runtime_dir: Path | None) -> None:
         self.runtime_dir = runtime_dir
         self._client: Client | None = None
+        self._owned: list[Any] = []
 
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(self.runtime_dir)
         return self._client
 
+    def own(self, resource: Any) -> Any:
+        """Close `resource` (a subscription, ...) when the command ends, before the connection."""
+        self._owned.append(resource)
+        return resource
+
     def close(self) -> None:
+        for resource in reversed(self._owned):
+            resource.close()
         if self._client is not None:
             self._client.close()
 
@@ -122,30 +125,6 @@ class Session:
 pass_session = click.make_pass_decorator(Session)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (nothing else on stdout).")
 run_argument = click.argument("run_id", metavar="RUN")
-
-
-def follow_run(client: Client, run_id: str, pipeline: str, steps: Sequence[str], *, quiet: bool) -> PipelineResult:
-    """Show the run's progress until it finishes (nothing when `quiet`), then return its result."""
-    view = None if quiet else LiveView(StepBoard(run_id, pipeline, steps))
-    wait = LIVE_WAIT if view is not None and view.tty else FOLLOW_WAIT
-    after = 0
-    try:
-        while True:
-            batch = client.events(run_id, after=after, wait=wait)
-            if view is not None:
-                view.update(batch.events)
-            if batch.events:
-                after = batch.events[-1].seq
-            elif batch.finished:
-                break
-    except KeyboardInterrupt:
-        click.echo(f"\ntagent: stopped following; run {run_id} keeps running ('tagent cancel {run_id}' stops it)",
-                   err=True)
-        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    result = client.result(run_id)
-    if view is not None:
-        view.finish(result.status, result.step_metadata)
-    return result
 
 
 def report_outcome(result: PipelineResult, *, as_json: bool, line: bool = False, brief: bool = False) -> None:
@@ -195,6 +174,10 @@ def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str
     """
     params = build_params(pairs, params_json)
     client = session.client()
+    if follow:
+        from .live import Follower  # noqa: PLC0415 - only --follow draws a live view
+
+        follower = session.own(Follower(client, show=not as_json))  # listens for progress notes from before the start
     handle = client.submit(spec, params, model=model, run=force_run, idempotency_key=idempotency_key)
     if handle.registered:
         if as_json:
@@ -208,7 +191,7 @@ def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str
     else:
         click.echo(handle.id)
     if follow:
-        result = follow_run(client, handle.id, handle.pipeline, handle.steps, quiet=as_json)
+        result = follower.follow(handle.id, handle.pipeline, handle.steps)
         report_outcome(result, as_json=as_json, line=True, brief=not as_json and is_terminal(sys.stdout))
 
 
@@ -309,6 +292,8 @@ def transcript(session: Session, run_id: str, step: str, as_json: bool) -> None:
     if as_json:
         emit_json(found)
     else:
+        from .transcript import render as render_transcript  # noqa: PLC0415 - only this command needs it
+
         click.echo(render_transcript(found.get("attempts") or []))
 
 

@@ -209,9 +209,9 @@ class Client(BrokerMethods, _Base):
         while not feed.done:
             yield from feed.take(self._call(feed.call()))
 
-    def logs(self, run_id: str, follow: bool = False) -> Iterator[LogRecord]:
-        """The run's log lines; with `follow`, new ones as they come until the run finishes."""
-        feed = calls.Feed(run_id, logs=True, follow=follow)
+    def logs(self, run_id: str, follow: bool = False, *, after: int = 0) -> Iterator[LogRecord]:
+        """The run's log lines (those with seq > `after`); with `follow`, new ones as they come until the run finishes."""
+        feed = calls.Feed(run_id, logs=True, follow=follow, after=after)
         while not feed.done:
             yield from feed.take(self._call(feed.call()))
 
@@ -402,8 +402,8 @@ class AsyncClient(AsyncBrokerMethods, _Base):
             for record in feed.take(await self._call(feed.call())):
                 yield record
 
-    async def logs(self, run_id: str, follow: bool = False) -> AsyncIterator[LogRecord]:
-        feed = calls.Feed(run_id, logs=True, follow=follow)
+    async def logs(self, run_id: str, follow: bool = False, *, after: int = 0) -> AsyncIterator[LogRecord]:
+        feed = calls.Feed(run_id, logs=True, follow=follow, after=after)
         while not feed.done:
             for line in feed.take(await self._call(feed.call())):
                 yield line

@@ -1,33 +1,19 @@
-"""How `tagent` shows things to a person: tables, ages, durations, event lines, the live run view.
+"""How `tagent` shows things to a person: tables, ages, durations, event and log lines.
 
-Everything here builds strings from protocol data and does no I/O, except
-`LiveView`, which owns the block of terminal lines it redraws in place.
+Everything here builds strings from protocol data and does no I/O. The live view
+of a followed run is in live.py.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
-import click
 import msgspec
 
 from .protocol import EventRecord, LogRecord, RunDetail, RunSummary, WatchInfo
-
-SYMBOLS = {"pending": "·", "running": "▶", "retrying": "↻", "completed": "✓", "failed": "✗",
-           "skipped": "↷", "cancelled": "⊘"}
-ASCII_SYMBOLS = {"pending": ".", "running": ">", "retrying": "~", "completed": "+", "failed": "x",
-                 "skipped": "-", "cancelled": "!"}
-COLORS = {"running": "cyan", "retrying": "yellow", "completed": "green", "failed": "red",
-          "skipped": "bright_black", "cancelled": "magenta"}
-ACTIVE = ("running", "retrying", "failed")
-
 
 # -- small formats ---------------------------------------------------------------------------
 
@@ -163,6 +149,9 @@ def event_line(record: EventRecord) -> str:
         parts.append(f"(attempt {attempt})")
     if record.topic == "run.finished" and data.get("status"):
         parts.append(str(data["status"]))
+    fraction = data.get("fraction")
+    if record.topic == "step.progress" and isinstance(fraction, (int, float)) and not isinstance(fraction, bool):
+        parts.append(f"{fraction:.0%}")
     detail = data.get("error") or data.get("reason") or data.get("message")
     line = " ".join(parts)
     return f"{line}: {detail}" if detail else line
@@ -192,158 +181,10 @@ def log_line(record: LogRecord) -> str:
     return f"{clock(record.ts)} {record.level:<7} {record.step or '-'}: {record.message}"
 
 
-# -- the live view of a run ------------------------------------------------------------------
-
-
-@dataclass
-class StepRow:
-    status: str = "pending"
-    attempts: int = 0
-    started_at: float | None = None
-    finished_at: float | None = None
-    detail: str = ""
-
-
-def _int(value: Any, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-class StepBoard:
-    """Per-step state of one run, rebuilt from its lifecycle events. Pure: no I/O, no clock."""
-
-    def __init__(self, run_id: str, pipeline: str, steps: Iterable[str] = ()) -> None:
-        self.run_id, self.pipeline = run_id, pipeline
-        self.status = "pending"
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.error: str | None = None
-        self.rows: dict[str, StepRow] = {name: StepRow() for name in steps}
-
-    def apply(self, record: EventRecord) -> None:
-        data, ts, topic = record.data, record.ts, record.topic
-        if topic in ("run.started", "run.resumed"):
-            self.status, self.finished_at, self.error = "running", None, None
-            self.started_at = self.started_at or ts
-            for name in data.get("steps") or []:
-                self.rows[name] = StepRow()
-            return
-        if topic == "run.finished":
-            self.status, self.finished_at, self.error = str(data.get("status", "finished")), ts, data.get("error")
-            return
-        step = data.get("step")
-        if not topic.startswith("step.") or not isinstance(step, str):
-            return
-        row = self.rows.setdefault(step, StepRow())
-        kind = topic.removeprefix("step.")
-        if kind == "started":
-            row.status, row.detail = "running", ""
-            row.attempts = max(row.attempts, _int(data.get("attempt"), row.attempts + 1))
-            row.started_at = row.started_at or ts
-        elif kind == "retrying":
-            row.status, row.detail = "retrying", f"retry after: {data.get('error', '')}"
-        elif kind == "progress" and row.status == "running":
-            fraction = data.get("fraction")
-            percent = f"{fraction:.0%} " if isinstance(fraction, (int, float)) else ""
-            row.detail = percent + str(data.get("message") or "")
-        elif kind in ("completed", "failed", "skipped", "cancelled"):
-            row.status, row.finished_at = kind, ts
-            row.attempts = max(row.attempts, _int(data.get("attempts", data.get("attempt")), row.attempts))
-            row.detail = str(data.get("error") or data.get("reason") or "")
-
-    def settle(self, status: str, metadata: Mapping[str, Mapping[str, Any]]) -> None:
-        """Take the final word from a PipelineResult (steps cancelled with the run emit no event)."""
-        self.status = status
-        for name, meta in metadata.items():
-            row = self.rows.setdefault(name, StepRow())
-            row.status = str(meta.get("status", row.status))
-            row.attempts = _int(meta.get("attempts"), row.attempts)
-            row.started_at = meta.get("started_at") or row.started_at
-            row.finished_at = meta.get("finished_at") or row.finished_at
-            row.detail = str(meta.get("error") or meta.get("skip_reason") or "")
-
-    def lines(self, now: float, width: int, height: int, symbols: Mapping[str, str], color: bool) -> list[str]:
-        """The view, at most `height` lines of at most `width` visible characters."""
-        done = sum(1 for r in self.rows.values() if r.status in ("completed", "failed", "skipped", "cancelled"))
-        end = self.finished_at or now
-        elapsed = f"  {duration(end - self.started_at)}" if self.started_at else ""
-        header = f"run {self.run_id} of {self.pipeline}: {self.status}  {done}/{len(self.rows)} steps{elapsed}"
-        shown, more = self._visible(max(2, height - 1))
-        name_width = min(32, max((len(n) for n in shown), default=0))
-        out = [header[:width]]
-        for name in shown:
-            row = self.rows[name]
-            stop = row.finished_at or (now if row.status in ("running", "retrying") else None)
-            took = duration(stop - row.started_at) if row.started_at and stop else "-"
-            attempt = f"attempt {row.attempts}" if row.attempts else ""
-            text = f"{name[:name_width]:<{name_width}}  {row.status:<9}  {attempt:<10} {took:>7}  {row.detail}"
-            symbol = symbols.get(row.status, "?")
-            if color and row.status in COLORS:
-                symbol = click.style(symbol, fg=COLORS[row.status])
-            out.append(f"  {symbol} {text[: max(0, width - 4)]}".rstrip())
-        if more:
-            out.append(more[:width])
-        return out
-
-    def _visible(self, budget: int) -> tuple[list[str], str]:
-        names = list(self.rows)
-        if len(names) <= budget:
-            return names, ""
-        chosen = set([n for n in names if self.rows[n].status in ACTIVE][: budget - 1])
-        for name in names:
-            if len(chosen) >= budget - 1:
-                break
-            chosen.add(name)
-        hidden = [n for n in names if n not in chosen]
-        counts: dict[str, int] = {}
-        for name in hidden:
-            counts[self.rows[name].status] = counts.get(self.rows[name].status, 0) + 1
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        return [n for n in names if n in chosen], f"  ... {len(hidden)} more steps ({summary})"
-
-
-def _encodable(stream: TextIO, text: str) -> bool:
-    try:
-        text.encode(getattr(stream, "encoding", None) or "ascii")
-    except (UnicodeEncodeError, LookupError):
-        return False
-    return True
+def log_event_line(record: LogRecord) -> str:
+    """A log line among event lines: '12:00:01 step.log fetch INFO: got 3 items'."""
+    return f"{clock(record.ts)} step.log {record.step or '-'} {record.level}: {record.message}"
 
 
 def is_terminal(stream: TextIO) -> bool:
     return stream.isatty() and os.environ.get("TERM") != "dumb"
-
-
-class LiveView:
-    """A run's progress as events arrive: redrawn in place on a terminal, one plain line per event otherwise."""
-
-    def __init__(self, board: StepBoard, out: TextIO | None = None, tty: bool | None = None) -> None:
-        self.board = board
-        self.out = out if out is not None else sys.stdout
-        self.tty = is_terminal(self.out) if tty is None else tty
-        self.symbols = SYMBOLS if _encodable(self.out, "".join(SYMBOLS.values())) else ASCII_SYMBOLS
-        self._drawn = 0
-
-    def update(self, records: Sequence[EventRecord]) -> None:
-        """Apply new events; on a terminal redraw (also with no events: running durations tick)."""
-        for record in records:
-            self.board.apply(record)
-            if not self.tty:
-                self.out.write(event_line(record) + "\n")
-        if self.tty:
-            self._redraw()
-        self.out.flush()
-
-    def finish(self, status: str, metadata: Mapping[str, Mapping[str, Any]]) -> None:
-        self.board.settle(status, metadata)
-        if self.tty:
-            self._redraw()
-            self.out.flush()
-
-    def _redraw(self) -> None:
-        size = shutil.get_terminal_size((100, 24))
-        lines = self.board.lines(time.time(), size.columns - 1, size.lines - 1, self.symbols, color=True)
-        parts = [f"\x1b[{self._drawn}A\r"] if self._drawn else []
-        parts += [f"\x1b[2K{line}\n" for line in lines]
-        parts.append("\x1b[J")
-        self.out.write("".join(parts))
-        self._drawn = len(lines)

@@ -1,0 +1,130 @@
+"""`tagent submit --follow` tells the whole story: events, the steps' progress notes and their log lines.
+
+A real daemon runs a step that logs a line, reports progress and then waits for a message, so the
+test can look at the follower's output while the step is still running, then let it finish.
+On a terminal (a pseudo-terminal here) the progress note is on the step's line of the live view
+and log lines scroll above it; anywhere else each is one plain line among the event lines.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import DaemonProcess, wait_until, write_pipeline
+
+pytestmark = pytest.mark.timeout(60)
+
+STORY = """
+from tagent_client import Pipeline
+
+pipeline = Pipeline("story")
+
+@pipeline.task(final=True)
+async def work(ctx):
+    ctx.log.info("fetching the feed")
+    ctx.progress(0.5, "halfway there")
+    await ctx.receive(timeout=30)  # the test sends 'go' once it has seen the note
+    return "done"
+"""
+
+
+class Output:
+    """Collects what a process writes to one fd, in a thread, until end of file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: the pty's other side is closed
+                return
+            if not chunk:
+                return
+            self.chunks.append(chunk)
+
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def follow(daemon: DaemonProcess, path: Path, *, terminal: bool) -> tuple[subprocess.Popen[bytes], Output, int | None]:
+    """Start `tagent submit PATH --follow` with stdout on a pipe, or on a 100x30 pseudo-terminal."""
+    argv = [sys.executable, "-m", "tagent_client.cli", "submit", str(path), "--follow"]
+    env = dict(daemon.env, TERM="xterm")
+    if not terminal:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        return proc, Output(proc.stdout.fileno()), None
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    return proc, Output(master), master
+
+
+def finish(daemon: DaemonProcess, proc: subprocess.Popen[bytes], out: Output, master: int | None) -> int:
+    """Let the waiting step go on; wait for the follower to exit."""
+    with daemon.client() as client:
+        client.send("story", "go")
+    code = proc.wait(timeout=30)
+    out.thread.join(10)
+    if master is not None:
+        os.close(master)
+    return code
+
+
+def test_follow_without_a_terminal_prints_progress_notes_and_log_lines_as_event_lines(daemon: DaemonProcess,
+                                                                                      tmp_path: Path) -> None:
+    # Given a step that logs a line, reports progress and waits
+    path = write_pipeline(tmp_path, "story.py", STORY)
+    # When it is submitted with --follow and stdout is a pipe
+    proc, out, master = follow(daemon, path, terminal=False)
+    try:
+        # Then its log line and its progress note are printed while it runs, as event lines
+        wait_until(lambda: "halfway there" in out.text, 20, what=f"the progress note in:\n{out.text}")
+        wait_until(lambda: "fetching the feed" in out.text, 5, what=f"the log line in:\n{out.text}")
+    finally:
+        code = finish(daemon, proc, out, master)
+    lines = out.text.splitlines()
+    assert any(line.endswith("step.progress work 50%: halfway there") for line in lines), out.text
+    assert any(line.endswith("step.log work INFO: fetching the feed") for line in lines), out.text
+    started = next(i for i, line in enumerate(lines) if "step.started work" in line)
+    noted = next(i for i, line in enumerate(lines) if "step.progress work" in line)
+    ended = next(i for i, line in enumerate(lines) if "step.completed work" in line)
+    assert started < noted < ended, out.text  # in time order among the run's events
+    assert code == 0, out.text
+
+
+def test_follow_on_a_terminal_shows_the_progress_note_on_the_steps_line_and_log_lines_above(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    # Given a step that logs a line, reports progress and waits
+    path = write_pipeline(tmp_path, "story.py", STORY)
+    # When it is submitted with --follow on a terminal
+    proc, out, master = follow(daemon, path, terminal=True)
+    try:
+        # Then the step's line of the live view carries the progress note while it runs
+        wait_until(lambda: any("work" in line and "50% halfway there" in line for line in out.text.split("\n")), 20,
+                   what=f"the progress note on the step's line in:\n{out.text!r}")
+        # and the log line is printed above the view (the view's header follows it)
+        wait_until(lambda: "fetching the feed" in out.text, 5, what=f"the log line in:\n{out.text!r}")
+    finally:
+        code = finish(daemon, proc, out, master)
+    lines = out.text.split("\n")
+    logged = next(i for i, line in enumerate(lines) if line.endswith("INFO    work: fetching the feed"))
+    assert "run " in lines[logged + 1] and " of story:" in lines[logged + 1], lines[logged:logged + 3]
+    assert code == 0, out.text
