@@ -196,7 +196,7 @@ def test_the_cli_sends_publishes_subscribes_and_uses_spaces(make_daemon: Any) ->
         assert daemon.cli("publish", "other.topic", "{}").returncode == 0
         assert daemon.cli("publish", "research.second", "42").returncode == 0
         assert daemon.cli("space", "put", "research", "acme", '{"x": 1}').stdout.strip() == "acme: version 1"
-        sent = daemon.cli("send", "reporter", '{"company": "Acme"}', "--id", "m1")
+        sent = daemon.cli("send", "reporter", '{"company": "Acme"}', "--id", "m1", "--create")  # nothing ran it yet
         assert sent.returncode == 0 and sent.stdout.strip() == "m1"
         lines, _ = sub.communicate(timeout=30)
     finally:

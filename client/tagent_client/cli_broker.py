@@ -3,8 +3,10 @@
 Registered on the `tagent` group by cli.py. Same contract as the rest of the
 command: `--json` puts nothing but JSON on stdout (`subscribe --json`: one
 object per line), errors are one `tagent: ...` line on stderr with the exit
-status of their code. JSON arguments are parsed as JSON if they parse, else
-kept as a string (as `--param` values are).
+status of their code. A JSON argument must be valid JSON (a usage error
+otherwise); `--text` takes it as a plain string instead. `send` refuses a
+pipeline name nothing has run or registered (a typo would queue messages no
+step ever takes) unless `--create` says it is meant.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
+from .errors import NotFound
 from .protocol import EventRecord
 from .protocol_broker import AccessEntry, DeadLetter, MailboxInfo, RegistryEntry
 from .render import age, clock, compact_json, table
@@ -24,6 +27,7 @@ from .result import to_builtins
 
 if TYPE_CHECKING:
     from .cli import Session
+    from .client import Client
 
 # Not imported from cli.py: it imports this module, and `python -m tagent_client.cli` runs it as __main__.
 pass_session = click.pass_obj
@@ -35,11 +39,38 @@ def emit_json(data: Any, *, line: bool = False) -> None:
     click.echo((encoded if line else msgspec.json.format(encoded, indent=2)).decode())
 
 
-def parse_json(text: str) -> Any:
+def parse_json(text: str, *, as_text: bool, param: str) -> Any:
+    """The value of a JSON argument: parsed (click.BadParameter if it is not JSON), or `text` itself with --text."""
+    if as_text:
+        return text
     try:
         return json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-        return text
+    except RecursionError:  # nested deeper than the parser goes
+        raise click.BadParameter("nested too deep to parse; flatten it", param_hint=f"'{param}'") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not valid JSON ({exc}); quote a string as JSON, e.g. '\"hello\"', "
+                                 f"or pass --text to take it as plain text", param_hint=f"'{param}'") from None
+
+
+def text_option(what: str) -> Any:
+    return click.option("--text", "as_text", is_flag=True, help=f"Take {what} as a plain string, not as JSON.")
+
+
+def check_known_pipeline(client: Client, pipeline: str) -> None:
+    """NotFound unless a pipeline of that name is running, registered, has a mailbox or has run (with a close match)."""
+    registry = {entry.pipeline for entry in client.pipelines()}
+    if pipeline in registry or client.mailboxes(pipeline):
+        return
+    known = registry | {run.pipeline for run in client.runs(limit=10_000)}
+    if pipeline in known:
+        return
+    known |= {box.name for box in client.mailboxes()}
+    import difflib  # noqa: PLC0415 - only for a name nobody knows
+
+    close = difflib.get_close_matches(pipeline, sorted(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise NotFound(f"no pipeline {pipeline!r} has run or registered here, so no step would take the message; "
+                   f"{hint}(--create queues it anyway, for a pipeline you will start later)", pipeline=pipeline)
 
 
 # -- rendering -----------------------------------------------------------------------------------------
@@ -95,20 +126,28 @@ def access_table(entries: Sequence[AccessEntry]) -> str:
 @click.argument("pipeline")
 @click.argument("payload", metavar="JSON")
 @click.option("--id", "message_id", metavar="ID", help="Message id (a repeated id is dropped as a duplicate).")
+@text_option("JSON")
+@click.option("--create", is_flag=True, help="Queue it even if no pipeline of that name has run or registered yet.")
 @pass_session
-def send(session: Session, pipeline: str, payload: str, message_id: str | None) -> None:
+def send(session: Session, pipeline: str, payload: str, message_id: str | None, as_text: bool, create: bool) -> None:
     """Put a message in PIPELINE's mailbox; its runs take it with ctx.receive(). Prints the message id."""
-    click.echo(session.client().send(pipeline, parse_json(payload), id=message_id))
+    value = parse_json(payload, as_text=as_text, param="JSON")
+    client = session.client()
+    if not create:
+        check_known_pipeline(client, pipeline)
+    click.echo(client.send(pipeline, value, id=message_id))
 
 
 @click.command()
 @click.argument("topic")
 @click.argument("data", metavar="[JSON]", required=False)
+@text_option("JSON")
 @json_option
 @pass_session
-def publish(session: Session, topic: str, data: str | None, as_json: bool) -> None:
+def publish(session: Session, topic: str, data: str | None, as_text: bool, as_json: bool) -> None:
     """Publish an event on TOPIC to subscribers and to the pipelines registered for it."""
-    result = session.client().publish(topic, parse_json(data) if data is not None else None)
+    value = parse_json(data, as_text=as_text, param="[JSON]") if data is not None else None
+    result = session.client().publish(topic, value)
     if as_json:
         emit_json(result)
     elif result.get("triggered"):
@@ -184,13 +223,15 @@ def space_get(session: Session, name: str, key: str, as_json: bool) -> None:
 @click.argument("key")
 @click.argument("value", metavar="JSON")
 @click.option("--expect", "expected", type=int, metavar="VERSION", help="Write only if the key is at VERSION (0: absent).")
+@text_option("JSON")
 @pass_session
-def space_put(session: Session, name: str, key: str, value: str, expected: int | None) -> None:
+def space_put(session: Session, name: str, key: str, value: str, expected: int | None, as_text: bool) -> None:
     """Write a key (durable when this returns); prints its new version."""
+    parsed = parse_json(value, as_text=as_text, param="JSON")
     handle = session.client().space(name)
     if expected is None:
-        click.echo(f"{key}: version {handle.put(key, parse_json(value)).version}")
-    elif handle.cas(key, parse_json(value), expected):
+        click.echo(f"{key}: version {handle.put(key, parsed).version}")
+    elif handle.cas(key, parsed, expected):
         click.echo(f"{key}: written (was version {expected})")
     else:
         current = handle.get(key)
