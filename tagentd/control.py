@@ -146,7 +146,8 @@ def get_transcript(daemon: Daemon, req: p.GetTranscript) -> dict[str, Any]:
     step = run.state.steps.get(req.step)
     if step is None:
         raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
-    return {"run_id": run.id, "step": req.step, "attempts": list(step.transcript)}
+    kind = run.plan.step(req.step).kind.value
+    return {"run_id": run.id, "step": req.step, "kind": kind, "attempts": list(step.transcript)}
 
 
 def gc(daemon: Daemon, req: p.Gc) -> dict[str, Any]:

@@ -140,7 +140,7 @@ class Run:
             run_id=self.id,
             pipeline=self.state.pipeline,
             status=self.state.status.value,
-            steps_done=sum(1 for s in steps if s.status.terminal),
+            steps_done=sum(1 for s in steps if s.status is StepStatus.COMPLETED),  # not failed/skipped/cancelled
             steps_total=len(self.state.steps),
             created_at=self.state.created_at,
             finished_at=self.state.finished_at,
