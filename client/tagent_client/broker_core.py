@@ -285,20 +285,23 @@ class BrokerCore:
             space = self.spaces[check_name("a space name", name)] = Space(name, self.log_max)
         return space
 
-    def _log(self, space: Space, who: str, op: str, key: str, version: int, ok: bool, now: float) -> AccessEntry:
-        entry = AccessEntry(ts=now, who=who, op=op, key=key, version=version, ok=ok)
+    def _log(self, space: Space, who: str, op: str, key: str, version: int, ok: bool, now: float,
+             reason: str = "") -> AccessEntry:
+        entry = AccessEntry(ts=now, who=who, op=op, key=key, version=version, ok=ok, reason=reason)
         space.log.append(entry)
         return entry
 
     def refused(self, space_name: str, who: str, op: str, key: str, now: float) -> None:
         """Log an access the caller was not allowed (the space need not exist yet)."""
         space = self.space(space_name)
-        self._record(AccessLogged(space=space_name, log=self._log(space, who, op, key, space.version_of(key), False, now)))
+        log = self._log(space, who, op, key, space.version_of(key), False, now, "denied")
+        self._record(AccessLogged(space=space_name, log=log))
 
     def get(self, space_name: str, key: str, who: str, now: float) -> Entry | None:
         space = self.space(space_name)
         entry = space.entries.get(check_name("a key", key))
-        log = self._log(space, who, "get", key, entry.version if entry else 0, entry is not None, now)
+        log = self._log(space, who, "get", key, entry.version if entry else 0, entry is not None, now,
+                        "" if entry else "missing")
         self._record(AccessLogged(space=space_name, log=log))
         return entry
 
@@ -312,7 +315,7 @@ class BrokerCore:
         space = self.space(space_name)
         current = space.entries.get(check_name("a key", key))
         if (current.version if current else 0) != expected:
-            log = self._log(space, who, "cas", key, current.version if current else 0, False, now)
+            log = self._log(space, who, "cas", key, current.version if current else 0, False, now, "conflict")
             self._record(AccessLogged(space=space_name, log=log))
             return False, current
         version = max(expected, space.tombstones.get(key, 0)) + 1
@@ -329,7 +332,8 @@ class BrokerCore:
         space = self.space(space_name)
         current = space.entries.get(check_name("a key", key))
         if current is None or (expected is not None and current.version != expected):
-            log = self._log(space, who, "delete", key, current.version if current else 0, False, now)
+            log = self._log(space, who, "delete", key, current.version if current else 0, False, now,
+                            "missing" if current is None else "conflict")
             self._record(AccessLogged(space=space_name, log=log))
             return None
         space.delete(key, current.version)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from .errors import NotFound
+from .errors import NotFound, exit_code_for
 from .protocol import EventRecord
-from .protocol_broker import AccessEntry, DeadLetter, MailboxInfo, RegistryEntry
+from .protocol_broker import AccessEntry, DeadLetter, MailboxInfo, RegistryEntry, SpaceInfo
 from .render import age, clock, compact_json, table
 from .result import to_builtins
 
@@ -112,10 +112,14 @@ def dead_table(name: str, letters: Sequence[DeadLetter], now: float) -> str:
     return table(("ID", "FROM", "FAILURES", "DIED", "LAST ERROR", "PAYLOAD"), rows)
 
 
+REFUSALS = {"missing": "no such key", "conflict": "version conflict", "denied": "denied (allow-list)"}
+
+
 def access_table(entries: Sequence[AccessEntry]) -> str:
     if not entries:
         return "no access recorded"
-    rows = [(clock(e.ts), e.who, e.op, e.key, e.version, "ok" if e.ok else "refused") for e in entries]
+    rows = [(clock(e.ts), e.who, e.op, e.key, e.version, "ok" if e.ok else REFUSALS.get(e.reason, "refused"))
+            for e in entries]
     return table(("TIME", "WHO", "OP", "KEY", "VERSION", "RESULT"), rows)
 
 
@@ -186,13 +190,28 @@ def space() -> None:
     """Shared spaces: versioned keys that steps and clients read and write."""
 
 
+def spaces_table(spaces: Sequence[SpaceInfo]) -> str:
+    if not spaces:
+        return "no spaces"
+    rows = [(s.name, s.keys, s.bytes, "everyone" if s.allow is None else ", ".join(s.allow) or "clients only")
+            for s in spaces]
+    return table(("SPACE", "KEYS", "BYTES", "ALLOWED"), rows)
+
+
 @space.command("ls")
-@click.argument("name")
-@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.argument("name", required=False)
+@click.option("--prefix", default="", help="Only keys (without NAME: spaces) starting with this.")
 @json_option
 @pass_session
-def space_ls(session: Session, name: str, prefix: str, as_json: bool) -> None:
-    """List a space's keys with their versions and sizes."""
+def space_ls(session: Session, name: str | None, prefix: str, as_json: bool) -> None:
+    """List the spaces (no NAME), or a space's keys with their versions and sizes."""
+    if name is None:
+        spaces = [s for s in session.client().broker_stats().spaces if s.name.startswith(prefix)]
+        if as_json:
+            emit_json(spaces)
+        else:
+            click.echo(spaces_table(spaces))
+        return
     rows = session.client().space(name).listing(prefix)
     if as_json:
         emit_json([{"key": k, "version": v, "bytes": n} for k, v, n in rows])
@@ -210,7 +229,7 @@ def space_get(session: Session, name: str, key: str, as_json: bool) -> None:
     entry = session.client().space(name).get(key)
     if entry is None:
         click.echo(f"tagent: space {name!r} has no key {key!r}; list its keys with 'tagent space ls {name}'", err=True)
-        raise click.exceptions.Exit(6)
+        raise click.exceptions.Exit(exit_code_for(NotFound.code))
     if as_json:
         emit_json({"key": entry.key, "value": entry.value, "version": entry.version})
     else:
@@ -245,9 +264,11 @@ def space_put(session: Session, name: str, key: str, value: str, expected: int |
 @click.argument("key")
 @pass_session
 def space_del(session: Session, name: str, key: str) -> None:
-    """Delete a key."""
-    deleted = session.client().space(name).delete(key)
-    click.echo(f"{key}: deleted" if deleted else f"{key}: not there")
+    """Delete a key (exit 6 if it does not exist)."""
+    if not session.client().space(name).delete(key):
+        click.echo(f"tagent: space {name!r} has no key {key!r}; list its keys with 'tagent space ls {name}'", err=True)
+        raise click.exceptions.Exit(exit_code_for(NotFound.code))
+    click.echo(f"{key}: deleted")
 
 
 @space.command("log")
@@ -259,7 +280,8 @@ def space_log(session: Session, name: str, limit: int, as_json: bool) -> None:
     """Who read and wrote which key of a space, and when (newest last)."""
     entries = session.client().space(name).log(limit)
     if as_json:
-        emit_json([{"ts": e.ts, "who": e.who, "op": e.op, "key": e.key, "version": e.version, "ok": e.ok} for e in entries])
+        emit_json([{"ts": e.ts, "who": e.who, "op": e.op, "key": e.key, "version": e.version, "ok": e.ok,
+                    "reason": e.reason} for e in entries])
     else:
         click.echo(access_table(entries))
 

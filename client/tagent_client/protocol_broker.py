@@ -57,7 +57,11 @@ class Entry(msgspec.Struct, kw_only=True):
 
 
 class AccessEntry(msgspec.Struct, kw_only=True, array_like=True):
-    """One line of a space's access log."""
+    """One line of a space's access log; `reason` says why an access did not happen (empty when `ok`).
+
+    Reasons: "missing" (no such key), "conflict" (the key was at another version than expected),
+    "denied" (the space's allow-list). Entries written before reasons existed have none.
+    """
 
     ts: float
     who: str
@@ -65,6 +69,7 @@ class AccessEntry(msgspec.Struct, kw_only=True, array_like=True):
     key: str = ""
     version: int = 0
     ok: bool = True
+    reason: str = ""
 
 
 class StepRef(msgspec.Struct, kw_only=True, array_like=True):
