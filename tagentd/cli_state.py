@@ -14,9 +14,13 @@ from typing import Any
 
 import click
 import msgspec
-from tagent_client.errors import ConfigError, DaemonUnavailable
+from tagent_client.errors import DaemonUnavailable, InvalidRequest
 
+from . import retention
 from .locations import Locations
+
+
+KINDS = "inspect reads a state dir's runs/*.ckpt, wal/*.wal, broker/*.wal and broker/snapshot.ckpt"
 
 
 def _json_line(value: Any) -> str:
@@ -53,6 +57,8 @@ def register(cli: click.Group, where_options: Any) -> None:
         click.echo(f"{verb} {len(outcome['removed'])} finished run(s)")
         for run_id in outcome["removed"]:
             click.echo(f"  {run_id}")
+        click.echo(f"(kept whatever the limits: unfinished runs, and runs that finished less than "
+                   f"{retention.RECENT_S / 3600:g} h ago)")
 
     @cli.command()
     @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
@@ -73,9 +79,11 @@ def register(cli: click.Group, where_options: Any) -> None:
                 check_format(record.format, path)
                 click.echo(_json_line(record))
         except CorruptRecord as exc:
-            raise ConfigError(f"{exc} (everything before it was printed)") from None
+            if exc.offset == 0:
+                raise InvalidRequest(f"{path}: not a tagentd checkpoint file ({exc.reason} at its start); {KINDS}") from None
+            raise InvalidRequest(f"{exc} (everything before it was printed)") from None
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ConfigError(f"{path}: not a tagentd checkpoint record: {exc}") from None
+            raise InvalidRequest(f"{path}: not a tagentd checkpoint record: {exc}; {KINDS}") from None
 
 
 def _offline_gc(settings: Any, max_age_s: float | None, keep: int | None, dry_run: bool) -> dict[str, Any]:
@@ -84,7 +92,6 @@ def _offline_gc(settings: Any, max_age_s: float | None, keep: int | None, dry_ru
 
     from tagent_client import paths
 
-    from . import retention
     from .checkpoint import DurableStore
     from .lock import InstanceLock
 

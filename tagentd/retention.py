@@ -9,8 +9,10 @@ is older than `max_age_s`, or when more than `max_runs` finished runs exist
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from .runs import Run
+if TYPE_CHECKING:  # `tagentd gc` reads RECENT_S without loading the run machinery
+    from .runs import Run
 
 RECENT_S = 3600.0
 
