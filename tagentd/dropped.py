@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tagentd.watcher")
 
-WATCHER = "watcher"  # `who` in the audit trail of the runs the watcher starts
+WATCHER = submit.WATCHER  # `who` in the audit trail of the runs the watcher starts
 _TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)\s*$")
 
 

@@ -23,6 +23,8 @@ from . import wire
 from .pool import WorkerPool
 from .runs import Run, RunSource, RunTable
 
+WATCHER = "watcher"  # `who` in the audit trail of the runs of files dropped into a watched folder
+
 
 def source_hash(source: str) -> str:
     """The content hash a pipeline file is known by (as tagentd.loader.source_hash): sha256 of its UTF-8 text."""
@@ -52,6 +54,11 @@ def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: d
             model: str | None, who: str, idempotency_key: str | None = None) -> Run:
     """A new, not yet started Run of `plan`; ConfigError if an agent step would have no model."""
     unmodelled = [s.name for s in plan.steps if s.kind is not StepKind.FUNCTION and not (s.model or plan.model or model)]
+    if unmodelled and who == WATCHER:  # a dropped file: there is no command line to add --model to
+        raise ConfigError(
+            f"{path}: agent step(s) {', '.join(unmodelled)} have no model; name one in the file (model = \"test\" "
+            f"runs offline) or give the daemon a default (model in tagentd.toml or TAGENT_MODEL, then restart it)"
+        )
     if unmodelled:
         raise ConfigError(
             f"{path}: agent step(s) {', '.join(unmodelled)} have no model; pass --model (e.g. --model test "

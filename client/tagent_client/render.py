@@ -123,7 +123,7 @@ def watch_view(info: WatchInfo, now: float) -> str:
         rows = []
         for f in info.files:
             name = os.path.relpath(f.path, f.folder) if len(info.folders) == 1 else f.path
-            detail = f"run {f.run_id}" if f.run_id else (f.message or "")
+            detail = f"run {f.run_id}" if f.run_id else without_path(f.message or "", f.path)
             if f.path in info.settling and f.status != "loading":
                 detail = f"{detail}; a newer version is settling" if detail else "settling"
             rows.append((name, (f.hash or "-")[:12], f.status, detail, f"{age(now - f.at)} ago"))
@@ -136,6 +136,15 @@ def watch_view(info: WatchInfo, now: float) -> str:
     for problem in info.problems:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
+
+
+def without_path(message: str, path: str) -> str:
+    """A watched file's message without its own path in front (the FILE column shows it): 'line 3: reason'."""
+    if not message.startswith(path):
+        return message
+    rest = message[len(path):].removeprefix(":")
+    line, sep, reason = rest.partition(": ")
+    return f"line {line}: {reason}" if sep and line.isdigit() else rest.strip()
 
 
 def event_line(record: EventRecord) -> str:
