@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,6 +159,8 @@ def _serve(settings: Settings, *, detached: bool) -> int:
         raise
     except Exception:
         if detached:
+            import traceback  # noqa: PLC0415 - only a crash needs it
+
             _append_log(settings, f"tagentd: crashed:\n{traceback.format_exc()}")
         raise
 
@@ -187,6 +187,8 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
 
     watch_folders(settings.watch_dirs)  # ConfigError for an unsafe watch folder
     log_start = _size(settings.log_file)
+
+    import subprocess  # noqa: PLC0415 - only `start` makes a process
 
     argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--detached", *_forward(config_path, flags)]
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -24,6 +24,7 @@ from .lock import is_locked, read_pid
 from .stop_report import STOP_WAIT_GRACEFUL, waiting_line
 
 POLL = 0.05
+EXIT_POLL = 0.01     # `stop` returns this soon after the daemon is gone (a lock test per poll: cheap)
 STATUS_EVERY = 0.5   # seconds between looks at what the stop waits for
 REPEAT_EVERY = 5.0   # the waiting line is printed again this often when nothing changed
 EXIT_MARGIN = 15.0   # after the drain: stopping workers (up to 5 s) and the last commit
@@ -156,4 +157,4 @@ def _wait_for_exit(runtime_dir: Path, pid: int | None, began: float, deadline: f
                 f"tagentd (pid {pid}) is still running {time.monotonic() - began:.0f} s after the stop request; "
                 f"stop it at once with 'tagentd stop --fast', or 'kill {pid}'", pid=pid)
         watch.look()
-        time.sleep(POLL)
+        time.sleep(EXIT_POLL)

@@ -12,7 +12,6 @@ settings are checked where they are used (`tagentd start`, `tagentd config show`
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,8 @@ def read_config_file(config_path: Path | None) -> tuple[dict[str, Any], Path]:
         return {}, path
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}; check its permissions") from None
+    import tomllib  # noqa: PLC0415 - most machines have no config file: no parser to load
+
     try:
         return tomllib.loads(raw.decode("utf-8")), path
     except UnicodeDecodeError:

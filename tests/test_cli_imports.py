@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, write_pipeline
+from conftest import DaemonProcess, wait_until, write_pipeline
 
 pytestmark = pytest.mark.timeout(120)
 
 HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.config")
 
-#: (program, arguments, HEAVY modules the command may load); arguments {run}, {file}, {pipeline} are filled in.
+#: (program, arguments, HEAVY modules the command may load); {run}, {file}, {pipeline}, {checkpoint} are filled in.
 #: `tagentd stop` stops the daemon, so it comes last.
 COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagent", ["--help"], ()),
@@ -37,7 +37,10 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagent", ["publish", "imports.check", '{"n": 1}'], ()),
     ("tagent", ["space", "put", "imports", "k", "1"], ()),
     ("tagent", ["space", "get", "imports", "k"], ()),
+    ("tagent", ["space", "ls"], ()),
     ("tagent", ["space", "ls", "imports"], ()),
+    ("tagent", ["space", "log", "imports"], ()),
+    ("tagent", ["transcript", "{run}", "hello"], ()),
     ("tagent", ["pipelines"], ()),
     ("tagent", ["mailbox", "ls"], ()),
     ("tagent", ["watch"], ()),
@@ -46,6 +49,7 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagentd", ["status"], ()),
     ("tagentd", ["status", "--json"], ()),
     ("tagentd", ["gc", "--dry-run"], ()),
+    ("tagentd", ["inspect", "{checkpoint}"], ("asyncio",)),  # the checkpoint module is the daemon's store
     ("tagentd", ["stop"], ()),
 ]
 
@@ -91,7 +95,9 @@ def test_no_command_loads_heavy_modules_it_does_not_need(daemon: DaemonProcess, 
     with daemon.client() as client:
         run_id = client.submit(path).id
         client.wait(run_id, timeout=30)
-    fill = {"{run}": run_id, "{file}": str(path), "{pipeline}": "imports_check"}
+    checkpoint = wait_until(lambda: next(iter(sorted((daemon.state_dir / "wal").glob("*.wal"))), None), 10,
+                            what="a WAL segment")
+    fill = {"{run}": run_id, "{file}": str(path), "{pipeline}": "imports_check", "{checkpoint}": str(checkpoint)}
     # When each command runs to its end in a process of its own
     problems = []
     for index, (program, template, allowed) in enumerate(COMMANDS):
