@@ -9,7 +9,8 @@ each command as a whole process against it, interleaved round by round with a ba
 of the same interpreter, so that load on the machine hits every command alike. `tagentd stop` is
 timed against a daemon started for each round; how long that daemon itself takes to exit once asked
 (`daemon_exit_ms`, measured in-process) is reported next to it. Prints ONE JSON line on stdout
-(details on stderr); bench/README.md explains the keys and targets.
+(details on stderr) and saves it to bench/results/cli-latest.json (not with --quick);
+bench/README.md explains the keys and targets.
 """
 
 from __future__ import annotations
@@ -173,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "bench_s": round(time.perf_counter() - t0, 1),
     })
-    print(json.dumps(result), flush=True)
+    line = json.dumps(result)
+    if not args.quick:
+        (BENCH / "results" / "cli-latest.json").write_text(line + "\n")
+    print(line, flush=True)
     return 0
 
 

@@ -36,7 +36,7 @@ COLORS = {"running": "cyan", "retrying": "yellow", "completed": "green", "failed
 ACTIVE = ("running", "retrying", "failed")
 PROGRESS_TOPIC = "step.progress"  # published on the event bus by ctx.progress(); never stored with the run
 FOLLOW_POLL = 0.5  # the events long-poll while showing: new log lines and progress notes wait at most this long
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as for every `tagent` command stopped with Ctrl-C
 
 
 # -- the board ----------------------------------------------------------------------------------
