@@ -10,6 +10,7 @@ as needing. New commands go into COMMANDS (with what they may load, if anything)
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DaemonProcess, wait_until, write_pipeline
+from tagent_client.entry import start
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,17 +55,14 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagentd", ["stop"], ()),
 ]
 
-#: Runs a command's main() in this interpreter and, at exit, writes sorted sys.modules to argv[1].
+#: Runs a command as its console script does and, at exit, writes sorted sys.modules to argv[1].
 PROBE = """
 import atexit, sys
 out, program = sys.argv[1], sys.argv[2]
 atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
 sys.argv = [program, *sys.argv[3:]]
-if program == "tagent":
-    from tagent_client.cli import main
-else:
-    from tagentd.cli import main
-main()
+from tagent_client.entry import start
+start("tagent_client.cli" if program == "tagent" else "tagentd.cli")
 """
 
 PIPELINE = """
@@ -116,3 +115,20 @@ def test_the_guard_sees_a_heavy_import(daemon: DaemonProcess, tmp_path: Path) ->
     modules = loaded_modules(daemon, "tagentd", ["config", "show"], tmp_path / "modules.txt")
     # Then the guard notices it (so an empty finding above means something)
     assert "tagentd.config" in heavy_in(modules) and "pydantic" in heavy_in(modules)
+
+
+def test_a_console_script_loads_its_program_with_collection_off_and_runs_it_with_collection_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a program that notes whether the garbage collector ran while it loaded and while it runs
+    (tmp_path / "probe_program.py").write_text(
+        "import gc\nLOADING = gc.isenabled()\nRUNNING = []\n\ndef main():\n    RUNNING.append(gc.isenabled())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # When the console scripts' start runs it
+    try:
+        start("probe_program")
+    finally:
+        gc.unfreeze()  # start() froze this test process's objects; give them back to the collector
+    # Then it loaded with collection off and ran with it on, as it is now
+    import probe_program
+
+    assert probe_program.LOADING is False and probe_program.RUNNING == [True] and gc.isenabled()
