@@ -45,6 +45,7 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagent", ["transcript", "{run}", "hello"], ()),
     ("tagent", ["pipelines"], ()),
     ("tagent", ["mailbox", "ls"], ()),
+    ("tagent", ["mailbox", "dead", "{pipeline}"], ()),
     ("tagent", ["watch"], ()),
     ("tagentd", ["--help"], ()),
     ("tagentd", ["version"], ()),
@@ -52,7 +53,7 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagentd", ["status", "--json"], ()),
     ("tagentd", ["gc", "--dry-run"], ()),
     ("tagentd", ["inspect", "{checkpoint}"], ("asyncio",)),  # the checkpoint module is the daemon's store
-    ("tagentd", ["stop"], ()),
+    ("tagentd", ["stop", "--timeout", "5"], ()),
 ]
 
 #: Runs a command as its console script does and, at exit, writes sorted sys.modules to argv[1].
