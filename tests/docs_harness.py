@@ -42,10 +42,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
-from typing import Any
+
+from conftest import processes_using
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT = 120.0
@@ -340,8 +340,6 @@ class Sandbox:
             self.stop_daemon()
         except DocsError:
             pass
-        from conftest import processes_using
-
         deadline = time.monotonic() + 10
         left = processes_using(self.root)
         while left and time.monotonic() < deadline:
@@ -378,10 +376,3 @@ def run_markdown(path: Path) -> list[Block]:
     with Sandbox() as sandbox:
         sandbox.run_file(path)
         return sandbox.skipped
-
-
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
-__all__ = ["Block", "DocsError", "Sandbox", "read_blocks", "run_markdown", "dedent", "Any"]
