@@ -29,6 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tagent_client.client import Client
+from tagent_client.errors import TagentError
+from tagent_client.paths import CONTROL_SOCKET
+
 EXAMPLE = Path("pipelines/examples/research.py")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -171,7 +175,16 @@ class PrivateDaemon:
         return self.proc.pid if self.proc is not None else None
 
     def _answers(self) -> bool:
-        return subprocess.run([_bin("tagentd"), "status"], env=self.env, capture_output=True, check=False).returncode == 0
+        """True once the daemon's control socket answers a ping."""
+        runtime_dir = Path(self.env["TAGENTD_RUNTIME_DIR"])
+        if not (runtime_dir / CONTROL_SOCKET).exists():
+            return False
+        try:
+            with Client(runtime_dir=runtime_dir, timeout=1.0) as client:
+                client.ping()
+        except TagentError:
+            return False
+        return True
 
     def stop(self) -> None:
         """Ask it to stop (`tagentd stop --fast`: the demo's runs need not finish), then make sure it and its workers are gone."""
@@ -237,9 +250,9 @@ def main() -> int:
         print(f"demo: {example} not found; run 'make demo' from the repository root", file=sys.stderr)
         return 2
     user_env = dict(os.environ)
-    raise_on_stop_signals()
     scratch = Path(tempfile.mkdtemp(prefix="tagentd-demo-"))
     daemon = PrivateDaemon(scratch, private_env(user_env, scratch))
+    raise_on_stop_signals()  # from here on, every way out goes through `finally`
     try:
         theirs = users_daemon(user_env)
         say(f"demo: starting a private tagentd: runtime, state, config and watched folder in {scratch} "
@@ -263,6 +276,7 @@ def main() -> int:
         ignore_stop_signals()
         daemon.stop()
         shutil.rmtree(scratch, ignore_errors=True)
+
 
 if __name__ == "__main__":
     sys.exit(main())
