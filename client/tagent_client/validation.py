@@ -73,7 +73,7 @@ def parameter_problems(pipeline: Pipeline, step: PipelineStep, params: Collectio
         out.append(f"{where}: parameter 'item' of {label} is only filled in PARALLEL_MERGE steps (with the current "
                    f"item); make the step execution_mode=PARALLEL_MERGE with over=, or rename the parameter")
     known = params if params is not None else pipeline.params
-    in_scope = [binding.CONTEXT, *deps, *([binding.ITEM] if parallel else []), *pipeline.steps]
+    in_scope = [binding.CONTEXT, binding.ITEM, *deps, *pipeline.steps]
     for name in binding.param_names(fn, deps):
         if known is not None and name in known:
             continue
