@@ -22,9 +22,9 @@ from docs_harness import REPO, Block, DocsError, Sandbox, read_blocks, run_markd
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 ALL_MARKDOWN = [*DOCS, REPO / "bench" / "README.md"]
-#: Blocks that cannot run here (installing, systemd, directory layouts, a local LLM server, a full or read-only
-#: disk). Keep it small: a block that can run should.
-MAX_SKIPPED = 11
+#: Blocks that cannot run here (installing, systemd, directory layouts, a local LLM server, outputs of a full or
+#: read-only disk and of a crashing step). Keep it small: a block that can run should.
+MAX_SKIPPED = 12
 
 
 def _id(path: Path) -> str:
@@ -110,7 +110,11 @@ def _mentions(path: Path) -> list[tuple[int, str]]:
 
 
 def _check_command(text: str) -> str | None:
-    """None if `text` names a real command with real options, else what is wrong."""
+    """None if `text` names a real command with its real options and no more arguments than it takes, else what is wrong.
+
+    Placeholders are fine (`tagent status RUN`), so are optional parts in brackets (`[--fast]`);
+    a bare mention (`tagent retry`) need not give every argument.
+    """
     from tagent_client.cli import cli as tagent
     from tagentd.cli import cli as tagentd
 
@@ -118,22 +122,32 @@ def _check_command(text: str) -> str | None:
         words = shlex.split(text)
     except ValueError:
         words = text.split()
+    # `[--fast]` is an optional option; `[flags]`, `...` and redirections stand for nothing to check
+    words = [w.strip("[]") for w in words
+             if w.strip("[]") not in ("", "...") and not re.match(r"^\[[^-]|^\d?[<>]", w)]
     command: click.Command = {"tagent": tagent, "tagentd": tagentd}[words[0]]
     chain = [command]
-    for word in words[1:]:
-        if isinstance(command, click.Group) and not word.startswith("-") and word.isidentifier():
+    positional: list[str] = []
+    rest = iter(words[1:])
+    for word in rest:
+        if isinstance(command, click.Group) and not word.startswith("-"):
             if word not in command.commands:
-                return f"{' '.join(words[:len(chain)])} has no command {word!r}"
+                return f"{' '.join(c.name or '' for c in chain)} has no command {word!r}"
             command = command.commands[word]
             chain.append(command)
             continue
-        if isinstance(command, click.Group) and not word.startswith("-"):
-            break
         if word.startswith("-") and len(word) > 1:
-            option = word.strip("[],.").split("=")[0]
-            known = {o for c in chain for p in c.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
-            if re.fullmatch(r"--?[A-Za-z][\w-]*", option) and option not in known:
-                return f"{' '.join(c.name or '' for c in chain)} has no option {option}"
+            name = word.split("=")[0]
+            found = [p for c in chain for p in c.params if name in (*p.opts, *p.secondary_opts)]
+            if not found and name not in ("--help", "-h"):
+                return f"{' '.join(c.name or '' for c in chain)} has no option {name}"
+            if found and isinstance(found[0], click.Option) and not (found[0].is_flag or found[0].count) and "=" not in word:
+                next(rest, None)  # the option's value
+            continue
+        positional.append(word)
+    takes = [p.nargs for p in command.params if isinstance(p, click.Argument)]
+    if -1 not in takes and len(positional) > sum(takes):
+        return f"{' '.join(c.name or '' for c in chain)} takes {sum(takes)} argument(s), not {len(positional)}: {positional}"
     return None
 
 
