@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tagent_client.binding import missing_params
 from tagent_client.engine import RunMachine
 from tagent_client.errors import ConfigError, InvalidRequest, PipelineLoadError, PipelineValidationError
 from tagent_client.plan import Plan, StepKind
@@ -52,7 +53,11 @@ async def load_plan(pool: WorkerPool, path: str, source: str, target: str | None
 
 def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: dict[str, Any] | None,
             model: str | None, who: str, idempotency_key: str | None = None) -> Run:
-    """A new, not yet started Run of `plan`; ConfigError if an agent step would have no model."""
+    """A new, not yet started Run of `plan`.
+
+    ConfigError if an agent step would have no model; PipelineValidationError if a function
+    step has a parameter the submit params do not fill (it would fail only when it runs).
+    """
     unmodelled = [s.name for s in plan.steps if s.kind is not StepKind.FUNCTION and not (s.model or plan.model or model)]
     if unmodelled and who == WATCHER:  # a dropped file: there is no command line to add --model to
         raise ConfigError(
@@ -64,6 +69,12 @@ def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: d
             f"{path}: agent step(s) {', '.join(unmodelled)} have no model; pass --model (e.g. --model test "
             f"offline), set model= in the pipeline, or set TAGENT_MODEL / model in tagentd.toml"
         )
+    unfilled = missing_params(plan, params or {})
+    if unfilled:
+        invalid = PipelineValidationError(plan.name, unfilled)
+        invalid.message = f"{path}: pipeline {plan.name!r} is invalid: {'; '.join(unfilled)}"
+        invalid.details["path"] = path
+        raise invalid
     now = time.time()
     machine = RunMachine.new(plan, new_run_id(now), params=dict(params or {}), now=now)
     run = Run(RunSource(path=path, source=source, source_hash=source_hash(source), target=target, model=model,

@@ -128,7 +128,7 @@ def test_exit_statuses_read_as_the_user_knows_them() -> None:
 
 
 def a_run(name: str) -> Run:
-    plan = Pipeline(name).step("a", fn=len, execution_mode=ExecutionMode.CONCURRENT).plan()
+    plan = Pipeline(name).step("a", fn=lambda ctx: None, execution_mode=ExecutionMode.CONCURRENT).plan()
     return new_run(plan, path=f"{name}.py", source="", target=None, params=None, model=None, who="test")
 
 

@@ -102,3 +102,16 @@ def test_tagentd_endpoints_cannot_be_used_by_tagent(monkeypatch: pytest.MonkeyPa
     result = asyncio.run(run_pipeline(trip_pipeline(model="local:llama3"), config=cfg))
 
     assert not result.success and "LiteLLM" in result.error_details["plan"]
+
+
+@pytest.mark.parametrize(("model", "litellm"), [
+    ("openai:gpt-4o-mini", "openai/gpt-4o-mini"),
+    ("google:gemini-2.0-flash", "gemini/gemini-2.0-flash"),  # pydantic-ai's current Google prefix (docs/agents.md)
+    ("google-gla:gemini-2.0-flash", "gemini/gemini-2.0-flash"),  # its older one
+    ("gemini/gemini-2.0-flash", "gemini/gemini-2.0-flash"),  # already LiteLLM's form
+])
+def test_model_strings_become_litellm_names(model: str, litellm: str) -> None:
+    from tagent_client.llm import LLMConfig, LLMRuntime
+    from tagent_client.runners.tagent import litellm_model
+
+    assert litellm_model(model, LLMRuntime.local(LLMConfig())) == litellm

@@ -167,6 +167,7 @@ def pipeline_from_dict(
         fail_fast=plan.fail_fast,
         triggers=plan.triggers,
         capabilities=plan.capabilities,
+        params=plan.params,
     )
     for i, spec in enumerate(plan.steps):
         p.add_step(_step_from_spec(spec, f"steps[{i}]", source, resolve_schemas, resolve_functions))

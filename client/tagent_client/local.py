@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .context import LocalServices, RunServices, StepContext
 from .engine import RunMachine
-from .errors import ConfigError, is_retryable
+from .binding import missing_params
+from .errors import ConfigError, PipelineValidationError, is_retryable
 from .events import (
     Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
 )
@@ -135,14 +136,17 @@ async def run_pipeline(
 ) -> PipelineResult:
     """Run `pipeline` in this process and return its result (never raises for step failures).
 
-    Raises PipelineValidationError for a bad definition and ConfigError for an agent
-    step without a model, before any step runs.
+    Raises PipelineValidationError for a bad definition or a function parameter that
+    `params` do not fill, and ConfigError for an agent step without a model, before any step runs.
     """
     cfg = (config or RunConfig()).model_copy(update={
         k: v for k, v in {"model": model, "max_concurrent_steps": max_concurrent_steps, "fail_fast": fail_fast}.items()
         if v is not None
     })
     plan = pipeline.plan()
+    unfilled = missing_params(plan, params or {})
+    if unfilled:
+        raise PipelineValidationError(plan.name, unfilled)
     overrides: dict[str, Any] = {}
     if cfg.max_concurrent_steps is not None:
         overrides["max_concurrent_steps"] = cfg.max_concurrent_steps

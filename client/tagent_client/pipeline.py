@@ -2,26 +2,25 @@
 
 A `Pipeline` holds the user's objects (functions, tools, pydantic schemas).
 `Pipeline.plan()` turns it into a `Plan`: plain data the engine schedules from
-and the daemon checkpoints. `Pipeline.validate()` reports every problem at once.
+and the daemon checkpoints. `Pipeline.validate()` reports every problem at once
+(the checks are in `validation.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import math
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
-
-from .conditions import Condition, as_condition
+from . import binding
 from .bounds import NAME_MAX
+from .conditions import Condition, as_condition
 from .errors import PipelineValidationError, shorten
 from .plan import OUTPUT_RETRIES, TOOL_RETRIES, DependencyType, ExecutionMode, Plan, RetrySpec, StepKind, StepSpec
+from .validation import BUILTIN_TOOLS, NAME, callable_name, cycles, is_count, parameter_problems, step_problems
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\Z")  # \Z: "$" would accept a trailing newline
+__all__ = ["BUILTIN_TOOLS", "Pipeline", "PipelineStep", "schema_ref"]
+
 _DEFAULT_RETRY = RetrySpec()
 
 
@@ -35,22 +34,9 @@ def _normalise_deps(depends_on: Iterable[str] | Mapping[str, Any] | str | None) 
     return {str(name): DependencyType.HARD for name in depends_on}
 
 
-def _is_number(value: Any) -> bool:
-    """A finite int or float (not bool): what a Plan can carry through JSON and msgpack unchanged."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def schema_ref(schema: type) -> str:
     """`module:QualName` of a schema class, the form plans and exports refer to it by."""
     return f"{schema.__module__}:{schema.__qualname__}"
-
-
-def _callable_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__name__", None) or type(fn).__name__
 
 
 @dataclasses.dataclass(eq=False)
@@ -122,6 +108,8 @@ class Pipeline:
 
     or with `@p.task(...)` on a function. Nothing runs until the pipeline is handed
     to `run_pipeline`, `run_agent` or the daemon; `validate()` checks it first.
+    `params=["company", ...]` declares the submit params its functions take by name,
+    so that `validate()` can tell a misspelt parameter from a param (`validation.py`).
     """
 
     def __init__(
@@ -137,6 +125,7 @@ class Pipeline:
         fail_fast: bool = False,
         triggers: Iterable[str] = (),
         capabilities: Iterable[str] = (),
+        params: Iterable[str] | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -148,6 +137,8 @@ class Pipeline:
         self.fail_fast = fail_fast
         self.triggers = list(triggers)
         self.capabilities = list(capabilities)
+        #: The submit params the steps may take by name; None: not declared (see `validation`).
+        self.params = None if params is None else [params] if isinstance(params, str) else list(params)
         self.steps: dict[str, PipelineStep] = {}
         self._duplicates: list[str] = []
 
@@ -172,7 +163,8 @@ class Pipeline:
         """Decorator: make a function a step named after it (or `name=`).
 
         Parameters named `ctx` get the StepContext; parameters named after dependencies
-        get their outputs; `item` gets the current item of a PARALLEL_MERGE step.
+        get their outputs; `item` gets the current item of a PARALLEL_MERGE step; any
+        other name without a default gets the submit param of that name (`binding.py`).
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -188,158 +180,38 @@ class Pipeline:
 
     # -- checking -------------------------------------------------------------
 
-    def problems(self) -> list[str]:
-        """Every problem with the definition, one precise line each; empty when valid."""
+    def problems(self, params: Collection[str] | None = None) -> list[str]:
+        """Every problem with the definition, one precise line each; empty when valid.
+
+        `params`: the submit params a run will get (names, or the params themselves); function-step
+        parameters are then checked against exactly these (see `validation` for what is checked without).
+        """
         found: list[str] = []
         if isinstance(self.name, str) and len(self.name) > NAME_MAX:
             found.append(f"pipeline name {shorten(self.name)!r} is too long: names have at most {NAME_MAX} characters")
-        elif not isinstance(self.name, str) or not _NAME.match(self.name):
+        elif not isinstance(self.name, str) or not NAME.match(self.name):
             found.append(f"pipeline name {self.name!r} must start with a letter or _ and use only letters, digits, _ and -")
         if not self.steps:
             found.append("pipeline has no steps")
         for name in dict.fromkeys(self._duplicates):
             found.append(f"duplicate step name {name!r}: each step needs a unique name")
-        if not (_is_count(self.max_concurrent_steps) and self.max_concurrent_steps >= 1):
+        if not (is_count(self.max_concurrent_steps) and self.max_concurrent_steps >= 1):
             found.append(f"max_concurrent_steps must be a positive integer, got {self.max_concurrent_steps!r}")
-        pipeline_tools = {_callable_name(t) for t in self.tools}
+        if self.params is not None and not (isinstance(self.params, list) and all(isinstance(n, str) for n in self.params)):
+            found.append(f"params must be a list of param names, got {self.params!r}")
+        pipeline_tools = {callable_name(t) for t in self.tools}
         for step in self.steps.values():
-            found.extend(self._step_problems(step, pipeline_tools))
-        found.extend(f"dependency cycle: {' -> '.join(c)}" for c in self._cycles())
+            found.extend(step_problems(self, step, pipeline_tools))
+            found.extend(parameter_problems(self, step, params))
+        found.extend(f"dependency cycle: {' -> '.join(c)}" for c in cycles(self.steps))
         finals = [s.name for s in self.steps.values() if s.final]
         if len(finals) > 1:
             found.append(f"only one step may be final=True, got {', '.join(finals)}")
         return found
 
-    def _step_problems(self, step: PipelineStep, pipeline_tools: set[str]) -> list[str]:
-        where = f"step {shorten(step.name)!r}"
-        out: list[str] = []
-        if isinstance(step.name, str) and len(step.name) > NAME_MAX:
-            out.append(f"{where}: name is too long: names have at most {NAME_MAX} characters")
-        elif not isinstance(step.name, str) or not _NAME.match(step.name) or step.name in ("shared", "params"):
-            out.append(f"{where}: name must start with a letter or _, use letters, digits, _ and -, and not be 'shared' or 'params'")
-        if step.fn is None and not step.goal and step.runner != "tagent":
-            out.append(f"{where}: needs a goal= (agent step) or fn= (function step)")
-        if step.fn is not None and step.goal:
-            out.append(f"{where}: has both goal= and fn=; a step is either an agent or a function")
-        if step.fn is not None and not callable(step.fn):
-            out.append(f"{where}: fn= must be callable, got {type(step.fn).__name__}")
-        if step.goal is not None and not isinstance(step.goal, str):
-            out.append(f"{where}: goal= must be a string, got {type(step.goal).__name__}")
-        deps = step.dependencies
-        for dep in deps:
-            if dep == step.name:
-                out.append(f"{where}: depends on itself")
-            elif dep not in self.steps:
-                out.append(f"{where}: depends on unknown step {dep!r}")
-        schema = step.output_schema
-        if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-            out.append(f"{where}: output_schema must be a pydantic BaseModel subclass, got {schema!r}")
-        for dep, fields in step.data_fields.items():
-            if not isinstance(fields, (list, tuple)) or not all(isinstance(f, str) for f in fields):
-                out.append(f"{where}: data_fields[{dep!r}] must be a list of field names, got {fields!r}")
-                continue
-            if deps.get(dep) is not DependencyType.DATA:
-                out.append(f"{where}: data_fields names {dep!r}, which is not a DATA dependency of this step")
-                continue
-            dep_step = self.steps.get(dep)
-            dep_schema = dep_step.output_schema if dep_step else None
-            if isinstance(dep_schema, type) and issubclass(dep_schema, BaseModel):
-                for field in fields:
-                    if field.split(".")[0] not in dep_schema.model_fields:
-                        out.append(f"{where}: DATA dependency {dep!r} has no field {field!r} in its output_schema {dep_schema.__name__}")
-        for dep, kind in deps.items():
-            if kind is DependencyType.DATA and not step.data_fields.get(dep):
-                out.append(f"{where}: DATA dependency {dep!r} needs data_fields={{{dep!r}: [...]}} naming the fields it requires")
-        if step.tools_filter is not None and (
-            not isinstance(step.tools_filter, (list, tuple)) or not all(isinstance(t, str) for t in step.tools_filter)
-        ):
-            out.append(f"{where}: tools_filter must be a list of tool names, got {step.tools_filter!r}")
-        elif step.tools_filter is not None:
-            available = pipeline_tools | {_callable_name(t) for t in step.tools}
-            for tool in step.tools_filter:
-                if tool not in available and not _is_builtin_tool(tool):
-                    out.append(f"{where}: tools_filter names unknown tool {tool!r} (known: {', '.join(sorted(available)) or 'none'})")
-        cond = step.condition
-        if isinstance(cond, Condition):
-            for ref in sorted(cond.refs()):
-                if ref not in self.steps:
-                    out.append(f"{where}: condition refers to unknown step {ref!r}")
-                elif ref not in deps:
-                    out.append(f"{where}: condition refers to {ref!r}, which is not among its depends_on")
-        if step.execution_mode is ExecutionMode.CONDITIONAL and cond is None:
-            out.append(f"{where}: execution_mode CONDITIONAL needs a condition=")
-        if step.execution_mode is ExecutionMode.PARALLEL_MERGE:
-            if step.over is None:
-                out.append(f"{where}: PARALLEL_MERGE needs over= (a list, or a path like 'params.items' or 'dep.field')")
-            elif isinstance(step.over, str):
-                root = step.over.split(".")[0]
-                if root not in ("params", "shared") and root not in deps:
-                    out.append(f"{where}: over={step.over!r} must start with 'params', 'shared' or one of its dependencies")
-            elif not isinstance(step.over, (list, tuple)):
-                out.append(f"{where}: over= must be a list or a path string, got {type(step.over).__name__}")
-        elif step.over is not None or step.merge is not None:
-            out.append(f"{where}: over= and merge= only apply to execution_mode PARALLEL_MERGE")
-        if step.timeout is not None and not (_is_number(step.timeout) and step.timeout > 0):
-            out.append(f"{where}: timeout must be positive seconds, got {step.timeout!r}")
-        if not isinstance(step.isolated, bool):
-            out.append(f"{where}: isolated must be True or False, got {step.isolated!r}")
-        for field in ("max_retries", "output_retries", "tool_retries"):
-            value = getattr(step, field)
-            if not (_is_count(value) and value >= 0):
-                out.append(f"{where}: {field} must be an integer >= 0, got {value!r}")
-        retry = (step.retry_delay, step.retry_backoff, step.retry_max_delay, step.retry_jitter)
-        if not all(_is_number(v) for v in retry) or (
-            step.retry_delay < 0 or step.retry_backoff < 1 or step.retry_max_delay < 0 or not 0 <= step.retry_jitter <= 1
-        ):
-            out.append(
-                f"{where}: retry settings need delay >= 0, backoff >= 1, max_delay >= 0 and 0 <= jitter <= 1 "
-                f"(finite numbers), got delay={step.retry_delay!r}, backoff={step.retry_backoff!r}, "
-                f"max_delay={step.retry_max_delay!r}, jitter={step.retry_jitter!r}"
-            )
-        if step.runner not in (None, "function", "agent", "tagent"):
-            out.append(f"{where}: runner must be 'function', 'agent' or 'tagent', got {step.runner!r}")
-        elif step.runner is not None and (step.runner == "function") != (step.fn is not None):
-            has = "has fn=" if step.fn is not None else "has no fn="
-            out.append(f"{where}: runner={step.runner!r} but the step {has}; runner 'function' needs fn=, 'agent' and 'tagent' take no fn=")
-        return out
-
-    def _cycles(self) -> list[list[str]]:
-        """Each dependency cycle once, as a path that starts and ends at the same step."""
-        state: dict[str, int] = {}
-        stack: list[str] = []
-        cycles: list[list[str]] = []
-        seen_sets: set[frozenset[str]] = set()
-        pending: list[Iterator[str]] = []  # per stack entry: the dependencies still to look at
-
-        def enter(name: str) -> None:
-            state[name] = 1
-            stack.append(name)
-            pending.append(iter(self.steps[name].dependencies))
-
-        for root in self.steps:  # depth-first, without recursion: a long chain must not hit the recursion limit
-            if root in state:
-                continue
-            enter(root)
-            while pending:
-                dep = next(pending[-1], None)
-                if dep is None:
-                    pending.pop()
-                    state[stack.pop()] = 2
-                elif dep not in self.steps or dep == stack[-1]:
-                    continue
-                elif state.get(dep) == 1:
-                    cycle = stack[stack.index(dep):] + [dep]
-                    key = frozenset(cycle)
-                    if key not in seen_sets:
-                        seen_sets.add(key)
-                        cycles.append(list(reversed(cycle)))
-                elif dep not in state:
-                    enter(dep)
-        return cycles
-
-    def validate(self) -> Pipeline:
-        """Raise PipelineValidationError listing every problem; return self when valid."""
-        found = self.problems()
+    def validate(self, params: Collection[str] | None = None) -> Pipeline:
+        """Raise PipelineValidationError listing every problem; return self when valid (`params`: see `problems`)."""
+        found = self.problems(params)
         if found:
             raise PipelineValidationError(self.name, found)
         return self
@@ -349,7 +221,7 @@ class Pipeline:
     def plan(self) -> Plan:
         """The validated, declarative form of this pipeline (what the engine runs)."""
         self.validate()
-        pipeline_tools = [_callable_name(t) for t in self.tools]
+        pipeline_tools = [callable_name(t) for t in self.tools]
         specs = []
         for step in self.steps.values():
             cond = step.condition
@@ -365,7 +237,7 @@ class Pipeline:
                     model=step.model,
                     output_retries=step.output_retries,
                     tool_retries=step.tool_retries,
-                    tools=pipeline_tools + [_callable_name(t) for t in step.tools],
+                    tools=pipeline_tools + [callable_name(t) for t in step.tools],
                     tools_filter=list(step.tools_filter) if step.tools_filter is not None else None,
                     output_schema=schema_ref(step.output_schema) if step.output_schema is not None else None,
                     timeout=step.timeout,
@@ -386,6 +258,7 @@ class Pipeline:
                     final=step.final,
                     runner=step.runner,
                     function=_function_ref(step.fn) if step.fn is not None else None,
+                    needs_params=binding.param_names(step.fn, step.dependencies) if step.fn is not None else [],
                 )
             )
         return Plan(
@@ -399,6 +272,7 @@ class Pipeline:
             fail_fast=self.fail_fast,
             triggers=list(self.triggers),
             capabilities=list(self.capabilities),
+            params=list(self.params) if self.params is not None else None,
         )
 
     # -- documents (see export.py) ------------------------------------------------
@@ -445,27 +319,13 @@ class Pipeline:
     def tools_for(self, step_name: str) -> dict[str, Callable[..., Any]]:
         """The tools a step may offer its agent: pipeline + step tools, narrowed by tools_filter."""
         step = self.steps[step_name]
-        tools = {_callable_name(t): t for t in [*self.tools, *step.tools]}
+        tools = {callable_name(t): t for t in [*self.tools, *step.tools]}
         if step.tools_filter is not None:
             tools = {n: t for n, t in tools.items() if n in step.tools_filter}
         return tools
 
 
-BUILTIN_TOOLS = frozenset(
-    {"send_message", "receive_message", "publish_event", "read_space", "write_space", "list_space"}
-)
-
-
-def _is_builtin_tool(name: str) -> bool:
-    return name in BUILTIN_TOOLS
-
-
 def _function_ref(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or "?"
-    qualname = getattr(fn, "__qualname__", None) or _callable_name(fn)
+    qualname = getattr(fn, "__qualname__", None) or callable_name(fn)
     return f"{module}:{qualname}"
-
-
-def step_parameters(fn: Callable[..., Any]) -> list[str]:
-    """Names of a step function's parameters, in order (used to bind ctx, item and dependency outputs)."""
-    return list(inspect.signature(fn).parameters)

@@ -82,6 +82,8 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     final: bool = False
     runner: str | None = None
     function: str | None = None
+    #: A function step's parameters that only a submit param can fill (checked at submit: binding.missing_params).
+    needs_params: list[str] = []
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +100,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     fail_fast: bool = False
     triggers: list[str] = []
     capabilities: list[str] = []
+    #: The submit params the pipeline declares (`Pipeline(params=...)`); None: not declared.
+    params: list[str] | None = None
 
     def step(self, name: str) -> StepSpec:
         for spec in self.steps:

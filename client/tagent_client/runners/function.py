@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..binding import is_context
 from ..context import StepContext
 from ..errors import TagentError
 from ..pipeline import PipelineStep
@@ -72,7 +73,7 @@ def bind(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], po
             args.extend(extra)
             extra = []
             continue
-        if name == "ctx" or (index == 0 and param.annotation in (StepContext, "StepContext")):
+        if is_context(index, name, param):
             value: Any = ctx
         elif name in inputs:
             value = inputs[name]

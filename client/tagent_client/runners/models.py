@@ -3,7 +3,7 @@
 `NAME:MODEL` goes to the endpoint NAME when one with a `base_url` is configured
 (OpenAI chat-completions protocol); `test` is pydantic-ai's offline TestModel;
 anything else is a pydantic-ai model name (`openai:...`, `anthropic:...`,
-`google-gla:...`). Every real model is wrapped in `LimitedModel`, which:
+`google:...`). Every real model is wrapped in `LimitedModel`, which:
 
 - asks the limiter for a permit before each request (tool-call turns and output
   retries included) when the endpoint or provider has limits, and returns it after;

@@ -31,7 +31,7 @@ from .agent import resolve_model
 NOT_INSTALLED = "runner='tagent' needs the TAgent library: pip install 'tagentd[tagent]'"
 MAX_ITERATIONS = 20
 #: pydantic-ai provider prefix -> LiteLLM provider prefix (where they differ).
-LITELLM_PROVIDERS = {"google-gla": "gemini", "google-vertex": "vertex_ai", "openai-chat": "openai"}
+LITELLM_PROVIDERS = {"google": "gemini", "google-gla": "gemini", "google-vertex": "vertex_ai", "openai-chat": "openai"}
 
 
 class TAgentMissing(ConfigError):
