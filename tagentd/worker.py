@@ -33,13 +33,12 @@ from typing import Any
 import msgspec
 import zmq
 from tagent_client.context import StepContext
-from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, is_retryable
+from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, describe, is_retryable
 from tagent_client.events import Event, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.llm import LLMConfig, LLMRuntime
 from tagent_client.local import run_task
 from tagent_client.pipeline import Pipeline, schema_ref
 from tagent_client.plan import StepKind
-from tagent_client.result import to_builtins
 from tagent_client.runners import coerce_inputs
 from tagent_client.runners.function import sync_call_running
 from tagent_client.state import ErrorInfo, Phase
@@ -70,8 +69,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, PipelineValidationError):
         extra = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
         return f"pipeline {exc.pipeline!r} is invalid: {exc.problems[0] if exc.problems else '?'}{extra}"
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return text or type(exc).__name__
+    return describe(exc)
 
 
 class Worker:
@@ -276,7 +274,13 @@ class Worker:
 
     async def attempt(self, message: wire.RunTask) -> None:
         async with self.slots:
-            event = await self.execute(message)
+            try:
+                event = await self.execute(message)
+            except Exception as exc:  # noqa: BLE001 - a result must go back, or the step would stay RUNNING
+                log.exception("running %s of run %s failed unexpectedly", message.task.task, message.run_id)
+                error = ErrorInfo(type=type(exc).__name__, retryable=False,
+                                  message=f"worker w{self.id} could not run the step: {describe(exc)}")
+                event = StepFailed(task=message.task.task, attempt=message.task.attempt, error=error)
         self.send_result(message, event)
         if isinstance(event, StepTimedOut):
             self.watch_thread(message, "timed out")
@@ -305,18 +309,18 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a bad task becomes a failed attempt
             error = ErrorInfo(type=type(exc).__name__, message=one_line(exc), retryable=False)
             return StepFailed(task=task.task, attempt=task.attempt, error=error)
-        return await run_task(pipeline, task, ctx, message.model, self.llm)
+        return await run_task(pipeline, task, ctx, message.model, self.llm, as_data=True)
 
     def send_result(self, message: wire.RunTask, event: Event) -> None:
-        """Send the attempt's outcome as plain data, re-sent until the daemon acknowledges it."""
+        """Send the attempt's outcome, re-sent until the daemon acknowledges it. The output is already plain
+        data (run_task checked it); should the event still not encode (e.g. an agent transcript holding a tool's
+        odd return value), a StepFailed with StepOutputError goes instead: a result always goes back."""
         key = (message.run_id, message.task.task, message.task.attempt)
         try:
-            if isinstance(event, StepSucceeded):
-                event = msgspec.structs.replace(event, output=to_builtins(event.output))
             self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=event))
-        except (NotImplementedError, *ENCODE_ERRORS) as exc:
+        except Exception as exc:  # noqa: BLE001 - RecursionError included: never leave the step RUNNING
             error = ErrorInfo(type="StepOutputError", retryable=False,
-                              message=f"step {message.task.step!r} returned output the daemon cannot store: {one_line(exc)}")
+                              message=f"step {message.task.step!r}: its result cannot be sent to the daemon: {describe(exc)}")
             failed = StepFailed(task=event.task, attempt=event.attempt, error=error, started_at=getattr(event, "started_at", None))
             self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=failed))
 

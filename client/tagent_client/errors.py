@@ -199,3 +199,16 @@ def error_from_wire(code: str, message: str, details: dict[str, Any] | None = No
     err = cls.__new__(cls)
     TagentError.__init__(err, message, **(details or {}))
     return err
+
+
+def describe(exc: BaseException) -> str:
+    """The first line of `str(exc)`, or its type name when empty; never raises, even for an exception whose
+    `__str__` does (then its repr, or failing that its type name, says so)."""
+    try:
+        text = str(exc)
+    except Exception as failure:  # noqa: BLE001 - a broken __str__ is the exception's problem, not ours
+        try:
+            text = f"{exc!r} (its str() raised {type(failure).__name__})"
+        except Exception:  # noqa: BLE001
+            text = f"{type(exc).__name__} (its message cannot be shown: str() raised {type(failure).__name__})"
+    return (text.strip().splitlines() or [type(exc).__name__])[0]

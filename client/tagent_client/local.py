@@ -19,15 +19,17 @@ from pydantic import BaseModel, ConfigDict
 from .context import LocalServices, RunServices, StepContext
 from .engine import RunMachine
 from .binding import missing_params
-from .errors import ConfigError, PipelineValidationError, is_retryable
+from .errors import ConfigError, PipelineValidationError, describe, is_retryable
 from .events import (
     Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
 )
 from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
+from .outputs import output_data
 from .pipeline import Pipeline
 from .plan import StepKind
 from .result import PipelineResult
 from .runners import Attempt, coerce_inputs, execute
+from .runners.function import StepOutputError
 from .state import ErrorInfo, new_run_id
 
 
@@ -44,14 +46,21 @@ class RunConfig(BaseModel):
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """An exception as ErrorInfo: type, first line of the message, retryable flag, traceback."""
-    message = str(exc).strip() or type(exc).__name__
-    return ErrorInfo(
-        type=type(exc).__name__,
-        message=message,
-        retryable=is_retryable(exc),
-        traceback="".join(traceback.format_exception(exc))[-4000:],
-    )
+    """An exception as ErrorInfo: type, message, retryable flag, traceback. Never raises: an exception whose
+    `__str__` or `retryable` raises is still described (see errors.describe)."""
+    try:
+        message = str(exc).strip() or type(exc).__name__
+    except Exception:  # noqa: BLE001 - the step's exception is broken; say so rather than lose the step
+        message = describe(exc)
+    try:
+        retryable = is_retryable(exc)
+    except Exception:  # noqa: BLE001
+        retryable = False
+    try:
+        trace: str | None = "".join(traceback.format_exception(exc))[-4000:]
+    except Exception:  # noqa: BLE001
+        trace = None
+    return ErrorInfo(type=type(exc).__name__, message=message, retryable=retryable, traceback=trace)
 
 
 def default_model(config_model: str | None) -> str | None:
@@ -70,9 +79,11 @@ def check_models(pipeline: Pipeline, model: str | None) -> None:
 
 
 async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: str | None,
-                   llm: LLMRuntime | None = None) -> Event:
+                   llm: LLMRuntime | None = None, *, as_data: bool = False) -> Event:
     """Run one dispatched task to an event: succeeded, failed, or timed out. Never raises (except cancellation).
 
+    The output must meet the rules of `outputs.output_data` (else the attempt fails with StepOutputError);
+    the event carries it as plain data with `as_data` (what a worker sends), else as the step returned it.
     An agent attempt's usage and transcript ride on the event, also when it fails.
     """
     started = time.time()
@@ -92,8 +103,14 @@ async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: 
             raise  # cancelled by CancelTask or shutdown: nobody waits for this result
         # the step itself raised CancelledError: report it, or the run would wait forever
         return _failed(task, exc, started, record)
-    return StepSucceeded(task=task.task, attempt=task.attempt, output=output, usage=usage, started_at=started,
-                         transcript=_transcript(record))
+    try:
+        data = output_data(task.step, output)
+    except StepOutputError as exc:
+        error = ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
+        return StepFailed(task=task.task, attempt=task.attempt, error=error, started_at=started, usage=usage,
+                          transcript=_transcript(record))
+    return StepSucceeded(task=task.task, attempt=task.attempt, output=data if as_data else output, usage=usage,
+                         started_at=started, transcript=_transcript(record))
 
 
 def _failed(task: Dispatch, exc: BaseException, started: float, record: Attempt) -> StepFailed:
