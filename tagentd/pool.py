@@ -12,14 +12,20 @@ Guarantees:
   taking up to its capacity of concurrent steps; `pump` never offers work to a
   worker it has found dead, so it always returns;
 - an isolated or quarantined step runs alone, in a worker started for it and
-  stopped after it (at most `size` such workers at a time).
+  stopped after it (at most `size` such workers at a time);
+- only this pool's own workers get work: each is given the pool's random token
+  (wire.TOKEN_ENV) and must say it in its Hello; a process on workers.sock with
+  another token (a worker left over from another daemon) is sent `Refused`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import logging
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -41,6 +47,7 @@ EXIT_MEANINGS = {
     wire.EXIT_OK: "stopped",
     wire.EXIT_STUCK_STEP: "a timed-out step would not stop",
     wire.EXIT_LOST_DAEMON: "lost the daemon",
+    wire.EXIT_REFUSED: "refused: not started by this daemon",
     -signal.SIGKILL: "killed",
     -signal.SIGTERM: "terminated",
     -signal.SIGSEGV: "segmentation fault",
@@ -63,6 +70,7 @@ class Worker:
     id: int
     proc: subprocess.Popen[bytes]
     capacity: int
+    token: str
     started_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     state: str = "starting"
@@ -76,7 +84,7 @@ class Worker:
 
     @property
     def identity(self) -> bytes:
-        return f"w{self.id}".encode()
+        return wire.identity(self.id, self.token)
 
     @property
     def free(self) -> int:
@@ -112,6 +120,8 @@ class WorkerPool:
         self._deaths: collections.deque[float] = collections.deque(maxlen=10)
         self._ready = asyncio.Event()
         self.ledger = DeathLedger(stuck_window=grace + 10.0)
+        self.token = secrets.token_hex(8)  # this daemon's workers' proof of origin (see wire.Refused)
+        self._refused: collections.deque[bytes] = collections.deque(maxlen=32)  # identities already logged
 
     # -- processes ---------------------------------------------------------------------
 
@@ -124,10 +134,11 @@ class WorkerPool:
         self._next_id += 1
         argv = [sys.executable, "-m", "tagentd.worker", "--endpoint", self.endpoint, "--id", str(wid),
                 "--capacity", str(self.capacity), "--heartbeat", str(self.heartbeat_interval), "--grace", str(self.grace),
-                *self.worker_args]
+                "--parent-pid", str(os.getpid()), *self.worker_args]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file or subprocess.DEVNULL,
-                                stderr=self.log_file or subprocess.DEVNULL, close_fds=True)
-        worker = Worker(id=wid, proc=proc, capacity=self.capacity)
+                                stderr=self.log_file or subprocess.DEVNULL, close_fds=True,
+                                env={**os.environ, wire.TOKEN_ENV: self.token})
+        worker = Worker(id=wid, proc=proc, capacity=self.capacity, token=self.token)
         self.workers[wid] = worker
         self.stats["workers_spawned"] += 1
         log.info("worker %d started (pid %d)", wid, proc.pid)
@@ -213,12 +224,32 @@ class WorkerPool:
     # -- messages from workers ---------------------------------------------------------------
 
     def worker_for(self, identity: bytes) -> Worker | None:
+        """This pool's worker with that socket identity, if it still has it."""
+        wid, _, token = identity.partition(b".")
         try:
-            return self.workers.get(int(identity[1:]))
+            worker = self.workers.get(int(wid[1:]))
         except ValueError:
             return None
+        return worker if worker is not None and token == worker.token.encode() else None
+
+    def is_stranger(self, identity: bytes) -> bool:
+        """True for a peer on workers.sock that this pool did not start (its identity lacks the pool's token)."""
+        return not identity.endswith(b"." + self.token.encode())
+
+    def refuse(self, identity: bytes, why: str) -> None:
+        """Tell a peer that is not one of this pool's workers to exit (it does, with EXIT_REFUSED)."""
+        self.stats["workers_refused"] += 1
+        if identity not in self._refused:
+            self._refused.append(identity)
+            log.warning("refused a worker this daemon did not start (socket identity %r): %s", identity[:24], why)
+        self.send(identity, wire.encode(wire.Refused(reason=why)))
 
     def on_hello(self, worker: Worker, msg: wire.Hello) -> None:
+        if not hmac.compare_digest(msg.token, worker.token) or msg.pid != worker.proc.pid:
+            self.refuse(worker.identity, f"its hello (pid {msg.pid}) does not match worker {worker.id} "
+                                         f"(pid {worker.proc.pid}) of this daemon")
+            self._kill(worker, "its hello did not match")
+            return
         worker.state = "ready"
         worker.capacity = msg.capacity
         worker.last_seen = time.monotonic()

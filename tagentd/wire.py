@@ -1,7 +1,9 @@
 """Messages between the daemon and its worker processes (workers.sock).
 
-Workers connect DEALER sockets (identity `w<id>`) to the daemon's ROUTER. One
-frame per message, msgpack-encoded tagged Structs. Results are re-sent until
+Workers connect DEALER sockets (identity `w<id>.<token>`) to the daemon's ROUTER. One
+frame per message, msgpack-encoded tagged Structs. `token` is a random value each
+daemon makes at start and hands only to the workers it spawns (TOKEN_ENV): a worker
+left over from another daemon has another identity and token, and is sent `Refused`. Results are re-sent until
 the daemon acknowledges them (`TaskAck`), because ZeroMQ alone does not
 guarantee delivery; the engine ignores duplicates (stale attempt).
 """
@@ -90,13 +92,22 @@ class StopWorker(WorkerMessage, tag="stop"):
     graceful: bool = True
 
 
+class Refused(WorkerMessage, tag="refused"):
+    """This daemon did not start the worker (wrong token): it must exit at once with EXIT_REFUSED."""
+
+    reason: str
+
+
 # -- worker -> daemon ---------------------------------------------------------------
 
 
 class Hello(WorkerMessage, tag="hello"):
+    """The first message of a worker; the daemon gives it work only if `token` is the daemon's own."""
+
     worker_id: int
     pid: int
     capacity: int
+    token: str = ""
 
 
 class Heartbeat(WorkerMessage, tag="heartbeat"):
@@ -184,7 +195,8 @@ class BrokerCall(WorkerMessage, tag="broker"):
     op: AnyBrokerRequest
 
 
-ToWorker = LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
+ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
+            | Refused)
 FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
               | PermitRequest | PermitRelease | BrokerCall)
 
@@ -199,4 +211,13 @@ def encode(message: WorkerMessage) -> bytes:
 # Exit codes of a worker process, so the supervisor can say why one ended.
 EXIT_OK = 0
 EXIT_STUCK_STEP = 70      # a timed-out step would not stop; the worker ended itself
-EXIT_LOST_DAEMON = 71     # the daemon stopped answering
+EXIT_LOST_DAEMON = 71     # the daemon (or the template it was forked from) is gone
+EXIT_REFUSED = 72         # the daemon on the socket is not the one that started this worker
+
+#: The environment variable that carries the daemon's token to a worker (which removes it from its environment).
+TOKEN_ENV = "TAGENTD_WORKER_TOKEN"
+
+
+def identity(worker_id: int, token: str) -> bytes:
+    """The socket identity of worker `worker_id` of the daemon whose token is `token`."""
+    return f"w{worker_id}.{token}".encode()

@@ -3,16 +3,21 @@
     python -m tagentd.worker --endpoint ipc://PATH --id N --capacity K --heartbeat S --grace S
 
 It imports user code (the daemon never does), caches pipeline modules by content
-hash, and speaks `tagentd.wire` over a DEALER socket with identity `w<N>`.
+hash, and speaks `tagentd.wire` over a DEALER socket with identity `w<N>.<token>`, the
+token being the daemon's, taken from $TAGENTD_WORKER_TOKEN (and removed from the environment).
 
 Guarantees:
 - A result (`TaskDone`) is re-sent about every second until the daemon acknowledges it (`TaskAck`).
 - One bad message never stops the loop: malformed or unknown frames are counted (`Heartbeat.dropped`) and dropped.
-- The worker does not outlive the process that started it (PR_SET_PDEATHSIG on Linux, plus a parent-pid check).
+- The worker does not outlive the process that started it (`--parent-pid`): PR_SET_PDEATHSIG on Linux, armed
+  first thing in main() and followed by a check that the parent is still that pid (a parent that died before the
+  signal was armed is noticed at once), plus a parent-pid check every TICK.
+- A daemon that answers with `Refused` (not the daemon that started it) ends the worker at once with EXIT_REFUSED.
 - A sync step still running `--grace` seconds after its timeout or cancellation ends the worker with
   EXIT_STUCK_STEP once its results are acknowledged (or after STUCK_FLUSH seconds), so it can be replaced.
 
-Exit status: wire.EXIT_OK (stopped when asked), EXIT_STUCK_STEP, EXIT_LOST_DAEMON; 1 = crash; 2 = bad arguments.
+Exit status: wire.EXIT_OK (stopped when asked), EXIT_STUCK_STEP, EXIT_LOST_DAEMON, EXIT_REFUSED; 1 = crash;
+2 = bad arguments.
 SIGTERM asks for a graceful stop, a second SIGTERM stops at once; SIGINT is ignored (the daemon decides).
 """
 
@@ -81,10 +86,11 @@ class Worker:
         self.heartbeat = args.heartbeat
         self.grace = args.grace
         self.load_timeout = args.load_timeout
-        self.parent_pid = args.parent_pid or os.getppid()
+        self.parent_pid = args.parent_pid
+        self.token = args.token
         self.loop = asyncio.get_running_loop()
         self.zmq = zmq.Context()
-        self.link = WorkerLink(self.zmq, args.endpoint, f"w{self.id}".encode())
+        self.link = WorkerLink(self.zmq, args.endpoint, wire.identity(self.id, self.token))
         self.services = WorkerServices(self.link, self.loop)
         self.permits = PermitClient(self.link, self.loop)
         self.llm = LLMRuntime(config=LLMConfig.model_validate_json(args.llm or "{}"), limiter=self.permits)
@@ -108,7 +114,7 @@ class Worker:
         self.loop.set_default_executor(
             concurrent.futures.ThreadPoolExecutor(self.capacity + 4, thread_name_prefix=f"w{self.id}-step"))
         self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
-        self.link.send(wire.Hello(worker_id=self.id, pid=os.getpid(), capacity=self.capacity))
+        self.link.send(wire.Hello(worker_id=self.id, pid=os.getpid(), capacity=self.capacity, token=self.token))
         self.link.start(self.on_frame)
         housekeeping = self.loop.create_task(self.housekeep())
         try:
@@ -202,6 +208,9 @@ class Worker:
             self.on_cancel(message)
         elif isinstance(message, wire.StopWorker):
             self.stop(graceful=message.graceful, reason="StopWorker")
+        elif isinstance(message, wire.Refused):
+            self.exit_when_flushed(wire.EXIT_REFUSED, f"the daemon on {self.link.endpoint} refused this worker: "
+                                   f"{message.reason}", 0)
 
     def want_agent_runtime(self) -> None:
         """Import pydantic-ai and friends off the loop, once, and only in workers that meet an agent step
@@ -348,15 +357,21 @@ class Worker:
         self.loop.call_later(self.grace, check)
 
 
-def die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this process when the parent dies (a kill -9'd daemon leaves no workers)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        log.warning("PR_SET_PDEATHSIG unavailable; relying on the parent-pid check")
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux: PR_SET_PDEATHSIG), then make sure the
+    parent is still `parent_pid`: if it died before the signal was armed, this process was re-parented and nothing
+    would ever kill it, so it exits now with EXIT_LOST_DAEMON."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            log.warning("PR_SET_PDEATHSIG unavailable; relying on the parent-pid check")
+    if os.getppid() != parent_pid:
+        log.error("the process that started this worker (pid %d) is gone; exiting with status %d", parent_pid,
+                  wire.EXIT_LOST_DAEMON)
+        sys.stderr.flush()
+        os._exit(wire.EXIT_LOST_DAEMON)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -367,7 +382,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats (default 1)")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds a timed-out sync step may keep running (default 5)")
     parser.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT, help="seconds an import may take (default 30)")
-    parser.add_argument("--parent-pid", type=int, default=0, help="pid to watch (default: the parent process)")
+    parser.add_argument("--parent-pid", type=int, default=0,
+                        help="the pid this worker dies with (the daemon always passes its own; default: the parent)")
     parser.add_argument("--llm", default=None, help="endpoints and price overrides as JSON (tagent_client.llm.LLMConfig)")
     args = parser.parse_args(argv)
     if args.capacity < 1 or args.heartbeat <= 0 or args.grace < 0 or args.load_timeout <= 0:
@@ -388,7 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    args.parent_pid = args.parent_pid or os.getppid()
+    die_with_parent(args.parent_pid)
+    args.token = os.environ.pop(wire.TOKEN_ENV, "")  # user code and its subprocesses need not see it
     asyncio.run(serve(args))
 
 

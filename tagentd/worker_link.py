@@ -24,9 +24,10 @@ ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
 
 
 class WorkerLink:
-    """A DEALER socket (identity `w<id>`) connected to the daemon's ROUTER, used only from the event loop."""
+    """A DEALER socket (identity `w<id>.<token>`) connected to the daemon's ROUTER, used only from the event loop."""
 
     def __init__(self, context: zmq.Context, endpoint: str, identity: bytes) -> None:
+        self.endpoint = endpoint
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, identity)
         sock.setsockopt(zmq.LINGER, 0)

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 File = tuple[str, str, str]  # (path, source, source hash) of a pipeline file, as a RunTask carries them
 
+TOKEN = "0123456789abcdef"  # the fake daemon's token, handed to the workers it spawns
+
 PIPELINE = """\
 import asyncio
 
@@ -96,7 +98,7 @@ class FakeDaemon:
 
     def spawn(self, wid: int = 1, capacity: int = 4, heartbeat: float = 0.2, grace: float = 0.3) -> subprocess.Popen[bytes]:
         """Start a worker and wait for its Hello."""
-        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}{os.pathsep}{ROOT}"}
+        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}{os.pathsep}{ROOT}", wire.TOKEN_ENV: TOKEN}
         proc = subprocess.Popen(
             [sys.executable, "-m", "tagentd.worker", "--endpoint", self.endpoint, "--id", str(wid),
              "--capacity", str(capacity), "--heartbeat", str(heartbeat), "--grace", str(grace)],
@@ -104,12 +106,12 @@ class FakeDaemon:
         )
         self.procs.append(proc)
         hello = self.expect(wire.Hello, timeout=20)
-        assert hello.pid == proc.pid
+        assert hello.pid == proc.pid and hello.token == TOKEN
         return proc
 
     def send(self, message: wire.WorkerMessage | bytes, wid: int = 1) -> None:
         frame = message if isinstance(message, bytes) else wire.encode(message)
-        self.router.send_multipart([f"w{wid}".encode(), frame])
+        self.router.send_multipart([wire.identity(wid, TOKEN), frame])
 
     def _take(self, kind: type, where: Callable[[Any], bool]) -> Any:
         for index, (_, message) in enumerate(self.inbox):
@@ -437,6 +439,37 @@ def test_a_hard_stop_exits_at_once(fake_daemon: FakeDaemon, pipeline_file: File)
     fake_daemon.expect(wire.Heartbeat, lambda m: m.running)
     fake_daemon.send(wire.StopWorker(graceful=False))
     assert wait_exit(proc, timeout=5) == wire.EXIT_OK
+
+
+def test_a_refused_worker_exits_at_once(fake_daemon: FakeDaemon) -> None:
+    # Given a worker
+    proc = fake_daemon.spawn()
+
+    # When the daemon refuses it (it was not started by this daemon)
+    fake_daemon.send(wire.Refused(reason="not one of mine"))
+
+    # Then it exits with EXIT_REFUSED, saying why
+    assert wait_exit(proc) == wire.EXIT_REFUSED == 72
+    assert "refused this worker: not one of mine" in fake_daemon.stderr(1)
+
+
+def test_a_worker_whose_parent_is_not_the_given_pid_exits_before_saying_hello(fake_daemon: FakeDaemon) -> None:
+    # Given the pid of a process that is not the worker's parent (as if its daemon died while it started)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'client'}{os.pathsep}{ROOT}", wire.TOKEN_ENV: TOKEN}
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        # When a worker is started to die with that pid
+        proc = subprocess.Popen([sys.executable, "-m", "tagentd.worker", "--endpoint", fake_daemon.endpoint,
+                                 "--id", "1", "--parent-pid", str(other.pid)], env=env, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        other.kill()
+        other.wait()
+
+    # Then it exits at once with EXIT_LOST_DAEMON, without a hello
+    assert proc.returncode == wire.EXIT_LOST_DAEMON, err
+    assert b"is gone" in err
+    fake_daemon.expect_none(wire.Hello, within=0.5)
 
 
 def test_sigterm_stops_an_idle_worker(fake_daemon: FakeDaemon) -> None:
