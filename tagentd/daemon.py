@@ -118,6 +118,7 @@ class Daemon:
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
             worker_args=self.settings.worker_llm_args(),
         )
+        self.pool.start()  # the worker template imports the agent runtime while recovery runs
         gc.disable()  # recovery builds ~100 objects per run: full collections would double its time
         try:
             recovered = self.store.load()
@@ -132,7 +133,6 @@ class Daemon:
                 self.apply(run, run.machine.recover(time.time()))
         self.broker.load()
         gc.freeze()  # what recovery loaded lives for long: keep it out of every later collection
-        self.pool.start()
         self.watcher.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,7 +7,9 @@ Guarantees:
   killed); `DeathLedger` (deaths.py) decides who is charged, so the steps next
   to one that kills its worker are run again without using their retries;
 - a dead worker is replaced on the next supervision tick (with back-off when
-  workers die in a loop), so one bad step never stops the pool;
+  workers die in a loop), so one bad step never stops the pool; workers are
+  forked from a warm template process (tagentd.spawner), so a replacement's
+  first agent step is as quick as any other;
 - queued work is dispatched round-robin across runs (fairness), each worker
   taking up to its capacity of concurrent steps; `pump` never offers work to a
   worker it has found dead, so it always returns;
@@ -24,11 +26,9 @@ import asyncio
 import collections
 import hmac
 import logging
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ from . import wire
 from .deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
 from .queues import DispatchQueues
 from .runs import Run
+from .spawner import Spawner, WorkerProcess
 
 log = logging.getLogger("tagentd.pool")
 
@@ -68,7 +69,7 @@ class Assignment:
 @dataclass
 class Worker:
     id: int
-    proc: subprocess.Popen[bytes]
+    proc: WorkerProcess
     capacity: int
     token: str
     started_at: float = field(default_factory=time.time)
@@ -121,23 +122,27 @@ class WorkerPool:
         self._ready = asyncio.Event()
         self.ledger = DeathLedger(stuck_window=grace + 10.0)
         self.token = secrets.token_hex(8)  # this daemon's workers' proof of origin (see wire.Refused)
+        self.spawner = Spawner(log_file=log_file, token=self.token, stats=self.stats)
         self._refused: collections.deque[bytes] = collections.deque(maxlen=32)  # identities already logged
 
     # -- processes ---------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the worker template; the workers follow on the supervision ticks once it is warm."""
+        if self.size:
+            self.spawner.start()
         for _ in range(self.size):
             self._spawn()
 
-    def _spawn(self) -> Worker:
+    def _spawn(self) -> Worker | None:
+        """Start one worker; None while the template is still warming up (the next tick tries again)."""
         wid = self._next_id
+        argv = ["--endpoint", self.endpoint, "--id", str(wid), "--capacity", str(self.capacity),
+                "--heartbeat", str(self.heartbeat_interval), "--grace", str(self.grace), *self.worker_args]
+        proc = self.spawner.spawn(argv)
+        if proc is None:
+            return None
         self._next_id += 1
-        argv = [sys.executable, "-m", "tagentd.worker", "--endpoint", self.endpoint, "--id", str(wid),
-                "--capacity", str(self.capacity), "--heartbeat", str(self.heartbeat_interval), "--grace", str(self.grace),
-                "--parent-pid", str(os.getpid()), *self.worker_args]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file or subprocess.DEVNULL,
-                                stderr=self.log_file or subprocess.DEVNULL, close_fds=True,
-                                env={**os.environ, wire.TOKEN_ENV: self.token})
         worker = Worker(id=wid, proc=proc, capacity=self.capacity, token=self.token)
         self.workers[wid] = worker
         self.stats["workers_spawned"] += 1
@@ -418,6 +423,7 @@ class WorkerPool:
                 worker.proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 log.error("worker %d (pid %d) did not exit after SIGKILL", worker.id, worker.proc.pid)
+        self.spawner.close()
 
     def info(self) -> list[WorkerInfo]:
         return [

@@ -17,6 +17,8 @@ from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedO
 from tagent_client.plan import Plan
 from tagent_client.protocol_broker import AnyBrokerRequest, StepRef
 
+from .lifeline import EXIT_ORPHANED
+
 
 class WorkerMessage(msgspec.Struct, tag_field="type", kw_only=True):
     """Base of every daemon <-> worker message."""
@@ -211,7 +213,7 @@ def encode(message: WorkerMessage) -> bytes:
 # Exit codes of a worker process, so the supervisor can say why one ended.
 EXIT_OK = 0
 EXIT_STUCK_STEP = 70      # a timed-out step would not stop; the worker ended itself
-EXIT_LOST_DAEMON = 71     # the daemon (or the template it was forked from) is gone
+EXIT_LOST_DAEMON = EXIT_ORPHANED  # 71: the daemon (or the template it was forked from) is gone
 EXIT_REFUSED = 72         # the daemon on the socket is not the one that started this worker
 
 #: The environment variable that carries the daemon's token to a worker (which removes it from its environment).

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import ctypes
 import logging
 import os
 import signal
@@ -48,16 +47,16 @@ from tagent_client.runners import coerce_inputs
 from tagent_client.runners.function import sync_call_running
 from tagent_client.state import ErrorInfo, Phase
 
-from . import wire
+from . import lifeline, wire
 from .loader import CACHE, schema_classes
+from .worker_args import parse_args
 from .worker_link import ENCODE_ERRORS, WorkerLink
-from .worker_llm import PermitClient, preload_agent_runtime
+from .worker_llm import PermitClient, agent_runtime_loaded, preload_agent_runtime
 from .worker_services import WorkerServices
 
 TICK = 0.1            # housekeeping period: re-sends, heartbeat, parent check, exit deadlines
 STOP_FLUSH = 5.0      # graceful stop: how long to wait for the last acknowledgements
 STUCK_FLUSH = 2.0     # stuck step: how long to wait for acknowledgements before exiting
-LOAD_TIMEOUT = 30.0   # importing a pipeline file longer than this ends the worker (the import cannot be stopped)
 
 log = logging.getLogger("tagentd.worker")
 
@@ -213,11 +212,16 @@ class Worker:
                                    f"{message.reason}", 0)
 
     def want_agent_runtime(self) -> None:
-        """Import pydantic-ai and friends off the loop, once, and only in workers that meet an agent step
-        (it costs ~50 MB and 1-2 s; function-only pipelines never pay)."""
+        """Make sure pydantic-ai and friends are imported before an agent step runs. A worker forked from the
+        template has them already; one started on its own imports them off the loop, once (1-2 s), when it first
+        meets an agent step."""
         if not self._preloading:
             self._preloading = True
-            threading.Thread(target=preload_agent_runtime, args=(self.agent_ready,), name="preload", daemon=True).start()
+            if agent_runtime_loaded():
+                self.agent_ready.set_result(True)
+            else:
+                threading.Thread(target=preload_agent_runtime, args=(self.agent_ready,), name="preload",
+                                 daemon=True).start()
 
     async def on_load(self, message: wire.LoadPipeline) -> None:
         try:
@@ -357,45 +361,6 @@ class Worker:
         self.loop.call_later(self.grace, check)
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux: PR_SET_PDEATHSIG), then make sure the
-    parent is still `parent_pid`: if it died before the signal was armed, this process was re-parented and nothing
-    would ever kill it, so it exits now with EXIT_LOST_DAEMON."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            log.warning("PR_SET_PDEATHSIG unavailable; relying on the parent-pid check")
-    if os.getppid() != parent_pid:
-        log.error("the process that started this worker (pid %d) is gone; exiting with status %d", parent_pid,
-                  wire.EXIT_LOST_DAEMON)
-        sys.stderr.flush()
-        os._exit(wire.EXIT_LOST_DAEMON)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tagentd.worker", description="A tagentd worker process.")
-    parser.add_argument("--endpoint", required=True, help="the daemon's workers socket, e.g. ipc:///run/tagentd/workers.sock")
-    parser.add_argument("--id", type=int, required=True, help="worker number; the socket identity is w<id>")
-    parser.add_argument("--capacity", type=int, default=4, help="tasks run at once (default 4)")
-    parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats (default 1)")
-    parser.add_argument("--grace", type=float, default=5.0, help="seconds a timed-out sync step may keep running (default 5)")
-    parser.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT, help="seconds an import may take (default 30)")
-    parser.add_argument("--parent-pid", type=int, default=0,
-                        help="the pid this worker dies with (the daemon always passes its own; default: the parent)")
-    parser.add_argument("--llm", default=None, help="endpoints and price overrides as JSON (tagent_client.llm.LLMConfig)")
-    args = parser.parse_args(argv)
-    if args.capacity < 1 or args.heartbeat <= 0 or args.grace < 0 or args.load_timeout <= 0:
-        parser.error("--capacity must be >= 1, --heartbeat and --load-timeout > 0, --grace >= 0")
-    if args.llm is not None:
-        try:
-            LLMConfig.model_validate_json(args.llm)
-        except ValueError as exc:
-            parser.error(f"--llm is not a valid LLM config: {exc}")
-    return args
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)  # only the worker's own lines; step logs travel as LogLine
@@ -405,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     log.propagate = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     args.parent_pid = args.parent_pid or os.getppid()
-    die_with_parent(args.parent_pid)
+    lifeline.die_with_parent(args.parent_pid, log)
+    lifeline.set_name(f"tagentd-w{args.id}")
     args.token = os.environ.pop(wire.TOKEN_ENV, "")  # user code and its subprocesses need not see it
     asyncio.run(serve(args))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import sys
 from typing import Any
 
 from . import wire
@@ -57,6 +58,11 @@ class PermitClient:
         waiter = self._outstanding.get(message.req)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def agent_runtime_loaded() -> bool:
+    """True in a process that has imported the agent runtime already (a worker forked from the warm template)."""
+    return "tagent_client.runners.agent" in sys.modules
 
 
 def preload_agent_runtime(ready: concurrent.futures.Future[bool]) -> None:

@@ -51,6 +51,14 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def is_worker_template(pid: int) -> bool:
+    """Whether `pid` runs `python -m tagentd.template` (its forked workers keep that command line too)."""
+    try:
+        return b"tagentd.template" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def processes_using(root: Path) -> list[int]:
     """Live pids (not this one) whose command line or environment mentions `root`: daemons, workers, CLIs of a test."""
     needle = os.path.join(str(root), "").encode()  # "root/": tmp dirs test_x1 and test_x10 must not match each other
@@ -87,12 +95,20 @@ class DaemonProcess:
         )
         self.env.pop("NOTIFY_SOCKET", None)
 
-    def start(self, timeout: float = 20.0) -> DaemonProcess:
+    def start(self, timeout: float = 20.0, workers_timeout: float = 60.0) -> DaemonProcess:
+        """Start the daemon; return once it answers and all its workers are ready (they are forked from the
+        worker template once it has imported the agent runtime, a second or more after the daemon answers)."""
         argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--workers", str(self.workers), *self.extra]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         wait_until(self._answers, timeout, what=f"tagentd to answer (log: {self.state_dir / 'tagentd.log'})")
+        wait_until(self._workers_ready, workers_timeout, what=f"{self.workers} ready worker(s)")
         return self
+
+    def _workers_ready(self) -> bool:
+        with self.client(timeout=5.0) as c:
+            workers = c.daemon_status().workers
+        return len(workers) == self.workers and all(w.state == "ready" for w in workers)
 
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -128,7 +144,11 @@ class DaemonProcess:
         return self.proc.pid
 
     def worker_pids(self) -> list[int]:
-        return [p for p in children_of(self.pid) if pid_alive(p)]
+        """Live worker processes: children of the worker template (a child of the daemon), or of the daemon."""
+        found = []
+        for pid in children_of(self.pid):
+            found += children_of(pid) if is_worker_template(pid) else [pid]
+        return [p for p in found if pid_alive(p)]
 
     def log(self) -> str:
         path = self.state_dir / "tagentd.log"

@@ -96,7 +96,9 @@ def test_cli_drives_a_background_daemon_from_start_to_stop(background: DaemonPro
     started = background.admin("start", "--workers", "2", timeout=30)
     assert started.returncode == 0, started.stderr
     assert "tagentd started" in started.stdout
-    info = as_json(background.admin("status", "--json"))
+    # (its workers come once the worker template has imported the agent runtime, a second or more later)
+    info = wait_until(lambda: (i := as_json(background.admin("status", "--json")))["workers"] and i, 60,
+                      what="the workers to be listed")
     daemon_pid, worker_pids = info["pid"], [w["pid"] for w in info["workers"]]
     assert len(worker_pids) == 2 and all(pid_alive(p) for p in [daemon_pid, *worker_pids])
 
