@@ -11,8 +11,9 @@ too; all of it is shared copy-on-write with the template and the other workers.
 Guarantees:
 - It dies with the daemon: PR_SET_PDEATHSIG armed first thing, then the parent must still be --parent-pid;
   it also exits when the control socket closes.
-- It never creates a ZeroMQ context or an event loop, and forks only while it has a single thread (checked
-  before every fork: a fork of a threaded process may inherit a lock held by another thread). Before the first
+- It never creates a ZeroMQ context; its warm-up's event loop is closed before the first fork; and it forks
+  only while it has a single thread (checked after the warm-up and before every fork: a fork of a threaded
+  process may inherit a lock held by another thread). Before the first
   fork it freezes the garbage collector's view of the imported objects, so children keep sharing those pages.
 - Each child arms its own PR_SET_PDEATHSIG and checks that its parent is still the template, closes the
   template's descriptors, restores default signal handling, re-seeds `random`, names itself tagentd-w<id> and

@@ -577,7 +577,7 @@ def later(ctx):
     return ctx.attempt
 
 
-pipeline.task(later, retry_delay=5, retry_jitter=0, max_retries=1)
+pipeline.task(later, retry_delay=10, retry_jitter=0, max_retries=1)
 '''
 
 
@@ -585,8 +585,8 @@ pipeline.task(later, retry_delay=5, retry_jitter=0, max_retries=1)
 def test_a_retry_scheduled_before_a_kill9_happens_at_its_time_after_the_restart(
     make_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
-    # Given a run whose step failed retryably and waits 5 s for its retry (a restart takes 1-2 s: workers come
-    # up once the worker template has imported the agent runtime)
+    # Given a run whose step failed retryably and waits 10 s for its retry (a restart takes 1-2 s, several on a
+    # loaded machine: workers come up once the worker template has imported the agent runtime)
     daemon = make_daemon().start()
     effects = Effects(tmp_path / "effects.log")
     with daemon.client() as client:
