@@ -371,8 +371,8 @@ class Daemon:
             return
         identity, payload = frames
         msg = wire.from_worker_decoder.decode(payload)
-        if self.pool.is_stranger(identity):  # left over from another daemon: nothing it says counts here
-            self.pool.refuse(identity, f"it was not started by this daemon (pid {os.getpid()})")
+        if self.pool.admission.is_stranger(identity):  # e.g. left over from another daemon: nothing it says counts
+            self.pool.admission.refuse(identity, f"it was not started by this daemon (pid {os.getpid()})")
             return
         worker = self.pool.worker_for(identity)
         if isinstance(msg, wire.TaskDone):

@@ -15,18 +15,16 @@ Guarantees:
   worker it has found dead, so it always returns;
 - an isolated or quarantined step runs alone, in a worker started for it and
   stopped after it (at most `size` such workers at a time);
-- only this pool's own workers get work: each is given the pool's random token
-  (wire.TOKEN_ENV) and must say it in its Hello; a process on workers.sock with
-  another token (a worker left over from another daemon) is sent `Refused`.
+- only this pool's own workers get work: each is given the daemon's random token
+  and must say it in its Hello; any other peer on workers.sock (a worker left over
+  from another daemon) is sent `Refused` (admission.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import logging
-import secrets
 import signal
 import subprocess
 import time
@@ -37,6 +35,7 @@ from tagent_client.events import Dispatch, Event, StepFailed, StepSucceeded, Ste
 from tagent_client.protocol import WorkerInfo
 
 from . import wire
+from .admission import Admission
 from .deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
 from .queues import DispatchQueues
 from .runs import Run
@@ -71,7 +70,7 @@ class Worker:
     id: int
     proc: WorkerProcess
     capacity: int
-    token: str
+    token: str  # the daemon's, part of its socket identity
     started_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     state: str = "starting"
@@ -121,9 +120,8 @@ class WorkerPool:
         self._deaths: collections.deque[float] = collections.deque(maxlen=10)
         self._ready = asyncio.Event()
         self.ledger = DeathLedger(stuck_window=grace + 10.0)
-        self.token = secrets.token_hex(8)  # this daemon's workers' proof of origin (see wire.Refused)
-        self.spawner = Spawner(log_file=log_file, token=self.token, stats=self.stats)
-        self._refused: collections.deque[bytes] = collections.deque(maxlen=32)  # identities already logged
+        self.admission = Admission(send, self.stats)
+        self.spawner = Spawner(log_file=log_file, token=self.admission.token, stats=self.stats)
 
     # -- processes ---------------------------------------------------------------------
 
@@ -143,7 +141,7 @@ class WorkerPool:
         if proc is None:
             return None
         self._next_id += 1
-        worker = Worker(id=wid, proc=proc, capacity=self.capacity, token=self.token)
+        worker = Worker(id=wid, proc=proc, capacity=self.capacity, token=self.admission.token)
         self.workers[wid] = worker
         self.stats["workers_spawned"] += 1
         log.info("worker %d started (pid %d)", wid, proc.pid)
@@ -230,29 +228,13 @@ class WorkerPool:
 
     def worker_for(self, identity: bytes) -> Worker | None:
         """This pool's worker with that socket identity, if it still has it."""
-        wid, _, token = identity.partition(b".")
-        try:
-            worker = self.workers.get(int(wid[1:]))
-        except ValueError:
-            return None
-        return worker if worker is not None and token == worker.token.encode() else None
-
-    def is_stranger(self, identity: bytes) -> bool:
-        """True for a peer on workers.sock that this pool did not start (its identity lacks the pool's token)."""
-        return not identity.endswith(b"." + self.token.encode())
-
-    def refuse(self, identity: bytes, why: str) -> None:
-        """Tell a peer that is not one of this pool's workers to exit (it does, with EXIT_REFUSED)."""
-        self.stats["workers_refused"] += 1
-        if identity not in self._refused:
-            self._refused.append(identity)
-            log.warning("refused a worker this daemon did not start (socket identity %r): %s", identity[:24], why)
-        self.send(identity, wire.encode(wire.Refused(reason=why)))
+        wid = self.admission.worker_id(identity)
+        return self.workers.get(wid) if wid is not None else None
 
     def on_hello(self, worker: Worker, msg: wire.Hello) -> None:
-        if not hmac.compare_digest(msg.token, worker.token) or msg.pid != worker.proc.pid:
-            self.refuse(worker.identity, f"its hello (pid {msg.pid}) does not match worker {worker.id} "
-                                         f"(pid {worker.proc.pid}) of this daemon")
+        if not self.admission.hello_matches(msg, worker.id, worker.proc.pid):
+            self.admission.refuse(worker.identity, f"its hello (pid {msg.pid}) does not match worker {worker.id} "
+                                                   f"(pid {worker.proc.pid}) of this daemon")
             self._kill(worker, "its hello did not match")
             return
         worker.state = "ready"
@@ -342,6 +324,8 @@ class WorkerPool:
         now = time.monotonic()
         while self.queues.alone_waiting and dedicated < self.size and self._may_spawn(now):
             worker = self._spawn()
+            if worker is None:  # the template is still warming up: the next tick tries again
+                break
             worker.dedicated, worker.alone_for = True, self.queues.next_alone()
             dedicated += 1
         return sent

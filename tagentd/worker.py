@@ -38,7 +38,7 @@ import msgspec
 import zmq
 from tagent_client.context import StepContext
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, describe, is_retryable
-from tagent_client.events import Event, StepFailed, StepSucceeded, StepTimedOut
+from tagent_client.events import Event, StepFailed, StepTimedOut
 from tagent_client.llm import LLMConfig, LLMRuntime
 from tagent_client.local import run_task
 from tagent_client.pipeline import Pipeline, schema_ref
