@@ -31,13 +31,14 @@ from tagent_client.errors import InvalidRequest
 from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, TimerFired
 from tagent_client.plan import Plan
 
-from . import __version__, broker_views, retention, submit, wire
+from . import __version__, broker_views, submit, wire
 from .config import LOG_FILE, Settings
 from .lock import InstanceLock
 from .notify import notify
 from .permits import PermitDesk
 from .pool import WorkerPool
-from .runs import Run, RunTable
+from .run_table import RunTable
+from .runs import Run
 from .broker_shell import BrokerShell
 from .channel import Channel
 from .control_server import ControlServer
@@ -61,7 +62,7 @@ class Daemon:
         self.runtime_dir = Path(settings.runtime_dir)
         self.state_dir = Path(settings.state_dir)
         self.store: RunStore = store or MemoryStore()
-        self.runs = RunTable()
+        self.runs = RunTable(self.store, settings.run_cache_size)
         self.started_at = time.time()
         self.accepting = True
         self.stats: dict[str, int] = {"requests": 0, "bad_frames": 0, "bad_worker_messages": 0, "events_published": 0}
@@ -118,20 +119,19 @@ class Daemon:
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
             worker_args=self.settings.worker_llm_args(),
         )
-        gc.disable()  # recovery builds ~100 objects per run: full collections would double its time
+        gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time
         try:
             recovered = self.store.load()
         except OSError as exc:  # e.g. cutting a torn tail on a read-only or full disk
             raise paths.unwritable(self.state_dir, "state dir", exc) from None
         finally:
             gc.enable()
-        for run in recovered:
-            self.runs.add(run)
-            self.submit_keys.add(run)
-            if not run.finished:
-                self.apply(run, run.machine.recover(time.time()))
+        self.runs.restore(recovered)  # finished runs stay on disk (index entries) until someone asks for one
+        for entry in recovered.entries:
+            self.submit_keys.add(entry)
+        for run in recovered.runs:
+            self.apply(run, run.machine.recover(time.time()))
         self.broker.load()
-        gc.freeze()  # what recovery loaded lives for long: keep it out of every later collection
         self.pool.start()
         self.watcher.start()
         loop = asyncio.get_running_loop()
@@ -199,6 +199,7 @@ class Daemon:
         if not self.accepting:
             raise InvalidRequest(f"the daemon is stopping; resume or retry run {run.id} after the next start")
         run.announced_finish = False
+        self.runs.reopened(run)
         self.apply(run, run.machine.reset(steps, time.time()))
         self.pool.pump()
 
@@ -233,14 +234,14 @@ class Daemon:
             self.broker.on_actions(run, actions)
 
     def _timer(self, run_id: str) -> None:
-        run = self.runs.get(run_id)
+        run = self.runs.live(run_id)
         if run is not None and not run.finished:
             self.feed(run, TimerFired())
             self.pool.pump()
 
     def _on_lost(self, run_id: str, event: Event) -> None:
         """The pool's verdict on an attempt whose worker ended or was killed (see tagentd/deaths.py)."""
-        run = self.runs.get(run_id)
+        run = self.runs.live(run_id)
         if run is not None:
             self.feed(run, event)
 
@@ -249,16 +250,11 @@ class Daemon:
         """Remove expired finished runs (see retention.py); returns their ids."""
         age = self.settings.retention_days * 86400 if max_age_s is None else max_age_s
         limit = self.settings.retention_max_runs if max_runs is None else max_runs
-        doomed = retention.expired(self.runs, now=time.time(), max_age_s=age, max_runs=limit)
-        if not dry_run:
-            for run in doomed:
-                self.runs.remove(run.id)
-                self.store.remove(run.id)
-                self.pool.forget_run(run.id)
-            if doomed:
-                log.info("retention removed %d finished run(s)", len(doomed))
-                self._dirty.set()
-        return [r.id for r in doomed]
+        doomed = self.runs.expire(now=time.time(), max_age_s=age, max_runs=limit, dry_run=dry_run)
+        for run_id in [] if dry_run else doomed:
+            self.pool.forget_run(run_id)
+            self._dirty.set()
+        return doomed
 
     async def _retention_loop(self) -> None:
         while True:
@@ -304,6 +300,7 @@ class Daemon:
         for run, record in events:
             if record.topic == "run.finished":
                 run.announced_finish = True
+                self.runs.finished(run)
             touched.add(run)
         self.stats["events_published"] += len(events)
         self.broker.after_commit(token, [record for _, record in events])
@@ -314,6 +311,9 @@ class Daemon:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        self.runs.trim()  # finished runs beyond the cache leave memory, now that all of them is on disk
+        if 0 < self.settings.retention_max_runs < self.runs.finished_count:
+            self.apply_retention()
 
     async def committed(self) -> None:
         """Return once everything changed so far is on disk (the next commit has flushed it)."""
@@ -374,7 +374,7 @@ class Daemon:
         worker = self.pool.worker_for(identity)
         if isinstance(msg, wire.TaskDone):
             self.pool.on_done(worker, msg)
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             if run is not None:
                 self.feed(run, msg.event)
         elif isinstance(msg, wire.Heartbeat):
@@ -392,17 +392,17 @@ class Daemon:
         elif isinstance(msg, (wire.Loaded, wire.LoadFailed)):
             self.pool.on_loaded(worker, msg)
         elif isinstance(msg, wire.LogLine):
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             if run is not None:
                 run.add_log(msg.step, msg.level, msg.message, msg.ts)
                 self.store.changed(run)
                 run.notify()
         elif isinstance(msg, wire.MemoryGet):
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             value = run.memory.get(msg.key) if run is not None else None
             self._send_worker(identity, wire.encode(wire.MemoryReply(req=msg.req, value=value)))
         elif isinstance(msg, wire.MemorySave):
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             if run is not None:
                 run.remember(msg.key, msg.value)
                 self.store.changed(run)
@@ -424,6 +424,8 @@ class Daemon:
         stats["in_flight_tasks"] = self.pool.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
         stats["replies_dropped"] = self.control.replies_dropped
+        stats["runs"] = {"in_memory": self.runs.in_memory, "finished_in_memory": self.runs.cached,
+                         "cache_size": self.runs.cache_size, "read_from_disk": self.runs.reads}
         stats["llm_permits_granted"] = self.permits.granted
         stats["llm_endpoints"] = self.permits.stats()
         stats["broker"] = broker_views.summary(self.broker)
@@ -466,7 +468,7 @@ def serve(settings: Settings, *, foreground_log: bool = True) -> int:
     try:
         try:
             log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
-            store: RunStore = DurableStore(state_dir) if settings.durable else MemoryStore()
+            store: RunStore = DurableStore(state_dir, settings.wal_segment_bytes) if settings.durable else MemoryStore()
             daemon = Daemon(settings, store)
         except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
             raise paths.unwritable(state_dir, "state dir", exc) from None
