@@ -139,11 +139,26 @@ class DurableStore:
             self._index.sync()  # before the WAL goes: a run the index lacks must still be in the WAL
             self._wal.retire()  # every run the old segments hold changes for is snapshotted
 
+    async def compact(self) -> None:
+        """Flush, snapshot every run the WAL holds newer changes for, and drop the WAL (at a graceful stop, so the
+        next start reads only the index). A failure is logged and leaves the WAL as it is."""
+        async with self._lock:
+            try:
+                await self._flush()
+                self._snapshots += self._stale_snapshots()
+                await asyncio.get_running_loop().run_in_executor(None, self._write_snapshots)
+                self._index.sync()
+                self._wal.retire()
+            except OSError as exc:
+                log.warning("could not compact the checkpoints (%s); the next start replays the WAL", exc)
+
     def release(self, run_id: str) -> RunEntry | None:
         """Stop holding a finished run whose snapshot has every change; its index entry, or None if it must stay."""
         run, progress = self._runs_by_id.get(run_id), self._progress.get(run_id)
         entry = self._index.entries.get(run_id)
         if run is None or progress is None or entry is None or not run.finished or run_id in self._dirty:
+            return None
+        if self._lock.locked():  # a flush is writing snapshots (in a thread): ask again after it
             return None
         if progress.snap_seq != progress.last_seq or entry.wal_seq != progress.snap_seq:
             return None
@@ -323,7 +338,8 @@ class DurableStore:
         stored = {name[:-5] for name in os.listdir(self.runs_dir) if name.endswith(".ckpt")}
         if why is not None and stored:
             log.warning("the run index %s %s; rebuilding it from the snapshots", self._index.path, why)
-        wanted = sorted(rid for rid in stored if rid in in_wal or rid not in index or not index[rid].finished)
+        unfinished = {rid for rid, entry in index.items() if not entry.finished}
+        wanted = sorted(stored & (in_wal | unfinished) | (stored - index.keys()))
         self._seq = max([entry.wal_seq for entry in index.values()] + [record.seq for record in records], default=0)
         checkpoints: dict[str, RunCheckpoint] = {}
         for run_id in wanted:
@@ -335,8 +351,7 @@ class DurableStore:
         applied = dict(snapshots)  # newest record applied, per run
         for record in records:
             self._replay(record, checkpoints, applied)
-        tried = set(wanted)
-        gone = [rid for rid in index if rid not in checkpoints and (rid not in stored or rid in tried)]
+        gone = [rid for rid in (index.keys() - stored) | set(wanted) if rid in index and rid not in checkpoints]
         for run_id in gone:  # removed, or its snapshot damaged and not in the WAL either
             self._index.drop(run_id)
         for record in records:  # a crash between retention's unlink and its Removed record: finish the unlink

@@ -52,6 +52,7 @@ from .watcher import Watcher
 log = logging.getLogger("tagentd")
 
 RETENTION_EVERY_S = 3600.0
+RETENTION_BATCH = 200  # finished runs one commit removes when there are more than retention_max_runs
 
 
 class Daemon:
@@ -172,6 +173,7 @@ class Daemon:
         await self.stopper.drain()
         await self.pool.stop(0.0)
         await self._commit()
+        await self.store.compact()  # the next start reads the index, not the WAL
         await asyncio.sleep(0.05)  # let the last replies leave before the sockets close
         for task in list(self._tasks):
             task.cancel()
@@ -246,19 +248,21 @@ class Daemon:
             self.feed(run, event)
 
     def apply_retention(self, *, max_age_s: float | None = None, max_runs: int | None = None,
-                        dry_run: bool = False) -> list[str]:
-        """Remove expired finished runs (see retention.py); returns their ids."""
+                        dry_run: bool = False, at_most: int | None = None) -> list[str]:
+        """Remove expired finished runs (see retention.py), the oldest `at_most` of them if given; returns their ids."""
         age = self.settings.retention_days * 86400 if max_age_s is None else max_age_s
         limit = self.settings.retention_max_runs if max_runs is None else max_runs
-        doomed = self.runs.expire(now=time.time(), max_age_s=age, max_runs=limit, dry_run=dry_run)
-        for run_id in [] if dry_run else doomed:
-            self.pool.forget_run(run_id)
+        doomed = self.runs.expire(now=time.time(), max_age_s=age, max_runs=limit, dry_run=dry_run, at_most=at_most)
+        if doomed and not dry_run:
+            for run_id in doomed:
+                self.pool.forget_run(run_id)
             self._dirty.set()
         return doomed
 
     async def _retention_loop(self) -> None:
         while True:
-            self.apply_retention()
+            while len(self.apply_retention(at_most=RETENTION_BATCH)) == RETENTION_BATCH:
+                await self.committed()  # a backlog (say, after lowering a limit) goes one batch per commit
             await asyncio.sleep(RETENTION_EVERY_S)
 
     # -- commit --------------------------------------------------------------------------------------
@@ -313,7 +317,7 @@ class Daemon:
                 waiter.set_result(None)
         self.runs.trim()  # finished runs beyond the cache leave memory, now that all of them is on disk
         if 0 < self.settings.retention_max_runs < self.runs.finished_count:
-            self.apply_retention()
+            self.apply_retention(at_most=RETENTION_BATCH)  # a big backlog goes over several commits
 
     async def committed(self) -> None:
         """Return once everything changed so far is on disk (the next commit has flushed it)."""

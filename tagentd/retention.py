@@ -20,9 +20,9 @@ def oldest_first(entries: Iterable[RunEntry]) -> list[tuple[str, float]]:
     return sorted(((e.run_id, e.finished_at or e.created_at) for e in entries if e.finished), key=lambda f: f[1])
 
 
-def expired(finished: Iterable[tuple[str, float]], count: int, *, now: float, max_age_s: float,
-            max_runs: int) -> list[str]:
-    """The ids retention removes, oldest first.
+def expired(finished: Iterable[tuple[str, float]], count: int, *, now: float, max_age_s: float, max_runs: int,
+            at_most: int | None = None) -> list[str]:
+    """The ids retention removes (the oldest `at_most` of them, if given), oldest first.
 
     `finished` is every finished run's (id, finish time), oldest first, and `count` how many there are; only the
     runs removed are looked at (the age limit removes a prefix too), so this costs what it removes.
@@ -30,8 +30,7 @@ def expired(finished: Iterable[tuple[str, float]], count: int, *, now: float, ma
     excess = count - max_runs if max_runs > 0 else 0
     doomed = []
     for position, (run_id, finished_at) in enumerate(finished):
-        if position < excess or (max_age_s > 0 and now - finished_at > max_age_s):
-            doomed.append(run_id)
-        else:
+        if len(doomed) == at_most or not (position < excess or (max_age_s > 0 and now - finished_at > max_age_s)):
             break
+        doomed.append(run_id)
     return doomed

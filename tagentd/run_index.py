@@ -78,7 +78,8 @@ class RunIndex:
                 changes = _decoder.decode(payload)
                 if changes.format != INDEX_FORMAT:
                     return f"has format {changes.format} (this tagentd writes {INDEX_FORMAT})"
-                entries.update((e.run_id, e) for e in changes.put)
+                for entry in changes.put:
+                    entries[entry.run_id] = entry.shared()
                 for run_id in changes.dropped:
                     entries.pop(run_id, None)
                 records += 1
@@ -89,7 +90,7 @@ class RunIndex:
             log.info("run index %s ended in a torn append (a crash); cut it at byte %d", self.path, exc.offset)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return f"is damaged (undecodable: {exc})"
-        self.entries = {run_id: entry.shared() for run_id, entry in entries.items()}
+        self.entries = entries
         self._records = records
         self._stale = False
         return None

@@ -108,10 +108,11 @@ class RunTable:
                 del self._cache[run_id]
                 self._rows[run_id] = entry
 
-    def expire(self, *, now: float, max_age_s: float, max_runs: int, dry_run: bool = False) -> list[str]:
+    def expire(self, *, now: float, max_age_s: float, max_runs: int, dry_run: bool = False,
+               at_most: int | None = None) -> list[str]:
         """Remove the finished runs retention says to (from here and from the store); their ids, oldest first."""
         doomed = retention.expired(self.finished_oldest_first(), self.finished_count, now=now, max_age_s=max_age_s,
-                                   max_runs=max_runs)
+                                   max_runs=max_runs, at_most=at_most)
         for run_id in [] if dry_run else doomed:
             self.remove(run_id)
             self._store.remove(run_id)

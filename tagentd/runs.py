@@ -45,6 +45,9 @@ class AuditEntry(msgspec.Struct, kw_only=True, array_like=True):
     data: dict[str, Any] = {}
 
 
+_FINISHED = frozenset(status.value for status in RunStatus if status.finished)
+
+
 class RunEntry(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """A run's line in the index: what listing, retention and start-up need, without the run's detail.
 
@@ -69,7 +72,7 @@ class RunEntry(msgspec.Struct, kw_only=True, array_like=True, gc=False):
 
     @property
     def finished(self) -> bool:
-        return RunStatus(self.status).finished
+        return self.status in _FINISHED
 
     def shared(self) -> RunEntry:
         """The same entry with its often-repeated strings interned, so thousands of entries share them."""

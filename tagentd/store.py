@@ -42,6 +42,9 @@ class RunStore(Protocol):
     async def flush(self) -> None:
         """Make every change reported so far durable."""
 
+    async def compact(self) -> None:
+        """At a graceful stop: leave the state so the next start reads as little as it can."""
+
     def load(self) -> Recovered:
         """Every stored run's entry and the unfinished runs, rebuilt (used once, at start)."""
 
@@ -73,6 +76,9 @@ class MemoryStore:
         return None
 
     async def flush(self) -> None:
+        return None
+
+    async def compact(self) -> None:
         return None
 
     def load(self) -> Recovered:

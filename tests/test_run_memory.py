@@ -110,6 +110,15 @@ def test_finished_runs_leave_memory_and_the_daemon_stops_growing(
     assert in_memory["in_memory"] <= 20 and in_memory["cache_size"] == 20, in_memory
     with daemon.client() as client:
         assert client.daemon_status().runs_total == 1600
+    # and when it restarts with a retention limit of 100, it answers and removes the 1,500 oldest runs (a
+    # commit at a time), down to the 100 newest
+    daemon.stop()
+    daemon.env["TAGENTD_RETENTION_MAX_RUNS"] = "100"
+    daemon.start()
+    with daemon.client() as client:
+        wait_until(lambda: client.daemon_status().runs_total == 100, timeout=30, what="retention to reach 100 runs")
+        assert len(client.runs(limit=1000)) == 100
+    assert len(list((daemon.state_dir / "runs").glob("*.ckpt"))) == 100
 
 
 @pytest.mark.timeout(120)
