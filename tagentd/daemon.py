@@ -31,7 +31,7 @@ from tagent_client.errors import InvalidRequest
 from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, TimerFired
 from tagent_client.plan import Plan
 
-from . import __version__, broker_views, submit, wire
+from . import __version__, broker_views, retention, submit, wire
 from .config import LOG_FILE, Settings
 from .lock import InstanceLock
 from .notify import notify
@@ -52,7 +52,6 @@ from .watcher import Watcher
 log = logging.getLogger("tagentd")
 
 RETENTION_EVERY_S = 3600.0
-RETENTION_BATCH = 200  # finished runs one commit removes when there are more than retention_max_runs
 
 
 class Daemon:
@@ -261,7 +260,7 @@ class Daemon:
 
     async def _retention_loop(self) -> None:
         while True:
-            while len(self.apply_retention(at_most=RETENTION_BATCH)) == RETENTION_BATCH:
+            while len(self.apply_retention(at_most=retention.BATCH)) == retention.BATCH:
                 await self.committed()  # a backlog (say, after lowering a limit) goes one batch per commit
             await asyncio.sleep(RETENTION_EVERY_S)
 
@@ -317,7 +316,7 @@ class Daemon:
                 waiter.set_result(None)
         self.runs.trim()  # finished runs beyond the cache leave memory, now that all of them is on disk
         if 0 < self.settings.retention_max_runs < self.runs.finished_count:
-            self.apply_retention(at_most=RETENTION_BATCH)  # a big backlog goes over several commits
+            self.apply_retention(at_most=retention.BATCH)  # a big backlog goes over several commits
 
     async def committed(self) -> None:
         """Return once everything changed so far is on disk (the next commit has flushed it)."""
@@ -428,8 +427,7 @@ class Daemon:
         stats["in_flight_tasks"] = self.pool.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
         stats["replies_dropped"] = self.control.replies_dropped
-        stats["runs"] = {"in_memory": self.runs.in_memory, "finished_in_memory": self.runs.cached,
-                         "cache_size": self.runs.cache_size, "read_from_disk": self.runs.reads}
+        stats["runs"] = self.runs.stats()
         stats["llm_permits_granted"] = self.permits.granted
         stats["llm_endpoints"] = self.permits.stats()
         stats["broker"] = broker_views.summary(self.broker)

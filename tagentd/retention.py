@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the run machinery is not needed to pick runs by age and count
     from .runs import RunEntry
 
+#: At most this many runs go per commit when retention runs by itself (a backlog drains over several commits,
+#: so no commit, and no reply waiting for one, is held up by thousands of file removals).
+BATCH = 200
+
 
 def oldest_first(entries: Iterable[RunEntry]) -> list[tuple[str, float]]:
     """(run id, finish time) of every finished run among `entries`, oldest first."""

@@ -153,13 +153,10 @@ class RunTable:
     def finished_count(self) -> int:
         return len(self._finished)
 
-    @property
-    def in_memory(self) -> int:
-        return len(self._active) + len(self._cache)
-
-    @property
-    def cached(self) -> int:
-        return len(self._cache)
+    def stats(self) -> dict[str, int]:
+        """What `daemon_status` shows under `stats.runs`."""
+        return {"in_memory": len(self._active) + len(self._cache), "finished_in_memory": len(self._cache),
+                "cache_size": self.cache_size, "read_from_disk": self.reads}
 
     def __len__(self) -> int:
         return len(self._rows)
