@@ -628,10 +628,10 @@ import json, sys, time
 t0 = time.perf_counter()
 from tagentd.checkpoint import DurableStore
 t1 = time.perf_counter()
-runs = DurableStore(sys.argv[1]).load()
+recovered = DurableStore(sys.argv[1]).load()
 t2 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "runs": len(runs),
-                  "unfinished": sum(1 for r in runs if not r.finished)}))
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "runs": len(recovered.entries),
+                  "unfinished": sum(1 for r in recovered.runs if not r.finished)}))
 """
 
 

@@ -79,14 +79,11 @@ class BrokerShell:
     def load(self) -> None:
         """Read the broker store and square it with the run table (call after the runs are loaded)."""
         self.store.load()
-        started = {}
-        for run in self.daemon.runs:
-            trigger = run.source.trigger
-            if isinstance(trigger, dict) and trigger.get("id"):
-                started[trigger["id"]] = run
-                if not run.finished:
-                    self.broker.triggered_running.setdefault(run.plan.name, set()).add(run.id)
-        dropped = self.broker.forget_started(set(started))
+        started = {entry.trigger_id for entry in self.daemon.runs.entries() if entry.trigger_id}
+        for run in self.daemon.runs.active():
+            if isinstance(run.source.trigger, dict) and run.source.trigger.get("id"):
+                self.broker.triggered_running.setdefault(run.plan.name, set()).add(run.id)
+        dropped = self.broker.forget_started(started)
         if dropped:
             log.info("broker: %d queued trigger(s) had started their run before the crash; not starting them again", dropped)
 
@@ -246,7 +243,7 @@ class BrokerShell:
 
     async def receive(self, caller: b.StepRef, wait: float) -> Any:
         holder = caller.holder
-        run = self.daemon.runs.get(caller.run_id)
+        run = self.daemon.runs.live(caller.run_id)
         if holder in self._ended or run is None or run.finished:
             return None  # a late re-send for an attempt that is over: lease nothing
         message = await self._receivers.receive(caller.pipeline, holder, wait)

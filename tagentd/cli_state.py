@@ -16,11 +16,10 @@ import click
 import msgspec
 from tagent_client.errors import DaemonUnavailable, InvalidRequest
 
-from . import retention
 from .locations import Locations
 
 
-KINDS = "inspect reads a state dir's runs/*.ckpt, wal/*.wal, broker/*.wal and broker/snapshot.ckpt"
+KINDS = "inspect reads a state dir's runs/*.ckpt, wal/*.wal, runs.idx, broker/*.wal and broker/snapshot.ckpt"
 
 
 def _json_line(value: Any) -> str:
@@ -38,7 +37,7 @@ def register(cli: click.Group, where_options: Any) -> None:
     @where_options
     def gc(days: float | None, keep: int | None, dry_run: bool, as_json: bool, config_path: Path | None,
            runtime_dir: Path | None) -> None:
-        """Remove finished runs past the retention limits (running and recent runs are never removed)."""
+        """Remove finished runs past the retention limits, oldest first, at any age (unfinished runs never)."""
         max_age = days * 86400 if days is not None else None
         try:
             from tagent_client.client import Client
@@ -57,18 +56,20 @@ def register(cli: click.Group, where_options: Any) -> None:
         click.echo(f"{verb} {len(outcome['removed'])} finished run(s)")
         for run_id in outcome["removed"]:
             click.echo(f"  {run_id}")
-        click.echo(f"(kept whatever the limits: unfinished runs, and runs that finished less than "
-                   f"{retention.RECENT_S / 3600:g} h ago)")
+        click.echo("(kept whatever the limits: unfinished runs)")
 
     @cli.command()
     @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
     def inspect(path: Path) -> None:
-        """Print a checkpoint file (runs/*.ckpt, wal/*.wal, broker/*.wal, broker/snapshot.ckpt) as JSON, one line per record."""
+        """Print a checkpoint file (runs/*.ckpt, wal/*.wal, runs.idx, broker/*.wal, broker/snapshot.ckpt) as JSON, one line per record."""
         from .broker_store import BrokerCheckpoint, Logged
         from .checkpoint import RunCheckpoint, WalRecord, check_format
         from .records import CorruptRecord, read_frames
+        from .run_index import IndexChanges
 
-        if path.parent.name == "broker":
+        if path.suffix == ".idx":
+            decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(IndexChanges)
+        elif path.parent.name == "broker":
             decoder = msgspec.msgpack.Decoder(BrokerCheckpoint if path.suffix == ".ckpt" else Logged)
         else:
             decoder = msgspec.msgpack.Decoder(RunCheckpoint if path.suffix == ".ckpt" else WalRecord)
@@ -92,21 +93,22 @@ def _offline_gc(settings: Any, max_age_s: float | None, keep: int | None, dry_ru
 
     from tagent_client import paths
 
+    from . import retention
     from .checkpoint import DurableStore
     from .lock import InstanceLock
 
     lock = InstanceLock(paths.ensure_private_dir(Path(settings.runtime_dir), "runtime dir"))
     try:
         store = DurableStore(paths.ensure_private_dir(Path(settings.state_dir), "state dir"))
-        runs = store.load()
+        finished = retention.oldest_first(store.load().entries)
         age = settings.retention_days * 86400 if max_age_s is None else max_age_s
         limit = settings.retention_max_runs if keep is None else keep
-        doomed = retention.expired(runs, now=time.time(), max_age_s=age, max_runs=limit)
+        doomed = retention.expired(finished, len(finished), now=time.time(), max_age_s=age, max_runs=limit)
         if not dry_run and doomed:
-            for run in doomed:
-                store.remove(run.id)
+            for run_id in doomed:
+                store.remove(run_id)
             asyncio.run(store.flush())
         store.close()
-        return {"removed": [r.id for r in doomed], "dry_run": dry_run}
+        return {"removed": doomed, "dry_run": dry_run}
     finally:
         lock.close()

@@ -80,7 +80,9 @@ class Settings(BaseModel):
     load_timeout: float = Field(30.0, gt=0)
     model: str | None = None
     retention_days: float = Field(30, ge=0, description="delete finished runs older than this; 0 = no age limit")
-    retention_max_runs: int = Field(10000, ge=0, description="keep at most N finished runs; 0 = no limit")
+    retention_max_runs: int = Field(10000, ge=0, description="keep at most N finished runs, at any age; 0 = no limit")
+    run_cache_size: int = Field(256, ge=0, description="finished runs kept in memory; others are read from disk when asked for")
+    wal_segment_bytes: int = Field(16 * MIB, ge=4096, description="WAL size at which runs are snapshotted and the WAL dropped")
     watch_dirs: list[Path] = Field(default_factory=list, description="empty = $XDG_DATA_HOME/tagentd/pipelines")
     watch_recursive: bool = Field(False, description="also watch the watched folders' subfolders")
     on_change: Literal["keep", "restart"] = Field("keep", description="a watched file changed: keep or cancel its older runs")
@@ -110,7 +112,7 @@ class Settings(BaseModel):
     def _absolute_dirs(cls, value: list[Path]) -> list[Path]:
         return [absolute_path(p) for p in value]
 
-    @field_validator("max_message_bytes", mode="before")
+    @field_validator("max_message_bytes", "wal_segment_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -74,7 +74,7 @@ async def _submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
 
 
 def list_runs(daemon: Daemon, req: p.ListRuns) -> list[p.RunSummary]:
-    return [run.summary() for run in daemon.runs.newest(max(1, min(req.limit, 10_000)), req.status)]
+    return daemon.runs.newest(max(1, min(req.limit, 10_000)), req.status)
 
 
 def get_run(daemon: Daemon, req: p.GetRun) -> p.RunDetail:

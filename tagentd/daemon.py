@@ -37,7 +37,8 @@ from .lock import InstanceLock
 from .notify import notify
 from .permits import PermitDesk
 from .pool import WorkerPool
-from .runs import Run, RunTable
+from .run_table import RunTable
+from .runs import Run
 from .broker_shell import BrokerShell
 from .channel import Channel
 from .control_server import ControlServer
@@ -61,7 +62,7 @@ class Daemon:
         self.runtime_dir = Path(settings.runtime_dir)
         self.state_dir = Path(settings.state_dir)
         self.store: RunStore = store or MemoryStore()
-        self.runs = RunTable()
+        self.runs = RunTable(self.store, settings.run_cache_size)
         self.started_at = time.time()
         self.accepting = True
         self.stats: dict[str, int] = {"requests": 0, "bad_frames": 0, "bad_worker_messages": 0, "events_published": 0}
@@ -119,20 +120,19 @@ class Daemon:
             worker_args=self.settings.worker_llm_args(),
         )
         self.pool.start()  # the worker template imports the agent runtime while recovery runs
-        gc.disable()  # recovery builds ~100 objects per run: full collections would double its time
+        gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time
         try:
             recovered = self.store.load()
         except OSError as exc:  # e.g. cutting a torn tail on a read-only or full disk
             raise paths.unwritable(self.state_dir, "state dir", exc) from None
         finally:
             gc.enable()
-        for run in recovered:
-            self.runs.add(run)
-            self.submit_keys.add(run)
-            if not run.finished:
-                self.apply(run, run.machine.recover(time.time()))
+        self.runs.restore(recovered)  # finished runs stay on disk (index entries) until someone asks for one
+        for entry in recovered.entries:
+            self.submit_keys.add(entry)
+        for run in recovered.runs:
+            self.apply(run, run.machine.recover(time.time()))
         self.broker.load()
-        gc.freeze()  # what recovery loaded lives for long: keep it out of every later collection
         self.watcher.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,6 +172,7 @@ class Daemon:
         await self.stopper.drain()
         await self.pool.stop(0.0)
         await self._commit()
+        await self.store.compact()  # the next start reads the index, not the WAL
         await asyncio.sleep(0.05)  # let the last replies leave before the sockets close
         for task in list(self._tasks):
             task.cancel()
@@ -199,6 +200,7 @@ class Daemon:
         if not self.accepting:
             raise InvalidRequest(f"the daemon is stopping; resume or retry run {run.id} after the next start")
         run.announced_finish = False
+        self.runs.reopened(run)
         self.apply(run, run.machine.reset(steps, time.time()))
         self.pool.pump()
 
@@ -233,36 +235,33 @@ class Daemon:
             self.broker.on_actions(run, actions)
 
     def _timer(self, run_id: str) -> None:
-        run = self.runs.get(run_id)
+        run = self.runs.live(run_id)
         if run is not None and not run.finished:
             self.feed(run, TimerFired())
             self.pool.pump()
 
     def _on_lost(self, run_id: str, event: Event) -> None:
         """The pool's verdict on an attempt whose worker ended or was killed (see tagentd/deaths.py)."""
-        run = self.runs.get(run_id)
+        run = self.runs.live(run_id)
         if run is not None:
             self.feed(run, event)
 
     def apply_retention(self, *, max_age_s: float | None = None, max_runs: int | None = None,
-                        dry_run: bool = False) -> list[str]:
-        """Remove expired finished runs (see retention.py); returns their ids."""
+                        dry_run: bool = False, at_most: int | None = None) -> list[str]:
+        """Remove expired finished runs (see retention.py), the oldest `at_most` of them if given; returns their ids."""
         age = self.settings.retention_days * 86400 if max_age_s is None else max_age_s
         limit = self.settings.retention_max_runs if max_runs is None else max_runs
-        doomed = retention.expired(self.runs, now=time.time(), max_age_s=age, max_runs=limit)
-        if not dry_run:
-            for run in doomed:
-                self.runs.remove(run.id)
-                self.store.remove(run.id)
-                self.pool.forget_run(run.id)
-            if doomed:
-                log.info("retention removed %d finished run(s)", len(doomed))
-                self._dirty.set()
-        return [r.id for r in doomed]
+        doomed = self.runs.expire(now=time.time(), max_age_s=age, max_runs=limit, dry_run=dry_run, at_most=at_most)
+        if doomed and not dry_run:
+            for run_id in doomed:
+                self.pool.forget_run(run_id)
+            self._dirty.set()
+        return doomed
 
     async def _retention_loop(self) -> None:
         while True:
-            self.apply_retention()
+            while len(self.apply_retention(at_most=retention.BATCH)) == retention.BATCH:
+                await self.committed()  # a backlog (say, after lowering a limit) goes one batch per commit
             await asyncio.sleep(RETENTION_EVERY_S)
 
     # -- commit --------------------------------------------------------------------------------------
@@ -304,6 +303,7 @@ class Daemon:
         for run, record in events:
             if record.topic == "run.finished":
                 run.announced_finish = True
+                self.runs.finished(run)
             touched.add(run)
         self.stats["events_published"] += len(events)
         self.broker.after_commit(token, [record for _, record in events])
@@ -314,6 +314,9 @@ class Daemon:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        self.runs.trim()  # finished runs beyond the cache leave memory, now that all of them is on disk
+        if 0 < self.settings.retention_max_runs < self.runs.finished_count:
+            self.apply_retention(at_most=retention.BATCH)  # a big backlog goes over several commits
 
     async def committed(self) -> None:
         """Return once everything changed so far is on disk (the next commit has flushed it)."""
@@ -377,7 +380,7 @@ class Daemon:
         worker = self.pool.worker_for(identity)
         if isinstance(msg, wire.TaskDone):
             self.pool.on_done(worker, msg)
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             if run is not None:
                 self.feed(run, msg.event)
         elif isinstance(msg, wire.Heartbeat):
@@ -395,17 +398,17 @@ class Daemon:
         elif isinstance(msg, (wire.Loaded, wire.LoadFailed)):
             self.pool.on_loaded(worker, msg)
         elif isinstance(msg, wire.LogLine):
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             if run is not None:
                 run.add_log(msg.step, msg.level, msg.message, msg.ts)
                 self.store.changed(run)
                 run.notify()
         elif isinstance(msg, wire.MemoryGet):
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             value = run.memory.get(msg.key) if run is not None else None
             self._send_worker(identity, wire.encode(wire.MemoryReply(req=msg.req, value=value)))
         elif isinstance(msg, wire.MemorySave):
-            run = self.runs.get(msg.run_id)
+            run = self.runs.live(msg.run_id)
             if run is not None:
                 run.remember(msg.key, msg.value)
                 self.store.changed(run)
@@ -427,6 +430,7 @@ class Daemon:
         stats["in_flight_tasks"] = self.pool.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
         stats["replies_dropped"] = self.control.replies_dropped
+        stats["runs"] = self.runs.stats()
         stats["llm_permits_granted"] = self.permits.granted
         stats["llm_endpoints"] = self.permits.stats()
         stats["broker"] = broker_views.summary(self.broker)
@@ -469,7 +473,7 @@ def serve(settings: Settings, *, foreground_log: bool = True) -> int:
     try:
         try:
             log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
-            store: RunStore = DurableStore(state_dir) if settings.durable else MemoryStore()
+            store: RunStore = DurableStore(state_dir, settings.wal_segment_bytes) if settings.durable else MemoryStore()
             daemon = Daemon(settings, store)
         except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
             raise paths.unwritable(state_dir, "state dir", exc) from None

@@ -130,9 +130,9 @@ class DroppedFiles:
 
     def remember_runs(self) -> None:
         """Count the watcher's runs in the checkpoint store as seen (the seen file may lag behind them)."""
-        for run in self.daemon.runs:
-            if started_by_watcher(run):
-                self.seen.add(run.source.path, run.source.source_hash, run.id, run.state.created_at)
+        for entry in self.daemon.runs.entries():
+            if entry.submitted_by == WATCHER:
+                self.seen.add(entry.path, entry.source_hash, entry.run_id, entry.created_at)
 
     def unchanged(self, path: str) -> bool:
         """True if the file looks exactly as it did when it was last read."""

@@ -1,9 +1,9 @@
 """Retention: which finished runs to forget.
 
-A run is never removed while it is unfinished, nor within `RECENT_S` of
-finishing, whatever the limits say. Beyond that, a finished run goes when it
-is older than `max_age_s`, or when more than `max_runs` finished runs exist
-(oldest first). A limit of 0 means "no limit".
+A run is never removed while it is unfinished. A finished run goes when it
+finished more than `max_age_s` ago, or when more than `max_runs` finished runs
+exist (oldest first) — at any age, so `max_runs` bounds what the daemon keeps
+however fast runs finish. A limit of 0 means "no limit".
 """
 
 from __future__ import annotations
@@ -11,21 +11,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # `tagentd gc` reads RECENT_S without loading the run machinery
-    from .runs import Run
+if TYPE_CHECKING:  # the run machinery is not needed to pick runs by age and count
+    from .runs import RunEntry
 
-RECENT_S = 3600.0
+#: At most this many runs go per commit when retention runs by itself (a backlog drains over several commits,
+#: so no commit, and no reply waiting for one, is held up by thousands of file removals).
+BATCH = 200
 
 
-def expired(runs: Iterable[Run], *, now: float, max_age_s: float, max_runs: int, recent_s: float = RECENT_S) -> list[Run]:
-    """The runs retention removes, oldest first."""
-    finished = sorted((r for r in runs if r.finished), key=lambda r: r.state.finished_at or r.state.created_at)
-    doomed: dict[str, Run] = {}
-    if max_age_s > 0:
-        for run in finished:
-            if now - (run.state.finished_at or run.state.created_at) > max_age_s:
-                doomed[run.id] = run
-    if max_runs > 0 and len(finished) > max_runs:
-        for run in finished[: len(finished) - max_runs]:
-            doomed[run.id] = run
-    return [r for r in doomed.values() if now - (r.state.finished_at or r.state.created_at) >= recent_s]
+def oldest_first(entries: Iterable[RunEntry]) -> list[tuple[str, float]]:
+    """(run id, finish time) of every finished run among `entries`, oldest first."""
+    return sorted(((e.run_id, e.finished_at or e.created_at) for e in entries if e.finished), key=lambda f: f[1])
+
+
+def expired(finished: Iterable[tuple[str, float]], count: int, *, now: float, max_age_s: float, max_runs: int,
+            at_most: int | None = None) -> list[str]:
+    """The ids retention removes (the oldest `at_most` of them, if given), oldest first.
+
+    `finished` is every finished run's (id, finish time), oldest first, and `count` how many there are; only the
+    runs removed are looked at (the age limit removes a prefix too), so this costs what it removes.
+    """
+    excess = count - max_runs if max_runs > 0 else 0
+    doomed = []
+    for position, (run_id, finished_at) in enumerate(finished):
+        if len(doomed) == at_most or not (position < excess or (max_age_s > 0 and now - finished_at > max_age_s)):
+            break
+        doomed.append(run_id)
+    return doomed

@@ -1,4 +1,5 @@
-"""`Run`: the daemon's record of one run — its machine, event log, log lines, memory and audit trail.
+"""`Run`: the daemon's record of one run — its machine, event log, log lines, memory and audit trail —
+and `RunEntry`: the few fields of a run that stay in memory once it has finished (its line in the index).
 
 A Run is only ever touched from the daemon's event loop. Readers that wait for
 news (long-poll requests) await `Run.wait_for_news`; writers call `notify`.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from sys import intern
 from typing import Any
 
 import msgspec
@@ -17,7 +18,7 @@ from tagent_client.engine import RunMachine
 from tagent_client.plan import Plan
 from tagent_client.protocol import EventRecord, LogRecord, RunDetail, RunSummary, StepInfo
 from tagent_client.result import PipelineResult
-from tagent_client.state import RunState, StepStatus
+from tagent_client.state import RunState, RunStatus, StepStatus
 
 MAX_LOG_LINES = 10_000
 MAX_EVENTS = 50_000
@@ -42,6 +43,47 @@ class AuditEntry(msgspec.Struct, kw_only=True, array_like=True):
     who: str
     what: str
     data: dict[str, Any] = {}
+
+
+_FINISHED = frozenset(status.value for status in RunStatus if status.finished)
+
+
+class RunEntry(msgspec.Struct, kw_only=True, array_like=True, gc=False):
+    """A run's line in the index: what listing, retention and start-up need, without the run's detail.
+
+    `submitted_by` is who submitted the run (its first audit entry: "watcher", "uid=.. pid=..", ...);
+    `trigger_id` the broker trigger that started it; `wal_seq` the WAL sequence number of the snapshot the
+    entry was taken from (0 for an entry not taken from a snapshot); `idempotency_key` its submit's key.
+    """
+
+    run_id: str
+    pipeline: str
+    status: str
+    steps_done: int
+    steps_total: int
+    created_at: float
+    finished_at: float | None = None
+    path: str = ""
+    source_hash: str = ""
+    submitted_by: str = ""
+    trigger_id: str | None = None
+    wal_seq: int = 0
+    idempotency_key: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in _FINISHED
+
+    def shared(self) -> RunEntry:
+        """The same entry with its often-repeated strings interned, so thousands of entries share them."""
+        self.pipeline, self.status, self.path = intern(self.pipeline), intern(self.status), intern(self.path)
+        self.source_hash, self.submitted_by = intern(self.source_hash), intern(self.submitted_by)
+        return self
+
+    def summary(self) -> RunSummary:
+        return RunSummary(run_id=self.run_id, pipeline=self.pipeline, status=self.status, steps_done=self.steps_done,
+                          steps_total=self.steps_total, created_at=self.created_at, finished_at=self.finished_at,
+                          path=self.path)
 
 
 class Run:
@@ -134,18 +176,23 @@ class Run:
 
     # -- views --------------------------------------------------------------------------
 
+    def entry(self, wal_seq: int = 0) -> RunEntry:
+        """The run's index entry as of now (`wal_seq`: the snapshot it describes, if any)."""
+        state = self.state
+        first = self.history[0] if self.history else None
+        trigger = self.source.trigger
+        return RunEntry(
+            run_id=self.id, pipeline=state.pipeline, status=state.status.value,
+            steps_done=sum(1 for s in state.steps.values() if s.status is StepStatus.COMPLETED),  # not failed/skipped
+            steps_total=len(state.steps),
+            created_at=state.created_at, finished_at=state.finished_at, path=self.source.path,
+            source_hash=self.source.source_hash, submitted_by=first.who if first and first.what == "submit" else "",
+            trigger_id=str(trigger["id"]) if isinstance(trigger, dict) and trigger.get("id") else None, wal_seq=wal_seq,
+            idempotency_key=self.source.idempotency_key,
+        ).shared()
+
     def summary(self) -> RunSummary:
-        steps = self.state.steps.values()
-        return RunSummary(
-            run_id=self.id,
-            pipeline=self.state.pipeline,
-            status=self.state.status.value,
-            steps_done=sum(1 for s in steps if s.status is StepStatus.COMPLETED),  # not failed/skipped/cancelled
-            steps_total=len(self.state.steps),
-            created_at=self.state.created_at,
-            finished_at=self.state.finished_at,
-            path=self.source.path,
-        )
+        return self.entry().summary()
 
     def detail(self) -> RunDetail:
         state = self.state
@@ -175,44 +222,3 @@ class Run:
 
 def _brief(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in ("run_id", "pipeline")}
-
-
-class RunTable:
-    """Every run the daemon knows, by id, in creation order."""
-
-    def __init__(self) -> None:
-        self._runs: dict[str, Run] = {}
-
-    def add(self, run: Run) -> None:
-        self._runs[run.id] = run
-
-    def get(self, run_id: str) -> Run | None:
-        run = self._runs.get(run_id)
-        if run is None and len(run_id) >= 4:
-            matches = [r for rid, r in self._runs.items() if rid.startswith(run_id)]
-            if len(matches) == 1:
-                return matches[0]
-        return run
-
-    def remove(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
-
-    def __iter__(self):  # noqa: ANN204
-        return iter(self._runs.values())
-
-    def __len__(self) -> int:
-        return len(self._runs)
-
-    def newest(self, limit: int, status: str | None = None) -> list[Run]:
-        runs: Iterable[Run] = reversed(list(self._runs.values()))
-        if status:
-            runs = (r for r in runs if r.state.status.value == status)
-        out = []
-        for run in runs:
-            out.append(run)
-            if len(out) >= limit:
-                break
-        return out
-
-    def active(self) -> list[Run]:
-        return [r for r in self._runs.values() if not r.finished]

@@ -4,13 +4,26 @@ The daemon calls `created` for a new run, `changed` after every engine `Persist`
 and `await flush()` once per loop tick before it tells anyone about those
 changes (group commit). A durable store makes `flush` write and fsync; the
 in-memory store (`--no-durable`) makes it free and keeps nothing across restarts.
+A durable store can also `release` a finished run (the daemon then keeps only
+its `RunEntry`) and `read` it back whole when someone asks for it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from .runs import Run
+from tagent_client.errors import NotFound
+
+from .runs import Run, RunEntry
+
+
+@dataclass
+class Recovered:
+    """What `load` found: every stored run's index entry (oldest first) and the unfinished runs, whole."""
+
+    entries: list[RunEntry] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
 
 
 class RunStore(Protocol):
@@ -29,8 +42,17 @@ class RunStore(Protocol):
     async def flush(self) -> None:
         """Make every change reported so far durable."""
 
-    def load(self) -> list[Run]:
-        """Every stored run, rebuilt (used once, at start)."""
+    async def compact(self) -> None:
+        """At a graceful stop: leave the state so the next start reads as little as it can."""
+
+    def load(self) -> Recovered:
+        """Every stored run's entry and the unfinished runs, rebuilt (used once, at start)."""
+
+    def read(self, run_id: str) -> Run:
+        """A stored run read back whole (a finished run the daemon released); NotFound if it cannot be."""
+
+    def release(self, run_id: str) -> RunEntry | None:
+        """Stop holding a finished run whose every change is written; its entry, or None if it must stay in memory."""
 
     def remove(self, run_id: str) -> None:
         """Forget a finished run (retention)."""
@@ -56,8 +78,17 @@ class MemoryStore:
     async def flush(self) -> None:
         return None
 
-    def load(self) -> list[Run]:
-        return []
+    async def compact(self) -> None:
+        return None
+
+    def load(self) -> Recovered:
+        return Recovered()
+
+    def read(self, run_id: str) -> Run:
+        raise NotFound(f"no run {run_id!r}; list runs with 'tagent runs'", run_id=run_id)
+
+    def release(self, run_id: str) -> RunEntry | None:
+        return None  # nothing could read it back: every run stays in memory (retention bounds them)
 
     def remove(self, run_id: str) -> None:
         return None

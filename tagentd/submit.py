@@ -15,14 +15,15 @@ from typing import Any
 
 from tagent_client.binding import missing_params
 from tagent_client.engine import RunMachine
-from tagent_client.errors import ConfigError, InvalidRequest, PipelineLoadError, PipelineValidationError
+from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineLoadError, PipelineValidationError
 from tagent_client.plan import Plan, StepKind
 from tagent_client.protocol import SubmitResult
 from tagent_client.state import new_run_id
 
 from . import wire
 from .pool import WorkerPool
-from .runs import Run, RunSource, RunTable
+from .run_table import RunTable
+from .runs import Run, RunEntry, RunSource
 
 WATCHER = "watcher"  # `who` in the audit trail of the runs of files dropped into a watched folder
 
@@ -101,10 +102,10 @@ class SubmitKeys:
         self._runs: dict[str, str] = {}
         self._loading: dict[str, asyncio.Event] = {}
 
-    def add(self, run: Run) -> None:
-        """Remember a recovered `run` under its key, if its submit had one (`once` remembers the runs it starts)."""
-        if run.source.idempotency_key:
-            self._runs[run.source.idempotency_key] = run.id
+    def add(self, entry: RunEntry) -> None:
+        """Remember a recovered run under its key, if its submit had one (`once` remembers the runs it starts)."""
+        if entry.idempotency_key:
+            self._runs[entry.idempotency_key] = entry.run_id
 
     async def once(self, key: str, runs: RunTable, path: str, start: Callable[[], Awaitable[SubmitResult]]
                    ) -> SubmitResult:
@@ -137,7 +138,10 @@ class SubmitKeys:
         run_id = self._runs.get(key)
         if run_id is None:
             return None
-        run = runs.get(run_id)
+        try:
+            run = runs.get(run_id)
+        except NotFound:  # its snapshot is lost (reported in checkpoint_problems)
+            run = None
         if run is None:  # removed by retention: the key is free again
             del self._runs[key]
         return run

@@ -11,6 +11,7 @@ told to pass --model.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,20 +111,25 @@ def test_space_del_of_a_missing_key_exits_6_like_space_get(daemon: DaemonProcess
     assert present.returncode == 0 and present.stdout.strip() == "k: deleted"
 
 
-def test_gc_dry_run_says_recent_runs_are_kept_whatever_the_limits(daemon: DaemonProcess, pipes: Path) -> None:
-    # Given a run that finished a moment ago
+def test_gc_dry_run_lists_a_run_that_just_finished_and_keeps_the_unfinished(daemon: DaemonProcess, pipes: Path) -> None:
+    # Given a run that finished a moment ago and one still waiting in its second step
     with daemon.client() as client:
-        run_id = client.submit(f"{pipes}:three").id
-        wait_until(lambda: client.status(run_id).steps["second"].status == "running", 20, what="the second step")
-        client.cancel(run_id)
-        client.wait(run_id, timeout=20)
-    # When gc is asked for runs older than about a second
-    done = daemon.admin("gc", "--dry-run", "--older-than", "0.00001")
-    # Then it would remove none, and says why
-    assert done.returncode == 0, done
-    assert done.stdout.splitlines() == [
-        "would remove 0 finished run(s)",
-        "(kept whatever the limits: unfinished runs, and runs that finished less than 1 h ago)",
+        done, waiting = client.submit(f"{pipes}:three").id, client.submit(f"{pipes}:three").id
+        for run_id in (done, waiting):
+            wait_until(lambda: client.status(run_id).steps["second"].status == "running", 20, what="the second step")
+        client.cancel(done)
+        finished_at = client.wait(done, timeout=20).end_time
+    # When gc is asked for runs older than about 0.1 s, once that much time has passed
+    assert finished_at is not None
+    wait_until(lambda: time.time() - finished_at > 0.1, what="the finished run to be 0.1 s old")
+    dry = daemon.admin("gc", "--dry-run", "--older-than", "0.000001")
+    # Then it would remove the finished one, however recent (issue 10: limits hold at any age), not the other,
+    # and says what it keeps whatever the limits
+    assert dry.returncode == 0, dry
+    assert dry.stdout.splitlines() == [
+        "would remove 1 finished run(s)",
+        f"  {done}",
+        "(kept whatever the limits: unfinished runs)",
     ]
 
 
