@@ -16,11 +16,9 @@ bench/README.md explains the keys and targets.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,7 +34,7 @@ _spec.loader.exec_module(base)  # shares its helpers: Cleanup, running_daemon, t
 
 from tagentd.lock import is_locked  # noqa: E402
 
-say, median, CLEANUP = base.say, base.median, base.CLEANUP
+say, median, CLEANUP, run_facts, entry = base.say, base.median, base.CLEANUP, base.run_facts, base.entry
 
 BARE = "python -c pass"
 #: What every command that talks to the daemon must import: the floor under the ratios (no target).
@@ -166,14 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(3 if args.quick else args.reps)
     finally:
         CLEANUP.run()
-    result.update({
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "bench_s": round(time.perf_counter() - t0, 1),
-    })
+    result.update(run_facts(load_before, t0, args.quick))
     line = json.dumps(result)
     if not args.quick:
         (BENCH / "results" / "cli-latest.json").write_text(line + "\n")
@@ -182,8 +173,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        say("interrupted; every daemon stopped and temp dir removed")
-        sys.exit(130)
+    entry(main)

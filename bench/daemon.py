@@ -723,15 +723,10 @@ def main(argv: list[str] | None = None) -> int:
         section("recovery", measure_recovery, files, finished, unfinished, load_reps, result)
     finally:
         CLEANUP.run()
+    result.update(run_facts(load_before, t_start, args.quick))
     result.update({
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
         "durable_modes": args.durable,
         "bytecode_cache": PYCACHE is not None,
-        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after: other load skews it
-        "bench_s": round(time.perf_counter() - t_start, 1),
         "targets": {k: (f"< {v['max']}" if "max" in v else f"> {v['min']}") for k, v in TARGETS.items()},
     })
     result["missed_targets"] = missed(result)
@@ -741,9 +736,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
-if __name__ == "__main__":
+def run_facts(load_before: float, started: float, quick: bool) -> dict[str, Any]:
+    """What every bench result line records about its run: the interpreter, the machine, when, and its load."""
+    return {
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after: other load skews it
+        "bench_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def entry(main_fn: Callable[[], int]) -> None:
+    """Run a bench script's main; Ctrl-C still stops every daemon it started (CLEANUP runs in main's finally)."""
     try:
-        sys.exit(main())
+        sys.exit(main_fn())
     except KeyboardInterrupt:
         say("interrupted; every daemon stopped and temp dir removed")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    entry(main)

@@ -166,8 +166,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        say("interrupted; every daemon stopped and temp dir removed")
-        sys.exit(130)
+    base.entry(main)
