@@ -74,6 +74,7 @@ class Settings(BaseModel):
     heartbeat_timeout: float = Field(5.0, gt=0)
     timeout_grace: float = Field(2.0, ge=0, description="cooperative cancel -> kill")
     recycle_after: int = Field(0, ge=0, description="restart a worker after N tasks; 0 = never")
+    worker_template: bool = Field(True, description="fork workers from a process that has the agent runtime imported")
     durable: bool = True
     max_message_bytes: int = Field(16 * MIB, ge=1024)
     log_level: str = "INFO"

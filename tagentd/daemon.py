@@ -117,7 +117,7 @@ class Daemon:
             send=self._send_worker, on_lost=self._on_lost, heartbeat_interval=self.settings.heartbeat_interval,
             heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
-            worker_args=self.settings.worker_llm_args(),
+            worker_args=self.settings.worker_llm_args(), use_template=self.settings.worker_template,
         )
         self.pool.start()  # the worker template imports the agent runtime while recovery runs
         gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time

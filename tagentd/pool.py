@@ -97,7 +97,7 @@ class WorkerPool:
     def __init__(self, *, size: int, capacity: int, endpoint: str, send: Callable[[bytes, bytes], bool],
                  on_lost: LostCallback, heartbeat_interval: float, heartbeat_timeout: float, grace: float,
                  recycle_after: int, load_timeout: float, log_file: int | None = None,
-                 worker_args: list[str] | None = None) -> None:
+                 worker_args: list[str] | None = None, use_template: bool = True) -> None:
         self.size = size
         self.capacity = capacity
         self.endpoint = endpoint
@@ -121,7 +121,8 @@ class WorkerPool:
         self._ready = asyncio.Event()
         self.ledger = DeathLedger(stuck_window=grace + 10.0)
         self.admission = Admission(send, self.stats)
-        self.spawner = Spawner(log_file=log_file, token=self.admission.token, stats=self.stats)
+        self.spawner = Spawner(log_file=log_file, token=self.admission.token, stats=self.stats,
+                               use_template=use_template)
 
     # -- processes ---------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ def processes_using(root: Path) -> list[int]:
 class DaemonProcess:
     """A real `tagentd start --foreground` in its own runtime/state dirs, driven by tests."""
 
-    def __init__(self, root: Path, workers: int = 2, extra: list[str] | None = None) -> None:
+    def __init__(self, root: Path, workers: int = 2, extra: list[str] | None = None, template: bool = False) -> None:
         self.root = root
         self.runtime_dir = root / "run"
         self.state_dir = root / "state"
@@ -92,6 +92,10 @@ class DaemonProcess:
             XDG_CONFIG_HOME=str(root / "config"),
             XDG_DATA_HOME=str(root / "data"),  # the default watch folder is data/tagentd/pipelines
             PYTHONPATH=os.pathsep.join([str(REPO / "client"), str(REPO), self.env.get("PYTHONPATH", "")]),
+            # Workers forked from the warm template (the default for users) are what test_worker_life and
+            # test_chaos exercise; elsewhere separate worker processes (worker_template = false, the same
+            # worker code) spare each of the suite's daemon starts the template's seconds of imports.
+            TAGENTD_WORKER_TEMPLATE="true" if template else "false",
         )
         self.env.pop("NOTIFY_SOCKET", None)
 
@@ -196,8 +200,9 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
     tmp_path.chmod(0o700)
 
-    def make(workers: int = 2, extra: list[str] | None = None, root: Path | None = None) -> DaemonProcess:
-        daemon = DaemonProcess(root or tmp_path, workers, extra)
+    def make(workers: int = 2, extra: list[str] | None = None, root: Path | None = None,
+             template: bool = False) -> DaemonProcess:
+        daemon = DaemonProcess(root or tmp_path, workers, extra, template)
         started.append(daemon)
         return daemon
 

@@ -215,7 +215,7 @@ def test_mixed_workload_survives_random_kills(
 
     # Given a durable daemon and a mixed workload: chains, fan-outs, retries, broker sends and receives,
     # CAS counters and triggered runs, each step leaving a durable trace outside the daemon
-    daemon = make_daemon(workers=2)
+    daemon = make_daemon(workers=2, template=True)  # the default for users: workers forked from the template
     daemon.env["CHAOS_EFFECTS"] = str(timeline.path)
     daemon.env["TAGENTD_WORKER_CONCURRENCY"] = "4"
     daemon.start()

@@ -93,7 +93,7 @@ def no_survivors(root: Path, within: float = 10.0) -> None:
 def test_killing_the_daemon_right_after_start_or_mid_run_leaves_no_worker_behind(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     # Given a daemon started in the background: `tagentd start` returns once it answers, before its workers are up
-    daemon = make_daemon()
+    daemon = make_daemon(template=True)
     started = daemon.admin("start", "--workers", "2", timeout=30)
     assert started.returncode == 0, started.stderr
     pid = int(re.search(r"tagentd started \(pid (\d+)\)", started.stdout).group(1))
@@ -122,7 +122,7 @@ def test_a_worker_left_over_from_another_daemon_is_refused_and_runs_no_step(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     # Given a worker of an earlier daemon in these dirs, still alive (its parent lives on) and trying to connect
     # to workers.sock as worker 1 with that daemon's token
-    daemon = make_daemon()
+    daemon = make_daemon(template=True)
     env = {**daemon.env, wire.TOKEN_ENV: STALE_TOKEN}
     endpoint = f"ipc://{daemon.runtime_dir / 'workers.sock'}"
     stale = subprocess.Popen([sys.executable, "-m", "tagentd.worker", "--endpoint", endpoint, "--id", "1",
@@ -179,7 +179,7 @@ def test_the_first_agent_step_of_a_fresh_worker_starts_at_once_after_start_and_a
         config = tmp_path / "config" / "tagentd" / "tagentd.toml"
         config.parent.mkdir(parents=True)
         config.write_text(f'[endpoints.local]\nbase_url = "{server.base_url}"\n')
-        daemon = make_daemon(workers=2).start()
+        daemon = make_daemon(workers=2, template=True).start()
         path = write_pipeline(tmp_path, "find.py", FIND)
         with daemon.client() as client:
             first = ready_workers(client, 2, set())
@@ -199,7 +199,7 @@ def test_the_first_agent_step_of_a_fresh_worker_starts_at_once_after_start_and_a
 def test_a_killed_worker_template_takes_its_workers_along_and_the_pool_recovers(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     # Given a daemon whose two workers were forked from its worker template
-    daemon = make_daemon(workers=2).start()
+    daemon = make_daemon(workers=2, template=True).start()
     templates = [pid for pid in children_of(daemon.pid) if is_worker_template(pid)]
     assert len(templates) == 1, children_of(daemon.pid)
     workers = daemon.worker_pids()
