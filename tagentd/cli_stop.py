@@ -122,16 +122,24 @@ def stop_daemon(runtime_dir: Path, *, fast: bool, timeout: float | None) -> None
     except KeyboardInterrupt:
         click.echo("\nstopping now: checkpointing the steps in flight (Ctrl-C again to stop waiting)")
         watch.deadline = time.monotonic()
-        if watch.client is not None:
-            try:
-                watch.client.shutdown(graceful=False)
-            except TagentError:
-                pass
+        _stop_fast(runtime_dir)
         _wait_for_exit(runtime_dir, pid, began, time.monotonic() + EXIT_MARGIN, watch)
     finally:
         if client is not None:
             client.close()
     click.echo(f"tagentd stopped (pid {pid}, after {time.monotonic() - began:.1f} s)")
+
+
+def _stop_fast(runtime_dir: Path) -> None:
+    """Ask for a fast stop on a new connection: the Ctrl-C may have cut the old one mid-request (a reply
+    left unread), and the request must not be lost behind it."""
+    from tagent_client.client import Client  # noqa: PLC0415
+
+    try:
+        with Client(runtime_dir=runtime_dir, timeout=5.0) as fresh:
+            fresh.shutdown(graceful=False)
+    except TagentError:
+        pass  # gone already, or going: _wait_for_exit tells
 
 
 def _terminate(runtime_dir: Path, pid: int | None) -> None:
