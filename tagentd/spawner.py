@@ -179,10 +179,15 @@ class TemplateProcess:
         self.died(why)
 
     def close(self) -> None:
-        """Stop the template (it exits when its control socket closes; its remaining workers die with it)."""
+        """Stop the template (it exits when its control socket closes; its remaining workers die with it).
+
+        A template still importing has forked nothing and would notice the closed socket only once its imports
+        are done (a second or more): it is terminated instead, so a stop right after a start is as quick."""
         if self.alive:
             self.alive = False
             self.sock.close()
+            if self.ready is None and not self.forked:
+                self.proc.terminate()
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
