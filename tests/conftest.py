@@ -194,6 +194,14 @@ class DaemonProcess:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture(autouse=True)
+def sigint_restored() -> Iterator[None]:
+    """No test leaves SIGINT's handling changed for the next (code run in-process may ignore it)."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """Factory of real daemons in private temp dirs; all are stopped (and checked gone) at teardown."""

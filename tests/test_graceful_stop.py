@@ -84,7 +84,13 @@ def stop_in_background(daemon: DaemonProcess, files: dict[str, Path], *args: str
     """`tagentd stop ARGS` with its stdout going to files["out"] (read while it runs)."""
     out = files["out"].open("w")
     return subprocess.Popen([sys.executable, "-m", "tagentd", "stop", *args], env=daemon.env, text=True,
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_sigint_as_at_a_terminal)
+
+
+def _sigint_as_at_a_terminal() -> None:
+    """Ctrl-C reaches the command as at a terminal, even if the test process has SIGINT ignored (an ignored
+    signal is inherited, and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def printed(files: dict[str, Path]) -> str:
