@@ -235,7 +235,9 @@ def test_a_lost_or_damaged_index_is_rebuilt_after_a_kill9(
         wait_until(lambda: client.status(waiting).steps["work"].status == "running", what="the gated step to run")
     daemon.kill9()
     in_wal = runs_in_wal(daemon.state_dir / "wal")
-    assert waiting in in_wal and len(set(done) - in_wal) > 20, in_wal  # most finished runs: snapshot + index only
+    # most finished runs live in their snapshot and the index only (the waiting run may be in either: a segment
+    # that fills up while it starts is snapshotted and dropped too)
+    assert len(set(done) - in_wal) > 20, in_wal
     index = daemon.state_dir / "runs.idx"
     assert index.exists()
 
