@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m tagentd.demo
+	$(BIN)/python -m tagentd.cli.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

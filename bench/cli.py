@@ -32,7 +32,7 @@ assert _spec is not None and _spec.loader is not None
 base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(base)  # shares its helpers: Cleanup, running_daemon, the bytecode cache
 
-from tagentd.lock import is_locked  # noqa: E402
+from tagentd.plumbing.lock import is_locked  # noqa: E402
 
 say, median, CLEANUP, run_facts, entry = base.say, base.median, base.CLEANUP, base.run_facts, base.entry
 

@@ -105,7 +105,7 @@ def enable_bytecode_cache() -> None:
     """
     global PYCACHE
     PYCACHE = CLEANUP.tempdir("tagentd-bench-pyc-")
-    code = "import tagentd.cli, tagentd.daemon, tagentd.worker, tagent_client.cli"
+    code = "import tagentd.cli.main, tagentd.app.daemon, tagentd.worker, tagent_client.cli"
     subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=120)
     # The prefix hides site-packages' own __pycache__ too; a throwaway daemon compiles whatever the daemon and
     # its workers import (the workers' agent-runtime pre-import included), so no measured process compiles.
@@ -553,8 +553,8 @@ def generate_state(state_dir: Path, pipeline_file: Path, finished: int, unfinish
     from tagent_client.engine import RunMachine
     from tagent_client.events import Dispatch, Emit, StepSucceeded
     from tagent_client.state import new_run_id
-    from tagentd.checkpoint import DurableStore
-    from tagentd.runs import Run, RunSource
+    from tagentd.runs.durable import DurableStore
+    from tagentd.runs.run import Run, RunSource
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     plan = load_plan(pipeline_file)
@@ -626,7 +626,7 @@ def generate_state(state_dir: Path, pipeline_file: Path, finished: int, unfinish
 LOAD_TIMER = """
 import json, sys, time
 t0 = time.perf_counter()
-from tagentd.checkpoint import DurableStore
+from tagentd.runs.durable import DurableStore
 t1 = time.perf_counter()
 recovered = DurableStore(sys.argv[1]).load()
 t2 = time.perf_counter()

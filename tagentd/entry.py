@@ -1,4 +1,4 @@
-"""The `tagentd` console script: tagentd.cli, loaded as tagent_client.entry says (collection off)."""
+"""The `tagentd` console script: tagentd.cli.main, loaded as tagent_client.entry says (collection off)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ from tagent_client.entry import start
 
 
 def main() -> None:
-    start("tagentd.cli")
+    start("tagentd.cli.main")

@@ -52,9 +52,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_worker_template(pid: int) -> bool:
-    """Whether `pid` runs `python -m tagentd.template` (its forked workers keep that command line too)."""
+    """Whether `pid` runs `python -m tagentd.executor.template` (its forked workers keep that command line too)."""
     try:
-        return b"tagentd.template" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"tagentd.executor.template" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

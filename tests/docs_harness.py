@@ -308,7 +308,7 @@ class Sandbox:
     # -- the daemon -----------------------------------------------------------------------
 
     def daemon_running(self) -> bool:
-        from tagentd.lock import is_locked
+        from tagentd.plumbing.lock import is_locked
 
         return self.runtime_dir.exists() and is_locked(self.runtime_dir)
 

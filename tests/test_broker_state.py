@@ -1,4 +1,4 @@
-"""The daemon's broker state (tagentd/broker.py) and its durability (tagentd/broker_store.py), without processes."""
+"""The daemon's broker state (tagentd/broker/state.py) and its durability (tagentd/broker/store.py), without processes."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from tagent_client.broker_core import AccessLogged
 from tagent_client.errors import ConfigError, PermissionDenied
 from tagent_client.plan import Plan, StepKind, StepSpec
 from tagent_client.protocol_broker import StepRef
-from tagentd import broker_store
-from tagentd.broker import Broker, Registration
-from tagentd.broker_store import BrokerCheckpoint, BrokerStore, Logged
-from tagentd.records import frame, write_atomic
-from tagentd.runs import RunSource
+from tagentd.broker import store as broker_store
+from tagentd.broker.state import Broker, Registration
+from tagentd.broker.store import BrokerCheckpoint, BrokerStore, Logged
+from tagentd.storage.records import frame, write_atomic
+from tagentd.runs.run import RunSource
 
 pytestmark = pytest.mark.timeout(60)
 

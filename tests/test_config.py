@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from tagent_client.errors import ConfigError, exit_code_for
 
-from tagentd.cli import cli
-from tagentd.config import FIELDS, Settings, load_settings
+from tagentd.cli.main import cli
+from tagentd.settings.config import FIELDS, Settings, load_settings
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""`make demo` (`python -m tagentd.demo`) never touches the user's setup and never leaves a process behind.
+"""`make demo` (`python -m tagentd.cli.demo`) never touches the user's setup and never leaves a process behind.
 
 Issue 11, finding 1: the demo's daemon used to watch the user's real watched folder (so
 every file there ran again), to submit into a daemon the user already ran without saying
@@ -68,7 +68,7 @@ def user_env(home: Path, tmp: Path) -> dict[str, str]:
 
 def start_demo(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """The demo as `make demo` runs it, in its own process group (as a terminal's foreground job)."""
-    return subprocess.Popen([sys.executable, "-m", "tagentd.demo", *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "tagentd.cli.demo", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 

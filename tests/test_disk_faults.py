@@ -2,7 +2,7 @@
 
 The full disk is a real one when the tests run as root and may mount (a small tmpfs as the state
 dir, filled with a file while the daemon runs), and always also the store's disk-full failpoint
-(`TAGENTD_FAILPOINT_DISK_FULL`, tagentd/failpoints.py), which works without root. A read-only
+(`TAGENTD_FAILPOINT_DISK_FULL`, tagentd/storage/failpoints.py), which works without root. A read-only
 state dir is a read-only tmpfs as root, a `chmod 500` dir otherwise.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from conftest import DaemonProcess, processes_using, wait_until, write_pipeline
 
 from tagent_client.errors import DiskFull, exit_code_for
-from tagentd.failpoints import DISK_FULL_ENV
+from tagentd.storage.failpoints import DISK_FULL_ENV
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -116,7 +116,7 @@ def _check_command(text: str) -> str | None:
     a bare mention (`tagent retry`) need not give every argument.
     """
     from tagent_client.cli import cli as tagent
-    from tagentd.cli import cli as tagentd
+    from tagentd.cli.main import cli as tagentd
 
     try:
         words = shlex.split(text)

@@ -1,7 +1,7 @@
 """Durability: what the daemon reported survives kill -9; what it did not is re-run, never lost.
 
 The acceptance criteria of the durability issue, with real processes (conftest's
-`make_daemon`), plus unit tests of the framing (tagentd/records.py) and of
+`make_daemon`), plus unit tests of the framing (tagentd/storage/records.py) and of
 `DurableStore` in process.
 
 Side effects are observed from outside the daemon: every step appends a line
@@ -34,10 +34,11 @@ from tagent_client.engine import RunMachine
 from tagent_client.errors import ConfigError
 from tagent_client.events import Dispatch, Emit, Persist, StepFailed, StepSucceeded
 from tagent_client.state import ErrorInfo, RunStatus, StepStatus, new_run_id
-from tagentd import checkpoint, failpoints
-from tagentd.checkpoint import DurableStore, RunCheckpoint, is_torn_tail
-from tagentd.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
-from tagentd.runs import AuditEntry, Run, RunSource
+from tagentd.runs import durable as checkpoint
+from tagentd.storage import failpoints
+from tagentd.runs.durable import DurableStore, RunCheckpoint, is_torn_tail
+from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
+from tagentd.runs.run import AuditEntry, Run, RunSource
 
 pytestmark = pytest.mark.timeout(180)
 

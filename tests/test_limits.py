@@ -1,4 +1,4 @@
-"""tagentd.limits: daemon-wide permits for LLM requests, without processes (every call takes `now`)."""
+"""tagentd.executor.limits: daemon-wide permits for LLM requests, without processes (every call takes `now`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagentd.limits import EndpointLimits, Limits, TokenBucket
+from tagentd.executor.limits import EndpointLimits, Limits, TokenBucket
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,7 +12,7 @@ from tagent_client import Pipeline
 from tagent_client.errors import ConfigError, PipelineValidationError
 from tagent_client.llm import LLMConfig
 from tagent_client.transcript import REDACTED, render, scrub
-from tagentd.config import load_settings
+from tagentd.settings.config import load_settings
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""Tests for loading user pipeline files in a worker (tagentd.loader)."""
+"""Tests for loading user pipeline files in a worker (tagentd.worker.loader)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
 from tagent_client.pipeline import Pipeline
-from tagentd import loader
-from tagentd.loader import ModuleCache, find_pipeline, load_module, load_pipeline, schema_classes, source_hash
+from tagentd.worker import loader
+from tagentd.worker.loader import ModuleCache, find_pipeline, load_module, load_pipeline, schema_classes, source_hash
 
 pytestmark = pytest.mark.timeout(60)
 

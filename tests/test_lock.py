@@ -14,15 +14,15 @@ import pytest
 from click.testing import CliRunner
 from tagent_client.errors import AlreadyRunning, exit_code_for
 
-from tagentd.cli import cli
-from tagentd.lock import InstanceLock, is_locked, read_pid
+from tagentd.cli.main import cli
+from tagentd.plumbing.lock import InstanceLock, is_locked, read_pid
 
 pytestmark = pytest.mark.timeout(30)
 
 HOLDER = """
 import sys
 from pathlib import Path
-from tagentd.lock import InstanceLock
+from tagentd.plumbing.lock import InstanceLock
 lock = InstanceLock(Path(sys.argv[1]))
 print("locked", flush=True)
 sys.stdin.read()  # hold until our stdin closes or we are killed

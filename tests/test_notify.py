@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tagentd.notify import notify
+from tagentd.app.notify import notify
 
 pytestmark = pytest.mark.timeout(30)
 

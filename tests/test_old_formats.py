@@ -108,7 +108,7 @@ def test_broker_state_of_format_1_keeps_messages_spaces_and_registrations(old_da
 
 
 def test_seen_file_of_format_1_is_read() -> None:
-    from tagentd.seen import SeenFiles
+    from tagentd.watch.seen import SeenFiles
 
     # When the watcher's memory is loaded
     seen = SeenFiles.load(FIXTURE)

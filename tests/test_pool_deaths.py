@@ -1,6 +1,6 @@
 """Workers that die while steps are dispatched to them: the daemon never wedges, and only the guilty pay.
 
-The rules first, in process (`DeathLedger`, tagentd/deaths.py, and `DispatchQueues`, tagentd/queues.py);
+The rules first, in process (`DeathLedger`, tagentd/executor/deaths.py, and `DispatchQueues`, tagentd/executor/queues.py);
 then real daemons, real worker processes, real `kill -9` and `os._exit` (conftest `make_daemon`).
 Steps leave their trace outside the daemon: each appends "step attempt pid start end" to an
 effects file named in the run's params, so a test can see which process ran what, and when.
@@ -21,10 +21,10 @@ from conftest import DaemonProcess, pid_alive, processes_using, wait_until, writ
 from tagent_client import ExecutionMode, Pipeline
 from tagent_client.events import Dispatch, StepFailed, StepInterrupted, StepTimedOut, WorkerLost
 from tagent_client.state import Phase
-from tagentd.deaths import Cause, DeathLedger, how_it_ended
-from tagentd.queues import DispatchQueues
-from tagentd.runs import Run
-from tagentd.submit import new_run
+from tagentd.executor.deaths import Cause, DeathLedger, how_it_ended
+from tagentd.executor.queues import DispatchQueues
+from tagentd.runs.run import Run
+from tagentd.runs.submission import new_run
 
 pytestmark = pytest.mark.timeout(90)
 

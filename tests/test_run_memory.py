@@ -21,7 +21,7 @@ import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
 from tagent_client.client import AsyncClient
-from tagentd.records import read_frames
+from tagentd.storage.records import read_frames
 
 STEADY = """
     import asyncio

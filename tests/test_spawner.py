@@ -1,4 +1,4 @@
-"""tagentd.spawner with real processes: workers forked from the template behave like subprocess.Popen children.
+"""tagentd.executor.spawner with real processes: workers forked from the template behave like subprocess.Popen children.
 
 No daemon: the test drives a Spawner (as the pool does), and a bare ROUTER socket stands in for workers.sock
 (the workers say hello to it; nothing else is answered).
@@ -15,8 +15,8 @@ import pytest
 import zmq
 from conftest import pid_alive, wait_until
 
-from tagentd import wire
-from tagentd.spawner import Spawner
+from tagentd.worker import wire
+from tagentd.executor.spawner import Spawner
 
 pytestmark = pytest.mark.timeout(120)
 

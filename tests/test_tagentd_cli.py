@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tagentd.config import load_settings
-from tagentd.locations import Locations
+from tagentd.settings.config import load_settings
+from tagentd.settings.locations import Locations
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,15 +13,15 @@ import pytest
 from watchdog import events as wd
 
 from tagent_client.errors import ConfigError, PipelineLoadError, PipelineValidationError
-from tagentd import seen as seen_module
-from tagentd.dropped import SkippedFile, describe, read_document, read_file
-from tagentd.records import write_atomic
-from tagentd.seen import SeenFiles, SeenRecord
-from tagentd.watch_rules import (
+from tagentd.watch import seen as seen_module
+from tagentd.watch.intake import SkippedFile, describe, read_document, read_file
+from tagentd.storage.records import write_atomic
+from tagentd.watch.seen import SeenFiles, SeenRecord
+from tagentd.watch.rules import (
     CLOSED, CREATED, GONE, MODIFIED, MOVED_IN, SCAN, TOUCHED, Debouncer, default_watch_dir, file_problem,
     folder_problem, watch_folders, watchable,
 )
-from tagentd.watcher import Folder, classify
+from tagentd.watch.watcher import Folder, classify
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,8 +16,8 @@ import zmq
 
 from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.state import Phase
-from tagentd import wire
-from tagentd.loader import source_hash
+from tagentd.worker import wire
+from tagentd.worker.loader import source_hash
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,7 +24,7 @@ from openai_server import ScriptedServer, final_for
 
 from tagent_client.client import Client
 
-from tagentd import wire
+from tagentd.worker import wire
 
 pytestmark = pytest.mark.timeout(120)
 

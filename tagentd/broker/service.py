@@ -1,0 +1,341 @@
+"""`BrokerShell`: the broker's imperative shell — the pure `Broker` wired to the daemon's loop.
+
+It owns the broker state, its store, the event bus (events.sock) and everything
+that waits: parked `receive` requests, `wait_for_event` futures, events and
+trigger starts that must wait for a commit. The daemon calls its hooks:
+
+- `on_event(run, event)` for each task outcome: a succeeded attempt's leases are
+  acknowledged, a failed, timed-out or lost one's are released (redelivered);
+- `on_actions(run, actions)`: a cancelled attempt's leases are released, a
+  finished triggered run frees a slot for the next queued event;
+- `before_flush(events)` / `after_commit(token)` around each commit: lifecycle
+  events are matched against triggers before the flush (so the queued trigger
+  is in the same commit) and published to subscribers after it;
+- `on_worker_call(identity, call)` for a step's broker request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tagent_client import protocol_broker as b
+from tagent_client.broker_core import Record, attempt_error
+from tagent_client.errors import InvalidRequest, TagentError
+from tagent_client.events import Action, CancelTask, StepSucceeded
+from tagent_client.plan import Plan
+from tagent_client.protocol import EventRecord
+from tagent_client.receivers import Receivers
+
+from tagentd.broker import views
+from tagentd.worker import wire
+from tagentd.broker.state import Broker, QueuedTrigger, Registration
+from tagentd.broker.handlers import HANDLERS
+from tagentd.broker.views import RATE_WINDOW
+from tagentd.broker.store import BrokerStore, MemoryBrokerStore
+from tagentd.runs.run import Run, RunSource
+from tagentd.runs.submission import new_run, source_hash
+from tagentd.broker.events import EventBus
+
+if TYPE_CHECKING:
+    from tagentd.app.daemon import Daemon
+
+log = logging.getLogger("tagentd.broker")
+
+ANSWERED_KEEP = 4096       # worker requests whose reply is kept to answer a re-send again
+ENDED_KEEP = 10_000        # attempts known to be over: a late receive for one leases nothing
+Holder = tuple[str, str, int]
+Token = tuple[list[EventRecord], list[QueuedTrigger], list[Record]]  # what one commit makes safe to publish / journal
+
+
+class BrokerShell:
+    """The daemon's broker: state, store, bus, waiters and hooks. Only the daemon's loop uses it."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        settings = daemon.settings
+        self.daemon = daemon
+        config_allow = {name: s.allow for name, s in settings.spaces.items() if s.allow is not None}
+        self.broker = Broker(mailbox_max=settings.mailbox_max, trigger_max_concurrent=settings.trigger_max_concurrent,
+                             config_allow=config_allow, max_deliveries=settings.max_deliveries,
+                             max_deliveries_of={name: m.max_deliveries for name, m in settings.mailboxes.items()})
+        self.store = BrokerStore(settings.state_dir, self.broker) if settings.durable else MemoryBrokerStore(self.broker)
+        self.bus: EventBus | None = None
+        self._seq = itertools.count(1)
+        self._receivers = Receivers(self.broker.core.lease)
+        self._pending: list[EventRecord] = []      # published after the next commit
+        self._launched: list[QueuedTrigger] = []    # runs created; their TriggerStarted waits for the run's commit
+        self._acks: list[Record] = []               # acks of succeeded attempts; wait for the attempt's commit
+        self._in_progress: set[tuple[bytes, int]] = set()
+        self._answered: collections.OrderedDict[tuple[bytes, int], bytes] = collections.OrderedDict()
+        self._ended: collections.OrderedDict[Holder, None] = collections.OrderedDict()
+        self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(maxlen=RATE_WINDOW + 1)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the broker store and square it with the run table (call after the runs are loaded)."""
+        self.store.load()
+        started = {entry.trigger_id for entry in self.daemon.runs.entries() if entry.trigger_id}
+        for run in self.daemon.runs.active():
+            if isinstance(run.source.trigger, dict) and run.source.trigger.get("id"):
+                self.broker.triggered_running.setdefault(run.plan.name, set()).add(run.id)
+        dropped = self.broker.forget_started(started)
+        if dropped:
+            log.info("broker: %d queued trigger(s) had started their run before the crash; not starting them again", dropped)
+
+    def bind(self, zctx: Any, endpoint: str) -> None:
+        self.bus = EventBus.bind(zctx, endpoint)
+
+    async def serve(self) -> None:
+        """Start the bus; every second: expire silent subscribers, report drops, sample rates, start triggers."""
+        assert self.bus is not None
+        self.bus.start()
+        self.pump_triggers()
+        while True:
+            now = time.monotonic()
+            self.bus.tick(now)
+            self.samples.append((now, views.counters(self)))
+            await asyncio.sleep(1.0)
+
+    def close(self) -> None:
+        self.store.close()
+        if self.bus is not None:
+            self.bus.close()
+
+    # -- daemon hooks ---------------------------------------------------------------------------------------
+
+    def on_event(self, run: Run, event: Any) -> None:
+        holder = (run.id, getattr(event, "task", ""), getattr(event, "attempt", 0))
+        if not holder[1]:
+            return
+        self._end(holder, isinstance(event, StepSucceeded), attempt_error(event))
+
+    def on_actions(self, run: Run, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, CancelTask):
+                self._end((run.id, action.task, action.attempt), False, None)
+        if run.finished and isinstance(run.source.trigger, dict):
+            running = self.broker.triggered_running.get(run.plan.name)
+            if running and run.id in running:
+                self.broker.run_ended(run.plan.name, run.id)
+                self.pump_triggers()
+
+    def _end(self, holder: Holder, succeeded: bool, error: str | None) -> None:
+        """Attempt `holder` ended: ack its messages (succeeded), count a failed delivery (`error`), or release them."""
+        self._ended[holder] = None
+        while len(self._ended) > ENDED_KEEP:
+            self._ended.popitem(last=False)
+        self._receivers.wake(holder)
+        journal = self.broker.core.journal
+        before = len(journal)
+        count, dead = self.broker.core.settle(holder, succeeded, error, time.time())
+        if succeeded and len(journal) > before:
+            # Written one commit after the success itself: a crash in between redelivers (at-least-once); the
+            # other order could lose messages to an attempt whose success was never recorded.
+            self._acks += journal[before:]
+            del journal[before:]
+        for letter in dead:
+            message = letter.message
+            log.warning("mailbox %s: message %s failed %d deliveries (last: %s); moved to the dead letters: see "
+                        "'tagent mailbox dead %s', then requeue or drop it", message.mailbox, message.id,
+                        message.failures, letter.error, message.mailbox)
+        if count:
+            self.broker.stats["messages_acked" if succeeded else "messages_released"] += count - len(dead)
+            self.broker.stats["messages_dead"] += len(dead)
+            if not succeeded:
+                self._receivers.deliver_all()
+            self.daemon._dirty.set()
+
+    def match_triggers(self, lifecycle: list[tuple[Run, EventRecord]]) -> None:
+        """Queue a triggered run for each new lifecycle event that matches (a run never triggers its own pipeline)."""
+        if not self.broker.registrations:
+            return
+        for run, record in lifecycle:
+            for pipeline in self.broker.match(record.topic, run.plan.name):
+                self.broker.enqueue(pipeline, record.topic, record.data, record.ts, record.seq)
+
+    def before_flush(self) -> Token:
+        """Take what waits for this commit: user events to publish, trigger starts and acks to journal after it."""
+        token = (self._pending, self._launched, self._acks)
+        self._pending, self._launched, self._acks = [], [], []
+        return token
+
+    def flush_failed(self, token: Token) -> None:
+        self._pending[:0], self._launched[:0], self._acks[:0] = token
+
+    def after_commit(self, token: Token, lifecycle: list[EventRecord]) -> None:
+        """The commit is on disk: journal the trigger starts and acks it made safe, publish, start queued triggers."""
+        pending, launched, acks = token
+        for item in launched:
+            self.broker.trigger_durable(item)
+        self.broker.journal.extend(acks)
+        if self.bus is not None:
+            self.bus.publish(lifecycle + pending if pending else lifecycle)
+        self.pump_triggers()
+        if self.broker.journal:
+            self.daemon._dirty.set()
+
+    def publish_now(self, topic: str, data: Any) -> None:
+        """Best effort and at once, without a commit and without triggers (progress notes)."""
+        if self.bus is not None:
+            self.bus.publish([EventRecord(seq=0, ts=time.time(), topic=topic, data=data)])
+
+    # -- worker requests -------------------------------------------------------------------------------------
+
+    def on_worker_call(self, identity: bytes, call: wire.BrokerCall) -> None:
+        key = (identity, call.req)
+        cached = self._answered.get(key)
+        if cached is not None:
+            self.daemon.workers_channel.send([identity, cached])  # a re-send: the answer was committed already
+            return
+        if key in self._in_progress:
+            return
+        self._in_progress.add(key)
+        handler = HANDLERS.get(type(call.op))
+        if handler is None:
+            self._answer(key, wire.BrokerReply(req=call.req, code="protocol", message=f"unknown broker request {call.op!r:.60}"))
+        elif inspect.iscoroutinefunction(handler):
+            self.daemon.spawn(self._serve_async(key, handler, call))
+        else:
+            self._answer(key, self._reply(call, lambda: handler(self, call.op, call.caller)))
+
+    async def _serve_async(self, key: tuple[bytes, int], handler: Any, call: wire.BrokerCall) -> None:
+        try:
+            result = await handler(self, call.op, call.caller)
+            reply = wire.BrokerReply(req=call.req, result=result)
+        except TagentError as exc:
+            reply = wire.BrokerReply(req=call.req, code=exc.code, message=exc.message)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
+            log.exception("broker request %s failed", type(call.op).__name__)
+            reply = wire.BrokerReply(req=call.req, code="error", message=f"internal error in {type(call.op).__name__}: {exc}")
+        self._answer(key, reply)
+
+    @staticmethod
+    def _reply(call: wire.BrokerCall, run: Any) -> wire.BrokerReply:
+        try:
+            return wire.BrokerReply(req=call.req, result=run())
+        except TagentError as exc:
+            return wire.BrokerReply(req=call.req, code=exc.code, message=exc.message)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("broker request %s failed", type(call.op).__name__)
+            return wire.BrokerReply(req=call.req, code="error", message=f"internal error in {type(call.op).__name__}: {exc}")
+
+    def _answer(self, key: tuple[bytes, int], reply: wire.BrokerReply) -> None:
+        self._in_progress.discard(key)
+        payload = wire.encode(reply)
+        self._answered[key] = payload
+        while len(self._answered) > ANSWERED_KEEP:
+            self._answered.popitem(last=False)
+        self.daemon.reply_after_commit(self.daemon.workers_channel, [key[0], payload])
+
+    # -- mailboxes --------------------------------------------------------------------------------------------
+
+    def send(self, to: str, message_id: str, sender: str, payload: Any) -> dict[str, Any]:
+        sent = self.broker.core.send(to, message_id, sender, payload, time.time())
+        self.broker.stats["messages_duplicate" if sent is None else "messages_sent"] += 1
+        if sent is not None:
+            self._receivers.deliver(to)
+        return {"id": message_id, "duplicate": sent is None}
+
+    async def receive(self, caller: b.StepRef, wait: float) -> Any:
+        holder = caller.holder
+        run = self.daemon.runs.live(caller.run_id)
+        if holder in self._ended or run is None or run.finished:
+            return None  # a late re-send for an attempt that is over: lease nothing
+        message = await self._receivers.receive(caller.pipeline, holder, wait)
+        if message is not None:
+            self.broker.stats["messages_delivered"] += 1
+        return message
+
+    def requeue(self, mailbox: str, ids: list[str], every: bool) -> list[str]:
+        """Dead letters back at their original positions (durable at the commit); parked receivers get them."""
+        requeued = self.broker.core.requeue(mailbox, ids, every)
+        self.broker.stats["messages_requeued"] += len(requeued)
+        self._receivers.deliver(mailbox)
+        return requeued
+
+    # -- topics and spaces ----------------------------------------------------------------------------------------
+
+    def has_writes(self) -> bool:
+        """Whether the broker store has anything to write at this commit."""
+        return bool(self.broker.journal) or self.store.pending
+
+    def publish_many(self, events: list[tuple[str, Any]], origin: str | None) -> int:
+        """`publish` for a batch; returns how many runs were queued."""
+        now, seq, match = time.time(), self._seq, self.broker.match
+        records = [EventRecord(seq=next(seq), ts=now, topic=topic, data=data) for topic, data in events]
+        triggered = 0
+        if self.broker.registrations:
+            for record in records:
+                for pipeline in match(record.topic, origin):
+                    self.broker.enqueue(pipeline, record.topic, record.data, record.ts, record.seq)
+                    triggered += 1
+        self._pending += records
+        self.broker.stats["user_events"] += len(records)
+        self.daemon._dirty.set()
+        return triggered
+
+    def publish(self, topic: str, data: Any, origin: str | None) -> tuple[EventRecord, list[str]]:
+        """A user or space event: triggers are queued now (durable in this commit), subscribers hear it after."""
+        record = EventRecord(seq=next(self._seq), ts=time.time(), topic=topic, data=data)
+        triggered = self.broker.match(topic, origin)
+        for pipeline in triggered:
+            self.broker.enqueue(pipeline, topic, data, record.ts, record.seq)
+        self._pending.append(record)
+        self.broker.stats["user_events"] += 1
+        self.daemon._dirty.set()
+        return record, triggered
+
+    async def wait_event(self, prefix: str, wait: float) -> Any:
+        if wait <= 0 or self.bus is None:
+            return None
+        future = self.bus.wait(prefix)
+        try:
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            return None
+
+    def space_changed(self, space: str, op: str, entry: b.Entry, by: str, caller: b.StepRef | None) -> None:
+        self.broker.stats["space_writes"] += 1
+        data = {"space": space, "key": entry.key, "op": op, "version": entry.version, "value": entry.value, "by": by}
+        self.publish(f"space.{space}.{entry.key}", data, caller.pipeline if caller is not None else None)
+
+    # -- triggers -----------------------------------------------------------------------------------
+
+    def register(self, *, path: str, source: str, target: str | None, model: str | None, plan: Plan, who: str) -> Registration:
+        """Register a pipeline with triggers (replacing an older registration of its name); durable at the commit.
+
+        Raises InvalidRequest while shutting down, ConfigError if an agent step would have no model.
+        """
+        if not self.daemon.accepting:
+            raise InvalidRequest("the daemon is shutting down and accepts no registrations")
+        new_run(plan, path=path, source=source, target=target, params={}, model=model, who=who)  # the same checks
+        registration = Registration(
+            pipeline=plan.name, plan=plan, triggers=list(plan.triggers), registered_at=time.time(), by=who,
+            source=RunSource(path=path, source=source, source_hash=source_hash(source), target=target, model=model))
+        self.broker.register(registration)
+        self.daemon._dirty.set()
+        log.info("pipeline %s registered by %s: a run starts on each event matching %s", plan.name, who,
+                 ", ".join(plan.triggers))
+        return registration
+
+    def pump_triggers(self) -> None:
+        """Start a run for each queued event whose pipeline is below its concurrency limit."""
+        if not self.daemon.accepting:
+            return
+        for item in self.broker.startable():
+            registration = self.broker.registrations.get(item.pipeline)
+            if registration is None:
+                continue
+            src = registration.source
+            run = new_run(registration.plan, path=src.path, source=src.source, target=src.target, params={},
+                          model=src.model, who=f"trigger {item.topic}")
+            run.source.trigger = item.as_trigger()
+            self.daemon.start_run(run)
+            self.broker.started(item, run.id)
+            self._launched.append(item)

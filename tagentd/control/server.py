@@ -1,0 +1,172 @@
+"""control.sock: every request gets exactly one reply, sent after the daemon's next commit.
+
+`ControlServer` owns the socket. For each message it receives it sends one
+`Reply` or `ErrorReply`, whatever the message is:
+
+- more or fewer than one frame, or a frame that does not decode: `protocol`
+  (counted in `bad_frames`);
+- a frame over `max_message_bytes`: `request_too_large` (counted in
+  `requests_too_large` and logged). ZeroMQ itself discards frames over twice
+  that (MAXMSGSIZE, a memory guard) and drops the sender's connection: those
+  never reach the daemon, and a tagent client refuses them before sending;
+- a name too long or data nested too deeply (bounds.py): `name_too_long` /
+  `invalid_request`;
+- while the state dir cannot be written (store_health.py): `disk_full` (or
+  `config`) at once, and nothing changes — except for the requests in
+  `control.ANSWERED_AT_ONCE` (ping, status, shutdown), which report nothing
+  that must be on disk and are answered at once, commit or not;
+- otherwise what the request's handler (control.py) returns or raises.
+
+Replies are never dropped on a full queue: the socket's send queue is
+unbounded (SNDHWM 0), so memory, not a silent drop, bounds a client that does
+not read — and the clients bound their requests in flight (AsyncClient's
+window). A reply for a peer that has gone is counted (`replies_dropped`).
+Each request carries its sender's OS credentials as `req.peer` (peers.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import zmq
+from tagent_client import bounds
+from tagent_client import protocol as p
+from tagent_client.errors import RequestTooLarge, TagentError
+
+from tagentd.control import handlers as control
+from tagentd.plumbing import peers
+from tagentd.plumbing.channel import Channel, Frames
+
+if TYPE_CHECKING:
+    from tagentd.app.daemon import Daemon
+
+log = logging.getLogger("tagentd.control")
+
+TRANSPORT_CEILING = 2  # ZeroMQ's MAXMSGSIZE, in multiples of max_message_bytes
+
+
+class ControlServer:
+    """The daemon's control socket: decode, check, dispatch, reply once."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.max_bytes = daemon.settings.max_message_bytes
+        self.stats = daemon.stats
+        for counter in ("requests", "bad_frames", "requests_too_large"):
+            self.stats.setdefault(counter, 0)
+        self.sock: zmq.Socket | None = None
+        self.channel: Channel | None = None
+
+    def bind(self, zctx: zmq.Context, endpoint: str) -> None:
+        sock = zctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_CEILING * self.max_bytes)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply for a gone peer fails (and is counted), not silently
+        sock.sndhwm = 0  # never drop a reply because a client reads slowly
+        sock.linger = 0
+        sock.bind(endpoint)
+        self.sock = sock
+        self.channel = Channel(sock, peers=True, name="control.sock")
+
+    def start(self) -> None:
+        assert self.channel is not None
+        self.channel.start(self._on_batch)
+
+    @property
+    def replies_dropped(self) -> int:
+        return self.channel.dropped_sends if self.channel is not None else 0
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _on_batch(self, batch: list[Frames]) -> None:
+        for frames in batch:
+            try:
+                self._on_request(frames)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the control loop
+                self.stats["bad_frames"] += 1
+                log.exception("could not handle a control frame of %d part(s)", len(frames))
+                message = f"internal error handling the request: {exc}"
+                self._reply(frames[0], p.ErrorReply(id=0, code="error", message=message))
+
+    def _reply(self, identity: bytes, message: msgspec.Struct) -> None:
+        assert self.channel is not None
+        self.daemon.reply_after_commit(self.channel, [identity, p.encode(message)])
+
+    def _on_request(self, frames: Frames) -> None:
+        self.stats["requests"] += 1
+        identity = frames[0]
+        if len(frames) != 2:
+            self.stats["bad_frames"] += 1
+            self._reply(identity, p.ErrorReply(id=0, code="protocol",
+                                               message=f"expected 1 frame per request, got {len(frames) - 1}"))
+            return
+        peer = peers.parse(getattr(frames, "peer", None))
+        try:
+            req = p.decode_request(frames[1], self.max_bytes)
+        except RequestTooLarge as exc:
+            self.stats["requests_too_large"] += 1
+            log.warning("refused a request of %d bytes from %s: over max_message_bytes (%d)", len(frames[1]),
+                        f"uid={peer.uid} pid={peer.pid}" if peer else "a client", self.max_bytes)
+            self._reply(identity, p.ErrorReply(id=p.peek_id(frames[1]), code=exc.code, message=exc.message,
+                                               details=exc.details))
+            return
+        except TagentError as exc:
+            self.stats["bad_frames"] += 1
+            self._reply(identity, p.ErrorReply(id=p.peek_id(frames[1]), code=exc.code, message=exc.message))
+            return
+        req.peer = peer
+        try:
+            bounds.check_request(req)
+        except TagentError as exc:
+            self._reply(identity, _error(req, exc))
+            return
+        handler = control.HANDLERS[type(req)]
+        if isinstance(req, control.ANSWERED_AT_ONCE):  # reports nothing that must be on disk: no commit to wait for
+            self._send_now(identity, self._answer(req, handler))
+            return
+        if self.daemon.health.failing:  # its reply would wait for a commit that cannot happen: refuse, change nothing
+            self._send_now(identity, _error(req, self.daemon.health.refusal()))
+            return
+        if inspect.iscoroutinefunction(handler):
+            self.daemon.spawn(self._serve_async(identity, req, handler))
+            return
+        self._reply(identity, self._answer(req, handler))
+
+    def _send_now(self, identity: bytes, message: msgspec.Struct) -> None:
+        assert self.channel is not None
+        self.channel.send([identity, p.encode(message)])
+
+    def _answer(self, req: p.Request, handler: Any) -> msgspec.Struct:
+        try:
+            return p.Reply(id=req.id, result=handler(self.daemon, req))
+        except TagentError as exc:
+            return _error(req, exc)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
+            log.exception("request %s failed", type(req).__name__)
+            return p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
+
+    async def _serve_async(self, identity: bytes, req: p.Request, handler: Any) -> None:
+        try:
+            reply: msgspec.Struct = p.Reply(id=req.id, result=await handler(self.daemon, req))
+        except TagentError as exc:
+            reply = _error(req, exc)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("request %s failed", type(req).__name__)
+            reply = p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
+        if self.daemon.health.failing and isinstance(req, control.PARKED_READS):  # it changed nothing: no need to wait
+            self._send_now(identity, _error(req, self.daemon.health.refusal()))
+            return
+        self._reply(identity, reply)
+
+
+def _error(req: p.Request, exc: TagentError) -> p.ErrorReply:
+    details = dict(exc.details)
+    if hasattr(exc, "problems"):
+        details.update(pipeline=getattr(exc, "pipeline", "?"), problems=exc.problems)
+    return p.ErrorReply(id=req.id, code=exc.code, message=exc.message, details=details)

@@ -1,0 +1,136 @@
+"""The run store's records: the snapshot (`RunCheckpoint`), the WAL records, their codecs and their versions.
+
+Pure data and functions (no files): checkpoint.py decides where and when they are
+written and read. docs/checkpoints.md describes every field.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from tagent_client.engine import RunMachine
+from tagent_client.errors import ConfigError
+from tagent_client.plan import Plan
+from tagent_client.protocol import LogRecord
+from tagent_client.state import RunState, RunStatus, StepState, TaskState
+
+from tagentd.runs.run import AuditEntry, Run, RunSource
+
+FORMAT = 1
+
+
+class RunCheckpoint(msgspec.Struct, tag="run", kw_only=True):
+    """A whole run: source snapshot, plan, state, memory, history and counters."""
+
+    format: int = FORMAT
+    wal_seq: int = 0
+    source: RunSource
+    plan: Plan
+    state: RunState
+    memory: dict[str, Any] = {}
+    history: list[AuditEntry] = []
+    logs: list[LogRecord] = []
+    event_seq: int = 0
+
+
+class Created(msgspec.Struct, tag="created", kw_only=True):
+    format: int = FORMAT
+    seq: int
+    checkpoint: RunCheckpoint
+
+
+class Delta(msgspec.Struct, tag="delta", kw_only=True):
+    """What changed in one run since its previous record."""
+
+    format: int = FORMAT
+    seq: int
+    run_id: str
+    status: RunStatus
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    steps: dict[str, StepState] = {}
+    tasks: dict[str, TaskState] = {}
+    removed_tasks: list[str] = []
+    memory: dict[str, Any] = {}
+    history: list[AuditEntry] = []
+    logs: list[LogRecord] = []
+    event_seq: int = 0
+
+
+class Removed(msgspec.Struct, tag="removed", kw_only=True):
+    format: int = FORMAT
+    seq: int
+    run_id: str
+
+
+WalRecord = Created | Delta | Removed
+
+
+class _Version(msgspec.Struct):
+    """Just the `format` of any record: read before the full decode, which a newer layout may fail."""
+
+    format: int = 0
+
+
+encoder = msgspec.msgpack.Encoder(enc_hook=lambda o: o.model_dump(mode="json"))
+wal_decoder = msgspec.msgpack.Decoder(WalRecord)
+checkpoint_decoder = msgspec.msgpack.Decoder(RunCheckpoint)
+_version_decoder = msgspec.msgpack.Decoder(_Version)
+
+
+def peek_format(payload: bytes) -> int:
+    """The `format` field of an encoded record, or 0 if it has none (then it is simply undecodable)."""
+    try:
+        return _version_decoder.decode(payload).format
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return 0
+
+
+def check_format(version: int, where: Path) -> None:
+    if version > FORMAT:
+        raise ConfigError(
+            f"{where} was written by a newer tagentd (checkpoint format {version}, this one reads up to {FORMAT}); "
+            f"upgrade tagentd or move the state dir aside"
+        )
+
+
+def record_run_id(record: WalRecord) -> str:
+    """The run a WAL record is about."""
+    return record.checkpoint.state.run_id if isinstance(record, Created) else record.run_id
+
+
+def checkpoint_of(run: Run, seq: int) -> RunCheckpoint:
+    """The whole run as a snapshot taken at WAL sequence `seq`."""
+    return RunCheckpoint(wal_seq=seq, source=run.source, plan=run.plan, state=run.state, memory=run.memory,
+                         history=run.history, logs=run.logs, event_seq=run.event_seq)
+
+
+def apply_delta(ckpt: RunCheckpoint, delta: Delta) -> None:
+    """Bring `ckpt` forward by one Delta (replay)."""
+    state = ckpt.state
+    state.status, state.started_at, state.finished_at, state.error = (
+        delta.status, delta.started_at, delta.finished_at, delta.error)
+    state.steps.update(delta.steps)
+    state.tasks.update(delta.tasks)
+    for task in delta.removed_tasks:
+        state.tasks.pop(task, None)
+    ckpt.memory.update(delta.memory)
+    ckpt.history.extend(delta.history)
+    last_log = ckpt.logs[-1].seq if ckpt.logs else 0
+    ckpt.logs.extend(line for line in delta.logs if line.seq > last_log)
+    ckpt.event_seq = max(ckpt.event_seq, delta.event_seq)
+
+
+def rebuild_run(ckpt: RunCheckpoint) -> Run:
+    """The daemon's Run for a snapshot (a run that finished stays finished and announced)."""
+    machine = RunMachine(ckpt.plan, ckpt.state, rng=random.Random())
+    run = Run(ckpt.source, ckpt.plan, machine)
+    run.memory = dict(ckpt.memory)
+    run.history = list(ckpt.history)
+    run.restore_counters(ckpt.event_seq, ckpt.logs)
+    run.announced_finish = ckpt.state.status.finished
+    return run

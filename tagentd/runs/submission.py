@@ -1,0 +1,147 @@
+"""Turning a pipeline file into a new run: load it in a worker, check it can run, build the `Run`.
+
+Shared by `tagent submit` (control.submit) and the folder watcher through `Daemon.submit_source`.
+The daemon never imports the file: a worker does (`WorkerPool.load`), and hands back the Plan.
+`SubmitKeys` makes a submit idempotent: a repeat of its key returns the run it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tagent_client.binding import missing_params
+from tagent_client.engine import RunMachine
+from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineLoadError, PipelineValidationError
+from tagent_client.plan import Plan, StepKind
+from tagent_client.protocol import SubmitResult
+from tagent_client.state import new_run_id
+
+from tagentd.worker import wire
+from tagentd.executor.pool import WorkerPool
+from tagentd.runs.table import RunTable
+from tagentd.runs.run import Run, RunEntry, RunSource
+
+WATCHER = "watcher"  # `who` in the audit trail of the runs of files dropped into a watched folder
+
+
+def source_hash(source: str) -> str:
+    """The content hash a pipeline file is known by (as tagentd.worker.loader.source_hash): sha256 of its UTF-8 text."""
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+async def load_plan(pool: WorkerPool, path: str, source: str, target: str | None = None) -> Plan:
+    """Import and validate the file in a worker (never here) and return its Plan.
+
+    Raises PipelineLoadError (one line, `path:line: reason`) or PipelineValidationError (one-line message).
+    """
+    try:
+        loaded = await pool.load(path=path, source=source, source_hash=source_hash(source), target=target)
+    except (TimeoutError, RuntimeError) as exc:
+        raise PipelineLoadError(f"{path}: {exc}") from None
+    if isinstance(loaded, wire.LoadFailed):
+        if loaded.code == PipelineValidationError.code:
+            invalid = PipelineValidationError(loaded.pipeline or "?", loaded.problems)
+            invalid.message = loaded.message  # one line on the wire: "path: pipeline 'x' is invalid: ..."
+            invalid.details["path"] = path
+            raise invalid
+        raise PipelineLoadError(loaded.message)
+    return loaded.plan
+
+
+def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: dict[str, Any] | None,
+            model: str | None, who: str, idempotency_key: str | None = None) -> Run:
+    """A new, not yet started Run of `plan`.
+
+    ConfigError if an agent step would have no model; PipelineValidationError if a function
+    step has a parameter the submit params do not fill (it would fail only when it runs).
+    """
+    unmodelled = [s.name for s in plan.steps if s.kind is not StepKind.FUNCTION and not (s.model or plan.model or model)]
+    if unmodelled and who == WATCHER:  # a dropped file: there is no command line to add --model to
+        raise ConfigError(
+            f"{path}: agent step(s) {', '.join(unmodelled)} have no model; name one in the file (model = \"test\" "
+            f"runs offline) or give the daemon a default (model in tagentd.toml or TAGENT_MODEL, then restart it)"
+        )
+    if unmodelled:
+        raise ConfigError(
+            f"{path}: agent step(s) {', '.join(unmodelled)} have no model; pass --model (e.g. --model test "
+            f"offline), set model= in the pipeline, or set TAGENT_MODEL / model in tagentd.toml"
+        )
+    unfilled = missing_params(plan, params or {})
+    if unfilled:
+        invalid = PipelineValidationError(plan.name, unfilled)
+        invalid.message = f"{path}: pipeline {plan.name!r} is invalid: {'; '.join(unfilled)}"
+        invalid.details["path"] = path
+        raise invalid
+    now = time.time()
+    machine = RunMachine.new(plan, new_run_id(now), params=dict(params or {}), now=now)
+    run = Run(RunSource(path=path, source=source, source_hash=source_hash(source), target=target, model=model,
+                        idempotency_key=idempotency_key), plan, machine)
+    run.audit(who, "submit", path=path, target=target)
+    return run
+
+
+def accepted(run: Run, *, duplicate: bool = False) -> SubmitResult:
+    """The answer to a submit that started (or, `duplicate`, had already started) `run`."""
+    return SubmitResult(run_id=run.id, pipeline=run.plan.name, steps=[s.name for s in run.plan.steps],
+                        duplicate=duplicate)
+
+
+class SubmitKeys:
+    """Which run each submit's idempotency key started, so that a repeat of the key starts nothing.
+
+    A key is stored with its run (RunSource.idempotency_key), so it outlives a restart, and is
+    remembered as long as the run is kept. A repeat that arrives while the first submit is still
+    loading its file waits for it. Only the daemon's loop uses this.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, str] = {}
+        self._loading: dict[str, asyncio.Event] = {}
+
+    def add(self, entry: RunEntry) -> None:
+        """Remember a recovered run under its key, if its submit had one (`once` remembers the runs it starts)."""
+        if entry.idempotency_key:
+            self._runs[entry.idempotency_key] = entry.run_id
+
+    async def once(self, key: str, runs: RunTable, path: str, start: Callable[[], Awaitable[SubmitResult]]
+                   ) -> SubmitResult:
+        """The run `key` started (`duplicate`), or what `start()` does now if the key is new.
+
+        InvalidRequest if the key started a run of another file: a key names one submit, not a pipeline.
+        """
+        while True:
+            run = self._run_of(key, runs)
+            if run is not None:
+                if run.source.path != path:
+                    raise InvalidRequest(f"idempotency key {key!r} was used for run {run.id} of {run.source.path}, "
+                                         f"not {path}; use a new key for each submit")
+                return accepted(run, duplicate=True)
+            loading = self._loading.get(key)
+            if loading is None:
+                break
+            await loading.wait()  # then look again: the first one started a run, or failed (and we try)
+        self._loading[key] = done = asyncio.Event()
+        try:
+            result = await start()
+            if result.run_id:
+                self._runs[key] = result.run_id
+            return result
+        finally:
+            del self._loading[key]
+            done.set()
+
+    def _run_of(self, key: str, runs: RunTable) -> Run | None:
+        run_id = self._runs.get(key)
+        if run_id is None:
+            return None
+        try:
+            run = runs.get(run_id)
+        except NotFound:  # its snapshot is lost (reported in checkpoint_problems)
+            run = None
+        if run is None:  # removed by retention: the key is free again
+            del self._runs[key]
+        return run

@@ -1,0 +1,162 @@
+"""`RunTable`: every run the daemon knows, in creation order, and which of them are in memory.
+
+Unfinished runs are always in memory (a `Run`). A finished run stays in memory
+while it is among the `cache_size` most recently used finished runs; beyond
+that, once the store has written all of it and released it, only its `RunEntry`
+stays (a few hundred bytes), and `get` reads the run back from the store when
+someone asks for it. A store that cannot read runs back (`durable = false`)
+keeps every run in memory; retention is then what bounds them.
+
+A run's events (`tagent watch`, `--follow`) live only in memory: a run read back
+from disk has its state, outputs, history and logs, but no event list.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from itertools import islice
+
+from tagent_client.errors import NotFound
+from tagent_client.protocol import RunSummary
+
+from tagentd.runs import retention
+from tagentd.runs.run import Run, RunEntry
+from tagentd.runs.store import Recovered, RunStore
+
+
+class RunTable:
+    """Every run by id, in creation order: the Run if it is in memory, else its RunEntry."""
+
+    def __init__(self, store: RunStore, cache_size: int) -> None:
+        self._store = store
+        self.cache_size = cache_size
+        self._rows: dict[str, Run | RunEntry] = {}
+        self._active: dict[str, Run] = {}  # unfinished (or not yet announced as finished)
+        self._cache: collections.OrderedDict[str, Run] = collections.OrderedDict()  # finished, least recent first
+        self._finished: dict[str, float] = {}  # every finished run's finish time, oldest first (for retention)
+        self.reads = 0
+
+    def restore(self, recovered: Recovered) -> None:
+        """Start from what the store loaded: every run's entry, the unfinished runs whole."""
+        for entry in recovered.entries:
+            self._rows[entry.run_id] = entry
+        for run in recovered.runs:
+            self._rows[run.id] = run
+            self._active[run.id] = run
+        self._finished = dict(retention.oldest_first(recovered.entries))
+
+    def add(self, run: Run) -> None:
+        self._rows[run.id] = run
+        self._active[run.id] = run
+
+    def live(self, run_id: str) -> Run | None:
+        """The run if it is in memory (exact id): what worker messages and timers are about."""
+        row = self._rows.get(run_id)
+        return row if isinstance(row, Run) else None
+
+    def get(self, run_id: str) -> Run | None:
+        """The run `run_id` (or the only one whose id starts with it, 4+ characters), read back if need be.
+
+        None if there is no such run; NotFound (and the run is forgotten) if its stored record is lost.
+        """
+        row = self._rows.get(run_id)
+        if row is None and len(run_id) >= 4:
+            matches = [rid for rid in self._rows if rid.startswith(run_id)]
+            if len(matches) == 1:
+                run_id = matches[0]
+                row = self._rows[run_id]
+        if row is None or isinstance(row, Run):
+            if run_id in self._cache:
+                self._cache.move_to_end(run_id)
+            return row
+        try:
+            run = self._store.read(run_id)
+        except NotFound:
+            self.remove(run_id)
+            raise
+        self.reads += 1
+        self._rows[run_id] = run
+        self._cache[run_id] = run  # trimmed after the next commit, never before the caller is done with it
+        return run
+
+    def finished(self, run: Run) -> None:
+        """`run` ended and said so: it joins the finished runs in memory, as the most recently used."""
+        if not run.finished or self._rows.get(run.id) is not run:
+            return
+        self._active.pop(run.id, None)
+        self._cache[run.id] = run
+        self._cache.move_to_end(run.id)
+        self._finished.pop(run.id, None)
+        self._finished[run.id] = run.state.finished_at or time.time()
+
+    def reopened(self, run: Run) -> None:
+        """`run` runs again (resume, retry): it stays in memory until it has finished again."""
+        self._cache.pop(run.id, None)
+        self._finished.pop(run.id, None)
+        self._active[run.id] = run
+
+    def trim(self) -> None:
+        """Let the least recently used finished runs beyond `cache_size` leave memory (call after a commit)."""
+        if not self._store.durable:
+            return
+        excess = len(self._cache) - self.cache_size
+        for run_id in list(islice(self._cache, max(0, excess))):
+            entry = self._store.release(run_id)
+            if entry is not None:  # else it has unwritten changes: it goes at a later commit
+                del self._cache[run_id]
+                self._rows[run_id] = entry
+
+    def expire(self, *, now: float, max_age_s: float, max_runs: int, dry_run: bool = False,
+               at_most: int | None = None) -> list[str]:
+        """Remove the finished runs retention says to (from here and from the store); their ids, oldest first."""
+        doomed = retention.expired(self.finished_oldest_first(), self.finished_count, now=now, max_age_s=max_age_s,
+                                   max_runs=max_runs, at_most=at_most)
+        for run_id in [] if dry_run else doomed:
+            self.remove(run_id)
+            self._store.remove(run_id)
+        return doomed
+
+    def remove(self, run_id: str) -> None:
+        """Forget the run here (the store keeps it: see `expire`)."""
+        self._rows.pop(run_id, None)
+        self._active.pop(run_id, None)
+        self._cache.pop(run_id, None)
+        self._finished.pop(run_id, None)
+
+    def newest(self, limit: int, status: str | None = None) -> list[RunSummary]:
+        """The newest `limit` runs (in `status`, if given), newest first."""
+        out = []
+        for row in reversed(self._rows.values()):
+            if status and (row.state.status.value if isinstance(row, Run) else row.status) != status:
+                continue
+            out.append(row.summary())
+            if len(out) >= limit:
+                break
+        return out
+
+    def entries(self) -> Iterator[RunEntry]:
+        """Every run's entry, oldest first (for those in memory: as of now)."""
+        for row in list(self._rows.values()):
+            yield row.entry() if isinstance(row, Run) else row
+
+    def active(self) -> list[Run]:
+        """The unfinished runs."""
+        return [run for run in self._active.values() if not run.finished]
+
+    def finished_oldest_first(self) -> Iterator[tuple[str, float]]:
+        """Every finished run's (id, finish time), oldest first."""
+        return iter(self._finished.items())
+
+    @property
+    def finished_count(self) -> int:
+        return len(self._finished)
+
+    def stats(self) -> dict[str, int]:
+        """What `daemon_status` shows under `stats.runs`."""
+        return {"in_memory": len(self._active) + len(self._cache), "finished_in_memory": len(self._cache),
+                "cache_size": self.cache_size, "read_from_disk": self.reads}
+
+    def __len__(self) -> int:
+        return len(self._rows)

@@ -1,0 +1,192 @@
+"""`SegmentLog`: a write-ahead log as a directory of numbered `<NNNNNNNN>.wal` segments of framed records.
+
+The segment mechanics shared by the run store (checkpoint.py) and the broker store
+(broker_store.py); what the records mean, when to snapshot and how problems are
+worded stay with each store.
+
+Guarantees:
+- `append()` writes a whole batch to the current segment (opened on demand, the
+  directory fsynced when it is created) and, with `fsync=True`, fsyncs it in a
+  thread; when it returns the batch is in the segment (and on disk if fsynced);
+  when it raises, the segment is cut back to its last whole record and closed,
+  and the next append starts a new segment, so a failed batch is never half-kept
+  in front of a later one; a segment left holding no record is deleted, so
+  appends that keep failing (a full disk) leave no empty segments behind;
+- `retire()` deletes every segment (the caller has snapshotted what they hold)
+  and fsyncs the directory; `close()` fsyncs and closes the current segment;
+- `replay()` hands every good record of every segment, oldest first, to a
+  handler (and deletes empty segments); damage that reaches the end of the newest segment (a crash
+  mid-append) is a torn tail, any other bad frame or undecodable record makes
+  the whole segment bad: the store decides (callbacks) how each is cut, moved
+  aside and reported (`cut_tail`, `move_aside`), and the rest still loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from tagentd.storage.failpoints import check_disk_space
+from tagentd.storage.records import HEADER, MAGIC, CorruptRecord, fsync_dir, read_frames
+
+
+def is_torn_tail(data: bytes, exc: CorruptRecord) -> bool:
+    """True if the bad frame is the last thing in `data`: what a crash in the middle of an append leaves."""
+    if exc.reason.startswith("truncated"):
+        return True
+    rest = data[exc.offset:]
+    if not rest.strip(b"\0"):
+        return True  # the file grew but the bytes never reached the disk
+    magic, length, _ = HEADER.unpack_from(data, exc.offset)
+    return magic == MAGIC and exc.offset + HEADER.size + length == len(data)
+
+
+def move_aside(path: Path, corrupt_dir: Path, what: str, reason: str, prefix: str = "") -> str:
+    """Move a corrupt file to `corrupt_dir/<prefix><name>.<unix time>`; return the problem message to report."""
+    corrupt_dir.mkdir(mode=0o700, exist_ok=True)
+    target = corrupt_dir / f"{prefix}{path.name}.{int(time.time())}"
+    os.replace(path, target)
+    return f"{what} {path} is corrupt ({reason}); moved it to {target}"
+
+
+def cut_tail(path: Path, data: bytes, offset: int, keep_dir: Path | None = None) -> Path | None:
+    """Truncate `path` (whose contents are `data`) to `offset` and fsync it.
+
+    With `keep_dir`, the cut bytes are first written and fsynced to `keep_dir/<name>.tail.<unix time>`
+    (returned), so nothing is destroyed before it is kept.
+    """
+    target = None
+    if keep_dir is not None:
+        keep_dir.mkdir(mode=0o700, exist_ok=True)
+        target = keep_dir / f"{path.name}.tail.{int(time.time())}"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data[offset:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
+
+
+class SegmentLog:
+    """The numbered `*.wal` segments of one directory; appends go to the newest one this process opened."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.segment: Path | None = None
+        #: Bytes in the current segment as of the last successful append (kept after close, so a caller's
+        #: "is the segment full" check sees the last segment's size until the next one is opened).
+        self.size = 0
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            number = 1 + max((int(p.stem) for p in self.dir.glob("*.wal") if p.stem.isdigit()), default=0)
+            self.segment = self.dir / f"{number:08d}.wal"
+            self._fd = os.open(self.segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self.size = os.fstat(self._fd).st_size
+            fsync_dir(self.dir)
+        return self._fd
+
+    async def append(self, data: bytes, fsync: bool = True) -> None:
+        """Write `data` whole to the current segment, then (if `fsync`) fsync it in a thread.
+
+        On any failure (or cancellation) the segment is cut back to its last whole record and closed before
+        the error propagates.
+        """
+        fd = self._open()
+        try:
+            check_disk_space(self.segment)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+        except BaseException:
+            self.drop_partial()
+            raise
+        self.size += len(data)
+
+    def drop_partial(self) -> None:
+        """After a failed append: cut the segment back to its last whole record and start a new one next time.
+
+        A segment that holds no record (the append that failed was its first) is deleted.
+        """
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, self.size)
+        except OSError:
+            pass  # the segment may keep a partial record; replay cuts it or sets the segment aside
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        if self.size == 0 and self.segment is not None:
+            try:
+                self.segment.unlink()  # not fsynced: an empty segment that comes back after a crash replays as nothing
+            except OSError:
+                pass  # replaying an empty segment is harmless
+
+    def retire(self) -> None:
+        """Everything the segments hold is snapshotted: delete them all (the next append starts a new one)."""
+        old = sorted(self.dir.glob("*.wal"))
+        self.close()
+        for path in old:
+            path.unlink(missing_ok=True)
+        fsync_dir(self.dir)
+        self.size = 0  # the next segment starts empty: no second rotation right after this one
+
+    def close(self) -> None:
+        """Fsync and close the current segment, if one is open."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def replay(
+        self,
+        handle: Callable[[Path, bytes], None],
+        on_torn_tail: Callable[[Path, bytes, CorruptRecord], None],
+        on_bad: Callable[[Path, str], None],
+        numbered_only: bool = False,
+    ) -> bool:
+        """Call `handle(segment, payload)` for every good record, segments in name order; True if any was bad.
+
+        A CorruptRecord that `is_torn_tail` of the newest segment goes to `on_torn_tail(segment, data, exc)`
+        (the records before it are kept); any other CorruptRecord, or a msgspec decode/validation error
+        raised by `handle`, goes to `on_bad(segment, reason)`, which must move the segment aside. Any other
+        exception of `handle` (e.g. a newer format refused) propagates.
+        """
+        segments = sorted(p for p in self.dir.glob("*.wal") if not numbered_only or p.stem.isdigit())
+        lost = False
+        for index, path in enumerate(segments):
+            data = path.read_bytes()
+            if not data:  # what failed appends of older versions left behind: nothing to keep
+                path.unlink()
+                continue
+            try:
+                for _, payload in read_frames(data, path):
+                    handle(path, payload)
+            except CorruptRecord as exc:
+                if index == len(segments) - 1 and is_torn_tail(data, exc):
+                    on_torn_tail(path, data, exc)
+                else:
+                    on_bad(path, str(exc))
+                    lost = True
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                on_bad(path, f"undecodable record: {exc}")
+                lost = True
+        return lost

@@ -1,0 +1,92 @@
+"""The worker's end of workers.sock: batched sends, drained receives, re-send until acknowledged.
+
+The socket itself is driven by `Channel` (one loop wake-up per batch of frames,
+never a missed edge of ZMQ_FD). On top of it, messages that must arrive
+(results, memory requests) stay in an unacked map and are re-sent every
+`RESEND_AFTER` seconds until `acked(key)`, because ZeroMQ alone may drop them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+
+import msgspec
+import zmq
+
+from tagentd.worker import wire
+from tagentd.plumbing.channel import Channel
+
+RESEND_AFTER = 1.0
+
+#: What encoding a message can raise when a field holds something msgpack cannot carry.
+ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
+
+
+class WorkerLink:
+    """A DEALER socket (identity `w<id>.<token>`) connected to the daemon's ROUTER, used only from the event loop."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, identity: bytes) -> None:
+        self.endpoint = endpoint
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        self._channel = Channel(sock, multipart=False)
+        self._unacked: dict[Hashable, list] = {}  # key -> [frame, last sent (monotonic)]
+
+    def start(self, handle: Callable[[bytes], None]) -> None:
+        """Call `handle(frame)` for every frame received from now on (on the running loop)."""
+
+        def each(batch: list[list[bytes]]) -> None:
+            for (frame,) in batch:
+                try:
+                    handle(frame)
+                except Exception:  # noqa: BLE001 - the handler reports its own errors; never stall the socket
+                    pass
+
+        self._channel.start(each)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, message: wire.WorkerMessage) -> None:
+        """Queue a best-effort message (raises one of ENCODE_ERRORS if it cannot be encoded)."""
+        self._channel.send([wire.encode(message)])
+
+    def send_until_acked(self, key: Hashable, message: wire.WorkerMessage) -> None:
+        """Queue a message and re-send it every RESEND_AFTER seconds until `acked(key)`."""
+        frame = wire.encode(message)
+        self._unacked[key] = [frame, time.monotonic()]
+        self._channel.send([frame])
+
+    def acked(self, key: Hashable) -> bool:
+        """Stop re-sending `key`; False if it was not waiting for an acknowledgement."""
+        return self._unacked.pop(key, None) is not None
+
+    def resend(self, key: Hashable) -> bool:
+        """Send `key` again now (e.g. the daemon asked for it twice); False if it is not unacked."""
+        entry = self._unacked.get(key)
+        if entry is None:
+            return False
+        entry[1] = time.monotonic()
+        self._channel.send([entry[0]])
+        return True
+
+    def resend_due(self, now: float) -> int:
+        """Re-send every unacked message last sent RESEND_AFTER or more ago; returns how many."""
+        count = 0
+        for entry in self._unacked.values():
+            if now - entry[1] >= RESEND_AFTER:
+                entry[1] = now
+                self._channel.send([entry[0]])
+                count += 1
+        return count
+
+    @property
+    def unacked(self) -> int:
+        return len(self._unacked)
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Send what is queued if the daemon takes it, then close (waiting at most `linger_ms`)."""
+        self._channel.flush()
+        self._channel.close(linger_ms)

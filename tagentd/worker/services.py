@@ -1,0 +1,125 @@
+"""`WorkerServices`: what a step's context uses inside a worker — the daemon, over workers.sock.
+
+Memory calls are requests the daemon answers (`MemoryReply` with the same
+`req`); they are re-sent until answered, so the daemon must answer a repeated
+`req` again (a repeated MemorySave writes the same value twice). Log lines and
+progress notes are best effort. Every method may be called from a sync step's
+thread: work is handed to the event loop thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tagent_client.errors import TagentError, error_from_wire
+from tagent_client.protocol_broker import BrokerRequest, StepRef
+from tagent_client.result import to_builtins
+
+from tagentd.worker import wire
+from tagentd.worker.link import WorkerLink
+
+MEMORY_TIMEOUT = 30.0
+BROKER_TIMEOUT = 30.0  # beyond the time a request may be parked (receive, wait_for_event)
+MAX_LOG_CHARS = 16_000
+
+
+class MemoryRequestError(TagentError):
+    """A `ctx.memory` call failed: the daemon refused it, or did not answer in time (retryable)."""
+
+    code = "memory"
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class WorkerServices:
+    """RunServices backed by the daemon; one per worker process, shared by every running step."""
+
+    def __init__(self, link: WorkerLink, loop: asyncio.AbstractEventLoop) -> None:
+        self._link = link
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._reqs = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+
+    # -- memory (requests answered by the daemon) -----------------------------------------
+
+    async def memory_get(self, run_id: str, key: str) -> Any:
+        return await self._request(lambda req: wire.MemoryGet(req=req, run_id=run_id, key=key))
+
+    async def memory_save(self, run_id: str, key: str, value: Any) -> None:
+        data = to_builtins(value)
+        await self._request(lambda req: wire.MemorySave(req=req, run_id=run_id, key=key, value=data))
+
+    async def _request(self, make: Callable[[int], wire.WorkerMessage]) -> Any:
+        if threading.get_ident() != self._loop_thread:  # a sync step running its own loop in a thread
+            future = asyncio.run_coroutine_threadsafe(self._request(make), self._loop)
+            return await asyncio.wrap_future(future)
+        req = next(self._reqs)
+        waiter: asyncio.Future[wire.MemoryReply] = self._loop.create_future()
+        self._waiting[req] = waiter
+        try:
+            self._link.send_until_acked(("memory", req), make(req))
+            async with asyncio.timeout(MEMORY_TIMEOUT):
+                reply = await waiter
+        except TimeoutError:
+            raise MemoryRequestError(f"the daemon did not answer a memory request in {MEMORY_TIMEOUT:g}s", retryable=True) from None
+        finally:
+            self._waiting.pop(req, None)
+            self._link.acked(("memory", req))
+        if reply.error:
+            raise MemoryRequestError(reply.error, retryable=False)
+        return reply.value
+
+    # -- the broker (requests answered after the daemon's commit) -----------------------------
+
+    async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
+        """Send one broker request for a step and return its result; raises the daemon's error as its TagentError."""
+        if threading.get_ident() != self._loop_thread:
+            future = asyncio.run_coroutine_threadsafe(self.broker(caller, op, wait), self._loop)
+            return await asyncio.wrap_future(future)
+        req = next(self._reqs)
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[req] = waiter
+        try:
+            self._link.send_until_acked(("broker", req), wire.BrokerCall(req=req, caller=caller, op=op))
+            async with asyncio.timeout(wait + BROKER_TIMEOUT):
+                reply = await waiter
+        except TimeoutError:
+            raise MemoryRequestError(f"the daemon did not answer a {type(op).__name__} request in "
+                                     f"{wait + BROKER_TIMEOUT:g}s", retryable=True) from None
+        finally:
+            self._waiting.pop(req, None)
+            self._link.acked(("broker", req))
+        if reply.code:
+            raise error_from_wire(reply.code, reply.message or reply.code)
+        return reply.result
+
+    def resolve(self, reply: wire.MemoryReply | wire.BrokerReply) -> None:
+        """Hand a MemoryReply or BrokerReply to the step waiting for it (late or repeated replies are ignored)."""
+        waiter = self._waiting.get(reply.req)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    # -- best effort ------------------------------------------------------------------------
+
+    def log(self, run_id: str, step: str, level: int, message: str) -> None:
+        self._post(wire.LogLine(run_id=run_id, step=step, level=level, message=message[:MAX_LOG_CHARS], ts=time.time()))
+
+    def progress(self, run_id: str, step: str, fraction: float | None, message: str | None) -> None:
+        self._post(wire.ProgressNote(run_id=run_id, step=step, fraction=fraction, message=message))
+
+    def _post(self, message: wire.WorkerMessage) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._link.send(message)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._link.send, message)
+        except RuntimeError:  # the loop is closed: the worker is exiting
+            pass

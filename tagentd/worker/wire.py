@@ -1,0 +1,225 @@
+"""Messages between the daemon and its worker processes (workers.sock).
+
+Workers connect DEALER sockets (identity `w<id>.<token>`) to the daemon's ROUTER. One
+frame per message, msgpack-encoded tagged Structs. `token` is a random value each
+daemon makes at start and hands only to the workers it spawns (TOKEN_ENV): a worker
+left over from another daemon has another identity and token, and is sent `Refused`. Results are re-sent until
+the daemon acknowledges them (`TaskAck`), because ZeroMQ alone does not
+guarantee delivery; the engine ignores duplicates (stale attempt).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
+from tagent_client.plan import Plan
+from tagent_client.protocol_broker import AnyBrokerRequest, StepRef
+
+from tagentd.worker.lifeline import EXIT_ORPHANED
+
+
+class WorkerMessage(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every daemon <-> worker message."""
+
+
+# -- daemon -> worker ---------------------------------------------------------------
+
+
+class LoadPipeline(WorkerMessage, tag="load"):
+    """Import `source` (the text of `path`) and return the Plan of the pipeline `target` picks."""
+
+    req: int
+    source_hash: str
+    path: str
+    source: str
+    target: str | None = None
+
+
+class RunTask(WorkerMessage, tag="run"):
+    """Execute one dispatched task. `source` is sent only when this worker has not seen `source_hash`."""
+
+    run_id: str
+    source_hash: str
+    path: str
+    target: str | None
+    source: str | None
+    task: Dispatch
+    params: dict[str, Any] = {}
+    model: str | None = None
+    trigger: Any = None
+
+
+class CancelRunning(WorkerMessage, tag="cancel"):
+    run_id: str
+    task: str
+    attempt: int
+
+
+class TaskAck(WorkerMessage, tag="ack"):
+    """The daemon has the result of this attempt; stop re-sending it."""
+
+    run_id: str
+    task: str
+    attempt: int
+
+
+class MemoryReply(WorkerMessage, tag="memory_reply"):
+    """The answer to MemoryGet / MemorySave `req`; `error` set means the step's memory call raises it."""
+
+    req: int
+    value: Any = None
+    error: str | None = None
+
+
+class PermitGrant(WorkerMessage, tag="permit_grant"):
+    """The model request `req` may go now (see tagentd.executor.limits); a repeated grant is harmless."""
+
+    req: int
+
+
+class BrokerReply(WorkerMessage, tag="broker_reply"):
+    """The answer to BrokerCall `req`: `result`, or an error (`code` from errors.py, one-line `message`)."""
+
+    req: int
+    result: Any = None
+    code: str | None = None
+    message: str | None = None
+
+
+class StopWorker(WorkerMessage, tag="stop"):
+    """Exit: at once (`graceful=False`) or after in-flight tasks finish."""
+
+    graceful: bool = True
+
+
+class Refused(WorkerMessage, tag="refused"):
+    """This daemon did not start the worker (wrong token): it must exit at once with EXIT_REFUSED."""
+
+    reason: str
+
+
+# -- worker -> daemon ---------------------------------------------------------------
+
+
+class Hello(WorkerMessage, tag="hello"):
+    """The first message of a worker; the daemon gives it work only if `token` is the daemon's own."""
+
+    worker_id: int
+    pid: int
+    capacity: int
+    token: str = ""
+
+
+class Heartbeat(WorkerMessage, tag="heartbeat"):
+    """Sent every heartbeat interval; `running` lists (run_id, task, attempt) in flight.
+
+    `dropped` counts malformed or unknown frames the worker has received and dropped so far.
+    """
+
+    worker_id: int
+    running: list[tuple[str, str, int]] = []
+    dropped: int = 0
+    permits: list[int] = []  # model-request permits asked for or held; any other this worker had is given back
+
+
+class Loaded(WorkerMessage, tag="loaded"):
+    req: int
+    plan: Plan
+    schemas: dict[str, Any] = {}
+
+
+class LoadFailed(WorkerMessage, tag="load_failed"):
+    """The file did not import or validate. `message` is one line: path:line: reason."""
+
+    req: int
+    code: str
+    message: str
+    problems: list[str] = []
+    pipeline: str | None = None  # the invalid pipeline's name (code "invalid_pipeline")
+
+
+class TaskDone(WorkerMessage, tag="done"):
+    run_id: str
+    event: StepSucceeded | StepFailed | StepTimedOut
+
+
+class LogLine(WorkerMessage, tag="log"):
+    run_id: str
+    step: str
+    level: int
+    message: str
+    ts: float
+
+
+class ProgressNote(WorkerMessage, tag="progress"):
+    run_id: str
+    step: str
+    fraction: float | None = None
+    message: str | None = None
+
+
+class MemoryGet(WorkerMessage, tag="memory_get"):
+    req: int
+    run_id: str
+    key: str
+
+
+class MemorySave(WorkerMessage, tag="memory_save"):
+    req: int
+    run_id: str
+    key: str
+    value: Any = None
+
+
+class PermitRequest(WorkerMessage, tag="permit_request"):
+    """May a model request of about `tokens` tokens go to `endpoint`? Re-sent until granted."""
+
+    req: int
+    endpoint: str
+    tokens: int = 0
+
+
+class PermitRelease(WorkerMessage, tag="permit_release"):
+    """The request `req` is over (or no longer wanted): it used `tokens`; `retry_after` pauses the endpoint."""
+
+    req: int
+    tokens: int = 0
+    retry_after: float | None = None
+
+
+class BrokerCall(WorkerMessage, tag="broker"):
+    """A step's broker request (send, receive, publish, space ...); re-sent until a BrokerReply with `req` comes."""
+
+    req: int
+    caller: StepRef
+    op: AnyBrokerRequest
+
+
+ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
+            | Refused)
+FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
+              | PermitRequest | PermitRelease | BrokerCall)
+
+_encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
+
+
+def encode(message: WorkerMessage) -> bytes:
+    return _encoder.encode(message)
+
+# Exit codes of a worker process, so the supervisor can say why one ended.
+EXIT_OK = 0
+EXIT_STUCK_STEP = 70      # a timed-out step would not stop; the worker ended itself
+EXIT_LOST_DAEMON = EXIT_ORPHANED  # 71: the daemon (or the template it was forked from) is gone
+EXIT_REFUSED = 72         # the daemon on the socket is not the one that started this worker
+
+#: The environment variable that carries the daemon's token to a worker (which removes it from its environment).
+TOKEN_ENV = "TAGENTD_WORKER_TOKEN"
+
+
+def identity(worker_id: int, token: str) -> bytes:
+    """The socket identity of worker `worker_id` of the daemon whose token is `token`."""
+    return f"w{worker_id}.{token}".encode()
