@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; install Python 3.11+ or run 'make PYTHON=python3 ...'" >&2; exit 2; }
@@ -18,8 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m tagentd.cli.demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+# Style and correctness (ruff) and the layers of docs/architecture.md (import-linter); part of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python bench/daemon.py

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         CLEANUP.run()
     out: dict[str, Any] = {
         "bench": "agent",
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "steps": steps,

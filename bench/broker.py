@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = 0.2 if args.quick else 1.0
     started = time.perf_counter()
     result: dict[str, Any] = {"bench": "broker", "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                              "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               "quick": args.quick, "load_avg_1m_before": round(os.getloadavg()[0], 2)}
     try:
         base.enable_bytecode_cache()

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         out[key] = round(statistics.median(s[key] for s in samples), 3)
         out[f"{key}_max"] = round(max(s[key] for s in samples), 3)
     out.update({
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "reps": reps,

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result: dict[str, Any] = {
         "bench": "soak", "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "runs": args.runs, "every": every,
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "runs": args.runs, "every": every,
         "concurrency": args.concurrency, "retention_max_runs": args.max_runs, "run_cache_size": args.cache_size,
         "load_avg_1m_before": round(os.getloadavg()[0], 2),
     }

@@ -117,7 +117,6 @@ class DaemonProcess:
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"tagentd exited with {self.proc.returncode}; log:\n{self.log()}")
-        from tagent_client.client import Client
         from tagent_client.errors import TagentError
 
         try:

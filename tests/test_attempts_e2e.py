@@ -8,8 +8,9 @@ observed from outside the daemon.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline

@@ -10,8 +10,9 @@ counted outside the daemon.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from conftest import DaemonProcess, write_pipeline

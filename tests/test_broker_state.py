@@ -15,8 +15,8 @@ from tagent_client.protocol_broker import StepRef
 from tagentd.broker import store as broker_store
 from tagentd.broker.state import Broker, Registration
 from tagentd.broker.store import BrokerCheckpoint, BrokerStore, Logged
-from tagentd.storage.records import frame, write_atomic
 from tagentd.runs.run import RunSource
+from tagentd.storage.records import frame, write_atomic
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import DaemonProcess, wait_until, write_pipeline
+
 from tagent_client.errors import exit_code_for
 from tagent_client.protocol import WatchedFile
 

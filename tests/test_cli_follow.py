@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import DaemonProcess, wait_until, write_pipeline
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DaemonProcess, wait_until, write_pipeline
+
 from tagent_client.entry import start
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import DaemonProcess, write_pipeline
+
 from tagent_client.errors import exit_code_for
 
 pytestmark = pytest.mark.timeout(60)

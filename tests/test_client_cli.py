@@ -29,8 +29,8 @@ from tagent_client import protocol
 from tagent_client.cli import build_params, cli, parse_param
 from tagent_client.client import AsyncClient, Client, split_spec
 from tagent_client.errors import DaemonUnavailable, NotFound, RequestTimeout, exit_code_for
-from tagent_client.protocol import EventBatch, EventRecord, LogBatch, RunDetail, RunSummary, StepInfo
 from tagent_client.live import LiveView, StepBoard
+from tagent_client.protocol import EventBatch, EventRecord, LogBatch, RunDetail, RunSummary, StepInfo
 from tagent_client.render import age, duration, event_line
 
 pytestmark = pytest.mark.timeout(30)

@@ -378,9 +378,9 @@ def test_bool_of_a_condition_raises_with_a_hint() -> None:
     with pytest.raises(TypeError, match="&, \\|, ~"):
         bool(cond)
     with pytest.raises(TypeError):
-        cond and cond  # noqa: B015
+        cond and cond  # noqa: B015, B018
     with pytest.raises(TypeError):
-        not cond  # noqa: B015
+        not cond  # noqa: B015, B018
     with pytest.raises(TypeError):
         1 < when("a.x") < 3  # noqa: B015
 

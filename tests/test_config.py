@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tagent_client.errors import ConfigError, exit_code_for
 
+from tagent_client.errors import ConfigError, exit_code_for
 from tagentd.cli.main import cli
 from tagentd.settings.config import FIELDS, Settings, load_settings
 

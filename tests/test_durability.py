@@ -35,10 +35,10 @@ from tagent_client.errors import ConfigError
 from tagent_client.events import Dispatch, Emit, Persist, StepFailed, StepSucceeded
 from tagent_client.state import ErrorInfo, RunStatus, StepStatus, new_run_id
 from tagentd.runs import durable as checkpoint
-from tagentd.storage import failpoints
 from tagentd.runs.durable import DurableStore, RunCheckpoint, is_torn_tail
-from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
 from tagentd.runs.run import AuditEntry, Run, RunSource
+from tagentd.storage import failpoints
+from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
 
 pytestmark = pytest.mark.timeout(180)
 

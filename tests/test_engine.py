@@ -17,8 +17,20 @@ from pydantic import BaseModel
 from tagent_client import DependencyType, ExecutionMode, Pipeline, when
 from tagent_client.engine import RunMachine, backoff_delay, gate_is_valid
 from tagent_client.events import (
-    Action, CancelTask, Cancelled, Dispatch, Emit, Finish, Persist, ScheduleRetry, StepFailed, StepInterrupted,
-    StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
+    Action,
+    Cancelled,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Finish,
+    Persist,
+    ScheduleRetry,
+    StepFailed,
+    StepInterrupted,
+    StepSucceeded,
+    StepTimedOut,
+    TimerFired,
+    WorkerLost,
 )
 from tagent_client.plan import Plan, RetrySpec, StepKind, StepSpec
 from tagent_client.result import PipelineResult
@@ -495,7 +507,7 @@ def test_validation_gate_that_failed_skips_like_a_hard_dependency() -> None:
 
 
 def _retrying(**options: Any) -> Pipeline:
-    defaults = dict(max_retries=3, retry_delay=1.0, retry_backoff=2.0, retry_max_delay=3.0, retry_jitter=0.1)
+    defaults = {"max_retries": 3, "retry_delay": 1.0, "retry_backoff": 2.0, "retry_max_delay": 3.0, "retry_jitter": 0.1}
     return Pipeline("p").step("flaky", fn=noop, **{**defaults, **options})
 
 

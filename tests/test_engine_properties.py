@@ -20,8 +20,19 @@ from hypothesis import strategies as st
 from tagent_client import DependencyType, ExecutionMode, Pipeline
 from tagent_client.engine import RunMachine
 from tagent_client.events import (
-    Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, ScheduleRetry, StepFailed, StepInterrupted,
-    StepSucceeded, StepTimedOut, TimerFired,
+    Action,
+    Cancelled,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    Finish,
+    ScheduleRetry,
+    StepFailed,
+    StepInterrupted,
+    StepSucceeded,
+    StepTimedOut,
+    TimerFired,
 )
 from tagent_client.plan import Plan
 from tagent_client.state import ErrorInfo, RunState, RunStatus, StepStatus, TaskStatus

@@ -17,9 +17,17 @@ import pytest
 from pydantic import BaseModel
 
 from tagent_client import (
-    DependencyType, ExecutionMode, Pipeline, PipelineResult, RetryableError, StepContext, run_agent, run_pipeline, when,
+    DependencyType,
+    ExecutionMode,
+    Pipeline,
+    PipelineResult,
+    RetryableError,
+    StepContext,
+    local,
+    run_agent,
+    run_pipeline,
+    when,
 )
-from tagent_client import local
 from tagent_client.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tagent_client.errors import AlreadyRunning, exit_code_for
 
+from tagent_client.errors import AlreadyRunning, exit_code_for
 from tagentd.cli.main import cli
 from tagentd.plumbing.lock import InstanceLock, is_locked, read_pid
 

@@ -145,7 +145,7 @@ def test_finished_runs_are_read_back_on_demand_after_a_restart(
     # Then it holds no finished run in memory until one is asked for
     assert stats(daemon)["runs"]["in_memory"] == 0
     listed = cli_json(daemon, "runs", "-n", "100")
-    assert {r["run_id"]: r["status"] for r in listed} == {**{rid: "completed" for rid in done}, failed: "failed"}
+    assert {r["run_id"]: r["status"] for r in listed} == {**dict.fromkeys(done, "completed"), failed: "failed"}
     # and `tagent status`, `result`, `history` and `logs` of a finished run still answer, read from its snapshot
     first = done[0]
     assert cli_json(daemon, "status", first)["steps"]["work"]["status"] == "completed"
@@ -247,7 +247,7 @@ def test_a_lost_or_damaged_index_is_rebuilt_after_a_kill9(
     daemon.start()
 
     # Then every run is there with its status, a finished run reads back whole, and the waiting run goes on
-    expected = {**{rid: "completed" for rid in done}, waiting: "running"}
+    expected = {**dict.fromkeys(done, "completed"), waiting: "running"}
     assert {r["run_id"]: r["status"] for r in cli_json(daemon, "runs", "-n", "100")} == expected
     assert cli_json(daemon, "result", done[0])["step_outputs"] == {"work": {"n": 0}}
     gate.touch()

@@ -15,8 +15,8 @@ import pytest
 import zmq
 from conftest import pid_alive, wait_until
 
-from tagentd.worker import wire
 from tagentd.executor.spawner import Spawner
+from tagentd.worker import wire
 
 pytestmark = pytest.mark.timeout(120)
 

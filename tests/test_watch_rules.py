@@ -13,14 +13,25 @@ import pytest
 from watchdog import events as wd
 
 from tagent_client.errors import ConfigError, PipelineLoadError, PipelineValidationError
+from tagentd.storage.records import write_atomic
 from tagentd.watch import seen as seen_module
 from tagentd.watch.intake import SkippedFile, describe, read_document, read_file
-from tagentd.storage.records import write_atomic
-from tagentd.watch.seen import SeenFiles, SeenRecord
 from tagentd.watch.rules import (
-    CLOSED, CREATED, GONE, MODIFIED, MOVED_IN, SCAN, TOUCHED, Debouncer, default_watch_dir, file_problem,
-    folder_problem, watch_folders, watchable,
+    CLOSED,
+    CREATED,
+    GONE,
+    MODIFIED,
+    MOVED_IN,
+    SCAN,
+    TOUCHED,
+    Debouncer,
+    default_watch_dir,
+    file_problem,
+    folder_problem,
+    watch_folders,
+    watchable,
 )
+from tagentd.watch.seen import SeenFiles, SeenRecord
 from tagentd.watch.watcher import Folder, classify
 
 pytestmark = pytest.mark.timeout(30)

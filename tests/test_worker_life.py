@@ -18,12 +18,18 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    REPO, DaemonProcess, children_of, is_worker_template, pid_alive, processes_using, wait_until, write_pipeline,
+    REPO,
+    DaemonProcess,
+    children_of,
+    is_worker_template,
+    pid_alive,
+    processes_using,
+    wait_until,
+    write_pipeline,
 )
 from openai_server import ScriptedServer, final_for
 
 from tagent_client.client import Client
-
 from tagentd.worker import wire
 
 pytestmark = pytest.mark.timeout(120)
@@ -216,4 +222,4 @@ def test_a_killed_worker_template_takes_its_workers_along_and_the_pool_recovers(
         result = client.wait(client.submit(write_pipeline(tmp_path, "who.py", WHO)).id, timeout=30)
         assert result.success, result.summary()
         assert {out["pid"] for out in result.step_outputs.values()} <= set(daemon.worker_pids())
-    assert "the worker template (pid %d) ended" % templates[0] in daemon.log()
+    assert f"the worker template (pid {templates[0]}) ended" in daemon.log()

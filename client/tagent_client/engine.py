@@ -20,12 +20,33 @@ from typing import Any
 
 from .conditions import MISSING, condition_from_data, lookup_path
 from .events import (
-    Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, StepFailed,
-    StepInterrupted, StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
+    Action,
+    Cancelled,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    Finish,
+    Persist,
+    ScheduleRetry,
+    StepFailed,
+    StepInterrupted,
+    StepSucceeded,
+    StepTimedOut,
+    TimerFired,
+    WorkerLost,
 )
 from .plan import DependencyType, ExecutionMode, Plan, StepSpec
 from .state import (
-    MAX_TRANSCRIPTS, STEP_TRANSITIONS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState,
+    MAX_TRANSCRIPTS,
+    STEP_TRANSITIONS,
+    ErrorInfo,
+    Phase,
+    RunState,
+    RunStatus,
+    StepState,
+    StepStatus,
+    TaskState,
     TaskStatus,
 )
 

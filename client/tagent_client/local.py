@@ -16,12 +16,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .binding import missing_params
 from .context import LocalServices, RunServices, StepContext
 from .engine import RunMachine
-from .binding import missing_params
 from .errors import ConfigError, PipelineValidationError, describe, is_retryable
 from .events import (
-    Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
+    Action,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    ScheduleRetry,
+    StepFailed,
+    StepSucceeded,
+    StepTimedOut,
+    TimerFired,
 )
 from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
 from .outputs import output_data

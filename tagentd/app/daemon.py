@@ -25,33 +25,44 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from tagent_client import paths
 from tagent_client import protocol as p
 from tagent_client.errors import InvalidRequest
-from tagent_client.events import Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, TimerFired
+from tagent_client.events import (
+    Action,
+    Cancelled,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    Finish,
+    Persist,
+    ScheduleRetry,
+    TimerFired,
+)
 from tagent_client.plan import Plan
-
 from tagentd import __version__
-from tagentd.broker import views as broker_views
-from tagentd.runs import retention
-from tagentd.runs import submission as submit
-from tagentd.worker import wire
-from tagentd.settings.config import LOG_FILE, Settings
-from tagentd.plumbing.lock import InstanceLock
 from tagentd.app.notify import notify
+from tagentd.app.stopping import Stopper
+from tagentd.broker import views as broker_views
+from tagentd.broker.service import BrokerShell
+from tagentd.control.server import ControlServer
 from tagentd.executor.permits import PermitDesk
 from tagentd.executor.pool import WorkerPool
-from tagentd.runs.table import RunTable
-from tagentd.runs.run import Run
-from tagentd.broker.service import BrokerShell
 from tagentd.plumbing.channel import Channel
-from tagentd.control.server import ControlServer
+from tagentd.plumbing.lock import InstanceLock
+from tagentd.runs import retention
+from tagentd.runs import submission as submit
 from tagentd.runs.durable import DurableStore
-from tagentd.app.stopping import Stopper
+from tagentd.runs.run import Run
 from tagentd.runs.store import MemoryStore, RunStore
+from tagentd.runs.table import RunTable
+from tagentd.settings.config import LOG_FILE, Settings
 from tagentd.storage.health import RETRY_S, StoreHealth
 from tagentd.watch.rules import watch_folders
 from tagentd.watch.watcher import Watcher
+from tagentd.worker import wire
 
 log = logging.getLogger("tagentd")
 

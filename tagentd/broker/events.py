@@ -26,9 +26,9 @@ from typing import Any
 
 import msgspec
 import zmq
+
 from tagent_client import protocol_broker as b
 from tagent_client.protocol import EventRecord
-
 from tagentd.plumbing.channel import Channel
 
 log = logging.getLogger("tagentd.topics")

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 from tagent_client import protocol_broker as b
 from tagent_client.bounds import check_name
 from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
-
 from tagentd.broker import views
 from tagentd.plumbing import peers
 
 if TYPE_CHECKING:
-    from tagentd.broker.service import BrokerShell
     from tagentd.app.daemon import Daemon
+    from tagentd.broker.service import BrokerShell
 
 Caller = b.StepRef | None
 

@@ -31,16 +31,15 @@ from tagent_client.events import Action, CancelTask, StepSucceeded
 from tagent_client.plan import Plan
 from tagent_client.protocol import EventRecord
 from tagent_client.receivers import Receivers
-
 from tagentd.broker import views
-from tagentd.worker import wire
-from tagentd.broker.state import Broker, QueuedTrigger, Registration
+from tagentd.broker.events import EventBus
 from tagentd.broker.handlers import HANDLERS
-from tagentd.broker.views import RATE_WINDOW
+from tagentd.broker.state import Broker, QueuedTrigger, Registration
 from tagentd.broker.store import BrokerStore, MemoryBrokerStore
+from tagentd.broker.views import RATE_WINDOW
 from tagentd.runs.run import Run, RunSource
 from tagentd.runs.submission import new_run, source_hash
-from tagentd.broker.events import EventBus
+from tagentd.worker import wire
 
 if TYPE_CHECKING:
     from tagentd.app.daemon import Daemon

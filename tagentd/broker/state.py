@@ -23,11 +23,11 @@ import uuid
 from typing import Any
 
 import msgspec
+
 from tagent_client.broker_core import MAX_DELIVERIES, BrokerCore, CoreRecord, CoreSnapshot, Record
 from tagent_client.errors import PermissionDenied
 from tagent_client.plan import Plan
 from tagent_client.protocol_broker import StepRef, matches
-
 from tagentd.runs.run import RunSource
 
 

@@ -28,12 +28,12 @@ import logging
 from pathlib import Path
 
 import msgspec
+
 from tagent_client.broker_core import UNSYNCED, Record
 from tagent_client.errors import ConfigError
-
 from tagentd.broker.state import AnyRecord, Broker, BrokerSnapshot
-from tagentd.storage.records import CorruptRecord, frame, read_single, write_atomic
 from tagentd.runs.durable import peek_format
+from tagentd.storage.records import CorruptRecord, frame, read_single, write_atomic
 from tagentd.storage.wal import SegmentLog, cut_tail, move_aside
 
 log = logging.getLogger("tagentd.broker_store")

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
+
 from tagent_client import paths
 from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError, exit_code_for
-
 from tagentd import __version__
 from tagentd.cli.stop import stop_daemon
 from tagentd.cli.views import print_pairs, print_status, print_table, show_value

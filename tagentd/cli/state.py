@@ -14,10 +14,9 @@ from typing import Any
 
 import click
 import msgspec
+
 from tagent_client.errors import DaemonUnavailable, InvalidRequest
-
 from tagentd.settings.locations import Locations
-
 
 KINDS = "inspect reads a state dir's runs/*.ckpt, wal/*.wal, runs.idx, broker/*.wal and broker/snapshot.ckpt"
 
@@ -64,8 +63,8 @@ def register(cli: click.Group, where_options: Any) -> None:
         """Print a checkpoint file (runs/*.ckpt, wal/*.wal, runs.idx, broker/*.wal, broker/snapshot.ckpt) as JSON, one line per record."""
         from tagentd.broker.store import BrokerCheckpoint, Logged
         from tagentd.runs.durable import RunCheckpoint, WalRecord, check_format
-        from tagentd.storage.records import CorruptRecord, read_frames
         from tagentd.runs.index import IndexChanges
+        from tagentd.storage.records import CorruptRecord, read_frames
 
         if path.suffix == ".idx":
             decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(IndexChanges)
@@ -92,10 +91,9 @@ def _offline_gc(settings: Any, max_age_s: float | None, keep: int | None, dry_ru
     import asyncio
 
     from tagent_client import paths
-
+    from tagentd.plumbing.lock import InstanceLock
     from tagentd.runs import retention
     from tagentd.runs.durable import DurableStore
-    from tagentd.plumbing.lock import InstanceLock
 
     lock = InstanceLock(paths.ensure_private_dir(Path(settings.runtime_dir), "runtime dir"))
     try:

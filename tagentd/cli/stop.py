@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from tagent_client import paths
 from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError
-
-from tagentd.plumbing.lock import is_locked, read_pid
 from tagentd.app.stop_report import STOP_WAIT_GRACEFUL, waiting_line
+from tagentd.plumbing.lock import is_locked, read_pid
 
 POLL = 0.05
 EXIT_POLL = 0.01     # `stop` returns this soon after the daemon is gone (a lock test per poll: cheap)

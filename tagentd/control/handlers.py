@@ -20,11 +20,10 @@ from tagent_client import protocol as p
 from tagent_client import protocol_broker as b
 from tagent_client.errors import InvalidRequest, NotFound
 from tagent_client.state import RunStatus, StepStatus
-
 from tagentd import __version__
+from tagentd.broker.handlers import CLIENT_HANDLERS as BROKER_HANDLERS
 from tagentd.plumbing import peers
 from tagentd.runs import submission as submitting
-from tagentd.broker.handlers import CLIENT_HANDLERS as BROKER_HANDLERS
 from tagentd.runs.run import Run
 
 if TYPE_CHECKING:

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
+
 from tagent_client import bounds
 from tagent_client import protocol as p
 from tagent_client.errors import RequestTooLarge, TagentError
-
 from tagentd.control import handlers as control
 from tagentd.plumbing import peers
 from tagentd.plumbing.channel import Channel, Frames

@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from tagent_client.llm import EndpointSettings
-
-from tagentd.worker import wire
 from tagentd.executor.limits import EndpointLimits, Limits, PermitKey
+from tagentd.worker import wire
 
 SWEEP_EVERY = 0.5
 

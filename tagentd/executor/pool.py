@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 
 from tagent_client.events import Dispatch, Event, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.protocol import WorkerInfo
-
-from tagentd.worker import wire
 from tagentd.executor.admission import Admission
 from tagentd.executor.deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
 from tagentd.executor.queues import DispatchQueues
-from tagentd.runs.run import Run
 from tagentd.executor.spawner import Spawner, WorkerProcess
+from tagentd.runs.run import Run
+from tagentd.worker import wire
 
 log = logging.getLogger("tagentd.pool")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 
 from tagent_client.events import Dispatch
-
 from tagentd.runs.run import Run
 
 Waiting = tuple[Run, Dispatch]

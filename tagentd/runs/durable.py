@@ -34,16 +34,29 @@ import os  # noqa: F401 (tests patch `checkpoint.os.fsync`; the WAL's fsyncs go 
 from pathlib import Path
 
 import msgspec
-from tagent_client.errors import NotFound
 
-from tagentd.storage.records import CorruptRecord, frame, read_single, write_atomic
+from tagent_client.errors import NotFound
 from tagentd.runs.index import RunIndex
 from tagentd.runs.records import (  # noqa: F401 (FORMAT, RunCheckpoint, WalRecord, check_format, peek_format: re-exported)
-    FORMAT, Created, Delta, Removed, RunCheckpoint, WalRecord, apply_delta, check_format, checkpoint_decoder,
-    checkpoint_of, encoder, peek_format, rebuild_run, record_run_id, wal_decoder,
+    FORMAT,
+    Created,
+    Delta,
+    Removed,
+    RunCheckpoint,
+    WalRecord,
+    apply_delta,
+    check_format,
+    checkpoint_decoder,
+    checkpoint_of,
+    encoder,
+    peek_format,
+    rebuild_run,
+    record_run_id,
+    wal_decoder,
 )
 from tagentd.runs.run import Run, RunEntry
 from tagentd.runs.store import Recovered
+from tagentd.storage.records import CorruptRecord, frame, read_single, write_atomic
 from tagentd.storage.wal import SegmentLog, cut_tail, is_torn_tail, move_aside  # noqa: F401 (is_torn_tail: re-exported)
 
 log = logging.getLogger("tagentd.checkpoint")

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import msgspec
 
-from tagentd.storage.records import CorruptRecord, frame, read_frames, write_atomic
 from tagentd.runs.run import RunEntry
+from tagentd.storage.records import CorruptRecord, frame, read_frames, write_atomic
 from tagentd.storage.wal import cut_tail, is_torn_tail
 
 log = logging.getLogger("tagentd.index")

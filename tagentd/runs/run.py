@@ -14,6 +14,7 @@ from sys import intern
 from typing import Any
 
 import msgspec
+
 from tagent_client.engine import RunMachine
 from tagent_client.plan import Plan
 from tagent_client.protocol import EventRecord, LogRecord, RunDetail, RunSummary, StepInfo

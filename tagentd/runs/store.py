@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tagent_client.errors import NotFound
-
 from tagentd.runs.run import Run, RunEntry
 
 

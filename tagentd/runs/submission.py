@@ -19,11 +19,10 @@ from tagent_client.errors import ConfigError, InvalidRequest, NotFound, Pipeline
 from tagent_client.plan import Plan, StepKind
 from tagent_client.protocol import SubmitResult
 from tagent_client.state import new_run_id
-
-from tagentd.worker import wire
 from tagentd.executor.pool import WorkerPool
-from tagentd.runs.table import RunTable
 from tagentd.runs.run import Run, RunEntry, RunSource
+from tagentd.runs.table import RunTable
+from tagentd.worker import wire
 
 WATCHER = "watcher"  # `who` in the audit trail of the runs of files dropped into a watched folder
 

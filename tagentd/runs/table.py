@@ -20,7 +20,6 @@ from itertools import islice
 
 from tagent_client.errors import NotFound
 from tagent_client.protocol import RunSummary
-
 from tagentd.runs import retention
 from tagentd.runs.run import Run, RunEntry
 from tagentd.runs.store import Recovered, RunStore

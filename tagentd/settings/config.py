@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from tagent_client import paths
 from tagent_client.errors import ConfigError
 from tagent_client.llm import EndpointSettings, LLMConfig, PriceOverride
-
 from tagentd.settings.locations import LOG_FILE, absolute_path, read_config_file, relative_to
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

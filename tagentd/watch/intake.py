@@ -29,11 +29,10 @@ from tagent_client import export
 from tagent_client import protocol as p
 from tagent_client.errors import InvalidRequest, PipelineLoadError, PipelineValidationError, TagentError
 from tagent_client.plan import Plan
-
 from tagentd.runs import submission as submit
 from tagentd.runs.run import Run
-from tagentd.watch.seen import SeenFiles
 from tagentd.watch.rules import MAX_FILE_BYTES, Probe, file_problem, probe, stat_probe
+from tagentd.watch.seen import SeenFiles
 
 if TYPE_CHECKING:
     from tagentd.app.daemon import Daemon

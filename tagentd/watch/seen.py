@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import msgspec
-from tagent_client.errors import ConfigError
 
+from tagent_client.errors import ConfigError
 from tagentd.storage.records import CorruptRecord, read_single, write_atomic
 
 log = logging.getLogger("tagentd.watcher")

@@ -27,13 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tagent_client import protocol as p
 from watchdog import events as wd
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from tagent_client import protocol as p
 from tagentd.watch.intake import DroppedFiles
 from tagentd.watch.rules import (
-    CLOSED, CREATED, GONE, MODIFIED, MOVED_IN, SCAN, TOUCHED, Debouncer, FolderSpec, folder_problem, hidden_dir,
+    CLOSED,
+    CREATED,
+    GONE,
+    MODIFIED,
+    MOVED_IN,
+    SCAN,
+    TOUCHED,
+    Debouncer,
+    FolderSpec,
+    folder_problem,
+    hidden_dir,
     watchable,
 )
 

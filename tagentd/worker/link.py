@@ -14,8 +14,8 @@ from collections.abc import Callable, Hashable
 import msgspec
 import zmq
 
-from tagentd.worker import wire
 from tagentd.plumbing.channel import Channel
+from tagentd.worker import wire
 
 RESEND_AFTER = 1.0
 

@@ -70,6 +70,7 @@ def preload_agent_runtime(ready: concurrent.futures.Future[bool]) -> None:
     first agent step does not block the worker's loop (and its heartbeats) with them. Runs in a thread."""
     try:
         import pydantic_ai  # noqa: F401
+
         import tagent_client.runners.agent  # noqa: F401 - with models, tools, usage
         import tagent_client.transcript  # noqa: F401
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 import zmq
+
 from tagent_client.context import StepContext
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, describe, is_retryable
 from tagent_client.events import Event, StepFailed, StepTimedOut
@@ -46,13 +47,11 @@ from tagent_client.plan import StepKind
 from tagent_client.runners import coerce_inputs
 from tagent_client.runners.function import sync_call_running
 from tagent_client.state import ErrorInfo, Phase
-
-from tagentd.worker import lifeline
-from tagentd.worker import wire
-from tagentd.worker.loader import CACHE, schema_classes
+from tagentd.worker import lifeline, wire
 from tagentd.worker.args import parse_args
 from tagentd.worker.link import ENCODE_ERRORS, WorkerLink
 from tagentd.worker.llm import PermitClient, agent_runtime_loaded, preload_agent_runtime
+from tagentd.worker.loader import CACHE, schema_classes
 from tagentd.worker.services import WorkerServices
 
 TICK = 0.1            # housekeeping period: re-sends, heartbeat, parent check, exit deadlines

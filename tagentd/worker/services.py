@@ -19,7 +19,6 @@ from typing import Any
 from tagent_client.errors import TagentError, error_from_wire
 from tagent_client.protocol_broker import BrokerRequest, StepRef
 from tagent_client.result import to_builtins
-
 from tagentd.worker import wire
 from tagentd.worker.link import WorkerLink
 

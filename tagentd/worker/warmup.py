@@ -44,6 +44,7 @@ async def _one_step() -> None:
     from pydantic import BaseModel
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
+
     from tagent_client.context import LocalServices, StepContext
     from tagent_client.events import Dispatch, StepSucceeded
     from tagent_client.llm import LLMRuntime

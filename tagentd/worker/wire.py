@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
 from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.plan import Plan
 from tagent_client.protocol_broker import AnyBrokerRequest, StepRef
-
 from tagentd.worker.lifeline import EXIT_ORPHANED
 
 

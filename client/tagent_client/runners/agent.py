@@ -25,8 +25,8 @@ from ..pipeline import Pipeline, PipelineStep
 from ..result import to_builtins
 from ..state import Usage
 from . import Attempt
-from .models import mark, model_for
 from .broker_tools import broker_tools
+from .models import mark, model_for
 from .tools import is_tagent_style, step_tools
 from .usage import attempt_usage
 
@@ -88,7 +88,8 @@ async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model
             result = await agent.run(user_prompt(ctx), infer_name=False)
         except Exception as exc:
             _keep(record, messages, name, runtime)
-            raise mark(exc)
+            mark(exc)
+            raise
     all_messages = result.all_messages()
     _keep(record, all_messages, name, runtime, tool_calls=result.usage.tool_calls)
     assert record.usage is not None
