@@ -18,13 +18,11 @@ from pathlib import Path
 import pytest
 from conftest import DaemonProcess, pid_alive, processes_using, wait_until, write_pipeline
 
-from tagent_client import ExecutionMode, Pipeline
 from tagent_client.events import Dispatch, StepFailed, StepInterrupted, StepTimedOut, WorkerLost
 from tagent_client.state import Phase
 from tagentd.executor.deaths import Cause, DeathLedger, how_it_ended
+from tagentd.executor.interface import PipelineCode, StepAttempt
 from tagentd.executor.queues import DispatchQueues
-from tagentd.runs.run import Run
-from tagentd.runs.submission import new_run
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -127,30 +125,29 @@ def test_exit_statuses_read_as_the_user_knows_them() -> None:
     assert [how_it_ended(c) for c in (3, 70, -signal.SIGSEGV, -signal.SIGKILL)] == ["exit 3", "exit 70", "SIGSEGV", "SIGKILL"]
 
 
-def a_run(name: str) -> Run:
-    plan = Pipeline(name).step("a", fn=lambda ctx: None, execution_mode=ExecutionMode.CONCURRENT).plan()
-    return new_run(plan, path=f"{name}.py", source="", target=None, params=None, model=None, who="test")
+def of_run(run_id: str, task: str) -> StepAttempt:
+    code = PipelineCode(path=f"{run_id}.py", source="", source_hash="0" * 64)
+    return StepAttempt(run_id=run_id, pipeline=run_id, code=code, dispatch=attempt(task), params={})
 
 
 def test_dispatch_queues_serve_runs_in_rotation_and_a_step_put_back_first_keeps_its_place() -> None:
     """Given run x with three attempts and run y with one, when served, then x and y alternate; an attempt put back
     with first=True comes out next for its run; removed and forgotten attempts never come out."""
-    x, y = a_run("x"), a_run("y")
     queues = DispatchQueues()
     for task in ("x1", "x2", "x3"):
-        queues.put(x, attempt(task), alone=False)
-    queues.put(y, attempt("y1"), alone=False)
-    queues.put(y, attempt("alone1"), alone=True)
+        queues.put(of_run("x", task), alone=False)
+    queues.put(of_run("y", "y1"), alone=False)
+    queues.put(of_run("y", "alone1"), alone=True)
 
     first = queues.next_shared()
-    assert first is not None and first[1].task == "x1"
-    queues.put(x, attempt("x1"), alone=False, first=True)  # its worker was gone: it keeps its place
-    queues.remove(x.id, "x3", 1)
+    assert first is not None and first.dispatch.task == "x1"
+    queues.put(first, alone=False, first=True)  # its worker was gone: it keeps its place
+    queues.remove("x", "x3", 1)
     served = [queues.next_shared() for _ in range(3)]
 
-    assert [w[1].task for w in served if w is not None] == ["y1", "x1", "x2"]
+    assert [w.dispatch.task for w in served if w is not None] == ["y1", "x1", "x2"]
     assert queues.next_shared() is None and len(queues) == 1 and queues.alone_waiting == 1
-    queues.forget_run(y.id)
+    queues.forget_run("y")
     assert queues.next_alone() is None and len(queues) == 0
 
 # The preamble of every pipeline below: how a step leaves its trace outside the daemon.

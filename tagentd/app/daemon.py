@@ -48,8 +48,9 @@ from tagentd.app.stopping import Stopper
 from tagentd.broker import views as broker_views
 from tagentd.broker.service import BrokerShell
 from tagentd.control.server import ControlServer
+from tagentd.executor.interface import Executor
+from tagentd.executor.local import LocalExecutor
 from tagentd.executor.permits import PermitDesk
-from tagentd.executor.pool import WorkerPool
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.lock import InstanceLock
 from tagentd.runs import retention
@@ -70,7 +71,7 @@ RETENTION_EVERY_S = 3600.0
 
 
 class Daemon:
-    """Owns the sockets, the runs, the pool and the store; the loop's only writer of run state."""
+    """Owns the sockets, the runs, the executor and the store; the loop's only writer of run state."""
 
     def __init__(self, settings: Settings, store: RunStore | None = None) -> None:
         self.settings = settings
@@ -127,14 +128,15 @@ class Daemon:
     async def run(self, log_fd: int | None = None) -> int:
         self.watcher = Watcher(self, watch_folders(self.settings.watch_dirs))  # ConfigError: refuse to start
         self._bind()
-        self.pool = WorkerPool(
+        self.executor: Executor = LocalExecutor(
             size=self.settings.workers, capacity=self.settings.worker_concurrency, endpoint=self.sockets["workers"],
-            send=self._send_worker, on_lost=self._on_lost, heartbeat_interval=self.settings.heartbeat_interval,
-            heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
-            recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
-            worker_args=self.settings.worker_llm_args(), use_template=self.settings.worker_template,
+            send=self._send_worker, on_result=self._on_attempt, on_lost=self._on_attempt, permits=self.permits,
+            heartbeat_interval=self.settings.heartbeat_interval, heartbeat_timeout=self.settings.heartbeat_timeout,
+            grace=self.settings.timeout_grace, recycle_after=self.settings.recycle_after,
+            load_timeout=self.settings.load_timeout, log_file=log_fd, worker_args=self.settings.worker_llm_args(),
+            use_template=self.settings.worker_template,
         )
-        self.pool.start()  # the worker template imports the agent runtime while recovery runs
+        self.executor.start()  # the worker template imports the agent runtime while recovery runs
         gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time
         try:
             recovered = self.store.load()
@@ -154,8 +156,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopper.on_signal, sig)
         self.control.start()
         self.workers_channel.start(self._on_worker_batch)
-        for coro in (self.pool.supervise(), self._committer(),
-                     self._retention_loop(), self.permits.supervise(self.pool.identities), self.broker.serve()):
+        for coro in (self.executor.supervise(), self._committer(), self._retention_loop(), self.broker.serve()):
             self.spawn(coro)
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
@@ -185,7 +186,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         await self.stopper.drain()
-        await self.pool.stop(0.0)
+        await self.executor.stop(0.0)
         await self._commit()
         await self.store.compact()  # the next start reads the index, not the WAL
         await asyncio.sleep(0.05)  # let the last replies leave before the sockets close
@@ -206,7 +207,7 @@ class Daemon:
         self.runs.add(run)
         self.store.created(run)
         self.apply(run, run.machine.start(time.time()))
-        self.pool.pump()
+        self.executor.pump()
 
     def cancel_run(self, run: Run, reason: str) -> None:
         self.apply(run, run.machine.handle(Cancelled(reason=reason), time.time()))
@@ -217,7 +218,7 @@ class Daemon:
         run.announced_finish = False
         self.runs.reopened(run)
         self.apply(run, run.machine.reset(steps, time.time()))
-        self.pool.pump()
+        self.executor.pump()
 
     def feed(self, run: Run, event: Any) -> None:
         self.apply(run, run.machine.handle(event, time.time()))
@@ -234,17 +235,17 @@ class Daemon:
             self.store.changed(run)
         for action in actions:
             if isinstance(action, Dispatch):
-                self.pool.enqueue(run, action)
+                self.executor.dispatch(run.attempt(action))
             elif isinstance(action, Persist):
                 self.store.changed(run)
             elif isinstance(action, Emit):
                 self._emits.append((run, action.topic, action.data))
             elif isinstance(action, CancelTask):
-                self.pool.cancel(run.id, action.task, action.attempt)
+                self.executor.cancel(run.id, action.task, action.attempt)
             elif isinstance(action, ScheduleRetry):
                 loop.call_later(max(0.0, action.at - time.time()), self._timer, run.id)
             elif isinstance(action, Finish):
-                self.pool.forget_run(run.id)
+                self.executor.forget_run(run.id)
         if actions:
             self._dirty.set()
             self.broker.on_actions(run, actions)
@@ -253,10 +254,10 @@ class Daemon:
         run = self.runs.live(run_id)
         if run is not None and not run.finished:
             self.feed(run, TimerFired())
-            self.pool.pump()
+            self.executor.pump()
 
-    def _on_lost(self, run_id: str, event: Event) -> None:
-        """The pool's verdict on an attempt whose worker ended or was killed (see tagentd/executor/deaths.py)."""
+    def _on_attempt(self, run_id: str, event: Event) -> None:
+        """What became of an attempt, from the executor: its result, or the verdict on it once lost."""
         run = self.runs.live(run_id)
         if run is not None:
             self.feed(run, event)
@@ -269,7 +270,7 @@ class Daemon:
         doomed = self.runs.expire(now=time.time(), max_age_s=age, max_runs=limit, dry_run=dry_run, at_most=at_most)
         if doomed and not dry_run:
             for run_id in doomed:
-                self.pool.forget_run(run_id)
+                self.executor.forget_run(run_id)
             self._dirty.set()
         return doomed
 
@@ -363,7 +364,7 @@ class Daemon:
         if not self.accepting:
             raise InvalidRequest("the daemon is shutting down and accepts no new runs")
         if plan is None:
-            plan = await submit.load_plan(self.pool, path, source, target)
+            plan = await submit.load_plan(self.executor, path, source, target)
         run = submit.new_run(plan, path=path, source=source, target=target, params=params,
                              model=model or self.settings.model, who=who, idempotency_key=idempotency_key)
         self.start_run(run)
@@ -381,7 +382,7 @@ class Daemon:
             except Exception:  # noqa: BLE001 - one bad message must not stop the loop
                 self.stats["bad_worker_messages"] += 1
                 log.exception("bad message from worker %r", frames[0])
-        self.pool.pump()
+        self.executor.pump()
 
     def _on_worker_message(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -389,30 +390,9 @@ class Daemon:
             return
         identity, payload = frames
         msg = wire.from_worker_decoder.decode(payload)
-        if self.pool.admission.is_stranger(identity):  # e.g. left over from another daemon: nothing it says counts
-            self.pool.admission.refuse(identity, f"it was not started by this daemon (pid {os.getpid()})")
+        if self.executor.on_worker_message(identity, msg):  # a worker's own business (results too), or a stranger's
             return
-        worker = self.pool.worker_for(identity)
-        if isinstance(msg, wire.TaskDone):
-            self.pool.on_done(worker, msg)
-            run = self.runs.live(msg.run_id)
-            if run is not None:
-                self.feed(run, msg.event)
-        elif isinstance(msg, wire.Heartbeat):
-            if worker is not None:
-                self.pool.on_heartbeat(worker)
-                self.permits.on_heartbeat(identity, msg.permits)
-        elif isinstance(msg, wire.PermitRequest):
-            if worker is not None:
-                self.permits.on_request(identity, msg)
-        elif isinstance(msg, wire.PermitRelease):
-            self.permits.on_release(identity, msg)
-        elif isinstance(msg, wire.Hello):
-            if worker is not None:
-                self.pool.on_hello(worker, msg)
-        elif isinstance(msg, (wire.Loaded, wire.LoadFailed)):
-            self.pool.on_loaded(worker, msg)
-        elif isinstance(msg, wire.LogLine):
+        if isinstance(msg, wire.LogLine):
             run = self.runs.live(msg.run_id)
             if run is not None:
                 run.add_log(msg.step, msg.level, msg.message, msg.ts)
@@ -440,9 +420,10 @@ class Daemon:
     def info(self) -> p.DaemonInfo:
         now = time.time()
         stats = dict(self.stats)
-        stats.update(self.pool.stats)
-        stats["queued_tasks"] = self.pool.queued
-        stats["in_flight_tasks"] = self.pool.in_flight
+        stats.update(self.executor.stats())
+        capacity = self.executor.capacity()
+        stats["queued_tasks"] = capacity.queued
+        stats["in_flight_tasks"] = capacity.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
         stats["replies_dropped"] = self.control.replies_dropped
         stats["runs"] = self.runs.stats()
@@ -456,7 +437,7 @@ class Daemon:
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
             sockets={k: v.removeprefix("ipc://") for k, v in self.sockets.items()},
-            workers=self.pool.info(), runs_active=len(self.runs.active()), runs_total=len(self.runs),
+            workers=self.executor.workers(), runs_active=len(self.runs.active()), runs_total=len(self.runs),
             durable=self.store.durable, stats=stats,
             watch_dirs=self.watcher.folder_paths() if self.watcher is not None else [],
         )

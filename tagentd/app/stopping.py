@@ -4,7 +4,7 @@ Guarantees:
 - from the moment a stop is requested nothing new starts: every run's machine
   holds (ready steps stay queued and due retries stay waiting, in memory and in
   the checkpoint, so after the next start they run as if the stop had not
-  happened), the pool sends no queued work to workers, and no run is created
+  happened), the executor sends no queued work to workers, and no run is created
   (submissions, resumes and triggers are refused);
 - a graceful stop then waits for the steps in flight, at most `timeout` seconds
   (`tagentd stop --timeout`, default STOP_WAIT_GRACEFUL). Steps still running
@@ -73,7 +73,7 @@ class Stopper:
     def _hold(self) -> None:
         daemon = self.daemon
         daemon.accepting = False
-        daemon.pool.accepting = False  # what the pool has queued stays queued: it is checkpointed as it is
+        daemon.executor.hold()  # what the executor has queued stays queued: it is checkpointed as it is
         for run in daemon.runs.active():
             run.machine.hold()
 
@@ -94,10 +94,8 @@ class Stopper:
 
     def waiting(self) -> list[dict[str, Any]]:
         """The steps in flight on workers: run, pipeline, step, task, attempt, seconds running; longest first."""
-        now = time.monotonic()
-        found = [{"run_id": job.run.id, "pipeline": job.run.plan.name, "step": job.task.step, "task": job.task.task,
-                  "attempt": job.task.attempt, "elapsed_s": round(now - job.sent_at, 1)}
-                 for worker in self.daemon.pool.workers.values() for job in worker.running.values()]
+        found = [{"run_id": job.run_id, "pipeline": job.pipeline, "step": job.step, "task": job.task,
+                  "attempt": job.attempt, "elapsed_s": round(job.elapsed_s, 1)} for job in self.daemon.executor.running()]
         return sorted(found, key=lambda w: -w["elapsed_s"])
 
     def info(self) -> dict[str, Any] | None:
@@ -110,10 +108,10 @@ class Stopper:
 
     async def drain(self) -> None:
         """Wait until no step is in flight, the deadline passes, or a fast stop cuts it; log what it waits for."""
-        pool = self.daemon.pool
+        executor = self.daemon.executor
         began = time.monotonic()
         next_log = began + LOG_EVERY  # `request` said what it waits for
-        while pool.in_flight and not self._cut.is_set():
+        while executor.capacity().in_flight and not self._cut.is_set():
             now = time.monotonic()
             if now >= self.deadline:
                 log.warning("stop: %.1f s passed; checkpointing %s (they run again after the next start)",
@@ -126,13 +124,12 @@ class Stopper:
                 await asyncio.wait_for(self._cut.wait(), POLL)
             except TimeoutError:
                 pass
-        if pool.in_flight:
+        if executor.capacity().in_flight:
             log.info("stop: checkpointing %s (they run again after the next start)", waiting_line(self.waiting()))
 
 
 def exit_now(daemon: Daemon) -> None:
     """Kill the workers and exit without a last commit (a third signal)."""
-    for worker in daemon.pool.workers.values():
-        worker.proc.kill()
+    daemon.executor.kill_now()
     daemon.store.close()
     os._exit(0)

@@ -43,11 +43,10 @@ def registry(shell: BrokerShell, capability: str | None) -> list[b.RegistryEntry
                 pipeline=run.plan.name, capabilities=list(run.plan.capabilities), triggers=list(run.plan.triggers))
         entry.run_ids.append(run.id)
     by_run = {run_id: name for name, e in entries.items() for run_id in e.run_ids}
-    for worker in shell.daemon.pool.workers.values():
-        for run_id, _task, _attempt in worker.running:
-            name = by_run.get(run_id)
-            if name is not None and worker.id not in entries[name].workers:
-                entries[name].workers.append(worker.id)
+    for running in shell.daemon.executor.running():
+        name = by_run.get(running.run_id)
+        if name is not None and running.worker not in entries[name].workers:
+            entries[name].workers.append(running.worker)
     for name, reg in shell.broker.registrations.items():
         entry = entries.setdefault(name, b.RegistryEntry(pipeline=name, capabilities=list(reg.plan.capabilities)))
         entry.registered, entry.triggers = True, list(reg.triggers)

@@ -63,7 +63,7 @@ async def submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
 
 
 async def _submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
-    plan = await submitting.load_plan(daemon.pool, req.path, req.source, req.target)
+    plan = await submitting.load_plan(daemon.executor, req.path, req.source, req.target)
     if plan.triggers and not req.run:  # a triggered pipeline is registered; each matching event starts a run
         daemon.broker.register(path=req.path, source=req.source, target=req.target,
                                model=req.model or daemon.settings.model, plan=plan, who=who(req))

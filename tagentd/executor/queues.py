@@ -12,34 +12,31 @@ from __future__ import annotations
 
 import collections
 
-from tagent_client.events import Dispatch
-from tagentd.runs.run import Run
-
-Waiting = tuple[Run, Dispatch]
+from tagentd.executor.interface import StepAttempt
 
 
 class DispatchQueues:
     """One FIFO of attempts per run, served round-robin, plus one FIFO of attempts that must run alone."""
 
     def __init__(self) -> None:
-        self._runs: collections.OrderedDict[str, collections.deque[Waiting]] = collections.OrderedDict()
-        self._alone: collections.deque[Waiting] = collections.deque()
+        self._runs: collections.OrderedDict[str, collections.deque[StepAttempt]] = collections.OrderedDict()
+        self._alone: collections.deque[StepAttempt] = collections.deque()
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._runs.values()) + len(self._alone)
 
-    def put(self, run: Run, task: Dispatch, *, alone: bool, first: bool = False) -> None:
-        line = self._alone if alone else self._runs.setdefault(run.id, collections.deque())
+    def put(self, attempt: StepAttempt, *, alone: bool, first: bool = False) -> None:
+        line = self._alone if alone else self._runs.setdefault(attempt.run_id, collections.deque())
         if first:
-            line.appendleft((run, task))
+            line.appendleft(attempt)
         else:
-            line.append((run, task))
+            line.append(attempt)
 
     @property
     def shared_waiting(self) -> bool:
         return bool(self._runs)
 
-    def next_shared(self) -> Waiting | None:
+    def next_shared(self) -> StepAttempt | None:
         """The next attempt of the next run in the rotation, or None."""
         while self._runs:
             run_id, queue = next(iter(self._runs.items()))
@@ -54,13 +51,13 @@ class DispatchQueues:
     def alone_waiting(self) -> int:
         return len(self._alone)
 
-    def next_alone(self) -> Waiting | None:
+    def next_alone(self) -> StepAttempt | None:
         return self._alone.popleft() if self._alone else None
 
     def remove(self, run_id: str, task: str, attempt: int) -> None:
         """Drop a waiting attempt (it was cancelled)."""
-        def keep(entry: Waiting) -> bool:
-            return not (entry[0].id == run_id and entry[1].task == task and entry[1].attempt == attempt)
+        def keep(entry: StepAttempt) -> bool:
+            return entry.key != (run_id, task, attempt)
 
         queue = self._runs.get(run_id)
         if queue:
@@ -75,7 +72,7 @@ class DispatchQueues:
     def forget_run(self, run_id: str) -> None:
         """Drop every waiting attempt of a run."""
         self._runs.pop(run_id, None)
-        if any(run.id == run_id for run, _ in self._alone):
-            kept = [entry for entry in self._alone if entry[0].id != run_id]
+        if any(entry.run_id == run_id for entry in self._alone):
+            kept = [entry for entry in self._alone if entry.run_id != run_id]
             self._alone.clear()
             self._alone.extend(kept)

@@ -55,6 +55,16 @@ class WorkerProcess(Protocol):
     def wait(self, timeout: float | None = None) -> int: ...
 
 
+class ProcessStarter(Protocol):
+    """What the pool needs of a spawner (`Spawner` is the real one; tests give a fake)."""
+
+    def start(self) -> None: ...
+
+    def spawn(self, argv: list[str]) -> WorkerProcess | None: ...
+
+    def close(self) -> None: ...
+
+
 class ForkedWorker:
     """A worker the template forked: not this process's child, so its exit status comes from the template."""
 

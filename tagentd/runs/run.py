@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import cached_property
 from sys import intern
 from typing import Any
 
 import msgspec
 
 from tagent_client.engine import RunMachine
+from tagent_client.events import Dispatch
 from tagent_client.plan import Plan
 from tagent_client.protocol import EventRecord, LogRecord, RunDetail, RunSummary, StepInfo
 from tagent_client.result import PipelineResult
 from tagent_client.state import RunState, RunStatus, StepStatus
+from tagentd.executor.interface import PipelineCode, StepAttempt
 
 MAX_LOG_LINES = 10_000
 MAX_EVENTS = 50_000
@@ -129,6 +132,17 @@ class Run:
         self._seq = event_seq
         self.logs = list(logs)
         self._log_seq = logs[-1].seq if logs else 0
+
+    @cached_property
+    def code(self) -> PipelineCode:
+        """The pipeline file the run's steps run from, as an executor's workers get it."""
+        src = self.source
+        return PipelineCode(path=src.path, source=src.source, source_hash=src.source_hash, target=src.target)
+
+    def attempt(self, task: Dispatch) -> StepAttempt:
+        """The attempt the engine dispatched, as plain data for the executor (tagentd.executor.interface)."""
+        return StepAttempt(run_id=self.id, pipeline=self.plan.name, code=self.code, dispatch=task,
+                           params=self.state.params, model=self.source.model, trigger=self.source.trigger)
 
     def remember(self, key: str, value: Any) -> None:
         """`ctx.memory.save`: keep `value` under `key` for the rest of the run (durable on the next flush)."""

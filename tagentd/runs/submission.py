@@ -1,7 +1,7 @@
 """Turning a pipeline file into a new run: load it in a worker, check it can run, build the `Run`.
 
 Shared by `tagent submit` (control.submit) and the folder watcher through `Daemon.submit_source`.
-The daemon never imports the file: a worker does (`WorkerPool.load`), and hands back the Plan.
+The daemon never imports the file: the executor's workers do (`Executor.load`), and hand back the Plan.
 `SubmitKeys` makes a submit idempotent: a repeat of its key returns the run it started.
 """
 
@@ -15,14 +15,13 @@ from typing import Any
 
 from tagent_client.binding import missing_params
 from tagent_client.engine import RunMachine
-from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineLoadError, PipelineValidationError
+from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineValidationError
 from tagent_client.plan import Plan, StepKind
 from tagent_client.protocol import SubmitResult
 from tagent_client.state import new_run_id
-from tagentd.executor.pool import WorkerPool
+from tagentd.executor.interface import Executor, PipelineCode
 from tagentd.runs.run import Run, RunEntry, RunSource
 from tagentd.runs.table import RunTable
-from tagentd.worker import wire
 
 WATCHER = "watcher"  # `who` in the audit trail of the runs of files dropped into a watched folder
 
@@ -32,23 +31,12 @@ def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
-async def load_plan(pool: WorkerPool, path: str, source: str, target: str | None = None) -> Plan:
+async def load_plan(executor: Executor, path: str, source: str, target: str | None = None) -> Plan:
     """Import and validate the file in a worker (never here) and return its Plan.
 
     Raises PipelineLoadError (one line, `path:line: reason`) or PipelineValidationError (one-line message).
     """
-    try:
-        loaded = await pool.load(path=path, source=source, source_hash=source_hash(source), target=target)
-    except (TimeoutError, RuntimeError) as exc:
-        raise PipelineLoadError(f"{path}: {exc}") from None
-    if isinstance(loaded, wire.LoadFailed):
-        if loaded.code == PipelineValidationError.code:
-            invalid = PipelineValidationError(loaded.pipeline or "?", loaded.problems)
-            invalid.message = loaded.message  # one line on the wire: "path: pipeline 'x' is invalid: ..."
-            invalid.details["path"] = path
-            raise invalid
-        raise PipelineLoadError(loaded.message)
-    return loaded.plan
+    return await executor.load(PipelineCode(path=path, source=source, source_hash=source_hash(source), target=target))
 
 
 def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: dict[str, Any] | None,

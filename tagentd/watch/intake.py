@@ -206,7 +206,7 @@ class DroppedFiles:
         except UnicodeDecodeError as exc:
             raise PipelineLoadError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
         if path.lower().endswith(".py"):
-            return text, await submit.load_plan(self.daemon.pool, path, text)
+            return text, await submit.load_plan(self.daemon.executor, path, text)
         return text, read_document(path, text)
 
     def _cancel_runs(self, path: str, reason: str, keep: str | None = None) -> int:
