@@ -38,8 +38,9 @@ from tagentd.broker.state import Broker, QueuedTrigger, Registration
 from tagentd.broker.store import BrokerStore, MemoryBrokerStore
 from tagentd.broker.views import RATE_WINDOW
 from tagentd.runs.run import Run, RunSource
-from tagentd.runs.submission import new_run, source_hash
+from tagentd.runs.submission import new_run
 from tagentd.worker import wire
+from tagentd.worker.wire import source_hash
 
 if TYPE_CHECKING:
     from tagentd.app.daemon import Daemon

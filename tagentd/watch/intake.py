@@ -16,7 +16,6 @@ leaves older runs alone unless `on_change = "restart"`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from tagentd.runs import submission as submit
 from tagentd.runs.run import Run
 from tagentd.watch.rules import MAX_FILE_BYTES, Probe, file_problem, probe, stat_probe
 from tagentd.watch.seen import SeenFiles
+from tagentd.worker.wire import source_hash
 
 if TYPE_CHECKING:
     from tagentd.app.daemon import Daemon
@@ -160,7 +160,7 @@ class DroppedFiles:
             self._deleted(path)
             return
         data, self.probes[path] = got
-        digest = hashlib.sha256(data).hexdigest()
+        digest = source_hash(data)
         record = self.files.get(path)
         if record is not None and record.hash == digest and record.status in ("started", "registered"):
             record.checked_at = time.time()
