@@ -23,23 +23,14 @@ from tagent_client.state import RunStatus, StepStatus
 from tagentd import __version__
 from tagentd.broker.handlers import CLIENT_HANDLERS as BROKER_HANDLERS
 from tagentd.plumbing import peers
+from tagentd.plumbing.longpoll import wait_limit
 from tagentd.runs import submission as submitting
 from tagentd.runs.run import Run
 
 if TYPE_CHECKING:
     from tagentd.app.daemon import Daemon
 
-MAX_WAIT = 30.0
-
-
-def wait_limit(wait: float) -> float:
-    """A long-poll's `wait` clamped to [0, MAX_WAIT]; NaN means 0 (it compares false, so it would never expire)."""
-    return min(max(wait, 0.0), MAX_WAIT) if wait == wait else 0.0
-
-
-def who(req: p.Request) -> str:
-    """The sender as the audit trail names it: OS-verified uid/pid, the client's own marked "reported"."""
-    return peers.who(req)
+MAX_WAIT = 30.0  # longest a `get_events` / `get_logs` request is parked; clients loop
 
 
 def find_run(daemon: Daemon, run_id: str) -> Run:
@@ -66,10 +57,10 @@ async def _submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
     plan = await submitting.load_plan(daemon.executor, req.path, req.source, req.target)
     if plan.triggers and not req.run:  # a triggered pipeline is registered; each matching event starts a run
         daemon.broker.register(path=req.path, source=req.source, target=req.target,
-                               model=req.model or daemon.settings.model, plan=plan, who=who(req))
+                               model=req.model or daemon.settings.model, plan=plan, who=peers.who(req))
         return p.SubmitResult(run_id="", pipeline=plan.name, steps=[s.name for s in plan.steps], registered=True,
                               triggers=list(plan.triggers))
-    run = await daemon.submit_source(req.path, req.source, req.target, req.params, req.model, who(req), plan=plan,
+    run = await daemon.submit_source(req.path, req.source, req.target, req.params, req.model, peers.who(req), plan=plan,
                                      idempotency_key=req.idempotency_key)
     return submitting.accepted(run)
 
@@ -90,7 +81,7 @@ def cancel(daemon: Daemon, req: p.Cancel) -> dict[str, Any]:
     run = find_run(daemon, req.run_id)
     if run.finished:
         raise InvalidRequest(f"run {run.id} already ended {run.state.status.value}; nothing to cancel")
-    run.audit(who(req), "cancel", reason=req.reason)
+    run.audit(peers.who(req), "cancel", reason=req.reason)
     daemon.cancel_run(run, req.reason)
     return {"run_id": run.id, "status": run.state.status.value}
 
@@ -101,7 +92,7 @@ def resume(daemon: Daemon, req: p.Resume) -> dict[str, Any]:
         raise InvalidRequest(f"run {run.id} is {run.state.status.value}; only failed or cancelled runs can be resumed")
     again = [n for n, s in run.state.steps.items() if s.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)]
     daemon.reset_run(run, again)  # refused while the daemon stops: then nothing is audited
-    run.audit(who(req), "resume", steps=again)
+    run.audit(peers.who(req), "resume", steps=again)
     return {"run_id": run.id, "steps": again}
 
 
@@ -112,13 +103,13 @@ def retry(daemon: Daemon, req: p.Retry) -> dict[str, Any]:
     if not run.finished:
         raise InvalidRequest(f"run {run.id} is still {run.state.status.value}; retry a step once the run has ended")
     daemon.reset_run(run, [req.step])
-    run.audit(who(req), "retry", step=req.step)
+    run.audit(peers.who(req), "retry", step=req.step)
     return {"run_id": run.id, "step": req.step}
 
 
 async def get_events(daemon: Daemon, req: p.GetEvents) -> p.EventBatch:
     run = find_run(daemon, req.run_id)
-    deadline = time.monotonic() + wait_limit(req.wait)
+    deadline = time.monotonic() + wait_limit(req.wait, MAX_WAIT)
     while True:
         events = run.events_after(req.after)
         remaining = deadline - time.monotonic()
@@ -129,7 +120,7 @@ async def get_events(daemon: Daemon, req: p.GetEvents) -> p.EventBatch:
 
 async def get_logs(daemon: Daemon, req: p.GetLogs) -> p.LogBatch:
     run = find_run(daemon, req.run_id)
-    deadline = time.monotonic() + wait_limit(req.wait)
+    deadline = time.monotonic() + wait_limit(req.wait, MAX_WAIT)
     while True:
         lines = run.logs_after(req.after)
         remaining = deadline - time.monotonic()
@@ -169,7 +160,7 @@ def get_watch(daemon: Daemon, req: p.GetWatch) -> p.WatchInfo:
 def shutdown(daemon: Daemon, req: p.Shutdown) -> dict[str, Any]:
     if req.timeout is not None and not req.timeout >= 0:
         raise InvalidRequest(f"a stop's timeout must be a number of seconds >= 0, got {req.timeout!r}")
-    return daemon.request_stop(graceful=req.graceful, who=who(req), timeout=req.timeout)
+    return daemon.request_stop(graceful=req.graceful, who=peers.who(req), timeout=req.timeout)
 
 
 HANDLERS: dict[type, Callable[..., Any]] = {
