@@ -1,16 +1,18 @@
 """Handlers for broker requests, from clients (control.sock) and from steps (workers.sock).
 
-One function per request type, like control.py: `handler(shell, req, caller)`
-where `caller` is the calling step's `StepRef`, or None for a client — a client
-is the owner and no allow-list applies to it. A handler returns the result
-(plain data or a result Struct) or raises a TagentError. `receive` and
-`wait_event` are coroutines: they may be parked until something arrives. Every
-reply leaves after the daemon's next commit, so what it reports is on disk.
+One function per request type, like tagentd/control/handlers.py:
+`handler(shell, req, caller)` where `caller` is the calling step's `StepRef`, or
+None for a client — a client is the owner and no allow-list applies to it. A
+handler returns the result (plain data or a result Struct) or raises a
+TagentError; tagentd/control/router.py turns either into the reply, for a client
+(tagentd/control/handlers.py's `route`) and for a step
+(tagentd/control/broker_calls.py) alike. `receive` and `wait_event` are
+coroutines: they may be parked until something arrives. Every reply leaves after
+the daemon's next commit, so what it reports is on disk.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 import uuid
 from collections.abc import Callable
@@ -24,7 +26,6 @@ from tagentd.plumbing import peers
 from tagentd.plumbing.longpoll import wait_limit
 
 if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
     from tagentd.broker.service import BrokerShell
 
 Caller = b.StepRef | None
@@ -214,17 +215,3 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     b.BrokerStatsRequest: stats,
 }
 
-
-def _for_client(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """A control.py-style handler `(daemon, req)` for a client's request (caller None)."""
-    if inspect.iscoroutinefunction(handler):
-        async def serve_async(daemon: Daemon, req: Any) -> Any:
-            return await handler(daemon.broker, req, None)
-        return serve_async
-
-    def serve(daemon: Daemon, req: Any) -> Any:
-        return handler(daemon.broker, req, None)
-    return serve
-
-
-CLIENT_HANDLERS: dict[type, Callable[..., Any]] = {kind: _for_client(fn) for kind, fn in HANDLERS.items()}
