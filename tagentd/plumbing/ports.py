@@ -2,7 +2,7 @@
 
 Each part (the broker, the folder watcher, the control handlers, the worker-message table, the
 run driver) is handed exactly the ports it uses when tagentd/app/daemon.py wires it, the way the
-worker pool is handed `send=` and `on_lost=`. No part imports tagentd.app: the port types live
+executor is handed `send=`, `on_result=` and `on_lost=`. No part imports tagentd.app: the port types live
 here, in the lowest layer, so that every layer can name them (the ones about runs, which name
 `Run`, are in tagentd/runs/ports.py). tagentd/app/commit.py's `GroupCommit` provides the commit
 ports; the daemon provides `Spawn`.
