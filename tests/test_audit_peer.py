@@ -77,5 +77,6 @@ def test_a_space_write_is_logged_with_the_os_verified_sender(daemon: DaemonProce
     with daemon.client() as client:
         entries = client.space("notes").log()
 
-    # Then the write names this process as the OS saw it, and the claim as reported
-    assert [e.who for e in entries if e.op == "put"] == [f"client {ME} (reported uid=4242 pid=1)"]
+    # Then the write names this process as the OS saw it, and the claim as reported, in the same words as a
+    # run's history (docs/protocol.md, "Who sent it")
+    assert [e.who for e in entries if e.op == "put"] == [f"{ME} (reported uid=4242 pid=1)"]

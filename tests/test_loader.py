@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
 from tagent_client.pipeline import Pipeline
 from tagentd.worker import loader
-from tagentd.worker.loader import ModuleCache, find_pipeline, load_module, load_pipeline, schema_classes, source_hash
+from tagentd.worker.loader import ModuleCache, find_pipeline, load_module, load_pipeline, schema_classes
+from tagentd.worker.wire import source_hash
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,6 +55,13 @@ def load_error(cache: ModuleCache, tmp_path: Path, text: str, target: str | None
 
 def test_source_hash_is_sha256_of_the_utf8_text() -> None:
     assert source_hash("héllo") == hashlib.sha256("héllo".encode()).hexdigest()
+
+
+def test_a_file_read_as_bytes_has_the_hash_of_its_text() -> None:
+    # Given a file's bytes, as the folder watcher reads them, and its text, as `tagent submit` sends it
+    text = "pipeline = Pipeline('héllo')\n"
+    # Then both name the same version of the file (the watcher's seen map and the run store agree)
+    assert source_hash(text.encode("utf-8")) == source_hash(text)
 
 
 def test_a_good_file_loads_as_a_registered_module_and_its_schemas_work(tmp_path: Path) -> None:

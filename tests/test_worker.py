@@ -17,7 +17,7 @@ import zmq
 from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.state import Phase
 from tagentd.worker import wire
-from tagentd.worker.loader import source_hash
+from tagentd.worker.wire import source_hash
 
 pytestmark = pytest.mark.timeout(60)
 

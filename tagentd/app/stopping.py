@@ -72,7 +72,7 @@ class Stopper:
 
     def _hold(self) -> None:
         daemon = self.daemon
-        daemon.accepting = False
+        daemon.driver.accepting = False
         daemon.executor.hold()  # what the executor has queued stays queued: it is checkpointed as it is
         for run in daemon.runs.active():
             run.machine.hold()

@@ -1,16 +1,18 @@
 """Handlers for broker requests, from clients (control.sock) and from steps (workers.sock).
 
-One function per request type, like control.py: `handler(shell, req, caller)`
-where `caller` is the calling step's `StepRef`, or None for a client — a client
-is the owner and no allow-list applies to it. A handler returns the result
-(plain data or a result Struct) or raises a TagentError. `receive` and
-`wait_event` are coroutines: they may be parked until something arrives. Every
-reply leaves after the daemon's next commit, so what it reports is on disk.
+One function per request type, like tagentd/control/handlers.py:
+`handler(shell, req, caller)` where `caller` is the calling step's `StepRef`, or
+None for a client — a client is the owner and no allow-list applies to it. A
+handler returns the result (plain data or a result Struct) or raises a
+TagentError; tagentd/control/router.py turns either into the reply, for a client
+(tagentd/control/handlers.py's `route`) and for a step
+(tagentd/control/broker_calls.py) alike. `receive` and `wait_event` are
+coroutines: they may be parked until something arrives. Every reply leaves after
+the daemon's next commit, so what it reports is on disk.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 import uuid
 from collections.abc import Callable
@@ -21,20 +23,12 @@ from tagent_client.bounds import check_name
 from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
 from tagentd.broker import views
 from tagentd.plumbing import peers
+from tagentd.plumbing.longpoll import wait_limit
 
 if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
     from tagentd.broker.service import BrokerShell
 
 Caller = b.StepRef | None
-
-
-def who(req: b.BrokerRequest, caller: Caller) -> str:
-    return str(caller) if caller is not None else f"client {peers.who(req)}"
-
-
-def wait_limit(wait: float) -> float:
-    return min(max(wait, 0.0), b.MAX_WAIT) if wait == wait else 0.0
 
 
 def owner_only(caller: Caller, what: str) -> None:
@@ -48,14 +42,14 @@ def owner_only(caller: Caller, what: str) -> None:
 
 def send(shell: BrokerShell, req: b.SendMessage, caller: Caller) -> dict[str, Any]:
     message_id = req.message_id or uuid.uuid4().hex
-    return shell.send(req.to, message_id, who(req, caller), req.payload)
+    return shell.send(req.to, message_id, peers.who(req, caller), req.payload)
 
 
 async def receive(shell: BrokerShell, req: b.ReceiveMessage, caller: Caller) -> Any:
     if caller is None:
         raise InvalidRequest("only a step can receive messages (they are leased to its attempt); "
                              "look into a mailbox with 'tagent mailbox ls --peek N'")
-    return await shell.receive(caller, wait_limit(req.wait))
+    return await shell.receive(caller, wait_limit(req.wait, b.MAX_WAIT))
 
 
 def ack_messages(shell: BrokerShell, req: b.AckMessages, caller: Caller) -> dict[str, Any]:
@@ -116,7 +110,7 @@ def publish_many(shell: BrokerShell, req: b.PublishMany, caller: Caller) -> dict
 
 
 async def wait_event(shell: BrokerShell, req: b.WaitEvent, caller: Caller) -> Any:
-    return await shell.wait_event(req.prefix, wait_limit(req.wait))
+    return await shell.wait_event(req.prefix, wait_limit(req.wait, b.MAX_WAIT))
 
 
 # -- spaces ------------------------------------------------------------------------------------------------------
@@ -125,21 +119,23 @@ async def wait_event(shell: BrokerShell, req: b.WaitEvent, caller: Caller) -> An
 def space_get(shell: BrokerShell, req: b.SpaceGet, caller: Caller) -> b.Entry | None:
     shell.broker.check_access(req.space, caller, "get", req.key)
     shell.broker.stats["space_reads"] += 1
-    return shell.broker.core.get(req.space, req.key, who(req, caller), time.time())
+    return shell.broker.core.get(req.space, req.key, peers.who(req, caller), time.time())
 
 
 def space_put(shell: BrokerShell, req: b.SpacePut, caller: Caller) -> b.Entry:
     shell.broker.check_access(req.space, caller, "put", req.key)
-    entry = shell.broker.core.put(req.space, req.key, req.value, who(req, caller), time.time())
-    shell.space_changed(req.space, "put", entry, who(req, caller), caller)
+    by = peers.who(req, caller)
+    entry = shell.broker.core.put(req.space, req.key, req.value, by, time.time())
+    shell.space_changed(req.space, "put", entry, by, caller)
     return entry
 
 
 def space_cas(shell: BrokerShell, req: b.SpaceCas, caller: Caller) -> dict[str, Any]:
     shell.broker.check_access(req.space, caller, "cas", req.key)
-    ok, entry = shell.broker.core.cas(req.space, req.key, req.value, req.expected_version, who(req, caller), time.time())
+    by = peers.who(req, caller)
+    ok, entry = shell.broker.core.cas(req.space, req.key, req.value, req.expected_version, by, time.time())
     if ok and entry is not None:
-        shell.space_changed(req.space, "cas", entry, who(req, caller), caller)
+        shell.space_changed(req.space, "cas", entry, by, caller)
     else:
         shell.broker.stats["cas_conflicts"] += 1
     return {"ok": ok, "entry": entry}
@@ -147,10 +143,10 @@ def space_cas(shell: BrokerShell, req: b.SpaceCas, caller: Caller) -> dict[str, 
 
 def space_delete(shell: BrokerShell, req: b.SpaceDelete, caller: Caller) -> dict[str, Any]:
     shell.broker.check_access(req.space, caller, "delete", req.key)
-    gone = shell.broker.core.delete(req.space, req.key, who(req, caller), time.time(), req.expected_version)
+    by = peers.who(req, caller)
+    gone = shell.broker.core.delete(req.space, req.key, by, time.time(), req.expected_version)
     if gone is not None:
-        shell.space_changed(req.space, "delete", b.Entry(key=req.key, value=None, version=gone.version),
-                            who(req, caller), caller)
+        shell.space_changed(req.space, "delete", b.Entry(key=req.key, value=None, version=gone.version), by, caller)
     return {"deleted": gone is not None}
 
 
@@ -219,17 +215,3 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     b.BrokerStatsRequest: stats,
 }
 
-
-def _for_client(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """A control.py-style handler `(daemon, req)` for a client's request (caller None)."""
-    if inspect.iscoroutinefunction(handler):
-        async def serve_async(daemon: Daemon, req: Any) -> Any:
-            return await handler(daemon.broker, req, None)
-        return serve_async
-
-    def serve(daemon: Daemon, req: Any) -> Any:
-        return handler(daemon.broker, req, None)
-    return serve
-
-
-CLIENT_HANDLERS: dict[type, Callable[..., Any]] = {kind: _for_client(fn) for kind, fn in HANDLERS.items()}

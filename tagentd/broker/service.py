@@ -2,62 +2,72 @@
 
 It owns the broker state, its store, the event bus (events.sock) and everything
 that waits: parked `receive` requests, `wait_for_event` futures, events and
-trigger starts that must wait for a commit. The daemon calls its hooks:
+trigger starts that must wait for a commit. It is given ports, not the daemon:
+`RunOps` (runs: start triggered ones, look one up, whether new ones may start),
+`mark_dirty` and `steps_in_flight` (for the registry).
 
+As the run driver's `RunObserver` (tagentd/runs/ports.py) it hears:
 - `on_event(run, event)` for each task outcome: a succeeded attempt's leases are
   acknowledged, a failed, timed-out or lost one's are released (redelivered);
 - `on_actions(run, actions)`: a cancelled attempt's leases are released, a
   finished triggered run frees a slot for the next queued event;
-- `before_flush(events)` / `after_commit(token)` around each commit: lifecycle
-  events are matched against triggers before the flush (so the queued trigger
-  is in the same commit) and published to subscribers after it;
-- `on_worker_call(identity, call)` for a step's broker request.
+- `on_lifecycle(events)` before each flush: lifecycle events are matched against
+  triggers (so the queued trigger is in the same commit) and held for the bus.
+
+As a participant of the group commit (tagentd/app/commit.py) it `prepare`s what
+waits for the commit (events to publish, trigger starts and acks to journal),
+`flush`es its store when it has something to write, and once `committed`
+journals those, publishes the events to subscribers and starts queued triggers;
+`failed` puts them back. Steps' broker requests reach its handlers (handlers.py)
+through tagentd/control/broker_calls.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from tagent_client import protocol_broker as b
 from tagent_client.broker_core import Record, attempt_error
-from tagent_client.errors import InvalidRequest, TagentError
+from tagent_client.errors import InvalidRequest
 from tagent_client.events import Action, CancelTask, StepSucceeded
 from tagent_client.plan import Plan
 from tagent_client.protocol import EventRecord
 from tagent_client.receivers import Receivers
-from tagentd.broker import views
 from tagentd.broker.events import EventBus
-from tagentd.broker.handlers import HANDLERS
 from tagentd.broker.state import Broker, QueuedTrigger, Registration
 from tagentd.broker.store import BrokerStore, MemoryBrokerStore
-from tagentd.broker.views import RATE_WINDOW
+from tagentd.executor.interface import RunningAttempt
+from tagentd.plumbing.ports import MarkDirty
+from tagentd.runs.ports import RunOps
 from tagentd.runs.run import Run, RunSource
-from tagentd.runs.submission import new_run, source_hash
-from tagentd.worker import wire
-
-if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
+from tagentd.runs.submission import new_run
+from tagentd.settings.config import Settings
+from tagentd.worker.wire import source_hash
 
 log = logging.getLogger("tagentd.broker")
 
-ANSWERED_KEEP = 4096       # worker requests whose reply is kept to answer a re-send again
 ENDED_KEEP = 10_000        # attempts known to be over: a late receive for one leases nothing
+RATE_WINDOW = 10           # seconds of counter samples behind the rates in `stats`
 Holder = tuple[str, str, int]
-Token = tuple[list[EventRecord], list[QueuedTrigger], list[Record]]  # what one commit makes safe to publish / journal
+#: What one commit makes safe to publish / journal: lifecycle events, user events, trigger starts, acks.
+Token = tuple[list[EventRecord], list[EventRecord], list[QueuedTrigger], list[Record]]
 
 
 class BrokerShell:
     """The daemon's broker: state, store, bus, waiters and hooks. Only the daemon's loop uses it."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        settings = daemon.settings
-        self.daemon = daemon
+    def __init__(self, settings: Settings, *, ops: RunOps, mark_dirty: MarkDirty,
+                 steps_in_flight: Callable[[], Iterable[RunningAttempt]]) -> None:
+        self.ops = ops
+        self.mark_dirty = mark_dirty
+        #: The attempts running on workers right now (for the registry).
+        self.steps_in_flight = steps_in_flight
         config_allow = {name: s.allow for name, s in settings.spaces.items() if s.allow is not None}
         self.broker = Broker(mailbox_max=settings.mailbox_max, trigger_max_concurrent=settings.trigger_max_concurrent,
                              config_allow=config_allow, max_deliveries=settings.max_deliveries,
@@ -66,11 +76,10 @@ class BrokerShell:
         self.bus: EventBus | None = None
         self._seq = itertools.count(1)
         self._receivers = Receivers(self.broker.core.lease)
-        self._pending: list[EventRecord] = []      # published after the next commit
+        self._lifecycle: list[EventRecord] = []    # runs' lifecycle events, published after the next commit
+        self._pending: list[EventRecord] = []      # user and space events, published after them
         self._launched: list[QueuedTrigger] = []    # runs created; their TriggerStarted waits for the run's commit
         self._acks: list[Record] = []               # acks of succeeded attempts; wait for the attempt's commit
-        self._in_progress: set[tuple[bytes, int]] = set()
-        self._answered: collections.OrderedDict[tuple[bytes, int], bytes] = collections.OrderedDict()
         self._ended: collections.OrderedDict[Holder, None] = collections.OrderedDict()
         self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(maxlen=RATE_WINDOW + 1)
 
@@ -79,8 +88,8 @@ class BrokerShell:
     def load(self) -> None:
         """Read the broker store and square it with the run table (call after the runs are loaded)."""
         self.store.load()
-        started = {entry.trigger_id for entry in self.daemon.runs.entries() if entry.trigger_id}
-        for run in self.daemon.runs.active():
+        started = {entry.trigger_id for entry in self.ops.runs.entries() if entry.trigger_id}
+        for run in self.ops.runs.active():
             if isinstance(run.source.trigger, dict) and run.source.trigger.get("id"):
                 self.broker.triggered_running.setdefault(run.plan.name, set()).add(run.id)
         dropped = self.broker.forget_started(started)
@@ -98,7 +107,7 @@ class BrokerShell:
         while True:
             now = time.monotonic()
             self.bus.tick(now)
-            self.samples.append((now, views.counters(self)))
+            self.samples.append((now, self.counters()))
             await asyncio.sleep(1.0)
 
     def close(self) -> None:
@@ -106,7 +115,14 @@ class BrokerShell:
         if self.bus is not None:
             self.bus.close()
 
-    # -- daemon hooks ---------------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Every counter of the broker and its bus (monotonic since the daemon started)."""
+        found = dict(self.broker.stats)
+        if self.bus is not None:
+            found.update(self.bus.stats)
+        return found
+
+    # -- what happens to runs (RunObserver) -------------------------------------------------------------------
 
     def on_event(self, run: Run, event: Any) -> None:
         holder = (run.id, getattr(event, "task", ""), getattr(event, "attempt", 0))
@@ -148,28 +164,35 @@ class BrokerShell:
             self.broker.stats["messages_dead"] += len(dead)
             if not succeeded:
                 self._receivers.deliver_all()
-            self.daemon._dirty.set()
+            self.mark_dirty()
 
-    def match_triggers(self, lifecycle: list[tuple[Run, EventRecord]]) -> None:
-        """Queue a triggered run for each new lifecycle event that matches (a run never triggers its own pipeline)."""
-        if not self.broker.registrations:
-            return
-        for run, record in lifecycle:
-            for pipeline in self.broker.match(record.topic, run.plan.name):
-                self.broker.enqueue(pipeline, record.topic, record.data, record.ts, record.seq)
+    def on_lifecycle(self, events: list[tuple[Run, EventRecord]]) -> None:
+        """Queue a triggered run for each new lifecycle event that matches (a run never triggers its own pipeline);
+        hold the events for the bus until the commit that writes them."""
+        if self.broker.registrations:
+            for run, record in events:
+                for pipeline in self.broker.match(record.topic, run.plan.name):
+                    self.broker.enqueue(pipeline, record.topic, record.data, record.ts, record.seq)
+        self._lifecycle += [record for _, record in events]
 
-    def before_flush(self) -> Token:
-        """Take what waits for this commit: user events to publish, trigger starts and acks to journal after it."""
-        token = (self._pending, self._launched, self._acks)
-        self._pending, self._launched, self._acks = [], [], []
+    # -- the group commit (CommitParticipant) ------------------------------------------------------------------
+
+    def prepare(self) -> Token:
+        """Take what waits for this commit: events to publish, trigger starts and acks to journal after it."""
+        token = (self._lifecycle, self._pending, self._launched, self._acks)
+        self._lifecycle, self._pending, self._launched, self._acks = [], [], [], []
         return token
 
-    def flush_failed(self, token: Token) -> None:
-        self._pending[:0], self._launched[:0], self._acks[:0] = token
+    def flush(self, token: Token) -> Awaitable[None] | None:
+        """Write the broker store in the same commit as the run store, when it has anything to write."""
+        return self.store.flush() if self.has_writes() else None
 
-    def after_commit(self, token: Token, lifecycle: list[EventRecord]) -> None:
+    def failed(self, token: Token) -> None:
+        self._lifecycle[:0], self._pending[:0], self._launched[:0], self._acks[:0] = token
+
+    def committed(self, token: Token) -> None:
         """The commit is on disk: journal the trigger starts and acks it made safe, publish, start queued triggers."""
-        pending, launched, acks = token
+        lifecycle, pending, launched, acks = token
         for item in launched:
             self.broker.trigger_durable(item)
         self.broker.journal.extend(acks)
@@ -177,60 +200,12 @@ class BrokerShell:
             self.bus.publish(lifecycle + pending if pending else lifecycle)
         self.pump_triggers()
         if self.broker.journal:
-            self.daemon._dirty.set()
+            self.mark_dirty()
 
     def publish_now(self, topic: str, data: Any) -> None:
         """Best effort and at once, without a commit and without triggers (progress notes)."""
         if self.bus is not None:
             self.bus.publish([EventRecord(seq=0, ts=time.time(), topic=topic, data=data)])
-
-    # -- worker requests -------------------------------------------------------------------------------------
-
-    def on_worker_call(self, identity: bytes, call: wire.BrokerCall) -> None:
-        key = (identity, call.req)
-        cached = self._answered.get(key)
-        if cached is not None:
-            self.daemon.workers_channel.send([identity, cached])  # a re-send: the answer was committed already
-            return
-        if key in self._in_progress:
-            return
-        self._in_progress.add(key)
-        handler = HANDLERS.get(type(call.op))
-        if handler is None:
-            self._answer(key, wire.BrokerReply(req=call.req, code="protocol", message=f"unknown broker request {call.op!r:.60}"))
-        elif inspect.iscoroutinefunction(handler):
-            self.daemon.spawn(self._serve_async(key, handler, call))
-        else:
-            self._answer(key, self._reply(call, lambda: handler(self, call.op, call.caller)))
-
-    async def _serve_async(self, key: tuple[bytes, int], handler: Any, call: wire.BrokerCall) -> None:
-        try:
-            result = await handler(self, call.op, call.caller)
-            reply = wire.BrokerReply(req=call.req, result=result)
-        except TagentError as exc:
-            reply = wire.BrokerReply(req=call.req, code=exc.code, message=exc.message)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
-            log.exception("broker request %s failed", type(call.op).__name__)
-            reply = wire.BrokerReply(req=call.req, code="error", message=f"internal error in {type(call.op).__name__}: {exc}")
-        self._answer(key, reply)
-
-    @staticmethod
-    def _reply(call: wire.BrokerCall, run: Any) -> wire.BrokerReply:
-        try:
-            return wire.BrokerReply(req=call.req, result=run())
-        except TagentError as exc:
-            return wire.BrokerReply(req=call.req, code=exc.code, message=exc.message)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("broker request %s failed", type(call.op).__name__)
-            return wire.BrokerReply(req=call.req, code="error", message=f"internal error in {type(call.op).__name__}: {exc}")
-
-    def _answer(self, key: tuple[bytes, int], reply: wire.BrokerReply) -> None:
-        self._in_progress.discard(key)
-        payload = wire.encode(reply)
-        self._answered[key] = payload
-        while len(self._answered) > ANSWERED_KEEP:
-            self._answered.popitem(last=False)
-        self.daemon.reply_after_commit(self.daemon.workers_channel, [key[0], payload])
 
     # -- mailboxes --------------------------------------------------------------------------------------------
 
@@ -243,7 +218,7 @@ class BrokerShell:
 
     async def receive(self, caller: b.StepRef, wait: float) -> Any:
         holder = caller.holder
-        run = self.daemon.runs.live(caller.run_id)
+        run = self.ops.runs.live(caller.run_id)
         if holder in self._ended or run is None or run.finished:
             return None  # a late re-send for an attempt that is over: lease nothing
         message = await self._receivers.receive(caller.pipeline, holder, wait)
@@ -276,7 +251,7 @@ class BrokerShell:
                     triggered += 1
         self._pending += records
         self.broker.stats["user_events"] += len(records)
-        self.daemon._dirty.set()
+        self.mark_dirty()
         return triggered
 
     def publish(self, topic: str, data: Any, origin: str | None) -> tuple[EventRecord, list[str]]:
@@ -287,7 +262,7 @@ class BrokerShell:
             self.broker.enqueue(pipeline, topic, data, record.ts, record.seq)
         self._pending.append(record)
         self.broker.stats["user_events"] += 1
-        self.daemon._dirty.set()
+        self.mark_dirty()
         return record, triggered
 
     async def wait_event(self, prefix: str, wait: float) -> Any:
@@ -311,21 +286,21 @@ class BrokerShell:
 
         Raises InvalidRequest while shutting down, ConfigError if an agent step would have no model.
         """
-        if not self.daemon.accepting:
+        if not self.ops.accepting:
             raise InvalidRequest("the daemon is shutting down and accepts no registrations")
         new_run(plan, path=path, source=source, target=target, params={}, model=model, who=who)  # the same checks
         registration = Registration(
             pipeline=plan.name, plan=plan, triggers=list(plan.triggers), registered_at=time.time(), by=who,
             source=RunSource(path=path, source=source, source_hash=source_hash(source), target=target, model=model))
         self.broker.register(registration)
-        self.daemon._dirty.set()
+        self.mark_dirty()
         log.info("pipeline %s registered by %s: a run starts on each event matching %s", plan.name, who,
                  ", ".join(plan.triggers))
         return registration
 
     def pump_triggers(self) -> None:
         """Start a run for each queued event whose pipeline is below its concurrency limit."""
-        if not self.daemon.accepting:
+        if not self.ops.accepting:
             return
         for item in self.broker.startable():
             registration = self.broker.registrations.get(item.pipeline)
@@ -335,6 +310,6 @@ class BrokerShell:
             run = new_run(registration.plan, path=src.path, source=src.source, target=src.target, params={},
                           model=src.model, who=f"trigger {item.topic}")
             run.source.trigger = item.as_trigger()
-            self.daemon.start_run(run)
+            self.ops.start_run(run)
             self.broker.started(item, run.id)
             self._launched.append(item)

@@ -16,8 +16,6 @@ from tagent_client import protocol_broker as b
 if TYPE_CHECKING:
     from tagentd.broker.service import BrokerShell
 
-RATE_WINDOW = 10  # seconds of counter samples behind the rates in `stats`
-
 
 def mailboxes(shell: BrokerShell, pipeline: str | None, peek: int) -> list[b.MailboxInfo]:
     """Each mailbox (or `pipeline`'s): depth, leased, dead letters, oldest message, and its first `peek` messages."""
@@ -36,14 +34,14 @@ def mailboxes(shell: BrokerShell, pipeline: str | None, peek: int) -> list[b.Mai
 def registry(shell: BrokerShell, capability: str | None) -> list[b.RegistryEntry]:
     """Running pipelines (their unfinished runs and the workers on them) and registered ones, by name."""
     entries: dict[str, b.RegistryEntry] = {}
-    for run in shell.daemon.runs.active():
+    for run in shell.ops.runs.active():
         entry = entries.get(run.plan.name)
         if entry is None:
             entry = entries[run.plan.name] = b.RegistryEntry(
                 pipeline=run.plan.name, capabilities=list(run.plan.capabilities), triggers=list(run.plan.triggers))
         entry.run_ids.append(run.id)
     by_run = {run_id: name for name, e in entries.items() for run_id in e.run_ids}
-    for running in shell.daemon.executor.running():
+    for running in shell.steps_in_flight():
         name = by_run.get(running.run_id)
         if name is not None and running.worker not in entries[name].workers:
             entries[name].workers.append(running.worker)
@@ -53,14 +51,6 @@ def registry(shell: BrokerShell, capability: str | None) -> list[b.RegistryEntry
         entry.queued_triggers = len(shell.broker.queue.get(name, ()))
     found = [e for e in entries.values() if capability is None or capability in e.capabilities]
     return sorted(found, key=lambda e: e.pipeline)
-
-
-def counters(shell: BrokerShell) -> dict[str, int]:
-    """Every counter of the broker and its bus (monotonic since the daemon started)."""
-    found = dict(shell.broker.stats)
-    if shell.bus is not None:
-        found.update(shell.bus.stats)
-    return found
 
 
 def rates(shell: BrokerShell, now: float, totals: dict[str, int]) -> dict[str, float]:
@@ -77,7 +67,7 @@ def rates(shell: BrokerShell, now: float, totals: dict[str, int]) -> dict[str, f
 def stats(shell: BrokerShell) -> b.BrokerStats:
     """The `stats` request: counters, rates, queue depths, subscribers and their drops, spaces, triggers."""
     now = time.monotonic()
-    totals = counters(shell)
+    totals = shell.counters()
     core = shell.broker.core
     spaces = [b.SpaceInfo(name=s.name, keys=len(s.entries), bytes=s.bytes, log_entries=len(s.log),
                           allow=sorted(a) if (a := shell.broker.allowed(s.name)) is not None else None)
@@ -93,7 +83,7 @@ def stats(shell: BrokerShell) -> b.BrokerStats:
 def summary(shell: BrokerShell) -> dict[str, Any]:
     """A few numbers for `tagentd status`."""
     core = shell.broker.core
-    totals = counters(shell)
+    totals = shell.counters()
     per_s = rates(shell, time.monotonic(), totals)
     return {
         "messages_per_s": per_s.get("messages_sent", 0.0), "events_per_s": per_s.get("events_published", 0.0),

@@ -1,12 +1,15 @@
 """Request handlers for the control socket: one function per request type.
 
-A handler takes the daemon and the decoded request and returns the reply's
-result (plain data or a result Struct), or raises a TagentError that becomes an
-ErrorReply. Handlers that must wait (submit loads the file in a worker; events
-and logs long-poll) are coroutines; the rest answer at once. Replies are sent
-only after the daemon's next commit, so what a reply reports is on disk — but
-for `ANSWERED_AT_ONCE`, which report nothing that must be. While the state dir
-cannot be written, every other request is refused at once (store_health.py).
+A handler takes the `Ports` it is given (never the daemon) and the decoded
+request, and returns the reply's result (plain data or a result Struct), or
+raises a TagentError that becomes an ErrorReply (router.py). Handlers that must
+wait (submit loads the file in a worker; events and logs long-poll) are
+coroutines; the rest answer at once. A broker request from a client goes to the
+broker's handler (tagentd/broker/handlers.py) with no step as its caller
+(`route`). Replies are sent only after the daemon's next commit, so what a reply
+reports is on disk — but for `ANSWERED_AT_ONCE`, which report nothing that must
+be. While the state dir cannot be written, every other request is refused at
+once (tagentd/storage/health.py).
 """
 
 from __future__ import annotations
@@ -14,111 +17,128 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from tagent_client import protocol as p
 from tagent_client import protocol_broker as b
 from tagent_client.errors import InvalidRequest, NotFound
 from tagent_client.state import RunStatus, StepStatus
 from tagentd import __version__
-from tagentd.broker.handlers import CLIENT_HANDLERS as BROKER_HANDLERS
+from tagentd.broker import handlers as broker
+from tagentd.broker.service import BrokerShell
 from tagentd.plumbing import peers
+from tagentd.plumbing.longpoll import wait_limit
 from tagentd.runs import submission as submitting
+from tagentd.runs.ports import RunOps
 from tagentd.runs.run import Run
+from tagentd.runs.submission import SubmitKeys
+from tagentd.settings.config import Settings
 
-if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
-
-MAX_WAIT = 30.0
-
-
-def wait_limit(wait: float) -> float:
-    """A long-poll's `wait` clamped to [0, MAX_WAIT]; NaN means 0 (it compares false, so it would never expire)."""
-    return min(max(wait, 0.0), MAX_WAIT) if wait == wait else 0.0
+MAX_WAIT = 30.0  # longest a `get_events` / `get_logs` request is parked; clients loop
 
 
-def who(req: p.Request) -> str:
-    """The sender as the audit trail names it: OS-verified uid/pid, the client's own marked "reported"."""
-    return peers.who(req)
+@dataclass
+class Ports:
+    """What the control handlers are given (tagentd/app/daemon.py wires them)."""
+
+    settings: Settings
+    ops: RunOps
+    broker: BrokerShell
+    submit_keys: SubmitKeys
+    #: `tagentd status`: the daemon's pid, sockets, workers and counters.
+    status: Callable[[], p.DaemonInfo]
+    #: `tagent watch`: the watched folders and files; None until the watcher has started.
+    watch: Callable[[], p.WatchInfo | None]
+    #: Start stopping (graceful or fast, by whom, waiting at most `timeout`); what the stop waits for.
+    stop: Callable[..., dict[str, Any]]
 
 
-def find_run(daemon: Daemon, run_id: str) -> Run:
-    run = daemon.runs.get(run_id)
+def route(ports: Ports, req: p.Request) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The handler for `req` and its arguments: a control handler's `(ports, req)`, a broker one's `(shell, req, None)`."""
+    handler = HANDLERS.get(type(req))
+    if handler is not None:
+        return handler, (ports, req)
+    return broker.HANDLERS[type(req)], (ports.broker, req, None)
+
+
+def find_run(ports: Ports, run_id: str) -> Run:
+    run = ports.ops.runs.get(run_id)
     if run is None:
         raise NotFound(f"no run {run_id!r}; list runs with 'tagent runs'", run_id=run_id)
     return run
 
 
-def ping(daemon: Daemon, req: p.Ping) -> dict[str, Any]:
+def ping(ports: Ports, req: p.Ping) -> dict[str, Any]:
     """Liveness, and the limits a client must know: request size, how long a submit's import may take."""
-    limits = p.Limits(max_message_bytes=daemon.settings.max_message_bytes, load_timeout=daemon.settings.load_timeout)
+    limits = p.Limits(max_message_bytes=ports.settings.max_message_bytes, load_timeout=ports.settings.load_timeout)
     return {"pid": os.getpid(), "version": __version__, "protocol": p.PROTOCOL_VERSION, "limits": limits}
 
 
-async def submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
+async def submit(ports: Ports, req: p.Submit) -> p.SubmitResult:
     """Start a run (or register a triggered pipeline); a repeat of an idempotency key returns its run instead."""
     if req.idempotency_key:
-        return await daemon.submit_keys.once(req.idempotency_key, daemon.runs, req.path, lambda: _submit(daemon, req))
-    return await _submit(daemon, req)
+        return await ports.submit_keys.once(req.idempotency_key, ports.ops.runs, req.path, lambda: _submit(ports, req))
+    return await _submit(ports, req)
 
 
-async def _submit(daemon: Daemon, req: p.Submit) -> p.SubmitResult:
-    plan = await submitting.load_plan(daemon.executor, req.path, req.source, req.target)
+async def _submit(ports: Ports, req: p.Submit) -> p.SubmitResult:
+    plan = await ports.ops.load_plan(req.path, req.source, req.target)
     if plan.triggers and not req.run:  # a triggered pipeline is registered; each matching event starts a run
-        daemon.broker.register(path=req.path, source=req.source, target=req.target,
-                               model=req.model or daemon.settings.model, plan=plan, who=who(req))
+        ports.broker.register(path=req.path, source=req.source, target=req.target,
+                              model=req.model or ports.settings.model, plan=plan, who=peers.who(req))
         return p.SubmitResult(run_id="", pipeline=plan.name, steps=[s.name for s in plan.steps], registered=True,
                               triggers=list(plan.triggers))
-    run = await daemon.submit_source(req.path, req.source, req.target, req.params, req.model, who(req), plan=plan,
+    run = await ports.ops.submit_source(req.path, req.source, req.target, req.params, req.model, peers.who(req), plan=plan,
                                      idempotency_key=req.idempotency_key)
     return submitting.accepted(run)
 
 
-def list_runs(daemon: Daemon, req: p.ListRuns) -> list[p.RunSummary]:
-    return daemon.runs.newest(max(1, min(req.limit, 10_000)), req.status)
+def list_runs(ports: Ports, req: p.ListRuns) -> list[p.RunSummary]:
+    return ports.ops.runs.newest(max(1, min(req.limit, 10_000)), req.status)
 
 
-def get_run(daemon: Daemon, req: p.GetRun) -> p.RunDetail:
-    return find_run(daemon, req.run_id).detail()
+def get_run(ports: Ports, req: p.GetRun) -> p.RunDetail:
+    return find_run(ports, req.run_id).detail()
 
 
-def get_result(daemon: Daemon, req: p.GetResult) -> dict[str, Any]:
-    return find_run(daemon, req.run_id).result().to_dict()
+def get_result(ports: Ports, req: p.GetResult) -> dict[str, Any]:
+    return find_run(ports, req.run_id).result().to_dict()
 
 
-def cancel(daemon: Daemon, req: p.Cancel) -> dict[str, Any]:
-    run = find_run(daemon, req.run_id)
+def cancel(ports: Ports, req: p.Cancel) -> dict[str, Any]:
+    run = find_run(ports, req.run_id)
     if run.finished:
         raise InvalidRequest(f"run {run.id} already ended {run.state.status.value}; nothing to cancel")
-    run.audit(who(req), "cancel", reason=req.reason)
-    daemon.cancel_run(run, req.reason)
+    run.audit(peers.who(req), "cancel", reason=req.reason)
+    ports.ops.cancel_run(run, req.reason)
     return {"run_id": run.id, "status": run.state.status.value}
 
 
-def resume(daemon: Daemon, req: p.Resume) -> dict[str, Any]:
-    run = find_run(daemon, req.run_id)
+def resume(ports: Ports, req: p.Resume) -> dict[str, Any]:
+    run = find_run(ports, req.run_id)
     if run.state.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
         raise InvalidRequest(f"run {run.id} is {run.state.status.value}; only failed or cancelled runs can be resumed")
     again = [n for n, s in run.state.steps.items() if s.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)]
-    daemon.reset_run(run, again)  # refused while the daemon stops: then nothing is audited
-    run.audit(who(req), "resume", steps=again)
+    ports.ops.reset_run(run, again)  # refused while the daemon stops: then nothing is audited
+    run.audit(peers.who(req), "resume", steps=again)
     return {"run_id": run.id, "steps": again}
 
 
-def retry(daemon: Daemon, req: p.Retry) -> dict[str, Any]:
-    run = find_run(daemon, req.run_id)
+def retry(ports: Ports, req: p.Retry) -> dict[str, Any]:
+    run = find_run(ports, req.run_id)
     if req.step not in run.state.steps:
         raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
     if not run.finished:
         raise InvalidRequest(f"run {run.id} is still {run.state.status.value}; retry a step once the run has ended")
-    daemon.reset_run(run, [req.step])
-    run.audit(who(req), "retry", step=req.step)
+    ports.ops.reset_run(run, [req.step])
+    run.audit(peers.who(req), "retry", step=req.step)
     return {"run_id": run.id, "step": req.step}
 
 
-async def get_events(daemon: Daemon, req: p.GetEvents) -> p.EventBatch:
-    run = find_run(daemon, req.run_id)
-    deadline = time.monotonic() + wait_limit(req.wait)
+async def get_events(ports: Ports, req: p.GetEvents) -> p.EventBatch:
+    run = find_run(ports, req.run_id)
+    deadline = time.monotonic() + wait_limit(req.wait, MAX_WAIT)
     while True:
         events = run.events_after(req.after)
         remaining = deadline - time.monotonic()
@@ -127,9 +147,9 @@ async def get_events(daemon: Daemon, req: p.GetEvents) -> p.EventBatch:
         await run.wait_for_news(remaining)
 
 
-async def get_logs(daemon: Daemon, req: p.GetLogs) -> p.LogBatch:
-    run = find_run(daemon, req.run_id)
-    deadline = time.monotonic() + wait_limit(req.wait)
+async def get_logs(ports: Ports, req: p.GetLogs) -> p.LogBatch:
+    run = find_run(ports, req.run_id)
+    deadline = time.monotonic() + wait_limit(req.wait, MAX_WAIT)
     while True:
         lines = run.logs_after(req.after)
         remaining = deadline - time.monotonic()
@@ -138,12 +158,12 @@ async def get_logs(daemon: Daemon, req: p.GetLogs) -> p.LogBatch:
         await run.wait_for_news(remaining)
 
 
-def get_history(daemon: Daemon, req: p.GetHistory) -> list[Any]:
-    return list(find_run(daemon, req.run_id).history)
+def get_history(ports: Ports, req: p.GetHistory) -> list[Any]:
+    return list(find_run(ports, req.run_id).history)
 
 
-def get_transcript(daemon: Daemon, req: p.GetTranscript) -> dict[str, Any]:
-    run = find_run(daemon, req.run_id)
+def get_transcript(ports: Ports, req: p.GetTranscript) -> dict[str, Any]:
+    run = find_run(ports, req.run_id)
     step = run.state.steps.get(req.step)
     if step is None:
         raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
@@ -151,25 +171,26 @@ def get_transcript(daemon: Daemon, req: p.GetTranscript) -> dict[str, Any]:
     return {"run_id": run.id, "step": req.step, "kind": kind, "attempts": list(step.transcript)}
 
 
-def gc(daemon: Daemon, req: p.Gc) -> dict[str, Any]:
-    removed = daemon.apply_retention(max_age_s=req.max_age_s, max_runs=req.max_runs, dry_run=req.dry_run)
+def gc(ports: Ports, req: p.Gc) -> dict[str, Any]:
+    removed = ports.ops.expire(max_age_s=req.max_age_s, max_runs=req.max_runs, dry_run=req.dry_run)
     return {"removed": removed, "dry_run": req.dry_run}
 
 
-def daemon_status(daemon: Daemon, req: p.DaemonStatus) -> p.DaemonInfo:
-    return daemon.info()
+def daemon_status(ports: Ports, req: p.DaemonStatus) -> p.DaemonInfo:
+    return ports.status()
 
 
-def get_watch(daemon: Daemon, req: p.GetWatch) -> p.WatchInfo:
-    if daemon.watcher is None:
+def get_watch(ports: Ports, req: p.GetWatch) -> p.WatchInfo:
+    info = ports.watch()
+    if info is None:
         raise InvalidRequest("the folder watcher is not running yet; try again in a moment")
-    return daemon.watcher.info()
+    return info
 
 
-def shutdown(daemon: Daemon, req: p.Shutdown) -> dict[str, Any]:
+def shutdown(ports: Ports, req: p.Shutdown) -> dict[str, Any]:
     if req.timeout is not None and not req.timeout >= 0:
         raise InvalidRequest(f"a stop's timeout must be a number of seconds >= 0, got {req.timeout!r}")
-    return daemon.request_stop(graceful=req.graceful, who=who(req), timeout=req.timeout)
+    return ports.stop(graceful=req.graceful, who=peers.who(req), timeout=req.timeout)
 
 
 HANDLERS: dict[type, Callable[..., Any]] = {
@@ -189,7 +210,6 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     p.DaemonStatus: daemon_status,
     p.Shutdown: shutdown,
     p.GetWatch: get_watch,
-    **BROKER_HANDLERS,
 }
 
 #: Replies that report nothing that must be on disk: sent at once, not after the next commit, so they answer

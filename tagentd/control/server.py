@@ -11,24 +11,24 @@
   never reach the daemon, and a tagent client refuses them before sending;
 - a name too long or data nested too deeply (bounds.py): `name_too_long` /
   `invalid_request`;
-- while the state dir cannot be written (store_health.py): `disk_full` (or
+- while the state dir cannot be written (tagentd/storage/health.py): `disk_full` (or
   `config`) at once, and nothing changes — except for the requests in
   `control.ANSWERED_AT_ONCE` (ping, status, shutdown), which report nothing
   that must be on disk and are answered at once, commit or not;
-- otherwise what the request's handler (control.py) returns or raises.
+- otherwise what the request's handler (handlers.py) returns or raises, turned
+  into the reply by router.py (the one request -> reply path).
 
 Replies are never dropped on a full queue: the socket's send queue is
 unbounded (SNDHWM 0), so memory, not a silent drop, bounds a client that does
 not read — and the clients bound their requests in flight (AsyncClient's
 window). A reply for a peer that has gone is counted (`replies_dropped`).
-Each request carries its sender's OS credentials as `req.peer` (peers.py).
+Each request carries its sender's OS credentials as `req.peer` (tagentd/plumbing/peers.py).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import zmq
@@ -37,24 +37,44 @@ from tagent_client import bounds
 from tagent_client import protocol as p
 from tagent_client.errors import RequestTooLarge, TagentError
 from tagentd.control import handlers as control
+from tagentd.control.router import Deliver, Router
 from tagentd.plumbing import peers
 from tagentd.plumbing.channel import Channel, Frames
-
-if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
+from tagentd.plumbing.ports import ReplyAfterCommit
+from tagentd.storage.health import StoreHealth
 
 log = logging.getLogger("tagentd.control")
 
 TRANSPORT_CEILING = 2  # ZeroMQ's MAXMSGSIZE, in multiples of max_message_bytes
 
 
+class ControlReplyShape:
+    """A `Reply` / `ErrorReply` to one control request (router.py's `Shape`)."""
+
+    __slots__ = ("name", "req")
+
+    def __init__(self, req: p.Request) -> None:
+        self.req = req
+        self.name = type(req).__name__
+
+    def ok(self, result: Any) -> bytes:
+        return p.encode(p.Reply(id=self.req.id, result=result))
+
+    def error(self, exc: TagentError) -> bytes:
+        return p.encode(_error(self.req, exc))
+
+
 class ControlServer:
     """The daemon's control socket: decode, check, dispatch, reply once."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.max_bytes = daemon.settings.max_message_bytes
-        self.stats = daemon.stats
+    def __init__(self, *, ports: control.Ports, router: Router, health: StoreHealth, stats: dict[str, Any],
+                 max_bytes: int, reply_after_commit: ReplyAfterCommit) -> None:
+        self.ports = ports
+        self.router = router
+        self.health = health
+        self.max_bytes = max_bytes
+        self.reply_after_commit = reply_after_commit
+        self.stats = stats
         for counter in ("requests", "bad_frames", "requests_too_large"):
             self.stats.setdefault(counter, 0)
         self.sock: zmq.Socket | None = None
@@ -96,7 +116,7 @@ class ControlServer:
 
     def _reply(self, identity: bytes, message: msgspec.Struct) -> None:
         assert self.channel is not None
-        self.daemon.reply_after_commit(self.channel, [identity, p.encode(message)])
+        self.reply_after_commit(self.channel, [identity, p.encode(message)])
 
     def _on_request(self, frames: Frames) -> None:
         self.stats["requests"] += 1
@@ -126,43 +146,30 @@ class ControlServer:
         except TagentError as exc:
             self._reply(identity, _error(req, exc))
             return
-        handler = control.HANDLERS[type(req)]
+        handler, args = control.route(self.ports, req)
         if isinstance(req, control.ANSWERED_AT_ONCE):  # reports nothing that must be on disk: no commit to wait for
-            self._send_now(identity, self._answer(req, handler))
+            self.router.serve(handler, args, ControlReplyShape(req), lambda reply: self._send_now(identity, reply))
             return
-        if self.daemon.health.failing:  # its reply would wait for a commit that cannot happen: refuse, change nothing
-            self._send_now(identity, _error(req, self.daemon.health.refusal()))
+        if self.health.failing:  # its reply would wait for a commit that cannot happen: refuse, change nothing
+            self._send_now(identity, p.encode(_error(req, self.health.refusal())))
             return
-        if inspect.iscoroutinefunction(handler):
-            self.daemon.spawn(self._serve_async(identity, req, handler))
-            return
-        self._reply(identity, self._answer(req, handler))
+        self.router.serve(handler, args, ControlReplyShape(req), self._after_commit(identity, req))
 
-    def _send_now(self, identity: bytes, message: msgspec.Struct) -> None:
+    def _send_now(self, identity: bytes, reply: bytes) -> None:
         assert self.channel is not None
-        self.channel.send([identity, p.encode(message)])
+        self.channel.send([identity, reply])
 
-    def _answer(self, req: p.Request, handler: Any) -> msgspec.Struct:
-        try:
-            return p.Reply(id=req.id, result=handler(self.daemon, req))
-        except TagentError as exc:
-            return _error(req, exc)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
-            log.exception("request %s failed", type(req).__name__)
-            return p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
+    def _after_commit(self, identity: bytes, req: p.Request) -> Deliver:
+        """Deliver the reply after the next commit; a parked read ends with the store's error if writes fail by then."""
+        assert self.channel is not None
+        channel = self.channel
 
-    async def _serve_async(self, identity: bytes, req: p.Request, handler: Any) -> None:
-        try:
-            reply: msgspec.Struct = p.Reply(id=req.id, result=await handler(self.daemon, req))
-        except TagentError as exc:
-            reply = _error(req, exc)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("request %s failed", type(req).__name__)
-            reply = p.ErrorReply(id=req.id, code="error", message=f"internal error in {type(req).__name__}: {exc}")
-        if self.daemon.health.failing and isinstance(req, control.PARKED_READS):  # it changed nothing: no need to wait
-            self._send_now(identity, _error(req, self.daemon.health.refusal()))
-            return
-        self._reply(identity, reply)
+        def deliver(reply: bytes) -> None:
+            if self.health.failing and isinstance(req, control.PARKED_READS):  # it changed nothing: no need to wait
+                self._send_now(identity, p.encode(_error(req, self.health.refusal())))
+                return
+            self.reply_after_commit(channel, [identity, reply])
+        return deliver
 
 
 def _error(req: p.Request, exc: TagentError) -> p.ErrorReply:

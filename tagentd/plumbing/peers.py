@@ -38,12 +38,16 @@ def parse(address: str | None) -> Peer | None:
         return None
 
 
-def who(request: Any) -> str:
-    """The audit trail's name for a request's sender.
+def who(request: Any, step: Any = None) -> str:
+    """The audit trail's name for a request's sender: in a run's history, a space's access log, a message's sender.
 
+    A step's broker request (`step`, a StepRef): `pipeline/run/task#attempt`. A client's request:
     `uid=U pid=P` from the OS, followed by `(reported uid=.. pid=..)` if the request claims otherwise;
     `uid=U pid=P (reported)` when the OS could not say (then both are only the client's word).
+    The one format docs/protocol.md ("Who sent it") describes.
     """
+    if step is not None:
+        return str(step)
     peer = getattr(request, "peer", None)
     if peer is None:
         return f"uid={request.uid} pid={request.pid} (reported)"

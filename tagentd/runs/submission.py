@@ -8,7 +8,6 @@ The daemon never imports the file: the executor's workers do (`Executor.load`), 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,13 +21,9 @@ from tagent_client.state import new_run_id
 from tagentd.executor.interface import Executor, PipelineCode
 from tagentd.runs.run import Run, RunEntry, RunSource
 from tagentd.runs.table import RunTable
+from tagentd.worker.wire import source_hash
 
 WATCHER = "watcher"  # `who` in the audit trail of the runs of files dropped into a watched folder
-
-
-def source_hash(source: str) -> str:
-    """The content hash a pipeline file is known by (as tagentd.worker.loader.source_hash): sha256 of its UTF-8 text."""
-    return hashlib.sha256(source.encode()).hexdigest()
 
 
 async def load_plan(executor: Executor, path: str, source: str, target: str | None = None) -> Plan:

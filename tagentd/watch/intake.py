@@ -5,8 +5,8 @@
 - `.py`: loaded in a worker (submit.load_plan) — never imported in the daemon; `.toml` / `.json`:
   read here as data (`export.plan_from_dict` imports nothing), goal-only;
 - the pipeline declares triggers: registered with the broker (as `tagent submit` does), not
-  started; else a run (`Daemon.submit_source`), remembered in the seen map once the commit has
-  made the run durable.
+  started; else a run (`RunOps.submit_source`), remembered in the seen map once the commit has
+  made the run durable (`SeenFiles.started`).
 A bad file becomes "error" (daemon log, `watch.error` event, `tagent watch`: one line
 `path:line: reason`), an unsafe one "skipped"; neither affects any other file. A deleted file
 starts and stops nothing unless `on_delete = "cancel"`; a changed file starts its new version and
@@ -16,26 +16,26 @@ leaves older runs alone unless `on_change = "restart"`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
 import re
 import time
 import tomllib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tagent_client import export
 from tagent_client import protocol as p
 from tagent_client.errors import InvalidRequest, PipelineLoadError, PipelineValidationError, TagentError
 from tagent_client.plan import Plan
+from tagentd.plumbing.ports import Publish
 from tagentd.runs import submission as submit
+from tagentd.runs.ports import Register, RunOps
 from tagentd.runs.run import Run
+from tagentd.settings.config import Settings
 from tagentd.watch.rules import MAX_FILE_BYTES, Probe, file_problem, probe, stat_probe
 from tagentd.watch.seen import SeenFiles
-
-if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
+from tagentd.worker.wire import source_hash
 
 log = logging.getLogger("tagentd.watcher")
 
@@ -117,19 +117,27 @@ def started_by_watcher(run: Run) -> bool:
 
 
 class DroppedFiles:
-    """Every pipeline file found in the watched folders, by path, and what became of its latest content."""
+    """Every pipeline file found in the watched folders, by path, and what became of its latest content.
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.on_change = daemon.settings.on_change
-        self.on_delete = daemon.settings.on_delete
-        self.seen = SeenFiles.load(daemon.state_dir)
+    Given ports, not the daemon: `ops` (runs: start, cancel, list), `register` (the broker's, for a
+    file that declares triggers), `publish` (watch.* events) and the durable `seen` map.
+    """
+
+    def __init__(self, settings: Settings, *, ops: RunOps, register: Register, publish: Publish,
+                 seen: SeenFiles) -> None:
+        self.ops = ops
+        self.register = register
+        self.publish = publish
+        self.model = settings.model
+        self.on_change = settings.on_change
+        self.on_delete = settings.on_delete
+        self.seen = seen
         self.files: dict[str, p.WatchedFile] = {}
         self.probes: dict[str, Probe] = {}  # each file as it was when last read: rescans skip unchanged ones
 
     def remember_runs(self) -> None:
         """Count the watcher's runs in the checkpoint store as seen (the seen file may lag behind them)."""
-        for entry in self.daemon.runs.entries():
+        for entry in self.ops.runs.entries():
             if entry.submitted_by == WATCHER:
                 self.seen.add(entry.path, entry.source_hash, entry.run_id, entry.created_at)
 
@@ -145,7 +153,7 @@ class DroppedFiles:
 
     async def handle(self, path: str, folder: str, watching: bool) -> None:
         """Act on the settled file `path` of `folder` (which is not `watching` if it vanished or became unsafe)."""
-        if not self.daemon.accepting:
+        if not self.ops.accepting:
             return
         if not watching:  # forget what is gone, start nothing
             if probe(path) is None:
@@ -160,7 +168,7 @@ class DroppedFiles:
             self._deleted(path)
             return
         data, self.probes[path] = got
-        digest = hashlib.sha256(data).hexdigest()
+        digest = source_hash(data)
         record = self.files.get(path)
         if record is not None and record.hash == digest and record.status in ("started", "registered"):
             record.checked_at = time.time()
@@ -172,16 +180,15 @@ class DroppedFiles:
         self._set(path, folder, digest, "loading")
         try:
             text, plan = await self._plan(path, data)
-            if not self.daemon.accepting:
+            if not self.ops.accepting:
                 return
             if plan.triggers:  # as `tagent submit` does: each matching event starts a run (the broker's triggers)
-                self.daemon.broker.register(path=path, source=text, target=None, model=self.daemon.settings.model,
-                                            plan=plan, who=WATCHER)
+                self.register(path=path, source=text, target=None, model=self.model, plan=plan, who=WATCHER)
                 self._set(path, folder, digest, "registered")
                 log.info("watch: %s declares triggers (%s): registered, not started", path, ", ".join(plan.triggers))
-                self.daemon.publish("watch.registered", {"path": path, "hash": digest, "triggers": list(plan.triggers)})
+                self.publish("watch.registered", {"path": path, "hash": digest, "triggers": list(plan.triggers)})
                 return
-            run = await self.daemon.submit_source(path, text, who=WATCHER, plan=plan)
+            run = await self.ops.submit_source(path, text, who=WATCHER, plan=plan)
             if self.on_change == "restart":
                 self._cancel_runs(path, f"{path} changed (on_change = restart)", keep=run.id)
         except InvalidRequest:  # the daemon began shutting down meanwhile
@@ -191,14 +198,12 @@ class DroppedFiles:
             return
         self._set(path, folder, digest, "started", run_id=run.id)
         log.info("watch: %s started run %s (pipeline %s, content %s)", path, run.id, plan.name, digest[:12])
-        await self.daemon.committed()  # the run is on disk: only now may it be remembered as started
-        self.seen.add(path, digest, run.id, run.state.created_at)
         try:
-            await self.seen.save()
+            await self.seen.started(path, digest, run.id, run.state.created_at)  # once the run is on disk
         except OSError as exc:
             log.error("watch: cannot write %s: %s; the run is in the checkpoint store, so it still starts only once",
                       self.seen.file, exc.strerror or exc)
-        self.daemon.publish("watch.started", {"path": path, "hash": digest, "run_id": run.id, "pipeline": plan.name})
+        self.publish("watch.started", {"path": path, "hash": digest, "run_id": run.id, "pipeline": plan.name})
 
     async def _plan(self, path: str, data: bytes) -> tuple[str, Plan]:
         try:
@@ -206,17 +211,17 @@ class DroppedFiles:
         except UnicodeDecodeError as exc:
             raise PipelineLoadError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
         if path.lower().endswith(".py"):
-            return text, await submit.load_plan(self.daemon.executor, path, text)
+            return text, await self.ops.load_plan(path, text)
         return text, read_document(path, text)
 
     def _cancel_runs(self, path: str, reason: str, keep: str | None = None) -> int:
         """Cancel the unfinished runs the watcher started from `path` (but `keep`); how many."""
-        doomed = [run for run in self.daemon.runs.active()
+        doomed = [run for run in self.ops.runs.active()
                   if run.source.path == path and run.id != keep and started_by_watcher(run)]
         for run in doomed:
             log.info("watch: cancelling run %s: %s", run.id, reason)
             run.audit(WATCHER, "cancel", reason=reason)
-            self.daemon.cancel_run(run, reason)
+            self.ops.cancel_run(run, reason)
         return len(doomed)
 
     def _deleted(self, path: str) -> None:
@@ -229,13 +234,13 @@ class DroppedFiles:
             log.info("watch: %s was deleted; %d unfinished run(s) of it cancelled", path, cancelled)
         else:
             log.info("watch: %s was deleted%s", path, "; its runs keep going" if record.status == "started" else "")
-        self.daemon.publish("watch.deleted", {"path": path})
+        self.publish("watch.deleted", {"path": path})
 
     def _error(self, path: str, folder: str, digest: str, exc: TagentError) -> None:
         message, line = describe(path, exc)
         self._set(path, folder, digest, "error", message=message, line=line)
         log.warning("watch: %s", message)
-        self.daemon.publish("watch.error", {"path": path, "line": line, "message": message, "hash": digest})
+        self.publish("watch.error", {"path": path, "line": line, "message": message, "hash": digest})
 
     def _skipped(self, path: str, folder: str, why: str, seen: Probe) -> None:
         message = f"{path}: skipped: {why}"
@@ -244,7 +249,7 @@ class DroppedFiles:
             self.probes[path] = seen
         if before is None or before.message != message:
             log.warning("watch: %s", message)
-            self.daemon.publish("watch.skipped", {"path": path, "message": message})
+            self.publish("watch.skipped", {"path": path, "message": message})
         self._set(path, folder, None, "skipped", message=message)
 
     def _set(self, path: str, folder: str, digest: str | None, status: str, *, run_id: str | None = None,

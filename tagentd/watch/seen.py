@@ -9,7 +9,10 @@ are merged at start:
 
 The file is written only after the commit that made the run durable, so a crash in between leaves
 the run in the store (and the store says the watcher started it): nothing starts twice, nothing is
-lost. The file covers runs that retention has since removed. It keeps the newest `MAX_ENTRIES`.
+lost. `started` is how: the entry takes part in the group commit (tagentd/app/commit.py) as a
+`CommitParticipant` with nothing of its own to flush, and is remembered, then saved, only once
+that commit has written the run (a failed commit keeps it for the next one). The file covers runs
+that retention has since removed. It keeps the newest `MAX_ENTRIES`.
 A corrupt file is moved to `corrupt/` and reported; one written by a newer tagentd is refused.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 import msgspec
 
 from tagent_client.errors import ConfigError
+from tagentd.plumbing.ports import MarkDirty
 from tagentd.storage.records import CorruptRecord, read_single, write_atomic
 
 log = logging.getLogger("tagentd.watcher")
@@ -48,21 +52,28 @@ class SeenRecord(msgspec.Struct, tag="seen", kw_only=True):
 
 _decoder = msgspec.msgpack.Decoder(SeenRecord)
 _encoder = msgspec.msgpack.Encoder()
+Starting = list[tuple[SeenEntry, "asyncio.Future[None]"]]
+
+
+def _unwatched() -> None:
+    return None
 
 
 class SeenFiles:
-    """(path, hash) → SeenEntry, oldest first; `save` makes it durable."""
+    """(path, hash) → SeenEntry, oldest first; `save` makes it durable. A participant of the group commit."""
 
-    def __init__(self, file: Path | None = None) -> None:
+    def __init__(self, file: Path | None = None, mark_dirty: MarkDirty = _unwatched) -> None:
         self.file = file
+        self.mark_dirty = mark_dirty
         self.problems: list[str] = []
         self._entries: dict[tuple[str, str], SeenEntry] = {}
+        self._starting: Starting = []  # started runs whose commit has not yet written them
         self._lock = asyncio.Lock()
 
     @classmethod
-    def load(cls, state_dir: Path) -> SeenFiles:
+    def load(cls, state_dir: Path, mark_dirty: MarkDirty = _unwatched) -> SeenFiles:
         """Read `state_dir/watch-seen.bin` (missing: empty). ConfigError if a newer tagentd wrote it."""
-        seen = cls(state_dir / FILE_NAME)
+        seen = cls(state_dir / FILE_NAME, mark_dirty)
         path = seen.file
         assert path is not None
         try:
@@ -96,6 +107,36 @@ class SeenFiles:
 
     def encode(self) -> bytes:
         return _encoder.encode(SeenRecord(entries=list(self._entries.values())))
+
+    async def started(self, path: str, hash_: str, run_id: str, at: float) -> None:
+        """Remember that this version of `path` started `run_id` once the next commit has written the run, then save.
+
+        Returns after the save; OSError if the file could not be written (the entry is remembered all the same,
+        and the run, in the checkpoint store, still says the watcher started it).
+        """
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting.append((SeenEntry(path, hash_, run_id, at), written))
+        self.mark_dirty()
+        await written
+        await self.save()
+
+    # -- the group commit (CommitParticipant) -------------------------------------------------------
+
+    def prepare(self) -> Starting:
+        taken, self._starting = self._starting, []
+        return taken
+
+    def flush(self, token: Starting) -> None:
+        return None  # the file is written after the commit, by `started`: only then is the run on disk
+
+    def committed(self, token: Starting) -> None:
+        for entry, written in token:
+            self.add(entry.path, entry.hash, entry.run_id, entry.at)
+            if not written.done():
+                written.set_result(None)
+
+    def failed(self, token: Starting) -> None:
+        self._starting[:0] = token
 
     async def save(self) -> None:
         """Write the whole map atomically (in a thread); saves never overlap."""

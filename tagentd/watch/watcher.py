@@ -1,6 +1,6 @@
 """The folder watcher: a pipeline file dropped into a watched folder starts a run.
 
-This module decides *when* a file is ready; dropped.py decides *what* it becomes.
+This module decides *when* a file is ready; intake.py decides *what* it becomes.
 
 Threads: watchdog's observer (inotify on Linux) runs in its own threads and only hands each raw
 event to the daemon's loop (`loop.call_soon_threadsafe`); every state change happens on the loop.
@@ -25,12 +25,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from watchdog import events as wd
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from tagent_client import protocol as p
+from tagentd.plumbing.ports import Publish
+from tagentd.runs.ports import Register, RunOps
+from tagentd.settings.config import Settings
 from tagentd.watch.intake import DroppedFiles
 from tagentd.watch.rules import (
     CLOSED,
@@ -46,9 +49,7 @@ from tagentd.watch.rules import (
     hidden_dir,
     watchable,
 )
-
-if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
+from tagentd.watch.seen import SeenFiles
 
 log = logging.getLogger("tagentd.watcher")
 
@@ -125,15 +126,14 @@ def _observer() -> BaseObserver:
 class Watcher:
     """Watches the folders and starts the pipeline files dropped into them. Lives on the daemon's loop."""
 
-    def __init__(self, daemon: Daemon, specs: list[FolderSpec]) -> None:
-        self.daemon = daemon
-        settings = daemon.settings
+    def __init__(self, settings: Settings, specs: list[FolderSpec], *, ops: RunOps, register: Register,
+                 publish: Publish, seen: SeenFiles) -> None:
         self.recursive = settings.watch_recursive
         self.folders = [Folder(s.path, "refused" if s.problem else "missing", s.problem) for s in specs]
         for spec in specs:
             if spec.problem:
                 log.warning("watch: %s", spec.problem)
-        self.dropped = DroppedFiles(daemon)
+        self.dropped = DroppedFiles(settings, ops=ops, register=register, publish=publish, seen=seen)
         self.debouncer = Debouncer()
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()

@@ -15,7 +15,6 @@ problem of the definition.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import threading
@@ -30,11 +29,6 @@ MAX_MODULES = 64
 MODULE_PREFIX = "tagent_user_"
 #: Pipeline files read as documents (tagent_client.export), not imported as Python.
 DOCUMENT_SUFFIXES = (".toml", ".json")
-
-
-def source_hash(source: str) -> str:
-    """The content hash a pipeline file is known by: sha256 of its UTF-8 text, in hex."""
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
 def module_name(hash_: str) -> str:

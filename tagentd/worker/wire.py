@@ -10,6 +10,7 @@ guarantee delivery; the engine ignores duplicates (stale attempt).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -18,6 +19,15 @@ from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedO
 from tagent_client.plan import Plan
 from tagent_client.protocol_broker import AnyBrokerRequest, StepRef
 from tagentd.worker.lifeline import EXIT_ORPHANED
+
+
+def source_hash(source: str | bytes) -> str:
+    """The content hash a pipeline file is known by, here and on the wire: sha256 of its UTF-8 text, in hex.
+
+    The only definition: `tagent submit`, the folder watcher (which hashes the bytes it read, before
+    decoding them) and the workers' module cache all name a file version by it.
+    """
+    return hashlib.sha256(source.encode("utf-8") if isinstance(source, str) else source).hexdigest()
 
 
 class WorkerMessage(msgspec.Struct, tag_field="type", kw_only=True):

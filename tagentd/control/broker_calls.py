@@ -1,0 +1,79 @@
+"""A step's broker request (`wire.BrokerCall` on workers.sock) to its handler, and its reply back, once.
+
+The call goes to the broker's handler (tagentd/broker/handlers.py) through the router, with the
+step as its caller; the reply goes back to the worker after the next commit, so what it reports
+is on disk. Workers re-send a call every second until it is answered, so:
+
+- a re-send of a call still in progress is ignored (its reply is on its way);
+- a re-send of an answered call is answered again, at once, from a small cache (the last
+  ANSWERED_KEEP replies): its answer was committed already, and a lost reply never makes a
+  `receive` lease a second message.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from tagent_client.errors import ProtocolError, TagentError
+from tagentd.broker.handlers import HANDLERS
+from tagentd.broker.service import BrokerShell
+from tagentd.control.router import Router
+from tagentd.plumbing.channel import Channel
+from tagentd.plumbing.ports import ReplyAfterCommit
+from tagentd.worker import wire
+
+ANSWERED_KEEP = 4096  # worker requests whose reply is kept to answer a re-send again
+CallKey = tuple[bytes, int]  # (worker identity, the worker's request number)
+
+
+class BrokerReplyShape:
+    """A `wire.BrokerReply` to one call (router.py's `Shape`)."""
+
+    __slots__ = ("name", "req")
+
+    def __init__(self, call: wire.BrokerCall) -> None:
+        self.req = call.req
+        self.name = type(call.op).__name__
+
+    def ok(self, result: Any) -> bytes:
+        return wire.encode(wire.BrokerReply(req=self.req, result=result))
+
+    def error(self, exc: TagentError) -> bytes:
+        return wire.encode(wire.BrokerReply(req=self.req, code=exc.code, message=exc.message))
+
+
+class BrokerCalls:
+    """The steps' broker calls: routed once each, answered after the commit, re-sends answered from a cache."""
+
+    def __init__(self, *, broker: BrokerShell, router: Router, channel: Channel,
+                 reply_after_commit: ReplyAfterCommit) -> None:
+        self.broker = broker
+        self.router = router
+        self.channel = channel
+        self.reply_after_commit = reply_after_commit
+        self._in_progress: set[CallKey] = set()
+        self._answered: collections.OrderedDict[CallKey, bytes] = collections.OrderedDict()
+
+    def on_call(self, identity: bytes, call: wire.BrokerCall) -> None:
+        key = (identity, call.req)
+        cached = self._answered.get(key)
+        if cached is not None:
+            self.channel.send([identity, cached])  # a re-send: the answer was committed already
+            return
+        if key in self._in_progress:
+            return
+        self._in_progress.add(key)
+        shape = BrokerReplyShape(call)
+        handler = HANDLERS.get(type(call.op))
+        if handler is None:
+            self._answer(key, shape.error(ProtocolError(f"unknown broker request {call.op!r:.60}")))
+            return
+        self.router.serve(handler, (self.broker, call.op, call.caller), shape, lambda payload: self._answer(key, payload))
+
+    def _answer(self, key: CallKey, payload: bytes) -> None:
+        self._in_progress.discard(key)
+        self._answered[key] = payload
+        while len(self._answered) > ANSWERED_KEEP:
+            self._answered.popitem(last=False)
+        self.reply_after_commit(self.channel, [key[0], payload])

@@ -1,0 +1,123 @@
+"""What the daemon does with each message a worker sends (workers.sock): a table, one function per type.
+
+`WorkerMessages.on_batch` is the workers channel's handler. Each message is decoded and offered to
+the executor first: a worker's own business (hello, heartbeats, load answers, results, model-request
+permits) and anything from a worker the executor did not start is the executor's
+(tagentd/executor/interface.py), and a step's result reaches its run through the executor's
+`on_result`. What is left is a step's request for the daemon, handed to the function for its type in
+`TABLE`, with the `WorkerPorts` it needs — never the daemon.
+
+Guarantees:
+- no worker message can raise out of the loop: a malformed or failing one is dropped, counted
+  (`bad_worker_messages`) and logged, and the next one is handled;
+- a step's memory write (`MemorySave`) and broker call are answered only after the commit that
+  makes them durable; a memory read is answered at once;
+- after every batch the executor sends what it can (a finished step freed a slot).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tagentd.broker.service import BrokerShell
+from tagentd.control.broker_calls import BrokerCalls
+from tagentd.executor.interface import Executor
+from tagentd.plumbing.channel import Channel
+from tagentd.plumbing.ports import ReplyAfterCommit
+from tagentd.runs.ports import RunOps
+from tagentd.worker import wire
+
+log = logging.getLogger("tagentd")
+
+
+@dataclass
+class WorkerPorts:
+    """What the worker-message handlers are given (tagentd/app/daemon.py wires them)."""
+
+    executor: Executor
+    ops: RunOps
+    broker: BrokerShell
+    broker_calls: BrokerCalls
+    #: workers.sock: `send_now` for an answer that needs no commit.
+    channel: Channel
+    reply_after_commit: ReplyAfterCommit
+
+
+def log_line(ports: WorkerPorts, identity: bytes, msg: wire.LogLine) -> None:
+    """A step's log line: kept with its run (written by the next commit); `--follow` readers wake."""
+    run = ports.ops.runs.live(msg.run_id)
+    if run is not None:
+        run.add_log(msg.step, msg.level, msg.message, msg.ts)
+        ports.ops.changed(run)
+        run.notify()
+
+
+def memory_get(ports: WorkerPorts, identity: bytes, msg: wire.MemoryGet) -> None:
+    """A step reads its run's memory: answered at once (it changes nothing)."""
+    run = ports.ops.runs.live(msg.run_id)
+    value = run.memory.get(msg.key) if run is not None else None
+    ports.channel.send_now([identity, wire.encode(wire.MemoryReply(req=msg.req, value=value))])
+
+
+def memory_save(ports: WorkerPorts, identity: bytes, msg: wire.MemorySave) -> None:
+    """A step's memory write: the reply waits for the commit that writes it."""
+    run = ports.ops.runs.live(msg.run_id)
+    if run is not None:
+        run.remember(msg.key, msg.value)
+        ports.ops.changed(run)
+    ports.reply_after_commit(ports.channel, [identity, wire.encode(wire.MemoryReply(req=msg.req))])
+
+
+def progress_note(ports: WorkerPorts, identity: bytes, msg: wire.ProgressNote) -> None:
+    """Best effort, at once, no commit: `step.progress` on the event bus."""
+    data = {"run_id": msg.run_id, "step": msg.step, "fraction": msg.fraction, "message": msg.message}
+    ports.broker.publish_now("step.progress", data)
+
+
+def broker_call(ports: WorkerPorts, identity: bytes, msg: wire.BrokerCall) -> None:
+    """A step's broker request: see tagentd/control/broker_calls.py."""
+    ports.broker_calls.on_call(identity, msg)
+
+
+Handler = Callable[[WorkerPorts, bytes, Any], None]
+
+TABLE: dict[type, Handler] = {
+    wire.LogLine: log_line,
+    wire.MemoryGet: memory_get,
+    wire.MemorySave: memory_save,
+    wire.ProgressNote: progress_note,
+    wire.BrokerCall: broker_call,
+}
+
+
+class WorkerMessages:
+    """workers.sock's incoming side: the executor's messages to it, the steps' requests to `TABLE`."""
+
+    def __init__(self, ports: WorkerPorts, stats: dict[str, Any]) -> None:
+        self.ports = ports
+        self.stats = stats
+        stats.setdefault("bad_worker_messages", 0)
+
+    def on_batch(self, batch: list[list[bytes]]) -> None:
+        for frames in batch:
+            try:
+                self.handle(frames)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                self.stats["bad_worker_messages"] += 1
+                log.exception("bad message from worker %r", frames[0])
+        self.ports.executor.pump()
+
+    def handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.stats["bad_worker_messages"] += 1
+            return
+        identity, payload = frames
+        msg = wire.from_worker_decoder.decode(payload)
+        if self.ports.executor.on_worker_message(identity, msg):  # a worker's own business, or a stranger's
+            return
+        handler = TABLE.get(type(msg))
+        if handler is not None:
+            handler(self.ports, identity, msg)

@@ -1,0 +1,228 @@
+"""`RunDriver`: the loop's only writer of run state, and the run store's part in the group commit.
+
+It feeds each run's machine (a task's outcome, a timer, a cancel) and carries out the actions the
+machine returns: dispatches and cancels go to the executor, state changes to the run store,
+lifecycle events wait for the next commit. It is the `RunOps` (tagentd/runs/ports.py) the broker,
+the watcher and the control handlers are given, and it tells its `RunObserver` (the broker) what
+happened.
+
+Guarantees, as a `CommitParticipant` (tagentd/plumbing/ports.py):
+- any action means the run's state moved, so the store hears of it: nothing is announced that
+  the next flush does not write;
+- `prepare` numbers this turn's lifecycle events and enters them in their runs' history *before*
+  the flush (so the flush writes them too) and hands them to the observer (triggers they match
+  are queued in the same commit);
+- only `committed` announces them: `announced_finish` (what `tagent status --follow` waits for),
+  the finished-run bookkeeping, and each touched run's waiters; `failed` keeps them for the next
+  commit, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from tagent_client.errors import InvalidRequest
+from tagent_client.events import (
+    Action,
+    Cancelled,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    Finish,
+    Persist,
+    ScheduleRetry,
+    TimerFired,
+)
+from tagent_client.plan import Plan
+from tagent_client.protocol import EventRecord
+from tagentd.executor.interface import Executor
+from tagentd.plumbing.ports import Committed, MarkDirty
+from tagentd.runs import retention
+from tagentd.runs import submission as submit
+from tagentd.runs.ports import RunObserver
+from tagentd.runs.run import Run
+from tagentd.runs.store import RunStore
+from tagentd.runs.table import RunTable
+from tagentd.settings.config import Settings
+
+RETENTION_EVERY_S = 3600.0
+Announced = list[tuple[Run, EventRecord]]
+
+
+class _Unobserved:
+    """The observer until one is given: hears nothing."""
+
+    def on_event(self, run: Run, event: Any) -> None:
+        return None
+
+    def on_actions(self, run: Run, actions: list[Action]) -> None:
+        return None
+
+    def on_lifecycle(self, events: Announced) -> None:
+        return None
+
+
+class RunDriver:
+    """Starts, feeds and stops runs; numbers and announces their events around each commit."""
+
+    #: Where steps run; given by the daemon once the executor exists (before any run starts).
+    executor: Executor
+
+    def __init__(self, *, settings: Settings, runs: RunTable, store: RunStore, stats: dict[str, Any],
+                 mark_dirty: MarkDirty, committed: Committed) -> None:
+        self.settings = settings
+        self.runs = runs
+        self.store = store
+        self.stats = stats
+        self.mark_dirty = mark_dirty
+        self.wait_committed = committed
+        self.accepting = True
+        self.observer: RunObserver = _Unobserved()
+        self._emits: list[tuple[Run, str, dict[str, Any]]] = []
+        self._unpublished: Announced = []
+
+    def observe(self, observer: RunObserver) -> None:
+        """Tell `observer` of every event, action and lifecycle event from now on."""
+        self.observer = observer
+
+    # -- RunOps --------------------------------------------------------------------------------------
+
+    def start_run(self, run: Run) -> None:
+        self.runs.add(run)
+        self.store.created(run)
+        self.apply(run, run.machine.start(time.time()))
+        self.executor.pump()
+
+    def cancel_run(self, run: Run, reason: str) -> None:
+        self.apply(run, run.machine.handle(Cancelled(reason=reason), time.time()))
+
+    def reset_run(self, run: Run, steps: list[str]) -> None:
+        if not self.accepting:
+            raise InvalidRequest(f"the daemon is stopping; resume or retry run {run.id} after the next start")
+        run.announced_finish = False
+        self.runs.reopened(run)
+        self.apply(run, run.machine.reset(steps, time.time()))
+        self.executor.pump()
+
+    def feed(self, run: Run, event: Any) -> None:
+        self.apply(run, run.machine.handle(event, time.time()))
+        self.observer.on_event(run, event)
+
+    def changed(self, run: Run) -> None:
+        self.store.changed(run)
+
+    def apply(self, run: Run, actions: list[Action]) -> None:
+        """Carry out the engine's actions for `run` (Emits wait for the next commit).
+
+        Any action means the run's state moved (a Dispatch without a Persist still started an attempt), so the
+        store hears of it: nothing is announced that the next flush does not write.
+        """
+        loop = asyncio.get_running_loop()
+        if actions:
+            self.store.changed(run)
+        for action in actions:
+            if isinstance(action, Dispatch):
+                self.executor.dispatch(run.attempt(action))
+            elif isinstance(action, Persist):
+                self.store.changed(run)
+            elif isinstance(action, Emit):
+                self._emits.append((run, action.topic, action.data))
+            elif isinstance(action, CancelTask):
+                self.executor.cancel(run.id, action.task, action.attempt)
+            elif isinstance(action, ScheduleRetry):
+                loop.call_later(max(0.0, action.at - time.time()), self._timer, run.id)
+            elif isinstance(action, Finish):
+                self.executor.forget_run(run.id)
+        if actions:
+            self.mark_dirty()
+            self.observer.on_actions(run, actions)
+
+    def _timer(self, run_id: str) -> None:
+        run = self.runs.live(run_id)
+        if run is not None and not run.finished:
+            self.feed(run, TimerFired())
+            self.executor.pump()
+
+    def on_attempt(self, run_id: str, event: Event) -> None:
+        """What became of an attempt, from the executor: its result, or the verdict on it once lost."""
+        run = self.runs.live(run_id)
+        if run is not None:
+            self.feed(run, event)
+
+    async def load_plan(self, path: str, source: str, target: str | None = None) -> Plan:
+        return await submit.load_plan(self.executor, path, source, target)
+
+    async def submit_source(self, path: str, source: str, target: str | None = None, params: dict[str, Any] | None = None,
+                            model: str | None = None, who: str = "daemon", *, plan: Plan | None = None,
+                            idempotency_key: str | None = None) -> Run:
+        """Start a run of the pipeline file `path` whose text is `source` (`tagent submit` and the folder watcher).
+
+        The file is loaded in a worker unless `plan` is given (a declarative file, read without Python).
+        Raises InvalidRequest while shutting down, PipelineLoadError / PipelineValidationError for a bad
+        file, ConfigError for an agent step without a model.
+        """
+        if not self.accepting:
+            raise InvalidRequest("the daemon is shutting down and accepts no new runs")
+        if plan is None:
+            plan = await self.load_plan(path, source, target)
+        run = submit.new_run(plan, path=path, source=source, target=target, params=params,
+                             model=model or self.settings.model, who=who, idempotency_key=idempotency_key)
+        self.start_run(run)
+        return run
+
+    # -- retention -----------------------------------------------------------------------------------
+
+    def expire(self, *, max_age_s: float | None = None, max_runs: int | None = None, dry_run: bool = False,
+               at_most: int | None = None) -> list[str]:
+        """Remove expired finished runs (see retention.py), the oldest `at_most` of them if given; returns their ids."""
+        age = self.settings.retention_days * 86400 if max_age_s is None else max_age_s
+        limit = self.settings.retention_max_runs if max_runs is None else max_runs
+        doomed = self.runs.expire(now=time.time(), max_age_s=age, max_runs=limit, dry_run=dry_run, at_most=at_most)
+        if doomed and not dry_run:
+            for run_id in doomed:
+                self.executor.forget_run(run_id)
+            self.mark_dirty()
+        return doomed
+
+    async def retention_loop(self) -> None:
+        """Apply the retention limits now and every RETENTION_EVERY_S."""
+        while True:
+            while len(self.expire(at_most=retention.BATCH)) == retention.BATCH:
+                await self.wait_committed()  # a backlog (say, after lowering a limit) goes one batch per commit
+            await asyncio.sleep(RETENTION_EVERY_S)
+
+    # -- the group commit ----------------------------------------------------------------------------
+
+    def prepare(self) -> Announced:
+        """Number this turn's lifecycle events and enter them in their runs' history; the observer hears of them."""
+        now = time.time()
+        emitted = [(run, run.add_event(topic, data, now)) for run, topic, data in self._emits]
+        self._emits.clear()
+        self.observer.on_lifecycle(emitted)  # the runs they trigger are queued in this same commit
+        events, self._unpublished = self._unpublished + emitted, []
+        return events
+
+    def flush(self, events: Announced) -> Awaitable[None]:
+        return self.store.flush()
+
+    def committed(self, events: Announced) -> None:
+        """The events are on disk: announce finishes, wake each touched run's waiters, apply the run limits."""
+        touched: set[Run] = set()
+        for run, record in events:
+            if record.topic == "run.finished":
+                run.announced_finish = True
+                self.runs.finished(run)
+            touched.add(run)
+        self.stats["events_published"] += len(events)
+        for run in touched:
+            run.notify()
+        self.runs.trim()  # finished runs beyond the cache leave memory, now that all of them is on disk
+        if 0 < self.settings.retention_max_runs < self.runs.finished_count:
+            self.expire(at_most=retention.BATCH)  # a big backlog goes over several commits
+
+    def failed(self, events: Announced) -> None:
+        self._unpublished[:0] = events
