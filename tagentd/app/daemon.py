@@ -93,7 +93,6 @@ class Daemon:
         self.commit = GroupCommit(self.health)
         self.driver = RunDriver(settings=settings, runs=self.runs, store=self.store, stats=self.stats,
                                 mark_dirty=self.commit.mark_dirty, committed=self.commit.committed)
-        self.stopper = Stopper(self)
         self.permits = PermitDesk(settings.endpoints, self._send_worker)
         self.watcher: Watcher | None = None
         self.broker = BrokerShell(settings, ops=self.driver, mark_dirty=self.commit.mark_dirty,
@@ -146,6 +145,7 @@ class Daemon:
             worker_args=self.settings.worker_llm_args(), use_template=self.settings.worker_template,
         )
         self.driver.executor = self.executor
+        self.stopper = Stopper(self.driver, self.executor, self.store)
         self.executor.start()  # the worker template imports the agent runtime while recovery runs
         gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time
         try:

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from tagentd.app.stop_report import STOP_WAIT_GRACEFUL, waiting_line
 
 if TYPE_CHECKING:
-    from tagentd.app.daemon import Daemon
+    from tagentd.executor.interface import Executor
+    from tagentd.runs.driver import RunDriver
+    from tagentd.runs.store import RunStore
 
 log = logging.getLogger("tagentd")
 
@@ -41,8 +43,10 @@ POLL = 0.05
 class Stopper:
     """The daemon's stop: what was asked (graceful or not, by when), the drain, and the signals."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, driver: RunDriver, executor: Executor, store: RunStore) -> None:
+        self.driver = driver
+        self.executor = executor
+        self.store = store
         self.requested = asyncio.Event()
         self.graceful = True
         self.timeout = STOP_WAIT_GRACEFUL
@@ -71,10 +75,9 @@ class Stopper:
         return {"stopping": True, **(self.info() or {})}
 
     def _hold(self) -> None:
-        daemon = self.daemon
-        daemon.driver.accepting = False
-        daemon.executor.hold()  # what the executor has queued stays queued: it is checkpointed as it is
-        for run in daemon.runs.active():
+        self.driver.accepting = False
+        self.executor.hold()  # what the executor has queued stays queued: it is checkpointed as it is
+        for run in self.driver.runs.active():
             run.machine.hold()
 
     def on_signal(self, sig: int) -> None:
@@ -88,14 +91,14 @@ class Stopper:
             self.request(graceful=False, who="signal")
         else:
             log.warning("third %s: exiting at once", name)
-            exit_now(self.daemon)
+            exit_now(self.executor, self.store)
 
     # -- the drain ----------------------------------------------------------------------------------
 
     def waiting(self) -> list[dict[str, Any]]:
         """The steps in flight on workers: run, pipeline, step, task, attempt, seconds running; longest first."""
         found = [{"run_id": job.run_id, "pipeline": job.pipeline, "step": job.step, "task": job.task,
-                  "attempt": job.attempt, "elapsed_s": round(job.elapsed_s, 1)} for job in self.daemon.executor.running()]
+                  "attempt": job.attempt, "elapsed_s": round(job.elapsed_s, 1)} for job in self.executor.running()]
         return sorted(found, key=lambda w: -w["elapsed_s"])
 
     def info(self) -> dict[str, Any] | None:
@@ -108,7 +111,7 @@ class Stopper:
 
     async def drain(self) -> None:
         """Wait until no step is in flight, the deadline passes, or a fast stop cuts it; log what it waits for."""
-        executor = self.daemon.executor
+        executor = self.executor
         began = time.monotonic()
         next_log = began + LOG_EVERY  # `request` said what it waits for
         while executor.capacity().in_flight and not self._cut.is_set():
@@ -128,8 +131,8 @@ class Stopper:
             log.info("stop: checkpointing %s (they run again after the next start)", waiting_line(self.waiting()))
 
 
-def exit_now(daemon: Daemon) -> None:
+def exit_now(executor: Executor, store: RunStore) -> None:
     """Kill the workers and exit without a last commit (a third signal)."""
-    daemon.executor.kill_now()
-    daemon.store.close()
+    executor.kill_now()
+    store.close()
     os._exit(0)
