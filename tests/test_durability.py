@@ -35,10 +35,12 @@ from tagent_client.errors import ConfigError
 from tagent_client.events import Dispatch, Emit, Persist, StepFailed, StepSucceeded
 from tagent_client.state import ErrorInfo, RunStatus, StepStatus, new_run_id
 from tagentd.runs import durable as checkpoint
-from tagentd.runs.durable import DurableStore, RunCheckpoint, is_torn_tail
+from tagentd.runs.durable import DurableStore
+from tagentd.runs.records import FORMAT, RunCheckpoint, WalRecord
 from tagentd.runs.run import AuditEntry, Run, RunSource
 from tagentd.storage import failpoints
 from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
+from tagentd.storage.wal import is_torn_tail
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -545,7 +547,7 @@ def test_a_snapshot_in_format_1_loads_and_its_run_continues(
     # Given snapshots in checkpoint format 1: a completed run, and a run that completed a and was running b.
     # They are generated here from this tagentd's structs because FORMAT is still 1. When FORMAT moves to 2,
     # commit real version-1 files under tests/fixtures/ (written by this code, as below) and load those instead.
-    assert checkpoint.FORMAT == 1, "FORMAT changed: load a committed v1 fixture from tests/fixtures/ here"
+    assert FORMAT == 1, "FORMAT changed: load a committed v1 fixture from tests/fixtures/ here"
     daemon = make_daemon()
     effects = Effects(tmp_path / "effects.log")
     path = pipeline_file(tmp_path, "versioned.py", VERSIONED_PIPELINE)
@@ -633,7 +635,7 @@ os.fsync = fsync
 
 def record_ends(segment: Path, run_id: str) -> tuple[int, int]:
     """Where, in the WAL segment, the run's Created record ends and the Delta that completed it ends."""
-    decoder = msgspec.msgpack.Decoder(checkpoint.WalRecord)
+    decoder = msgspec.msgpack.Decoder(WalRecord)
     created = completed = 0
     for offset, payload in read_frames(segment.read_bytes(), segment):
         record = decoder.decode(payload)

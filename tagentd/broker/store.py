@@ -32,7 +32,7 @@ import msgspec
 from tagent_client.broker_core import UNSYNCED, Record
 from tagent_client.errors import ConfigError
 from tagentd.broker.state import AnyRecord, Broker, BrokerSnapshot
-from tagentd.runs.durable import peek_format
+from tagentd.runs.records import peek_format
 from tagentd.storage.records import CorruptRecord, frame, read_single, write_atomic
 from tagentd.storage.wal import SegmentLog, cut_tail, move_aside
 

@@ -62,8 +62,8 @@ def register(cli: click.Group, where_options: Any) -> None:
     def inspect(path: Path) -> None:
         """Print a checkpoint file (runs/*.ckpt, wal/*.wal, runs.idx, broker/*.wal, broker/snapshot.ckpt) as JSON, one line per record."""
         from tagentd.broker.store import BrokerCheckpoint, Logged
-        from tagentd.runs.durable import RunCheckpoint, WalRecord, check_format
         from tagentd.runs.index import IndexChanges
+        from tagentd.runs.records import RunCheckpoint, WalRecord, check_format
         from tagentd.storage.records import CorruptRecord, read_frames
 
         if path.suffix == ".idx":

@@ -37,14 +37,12 @@ import msgspec
 
 from tagent_client.errors import NotFound
 from tagentd.runs.index import RunIndex
-from tagentd.runs.records import (  # noqa: F401 (FORMAT, RunCheckpoint, WalRecord, check_format, peek_format: re-exported)
-    FORMAT,
+from tagentd.runs.records import (
     Created,
     Delta,
     Removed,
     RunCheckpoint,
     WalRecord,
-    apply_delta,
     check_format,
     checkpoint_decoder,
     checkpoint_of,
@@ -52,12 +50,13 @@ from tagentd.runs.records import (  # noqa: F401 (FORMAT, RunCheckpoint, WalReco
     peek_format,
     rebuild_run,
     record_run_id,
+    replay,
     wal_decoder,
 )
 from tagentd.runs.run import Run, RunEntry
 from tagentd.runs.store import Recovered
 from tagentd.storage.records import CorruptRecord, frame, read_single, write_atomic
-from tagentd.storage.wal import SegmentLog, cut_tail, is_torn_tail, move_aside  # noqa: F401 (is_torn_tail: re-exported)
+from tagentd.storage.wal import SegmentLog, cut_tail, move_aside
 
 log = logging.getLogger("tagentd.checkpoint")
 
@@ -363,7 +362,7 @@ class DurableStore:
         snapshots = {run_id: ckpt.wal_seq for run_id, ckpt in checkpoints.items()}  # of each .ckpt file read
         applied = dict(snapshots)  # newest record applied, per run
         for record in records:
-            self._replay(record, checkpoints, applied)
+            replay(record, checkpoints, applied)
         gone = [rid for rid in (index.keys() - stored) | set(wanted) if rid in index and rid not in checkpoints]
         for run_id in gone:  # removed, or its snapshot damaged and not in the WAL either
             self._index.drop(run_id)
@@ -397,19 +396,3 @@ class DurableStore:
         self._progress[run.id] = progress
         self._runs_by_id[run.id] = run
         return [run]
-
-    def _replay(self, record: WalRecord, ckpts: dict[str, RunCheckpoint], applied: dict[str, int]) -> None:
-        if isinstance(record, Created):
-            run_id = record.checkpoint.state.run_id
-            if record.seq > applied.get(run_id, 0):
-                ckpts[run_id] = record.checkpoint
-                applied[run_id] = record.seq
-        elif isinstance(record, Removed):
-            ckpts.pop(record.run_id, None)
-            applied.pop(record.run_id, None)
-        else:
-            ckpt = ckpts.get(record.run_id)
-            if ckpt is None or record.seq <= applied.get(record.run_id, 0):
-                return
-            applied[record.run_id] = record.seq
-            apply_delta(ckpt, record)

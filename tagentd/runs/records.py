@@ -134,3 +134,25 @@ def rebuild_run(ckpt: RunCheckpoint) -> Run:
     run.restore_counters(ckpt.event_seq, ckpt.logs)
     run.announced_finish = ckpt.state.status.finished
     return run
+
+
+def replay(record: WalRecord, ckpts: dict[str, RunCheckpoint], applied: dict[str, int]) -> None:
+    """Apply one WAL record to the checkpoints being recovered, unless a newer one (by `seq`) already was.
+
+    `applied` is the newest sequence applied per run (a snapshot's `wal_seq` to begin with), so replaying
+    records a snapshot already holds never repeats history; a Removed record drops the run.
+    """
+    if isinstance(record, Created):
+        run_id = record.checkpoint.state.run_id
+        if record.seq > applied.get(run_id, 0):
+            ckpts[run_id] = record.checkpoint
+            applied[run_id] = record.seq
+    elif isinstance(record, Removed):
+        ckpts.pop(record.run_id, None)
+        applied.pop(record.run_id, None)
+    else:
+        ckpt = ckpts.get(record.run_id)
+        if ckpt is None or record.seq <= applied.get(record.run_id, 0):
+            return
+        applied[record.run_id] = record.seq
+        apply_delta(ckpt, record)
