@@ -84,13 +84,13 @@ async def submit(ports: Ports, req: p.Submit) -> p.SubmitResult:
 
 async def _submit(ports: Ports, req: p.Submit) -> p.SubmitResult:
     plan = await ports.ops.load_plan(req.path, req.source, req.target)
-    if plan.triggers and not req.run:  # a triggered pipeline is registered; each matching event starts a run
-        ports.broker.register(path=req.path, source=req.source, target=req.target,
-                              model=req.model or ports.settings.model, plan=plan, who=peers.who(req))
+    run = await submitting.start_or_register(
+        ports.ops, ports.broker.register, plan, path=req.path, source=req.source, who=peers.who(req),
+        target=req.target, params=req.params, model=req.model or ports.settings.model,
+        idempotency_key=req.idempotency_key, run_now=req.run)
+    if run is None:  # registered: each matching event starts a run
         return p.SubmitResult(run_id="", pipeline=plan.name, steps=[s.name for s in plan.steps], registered=True,
                               triggers=list(plan.triggers))
-    run = await ports.ops.submit_source(req.path, req.source, req.target, req.params, req.model, peers.who(req), plan=plan,
-                                     idempotency_key=req.idempotency_key)
     return submitting.accepted(run)
 
 

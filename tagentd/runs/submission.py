@@ -19,6 +19,7 @@ from tagent_client.plan import Plan, StepKind
 from tagent_client.protocol import SubmitResult
 from tagent_client.state import new_run_id
 from tagentd.executor.interface import Executor, PipelineCode
+from tagentd.runs.ports import Register, RunOps
 from tagentd.runs.run import Run, RunEntry, RunSource
 from tagentd.runs.table import RunTable
 from tagentd.worker.wire import source_hash
@@ -64,6 +65,22 @@ def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: d
                         idempotency_key=idempotency_key), plan, machine)
     run.audit(who, "submit", path=path, target=target)
     return run
+
+
+async def start_or_register(ops: RunOps, register: Register, plan: Plan, *, path: str, source: str, who: str,
+                            target: str | None = None, params: dict[str, Any] | None = None, model: str | None = None,
+                            idempotency_key: str | None = None, run_now: bool = False) -> Run | None:
+    """The one decision for a loaded pipeline file, for `tagent submit` and the watched folder alike.
+
+    A pipeline that declares triggers is registered with the broker (each matching event starts a run) and
+    None is returned; otherwise (or with `run_now`, `tagent submit --run`) a run starts and is returned.
+    Raises what `register` and `RunOps.submit_source` raise (InvalidRequest while stopping, ConfigError).
+    """
+    if plan.triggers and not run_now:
+        register(path=path, source=source, target=target, model=model, plan=plan, who=who)
+        return None
+    return await ops.submit_source(path, source, target, params, model, who, plan=plan,
+                                   idempotency_key=idempotency_key)
 
 
 def accepted(run: Run, *, duplicate: bool = False) -> SubmitResult:

@@ -182,13 +182,13 @@ class DroppedFiles:
             text, plan = await self._plan(path, data)
             if not self.ops.accepting:
                 return
-            if plan.triggers:  # as `tagent submit` does: each matching event starts a run (the broker's triggers)
-                self.register(path=path, source=text, target=None, model=self.model, plan=plan, who=WATCHER)
+            run = await submit.start_or_register(self.ops, self.register, plan, path=path, source=text, who=WATCHER,
+                                                 model=self.model)
+            if run is None:  # as `tagent submit` does: each matching event starts a run (the broker's triggers)
                 self._set(path, folder, digest, "registered")
                 log.info("watch: %s declares triggers (%s): registered, not started", path, ", ".join(plan.triggers))
                 self.publish("watch.registered", {"path": path, "hash": digest, "triggers": list(plan.triggers)})
                 return
-            run = await self.ops.submit_source(path, text, who=WATCHER, plan=plan)
             if self.on_change == "restart":
                 self._cancel_runs(path, f"{path} changed (on_change = restart)", keep=run.id)
         except InvalidRequest:  # the daemon began shutting down meanwhile
