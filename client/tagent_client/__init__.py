@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import AsyncClient, Client, RunHandle
-    from .conditions import when
+    from .define.conditions import when
     from .context import StepContext
     from .errors import PipelineValidationError, RetryableError, TagentError
     from .local import RunConfig, run_agent, run_pipeline
-    from .pipeline import Pipeline, PipelineStep
-    from .plan import DependencyType, ExecutionMode
+    from .define.pipeline import Pipeline, PipelineStep
+    from .define.plan import DependencyType, ExecutionMode
     from .result import PipelineResult
     from .state import RunStatus, StepStatus, Usage
 
@@ -25,12 +25,12 @@ if TYPE_CHECKING:
 #: does not pay for pydantic, asyncio and the engine just to print a table.
 _EXPORTS = {
     "AsyncClient": "client", "Client": "client", "RunHandle": "client",
-    "when": "conditions",
+    "when": "define.conditions",
     "StepContext": "context",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
     "RunConfig": "local", "run_agent": "local", "run_pipeline": "local",
-    "Pipeline": "pipeline", "PipelineStep": "pipeline",
-    "DependencyType": "plan", "ExecutionMode": "plan",
+    "Pipeline": "define.pipeline", "PipelineStep": "define.pipeline",
+    "DependencyType": "define.plan", "ExecutionMode": "define.plan",
     "PipelineResult": "result",
     "RunStatus": "state", "StepStatus": "state", "Usage": "state",
 }

@@ -18,7 +18,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from .conditions import MISSING, condition_from_data, lookup_path
+from .define.conditions import MISSING, condition_from_data, lookup_path
 from .events import (
     Action,
     Cancelled,
@@ -36,7 +36,7 @@ from .events import (
     TimerFired,
     WorkerLost,
 )
-from .plan import DependencyType, ExecutionMode, Plan, StepSpec
+from .define.plan import DependencyType, ExecutionMode, Plan, StepSpec
 from .state import (
     MAX_TRANSCRIPTS,
     STEP_TRANSITIONS,

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .binding import missing_params
 from .context import LocalServices, RunServices, StepContext
 from .engine import RunMachine
+from .define.binding import missing_params
 from .errors import ConfigError, PipelineValidationError, describe, is_retryable
 from .events import (
     Action,
@@ -34,8 +34,8 @@ from .events import (
 )
 from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
 from .outputs import output_data
-from .pipeline import Pipeline
-from .plan import StepKind
+from .define.pipeline import Pipeline
+from .define.plan import StepKind
 from .result import PipelineResult
 from .runners import Attempt, coerce_inputs, execute
 from .runners.function import StepOutputError

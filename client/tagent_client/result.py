@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .plan import Plan
+from .define.plan import Plan
 from .state import RunState, RunStatus, StepStatus, Usage
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ..context import StepContext
 from ..events import Dispatch
-from ..pipeline import Pipeline
+from ..define.pipeline import Pipeline
 from ..state import Phase, Usage
 from . import function as function_runner
 

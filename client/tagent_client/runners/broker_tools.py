@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import StepContext
-from ..pipeline import BUILTIN_TOOLS, PipelineStep
+from ..define.pipeline import BUILTIN_TOOLS, PipelineStep
 
 MAX_RECEIVE_WAIT = 60.0
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..binding import is_context
+from ..define.binding import is_context
 from ..context import StepContext
 from ..errors import TagentError
-from ..pipeline import PipelineStep
+from ..define.pipeline import PipelineStep
 
 
 class StepOutputError(TagentError):

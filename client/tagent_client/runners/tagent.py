@@ -22,7 +22,7 @@ from typing import Any
 from ..context import StepContext
 from ..errors import ConfigError, TagentError
 from ..llm import LLMRuntime
-from ..pipeline import Pipeline, PipelineStep
+from ..define.pipeline import Pipeline, PipelineStep
 from ..result import to_builtins
 from ..state import Usage
 from . import Attempt

@@ -1,0 +1,101 @@
+"""How a function step's parameters are filled, as rules both the runner and validation use.
+
+A step function's parameters are bound by name (`runners/function.bind` does it at
+run time): `ctx` (or a first parameter annotated `StepContext`) gets the context; a
+dependency's name gets its output; `item` gets the current PARALLEL_MERGE item; any
+other name gets the submit param of that name; `*args` / `**kwargs` and parameters
+with a default never need anything. This module answers the questions validation
+asks before anything runs: which names only a submit param can fill
+(`param_names`), and whether the params a run is submitted with fill them
+(`missing_params`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+from .plan import Plan, StepKind
+
+CONTEXT = "ctx"
+ITEM = "item"
+
+
+def is_context(index: int, name: str, param: inspect.Parameter) -> bool:
+    """Whether this parameter gets the StepContext: named `ctx`, or the first one annotated `StepContext`."""
+    annotation = param.annotation
+    named = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+    return name == CONTEXT or (index == 0 and named == "StepContext")
+
+
+def signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The function's signature, or None when Python cannot tell it (some builtins)."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def param_names(fn: Callable[..., Any], deps: Collection[str]) -> list[str]:
+    """Parameters of `fn` that only a submit param can fill, in order.
+
+    Not listed: the context, dependency names, `item`, `*args` / `**kwargs` and parameters
+    with a default. (`item` outside a PARALLEL_MERGE step is a problem of its own, see
+    `validation`.)
+    """
+    sig = signature(fn)
+    if sig is None:
+        return []
+    names = []
+    for index, (name, param) in enumerate(sig.parameters.items()):
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.default is not param.empty:
+            continue
+        if is_context(index, name, param) or name in deps or name == ITEM:
+            continue
+        names.append(name)
+    return names
+
+
+def suggestion(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate `name` is most likely a misspelling of, if any is close enough."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def misspelling(name: str, given: Iterable[str], in_scope: Iterable[str]) -> str | None:
+    """"did you mean 'first'?" (a name in scope), "'compnay' looks misspelt" (a given param), or None."""
+    given = list(given)
+    close = suggestion(name, [*given, *in_scope])
+    if close is None:
+        return None
+    return f"{close!r} looks misspelt" if close in given else f"did you mean {close!r}?"
+
+
+def notes(*parts: str | None) -> str:
+    """' (a; b)' of the parts that are there, or ''."""
+    shown = [p for p in parts if p]
+    return f" ({'; '.join(shown)})" if shown else ""
+
+
+def missing_params(plan: Plan, params: Mapping[str, Any]) -> list[str]:
+    """One problem line per function-step parameter that the submit params `params` leave unfilled.
+
+    Pure (works on the Plan, never on user code), so the daemon checks a run before it
+    creates it, and the in-process runner before it starts one.
+    """
+    problems = []
+    for spec in plan.steps:
+        if spec.kind is not StepKind.FUNCTION:
+            continue
+        for name in spec.needs_params:
+            if name in params:
+                continue
+            function = (spec.function or spec.name).rpartition(":")[2].rpartition(".")[2]
+            note = notes(f"given: {', '.join(sorted(params)) or 'none'}", misspelling(name, params, [*spec.deps, CONTEXT]))
+            problems.append(
+                f"step {spec.name!r}: parameter {name!r} of {function}() is not among the submit params{note}: "
+                f"pass it (tagent submit --param {name}=...), give it a default, or rename it"
+            )
+    return problems
