@@ -275,44 +275,44 @@ class Pipeline:
             params=list(self.params) if self.params is not None else None,
         )
 
-    # -- documents (see export.py) ------------------------------------------------
+    # -- documents (see document.py) ------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """This pipeline's plan as plain data, the form JSON and TOML documents hold."""
-        from .export import pipeline_to_dict
+        from .document import pipeline_to_dict
 
         return pipeline_to_dict(self)
 
     def to_json(self, indent: int | None = 2) -> str:
         """This pipeline as a JSON document."""
-        from .export import to_json
+        from .document import to_json
 
         return to_json(self, indent=indent)
 
     def to_toml(self) -> str:
         """This pipeline as a TOML document."""
-        from .export import to_toml
+        from .document import to_toml
 
         return to_toml(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
-        """A validated pipeline from plain data; see `export.pipeline_from_dict` for what gets imported."""
-        from .export import pipeline_from_dict
+        """A validated pipeline from plain data; see `document.pipeline_from_dict` for what gets imported."""
+        from .document import pipeline_from_dict
 
         return pipeline_from_dict(data, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
         """A validated pipeline from a JSON document."""
-        from .export import from_json
+        from .document import from_json
 
         return from_json(text, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
 
     @classmethod
     def from_toml(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
         """A validated pipeline from a TOML document."""
-        from .export import from_toml
+        from .document import from_toml
 
         return from_toml(text, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
 
