@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from .context import StepContext
     from .errors import PipelineValidationError, RetryableError, TagentError
     from .local import RunConfig, run_agent, run_pipeline
-    from .define.pipeline import Pipeline, PipelineStep
+    from .define.pipeline import Pipeline
+    from .define.step import PipelineStep
     from .define.plan import DependencyType, ExecutionMode
     from .result import PipelineResult
     from .state import RunStatus, StepStatus, Usage
@@ -29,7 +30,7 @@ _EXPORTS = {
     "StepContext": "context",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
     "RunConfig": "local", "run_agent": "local", "run_pipeline": "local",
-    "Pipeline": "define.pipeline", "PipelineStep": "define.pipeline",
+    "Pipeline": "define.pipeline", "PipelineStep": "define.step",
     "DependencyType": "define.plan", "ExecutionMode": "define.plan",
     "PipelineResult": "result",
     "RunStatus": "state", "StepStatus": "state", "Usage": "state",

@@ -1,7 +1,7 @@
-"""Temporary old path of tagent_client.define.document (issue 12): tagentd/ and tests/ import it until they are rewritten."""
+"""Temporary old path of tagent_client.define.export (issue 12): tagentd/ and tests/ import it until they are rewritten."""
 
 import sys
 
-from .define import document
+from .define import export
 
-sys.modules[__name__] = document
+sys.modules[__name__] = export

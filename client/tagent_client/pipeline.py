@@ -1,7 +1,5 @@
-"""Temporary old path of tagent_client.define.pipeline (issue 12): tagentd/ and tests/ import it until they are rewritten."""
+"""Temporary old path of tagent_client.define.pipeline and .step (issue 12): tagentd/ and tests/ import it until they are rewritten."""
 
-import sys
-
-from .define import pipeline
-
-sys.modules[__name__] = pipeline
+from .define.pipeline import Pipeline  # noqa: F401
+from .define.step import PipelineStep, schema_ref  # noqa: F401
+from .define.validation import BUILTIN_TOOLS  # noqa: F401

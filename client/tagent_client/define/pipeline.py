@@ -1,102 +1,26 @@
-"""Defining pipelines: `Pipeline`, `PipelineStep`, the fluent builder and validation.
+"""Defining pipelines: `Pipeline`, the fluent builder, validation and documents.
 
-A `Pipeline` holds the user's objects (functions, tools, pydantic schemas).
-`Pipeline.plan()` turns it into a `Plan`: plain data the engine schedules from
-and the daemon checkpoints. `Pipeline.validate()` reports every problem at once
-(the checks are in `validation.py`).
+A `Pipeline` holds the user's objects (functions, tools, pydantic schemas) and its
+steps (`step.py`). `Pipeline.plan()` turns it into a `Plan`: plain data the engine
+schedules from and the daemon checkpoints. `Pipeline.validate()` reports every
+problem at once (the checks are in `validation.py`). `to_json` / `from_toml` and
+the like write and read documents (`document.py`, `rebuild.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from . import binding
 from ..bounds import NAME_MAX
-from .conditions import Condition, as_condition
 from ..errors import PipelineValidationError, shorten
-from .plan import OUTPUT_RETRIES, TOOL_RETRIES, DependencyType, ExecutionMode, Plan, RetrySpec, StepKind, StepSpec
-from .validation import BUILTIN_TOOLS, NAME, callable_name, cycles, is_count, parameter_problems, step_problems
+from . import binding
+from .conditions import Condition
+from .plan import Plan, RetrySpec, StepSpec
+from .step import PipelineStep, callable_name, function_ref, schema_ref
+from .validation import NAME, cycles, is_count, parameter_problems, step_problems
 
-__all__ = ["BUILTIN_TOOLS", "Pipeline", "PipelineStep", "schema_ref"]
-
-_DEFAULT_RETRY = RetrySpec()
-
-
-def _normalise_deps(depends_on: Iterable[str] | Mapping[str, Any] | str | None) -> dict[str, DependencyType]:
-    if depends_on is None:
-        return {}
-    if isinstance(depends_on, str):
-        return {depends_on: DependencyType.HARD}
-    if isinstance(depends_on, Mapping):
-        return {str(k): DependencyType(v) for k, v in depends_on.items()}
-    return {str(name): DependencyType.HARD for name in depends_on}
-
-
-def schema_ref(schema: type) -> str:
-    """`module:QualName` of a schema class, the form plans and exports refer to it by."""
-    return f"{schema.__module__}:{schema.__qualname__}"
-
-
-@dataclasses.dataclass(eq=False)
-class PipelineStep:
-    """One step: an LLM agent (`goal=`) or a Python function (`fn=`).
-
-    `depends_on` is a list of step names (all HARD) or a mapping name → DependencyType.
-    `max_retries` counts retries after the first attempt; only retryable errors are retried.
-    Agent steps: `output_retries` is how often output that fails `output_schema` is sent back to the
-    model; `tool_retries` how often in a row one tool may fail (its error goes back to the model).
-    `isolated=True`: in the daemon, each attempt runs alone in a worker process started for it (docs/semantics.md).
-    """
-
-    name: str
-    goal: str | None = None
-    fn: Callable[..., Any] | None = None
-    depends_on: Iterable[str] | Mapping[str, Any] | str | None = None
-    execution_mode: ExecutionMode = ExecutionMode.SERIAL
-    description: str | None = None
-    constraints: list[str] = dataclasses.field(default_factory=list)
-    timeout: float | None = None
-    isolated: bool = False
-    max_retries: int = _DEFAULT_RETRY.max_retries
-    retry_delay: float = _DEFAULT_RETRY.delay
-    retry_backoff: float = _DEFAULT_RETRY.backoff
-    retry_max_delay: float = _DEFAULT_RETRY.max_delay
-    retry_jitter: float = _DEFAULT_RETRY.jitter
-    tools: list[Callable[..., Any]] = dataclasses.field(default_factory=list)
-    tools_filter: list[str] | None = None
-    output_schema: Any = None
-    model: str | None = None
-    output_retries: int = OUTPUT_RETRIES
-    tool_retries: int = TOOL_RETRIES
-    condition: Any = None
-    over: Any = None
-    merge: Callable[..., Any] | None = None
-    data_fields: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    required: bool = True
-    final: bool = False
-    runner: str | None = None
-
-    def __post_init__(self) -> None:
-        self.depends_on = _normalise_deps(self.depends_on)
-        self.execution_mode = ExecutionMode(self.execution_mode)
-        if isinstance(self.constraints, str):
-            self.constraints = [self.constraints]
-        if self.condition is not None:
-            self.condition = as_condition(self.condition)
-        if self.condition is not None and self.execution_mode is ExecutionMode.SERIAL:
-            self.execution_mode = ExecutionMode.CONDITIONAL
-
-    @property
-    def kind(self) -> StepKind:
-        if self.runner == "tagent":
-            return StepKind.TAGENT
-        return StepKind.FUNCTION if self.fn is not None else StepKind.AGENT
-
-    @property
-    def dependencies(self) -> dict[str, DependencyType]:
-        return dict(self.depends_on)  # type: ignore[arg-type]
+__all__ = ["Pipeline"]
 
 
 class Pipeline:
@@ -201,8 +125,8 @@ class Pipeline:
             found.append(f"params must be a list of param names, got {self.params!r}")
         pipeline_tools = {callable_name(t) for t in self.tools}
         for step in self.steps.values():
-            found.extend(step_problems(self, step, pipeline_tools))
-            found.extend(parameter_problems(self, step, params))
+            found.extend(step_problems(step, self.steps, pipeline_tools))
+            found.extend(parameter_problems(step, self.steps, self.params, params))
         found.extend(f"dependency cycle: {' -> '.join(c)}" for c in cycles(self.steps))
         finals = [s.name for s in self.steps.values() if s.final]
         if len(finals) > 1:
@@ -257,7 +181,7 @@ class Pipeline:
                     required=step.required,
                     final=step.final,
                     runner=step.runner,
-                    function=_function_ref(step.fn) if step.fn is not None else None,
+                    function=function_ref(step.fn) if step.fn is not None else None,
                     needs_params=binding.param_names(step.fn, step.dependencies) if step.fn is not None else [],
                 )
             )
@@ -275,46 +199,68 @@ class Pipeline:
             params=list(self.params) if self.params is not None else None,
         )
 
-    # -- documents (see document.py) ------------------------------------------------
+    # -- documents (document.py: the format; rebuild.py: the steps read back) ------------
 
     def to_dict(self) -> dict[str, Any]:
         """This pipeline's plan as plain data, the form JSON and TOML documents hold."""
-        from .document import pipeline_to_dict
+        from .document import plan_to_dict
 
-        return pipeline_to_dict(self)
+        return plan_to_dict(self.plan())
 
     def to_json(self, indent: int | None = 2) -> str:
         """This pipeline as a JSON document."""
-        from .document import to_json
+        from .document import plan_to_json
 
-        return to_json(self, indent=indent)
+        return plan_to_json(self.plan(), indent=indent)
 
     def to_toml(self) -> str:
         """This pipeline as a TOML document."""
-        from .document import to_toml
+        from .document import plan_to_toml
 
-        return to_toml(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
-        """A validated pipeline from plain data; see `document.pipeline_from_dict` for what gets imported."""
-        from .document import pipeline_from_dict
-
-        return pipeline_from_dict(data, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
+        return plan_to_toml(self.plan())
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
+    def from_dict(cls, data: Mapping[str, Any], *, resolve_schemas: bool = True, resolve_functions: bool = False,
+                  source: str = "pipeline data") -> Pipeline:
+        """A validated pipeline from plain data; `rebuild.py` says what gets imported. `source` names the
+        document in errors (`PipelineLoadError`: malformed; `PipelineValidationError`: invalid)."""
+        from .document import plan_from_dict
+        from .rebuild import steps_from_plan
+
+        plan = plan_from_dict(data, source=source)
+        p = cls(
+            plan.name,
+            plan.description,
+            global_constraints=plan.global_constraints,
+            shared_context=plan.shared_context,
+            model=plan.model,
+            max_concurrent_steps=plan.max_concurrent_steps,
+            fail_fast=plan.fail_fast,
+            triggers=plan.triggers,
+            capabilities=plan.capabilities,
+            params=plan.params,
+        )
+        for step in steps_from_plan(plan, source, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions):
+            p.add_step(step)
+        return p.validate()
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False,
+                  source: str = "pipeline JSON") -> Pipeline:
         """A validated pipeline from a JSON document."""
-        from .document import from_json
+        from .document import parse_json
 
-        return from_json(text, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
+        return cls.from_dict(parse_json(text, source), resolve_schemas=resolve_schemas,
+                             resolve_functions=resolve_functions, source=source)
 
     @classmethod
-    def from_toml(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False) -> Pipeline:
+    def from_toml(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False,
+                  source: str = "pipeline TOML") -> Pipeline:
         """A validated pipeline from a TOML document."""
-        from .document import from_toml
+        from .document import parse_toml
 
-        return from_toml(text, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions)
+        return cls.from_dict(parse_toml(text, source), resolve_schemas=resolve_schemas,
+                             resolve_functions=resolve_functions, source=source)
 
     def tools_for(self, step_name: str) -> dict[str, Callable[..., Any]]:
         """The tools a step may offer its agent: pipeline + step tools, narrowed by tools_filter."""
@@ -323,9 +269,3 @@ class Pipeline:
         if step.tools_filter is not None:
             tools = {n: t for n, t in tools.items() if n in step.tools_filter}
         return tools
-
-
-def _function_ref(fn: Callable[..., Any]) -> str:
-    module = getattr(fn, "__module__", None) or "?"
-    qualname = getattr(fn, "__qualname__", None) or callable_name(fn)
-    return f"{module}:{qualname}"

@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from . import binding
 from ..bounds import NAME_MAX
-from .conditions import Condition
 from ..errors import shorten
+from . import binding
+from .conditions import Condition
 from .plan import DependencyType, ExecutionMode
+from .step import callable_name
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline, PipelineStep
+    from .step import PipelineStep
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\Z")  # \Z: "$" would accept a trailing newline
 #: Tools every agent step may be given through tools_filter without registering them (docs/broker.md).
@@ -52,13 +53,10 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def callable_name(fn: Callable[..., Any]) -> str:
-    """The name a function (or callable object) is known by: as a tool, and in messages."""
-    return getattr(fn, "__name__", None) or type(fn).__name__
-
-
-def parameter_problems(pipeline: Pipeline, step: PipelineStep, params: Collection[str] | None) -> list[str]:
-    """Problems binding the parameters of a function step (see the module docstring for `params`)."""
+def parameter_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], declared: Collection[str] | None,
+                       params: Collection[str] | None) -> list[str]:
+    """Problems binding the parameters of a function step among `steps`, with the pipeline's `declared` params
+    (see the module docstring for `params`)."""
     fn = step.fn
     if fn is None or not callable(fn):
         return []
@@ -72,13 +70,13 @@ def parameter_problems(pipeline: Pipeline, step: PipelineStep, params: Collectio
     if item is not None and not parallel and binding.ITEM not in deps and item.default is item.empty:
         out.append(f"{where}: parameter 'item' of {label} is only filled in PARALLEL_MERGE steps (with the current "
                    f"item); make the step execution_mode=PARALLEL_MERGE with over=, or rename the parameter")
-    known = params if params is not None else pipeline.params
-    in_scope = [binding.CONTEXT, binding.ITEM, *deps, *pipeline.steps]
+    known = params if params is not None else declared
+    in_scope = [binding.CONTEXT, binding.ITEM, *deps, *steps]
     for name in binding.param_names(fn, deps):
         if known is not None and name in known:
             continue
         guess = binding.misspelling(name, known or (), in_scope)
-        if name in pipeline.steps:
+        if name in steps:
             reason = f"names step {name!r}, which is not among its depends_on: add it there, or rename the parameter"
         elif params is not None:
             note = binding.notes(f"given: {', '.join(sorted(params)) or 'none'}", guess)
@@ -96,8 +94,8 @@ def parameter_problems(pipeline: Pipeline, step: PipelineStep, params: Collectio
     return out
 
 
-def step_problems(pipeline: Pipeline, step: PipelineStep, pipeline_tools: set[str]) -> list[str]:
-    """Every problem of one step's definition (binding of its parameters: `parameter_problems`)."""
+def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipeline_tools: set[str]) -> list[str]:
+    """Every problem of one step's definition among `steps` (binding of its parameters: `parameter_problems`)."""
     where = f"step {shorten(step.name)!r}"
     out: list[str] = []
     if isinstance(step.name, str) and len(step.name) > NAME_MAX:
@@ -116,7 +114,7 @@ def step_problems(pipeline: Pipeline, step: PipelineStep, pipeline_tools: set[st
     for dep in deps:
         if dep == step.name:
             out.append(f"{where}: depends on itself")
-        elif dep not in pipeline.steps:
+        elif dep not in steps:
             out.append(f"{where}: depends on unknown step {dep!r}")
     schema = step.output_schema
     if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
@@ -128,7 +126,7 @@ def step_problems(pipeline: Pipeline, step: PipelineStep, pipeline_tools: set[st
         if deps.get(dep) is not DependencyType.DATA:
             out.append(f"{where}: data_fields names {dep!r}, which is not a DATA dependency of this step")
             continue
-        dep_step = pipeline.steps.get(dep)
+        dep_step = steps.get(dep)
         dep_schema = dep_step.output_schema if dep_step else None
         if isinstance(dep_schema, type) and issubclass(dep_schema, BaseModel):
             for field in fields:
@@ -149,7 +147,7 @@ def step_problems(pipeline: Pipeline, step: PipelineStep, pipeline_tools: set[st
     cond = step.condition
     if isinstance(cond, Condition):
         for ref in sorted(cond.refs()):
-            if ref not in pipeline.steps:
+            if ref not in steps:
                 out.append(f"{where}: condition refers to unknown step {ref!r}")
             elif ref not in deps:
                 out.append(f"{where}: condition refers to {ref!r}, which is not among its depends_on")

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..context import StepContext
-from ..define.pipeline import BUILTIN_TOOLS, PipelineStep
+from ..define.validation import BUILTIN_TOOLS
+from ..define.step import PipelineStep
 
 MAX_RECEIVE_WAIT = 60.0
 

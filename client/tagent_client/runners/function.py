@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from ..define.binding import is_context
 from ..context import StepContext
 from ..errors import TagentError
-from ..define.pipeline import PipelineStep
+from ..define.step import PipelineStep
 
 
 class StepOutputError(TagentError):

@@ -22,7 +22,8 @@ from typing import Any
 from ..context import StepContext
 from ..errors import ConfigError, TagentError
 from ..llm import LLMRuntime
-from ..define.pipeline import Pipeline, PipelineStep
+from ..define.pipeline import Pipeline
+from ..define.step import PipelineStep
 from ..result import to_builtins
 from ..state import Usage
 from . import Attempt

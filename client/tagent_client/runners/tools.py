@@ -28,7 +28,8 @@ from pydantic_ai import Tool
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, ToolFailed
 
 from ..context import StepContext
-from ..define.pipeline import Pipeline, PipelineStep
+from ..define.pipeline import Pipeline
+from ..define.step import PipelineStep
 from ..result import to_builtins
 
 PASS_THROUGH = (ModelRetry, ToolFailed, CallDeferred, ApprovalRequired)
