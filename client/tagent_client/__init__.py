@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from .define.pipeline import Pipeline
     from .define.step import PipelineStep
     from .define.plan import DependencyType, ExecutionMode
-    from .result import PipelineResult
-    from .state import RunStatus, StepStatus, Usage
+    from .core.result import PipelineResult
+    from .core.state import RunStatus, StepStatus, Usage
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.
@@ -32,8 +32,8 @@ _EXPORTS = {
     "RunConfig": "local", "run_agent": "local", "run_pipeline": "local",
     "Pipeline": "define.pipeline", "PipelineStep": "define.step",
     "DependencyType": "define.plan", "ExecutionMode": "define.plan",
-    "PipelineResult": "result",
-    "RunStatus": "state", "StepStatus": "state", "Usage": "state",
+    "PipelineResult": "core.result",
+    "RunStatus": "core.state", "StepStatus": "core.state", "Usage": "core.state",
 }
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 
 from . import protocol_broker as b
-from .broker_core import MAX_DELIVERIES, BrokerCore, Holder, attempt_error
+from .core.broker import MAX_DELIVERIES, BrokerCore, Holder, attempt_error
 from .errors import InvalidRequest
-from .events import StepSucceeded
+from .core.events import StepSucceeded
 from .protocol import EventRecord
-from .receivers import Receivers
+from .core.receivers import Receivers
 
 
 class LocalBroker:

@@ -20,7 +20,7 @@ import msgspec
 from . import protocol
 from .errors import InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout
 from .protocol import EventBatch, LogBatch, RunDetail, RunSummary, SubmitResult
-from .result import PipelineResult, to_builtins
+from .core.result import PipelineResult, to_builtins
 
 HISTORY_FIELDS = ("ts", "who", "what", "data")
 

@@ -23,8 +23,8 @@ from . import __version__, bounds
 from .client import Client
 from .errors import InvalidRequest, PipelineValidationError, TagentError, exit_code_for
 from .render import history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table, watch_view
-from .result import PipelineResult, to_builtins
-from .state import RunStatus
+from .core.result import PipelineResult, to_builtins
+from .core.state import RunStatus
 
 EXIT_INTERRUPTED = 130
 

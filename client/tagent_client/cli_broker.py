@@ -23,7 +23,7 @@ from .errors import NotFound, exit_code_for
 from .protocol import EventRecord
 from .protocol_broker import AccessEntry, DeadLetter, MailboxInfo, RegistryEntry, SpaceInfo
 from .render import age, clock, compact_json, table
-from .result import to_builtins
+from .core.result import to_builtins
 
 if TYPE_CHECKING:
     from .cli import Session

@@ -43,7 +43,7 @@ from .calls import Call, RunHandle, as_dict, decode_as, split_spec
 from .client_broker import AsyncBrokerMethods, BrokerMethods
 from .errors import ProtocolError, RequestTimeout, TagentError
 from .protocol import DaemonInfo, EventBatch, EventRecord, LogRecord, RunDetail, RunSummary, WatchInfo
-from .result import PipelineResult
+from .core.result import PipelineResult
 
 __all__ = ["AsyncClient", "Client", "RunHandle", "split_spec", "DEFAULT_TIMEOUT", "FOLLOW_WAIT", "WINDOW"]
 

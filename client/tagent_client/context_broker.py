@@ -22,7 +22,7 @@ import msgspec
 from . import protocol_broker as b
 from .protocol import EventRecord
 from .protocol_broker import Entry, Message, RegistryEntry, StepRef
-from .result import to_builtins
+from .core.result import to_builtins
 
 if TYPE_CHECKING:
     from .context import RunServices

@@ -24,7 +24,7 @@ from .render import duration, event_line, is_terminal, log_event_line, log_line
 
 if TYPE_CHECKING:
     from .client import Client
-    from .result import PipelineResult
+    from .core.result import PipelineResult
     from .subscription import Subscription
 
 SYMBOLS = {"pending": "·", "running": "▶", "retrying": "↻", "completed": "✓", "failed": "✗",

@@ -17,29 +17,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from .context import LocalServices, RunServices, StepContext
-from .engine import RunMachine
+from .core.engine import RunMachine
 from .define.binding import missing_params
 from .errors import ConfigError, PipelineValidationError, describe, is_retryable
-from .events import (
-    Action,
-    CancelTask,
-    Dispatch,
-    Emit,
-    Event,
-    ScheduleRetry,
-    StepFailed,
-    StepSucceeded,
-    StepTimedOut,
-    TimerFired,
+from .core.events import (
+    Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
 )
 from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
 from .outputs import output_data
 from .define.pipeline import Pipeline
 from .define.plan import StepKind
-from .result import PipelineResult
+from .core.result import PipelineResult
 from .runners import Attempt, coerce_inputs, execute
 from .runners.function import StepOutputError
-from .state import ErrorInfo, new_run_id
+from .core.state import ErrorInfo, new_run_id
 
 
 class RunConfig(BaseModel):

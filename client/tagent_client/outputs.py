@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from .errors import describe
-from .result import to_builtins
+from .core.result import to_builtins
 from .runners.function import StepOutputError
 
 #: The deepest nesting of lists/dicts an output may have (serde_json's default limit is 128).

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from ..context import StepContext
-from ..events import Dispatch
+from ..core.events import Dispatch
 from ..define.pipeline import Pipeline
-from ..state import Phase, Usage
+from ..core.state import Phase, Usage
 from . import function as function_runner
 
 if TYPE_CHECKING:

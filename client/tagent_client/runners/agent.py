@@ -23,8 +23,8 @@ from ..errors import ConfigError
 from ..llm import LLMRuntime
 from ..define.pipeline import Pipeline
 from ..define.step import PipelineStep
-from ..result import to_builtins
-from ..state import Usage
+from ..core.result import to_builtins
+from ..core.state import Usage
 from . import Attempt
 from .broker_tools import broker_tools
 from .models import mark, model_for

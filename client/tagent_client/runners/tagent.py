@@ -24,8 +24,8 @@ from ..errors import ConfigError, TagentError
 from ..llm import LLMRuntime
 from ..define.pipeline import Pipeline
 from ..define.step import PipelineStep
-from ..result import to_builtins
-from ..state import Usage
+from ..core.result import to_builtins
+from ..core.state import Usage
 from . import Attempt
 from .agent import resolve_model
 

@@ -30,7 +30,7 @@ from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, T
 from ..context import StepContext
 from ..define.pipeline import Pipeline
 from ..define.step import PipelineStep
-from ..result import to_builtins
+from ..core.result import to_builtins
 
 PASS_THROUGH = (ModelRetry, ToolFailed, CallDeferred, ApprovalRequired)
 

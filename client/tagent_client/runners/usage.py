@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..llm import PriceOverride
-from ..state import Usage
+from ..core.state import Usage
 
 
 def attempt_usage(messages: Sequence[Any], model: str, prices: Mapping[str, PriceOverride],
