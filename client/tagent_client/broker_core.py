@@ -1,7 +1,6 @@
-"""Temporary old path of tagent_client.core.broker (issue 12): tagentd/ and tests/ import it until they are rewritten."""
+"""Temporary old path of tagent_client.core.broker and .broker_records (issue 12): tagentd/ and tests/ import it until they are rewritten."""
 
-import sys
-
-from .core import broker
-
-sys.modules[__name__] = broker
+from .core.broker import *  # noqa: F403
+from .core.broker import MAX_DELIVERIES, BrokerCore, CoreSnapshot, attempt_error  # noqa: F401
+from .core.broker_records import *  # noqa: F403
+from .core.broker_records import CoreRecord, UNSYNCED, Record  # noqa: F401

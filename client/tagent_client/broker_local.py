@@ -20,6 +20,7 @@ import msgspec
 
 from . import protocol_broker as b
 from .core.broker import MAX_DELIVERIES, BrokerCore, Holder, attempt_error
+from .core.broker_records import DeadLetter
 from .errors import InvalidRequest
 from .core.events import StepSucceeded
 from .protocol import EventRecord
@@ -62,7 +63,7 @@ class LocalBroker:
 
     # -- dead letters (as `tagent mailbox dead / requeue / drop` with the daemon) --------------------------
 
-    def dead_letters(self, mailbox: str) -> list[b.DeadLetter]:
+    def dead_letters(self, mailbox: str) -> list[DeadLetter]:
         """The messages of `mailbox` whose delivery failed `max_deliveries` times, oldest first, with their errors."""
         return self.core.dead_letters(mailbox)
 

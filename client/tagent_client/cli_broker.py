@@ -21,7 +21,8 @@ import msgspec
 
 from .errors import NotFound, exit_code_for
 from .protocol import EventRecord
-from .protocol_broker import AccessEntry, DeadLetter, MailboxInfo, RegistryEntry, SpaceInfo
+from .core.broker_records import AccessEntry, DeadLetter
+from .protocol_broker import MailboxInfo, RegistryEntry, SpaceInfo
 from .render import age, clock, compact_json, table
 from .core.result import to_builtins
 

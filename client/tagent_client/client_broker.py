@@ -15,7 +15,8 @@ from typing import Any
 
 from . import protocol_broker as b
 from .calls import Call, decode_as, plain_data
-from .protocol_broker import AccessEntry, BrokerStats, DeadLetter, Entry, MailboxInfo, RegistryEntry
+from .core.broker_records import AccessEntry, DeadLetter, Entry
+from .protocol_broker import BrokerStats, MailboxInfo, RegistryEntry
 from .subscription import AsyncSubscription, Subscription
 
 

@@ -21,7 +21,8 @@ import msgspec
 
 from . import protocol_broker as b
 from .protocol import EventRecord
-from .protocol_broker import Entry, Message, RegistryEntry, StepRef
+from .core.broker_records import Entry, Message
+from .protocol_broker import RegistryEntry, StepRef
 from .core.result import to_builtins
 
 if TYPE_CHECKING:

@@ -14,63 +14,12 @@ from typing import Any
 
 import msgspec
 
+from .core.broker_records import AccessEntry, DeadLetter, Entry, Message  # noqa: F401 - temporary: tagentd uses b.Entry
+
 PROTOCOL_VERSION = 1  # the control protocol's version (protocol.py re-checks it)
 RENEW_EVERY = 2.0
 EXPIRE_AFTER = 10.0
 MAX_WAIT = 60.0  # longest a receive / wait_for_event request is parked by the daemon; clients loop
-
-
-# -- shapes a step or a client sees -----------------------------------------------------------
-
-
-class Message(msgspec.Struct, kw_only=True):
-    """A direct message in a pipeline's mailbox.
-
-    `deliveries` counts leases, this one included; `failures` counts the attempts that held it and failed
-    (durable: at `max_deliveries` failures the message becomes a dead letter).
-    """
-
-    id: str
-    sender: str
-    payload: Any = None
-    ts: float = 0.0
-    seq: int = 0
-    mailbox: str = ""
-    deliveries: int = 0
-    failures: int = 0
-
-
-class DeadLetter(msgspec.Struct, kw_only=True):
-    """A message whose delivery failed `max_deliveries` times: kept aside, with the last error, until it is
-    requeued or dropped."""
-
-    message: Message
-    error: str
-    dead_at: float = 0.0
-
-
-class Entry(msgspec.Struct, kw_only=True):
-    """One key of a shared space: its value and version (1 on creation, +1 on every write)."""
-
-    key: str
-    value: Any = None
-    version: int = 0
-
-
-class AccessEntry(msgspec.Struct, kw_only=True, array_like=True):
-    """One line of a space's access log; `reason` says why an access did not happen (empty when `ok`).
-
-    Reasons: "missing" (no such key), "conflict" (the key was at another version than expected),
-    "denied" (the space's allow-list). Entries written before reasons existed have none.
-    """
-
-    ts: float
-    who: str
-    op: str
-    key: str = ""
-    version: int = 0
-    ok: bool = True
-    reason: str = ""
 
 
 class StepRef(msgspec.Struct, kw_only=True, array_like=True):

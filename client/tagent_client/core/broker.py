@@ -29,80 +29,19 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ..bounds import check_name
+from ..errors import MailboxFull, NotFound
+from .broker_records import (
+    AccessEntry, AccessLogged, DeadDropped, DeadLetter, DeadRequeued, DeliveryFailed, Entry, EntryDeleted, EntryWritten,
+    Message, MessageDead, MessagesAcked, MessageSent, Record,
+)
+from .events import StepFailed, StepTimedOut, WorkerLost
 from .mailbox import Holder, Mailbox, MailboxState
 from .space import Space, SpaceState
-from ..errors import MailboxFull, NotFound
-from .events import StepFailed, StepTimedOut, WorkerLost
-from ..protocol_broker import AccessEntry, DeadLetter, Entry, Message
 
 MAILBOX_MAX = 100_000
 SEEN_MAX = 100_000
 LOG_MAX = 1_000
 MAX_DELIVERIES = 5
-
-# -- journal records ---------------------------------------------------------------------------
-
-
-class Record(msgspec.Struct, tag_field="type", kw_only=True):
-    """Base of the core's change records (the broker store frames and fsyncs them)."""
-
-
-class MessageSent(Record, tag="sent"):
-    message: Message
-
-
-class MessagesAcked(Record, tag="acked"):
-    mailbox: str
-    ids: list[str]
-
-
-class EntryWritten(Record, tag="written"):
-    space: str
-    entry: Entry
-    log: AccessEntry | None = None
-
-
-class EntryDeleted(Record, tag="deleted"):
-    space: str
-    key: str
-    version: int
-    log: AccessEntry | None = None
-
-
-class AccessLogged(Record, tag="logged"):
-    """A read (or a refused write) in a space's access log; written without its own fsync."""
-
-    space: str
-    log: AccessEntry
-
-
-class DeliveryFailed(Record, tag="delivery_failed"):
-    """The attempt holding these messages failed (their `failures` grow); written without its own fsync."""
-
-    mailbox: str
-    ids: list[str]
-
-
-class MessageDead(Record, tag="dead"):
-    """A message failed its last allowed delivery and became a dead letter."""
-
-    mailbox: str
-    letter: DeadLetter
-
-
-class DeadRequeued(Record, tag="dead_requeued"):
-    mailbox: str
-    ids: list[str]
-
-
-class DeadDropped(Record, tag="dead_dropped"):
-    mailbox: str
-    ids: list[str]
-
-
-CoreRecord = (MessageSent | MessagesAcked | EntryWritten | EntryDeleted | AccessLogged | DeliveryFailed | MessageDead
-              | DeadRequeued | DeadDropped)
-UNSYNCED = (AccessLogged, DeliveryFailed)  # a crash may lose the newest of these: a log line, one failure count
 
 
 class Settled(NamedTuple):

@@ -20,7 +20,7 @@ from collections.abc import Hashable
 
 import msgspec
 
-from ..protocol_broker import DeadLetter, Message
+from .broker_records import DeadLetter, Message
 
 Holder = Hashable  # who holds a lease: the daemon uses (run_id, task, attempt)
 

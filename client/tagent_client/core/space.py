@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from ..protocol_broker import AccessEntry, Entry
+from .broker_records import AccessEntry, Entry
 
 
 class SpaceState(msgspec.Struct, kw_only=True):
