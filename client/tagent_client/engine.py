@@ -1,7 +1,4 @@
-"""Temporary old path of tagent_client.core.engine (issue 12): tagentd/ and tests/ import it until they are rewritten."""
+"""Temporary old path of tagent_client.core.engine and .rules (issue 12): tagentd/ and tests/ import it until they are rewritten."""
 
-import sys
-
-from .core import engine
-
-sys.modules[__name__] = engine
+from .core.engine import RunMachine  # noqa: F401
+from .core.rules import backoff_delay, gate_is_valid, task_id  # noqa: F401

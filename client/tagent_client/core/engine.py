@@ -19,50 +19,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..define.conditions import MISSING, condition_from_data, lookup_path
+from ..define.plan import ExecutionMode, Plan, StepSpec
 from .events import (
     Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, StepFailed, StepInterrupted,
     StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
 )
-from ..define.plan import DependencyType, ExecutionMode, Plan, StepSpec
-from .state import (
-    MAX_TRANSCRIPTS, STEP_TRANSITIONS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState,
-    TaskStatus,
-)
+from .rules import backoff_delay, upstream
+from .run_index import RunIndex
+from .state import MAX_TRANSCRIPTS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus
 
 _LIVE_TASK = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_RETRY)
-
-
-def backoff_delay(retry: Any, failures: int, rng: random.Random) -> float:
-    """Delay before the retry that follows the `failures`-th failure: exponential, capped, jittered down."""
-    base = min(retry.max_delay, retry.delay * retry.backoff ** max(0, failures - 1))
-    return base * (1.0 - retry.jitter * rng.random())
-
-
-def gate_is_valid(output: Any) -> bool:
-    """The VALIDATION rule: the gate's output is `True`, or has a true `valid` / `is_valid` field."""
-    if isinstance(output, bool):
-        return output
-    for field in ("valid", "is_valid"):
-        value = lookup_path(output, field)
-        if value is not MISSING:
-            return bool(value)
-    return False
-
-
-def task_id(step: str, phase: Any = None, item_index: int | None = None) -> str:
-    """Stable id of a task: `step`, `step[3]` for an item, `step#merge` / `step#condition`."""
-    if item_index is not None:
-        return f"{step}[{item_index}]"
-    if phase is not None and phase is not Phase.RUN:
-        return f"{step}#{phase.value}"
-    return step
 
 
 class RunMachine:
     """One run of one plan. Feed it `start`, then `handle(event, now)`; carry out what it returns.
 
-    Besides the persisted `state`, the machine keeps derived indexes (tasks per
-    step, queued / running / waiting tasks, busy SERIAL steps, steps to look at)
+    Besides the persisted `state`, the machine keeps derived indexes (`index`: tasks
+    per step, queued / running / waiting tasks, busy SERIAL steps, steps to look at)
     so one event costs time in proportion to what it changes, not to the size
     of the run. `take_changes()` tells a store which steps and tasks changed.
     """
@@ -74,30 +47,12 @@ class RunMachine:
         self._order = {s.name: i for i, s in enumerate(plan.steps)}
         self.rng = rng or random.Random()
         self._conditions = {s.name: condition_from_data(s.condition) for s in plan.steps if s.condition}
-        self._dependents: dict[str, list[str]] = {s.name: [] for s in plan.steps}
+        dependents: dict[str, list[str]] = {s.name: [] for s in plan.steps}
         for spec in plan.steps:
             for dep in spec.deps:
-                self._dependents[dep].append(spec.name)
-        self._changed_steps: set[str] = set()
-        self._changed_tasks: set[str] = set()
+                dependents[dep].append(spec.name)
+        self.index = RunIndex(state, self.specs, dependents)
         self.held = False
-        self._reindex()
-
-    def _reindex(self) -> None:
-        """Rebuild every derived index from `state` (at construction, recovery and reset)."""
-        self._tasks_of: dict[str, dict[str, TaskState]] = {name: {} for name in self.state.steps}
-        self._queued: dict[str, TaskState] = {}
-        self._running: dict[str, TaskState] = {}
-        self._waiting: dict[str, TaskState] = {}
-        for task in self.state.tasks.values():
-            self._tasks_of[task.step][task.id] = task
-            self._file(task)
-        self._serial_active = {
-            n for n, s in self.state.steps.items()
-            if self.specs[n].mode is ExecutionMode.SERIAL and s.status in (StepStatus.RUNNING, StepStatus.RETRYING)
-        }
-        self._open = sum(1 for s in self.state.steps.values() if not s.status.terminal)
-        self._candidates = {n for n, s in self.state.steps.items() if s.status is StepStatus.PENDING}
 
     @classmethod
     def new(cls, plan: Plan, run_id: str, *, params: Mapping[str, Any] | None = None, now: float = 0.0,
@@ -125,7 +80,7 @@ class RunMachine:
         for task in list(self.state.tasks.values()):
             if task.status is TaskStatus.RUNNING:
                 task.interrupted += 1
-                self._task_to(task, TaskStatus.QUEUED)
+                self.index.task_to(task, TaskStatus.QUEUED)
             elif task.status is TaskStatus.WAITING_RETRY and task.retry_at is not None:
                 out.append(ScheduleRetry(task=task.id, at=task.retry_at))
         self.state.status = RunStatus.RUNNING
@@ -140,7 +95,7 @@ class RunMachine:
             return self._timer_fired(now)
         if isinstance(event, Cancelled):
             return self._cancel_run(event.reason, now, RunStatus.CANCELLED)
-        task = self._running.get(event.task)
+        task = self.index.running.get(event.task)
         if task is None or task.attempt != event.attempt:
             return []
         spec = self.specs[task.step]
@@ -151,7 +106,7 @@ class RunMachine:
                 entry = {**event.transcript, "attempt": task.attempt, "item": task.item_index,
                          "status": "succeeded" if isinstance(event, StepSucceeded) else "failed"}
                 step.transcript = [*step.transcript, entry][-MAX_TRANSCRIPTS:]
-            self._changed_steps.add(task.step)
+            self.index.changed_steps.add(task.step)
         if isinstance(event, StepSucceeded):
             return self._task_succeeded(task, event.output, now)
         if isinstance(event, StepFailed):
@@ -174,24 +129,22 @@ class RunMachine:
 
     def next_timer(self) -> float | None:
         """The earliest pending retry time, if any."""
-        times = [t.retry_at for t in self._waiting.values() if t.retry_at is not None]
+        times = [t.retry_at for t in self.index.waiting.values() if t.retry_at is not None]
         return min(times) if times else None
 
     def running_tasks(self) -> list[TaskState]:
-        return list(self._running.values())
+        return list(self.index.running.values())
 
     def take_changes(self) -> tuple[set[str], set[str]]:
         """Names of steps and ids of tasks changed since the last call (a task id absent from state was removed)."""
-        steps, tasks = self._changed_steps, self._changed_tasks
-        self._changed_steps, self._changed_tasks = set(), set()
-        return steps, tasks
+        return self.index.take_changes()
 
     def reset(self, steps: list[str], now: float) -> list[Action]:
         """Run `steps` again (resume / retry): they and their dependents go back to PENDING."""
         todo = set(steps)
         frontier = list(steps)
         while frontier:
-            for dependent in self._dependents.get(frontier.pop(), []):
+            for dependent in self.index.dependents.get(frontier.pop(), []):
                 if dependent not in todo:
                     todo.add(dependent)
                     frontier.append(dependent)
@@ -199,88 +152,27 @@ class RunMachine:
             old = self.state.steps[name]
             self.state.steps[name] = StepState(name=name, attempts=old.attempts, attempts_before=old.attempts,
                                                usage=old.usage, transcript=old.transcript)
-            self._changed_steps.add(name)
-            for tid in list(self._tasks_of[name]):
+            self.index.changed_steps.add(name)
+            for tid in list(self.index.tasks_of[name]):
                 del self.state.tasks[tid]
-                self._changed_tasks.add(tid)
+                self.index.changed_tasks.add(tid)
         self.state.status = RunStatus.RUNNING
         self.state.finished_at = None
         self.state.error = None
-        self._reindex()
+        self.index.rebuild()
         return [Persist(), Emit(topic="run.resumed", data=self._ev(steps=sorted(todo)))] + self._advance(now)
-
-    # -- tasks -----------------------------------------------------------------------
-
-    def _file(self, task: TaskState) -> None:
-        for index in (self._queued, self._running, self._waiting):
-            index.pop(task.id, None)
-        if task.status is TaskStatus.QUEUED:
-            self._queued[task.id] = task
-        elif task.status is TaskStatus.RUNNING:
-            self._running[task.id] = task
-        elif task.status is TaskStatus.WAITING_RETRY:
-            self._waiting[task.id] = task
-
-    def _task_to(self, task: TaskState, status: TaskStatus) -> None:
-        task.status = status
-        self._file(task)
-        self._changed_tasks.add(task.id)
-
-    def _add_task(self, step: str, phase: Phase, item_index: int | None) -> None:
-        tid = task_id(step, phase, item_index)
-        before = self.state.steps[step].attempts_before  # a reset step's attempts count on (ctx.attempt == attempts)
-        task = TaskState(id=tid, step=step, phase=phase, item_index=item_index, attempt=before)
-        self.state.tasks[tid] = task
-        self._tasks_of[step][tid] = task
-        self._file(task)
-        self._changed_tasks.add(tid)
-
-    def _drop_tasks(self, step: str, phase: Phase | None = None) -> None:
-        for tid, task in list(self._tasks_of[step].items()):
-            if phase is None or task.phase is phase:
-                del self.state.tasks[tid]
-                del self._tasks_of[step][tid]
-                for index in (self._queued, self._running, self._waiting):
-                    index.pop(tid, None)
-                self._changed_tasks.add(tid)
-
-    def _item_outputs(self, step: str) -> list[Any]:
-        items = [t for t in self._tasks_of[step].values() if t.phase is Phase.RUN]
-        return [t.output for t in sorted(items, key=lambda t: t.item_index or 0)]
 
     # -- transitions -----------------------------------------------------------------
 
-    def _set_step(self, name: str, status: StepStatus, now: float) -> None:
-        step = self.state.steps[name]
-        self._changed_steps.add(name)
-        if status is step.status:
-            return
-        if status not in STEP_TRANSITIONS[step.status]:
-            raise AssertionError(f"illegal step transition {step.status.value} -> {status.value} for {name!r}")
-        was_open = not step.status.terminal
-        step.status = status
-        if self.specs[name].mode is ExecutionMode.SERIAL:
-            if status in (StepStatus.RUNNING, StepStatus.RETRYING):
-                self._serial_active.add(name)
-            else:
-                self._serial_active.discard(name)
-        if status is StepStatus.RUNNING and step.started_at is None:
-            step.started_at = now
-        if status.terminal:
-            step.finished_at = now
-            if was_open:
-                self._open -= 1
-            self._candidates.update(self._dependents[name])
-
     def _task_succeeded(self, task: TaskState, output: Any, now: float) -> list[Action]:
         task.output, task.finished_at, task.error = output, now, None
-        self._task_to(task, TaskStatus.SUCCEEDED)
+        self.index.task_to(task, TaskStatus.SUCCEEDED)
         step = self.state.steps[task.step]
         spec = self.specs[task.step]
         if task.phase is Phase.CONDITION:
-            self._drop_tasks(task.step, Phase.CONDITION)
-            self._changed_steps.add(task.step)
-            self._candidates.add(task.step)
+            self.index.drop_tasks(task.step, Phase.CONDITION)
+            self.index.changed_steps.add(task.step)
+            self.index.candidates.add(task.step)
             out: list[Action] = []
             if output:
                 step.condition_passed = True
@@ -288,20 +180,20 @@ class RunMachine:
                 out += self._skip(task.step, f"condition false: {spec.name}'s callable condition returned {output!r}", now)
             return out + self._advance(now)
         if task.phase is Phase.RUN and task.item_index is not None:
-            items = [t for t in self._tasks_of[task.step].values() if t.phase is Phase.RUN]
+            items = [t for t in self.index.tasks_of[task.step].values() if t.phase is Phase.RUN]
             if any(t.status is not TaskStatus.SUCCEEDED for t in items):
                 return [Persist()] + self._advance(now)
             if spec.has_merge:
-                self._add_task(task.step, Phase.MERGE, None)
+                self.index.add_task(task.step, Phase.MERGE, None)
                 return [Persist()] + self._advance(now)
-            output = self._item_outputs(task.step)
+            output = self.index.item_outputs(task.step)
         return self._complete(task.step, output, now) + self._advance(now)
 
     def _complete(self, name: str, output: Any, now: float) -> list[Action]:
         step = self.state.steps[name]
         step.output, step.error = output, None
-        self._set_step(name, StepStatus.COMPLETED, now)
-        self._drop_tasks(name)
+        self.index.set_step(name, StepStatus.COMPLETED, now)
+        self.index.drop_tasks(name)
         return [Persist(), Emit(topic="step.completed", data=self._ev(step=name, attempts=step.attempts))]
 
     def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
@@ -311,20 +203,20 @@ class RunMachine:
         failures = task.attempt - step.attempts_before - task.interrupted
         if error.retryable and failures <= spec.retry.max_retries:
             task.retry_at = now + backoff_delay(spec.retry, failures, self.rng)
-            self._task_to(task, TaskStatus.WAITING_RETRY)
+            self.index.task_to(task, TaskStatus.WAITING_RETRY)
             if task.phase is not Phase.CONDITION:  # a condition retry leaves its step PENDING: it has not started
-                self._set_step(task.step, StepStatus.RETRYING, now)
+                self.index.set_step(task.step, StepStatus.RETRYING, now)
             ev = self._ev(step=task.step, attempt=task.attempt, error=str(error), retry_at=task.retry_at, charged=True)
             return [Persist(), Emit(topic="step.retrying", data=ev), ScheduleRetry(task=task.id, at=task.retry_at)] + self._advance(now)
-        self._task_to(task, TaskStatus.FAILED)
+        self.index.task_to(task, TaskStatus.FAILED)
         out: list[Action] = []
-        for sibling in list(self._tasks_of[task.step].values()):
+        for sibling in list(self.index.tasks_of[task.step].values()):
             if sibling.status in _LIVE_TASK:
                 if sibling.status is TaskStatus.RUNNING:
                     out.append(CancelTask(task=sibling.id, attempt=sibling.attempt))
-                self._task_to(sibling, TaskStatus.CANCELLED)
+                self.index.task_to(sibling, TaskStatus.CANCELLED)
         step.error = error
-        self._set_step(task.step, StepStatus.FAILED, now)
+        self.index.set_step(task.step, StepStatus.FAILED, now)
         out += [Persist(), Emit(topic="step.failed", data=self._ev(step=task.step, attempt=task.attempt, error=str(error)))]
         if self.plan.fail_fast and spec.required:
             return out + self._cancel_run(f"fail_fast: step {task.step!r} failed: {error}", now, RunStatus.FAILED)
@@ -335,20 +227,20 @@ class RunMachine:
         task.interrupted += 1
         task.error = ErrorInfo(type="WorkerLostError", retryable=True,
                                message=f"worker running step {task.step!r} attempt {task.attempt} was lost: {reason}")
-        self._task_to(task, TaskStatus.QUEUED)
+        self.index.task_to(task, TaskStatus.QUEUED)
         ev = self._ev(step=task.step, attempt=task.attempt, error=str(task.error), retry_at=now, charged=False)
         return [Persist(), Emit(topic="step.retrying", data=ev)] + self._advance(now)
 
     def _skip(self, name: str, reason: str, now: float) -> list[Action]:
         step = self.state.steps[name]
         step.skip_reason = reason
-        self._set_step(name, StepStatus.SKIPPED, now)
+        self.index.set_step(name, StepStatus.SKIPPED, now)
         return [Persist(), Emit(topic="step.skipped", data=self._ev(step=name, reason=reason))]
 
     def _fail_step(self, name: str, message: str, now: float) -> list[Action]:
         step = self.state.steps[name]
         step.error = ErrorInfo(type="DependencyError", message=message)
-        self._set_step(name, StepStatus.FAILED, now)
+        self.index.set_step(name, StepStatus.FAILED, now)
         out: list[Action] = [Persist(), Emit(topic="step.failed", data=self._ev(step=name, attempt=0, error=message))]
         if self.plan.fail_fast and self.specs[name].required:
             out += self._cancel_run(f"fail_fast: step {name!r} failed: {message}", now, RunStatus.FAILED)
@@ -356,14 +248,14 @@ class RunMachine:
 
     def _cancel_run(self, reason: str, now: float, status: RunStatus) -> list[Action]:
         out: list[Action] = []
-        for task in [*self._running.values(), *self._queued.values(), *self._waiting.values()]:
+        for task in [*self.index.running.values(), *self.index.queued.values(), *self.index.waiting.values()]:
             if task.status is TaskStatus.RUNNING:
                 out.append(CancelTask(task=task.id, attempt=task.attempt))
-            self._task_to(task, TaskStatus.CANCELLED)
+            self.index.task_to(task, TaskStatus.CANCELLED)
         for name, step in self.state.steps.items():
             if not step.status.terminal:
                 step.skip_reason = reason
-                self._set_step(name, StepStatus.CANCELLED, now)
+                self.index.set_step(name, StepStatus.CANCELLED, now)
         return out + self._finish(status, now, reason)
 
     def _finish(self, status: RunStatus, now: float, error: str | None = None) -> list[Action]:
@@ -388,84 +280,75 @@ class RunMachine:
         if self.finished:
             return []
         out: list[Action] = []
-        while self._candidates and not self.finished:
-            batch = sorted(self._candidates, key=self._order.__getitem__)
-            self._candidates.clear()
+        while self.index.candidates and not self.finished:
+            batch = sorted(self.index.candidates, key=self._order.__getitem__)
+            self.index.candidates.clear()
             for name in batch:
                 if self.finished:
                     break
-                if self.state.steps[name].status is StepStatus.PENDING and not self._tasks_of[name]:
+                if self.state.steps[name].status is StepStatus.PENDING and not self.index.tasks_of[name]:
                     produced = self._resolve(self.specs[name], now)
                     if produced:
                         out += produced
         if self.finished:
             return out
         out += self._dispatch_ready(now)
-        if self._open == 0:
+        if self.index.open_steps == 0:
             failed = [n for n, s in self.state.steps.items() if s.status is StepStatus.FAILED and self.specs[n].required]
             status = RunStatus.FAILED if failed else RunStatus.COMPLETED
             error = "step(s) failed: " + "; ".join(f"{n} ({self.state.steps[n].error})" for n in failed) if failed else None
             return out + self._finish(status, now, error)
-        if not (self._queued or self._running or self._waiting):
+        if not (self.index.queued or self.index.running or self.index.waiting):
             waiting = sorted(n for n, s in self.state.steps.items() if not s.status.terminal)
             return out + self._cancel_run(f"no progress possible: steps {', '.join(waiting)} can never start (engine diagnostic; please report)", now, RunStatus.FAILED)
         return out
 
     def _resolve(self, spec: StepSpec, now: float) -> list[Action] | None:
         """Decide a PENDING step with no tasks: wait (None), skip, fail, or create its tasks."""
-        inputs: dict[str, Any] = {}
-        for dep, kind in spec.deps.items():
-            dep_state = self.state.steps[dep]
-            if not dep_state.status.terminal:
-                return None
-            if kind is DependencyType.SOFT:
-                inputs[dep] = dep_state.output
-                continue
-            if dep_state.status is not StepStatus.COMPLETED:
-                return self._skip(spec.name, f"upstream step {dep!r} {dep_state.status.value}", now)
-            inputs[dep] = dep_state.output
-            if kind is DependencyType.VALIDATION and not gate_is_valid(dep_state.output):
-                return self._skip(spec.name, f"validation gate {dep!r} did not pass", now)
-            if kind is DependencyType.DATA:
-                missing = [f for f in spec.data_fields.get(dep, []) if lookup_path(dep_state.output, f) in (MISSING, None)]
-                if missing:
-                    return self._fail_step(spec.name, f"DATA dependency {dep!r} output lacks field(s) {', '.join(missing)}", now)
+        verdict = upstream(spec, self.state.steps)
+        if verdict.waiting:
+            return None
+        if verdict.skip is not None:
+            return self._skip(spec.name, verdict.skip, now)
+        if verdict.fail is not None:
+            return self._fail_step(spec.name, verdict.fail, now)
+        inputs = verdict.inputs or {}
         step = self.state.steps[spec.name]
         if spec.name in self._conditions and not step.condition_passed:
             cond = self._conditions[spec.name]
             if not cond.evaluate(self._scope(inputs)):
                 return self._skip(spec.name, f"condition false: {cond.describe()}", now)
             step.condition_passed = True
-            self._changed_steps.add(spec.name)
+            self.index.changed_steps.add(spec.name)
         if spec.condition_is_callable and not step.condition_passed:
-            self._add_task(spec.name, Phase.CONDITION, None)
+            self.index.add_task(spec.name, Phase.CONDITION, None)
             return []
         if spec.mode is ExecutionMode.PARALLEL_MERGE:
             items = spec.over if isinstance(spec.over, list) else lookup_path(self._scope(inputs), spec.over)
             if not isinstance(items, (list, tuple)):
                 return self._fail_step(spec.name, f"over={spec.over!r} is {'missing' if items is MISSING else type(items).__name__}, not a list", now)
             step.items = list(items)
-            self._changed_steps.add(spec.name)
+            self.index.changed_steps.add(spec.name)
             if not items:
                 if spec.has_merge:
-                    self._add_task(spec.name, Phase.MERGE, None)
+                    self.index.add_task(spec.name, Phase.MERGE, None)
                     return []
                 return self._complete(spec.name, [], now)
             for index in range(len(items)):
-                self._add_task(spec.name, Phase.RUN, index)
+                self.index.add_task(spec.name, Phase.RUN, index)
             return []
-        self._add_task(spec.name, Phase.RUN, None)
+        self.index.add_task(spec.name, Phase.RUN, None)
         return []
 
     def _scope(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return {**inputs, "shared": self.plan.shared_context, "params": self.state.params}
 
     def _dispatch_ready(self, now: float) -> list[Action]:
-        room = self.plan.max_concurrent_steps - len(self._running)
+        room = self.plan.max_concurrent_steps - len(self.index.running)
         if room <= 0 or self.held:
             return []
-        due = list(self._queued.values())
-        due += [t for t in self._waiting.values() if t.retry_at is not None and t.retry_at <= now]
+        due = list(self.index.queued.values())
+        due += [t for t in self.index.waiting.values() if t.retry_at is not None and t.retry_at <= now]
         if not due:
             return []
         if len(due) > 1:
@@ -477,7 +360,7 @@ class RunMachine:
             spec = self.specs[task.step]
             step = self.state.steps[task.step]
             if (spec.mode is ExecutionMode.SERIAL and task.phase is Phase.RUN and step.status is StepStatus.PENDING
-                    and self._serial_active):
+                    and self.index.serial_active):
                 continue
             out += self._dispatch(task, spec, step, now)
             room -= 1
@@ -487,17 +370,17 @@ class RunMachine:
         announce = task.phase is Phase.RUN and (step.status is StepStatus.PENDING or task.item_index is None)
         task.attempt += 1
         task.retry_at, task.started_at = None, now
-        self._task_to(task, TaskStatus.RUNNING)
+        self.index.task_to(task, TaskStatus.RUNNING)
         if task.phase is not Phase.CONDITION:
             fan_out = task.item_index is not None or task.phase is Phase.MERGE
             step.attempts = max(step.attempts, task.attempt) if fan_out else step.attempts + 1
-            self._set_step(task.step, StepStatus.RUNNING, now)
+            self.index.set_step(task.step, StepStatus.RUNNING, now)
         inputs = {dep: self.state.steps[dep].output for dep in spec.deps}
         item: Any = None
         if task.item_index is not None and step.items is not None:
             item = step.items[task.item_index]
         elif task.phase is Phase.MERGE:
-            item = self._item_outputs(task.step)
+            item = self.index.item_outputs(task.step)
         action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
                           item=item, item_index=task.item_index, timeout=spec.timeout, isolated=spec.isolated)
         if announce:
