@@ -18,12 +18,12 @@ from typing import Any
 
 import msgspec
 
-from . import protocol_broker as b
+from .wire import protocol_broker as b
 from .core.broker import MAX_DELIVERIES, BrokerCore, Holder, attempt_error
 from .core.broker_records import DeadLetter
 from .errors import InvalidRequest
 from .core.events import StepSucceeded
-from .protocol import EventRecord
+from .wire.protocol import EventRecord
 from .core.receivers import Receivers
 
 

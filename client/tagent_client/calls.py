@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
-from . import protocol
+from .wire import protocol
 from .errors import InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout
-from .protocol import EventBatch, LogBatch, RunDetail, RunSummary, SubmitResult
+from .wire.protocol import EventBatch, LogBatch, RunDetail, RunSummary, SubmitResult
 from .core.result import PipelineResult, to_builtins
 
 HISTORY_FIELDS = ("ts", "who", "what", "data")

@@ -20,9 +20,9 @@ import click
 import msgspec
 
 from .errors import NotFound, exit_code_for
-from .protocol import EventRecord
+from .wire.protocol import EventRecord
 from .core.broker_records import AccessEntry, DeadLetter
-from .protocol_broker import MailboxInfo, RegistryEntry, SpaceInfo
+from .wire.protocol_broker import MailboxInfo, RegistryEntry, SpaceInfo
 from .render import age, clock, compact_json, table
 from .core.result import to_builtins
 

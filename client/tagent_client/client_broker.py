@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import protocol_broker as b
+from .wire import protocol_broker as b
 from .calls import Call, decode_as, plain_data
 from .core.broker_records import AccessEntry, DeadLetter, Entry
-from .protocol_broker import BrokerStats, MailboxInfo, RegistryEntry
+from .wire.protocol_broker import BrokerStats, MailboxInfo, RegistryEntry
 from .subscription import AsyncSubscription, Subscription
 
 

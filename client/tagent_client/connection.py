@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 import zmq
 
-from . import bounds, paths, protocol
+from . import bounds
+from .wire import paths, protocol
 from .calls import kind
 from .errors import DaemonUnavailable, ProtocolError, RequestTimeout
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from .broker_local import LocalBroker
 from .context_broker import BrokerAbilities
-from .protocol_broker import BrokerRequest, StepRef
+from .wire.protocol_broker import BrokerRequest, StepRef
 
 
 class RunServices(Protocol):

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import protocol_broker as b
-from .protocol import EventRecord
+from .wire import protocol_broker as b
+from .wire.protocol import EventRecord
 from .core.broker_records import Entry, Message
-from .protocol_broker import RegistryEntry, StepRef
+from .wire.protocol_broker import RegistryEntry, StepRef
 from .core.result import to_builtins
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from .client import FOLLOW_WAIT
-from .protocol import EventRecord, LogRecord
+from .wire.protocol import EventRecord, LogRecord
 from .render import duration, event_line, is_terminal, log_event_line, log_line
 
 if TYPE_CHECKING:

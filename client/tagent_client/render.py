@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from .protocol import EventRecord, LogRecord, RunDetail, RunSummary, WatchInfo
+from .wire.protocol import EventRecord, LogRecord, RunDetail, RunSummary, WatchInfo
 
 # -- small formats ---------------------------------------------------------------------------
 

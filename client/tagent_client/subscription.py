@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import msgspec
 import zmq
 
-from . import paths
+from .wire import paths
 from .errors import DaemonUnavailable
-from .protocol import EventRecord
-from .protocol_broker import RENEW_EVERY, Subscribe, Unsubscribe, encode
+from .wire.protocol import EventRecord
+from .wire.protocol_broker import RENEW_EVERY, Subscribe, Unsubscribe, encode
 
 if TYPE_CHECKING:
     import zmq.asyncio
