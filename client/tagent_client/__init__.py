@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .client import AsyncClient, Client, RunHandle
     from .define.conditions import when
-    from .context import StepContext
+    from .run.context import StepContext
     from .errors import PipelineValidationError, RetryableError, TagentError
-    from .local import RunConfig, run_agent, run_pipeline
+    from .run.local import RunConfig, run_agent, run_pipeline
     from .define.pipeline import Pipeline
     from .define.step import PipelineStep
     from .define.plan import DependencyType, ExecutionMode
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "AsyncClient": "client", "Client": "client", "RunHandle": "client",
     "when": "define.conditions",
-    "StepContext": "context",
+    "StepContext": "run.context",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
-    "RunConfig": "local", "run_agent": "local", "run_pipeline": "local",
+    "RunConfig": "run.local", "run_agent": "run.local", "run_pipeline": "run.local",
     "Pipeline": "define.pipeline", "PipelineStep": "define.step",
     "DependencyType": "define.plan", "ExecutionMode": "define.plan",
     "PipelineResult": "core.result",

@@ -295,7 +295,7 @@ def transcript(session: Session, run_id: str, step: str, as_json: bool) -> None:
         click.echo(f"step {step!r} is a function step: only agent steps have a transcript; "
                    f"what it logged is in 'tagent logs {found.get('run_id', run_id)}'")
     else:
-        from .transcript import render as render_transcript  # noqa: PLC0415 - only this command needs it
+        from .run.transcript import render as render_transcript  # noqa: PLC0415 - only this command needs it
 
         click.echo(render_transcript(found.get("attempts") or []))
 

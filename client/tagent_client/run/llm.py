@@ -1,0 +1,152 @@
+"""LLM settings shared by the daemon and in-process runs: endpoints, price overrides, request limiters.
+
+An *endpoint* is a named OpenAI-compatible server (Ollama, vLLM, llama.cpp,
+LM Studio, a proxy) given by its base URL; a model string `NAME:MODEL` whose
+prefix names an endpoint goes there. An endpoint without `base_url` names a
+pydantic-ai provider (`openai`, `anthropic`, ...) and only sets limits for it.
+API keys are never part of these settings: `api_key_env` names the environment
+variable that holds the key, read by the process that makes the request.
+
+`RequestLimiter` is what the agent runner asks for a permit before each model
+request: the daemon's workers ask the daemon (limits shared by all workers);
+in-process runs use `LocalLimiter` (concurrency and Retry-After pauses only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-.]*\Z")
+
+#: Environment variables holding the keys of the providers pydantic-ai knows; their values never enter a transcript.
+PROVIDER_KEY_ENV = (
+    "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY",
+    "CO_API_KEY", "DEEPSEEK_API_KEY", "OPENROUTER_API_KEY", "XAI_API_KEY", "TOGETHER_API_KEY", "FIREWORKS_API_KEY",
+    "HF_TOKEN", "AZURE_OPENAI_API_KEY", "CEREBRAS_API_KEY", "MOONSHOTAI_API_KEY", "LITELLM_API_KEY",
+)
+
+
+class EndpointSettings(BaseModel):
+    """One `[endpoints.NAME]` table of tagentd.toml (or `RunConfig.endpoints[NAME]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    max_concurrent: int = Field(0, ge=0, description="requests in flight at once, all workers together; 0 = no limit")
+    requests_per_minute: float = Field(0, ge=0, description="0 = no limit")
+    tokens_per_minute: float = Field(0, ge=0, description="input + output tokens; 0 = no limit")
+    request_retries: int = Field(3, ge=0, description="retries of one request on 429, 5xx, connection errors")
+    timeout: float | None = Field(None, gt=0, description="seconds per HTTP request")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+    @property
+    def limited(self) -> bool:
+        """Whether requests to this endpoint need a permit."""
+        return bool(self.max_concurrent or self.requests_per_minute or self.tokens_per_minute)
+
+
+class PriceOverride(BaseModel):
+    """The price of a model in dollars per million tokens; wins over the genai-prices table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
+
+
+class LLMConfig(BaseModel):
+    """Endpoints and price overrides; plain data that crosses to workers as JSON (no keys in it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
+    price_overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _names(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"endpoint name {name!r} must be lower-case letters, digits, '_', '-' or '.'")
+        return value
+
+    def secrets(self) -> list[str]:
+        """The values of every API key this process could send (to scrub from transcripts), longest first."""
+        names = {*PROVIDER_KEY_ENV, *(e.api_key_env for e in self.endpoints.values() if e.api_key_env)}
+        values = {os.environ.get(n, "").strip() for n in names}
+        return sorted((v for v in values if len(v) >= 6), key=len, reverse=True)
+
+
+class RequestLimiter(Protocol):
+    """Hands out permits for model requests to a limited endpoint."""
+
+    async def acquire(self, endpoint: str, tokens: int) -> Any:
+        """Wait for a permit to send one request of about `tokens` tokens; returns the permit."""
+
+    def release(self, permit: Any, *, tokens: int, retry_after: float | None) -> None:
+        """The request is over: it used `tokens` (0 if unknown); `retry_after` pauses the endpoint for everyone."""
+
+
+class LocalLimiter:
+    """In-process limits: `max_concurrent` per endpoint and Retry-After pauses (rates are the daemon's job)."""
+
+    def __init__(self, endpoints: Mapping[str, EndpointSettings]) -> None:
+        self._gates = {n: asyncio.Semaphore(e.max_concurrent) for n, e in endpoints.items() if e.max_concurrent}
+        self._paused_until: dict[str, float] = {}
+
+    async def acquire(self, endpoint: str, tokens: int) -> Any:
+        gate = self._gates.get(endpoint)
+        if gate is not None:
+            await gate.acquire()
+        while (wait := self._paused_until.get(endpoint, 0.0) - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        return endpoint
+
+    def release(self, permit: Any, *, tokens: int, retry_after: float | None) -> None:
+        if retry_after:
+            until = time.monotonic() + min(retry_after, MAX_PAUSE)
+            self._paused_until[permit] = max(self._paused_until.get(permit, 0.0), until)
+        gate = self._gates.get(permit)
+        if gate is not None:
+            gate.release()
+
+
+MAX_PAUSE = 300.0  # a Retry-After longer than this is taken as this
+
+
+@dataclass
+class LLMRuntime:
+    """What agent steps of one process (a worker, or one in-process run) share: settings, limiter, built models.
+
+    `builtin_tools` is where the broker's communication tools (send_message, ...) plug in: name -> function,
+    offered to every agent step and narrowed by its tools_filter.
+    """
+
+    config: LLMConfig = field(default_factory=LLMConfig)
+    limiter: RequestLimiter | None = None
+    builtin_tools: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)  # model string -> BuiltModel
+    agents: dict[Any, Any] = field(default_factory=dict)  # (step, model string) -> a reusable pydantic-ai Agent
+
+    @classmethod
+    def local(cls, config: LLMConfig | None = None) -> LLMRuntime:
+        config = config or LLMConfig()
+        return cls(config=config, limiter=LocalLimiter(config.endpoints))
