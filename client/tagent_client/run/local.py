@@ -28,7 +28,8 @@ from .outputs import output_data
 from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
 from ..core.result import PipelineResult
-from .runners import Attempt, coerce_inputs, execute
+from .runners.attempt import Attempt
+from .runners.execute import coerce_inputs, execute
 from .runners.function import StepOutputError
 from ..core.state import ErrorInfo, new_run_id
 

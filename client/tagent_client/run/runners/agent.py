@@ -25,7 +25,7 @@ from ...define.pipeline import Pipeline
 from ...define.step import PipelineStep
 from ...core.result import to_builtins
 from ...core.state import Usage
-from . import Attempt
+from .attempt import Attempt
 from .models import mark, model_for
 from .broker_tools import broker_tools
 from .tools import is_tagent_style, step_tools

@@ -26,7 +26,7 @@ from ...define.pipeline import Pipeline
 from ...define.step import PipelineStep
 from ...core.result import to_builtins
 from ...core.state import Usage
-from . import Attempt
+from .attempt import Attempt
 from .agent import resolve_model
 
 NOT_INSTALLED = "runner='tagent' needs the TAgent library: pip install 'tagentd[tagent]'"
