@@ -1,7 +1,4 @@
-"""Temporary old path of tagent_client.run.context (issue 12): tagentd/ and tests/ import it until they are rewritten."""
+"""Temporary old path of tagent_client.run.context and .services (issue 12): tagentd/ and tests/ import it until they are rewritten."""
 
-import sys
-
-from .run import context
-
-sys.modules[__name__] = context
+from .run.context import StepContext  # noqa: F401
+from .run.services import LocalServices, RunServices  # noqa: F401

@@ -26,7 +26,7 @@ from ..wire.protocol_broker import RegistryEntry, StepRef
 from ..core.result import to_builtins
 
 if TYPE_CHECKING:
-    from .context import RunServices
+    from .services import RunServices
 
 FOREVER_CHUNK = b.MAX_WAIT
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .context import LocalServices, RunServices, StepContext
+from .context import StepContext
+from .services import LocalServices, RunServices
 from ..core.engine import RunMachine
 from ..define.binding import missing_params
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
