@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, Client, RunHandle
+    from .client.sync import AsyncClient, Client, RunHandle
     from .define.conditions import when
     from .run.context import StepContext
     from .errors import PipelineValidationError, RetryableError, TagentError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.
 _EXPORTS = {
-    "AsyncClient": "client", "Client": "client", "RunHandle": "client",
+    "AsyncClient": "client.sync", "Client": "client.sync", "RunHandle": "client.sync",
     "when": "define.conditions",
     "StepContext": "run.context",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",

@@ -20,7 +20,7 @@ import click
 import msgspec
 
 from . import __version__, bounds
-from .client import Client
+from .client.sync import Client
 from .errors import InvalidRequest, PipelineValidationError, TagentError, exit_code_for
 from .render import history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table, watch_view
 from .core.result import PipelineResult, to_builtins

@@ -28,7 +28,7 @@ from .core.result import to_builtins
 
 if TYPE_CHECKING:
     from .cli import Session
-    from .client import Client
+    from .client.sync import Client
 
 # Not imported from cli.py: it imports this module, and `python -m tagent_client.cli` runs it as __main__.
 pass_session = click.pass_obj

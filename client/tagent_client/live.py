@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from .client import FOLLOW_WAIT
+from .client.sync import FOLLOW_WAIT
 from .wire.protocol import EventRecord, LogRecord
 from .render import duration, event_line, is_terminal, log_event_line, log_line
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .client.sync import Client
     from .core.result import PipelineResult
-    from .subscription import Subscription
+    from .client.subscription import Subscription
 
 SYMBOLS = {"pending": "·", "running": "▶", "retrying": "↻", "completed": "✓", "failed": "✗",
            "skipped": "↷", "cancelled": "⊘"}

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import zmq
 
 from . import calls, connection
-from .wire import paths, protocol
+from ..wire import paths, protocol
 from .calls import Call, RunHandle, as_dict, decode_as, split_spec
-from .client_broker import AsyncBrokerMethods, BrokerMethods
-from .errors import ProtocolError, RequestTimeout, TagentError
-from .wire.protocol import DaemonInfo, EventBatch, EventRecord, LogRecord, RunDetail, RunSummary, WatchInfo
-from .core.result import PipelineResult
+from .broker import AsyncBrokerMethods, BrokerMethods
+from ..errors import ProtocolError, RequestTimeout, TagentError
+from ..wire.protocol import DaemonInfo, EventBatch, EventRecord, LogRecord, RunDetail, RunSummary, WatchInfo
+from ..core.result import PipelineResult
 
 __all__ = ["AsyncClient", "Client", "RunHandle", "split_spec", "DEFAULT_TIMEOUT", "FOLLOW_WAIT", "WINDOW"]
 
