@@ -11,7 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client.sync import AsyncClient, Client, RunHandle
+    from .client.aio import AsyncClient
+    from .client.calls import RunHandle
+    from .client.sync import Client
     from .define.conditions import when
     from .run.context import StepContext
     from .errors import PipelineValidationError, RetryableError, TagentError
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.
 _EXPORTS = {
-    "AsyncClient": "client.sync", "Client": "client.sync", "RunHandle": "client.sync",
+    "AsyncClient": "client.aio", "Client": "client.sync", "RunHandle": "client.calls",
     "when": "define.conditions",
     "StepContext": "run.context",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from .client.sync import FOLLOW_WAIT
+from .client.base import FOLLOW_WAIT
 from .wire.protocol import EventRecord, LogRecord
 from .render import duration, event_line, is_terminal, log_event_line, log_line
 
