@@ -19,12 +19,12 @@ from typing import Any
 import click
 import msgspec
 
-from . import __version__, bounds
-from .client.sync import Client
-from .errors import InvalidRequest, PipelineValidationError, TagentError, exit_code_for
+from .. import __version__, bounds
+from ..client.sync import Client
+from ..errors import InvalidRequest, PipelineValidationError, TagentError, exit_code_for
 from .render import history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table, watch_view
-from .core.result import PipelineResult, to_builtins
-from .core.state import RunStatus
+from ..core.result import PipelineResult, to_builtins
+from ..core.state import RunStatus
 
 EXIT_INTERRUPTED = 130
 
@@ -295,7 +295,7 @@ def transcript(session: Session, run_id: str, step: str, as_json: bool) -> None:
         click.echo(f"step {step!r} is a function step: only agent steps have a transcript; "
                    f"what it logged is in 'tagent logs {found.get('run_id', run_id)}'")
     else:
-        from .run.transcript import render as render_transcript  # noqa: PLC0415 - only this command needs it
+        from ..run.transcript import render as render_transcript  # noqa: PLC0415 - only this command needs it
 
         click.echo(render_transcript(found.get("attempts") or []))
 
@@ -336,7 +336,7 @@ def watch(session: Session, as_json: bool) -> None:
         click.echo(watch_view(info, time.time()))
 
 
-from .cli_broker import COMMANDS as _BROKER_COMMANDS  # noqa: E402 - they use the helpers above
+from .broker import COMMANDS as _BROKER_COMMANDS  # noqa: E402 - they use the helpers above
 
 for _command in _BROKER_COMMANDS:
     cli.add_command(_command)
