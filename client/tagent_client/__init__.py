@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .version import __version__
+
 if TYPE_CHECKING:
     from .client.aio import AsyncClient
     from .client.calls import RunHandle
@@ -48,7 +50,6 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",

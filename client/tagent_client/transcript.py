@@ -1,7 +1,4 @@
-"""Temporary old path of tagent_client.run.transcript (issue 12): tagentd/ and tests/ import it until they are rewritten."""
+"""Temporary old path of tagent_client.run.transcript and cli.transcript (issue 12): tagentd/ and tests/ import it until they are rewritten."""
 
-import sys
-
-from .run import transcript
-
-sys.modules[__name__] = transcript
+from .cli.transcript import render  # noqa: F401
+from .run.transcript import MAX_CHARS, REDACTED, SECRET_KEYS, from_messages, scrub  # noqa: F401

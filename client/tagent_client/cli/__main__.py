@@ -1,5 +1,5 @@
 """`python -m tagent_client.cli`: the `tagent` command."""
 
-from tagent_client.cli.runs import main
+from tagent_client.cli.main import main
 
 main()

@@ -1,6 +1,6 @@
 """The broker commands of `tagent`: send, publish, subscribe, space, pipelines, mailbox, unregister.
 
-Registered on the `tagent` group by cli.py. Same contract as the rest of the
+Registered on the `tagent` group by main.py. Same contract as the rest of the
 command: `--json` puts nothing but JSON on stdout (`subscribe --json`: one
 object per line), errors are one `tagent: ...` line on stderr with the exit
 status of their code. A JSON argument must be valid JSON (a usage error
@@ -17,27 +17,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
-import msgspec
 
+from ..core.broker_records import AccessEntry, DeadLetter
 from ..errors import NotFound, exit_code_for
 from ..wire.protocol import EventRecord
-from ..core.broker_records import AccessEntry, DeadLetter
 from ..wire.protocol_broker import MailboxInfo, RegistryEntry, SpaceInfo
+from .common import Session, emit_json, json_option, pass_session
 from .render import age, clock, compact_json, table
-from ..core.result import to_builtins
 
 if TYPE_CHECKING:
-    from .runs import Session
     from ..client.sync import Client
-
-# Not imported from cli.py: it imports this module, and `python -m tagent_client.cli` runs it as __main__.
-pass_session = click.pass_obj
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (nothing else on stdout).")
-
-
-def emit_json(data: Any, *, line: bool = False) -> None:
-    encoded = msgspec.json.encode(to_builtins(data))
-    click.echo((encoded if line else msgspec.json.format(encoded, indent=2)).decode())
 
 
 def parse_json(text: str, *, as_text: bool, param: str) -> Any:

@@ -20,6 +20,7 @@ import click
 
 from ..client.base import FOLLOW_WAIT
 from ..wire.protocol import EventRecord, LogRecord
+from .common import EXIT_INTERRUPTED
 from .render import duration, event_line, is_terminal, log_event_line, log_line
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ COLORS = {"running": "cyan", "retrying": "yellow", "completed": "green", "failed
 ACTIVE = ("running", "retrying", "failed")
 PROGRESS_TOPIC = "step.progress"  # published on the event bus by ctx.progress(); never stored with the run
 FOLLOW_POLL = 0.5  # the events long-poll while showing: new log lines and progress notes wait at most this long
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as for every `tagent` command stopped with Ctrl-C
 
 
 # -- the board ----------------------------------------------------------------------------------

@@ -1,10 +1,7 @@
-"""The `tagent` command: submit pipeline files to tagentd, then watch, inspect and steer their runs.
+"""The run commands of `tagent`: submit, runs, status, logs, result, cancel, resume, retry, transcript,
+history, wait, watch.
 
-Output contract: with --json, stdout carries nothing but JSON (one document; or
-one object per line for streams: `logs --json`, `submit --follow --json`), and
-anything else goes to stderr. Every TagentError ends the command with one line
-`tagent: <message>` on stderr and the exit status `errors.exit_code_for(code)`:
-0 ok, 1 the run failed, 2 usage, 3 no daemon running, ... (errors.EXIT_CODES).
+Registered on the `tagent` group by main.py; the output contract is main.py's.
 """
 
 from __future__ import annotations
@@ -13,23 +10,17 @@ import json
 import sys
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import click
 import msgspec
 
-from .. import __version__, bounds
-from ..client.sync import Client
-from ..errors import InvalidRequest, PipelineValidationError, TagentError, exit_code_for
-from .render import history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table, watch_view
+from .. import bounds
 from ..core.result import PipelineResult, to_builtins
 from ..core.state import RunStatus
-
-EXIT_INTERRUPTED = 130
-
-
-# -- helpers ---------------------------------------------------------------------------------
+from ..errors import InvalidRequest, exit_code_for
+from .common import Session, emit_json, json_option, pass_session
+from .render import history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table, watch_view
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -64,66 +55,10 @@ def build_params(pairs: Iterable[str], params_json: str | None) -> dict[str, Any
     return params
 
 
-def one_line(exc: TagentError) -> str:
-    """An error's message folded onto one line."""
-    if isinstance(exc, PipelineValidationError):
-        where = f"{exc.details['path']}: " if exc.details.get("path") else ""
-        return f"{where}pipeline {exc.pipeline!r} is invalid: {'; '.join(exc.problems)}"
-    parts = [part.strip(" -") for part in str(exc.message).splitlines() if part.strip()]
-    return "; ".join(parts) or exc.code
-
-
-def emit_json(data: Any, *, line: bool = False) -> None:
-    """JSON on stdout: indented, or compact on one line for streams."""
-    encoded = msgspec.json.encode(to_builtins(data))
-    click.echo((encoded if line else msgspec.json.format(encoded, indent=2)).decode())
-
-
 def _record(record: msgspec.Struct) -> dict[str, Any]:
     return to_builtins(msgspec.structs.asdict(record))
 
 
-class TagentGroup(click.Group):
-    """Turns every TagentError into one stderr line and its exit status; Ctrl-C exits 130 quietly."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except TagentError as exc:
-            click.echo(f"tagent: {one_line(exc)}", err=True)
-            ctx.exit(exit_code_for(exc.code))
-        except KeyboardInterrupt:
-            click.echo("", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
-
-
-class Session:
-    """The command's connection, made on first use (so `--help` never needs a daemon), and what it opened."""
-
-    def __init__(self, runtime_dir: Path | None) -> None:
-        self.runtime_dir = runtime_dir
-        self._client: Client | None = None
-        self._owned: list[Any] = []
-
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client(self.runtime_dir)
-        return self._client
-
-    def own(self, resource: Any) -> Any:
-        """Close `resource` (a subscription, ...) when the command ends, before the connection."""
-        self._owned.append(resource)
-        return resource
-
-    def close(self) -> None:
-        for resource in reversed(self._owned):
-            resource.close()
-        if self._client is not None:
-            self._client.close()
-
-
-pass_session = click.make_pass_decorator(Session)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (nothing else on stdout).")
 run_argument = click.argument("run_id", metavar="RUN")
 
 
@@ -142,19 +77,7 @@ def report_outcome(result: PipelineResult, *, as_json: bool, line: bool = False,
 # -- commands --------------------------------------------------------------------------------
 
 
-@click.group(cls=TagentGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--runtime-dir", type=click.Path(file_okay=False, path_type=Path), envvar="TAGENTD_RUNTIME_DIR",
-              help="The daemon's runtime dir (default: $XDG_RUNTIME_DIR/tagentd, else /tmp/tagentd-UID).")
-@click.version_option(__version__, "--version", prog_name="tagent")
-@click.pass_context
-def cli(ctx: click.Context, runtime_dir: Path | None) -> None:
-    """Submit pipelines to the tagentd daemon and watch, inspect and steer their runs."""
-    session = Session(runtime_dir.expanduser().absolute() if runtime_dir else None)
-    ctx.obj = session
-    ctx.call_on_close(session.close)
-
-
-@cli.command()
+@click.command()
 @click.argument("spec", metavar="FILE[:NAME]")
 @click.option("--param", "-p", "pairs", multiple=True, metavar="KEY=VALUE",
               help="A run param; VALUE is parsed as JSON if it parses, else kept as a string. Repeatable.")
@@ -195,7 +118,7 @@ def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str
         report_outcome(result, as_json=as_json, line=True, brief=not as_json and is_terminal(sys.stdout))
 
 
-@cli.command()
+@click.command()
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this state.")
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N runs.")
 @json_option
@@ -209,7 +132,7 @@ def runs(session: Session, status: str | None, limit: int, as_json: bool) -> Non
         click.echo(runs_table(found, time.time()))
 
 
-@cli.command()
+@click.command()
 @run_argument
 @json_option
 @pass_session
@@ -225,7 +148,7 @@ def status(session: Session, run_id: str, as_json: bool) -> None:
         click.echo(steps_table(detail, now))
 
 
-@cli.command()
+@click.command()
 @run_argument
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run finishes.")
 @json_option
@@ -239,7 +162,7 @@ def logs(session: Session, run_id: str, follow: bool, as_json: bool) -> None:
             click.echo(log_line(line))
 
 
-@cli.command()
+@click.command()
 @run_argument
 @json_option
 @pass_session
@@ -253,7 +176,7 @@ def result(session: Session, run_id: str, as_json: bool) -> None:
         click.echo(outputs_block(outcome.step_outputs))
 
 
-@cli.command()
+@click.command()
 @run_argument
 @pass_session
 def cancel(session: Session, run_id: str) -> None:
@@ -262,7 +185,7 @@ def cancel(session: Session, run_id: str) -> None:
     click.echo(f"run {run_id}: cancel requested")
 
 
-@cli.command()
+@click.command()
 @run_argument
 @pass_session
 def resume(session: Session, run_id: str) -> None:
@@ -271,7 +194,7 @@ def resume(session: Session, run_id: str) -> None:
     click.echo(f"run {run_id}: resumed; running again: {', '.join(again) or 'nothing'}")
 
 
-@cli.command()
+@click.command()
 @run_argument
 @click.option("--step", required=True, metavar="NAME", help="The step to run again (its dependents follow).")
 @pass_session
@@ -281,7 +204,7 @@ def retry(session: Session, run_id: str, step: str) -> None:
     click.echo(f"run {run_id}: retrying step {step} and its dependents")
 
 
-@cli.command()
+@click.command()
 @run_argument
 @click.argument("step")
 @json_option
@@ -295,12 +218,12 @@ def transcript(session: Session, run_id: str, step: str, as_json: bool) -> None:
         click.echo(f"step {step!r} is a function step: only agent steps have a transcript; "
                    f"what it logged is in 'tagent logs {found.get('run_id', run_id)}'")
     else:
-        from ..run.transcript import render as render_transcript  # noqa: PLC0415 - only this command needs it
+        from .transcript import render as render_transcript  # noqa: PLC0415 - only this command needs it
 
         click.echo(render_transcript(found.get("attempts") or []))
 
 
-@cli.command()
+@click.command()
 @run_argument
 @json_option
 @pass_session
@@ -313,7 +236,7 @@ def history(session: Session, run_id: str, as_json: bool) -> None:
         click.echo(history_table(entries))
 
 
-@cli.command()
+@click.command()
 @run_argument
 @click.option("--timeout", type=click.FloatRange(min=0), metavar="S",
               help="Give up after S seconds (exit 5; the run keeps going).")
@@ -324,7 +247,7 @@ def wait(session: Session, run_id: str, timeout: float | None, as_json: bool) ->
     report_outcome(session.client().wait(run_id, timeout=timeout), as_json=as_json)
 
 
-@cli.command()
+@click.command()
 @json_option
 @pass_session
 def watch(session: Session, as_json: bool) -> None:
@@ -336,15 +259,4 @@ def watch(session: Session, as_json: bool) -> None:
         click.echo(watch_view(info, time.time()))
 
 
-from .broker import COMMANDS as _BROKER_COMMANDS  # noqa: E402 - they use the helpers above
-
-for _command in _BROKER_COMMANDS:
-    cli.add_command(_command)
-
-
-def main() -> None:
-    cli(prog_name="tagent")
-
-
-if __name__ == "__main__":
-    main()
+COMMANDS = [submit, runs, status, logs, result, cancel, resume, retry, transcript, history, wait, watch]
