@@ -16,15 +16,15 @@ if TYPE_CHECKING:
     from .client.aio import AsyncClient
     from .client.calls import RunHandle
     from .client.sync import Client
-    from .define.conditions import when
-    from .run.context import StepContext
-    from .errors import PipelineValidationError, RetryableError, TagentError
-    from .run.local import RunConfig, run_agent, run_pipeline
-    from .define.pipeline import Pipeline
-    from .define.step import PipelineStep
-    from .define.plan import DependencyType, ExecutionMode
     from .core.result import PipelineResult
     from .core.state import RunStatus, StepStatus, Usage
+    from .define.conditions import when
+    from .define.pipeline import Pipeline
+    from .define.plan import DependencyType, ExecutionMode
+    from .define.step import PipelineStep
+    from .errors import PipelineValidationError, RetryableError, TagentError
+    from .run.context import StepContext
+    from .run.local import RunConfig, run_agent, run_pipeline
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.

@@ -24,9 +24,9 @@ from .common import EXIT_INTERRUPTED
 from .render import duration, event_line, is_terminal, log_event_line, log_line
 
 if TYPE_CHECKING:
+    from ..client.subscription import Subscription
     from ..client.sync import Client
     from ..core.result import PipelineResult
-    from ..client.subscription import Subscription
 
 SYMBOLS = {"pending": "·", "running": "▶", "retrying": "↻", "completed": "✓", "failed": "✗",
            "skipped": "↷", "cancelled": "⊘"}

@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..wire import protocol_broker as b
-from .calls import Call, decode_as, plain_data
 from ..core.broker_records import AccessEntry, DeadLetter, Entry
+from ..wire import protocol_broker as b
 from ..wire.protocol_broker import BrokerStats, MailboxInfo, RegistryEntry
+from .calls import Call, decode_as, plain_data
 from .subscription import AsyncSubscription, Subscription
 
 

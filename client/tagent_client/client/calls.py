@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
-from ..wire import protocol
-from ..errors import InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout
-from ..wire.protocol import EventBatch, LogBatch, RunDetail, RunSummary, SubmitResult
 from ..core.result import PipelineResult, to_builtins
+from ..errors import InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout
+from ..wire import protocol
+from ..wire.protocol import EventBatch, LogBatch, RunDetail, RunSummary, SubmitResult
 
 HISTORY_FIELDS = ("ts", "who", "what", "data")
 

@@ -15,9 +15,9 @@ import msgspec
 import zmq
 
 from .. import bounds
+from ..errors import DaemonUnavailable, ProtocolError, RequestTimeout
 from ..wire import paths, protocol
 from .calls import kind
-from ..errors import DaemonUnavailable, ProtocolError, RequestTimeout
 
 S = TypeVar("S", bound=zmq.Socket)
 if TYPE_CHECKING:  # zmq.asyncio loads only where used: `tagent runs` starts faster

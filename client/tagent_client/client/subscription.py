@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import zmq
 
-from ..wire import paths
 from ..errors import DaemonUnavailable
+from ..wire import paths
 from ..wire.protocol import EventRecord
 from ..wire.protocol_broker import RENEW_EVERY, Subscribe, Unsubscribe, encode
 

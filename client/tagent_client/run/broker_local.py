@@ -18,13 +18,13 @@ from typing import Any
 
 import msgspec
 
-from ..wire import protocol_broker as b
 from ..core.broker import MAX_DELIVERIES, BrokerCore, Holder, attempt_error
 from ..core.broker_records import DeadLetter
-from ..errors import InvalidRequest
 from ..core.events import StepSucceeded
-from ..wire.protocol import EventRecord
 from ..core.receivers import Receivers
+from ..errors import InvalidRequest
+from ..wire import protocol_broker as b
+from ..wire.protocol import EventRecord
 
 
 class LocalBroker:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..core.broker_records import Entry, Message
+from ..core.result import to_builtins
 from ..wire import protocol_broker as b
 from ..wire.protocol import EventRecord
-from ..core.broker_records import Entry, Message
 from ..wire.protocol_broker import RegistryEntry, StepRef
-from ..core.result import to_builtins
 
 if TYPE_CHECKING:
     from .services import RunServices

@@ -16,23 +16,23 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .context import StepContext
-from .services import LocalServices, RunServices
 from ..core.engine import RunMachine
-from ..define.binding import missing_params
-from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
 from ..core.events import (
     Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
 )
-from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
-from .outputs import output_data
+from ..core.result import PipelineResult
+from ..core.state import ErrorInfo, new_run_id
+from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
-from ..core.result import PipelineResult
+from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
+from .context import StepContext
+from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
+from .outputs import output_data
 from .runners.attempt import Attempt
 from .runners.execute import coerce_inputs, execute
 from .runners.function import StepOutputError
-from ..core.state import ErrorInfo, new_run_id
+from .services import LocalServices, RunServices
 
 
 class RunConfig(BaseModel):

@@ -22,8 +22,8 @@ from typing import Any
 
 import msgspec
 
-from ..errors import describe
 from ..core.result import to_builtins
+from ..errors import describe
 from .runners.function import StepOutputError
 
 #: The deepest nesting of lists/dicts an output may have (serde_json's default limit is 128).

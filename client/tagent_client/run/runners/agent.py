@@ -18,16 +18,16 @@ import asyncio
 import json
 from typing import Any
 
-from ..context import StepContext
-from ...errors import ConfigError
-from ..llm import LLMRuntime
-from ...define.pipeline import Pipeline
-from ...define.step import PipelineStep
 from ...core.result import to_builtins
 from ...core.state import Usage
+from ...define.pipeline import Pipeline
+from ...define.step import PipelineStep
+from ...errors import ConfigError
+from ..context import StepContext
+from ..llm import LLMRuntime
 from .attempt import Attempt
-from .models import mark, model_for
 from .broker_tools import broker_tools
+from .models import mark, model_for
 from .tools import is_tagent_style, step_tools
 from .usage import attempt_usage
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..context import StepContext
-from ...define.validation import BUILTIN_TOOLS
 from ...define.step import PipelineStep
+from ...define.validation import BUILTIN_TOOLS
+from ..context import StepContext
 
 MAX_RECEIVE_WAIT = 60.0
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from ..context import StepContext
 from ...core.events import Dispatch
-from ...define.pipeline import Pipeline
 from ...core.state import Phase, Usage
+from ...define.pipeline import Pipeline
+from ..context import StepContext
 from . import function as function_runner
 
 if TYPE_CHECKING:

@@ -20,9 +20,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ...define.binding import is_context
-from ..context import StepContext
-from ...errors import TagentError
 from ...define.step import PipelineStep
+from ...errors import TagentError
+from ..context import StepContext
 
 
 class StepOutputError(TagentError):

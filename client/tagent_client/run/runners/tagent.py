@@ -19,15 +19,15 @@ import json
 import os
 from typing import Any
 
-from ..context import StepContext
-from ...errors import ConfigError, TagentError
-from ..llm import LLMRuntime
-from ...define.pipeline import Pipeline
-from ...define.step import PipelineStep
 from ...core.result import to_builtins
 from ...core.state import Usage
-from .attempt import Attempt
+from ...define.pipeline import Pipeline
+from ...define.step import PipelineStep
+from ...errors import ConfigError, TagentError
+from ..context import StepContext
+from ..llm import LLMRuntime
 from .agent import resolve_model
+from .attempt import Attempt
 
 NOT_INSTALLED = "runner='tagent' needs the TAgent library: pip install 'tagentd[tagent]'"
 MAX_ITERATIONS = 20

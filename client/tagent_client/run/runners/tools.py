@@ -27,10 +27,10 @@ from typing import Any
 from pydantic_ai import Tool
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, ToolFailed
 
-from ..context import StepContext
+from ...core.result import to_builtins
 from ...define.pipeline import Pipeline
 from ...define.step import PipelineStep
-from ...core.result import to_builtins
+from ..context import StepContext
 
 PASS_THROUGH = (ModelRetry, ToolFailed, CallDeferred, ApprovalRequired)
 

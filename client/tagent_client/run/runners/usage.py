@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..llm import PriceOverride
 from ...core.state import Usage
+from ..llm import PriceOverride
 
 
 def attempt_usage(messages: Sequence[Any], model: str, prices: Mapping[str, PriceOverride],
