@@ -1,16 +1,16 @@
 """The broker's pure core: mailboxes with leases and shared spaces with versions.
 
 Used by the daemon (`tagentd/broker.py` builds on it) and by in-process runs
-(`broker_local.py`), so both behave the same. No I/O, no clock (callers pass
+(`run/broker_local.py`), so both behave the same. No I/O, no clock (callers pass
 `now`), no asyncio. Every change is appended to `journal` as a record Struct
-when journalling is on; `apply(record)` replays one, `snapshot()` / `restore()`
+(`broker_records.py`) when journalling is on; `apply(record)` replays one, `snapshot()` / `restore()`
 dump and load the whole state — that is all the daemon's broker store needs.
 
 Guarantees (docs/broker.md):
 - a mailbox is one FIFO in arrival order; `lease` hands out the oldest message
   nobody holds; a released message is offered again at its original position;
 - a message whose delivery failed `max_deliveries` times becomes a dead letter
-  (broker_mailbox.py), so one poison message cannot block its mailbox;
+  (mailbox.py), so one poison message cannot block its mailbox;
 - a message id is accepted once: a repeat of an id still in the mailbox, or of
   one of the last `seen_max` ids accepted, is dropped (the send still succeeds);
 - a key's version starts at 1 and grows by 1 on every write, also across a

@@ -1,6 +1,6 @@
 """`Mailbox`: the messages addressed to one pipeline — a FIFO with leases, seen ids and dead letters.
 
-Part of the broker's pure core (`broker_core.py` owns the mailboxes and journals
+Part of the broker's pure core (`broker.py` owns the mailboxes and journals
 their changes); no I/O, no clock. Guarantees (docs/broker.md):
 - one FIFO in arrival order: `lease` hands out the oldest message nobody holds;
   a released message is offered again at its original position;

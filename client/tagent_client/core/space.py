@@ -1,6 +1,6 @@
 """`Space`: a named key-value space with per-key versions, tombstones and a bounded access log.
 
-Part of the broker's pure core (`broker_core.py` owns the spaces and journals
+Part of the broker's pure core (`broker.py` owns the spaces and journals
 their changes); no I/O, no clock. A key's version starts at 1 and grows by 1 on
 every write, also across a delete (the tombstone keeps the last version).
 """

@@ -155,7 +155,7 @@ class StepState(msgspec.Struct, kw_only=True):
     retry; `attempts_before` is how many it had when it was last reset (its tasks
     number their attempts on from there, so `ctx.attempt` and `attempts` agree).
     `transcript` holds the last MAX_TRANSCRIPTS agent attempts, oldest first, each
-    `{attempt, item, status, model, messages}` (messages: see tagent_client.transcript).
+    `{attempt, item, status, model, messages}` (messages: see tagent_client.run.transcript).
     """
 
     name: str
