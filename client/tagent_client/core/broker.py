@@ -1,6 +1,6 @@
 """The broker's pure core: mailboxes with leases and shared spaces with versions.
 
-Used by the daemon (`tagentd/broker.py` builds on it) and by in-process runs
+Used by the daemon (`tagentd/broker/state.py` builds on it) and by in-process runs
 (`run/broker_local.py`), so both behave the same. No I/O, no clock (callers pass
 `now`), no asyncio. Every change is appended to `journal` as a record Struct
 (`broker_records.py`) when journalling is on; `apply(record)` replays one, `snapshot()` / `restore()`

@@ -8,7 +8,7 @@ their schema classes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -142,7 +142,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
 
     def summary(self) -> str:
         """A few readable lines: status, time, cost and one line per step."""
-        when = datetime.fromtimestamp(self.start_time, timezone.utc).strftime("%H:%M:%S") if self.start_time else "-"
+        when = datetime.fromtimestamp(self.start_time, UTC).strftime("%H:%M:%S") if self.start_time else "-"
         lines = [
             f"run {self.run_id} of {self.pipeline_name}: {self.status.upper()} in {self.execution_time:.2f}s "
             f"(started {when} UTC, cost ${self.total_cost:.6f}, {self.token_usage.get('total_tokens', 0)} tokens)"

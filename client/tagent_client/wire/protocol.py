@@ -32,7 +32,7 @@ class Request(msgspec.Struct, tag_field="type", kw_only=True, dict=True):
 
     `pid`/`uid` are what the client reports. The daemon attaches what the OS says about the sender (its
     uid, gid and pid from SO_PEERCRED, where the socket gives them) as the attribute `peer`, which is
-    never on the wire (see tagentd/peers.py).
+    never on the wire (see tagentd/plumbing/peers.py).
     """
 
     v: int = PROTOCOL_VERSION

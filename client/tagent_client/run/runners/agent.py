@@ -89,7 +89,8 @@ async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model
             result = await agent.run(user_prompt(ctx), infer_name=False)
         except Exception as exc:
             _keep(record, messages, name, runtime)
-            raise mark(exc)
+            mark(exc)
+            raise
     all_messages = result.all_messages()
     _keep(record, all_messages, name, runtime, tool_calls=result.usage.tool_calls)
     assert record.usage is not None
