@@ -1,7 +1,4 @@
-"""Temporary old path of tagent_client.run.local (issue 12): tagentd/ and tests/ import it until they are rewritten."""
+"""Old path of the in-process runner, kept because the docs once imported `RunConfig` from here: it is
+`tagent_client.run.local`, and its public names are `tagent_client`'s own (`from tagent_client import RunConfig`)."""
 
-import sys
-
-from .run import local
-
-sys.modules[__name__] = local
+from .run.local import RunConfig, run_agent, run_pipeline  # noqa: F401

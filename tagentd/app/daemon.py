@@ -26,10 +26,7 @@ from typing import Any
 
 import zmq
 
-from tagent_client import paths
-from tagent_client import protocol as p
-from tagent_client.errors import InvalidRequest
-from tagent_client.events import (
+from tagent_client.core.events import (
     Action,
     Cancelled,
     CancelTask,
@@ -41,7 +38,10 @@ from tagent_client.events import (
     ScheduleRetry,
     TimerFired,
 )
-from tagent_client.plan import Plan
+from tagent_client.define.plan import Plan
+from tagent_client.errors import InvalidRequest
+from tagent_client.wire import paths
+from tagent_client.wire import protocol as p
 from tagentd import __version__
 from tagentd.app.notify import notify
 from tagentd.app.stopping import Stopper

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tagent_client import protocol as p
-from tagent_client import protocol_broker as b
+from tagent_client.core.state import RunStatus, StepStatus
 from tagent_client.errors import InvalidRequest, NotFound
-from tagent_client.state import RunStatus, StepStatus
+from tagent_client.wire import protocol as p
+from tagent_client.wire import protocol_broker as b
 from tagentd import __version__
 from tagentd.broker.handlers import CLIENT_HANDLERS as BROKER_HANDLERS
 from tagentd.plumbing import peers

@@ -25,10 +25,10 @@ import time
 import tomllib
 from typing import TYPE_CHECKING, Any
 
-from tagent_client import export
-from tagent_client import protocol as p
+from tagent_client.define import export
+from tagent_client.define.plan import Plan
 from tagent_client.errors import InvalidRequest, PipelineLoadError, PipelineValidationError, TagentError
-from tagent_client.plan import Plan
+from tagent_client.wire import protocol as p
 from tagentd.runs import submission as submit
 from tagentd.runs.run import Run
 from tagentd.watch.rules import MAX_FILE_BYTES, Probe, file_problem, probe, stat_probe

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from watchdog import events as wd
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from tagent_client import protocol as p
+from tagent_client.wire import protocol as p
 from tagentd.watch.intake import DroppedFiles
 from tagentd.watch.rules import (
     CLOSED,

@@ -31,8 +31,20 @@ import msgspec
 from ..bounds import check_name
 from ..errors import MailboxFull, NotFound
 from .broker_records import (
-    AccessEntry, AccessLogged, DeadDropped, DeadLetter, DeadRequeued, DeliveryFailed, Entry, EntryDeleted, EntryWritten,
-    Message, MessageDead, MessagesAcked, MessageSent, Record,
+    AccessEntry,
+    AccessLogged,
+    DeadDropped,
+    DeadLetter,
+    DeadRequeued,
+    DeliveryFailed,
+    Entry,
+    EntryDeleted,
+    EntryWritten,
+    Message,
+    MessageDead,
+    MessagesAcked,
+    MessageSent,
+    Record,
 )
 from .events import StepFailed, StepTimedOut, WorkerLost
 from .mailbox import Holder, Mailbox, MailboxState

@@ -21,8 +21,21 @@ from typing import Any
 from ..define.conditions import MISSING, condition_from_data, lookup_path
 from ..define.plan import ExecutionMode, Plan, StepSpec
 from .events import (
-    Action, CancelTask, Cancelled, Dispatch, Emit, Event, Finish, Persist, ScheduleRetry, StepFailed, StepInterrupted,
-    StepSucceeded, StepTimedOut, TimerFired, WorkerLost,
+    Action,
+    Cancelled,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    Finish,
+    Persist,
+    ScheduleRetry,
+    StepFailed,
+    StepInterrupted,
+    StepSucceeded,
+    StepTimedOut,
+    TimerFired,
+    WorkerLost,
 )
 from .rules import backoff_delay, upstream
 from .run_index import RunIndex

@@ -15,6 +15,7 @@ worker's socket, or the in-process `LocalBroker`. Guarantees (docs/broker.md):
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -34,32 +35,32 @@ FOREVER_CHUNK = b.MAX_WAIT
 class SpaceRef:
     """One shared space as a step sees it: `await ctx.space("research").get("acme")`."""
 
-    def __init__(self, abilities: BrokerAbilities, name: str) -> None:
-        self._abilities = abilities
+    def __init__(self, call: Callable[[b.BrokerRequest], Awaitable[Any]], name: str) -> None:
+        self._call = call  # the step's broker call (BrokerAbilities)
         self.name = name
 
     async def get(self, key: str) -> Entry | None:
         """The key's entry (value and version), or None if it does not exist."""
-        found = await self._abilities._call(b.SpaceGet(space=self.name, key=key))
+        found = await self._call(b.SpaceGet(space=self.name, key=key))
         return msgspec.convert(found, Entry) if found is not None else None
 
     async def put(self, key: str, value: Any) -> Entry:
         """Write `value` (durable when this returns); returns the new entry with its version."""
-        return msgspec.convert(await self._abilities._call(b.SpacePut(space=self.name, key=key, value=to_builtins(value))), Entry)
+        return msgspec.convert(await self._call(b.SpacePut(space=self.name, key=key, value=to_builtins(value))), Entry)
 
     async def cas(self, key: str, value: Any, expected_version: int) -> bool:
         """Write only if the key is still at `expected_version` (0: does not exist yet); True if written."""
         op = b.SpaceCas(space=self.name, key=key, value=to_builtins(value), expected_version=expected_version)
-        return bool((await self._abilities._call(op))["ok"])
+        return bool((await self._call(op))["ok"])
 
     async def delete(self, key: str, expected_version: int | None = None) -> bool:
         """Delete the key (only at `expected_version`, if given); True if it was deleted."""
         op = b.SpaceDelete(space=self.name, key=key, expected_version=expected_version)
-        return bool((await self._abilities._call(op))["deleted"])
+        return bool((await self._call(op))["deleted"])
 
     async def keys(self, prefix: str = "") -> list[str]:
         """The space's keys that start with `prefix`, sorted."""
-        return list(await self._abilities._call(b.SpaceKeys(space=self.name, prefix=prefix)))
+        return list(await self._call(b.SpaceKeys(space=self.name, prefix=prefix)))
 
     def __repr__(self) -> str:
         return f"SpaceRef({self.name!r})"
@@ -137,7 +138,7 @@ class BrokerAbilities:
 
     def space(self, name: str) -> SpaceRef:
         """A shared space by name (created on first write)."""
-        return SpaceRef(self, name)
+        return SpaceRef(self._call, name)
 
     async def discover(self, capability: str | None = None) -> list[RegistryEntry]:
         """Running (and trigger-registered) pipelines, only those declaring `capability` if given."""

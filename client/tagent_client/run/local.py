@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict
 
 from ..core.engine import RunMachine
 from ..core.events import (
-    Action, CancelTask, Dispatch, Emit, Event, ScheduleRetry, StepFailed, StepSucceeded, StepTimedOut, TimerFired,
+    Action,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    ScheduleRetry,
+    StepFailed,
+    StepSucceeded,
+    StepTimedOut,
+    TimerFired,
 )
 from ..core.result import PipelineResult
 from ..core.state import ErrorInfo, new_run_id

@@ -14,9 +14,7 @@ from typing import Any
 
 import msgspec
 
-from ..core.broker_records import (  # noqa: F401 - temporary: tagentd uses b.Entry
-    AccessEntry, DeadLetter, Entry, Message,
-)
+from ..core.broker_records import Message
 
 PROTOCOL_VERSION = 1  # the control protocol's version (protocol.py re-checks it)
 RENEW_EVERY = 2.0

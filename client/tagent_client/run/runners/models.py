@@ -23,15 +23,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic_ai.exceptions import (
-    ModelAPIError, ModelConnectionError, ModelHTTPError, ModelQuotaExceededError, ModelRateLimitError,
-    ModelRequestRejectedError, ModelRequestTimeout, ModelServerError, ModelUnavailableError, UnexpectedModelBehavior,
-    UsageLimitExceeded, UserError,
+    ModelAPIError,
+    ModelConnectionError,
+    ModelHTTPError,
+    ModelQuotaExceededError,
+    ModelRateLimitError,
+    ModelRequestRejectedError,
+    ModelRequestTimeout,
+    ModelServerError,
+    ModelUnavailableError,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+    UserError,
 )
 from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse, infer_model
-from pydantic_ai.tools import RunContext
 from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
+from pydantic_ai.tools import RunContext
 
 from ...errors import ConfigError
 from ..llm import MAX_PAUSE, EndpointSettings, LLMRuntime, RequestLimiter
@@ -188,7 +197,8 @@ class LimitedModel(WrapperModel):
                 wait = retry_after(exc)
                 self._release(permit, 0, wait)
                 if classify(exc) is not True or failures >= self.retries:
-                    raise mark(exc)
+                    mark(exc)
+                    raise
                 failures += 1
                 await self._pause(failures, wait, permit)
                 continue
@@ -213,7 +223,8 @@ class LimitedModel(WrapperModel):
             used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
         except Exception as exc:
             wait = retry_after(exc)
-            raise mark(exc)
+            mark(exc)
+            raise
         finally:
             self._release(permit, used, wait)
 
