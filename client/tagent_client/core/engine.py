@@ -154,13 +154,7 @@ class RunMachine:
 
     def reset(self, steps: list[str], now: float) -> list[Action]:
         """Run `steps` again (resume / retry): they and their dependents go back to PENDING."""
-        todo = set(steps)
-        frontier = list(steps)
-        while frontier:
-            for dependent in self.index.dependents.get(frontier.pop(), []):
-                if dependent not in todo:
-                    todo.add(dependent)
-                    frontier.append(dependent)
+        todo = self.index.downstream(steps)
         for name in todo:
             old = self.state.steps[name]
             self.state.steps[name] = StepState(name=name, attempts=old.attempts, attempts_before=old.attempts,

@@ -52,6 +52,17 @@ class RunIndex:
         self.changed_steps, self.changed_tasks = set(), set()
         return steps, tasks
 
+    def downstream(self, steps: list[str]) -> set[str]:
+        """`steps` and every step that depends on one of them, directly or not."""
+        todo = set(steps)
+        frontier = list(steps)
+        while frontier:
+            for dependent in self.dependents.get(frontier.pop(), []):
+                if dependent not in todo:
+                    todo.add(dependent)
+                    frontier.append(dependent)
+        return todo
+
     # -- tasks -----------------------------------------------------------------------
 
     def file(self, task: TaskState) -> None:
