@@ -30,7 +30,7 @@ assert _spec is not None and _spec.loader is not None
 base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(base)  # shares its helpers: Cleanup, running_daemon, raw zmq echo, percentiles
 
-from tagent_client.client import Client  # noqa: E402
+from tagent_client.client.sync import Client  # noqa: E402
 
 say, percentile, CLEANUP = base.say, base.percentile, base.CLEANUP
 
@@ -99,7 +99,7 @@ async def use_space(ctx):
 SUBSCRIBER = textwrap.dedent('''
     import sys, time, json, msgspec, zmq
     endpoint, expected, deadline_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    from tagent_client.protocol_broker import Subscribe
+    from tagent_client.wire.protocol_broker import Subscribe
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.rcvhwm = 0

@@ -36,7 +36,7 @@ for _p in (str(REPO), str(REPO / "client")):  # runnable without PYTHONPATH
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from tagent_client.client import Client  # noqa: E402
+from tagent_client.client.sync import Client  # noqa: E402
 from tagent_client.errors import TagentError  # noqa: E402
 
 CHAIN_STEPS = 200
@@ -105,7 +105,7 @@ def enable_bytecode_cache() -> None:
     """
     global PYCACHE
     PYCACHE = CLEANUP.tempdir("tagentd-bench-pyc-")
-    code = "import tagentd.cli.main, tagentd.app.daemon, tagentd.worker, tagent_client.cli"
+    code = "import tagentd.cli.main, tagentd.app.daemon, tagentd.worker, tagent_client.cli.main"
     subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=120)
     # The prefix hides site-packages' own __pycache__ too; a throwaway daemon compiles whatever the daemon and
     # its workers import (the workers' agent-runtime pre-import included), so no measured process compiles.
@@ -550,9 +550,9 @@ def generate_state(state_dir: Path, pipeline_file: Path, finished: int, unfinish
     """
     import hashlib
 
-    from tagent_client.engine import RunMachine
-    from tagent_client.events import Dispatch, Emit, StepSucceeded
-    from tagent_client.state import new_run_id
+    from tagent_client.core.engine import RunMachine
+    from tagent_client.core.events import Dispatch, Emit, StepSucceeded
+    from tagent_client.core.state import new_run_id
     from tagentd.runs.durable import DurableStore
     from tagentd.runs.run import Run, RunSource
 

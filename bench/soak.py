@@ -33,7 +33,7 @@ assert _spec is not None and _spec.loader is not None
 base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(base)  # shares its helpers: Cleanup, running_daemon, /proc readers
 
-from tagent_client.client import AsyncClient  # noqa: E402
+from tagent_client.client.aio import AsyncClient  # noqa: E402
 
 say, CLEANUP = base.say, base.CLEANUP
 

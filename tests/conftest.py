@@ -127,7 +127,7 @@ class DaemonProcess:
             return False
 
     def client(self, timeout: float = 10.0):  # noqa: ANN201
-        from tagent_client.client import Client
+        from tagent_client.client.sync import Client
 
         return Client(runtime_dir=self.runtime_dir, timeout=timeout)
 

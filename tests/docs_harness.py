@@ -321,7 +321,7 @@ class Sandbox:
             self.run_command("tagentd stop --fast", Block(Path("harness"), 0, "", ""))
 
     def newest_run(self, block: Block, command: str) -> str:
-        from tagent_client.client import Client
+        from tagent_client.client.sync import Client
 
         with Client(runtime_dir=self.runtime_dir, timeout=10) as client:
             runs = client.runs(limit=1)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import collections
 import time
 
-from tagent_client.events import Event, StepSucceeded
-from tagent_client.plan import Plan
-from tagent_client.protocol import WorkerInfo
+from tagent_client.core.events import Event, StepSucceeded
+from tagent_client.define.plan import Plan
+from tagent_client.wire.protocol import WorkerInfo
 from tagentd.executor.interface import AttemptKey, Capacity, PipelineCode, Report, RunningAttempt, StepAttempt
 from tagentd.worker import wire
 from tagentd.worker.loader import load_pipeline

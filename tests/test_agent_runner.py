@@ -16,12 +16,13 @@ from openai_server import Reply, ScriptedServer, final_for
 from pydantic import BaseModel
 
 from tagent_client import ExecutionMode, Pipeline, run_pipeline
-from tagent_client.context import LocalServices, StepContext
+from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded
+from tagent_client.core.state import Phase
 from tagent_client.errors import is_retryable
-from tagent_client.events import Dispatch, StepFailed, StepSucceeded
-from tagent_client.llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
-from tagent_client.local import RunConfig, run_task
-from tagent_client.state import Phase
+from tagent_client.run.context import StepContext
+from tagent_client.run.llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
+from tagent_client.run.local import RunConfig, run_task
+from tagent_client.run.services import LocalServices
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -299,7 +300,7 @@ def test_an_unknown_model_costs_nothing_and_a_known_one_is_priced_by_genai_price
     from pydantic_ai.messages import ModelResponse, TextPart
     from pydantic_ai.usage import RequestUsage
 
-    from tagent_client.runners.usage import response_cost
+    from tagent_client.run.runners.usage import response_cost
 
     known = ModelResponse(parts=[TextPart("x")], model_name="gpt-4o-mini", provider_name="openai",
                           usage=RequestUsage(input_tokens=1_000_000, output_tokens=0))
@@ -319,7 +320,7 @@ def test_errors_are_classified_for_the_step_retry_policy() -> None:
     and bad requests, auth errors and exhausted output retries are not."""
     from pydantic_ai.exceptions import ModelConnectionError, ModelHTTPError, UnexpectedModelBehavior
 
-    from tagent_client.runners.models import mark
+    from tagent_client.run.runners.models import mark
 
     assert is_retryable(mark(ModelHTTPError(429, "m")))
     assert is_retryable(mark(ModelHTTPError(502, "m")))

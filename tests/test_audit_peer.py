@@ -16,8 +16,8 @@ import pytest
 import zmq
 from conftest import DaemonProcess, write_pipeline
 
-from tagent_client import protocol
-from tagent_client.paths import CONTROL_SOCKET
+from tagent_client.wire import protocol
+from tagent_client.wire.paths import CONTROL_SOCKET
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED with a pid is Linux's")
 

@@ -19,8 +19,8 @@ import pytest
 import zmq
 from conftest import wait_until, write_pipeline
 
-from tagent_client import paths
-from tagent_client.protocol_broker import Subscribe, Unsubscribe
+from tagent_client.wire import paths
+from tagent_client.wire.protocol_broker import Subscribe, Unsubscribe
 
 MESSAGES = 10_000
 SENDERS = ("a", "b")

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagent_client.broker_core import BrokerCore, CoreSnapshot, MessageSent
+from tagent_client.core.broker import BrokerCore, CoreSnapshot
+from tagent_client.core.broker_records import MessageSent
 from tagent_client.errors import InvalidRequest, MailboxFull, NotFound, is_retryable
 
 pytestmark = pytest.mark.timeout(60)

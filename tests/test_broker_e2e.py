@@ -266,7 +266,7 @@ def test_registrations_and_queued_triggers_survive_a_crash_and_start_each_run_on
 def test_async_client_publishes_subscribes_and_uses_spaces(make_daemon: Any) -> None:
     import asyncio
 
-    from tagent_client.client import AsyncClient
+    from tagent_client.client.aio import AsyncClient
 
     daemon = make_daemon().start()
 

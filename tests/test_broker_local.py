@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from tagent_client import Pipeline
-from tagent_client.broker_local import LocalBroker
 from tagent_client.errors import RetryableError
-from tagent_client.local import run_pipeline
+from tagent_client.run.broker_local import LocalBroker
+from tagent_client.run.local import run_pipeline
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tagent_client.broker_core import AccessLogged
+from tagent_client.core.broker_records import AccessLogged
+from tagent_client.define.plan import Plan, StepKind, StepSpec
 from tagent_client.errors import ConfigError, PermissionDenied
-from tagent_client.plan import Plan, StepKind, StepSpec
-from tagent_client.protocol_broker import StepRef
+from tagent_client.wire.protocol_broker import StepRef
 from tagentd.broker import store as broker_store
 from tagentd.broker.state import Broker, Registration
 from tagentd.broker.store import BrokerCheckpoint, BrokerStore, Logged

@@ -19,7 +19,7 @@ import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
 from tagent_client.errors import exit_code_for
-from tagent_client.protocol import WatchedFile
+from tagent_client.wire.protocol import WatchedFile
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -63,7 +63,7 @@ out, program = sys.argv[1], sys.argv[2]
 atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
 sys.argv = [program, *sys.argv[3:]]
 from tagent_client.entry import start
-start("tagent_client.cli" if program == "tagent" else "tagentd.cli.main")
+start("tagent_client.cli.main" if program == "tagent" else "tagentd.cli.main")
 """
 
 PIPELINE = """

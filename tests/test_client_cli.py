@@ -25,13 +25,16 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from tagent_client import protocol
-from tagent_client.cli import build_params, cli, parse_param
-from tagent_client.client import AsyncClient, Client, split_spec
+from tagent_client.cli.live import LiveView, StepBoard
+from tagent_client.cli.main import cli
+from tagent_client.cli.render import age, duration, event_line
+from tagent_client.cli.runs import build_params, parse_param
+from tagent_client.client.aio import AsyncClient
+from tagent_client.client.calls import split_spec
+from tagent_client.client.sync import Client
 from tagent_client.errors import DaemonUnavailable, NotFound, RequestTimeout, exit_code_for
-from tagent_client.live import LiveView, StepBoard
-from tagent_client.protocol import EventBatch, EventRecord, LogBatch, RunDetail, RunSummary, StepInfo
-from tagent_client.render import age, duration, event_line
+from tagent_client.wire import protocol
+from tagent_client.wire.protocol import EventBatch, EventRecord, LogBatch, RunDetail, RunSummary, StepInfo
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""Tests for the condition DSL (tagent_client.conditions)."""
+"""Tests for the condition DSL (tagent_client.define.conditions)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
-from tagent_client.conditions import (
+from tagent_client.define.conditions import (
     MISSING,
     And,
     Check,

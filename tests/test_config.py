@@ -97,7 +97,7 @@ def test_empty_env_var_counts_as_unset(monkeypatch: pytest.MonkeyPatch, tmp_path
     # Given empty TAGENTD_RUNTIME_DIR and TAGENTD_WORKERS (as `Environment=TAGENTD_X=` leaves them)
     monkeypatch.setenv("TAGENTD_RUNTIME_DIR", "")
     monkeypatch.setenv("TAGENTD_WORKERS", " ")
-    # When loaded, Then they fall back like the client does (tagent_client.paths), not to the cwd
+    # When loaded, Then they fall back like the client does (tagent_client.wire.paths), not to the cwd
     settings, sources = load_settings(None, {})
     assert settings.runtime_dir == tmp_path / "xdg_runtime_dir" / "tagentd"
     assert sources["runtime_dir"] == sources["workers"] == "default"

@@ -21,8 +21,8 @@ from conftest import DaemonProcess, processes_using, wait_until, write_pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tagent_client import protocol
-from tagent_client.paths import CONTROL_SOCKET
+from tagent_client.wire import protocol
+from tagent_client.wire.paths import CONTROL_SOCKET
 
 pytestmark = pytest.mark.timeout(120)
 

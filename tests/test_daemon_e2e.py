@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from conftest import REPO, DaemonProcess, pid_alive, processes_using, wait_until, write_pipeline
 
-from tagent_client.client import Client
+from tagent_client.client.sync import Client
 from tagent_client.errors import exit_code_for
-from tagent_client.paths import CONTROL_SOCKET, EVENTS_SOCKET, PIDFILE, WORKERS_SOCKET
+from tagent_client.wire.paths import CONTROL_SOCKET, EVENTS_SOCKET, PIDFILE, WORKERS_SOCKET
 
 pytestmark = pytest.mark.timeout(120)
 

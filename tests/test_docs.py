@@ -115,7 +115,7 @@ def _check_command(text: str) -> str | None:
     Placeholders are fine (`tagent status RUN`), so are optional parts in brackets (`[--fast]`);
     a bare mention (`tagent retry`) need not give every argument.
     """
-    from tagent_client.cli import cli as tagent
+    from tagent_client.cli.main import cli as tagent
     from tagentd.cli.main import cli as tagentd
 
     try:

@@ -30,10 +30,10 @@ import pytest
 from conftest import DaemonProcess, pid_alive, wait_until, write_pipeline
 
 from tagent_client import Pipeline
-from tagent_client.engine import RunMachine
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.events import Dispatch, Emit, Persist, StepFailed, StepSucceeded
+from tagent_client.core.state import ErrorInfo, RunStatus, StepStatus, new_run_id
 from tagent_client.errors import ConfigError
-from tagent_client.events import Dispatch, Emit, Persist, StepFailed, StepSucceeded
-from tagent_client.state import ErrorInfo, RunStatus, StepStatus, new_run_id
 from tagentd.runs import durable as checkpoint
 from tagentd.runs.durable import DurableStore
 from tagentd.runs.records import FORMAT, RunCheckpoint, WalRecord

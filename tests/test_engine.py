@@ -1,4 +1,4 @@
-"""The run state machine (tagent_client.engine.RunMachine), driven directly.
+"""The run state machine (tagent_client.core.engine.RunMachine), driven directly.
 
 Every test builds a plan with `Pipeline(...).plan()`, feeds events with a fake
 `now`, and checks the actions and the state. No asyncio, no processes, no sleeps:
@@ -15,8 +15,8 @@ import pytest
 from pydantic import BaseModel
 
 from tagent_client import DependencyType, ExecutionMode, Pipeline, when
-from tagent_client.engine import RunMachine, backoff_delay, gate_is_valid
-from tagent_client.events import (
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.events import (
     Action,
     Cancelled,
     CancelTask,
@@ -32,9 +32,10 @@ from tagent_client.events import (
     TimerFired,
     WorkerLost,
 )
-from tagent_client.plan import Plan, RetrySpec, StepKind, StepSpec
-from tagent_client.result import PipelineResult
-from tagent_client.state import ErrorInfo, Phase, RunState, RunStatus, StepStatus, TaskStatus
+from tagent_client.core.result import PipelineResult
+from tagent_client.core.rules import backoff_delay, gate_is_valid
+from tagent_client.core.state import ErrorInfo, Phase, RunState, RunStatus, StepStatus, TaskStatus
+from tagent_client.define.plan import Plan, RetrySpec, StepKind, StepSpec
 
 pytestmark = pytest.mark.timeout(60)
 

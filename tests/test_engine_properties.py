@@ -18,8 +18,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tagent_client import DependencyType, ExecutionMode, Pipeline
-from tagent_client.engine import RunMachine
-from tagent_client.events import (
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.events import (
     Action,
     Cancelled,
     CancelTask,
@@ -34,8 +34,8 @@ from tagent_client.events import (
     StepTimedOut,
     TimerFired,
 )
-from tagent_client.plan import Plan
-from tagent_client.state import ErrorInfo, RunState, RunStatus, StepStatus, TaskStatus
+from tagent_client.core.state import ErrorInfo, RunState, RunStatus, StepStatus, TaskStatus
+from tagent_client.define.plan import Plan
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,9 +19,9 @@ import pytest
 from fake_executor import FakeExecutor
 
 from tagent_client import Pipeline
+from tagent_client.core.events import Dispatch, Event, StepInterrupted, StepSucceeded, StepTimedOut
+from tagent_client.core.state import Phase
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
-from tagent_client.events import Dispatch, Event, StepInterrupted, StepSucceeded, StepTimedOut
-from tagent_client.state import Phase
 from tagentd.executor.interface import Capacity, Executor, PipelineCode, StepAttempt
 from tagentd.executor.local import LocalExecutor
 from tagentd.executor.permits import PermitDesk

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from tagent_client import DependencyType, ExecutionMode, Pipeline, PipelineValidationError, when
-from tagent_client.errors import PipelineLoadError
-from tagent_client.export import (
+from tagent_client.define.export import (
     from_json,
     from_toml,
     load_file,
@@ -28,8 +27,9 @@ from tagent_client.export import (
     to_json,
     to_toml,
 )
-from tagent_client.pipeline import BUILTIN_TOOLS
-from tagent_client.plan import PLAN_FORMAT, StepKind
+from tagent_client.define.plan import PLAN_FORMAT, StepKind
+from tagent_client.define.validation import BUILTIN_TOOLS
+from tagent_client.errors import PipelineLoadError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -213,7 +213,7 @@ def test_a_goal_only_document_loads_without_the_defining_python(tmp_path: Path) 
     path = tmp_path / "research.toml"
     path.write_text(to_toml(p))
     # When a fresh interpreter that cannot import this test module loads it
-    code = ("import sys; from tagent_client.export import load_file; "
+    code = ("import sys; from tagent_client.define.export import load_file; "
             "p = load_file(sys.argv[1]); print(p.to_json(indent=None)); "
             "assert not [m for m in sys.modules if m.startswith('test_')]")
     env = {**os.environ, "PYTHONPATH": str(CLIENT_DIR)}

@@ -22,11 +22,11 @@ import pytest
 from fake_executor import FakeExecutor
 
 from tagent_client import Pipeline
-from tagent_client import protocol as p
-from tagent_client import protocol_broker as b
+from tagent_client.core.events import Cancelled, StepSucceeded
+from tagent_client.define.plan import Plan
 from tagent_client.errors import InvalidRequest, PipelineLoadError
-from tagent_client.events import Cancelled, StepSucceeded
-from tagent_client.plan import Plan
+from tagent_client.wire import protocol as p
+from tagent_client.wire import protocol_broker as b
 from tagentd.app.commit import GroupCommit
 from tagentd.broker.service import BrokerShell
 from tagentd.control import handlers as control

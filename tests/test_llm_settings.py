@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tagent_client import Pipeline
+from tagent_client.cli.transcript import render
 from tagent_client.errors import ConfigError, PipelineValidationError
-from tagent_client.llm import LLMConfig
-from tagent_client.transcript import REDACTED, render, scrub
+from tagent_client.run.llm import LLMConfig
+from tagent_client.run.transcript import REDACTED, scrub
 from tagentd.settings.config import load_settings
 
 pytestmark = pytest.mark.timeout(30)

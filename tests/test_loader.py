@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from tagent_client.define.pipeline import Pipeline
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
-from tagent_client.pipeline import Pipeline
 from tagentd.worker import loader
 from tagentd.worker.loader import ModuleCache, find_pipeline, load_module, load_pipeline, schema_classes
 from tagentd.worker.wire import source_hash

@@ -23,12 +23,12 @@ from tagent_client import (
     PipelineResult,
     RetryableError,
     StepContext,
-    local,
     run_agent,
     run_pipeline,
     when,
 )
 from tagent_client.errors import ConfigError
+from tagent_client.run import local
 
 pytestmark = pytest.mark.timeout(60)
 

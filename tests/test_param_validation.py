@@ -16,8 +16,8 @@ import pytest
 from conftest import DaemonProcess, write_pipeline
 
 from tagent_client import ExecutionMode, Pipeline, run_agent
-from tagent_client.context import StepContext
 from tagent_client.errors import PipelineValidationError, exit_code_for
+from tagent_client.run.context import StepContext
 
 EXIT_INVALID = exit_code_for("invalid_pipeline")
 

@@ -14,9 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 from tagent_client import DependencyType, ExecutionMode, Pipeline, PipelineStep, PipelineValidationError, when
-from tagent_client.conditions import Check, Condition
-from tagent_client.pipeline import BUILTIN_TOOLS
-from tagent_client.plan import RetrySpec, StepKind, StepSpec
+from tagent_client.define.conditions import Check, Condition
+from tagent_client.define.plan import RetrySpec, StepKind, StepSpec
+from tagent_client.define.validation import BUILTIN_TOOLS
 
 pytestmark = pytest.mark.timeout(30)
 

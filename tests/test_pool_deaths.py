@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import DaemonProcess, pid_alive, processes_using, wait_until, write_pipeline
 
-from tagent_client.events import Dispatch, StepFailed, StepInterrupted, StepTimedOut, WorkerLost
-from tagent_client.state import Phase
+from tagent_client.core.events import Dispatch, StepFailed, StepInterrupted, StepTimedOut, WorkerLost
+from tagent_client.core.state import Phase
 from tagentd.executor.deaths import Cause, DeathLedger, how_it_ended
 from tagentd.executor.interface import PipelineCode, StepAttempt
 from tagentd.executor.queues import DispatchQueues

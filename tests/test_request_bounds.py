@@ -17,11 +17,12 @@ import pytest
 import zmq
 from conftest import DaemonProcess, write_pipeline
 
-from tagent_client import Pipeline, protocol
+from tagent_client import Pipeline
 from tagent_client.bounds import NAME_MAX
-from tagent_client.client import Client
+from tagent_client.client.sync import Client
 from tagent_client.errors import InvalidRequest, NameTooLong, PipelineValidationError, RequestTooLarge, exit_code_for
-from tagent_client.paths import CONTROL_SOCKET
+from tagent_client.wire import protocol
+from tagent_client.wire.paths import CONTROL_SOCKET
 
 MIB = 1024 * 1024
 LONG = "x" * 100_000

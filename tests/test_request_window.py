@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from conftest import DaemonProcess
 
-from tagent_client.client import AsyncClient, Client
+from tagent_client.client.aio import AsyncClient
+from tagent_client.client.sync import Client
 from tagent_client.errors import RequestTimeout
 
 SENDS = 5000

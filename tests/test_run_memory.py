@@ -20,7 +20,7 @@ import msgspec
 import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
-from tagent_client.client import AsyncClient
+from tagent_client.client.aio import AsyncClient
 from tagentd.storage.records import read_frames
 
 STEADY = """

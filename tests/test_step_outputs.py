@@ -1,4 +1,4 @@
-"""What a step may return or raise (tagent_client.outputs): the same rules through a real daemon and in-process.
+"""What a step may return or raise (tagent_client.run.outputs): the same rules through a real daemon and in-process.
 
 An output the daemon could not store, or an exception that cannot even be printed, must fail its step with a
 clear error and let the run end, never leave it RUNNING. NaN and infinity fail too (documented choice in

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import DaemonProcess, write_pipeline
 
-from tagent_client.client import AsyncClient, Client, RunHandle
+from tagent_client.client.aio import AsyncClient
+from tagent_client.client.calls import RunHandle
+from tagent_client.client.sync import Client
 from tagent_client.errors import InvalidRequest
 
 IMPORT_S = 2.5  # how long the slow pipeline's import takes

@@ -94,7 +94,7 @@ def test_a_goal_tagent_did_not_achieve_is_a_retryable_failure(monkeypatch: pytes
 
 def test_tagentd_endpoints_cannot_be_used_by_tagent(monkeypatch: pytest.MonkeyPatch) -> None:
     """Given a runner='tagent' step on an endpoint model, then it fails saying TAgent needs a LiteLLM name."""
-    from tagent_client.local import RunConfig
+    from tagent_client.run.local import RunConfig
 
     fake_tagent(monkeypatch)
     cfg = RunConfig(endpoints={"local": {"base_url": "http://127.0.0.1:9/v1"}})
@@ -111,7 +111,7 @@ def test_tagentd_endpoints_cannot_be_used_by_tagent(monkeypatch: pytest.MonkeyPa
     ("gemini/gemini-2.0-flash", "gemini/gemini-2.0-flash"),  # already LiteLLM's form
 ])
 def test_model_strings_become_litellm_names(model: str, litellm: str) -> None:
-    from tagent_client.llm import LLMConfig, LLMRuntime
-    from tagent_client.runners.tagent import litellm_model
+    from tagent_client.run.llm import LLMConfig, LLMRuntime
+    from tagent_client.run.runners.tagent import litellm_model
 
     assert litellm_model(model, LLMRuntime.local(LLMConfig())) == litellm

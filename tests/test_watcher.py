@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
-from tagent_client.client import Client
+from tagent_client.client.sync import Client
 from tagent_client.errors import exit_code_for
-from tagent_client.protocol import RunSummary, WatchedFile
+from tagent_client.wire.protocol import RunSummary, WatchedFile
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -205,7 +205,7 @@ def test_an_editor_style_save_starts_one_run(make_daemon: Callable[..., DaemonPr
 def test_a_file_with_a_syntax_error_is_reported_with_its_line_and_nothing_else_is_affected(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     daemon, inbox = watching(make_daemon, tmp_path)
-    from tagent_client.subscription import Subscription
+    from tagent_client.client.subscription import Subscription
 
     with daemon.client() as client, Subscription(daemon.runtime_dir, ["watch."]) as events:
         # When a file with a syntax error on line 3 is dropped next to a good one

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import zmq
 
-from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
-from tagent_client.state import Phase
+from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
+from tagent_client.core.state import Phase
 from tagentd.worker import wire
 from tagentd.worker.wire import source_hash
 

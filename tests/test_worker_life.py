@@ -29,7 +29,7 @@ from conftest import (
 )
 from openai_server import ScriptedServer, final_for
 
-from tagent_client.client import Client
+from tagent_client.client.sync import Client
 from tagentd.worker import wire
 
 pytestmark = pytest.mark.timeout(120)

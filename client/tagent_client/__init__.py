@@ -10,29 +10,34 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .version import __version__
+
 if TYPE_CHECKING:
-    from .client import AsyncClient, Client, RunHandle
-    from .conditions import when
-    from .context import StepContext
+    from .client.aio import AsyncClient
+    from .client.calls import RunHandle
+    from .client.sync import Client
+    from .core.result import PipelineResult
+    from .core.state import RunStatus, StepStatus, Usage
+    from .define.conditions import when
+    from .define.pipeline import Pipeline
+    from .define.plan import DependencyType, ExecutionMode
+    from .define.step import PipelineStep
     from .errors import PipelineValidationError, RetryableError, TagentError
-    from .local import RunConfig, run_agent, run_pipeline
-    from .pipeline import Pipeline, PipelineStep
-    from .plan import DependencyType, ExecutionMode
-    from .result import PipelineResult
-    from .state import RunStatus, StepStatus, Usage
+    from .run.context import StepContext
+    from .run.local import RunConfig, run_agent, run_pipeline
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.
 _EXPORTS = {
-    "AsyncClient": "client", "Client": "client", "RunHandle": "client",
-    "when": "conditions",
-    "StepContext": "context",
+    "AsyncClient": "client.aio", "Client": "client.sync", "RunHandle": "client.calls",
+    "when": "define.conditions",
+    "StepContext": "run.context",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
-    "RunConfig": "local", "run_agent": "local", "run_pipeline": "local",
-    "Pipeline": "pipeline", "PipelineStep": "pipeline",
-    "DependencyType": "plan", "ExecutionMode": "plan",
-    "PipelineResult": "result",
-    "RunStatus": "state", "StepStatus": "state", "Usage": "state",
+    "RunConfig": "run.local", "run_agent": "run.local", "run_pipeline": "run.local",
+    "Pipeline": "define.pipeline", "PipelineStep": "define.step",
+    "DependencyType": "define.plan", "ExecutionMode": "define.plan",
+    "PipelineResult": "core.result",
+    "RunStatus": "core.state", "StepStatus": "core.state", "Usage": "core.state",
 }
 
 
@@ -45,7 +50,6 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",

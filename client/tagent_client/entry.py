@@ -28,4 +28,4 @@ def start(module: str) -> None:
 
 def main() -> None:
     """`tagent`."""
-    start("tagent_client.cli")
+    start("tagent_client.cli.main")

@@ -40,8 +40,8 @@ from typing import Any
 
 import zmq
 
-from tagent_client import paths
-from tagent_client import protocol as p
+from tagent_client.wire import paths
+from tagent_client.wire import protocol as p
 from tagentd import __version__
 from tagentd.app.commit import GroupCommit
 from tagentd.app.notify import notify

@@ -27,8 +27,8 @@ from typing import Any
 import msgspec
 import zmq
 
-from tagent_client import protocol_broker as b
-from tagent_client.protocol import EventRecord
+from tagent_client.wire import protocol_broker as b
+from tagent_client.wire.protocol import EventRecord
 from tagentd.plumbing.channel import Channel
 
 log = logging.getLogger("tagentd.topics")

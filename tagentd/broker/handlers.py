@@ -18,9 +18,10 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tagent_client import protocol_broker as b
 from tagent_client.bounds import check_name
+from tagent_client.core.broker_records import AccessEntry, DeadLetter, Entry
 from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
+from tagent_client.wire import protocol_broker as b
 from tagentd.broker import views
 from tagentd.plumbing import peers
 from tagentd.plumbing.longpoll import wait_limit
@@ -68,7 +69,7 @@ def list_mailboxes(shell: BrokerShell, req: b.ListMailboxes, caller: Caller) -> 
     return views.mailboxes(shell, req.pipeline, max(0, min(req.peek, 1000)))
 
 
-def dead_letters(shell: BrokerShell, req: b.DeadLetters, caller: Caller) -> list[b.DeadLetter]:
+def dead_letters(shell: BrokerShell, req: b.DeadLetters, caller: Caller) -> list[DeadLetter]:
     return shell.broker.core.dead_letters(check_name("a mailbox (pipeline) name", req.mailbox))
 
 
@@ -116,13 +117,13 @@ async def wait_event(shell: BrokerShell, req: b.WaitEvent, caller: Caller) -> An
 # -- spaces ------------------------------------------------------------------------------------------------------
 
 
-def space_get(shell: BrokerShell, req: b.SpaceGet, caller: Caller) -> b.Entry | None:
+def space_get(shell: BrokerShell, req: b.SpaceGet, caller: Caller) -> Entry | None:
     shell.broker.check_access(req.space, caller, "get", req.key)
     shell.broker.stats["space_reads"] += 1
     return shell.broker.core.get(req.space, req.key, peers.who(req, caller), time.time())
 
 
-def space_put(shell: BrokerShell, req: b.SpacePut, caller: Caller) -> b.Entry:
+def space_put(shell: BrokerShell, req: b.SpacePut, caller: Caller) -> Entry:
     shell.broker.check_access(req.space, caller, "put", req.key)
     by = peers.who(req, caller)
     entry = shell.broker.core.put(req.space, req.key, req.value, by, time.time())
@@ -146,7 +147,7 @@ def space_delete(shell: BrokerShell, req: b.SpaceDelete, caller: Caller) -> dict
     by = peers.who(req, caller)
     gone = shell.broker.core.delete(req.space, req.key, by, time.time(), req.expected_version)
     if gone is not None:
-        shell.space_changed(req.space, "delete", b.Entry(key=req.key, value=None, version=gone.version), by, caller)
+        shell.space_changed(req.space, "delete", Entry(key=req.key, value=None, version=gone.version), by, caller)
     return {"deleted": gone is not None}
 
 
@@ -159,7 +160,7 @@ def space_keys(shell: BrokerShell, req: b.SpaceKeys, caller: Caller) -> list[Any
     return [[k, space.entries[k].version, space.sizes.get(k, 0)] for k in keys] if req.versions else keys
 
 
-def space_log(shell: BrokerShell, req: b.SpaceLog, caller: Caller) -> list[b.AccessEntry]:
+def space_log(shell: BrokerShell, req: b.SpaceLog, caller: Caller) -> list[AccessEntry]:
     shell.broker.check_access(req.space, caller, "log")
     space = shell.broker.core.spaces.get(req.space)
     return list(space.log)[-max(1, min(req.limit, 10_000)):] if space is not None else []

@@ -32,13 +32,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from tagent_client import protocol_broker as b
-from tagent_client.broker_core import Record, attempt_error
+from tagent_client.core.broker import attempt_error
+from tagent_client.core.broker_records import Entry, Record
+from tagent_client.core.events import Action, CancelTask, StepSucceeded
+from tagent_client.core.receivers import Receivers
+from tagent_client.define.plan import Plan
 from tagent_client.errors import InvalidRequest
-from tagent_client.events import Action, CancelTask, StepSucceeded
-from tagent_client.plan import Plan
-from tagent_client.protocol import EventRecord
-from tagent_client.receivers import Receivers
+from tagent_client.wire import protocol_broker as b
+from tagent_client.wire.protocol import EventRecord
 from tagentd.broker.events import EventBus
 from tagentd.broker.state import Broker, QueuedTrigger, Registration
 from tagentd.broker.store import BrokerStore, MemoryBrokerStore
@@ -274,7 +275,7 @@ class BrokerShell:
         except TimeoutError:
             return None
 
-    def space_changed(self, space: str, op: str, entry: b.Entry, by: str, caller: b.StepRef | None) -> None:
+    def space_changed(self, space: str, op: str, entry: Entry, by: str, caller: b.StepRef | None) -> None:
         self.broker.stats["space_writes"] += 1
         data = {"space": space, "key": entry.key, "op": op, "version": entry.version, "value": entry.value, "by": by}
         self.publish(f"space.{space}.{entry.key}", data, caller.pipeline if caller is not None else None)

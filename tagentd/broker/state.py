@@ -1,7 +1,7 @@
 """`Broker`: the daemon's broker state — the shared core plus allow-lists, trigger registrations and their queue.
 
 Pure and in memory, like the engine: no sockets, no files, no clock of its own.
-The mailbox and space mechanics are `tagent_client.broker_core` (shared with
+The mailbox and space mechanics are `tagent_client.core.broker` (shared with
 in-process runs); this adds what only the daemon has:
 
 - allow-lists of pipelines per space (from tagentd.toml `[spaces.NAME] allow`
@@ -24,10 +24,11 @@ from typing import Any
 
 import msgspec
 
-from tagent_client.broker_core import MAX_DELIVERIES, BrokerCore, CoreRecord, CoreSnapshot, Record
+from tagent_client.core.broker import MAX_DELIVERIES, BrokerCore, CoreSnapshot
+from tagent_client.core.broker_records import CoreRecord, Record
+from tagent_client.define.plan import Plan
 from tagent_client.errors import PermissionDenied
-from tagent_client.plan import Plan
-from tagent_client.protocol_broker import StepRef, matches
+from tagent_client.wire.protocol_broker import StepRef, matches
 from tagentd.runs.run import RunSource
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import msgspec
 
-from tagent_client.broker_core import UNSYNCED, Record
+from tagent_client.core.broker_records import UNSYNCED, Record
 from tagent_client.errors import ConfigError
 from tagentd.broker.state import AnyRecord, Broker, BrokerSnapshot
 from tagentd.runs.records import peek_format

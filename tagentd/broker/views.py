@@ -11,7 +11,7 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from tagent_client import protocol_broker as b
+from tagent_client.wire import protocol_broker as b
 
 if TYPE_CHECKING:
     from tagentd.broker.service import BrokerShell

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from tagent_client.client import Client
+from tagent_client.client.sync import Client
 from tagent_client.errors import TagentError
-from tagent_client.paths import CONTROL_SOCKET
+from tagent_client.wire.paths import CONTROL_SOCKET
 
 EXAMPLE = Path("pipelines/examples/research.py")
 START_TIMEOUT = 30.0

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from tagent_client import paths
 from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError, exit_code_for
+from tagent_client.wire import paths
 from tagentd import __version__
 from tagentd.cli.stop import stop_daemon
 from tagentd.cli.views import print_pairs, print_status, print_table, show_value
@@ -113,7 +113,7 @@ def _forward(config_path: Path | None, flags: dict[str, Any]) -> list[str]:
 
 def _call(runtime_dir: Path, timeout: float, method: str, **kwargs: Any) -> Any:
     """One request on a fresh Client (connecting pings first: DaemonUnavailable if nobody answers)."""
-    from tagent_client.client import Client  # noqa: PLC0415 - only the commands that talk to the daemon need it
+    from tagent_client.client.sync import Client  # noqa: PLC0415 - only the commands that talk to the daemon need it
 
     with Client(runtime_dir=runtime_dir, timeout=timeout) as client:
         return getattr(client, method)(**kwargs)

@@ -39,7 +39,7 @@ def register(cli: click.Group, where_options: Any) -> None:
         """Remove finished runs past the retention limits, oldest first, at any age (unfinished runs never)."""
         max_age = days * 86400 if days is not None else None
         try:
-            from tagent_client.client import Client
+            from tagent_client.client.sync import Client
 
             with Client(runtime_dir=Locations(config_path, runtime_dir).runtime_dir) as client:
                 outcome = client.gc(max_age_s=max_age, max_runs=keep, dry_run=dry_run)
@@ -90,7 +90,7 @@ def _offline_gc(settings: Any, max_age_s: float | None, keep: int | None, dry_ru
     """Retention on the state dir itself, holding the daemon's lock so no daemon can start meanwhile."""
     import asyncio
 
-    from tagent_client import paths
+    from tagent_client.wire import paths
     from tagentd.plumbing.lock import InstanceLock
     from tagentd.runs import retention
     from tagentd.runs.durable import DurableStore

@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from tagent_client import paths
 from tagent_client.errors import DaemonUnavailable, RequestTimeout, TagentError
+from tagent_client.wire import paths
 from tagentd.app.stop_report import STOP_WAIT_GRACEFUL, waiting_line
 from tagentd.plumbing.lock import is_locked, read_pid
 
@@ -98,7 +98,7 @@ def stopping_rows(stopping: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 def stop_daemon(runtime_dir: Path, *, fast: bool, timeout: float | None) -> None:
     """Stop the daemon on `runtime_dir` and wait until it has exited. Raises RequestTimeout if it does not."""
-    from tagent_client.client import Client  # noqa: PLC0415 - only the commands that talk to the daemon need it
+    from tagent_client.client.sync import Client  # noqa: PLC0415 - only the commands that talk to the daemon need it
 
     if not is_locked(runtime_dir):
         click.echo(f"tagentd is not running (runtime dir {runtime_dir}); nothing to stop")
@@ -133,7 +133,7 @@ def stop_daemon(runtime_dir: Path, *, fast: bool, timeout: float | None) -> None
 def _stop_fast(runtime_dir: Path) -> None:
     """Ask for a fast stop on a new connection: the Ctrl-C may have cut the old one mid-request (a reply
     left unread), and the request must not be lost behind it."""
-    from tagent_client.client import Client  # noqa: PLC0415
+    from tagent_client.client.sync import Client  # noqa: PLC0415
 
     try:
         with Client(runtime_dir=runtime_dir, timeout=5.0) as fresh:

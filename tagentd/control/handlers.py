@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tagent_client import protocol as p
-from tagent_client import protocol_broker as b
+from tagent_client.core.state import RunStatus, StepStatus
 from tagent_client.errors import InvalidRequest, NotFound
-from tagent_client.state import RunStatus, StepStatus
+from tagent_client.wire import protocol as p
+from tagent_client.wire import protocol_broker as b
 from tagentd import __version__
 from tagentd.broker import handlers as broker
 from tagentd.broker.service import BrokerShell

@@ -34,8 +34,8 @@ import msgspec
 import zmq
 
 from tagent_client import bounds
-from tagent_client import protocol as p
 from tagent_client.errors import RequestTooLarge, TagentError
+from tagent_client.wire import protocol as p
 from tagentd.control import handlers as control
 from tagentd.control.router import Deliver, Router
 from tagentd.plumbing import peers

@@ -27,8 +27,8 @@ import enum
 import signal
 from collections.abc import Iterable
 
-from tagent_client.events import Dispatch, Event, StepFailed, StepInterrupted, StepTimedOut, WorkerLost
-from tagent_client.state import ErrorInfo
+from tagent_client.core.events import Dispatch, Event, StepFailed, StepInterrupted, StepTimedOut, WorkerLost
+from tagent_client.core.state import ErrorInfo
 
 QUARANTINE_AFTER = 2  # worker deaths a step may be in flight for before it runs alone
 STUCK_WINDOW = 30.0   # a worker ending this long after a step's timeout (default) ended because of that step

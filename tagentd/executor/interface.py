@@ -41,9 +41,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from tagent_client.events import Dispatch, Event
-from tagent_client.plan import Plan
-from tagent_client.protocol import WorkerInfo
+from tagent_client.core.events import Dispatch, Event
+from tagent_client.define.plan import Plan
+from tagent_client.wire.protocol import WorkerInfo
 from tagentd.worker import wire
 
 AttemptKey = tuple[str, str, int]  # (run_id, task id, attempt number): one attempt, everywhere

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
+from tagent_client.define.plan import Plan
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
-from tagent_client.plan import Plan
 from tagentd.worker import wire
 
 Answer = wire.Loaded | wire.LoadFailed

@@ -28,10 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tagent_client.core.events import StepFailed, StepSucceeded, StepTimedOut
+from tagent_client.define.plan import Plan
 from tagent_client.errors import PipelineLoadError
-from tagent_client.events import StepFailed, StepSucceeded, StepTimedOut
-from tagent_client.plan import Plan
-from tagent_client.protocol import WorkerInfo
+from tagent_client.wire.protocol import WorkerInfo
 from tagentd.executor.admission import Admission
 from tagentd.executor.deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
 from tagentd.executor.interface import Capacity, PipelineCode, Report, RunningAttempt, StepAttempt

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-from tagent_client.llm import EndpointSettings
+from tagent_client.run.llm import EndpointSettings
 from tagentd.executor.limits import EndpointLimits, Limits, PermitKey
 from tagentd.worker import wire
 

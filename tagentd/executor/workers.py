@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from tagent_client.protocol import WorkerInfo
+from tagent_client.wire.protocol import WorkerInfo
 from tagentd.executor.deaths import Cause
 from tagentd.executor.interface import AttemptKey, StepAttempt
 from tagentd.executor.spawner import ProcessStarter, WorkerProcess

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tagent_client.errors import AlreadyRunning, ConfigError
-from tagent_client.paths import PIDFILE
+from tagent_client.wire.paths import PIDFILE
 
 _PID_READ_WINDOW = 0.2  # the holder writes its pid right after locking; give it that long
 

@@ -24,8 +24,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from tagent_client.errors import InvalidRequest
-from tagent_client.events import (
+from tagent_client.core.events import (
     Action,
     Cancelled,
     CancelTask,
@@ -37,8 +36,9 @@ from tagent_client.events import (
     ScheduleRetry,
     TimerFired,
 )
-from tagent_client.plan import Plan
-from tagent_client.protocol import EventRecord
+from tagent_client.define.plan import Plan
+from tagent_client.errors import InvalidRequest
+from tagent_client.wire.protocol import EventRecord
 from tagentd.executor.interface import Executor
 from tagentd.plumbing.ports import Committed, MarkDirty
 from tagentd.runs import retention

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from tagent_client.events import Action
-from tagent_client.plan import Plan
-from tagent_client.protocol import EventRecord
+from tagent_client.core.events import Action
+from tagent_client.define.plan import Plan
+from tagent_client.wire.protocol import EventRecord
 from tagentd.runs.run import Run
 from tagentd.runs.table import RunTable
 

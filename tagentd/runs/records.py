@@ -12,11 +12,11 @@ from typing import Any
 
 import msgspec
 
-from tagent_client.engine import RunMachine
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.state import RunState, RunStatus, StepState, TaskState
+from tagent_client.define.plan import Plan
 from tagent_client.errors import ConfigError
-from tagent_client.plan import Plan
-from tagent_client.protocol import LogRecord
-from tagent_client.state import RunState, RunStatus, StepState, TaskState
+from tagent_client.wire.protocol import LogRecord
 from tagentd.runs.run import AuditEntry, Run, RunSource
 
 FORMAT = 1

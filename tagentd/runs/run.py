@@ -16,12 +16,12 @@ from typing import Any
 
 import msgspec
 
-from tagent_client.engine import RunMachine
-from tagent_client.events import Dispatch
-from tagent_client.plan import Plan
-from tagent_client.protocol import EventRecord, LogRecord, RunDetail, RunSummary, StepInfo
-from tagent_client.result import PipelineResult
-from tagent_client.state import RunState, RunStatus, StepStatus
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.events import Dispatch
+from tagent_client.core.result import PipelineResult
+from tagent_client.core.state import RunState, RunStatus, StepStatus
+from tagent_client.define.plan import Plan
+from tagent_client.wire.protocol import EventRecord, LogRecord, RunDetail, RunSummary, StepInfo
 from tagentd.executor.interface import PipelineCode, StepAttempt
 
 MAX_LOG_LINES = 10_000

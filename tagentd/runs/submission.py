@@ -12,12 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tagent_client.binding import missing_params
-from tagent_client.engine import RunMachine
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.state import new_run_id
+from tagent_client.define.binding import missing_params
+from tagent_client.define.plan import Plan, StepKind
 from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineValidationError
-from tagent_client.plan import Plan, StepKind
-from tagent_client.protocol import SubmitResult
-from tagent_client.state import new_run_id
+from tagent_client.wire.protocol import SubmitResult
 from tagentd.executor.interface import Executor, PipelineCode
 from tagentd.runs.ports import Register, RunOps
 from tagentd.runs.run import Run, RunEntry, RunSource

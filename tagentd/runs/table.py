@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from itertools import islice
 
 from tagent_client.errors import NotFound
-from tagent_client.protocol import RunSummary
+from tagent_client.wire.protocol import RunSummary
 from tagentd.runs import retention
 from tagentd.runs.run import Run, RunEntry
 from tagentd.runs.store import Recovered, RunStore

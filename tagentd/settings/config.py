@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tagent_client import paths
 from tagent_client.errors import ConfigError
-from tagent_client.llm import EndpointSettings, LLMConfig, PriceOverride
+from tagent_client.run.llm import EndpointSettings, LLMConfig, PriceOverride
+from tagent_client.wire import paths
 from tagentd.settings.locations import LOG_FILE, absolute_path, read_config_file, relative_to
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -208,7 +208,7 @@ def load_settings(config_path: Path | None, flags: dict[str, Any]) -> tuple[Sett
         put(field, value[0], value[1])
     for field in FIELDS:
         for name in (_ENV_ALIASES.get(field), env_var(field)):
-            if name and os.environ.get(name, "").strip():  # empty = unset, as in tagent_client.paths
+            if name and os.environ.get(name, "").strip():  # empty = unset, as in tagent_client.wire.paths
                 put(field, _env_value(field, os.environ[name]), f"env {name}")
     for field, value in flags.items():
         if field not in FIELDS:

@@ -5,7 +5,7 @@
 the ones `config.load_settings` applies to these two paths, and config.py reads the file through
 `read_config_file`, so both agree. Precedence, highest first: the flag, `TAGENTD_RUNTIME_DIR` /
 `TAGENTD_STATE_DIR`, the config file (relative paths against the file's folder), the default of
-tagent_client.paths. Only the TOML syntax and these two values are checked here; the other
+tagent_client.wire.paths. Only the TOML syntax and these two values are checked here; the other
 settings are checked where they are used (`tagentd start`, `tagentd config show`).
 """
 
@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tagent_client import paths
 from tagent_client.errors import ConfigError
+from tagent_client.wire import paths
 
 LOG_FILE = "tagentd.log"
 

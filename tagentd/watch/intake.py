@@ -24,10 +24,10 @@ import time
 import tomllib
 from typing import Any
 
-from tagent_client import export
-from tagent_client import protocol as p
+from tagent_client.define import export
+from tagent_client.define.plan import Plan
 from tagent_client.errors import InvalidRequest, PipelineLoadError, PipelineValidationError, TagentError
-from tagent_client.plan import Plan
+from tagent_client.wire import protocol as p
 from tagentd.plumbing.ports import Publish
 from tagentd.runs import submission as submit
 from tagentd.runs.ports import Register, RunOps

@@ -30,7 +30,7 @@ from typing import Any
 from watchdog import events as wd
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from tagent_client import protocol as p
+from tagent_client.wire import protocol as p
 from tagentd.plumbing.ports import Publish
 from tagentd.runs.ports import Register, RunOps
 from tagentd.settings.config import Settings

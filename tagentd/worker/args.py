@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tagent_client.llm import LLMConfig
+from tagent_client.run.llm import LLMConfig
 
 LOAD_TIMEOUT = 30.0   # importing a pipeline file longer than this ends the worker (the import cannot be stopped)
 
@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT, help="seconds an import may take (default 30)")
     parser.add_argument("--parent-pid", type=int, default=0,
                         help="the pid this worker dies with (the daemon always passes its own; default: the parent)")
-    parser.add_argument("--llm", default=None, help="endpoints and price overrides as JSON (tagent_client.llm.LLMConfig)")
+    parser.add_argument("--llm", default=None, help="endpoints and price overrides as JSON (tagent_client.run.llm.LLMConfig)")
     args = parser.parse_args(argv)
     if args.capacity < 1 or args.heartbeat <= 0 or args.grace < 0 or args.load_timeout <= 0:
         parser.error("--capacity must be >= 1, --heartbeat and --load-timeout > 0, --grace >= 0")

@@ -2,7 +2,7 @@
 
 `PermitClient` is the worker's side of the daemon's LLM request limits (see tagentd.executor.limits and permits.py).
 
-Implements `tagent_client.llm.RequestLimiter`: `acquire` sends a `PermitRequest`
+Implements `tagent_client.run.llm.RequestLimiter`: `acquire` sends a `PermitRequest`
 (re-sent until granted) and waits for the `PermitGrant`, for as long as the
 daemon makes it wait (the step's timeout bounds it); `release` sends a
 `PermitRelease` with the tokens the request used and any Retry-After. Every
@@ -62,7 +62,7 @@ class PermitClient:
 
 def agent_runtime_loaded() -> bool:
     """True in a process that has imported the agent runtime already (a worker forked from the warm template)."""
-    return "tagent_client.runners.agent" in sys.modules
+    return "tagent_client.run.runners.agent" in sys.modules
 
 
 def preload_agent_runtime(ready: concurrent.futures.Future[bool]) -> None:
@@ -71,8 +71,8 @@ def preload_agent_runtime(ready: concurrent.futures.Future[bool]) -> None:
     try:
         import pydantic_ai  # noqa: F401
 
-        import tagent_client.runners.agent  # noqa: F401 - with models, tools, usage
-        import tagent_client.transcript  # noqa: F401
+        import tagent_client.run.runners.agent  # noqa: F401 - with models, tools, usage
+        import tagent_client.run.transcript  # noqa: F401
 
         try:
             import pydantic_ai.models.openai  # noqa: F401

@@ -5,7 +5,7 @@ per worker and kept (LRU-bounded) as a real module named
 `tagent_user_<hash[:16]>` in `sys.modules`, so pydantic models, dataclasses and
 pickling that look their module up by name work. The file's directory is on
 `sys.path` while it imports, so it can import its sibling modules. A `.toml`
-or `.json` file is a pipeline document (tagent_client.export): it is read, not
+or `.json` file is a pipeline document (tagent_client.define.export): it is read, not
 executed, and becomes a module holding that one pipeline.
 
 Every failure is a `PipelineLoadError` whose message is one line,
@@ -22,12 +22,12 @@ import traceback
 import types
 from collections import OrderedDict
 
+from tagent_client.define.pipeline import Pipeline
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
-from tagent_client.pipeline import Pipeline
 
 MAX_MODULES = 64
 MODULE_PREFIX = "tagent_user_"
-#: Pipeline files read as documents (tagent_client.export), not imported as Python.
+#: Pipeline files read as documents (tagent_client.define.export), not imported as Python.
 DOCUMENT_SUFFIXES = (".toml", ".json")
 
 
@@ -92,7 +92,7 @@ def _document_module(hash_: str, path: str, source: str) -> types.ModuleType:
     Function steps, tools and merge functions need Python and are refused; output schemas named
     `module:Class` are imported, with the file's directory on sys.path.
     """
-    from tagent_client import export  # noqa: PLC0415 - only documents need it
+    from tagent_client.define import export  # noqa: PLC0415 - only documents need it
 
     reader = export.from_toml if path.lower().endswith(".toml") else export.from_json
     folder = os.path.dirname(os.path.abspath(path))

@@ -37,16 +37,17 @@ from typing import Any
 import msgspec
 import zmq
 
-from tagent_client.context import StepContext
+from tagent_client.core.events import Event, StepFailed, StepTimedOut
+from tagent_client.core.state import ErrorInfo, Phase
+from tagent_client.define.pipeline import Pipeline
+from tagent_client.define.plan import StepKind
+from tagent_client.define.step import schema_ref
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, describe, is_retryable
-from tagent_client.events import Event, StepFailed, StepTimedOut
-from tagent_client.llm import LLMConfig, LLMRuntime
-from tagent_client.local import run_task
-from tagent_client.pipeline import Pipeline, schema_ref
-from tagent_client.plan import StepKind
-from tagent_client.runners import coerce_inputs
-from tagent_client.runners.function import sync_call_running
-from tagent_client.state import ErrorInfo, Phase
+from tagent_client.run.context import StepContext
+from tagent_client.run.llm import LLMConfig, LLMRuntime
+from tagent_client.run.local import run_task
+from tagent_client.run.runners.execute import coerce_inputs
+from tagent_client.run.runners.function import sync_call_running
 from tagentd.worker import lifeline, wire
 from tagentd.worker.args import parse_args
 from tagentd.worker.link import ENCODE_ERRORS, WorkerLink

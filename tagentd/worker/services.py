@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tagent_client.core.result import to_builtins
 from tagent_client.errors import TagentError, error_from_wire
-from tagent_client.protocol_broker import BrokerRequest, StepRef
-from tagent_client.result import to_builtins
+from tagent_client.wire.protocol_broker import BrokerRequest, StepRef
 from tagentd.worker import wire
 from tagentd.worker.link import WorkerLink
 

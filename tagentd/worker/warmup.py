@@ -3,7 +3,7 @@
 Importing pydantic-ai is not all a first agent step waits for: building its message type adapters, the
 OpenAI client's response models and the output tool's schema take another 0.3-0.7 s (seconds on a busy
 machine) the first time. `warm_agent_path` runs a one-step agent pipeline through the same runner as a real
-step (`tagent_client.local.run_task`: agent, OpenAI chat model, output validation, usage and price, transcript),
+step (`tagent_client.run.local.run_task`: agent, OpenAI chat model, output validation, usage and price, transcript),
 against an httpx2 MockTransport (the HTTP client the OpenAI SDK uses) that answers like an OpenAI-compatible server. No socket, no network, no thread
 left behind: the worker template calls it before it forks (see tagentd.executor.template).
 """
@@ -45,13 +45,14 @@ async def _one_step() -> None:
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
-    from tagent_client.context import LocalServices, StepContext
-    from tagent_client.events import Dispatch, StepSucceeded
-    from tagent_client.llm import LLMRuntime
-    from tagent_client.local import run_task
-    from tagent_client.pipeline import Pipeline
-    from tagent_client.runners.models import BuiltModel, LimitedModel
-    from tagent_client.state import Phase
+    from tagent_client.core.events import Dispatch, StepSucceeded
+    from tagent_client.core.state import Phase
+    from tagent_client.define.pipeline import Pipeline
+    from tagent_client.run.context import StepContext
+    from tagent_client.run.llm import LLMRuntime
+    from tagent_client.run.local import run_task
+    from tagent_client.run.runners.models import BuiltModel, LimitedModel
+    from tagent_client.run.services import LocalServices
 
     class Note(BaseModel):
         text: str

@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 
-from tagent_client.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
-from tagent_client.plan import Plan
-from tagent_client.protocol_broker import AnyBrokerRequest, StepRef
+from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
+from tagent_client.define.plan import Plan
+from tagent_client.wire.protocol_broker import AnyBrokerRequest, StepRef
 from tagentd.worker.lifeline import EXIT_ORPHANED
 
 

@@ -1,0 +1,1 @@
+"""The `tagent` command (main.py); `python -m tagent_client.cli` runs it too."""

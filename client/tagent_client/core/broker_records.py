@@ -1,0 +1,131 @@
+"""What the broker keeps, as msgspec data: the messages, dead letters, space entries and access-log lines it
+hands to steps and clients as they are, and the records of every change it journals.
+
+The broker's core (`broker.py`, `mailbox.py`, `space.py`) holds these; the control protocol
+(`wire/protocol_broker.py`) carries them; the daemon's broker store frames and fsyncs the
+journal records (`CoreRecord`), and replays them with `BrokerCore.apply`.
+"""
+
+# Annotations stay real objects (no `from __future__ import annotations`): msgspec would otherwise
+# eval each one as a string when the decoders are built, ~2 ms of every command's start.
+
+from typing import Any
+
+import msgspec
+
+# -- what a step or a client sees -----------------------------------------------------------
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """A direct message in a pipeline's mailbox.
+
+    `deliveries` counts leases, this one included; `failures` counts the attempts that held it and failed
+    (durable: at `max_deliveries` failures the message becomes a dead letter).
+    """
+
+    id: str
+    sender: str
+    payload: Any = None
+    ts: float = 0.0
+    seq: int = 0
+    mailbox: str = ""
+    deliveries: int = 0
+    failures: int = 0
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A message whose delivery failed `max_deliveries` times: kept aside, with the last error, until it is
+    requeued or dropped."""
+
+    message: Message
+    error: str
+    dead_at: float = 0.0
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """One key of a shared space: its value and version (1 on creation, +1 on every write)."""
+
+    key: str
+    value: Any = None
+    version: int = 0
+
+
+class AccessEntry(msgspec.Struct, kw_only=True, array_like=True):
+    """One line of a space's access log; `reason` says why an access did not happen (empty when `ok`).
+
+    Reasons: "missing" (no such key), "conflict" (the key was at another version than expected),
+    "denied" (the space's allow-list). Entries written before reasons existed have none.
+    """
+
+    ts: float
+    who: str
+    op: str
+    key: str = ""
+    version: int = 0
+    ok: bool = True
+    reason: str = ""
+
+
+# -- journal records ---------------------------------------------------------------------------
+
+
+class Record(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of the core's change records (the broker store frames and fsyncs them)."""
+
+
+class MessageSent(Record, tag="sent"):
+    message: Message
+
+
+class MessagesAcked(Record, tag="acked"):
+    mailbox: str
+    ids: list[str]
+
+
+class EntryWritten(Record, tag="written"):
+    space: str
+    entry: Entry
+    log: AccessEntry | None = None
+
+
+class EntryDeleted(Record, tag="deleted"):
+    space: str
+    key: str
+    version: int
+    log: AccessEntry | None = None
+
+
+class AccessLogged(Record, tag="logged"):
+    """A read (or a refused write) in a space's access log; written without its own fsync."""
+
+    space: str
+    log: AccessEntry
+
+
+class DeliveryFailed(Record, tag="delivery_failed"):
+    """The attempt holding these messages failed (their `failures` grow); written without its own fsync."""
+
+    mailbox: str
+    ids: list[str]
+
+
+class MessageDead(Record, tag="dead"):
+    """A message failed its last allowed delivery and became a dead letter."""
+
+    mailbox: str
+    letter: DeadLetter
+
+
+class DeadRequeued(Record, tag="dead_requeued"):
+    mailbox: str
+    ids: list[str]
+
+
+class DeadDropped(Record, tag="dead_dropped"):
+    mailbox: str
+    ids: list[str]
+
+
+CoreRecord = (MessageSent | MessagesAcked | EntryWritten | EntryDeleted | AccessLogged | DeliveryFailed | MessageDead
+              | DeadRequeued | DeadDropped)
+UNSYNCED = (AccessLogged, DeliveryFailed)  # a crash may lose the newest of these: a log line, one failure count

@@ -1,0 +1,398 @@
+"""The run state machine: pure scheduling, no I/O, no clocks, no sleeping.
+
+`RunMachine` takes a `Plan` and events (with the current time passed in) and
+returns actions. The in-process runner and the daemon only carry actions out,
+so every scheduling rule (docs/semantics.md) is decided here, once.
+
+Guarantees:
+- a step is dispatched as soon as its dependencies allow, never later;
+- SERIAL steps of a run never overlap; at most `max_concurrent_steps` tasks run;
+- events for an attempt that is no longer current are ignored (at-least-once safe);
+- every step ends in exactly one terminal state, and the run always finishes:
+  if nothing is running, waiting or runnable the run fails with a diagnostic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from ..define.conditions import MISSING, condition_from_data, lookup_path
+from ..define.plan import ExecutionMode, Plan, StepSpec
+from .events import (
+    Action,
+    Cancelled,
+    CancelTask,
+    Dispatch,
+    Emit,
+    Event,
+    Finish,
+    Persist,
+    ScheduleRetry,
+    StepFailed,
+    StepInterrupted,
+    StepSucceeded,
+    StepTimedOut,
+    TimerFired,
+    WorkerLost,
+)
+from .rules import backoff_delay, upstream
+from .run_index import RunIndex
+from .state import MAX_TRANSCRIPTS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus
+
+_LIVE_TASK = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_RETRY)
+
+
+class RunMachine:
+    """One run of one plan. Feed it `start`, then `handle(event, now)`; carry out what it returns.
+
+    Besides the persisted `state`, the machine keeps derived indexes (`index`: tasks
+    per step, queued / running / waiting tasks, busy SERIAL steps, steps to look at)
+    so one event costs time in proportion to what it changes, not to the size
+    of the run. `take_changes()` tells a store which steps and tasks changed.
+    """
+
+    def __init__(self, plan: Plan, state: RunState, *, rng: random.Random | None = None) -> None:
+        self.plan = plan
+        self.state = state
+        self.specs: dict[str, StepSpec] = {s.name: s for s in plan.steps}
+        self._order = {s.name: i for i, s in enumerate(plan.steps)}
+        self.rng = rng or random.Random()
+        self._conditions = {s.name: condition_from_data(s.condition) for s in plan.steps if s.condition}
+        dependents: dict[str, list[str]] = {s.name: [] for s in plan.steps}
+        for spec in plan.steps:
+            for dep in spec.deps:
+                dependents[dep].append(spec.name)
+        self.index = RunIndex(state, self.specs, dependents)
+        self.held = False
+
+    @classmethod
+    def new(cls, plan: Plan, run_id: str, *, params: Mapping[str, Any] | None = None, now: float = 0.0,
+            rng: random.Random | None = None) -> RunMachine:
+        state = RunState(run_id=run_id, pipeline=plan.name, params=dict(params or {}), created_at=now,
+                         steps={s.name: StepState(name=s.name) for s in plan.steps})
+        return cls(plan, state, rng=rng)
+
+    # -- public interface ----------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.state.status.finished
+
+    def start(self, now: float) -> list[Action]:
+        """Begin a new run."""
+        self.state.status = RunStatus.RUNNING
+        self.state.started_at = self.state.started_at or now
+        out: list[Action] = [Persist(), Emit(topic="run.started", data=self._ev())]
+        return out + self._advance(now)
+
+    def recover(self, now: float) -> list[Action]:
+        """Continue after a crash: in-flight attempts run again (attempt + 1), pending retries keep their time."""
+        out: list[Action] = []
+        for task in list(self.state.tasks.values()):
+            if task.status is TaskStatus.RUNNING:
+                task.interrupted += 1
+                self.index.task_to(task, TaskStatus.QUEUED)
+            elif task.status is TaskStatus.WAITING_RETRY and task.retry_at is not None:
+                out.append(ScheduleRetry(task=task.id, at=task.retry_at))
+        self.state.status = RunStatus.RUNNING
+        self.state.started_at = self.state.started_at or now
+        return [Persist(), *out, *self._advance(now)]
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event; stale or unknown events change nothing and return []."""
+        if self.finished:
+            return []
+        if isinstance(event, TimerFired):
+            return self._timer_fired(now)
+        if isinstance(event, Cancelled):
+            return self._cancel_run(event.reason, now, RunStatus.CANCELLED)
+        task = self.index.running.get(event.task)
+        if task is None or task.attempt != event.attempt:
+            return []
+        spec = self.specs[task.step]
+        if isinstance(event, (StepSucceeded, StepFailed)) and (event.usage is not None or event.transcript is not None):
+            step = self.state.steps[task.step]
+            step.usage = step.usage.add(event.usage)
+            if event.transcript is not None:
+                entry = {**event.transcript, "attempt": task.attempt, "item": task.item_index,
+                         "status": "succeeded" if isinstance(event, StepSucceeded) else "failed"}
+                step.transcript = [*step.transcript, entry][-MAX_TRANSCRIPTS:]
+            self.index.changed_steps.add(task.step)
+        if isinstance(event, StepSucceeded):
+            return self._task_succeeded(task, event.output, now)
+        if isinstance(event, StepFailed):
+            return self._task_failed(task, event.error, now)
+        if isinstance(event, StepTimedOut):
+            limit = event.timeout if event.timeout is not None else spec.timeout
+            msg = f"step {task.step!r} timed out after {limit:g}s (attempt {task.attempt})" if limit else f"step {task.step!r} timed out"
+            return self._task_failed(task, ErrorInfo(type="StepTimeoutError", message=msg, retryable=True), now)
+        if isinstance(event, WorkerLost):
+            msg = f"worker running step {task.step!r} attempt {task.attempt} was lost: {event.reason}"
+            return self._task_failed(task, ErrorInfo(type="WorkerLostError", message=msg, retryable=True), now)
+        if isinstance(event, StepInterrupted):
+            return self._task_interrupted(task, event.reason, now)
+        return []
+
+    def hold(self) -> None:
+        """Dispatch nothing from now on (the daemon is stopping): ready tasks stay QUEUED and due retries
+        WAITING_RETRY, so the checkpoint shows them as not started; events are still handled."""
+        self.held = True
+
+    def next_timer(self) -> float | None:
+        """The earliest pending retry time, if any."""
+        times = [t.retry_at for t in self.index.waiting.values() if t.retry_at is not None]
+        return min(times) if times else None
+
+    def running_tasks(self) -> list[TaskState]:
+        return list(self.index.running.values())
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """Names of steps and ids of tasks changed since the last call (a task id absent from state was removed)."""
+        return self.index.take_changes()
+
+    def reset(self, steps: list[str], now: float) -> list[Action]:
+        """Run `steps` again (resume / retry): they and their dependents go back to PENDING."""
+        todo = self.index.downstream(steps)
+        for name in todo:
+            old = self.state.steps[name]
+            self.state.steps[name] = StepState(name=name, attempts=old.attempts, attempts_before=old.attempts,
+                                               usage=old.usage, transcript=old.transcript)
+            self.index.changed_steps.add(name)
+            for tid in list(self.index.tasks_of[name]):
+                del self.state.tasks[tid]
+                self.index.changed_tasks.add(tid)
+        self.state.status = RunStatus.RUNNING
+        self.state.finished_at = None
+        self.state.error = None
+        self.index.rebuild()
+        return [Persist(), Emit(topic="run.resumed", data=self._ev(steps=sorted(todo)))] + self._advance(now)
+
+    # -- transitions -----------------------------------------------------------------
+
+    def _task_succeeded(self, task: TaskState, output: Any, now: float) -> list[Action]:
+        task.output, task.finished_at, task.error = output, now, None
+        self.index.task_to(task, TaskStatus.SUCCEEDED)
+        step = self.state.steps[task.step]
+        spec = self.specs[task.step]
+        if task.phase is Phase.CONDITION:
+            self.index.drop_tasks(task.step, Phase.CONDITION)
+            self.index.changed_steps.add(task.step)
+            self.index.candidates.add(task.step)
+            out: list[Action] = []
+            if output:
+                step.condition_passed = True
+            else:
+                out += self._skip(task.step, f"condition false: {spec.name}'s callable condition returned {output!r}", now)
+            return out + self._advance(now)
+        if task.phase is Phase.RUN and task.item_index is not None:
+            items = [t for t in self.index.tasks_of[task.step].values() if t.phase is Phase.RUN]
+            if any(t.status is not TaskStatus.SUCCEEDED for t in items):
+                return [Persist()] + self._advance(now)
+            if spec.has_merge:
+                self.index.add_task(task.step, Phase.MERGE, None)
+                return [Persist()] + self._advance(now)
+            output = self.index.item_outputs(task.step)
+        return self._complete(task.step, output, now) + self._advance(now)
+
+    def _complete(self, name: str, output: Any, now: float) -> list[Action]:
+        step = self.state.steps[name]
+        step.output, step.error = output, None
+        self.index.set_step(name, StepStatus.COMPLETED, now)
+        self.index.drop_tasks(name)
+        return [Persist(), Emit(topic="step.completed", data=self._ev(step=name, attempts=step.attempts))]
+
+    def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
+        spec = self.specs[task.step]
+        step = self.state.steps[task.step]
+        task.error, task.finished_at = error, now
+        failures = task.attempt - step.attempts_before - task.interrupted
+        if error.retryable and failures <= spec.retry.max_retries:
+            task.retry_at = now + backoff_delay(spec.retry, failures, self.rng)
+            self.index.task_to(task, TaskStatus.WAITING_RETRY)
+            if task.phase is not Phase.CONDITION:  # a condition retry leaves its step PENDING: it has not started
+                self.index.set_step(task.step, StepStatus.RETRYING, now)
+            ev = self._ev(step=task.step, attempt=task.attempt, error=str(error), retry_at=task.retry_at, charged=True)
+            return [Persist(), Emit(topic="step.retrying", data=ev), ScheduleRetry(task=task.id, at=task.retry_at)] + self._advance(now)
+        self.index.task_to(task, TaskStatus.FAILED)
+        out: list[Action] = []
+        for sibling in list(self.index.tasks_of[task.step].values()):
+            if sibling.status in _LIVE_TASK:
+                if sibling.status is TaskStatus.RUNNING:
+                    out.append(CancelTask(task=sibling.id, attempt=sibling.attempt))
+                self.index.task_to(sibling, TaskStatus.CANCELLED)
+        step.error = error
+        self.index.set_step(task.step, StepStatus.FAILED, now)
+        out += [Persist(), Emit(topic="step.failed", data=self._ev(step=task.step, attempt=task.attempt, error=str(error)))]
+        if self.plan.fail_fast and spec.required:
+            return out + self._cancel_run(f"fail_fast: step {task.step!r} failed: {error}", now, RunStatus.FAILED)
+        return out + self._advance(now)
+
+    def _task_interrupted(self, task: TaskState, reason: str, now: float) -> list[Action]:
+        """Queue the task again at once with `interrupted += 1`: the lost attempt uses none of its retries."""
+        task.interrupted += 1
+        task.error = ErrorInfo(type="WorkerLostError", retryable=True,
+                               message=f"worker running step {task.step!r} attempt {task.attempt} was lost: {reason}")
+        self.index.task_to(task, TaskStatus.QUEUED)
+        ev = self._ev(step=task.step, attempt=task.attempt, error=str(task.error), retry_at=now, charged=False)
+        return [Persist(), Emit(topic="step.retrying", data=ev)] + self._advance(now)
+
+    def _skip(self, name: str, reason: str, now: float) -> list[Action]:
+        step = self.state.steps[name]
+        step.skip_reason = reason
+        self.index.set_step(name, StepStatus.SKIPPED, now)
+        return [Persist(), Emit(topic="step.skipped", data=self._ev(step=name, reason=reason))]
+
+    def _fail_step(self, name: str, message: str, now: float) -> list[Action]:
+        step = self.state.steps[name]
+        step.error = ErrorInfo(type="DependencyError", message=message)
+        self.index.set_step(name, StepStatus.FAILED, now)
+        out: list[Action] = [Persist(), Emit(topic="step.failed", data=self._ev(step=name, attempt=0, error=message))]
+        if self.plan.fail_fast and self.specs[name].required:
+            out += self._cancel_run(f"fail_fast: step {name!r} failed: {message}", now, RunStatus.FAILED)
+        return out
+
+    def _cancel_run(self, reason: str, now: float, status: RunStatus) -> list[Action]:
+        out: list[Action] = []
+        for task in [*self.index.running.values(), *self.index.queued.values(), *self.index.waiting.values()]:
+            if task.status is TaskStatus.RUNNING:
+                out.append(CancelTask(task=task.id, attempt=task.attempt))
+            self.index.task_to(task, TaskStatus.CANCELLED)
+        for name, step in self.state.steps.items():
+            if not step.status.terminal:
+                step.skip_reason = reason
+                self.index.set_step(name, StepStatus.CANCELLED, now)
+        return out + self._finish(status, now, reason)
+
+    def _finish(self, status: RunStatus, now: float, error: str | None = None) -> list[Action]:
+        self.state.status = status
+        self.state.finished_at = now
+        self.state.error = error
+        data = self._ev(status=status.value, error=error)
+        return [Persist(), Emit(topic="run.finished", data=data), Finish(status=status)]
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _timer_fired(self, now: float) -> list[Action]:
+        """Start due retries; a timer that fired early (clocks differ) is re-armed, so no retry is ever lost."""
+        out = self._advance(now)
+        if not self.finished and not any(isinstance(a, Dispatch) for a in out):
+            due = self.next_timer()
+            if due is not None and due > now:
+                out.append(ScheduleRetry(task="", at=due))
+        return out
+
+    def _advance(self, now: float) -> list[Action]:
+        if self.finished:
+            return []
+        out: list[Action] = []
+        while self.index.candidates and not self.finished:
+            batch = sorted(self.index.candidates, key=self._order.__getitem__)
+            self.index.candidates.clear()
+            for name in batch:
+                if self.finished:
+                    break
+                if self.state.steps[name].status is StepStatus.PENDING and not self.index.tasks_of[name]:
+                    produced = self._resolve(self.specs[name], now)
+                    if produced:
+                        out += produced
+        if self.finished:
+            return out
+        out += self._dispatch_ready(now)
+        if self.index.open_steps == 0:
+            failed = [n for n, s in self.state.steps.items() if s.status is StepStatus.FAILED and self.specs[n].required]
+            status = RunStatus.FAILED if failed else RunStatus.COMPLETED
+            error = "step(s) failed: " + "; ".join(f"{n} ({self.state.steps[n].error})" for n in failed) if failed else None
+            return out + self._finish(status, now, error)
+        if not (self.index.queued or self.index.running or self.index.waiting):
+            waiting = sorted(n for n, s in self.state.steps.items() if not s.status.terminal)
+            return out + self._cancel_run(f"no progress possible: steps {', '.join(waiting)} can never start (engine diagnostic; please report)", now, RunStatus.FAILED)
+        return out
+
+    def _resolve(self, spec: StepSpec, now: float) -> list[Action] | None:
+        """Decide a PENDING step with no tasks: wait (None), skip, fail, or create its tasks."""
+        verdict = upstream(spec, self.state.steps)
+        if verdict.waiting:
+            return None
+        if verdict.skip is not None:
+            return self._skip(spec.name, verdict.skip, now)
+        if verdict.fail is not None:
+            return self._fail_step(spec.name, verdict.fail, now)
+        inputs = verdict.inputs or {}
+        step = self.state.steps[spec.name]
+        if spec.name in self._conditions and not step.condition_passed:
+            cond = self._conditions[spec.name]
+            if not cond.evaluate(self._scope(inputs)):
+                return self._skip(spec.name, f"condition false: {cond.describe()}", now)
+            step.condition_passed = True
+            self.index.changed_steps.add(spec.name)
+        if spec.condition_is_callable and not step.condition_passed:
+            self.index.add_task(spec.name, Phase.CONDITION, None)
+            return []
+        if spec.mode is ExecutionMode.PARALLEL_MERGE:
+            items = spec.over if isinstance(spec.over, list) else lookup_path(self._scope(inputs), spec.over)
+            if not isinstance(items, (list, tuple)):
+                return self._fail_step(spec.name, f"over={spec.over!r} is {'missing' if items is MISSING else type(items).__name__}, not a list", now)
+            step.items = list(items)
+            self.index.changed_steps.add(spec.name)
+            if not items:
+                if spec.has_merge:
+                    self.index.add_task(spec.name, Phase.MERGE, None)
+                    return []
+                return self._complete(spec.name, [], now)
+            for index in range(len(items)):
+                self.index.add_task(spec.name, Phase.RUN, index)
+            return []
+        self.index.add_task(spec.name, Phase.RUN, None)
+        return []
+
+    def _scope(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {**inputs, "shared": self.plan.shared_context, "params": self.state.params}
+
+    def _dispatch_ready(self, now: float) -> list[Action]:
+        room = self.plan.max_concurrent_steps - len(self.index.running)
+        if room <= 0 or self.held:
+            return []
+        due = list(self.index.queued.values())
+        due += [t for t in self.index.waiting.values() if t.retry_at is not None and t.retry_at <= now]
+        if not due:
+            return []
+        if len(due) > 1:
+            due.sort(key=lambda t: (self._order[t.step], t.item_index or 0))  # definition order, then item order
+        out: list[Action] = []
+        for task in due:
+            if room <= 0:
+                break
+            spec = self.specs[task.step]
+            step = self.state.steps[task.step]
+            if (spec.mode is ExecutionMode.SERIAL and task.phase is Phase.RUN and step.status is StepStatus.PENDING
+                    and self.index.serial_active):
+                continue
+            out += self._dispatch(task, spec, step, now)
+            room -= 1
+        return out
+
+    def _dispatch(self, task: TaskState, spec: StepSpec, step: StepState, now: float) -> list[Action]:
+        announce = task.phase is Phase.RUN and (step.status is StepStatus.PENDING or task.item_index is None)
+        task.attempt += 1
+        task.retry_at, task.started_at = None, now
+        self.index.task_to(task, TaskStatus.RUNNING)
+        if task.phase is not Phase.CONDITION:
+            fan_out = task.item_index is not None or task.phase is Phase.MERGE
+            step.attempts = max(step.attempts, task.attempt) if fan_out else step.attempts + 1
+            self.index.set_step(task.step, StepStatus.RUNNING, now)
+        inputs = {dep: self.state.steps[dep].output for dep in spec.deps}
+        item: Any = None
+        if task.item_index is not None and step.items is not None:
+            item = step.items[task.item_index]
+        elif task.phase is Phase.MERGE:
+            item = self.index.item_outputs(task.step)
+        action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
+                          item=item, item_index=task.item_index, timeout=spec.timeout, isolated=spec.isolated)
+        if announce:
+            return [Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)), action]
+        return [action]
+
+    def _ev(self, **data: Any) -> dict[str, Any]:
+        return {"run_id": self.state.run_id, "pipeline": self.state.pipeline, **data}

@@ -1,0 +1,189 @@
+"""Run state as plain data: what the engine owns and the store checkpoints.
+
+Every type here is a msgspec Struct, so a whole `RunState` encodes to msgpack
+and back without loss (step outputs must themselves be msgpack-able, or
+pydantic models, which encode as their JSON-mode dump).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from typing import Any
+
+import msgspec
+
+STATE_FORMAT = 1
+
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A short id that sorts by creation time: 9 chars of milliseconds + 4 random chars."""
+    ms = int((time.time() if now is None else now) * 1000)
+    stamp = "".join(_ID_ALPHABET[(ms >> (5 * i)) & 31] for i in reversed(range(9)))
+    rand = int.from_bytes(os.urandom(3), "big")
+    return stamp + "".join(_ID_ALPHABET[(rand >> (5 * i)) & 31] for i in range(4))
+
+
+class RunStatus(str, enum.Enum):
+    """Lifecycle of a run. COMPLETED, FAILED and CANCELLED are final."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class StepStatus(str, enum.Enum):
+    """Lifecycle of a step. COMPLETED, FAILED, SKIPPED and CANCELLED are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL_STEP
+
+
+_TERMINAL_STEP = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})
+
+#: The one place that says which step transitions are legal.
+STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
+    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}),
+    StepStatus.RUNNING: frozenset({StepStatus.RETRYING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED}),
+    StepStatus.RETRYING: frozenset({StepStatus.RUNNING, StepStatus.FAILED, StepStatus.CANCELLED}),
+    StepStatus.COMPLETED: frozenset({StepStatus.PENDING}),
+    StepStatus.FAILED: frozenset({StepStatus.PENDING}),
+    StepStatus.SKIPPED: frozenset({StepStatus.PENDING}),
+    StepStatus.CANCELLED: frozenset({StepStatus.PENDING}),
+}
+
+
+class Phase(str, enum.Enum):
+    """What a task computes for its step: the step itself, its callable condition, or its merge."""
+
+    RUN = "run"
+    CONDITION = "condition"
+    MERGE = "merge"
+
+
+class TaskStatus(str, enum.Enum):
+    """Lifecycle of one unit of work (a step attempt, one PARALLEL_MERGE item, a merge)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING_RETRY = "waiting_retry"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """LLM usage of a step attempt (or a sum of them). Function steps have all zeros."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+    tool_calls: int = 0
+    cost: float = 0.0
+
+    def add(self, other: Usage | None) -> Usage:
+        if other is None:
+            return self
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            requests=self.requests + other.requests,
+            tool_calls=self.tool_calls + other.tool_calls,
+            cost=self.cost + other.cost,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    """Why an attempt failed: exception type name, one-line message, whether retrying may help."""
+
+    type: str
+    message: str
+    retryable: bool = False
+    traceback: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+class TaskState(msgspec.Struct, kw_only=True):
+    """One unit of work of a step. `attempt` is the number of its latest attempt (counting on from its step's
+    `attempts_before`); `interrupted` of its attempts were cut by a crash."""
+
+    id: str
+    step: str
+    phase: Phase = Phase.RUN
+    item_index: int | None = None
+    status: TaskStatus = TaskStatus.QUEUED
+    attempt: int = 0
+    interrupted: int = 0
+    retry_at: float | None = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+MAX_TRANSCRIPTS = 5
+
+
+class StepState(msgspec.Struct, kw_only=True):
+    """A step's progress within one run.
+
+    `attempts` counts the step's attempts over the whole run, across resume and
+    retry; `attempts_before` is how many it had when it was last reset (its tasks
+    number their attempts on from there, so `ctx.attempt` and `attempts` agree).
+    `transcript` holds the last MAX_TRANSCRIPTS agent attempts, oldest first, each
+    `{attempt, item, status, model, messages}` (messages: see tagent_client.run.transcript).
+    """
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    attempts_before: int = 0
+    output: Any = None
+    error: ErrorInfo | None = None
+    skip_reason: str | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    items: list[Any] | None = None
+    condition_passed: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    transcript: list[dict[str, Any]] = []
+
+
+class RunState(msgspec.Struct, kw_only=True):
+    """Everything the engine knows about one run; rebuilding a machine from it resumes the run."""
+
+    format: int = STATE_FORMAT
+    run_id: str
+    pipeline: str
+    status: RunStatus = RunStatus.PENDING
+    params: dict[str, Any] = {}
+    steps: dict[str, StepState] = {}
+    tasks: dict[str, TaskState] = {}
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None

@@ -1,0 +1,1 @@
+"""How users describe pipelines: `Pipeline` and its steps, conditions, the `Plan` they become, documents."""

@@ -1,0 +1,271 @@
+"""Defining pipelines: `Pipeline`, the fluent builder, validation and documents.
+
+A `Pipeline` holds the user's objects (functions, tools, pydantic schemas) and its
+steps (`step.py`). `Pipeline.plan()` turns it into a `Plan`: plain data the engine
+schedules from and the daemon checkpoints. `Pipeline.validate()` reports every
+problem at once (the checks are in `validation.py`). `to_json` / `from_toml` and
+the like write and read documents (`document.py`, `rebuild.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+from ..bounds import NAME_MAX
+from ..errors import PipelineValidationError, shorten
+from . import binding
+from .conditions import Condition
+from .plan import Plan, RetrySpec, StepSpec
+from .step import PipelineStep, callable_name, function_ref, schema_ref
+from .validation import NAME, cycles, is_count, parameter_problems, step_problems
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """A named DAG of steps, built fluently:
+
+        p = Pipeline("research")
+        p.step("search", goal="Find facts", output_schema=Facts)
+        p.step("report", goal="Write it up", depends_on=["search"])
+
+    or with `@p.task(...)` on a function. Nothing runs until the pipeline is handed
+    to `run_pipeline`, `run_agent` or the daemon; `validate()` checks it first.
+    `params=["company", ...]` declares the submit params its functions take by name,
+    so that `validate()` can tell a misspelt parameter from a param (`validation.py`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str | None = None,
+        *,
+        global_constraints: Iterable[str] = (),
+        shared_context: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        tools: Iterable[Callable[..., Any]] = (),
+        max_concurrent_steps: int = 16,
+        fail_fast: bool = False,
+        triggers: Iterable[str] = (),
+        capabilities: Iterable[str] = (),
+        params: Iterable[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.global_constraints = list(global_constraints)
+        self.shared_context = dict(shared_context or {})
+        self.model = model
+        self.tools: list[Callable[..., Any]] = list(tools)
+        self.max_concurrent_steps = max_concurrent_steps
+        self.fail_fast = fail_fast
+        self.triggers = list(triggers)
+        self.capabilities = list(capabilities)
+        #: The submit params the steps may take by name; None: not declared (see `validation`).
+        self.params = None if params is None else [params] if isinstance(params, str) else list(params)
+        self.steps: dict[str, PipelineStep] = {}
+        self._duplicates: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, steps={list(self.steps)})"
+
+    # -- building -------------------------------------------------------------
+
+    def add_step(self, step: PipelineStep) -> Pipeline:
+        """Add a ready-made step; returns the pipeline for chaining."""
+        if step.name in self.steps:
+            self._duplicates.append(step.name)
+        else:
+            self.steps[step.name] = step
+        return self
+
+    def step(self, name: str, goal: str | None = None, **options: Any) -> Pipeline:
+        """Add a step by keywords (see `PipelineStep`); returns the pipeline for chaining."""
+        return self.add_step(PipelineStep(name=name, goal=goal, **options))
+
+    def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any) -> Any:
+        """Decorator: make a function a step named after it (or `name=`).
+
+        Parameters named `ctx` get the StepContext; parameters named after dependencies
+        get their outputs; `item` gets the current item of a PARALLEL_MERGE step; any
+        other name without a default gets the submit param of that name (`binding.py`).
+        """
+
+        def register(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.add_step(PipelineStep(name=name or func.__name__, fn=func, **options))
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def tool(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: offer a function as a tool to every agent step (subject to `tools_filter`)."""
+        self.tools.append(fn)
+        return fn
+
+    # -- checking -------------------------------------------------------------
+
+    def problems(self, params: Collection[str] | None = None) -> list[str]:
+        """Every problem with the definition, one precise line each; empty when valid.
+
+        `params`: the submit params a run will get (names, or the params themselves); function-step
+        parameters are then checked against exactly these (see `validation` for what is checked without).
+        """
+        found: list[str] = []
+        if isinstance(self.name, str) and len(self.name) > NAME_MAX:
+            found.append(f"pipeline name {shorten(self.name)!r} is too long: names have at most {NAME_MAX} characters")
+        elif not isinstance(self.name, str) or not NAME.match(self.name):
+            found.append(f"pipeline name {self.name!r} must start with a letter or _ and use only letters, digits, _ and -")
+        if not self.steps:
+            found.append("pipeline has no steps")
+        for name in dict.fromkeys(self._duplicates):
+            found.append(f"duplicate step name {name!r}: each step needs a unique name")
+        if not (is_count(self.max_concurrent_steps) and self.max_concurrent_steps >= 1):
+            found.append(f"max_concurrent_steps must be a positive integer, got {self.max_concurrent_steps!r}")
+        if self.params is not None and not (isinstance(self.params, list) and all(isinstance(n, str) for n in self.params)):
+            found.append(f"params must be a list of param names, got {self.params!r}")
+        pipeline_tools = {callable_name(t) for t in self.tools}
+        for step in self.steps.values():
+            found.extend(step_problems(step, self.steps, pipeline_tools))
+            found.extend(parameter_problems(step, self.steps, self.params, params))
+        found.extend(f"dependency cycle: {' -> '.join(c)}" for c in cycles(self.steps))
+        finals = [s.name for s in self.steps.values() if s.final]
+        if len(finals) > 1:
+            found.append(f"only one step may be final=True, got {', '.join(finals)}")
+        return found
+
+    def validate(self, params: Collection[str] | None = None) -> Pipeline:
+        """Raise PipelineValidationError listing every problem; return self when valid (`params`: see `problems`)."""
+        found = self.problems(params)
+        if found:
+            raise PipelineValidationError(self.name, found)
+        return self
+
+    # -- describing ---------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """The validated, declarative form of this pipeline (what the engine runs)."""
+        self.validate()
+        pipeline_tools = [callable_name(t) for t in self.tools]
+        specs = []
+        for step in self.steps.values():
+            cond = step.condition
+            specs.append(
+                StepSpec(
+                    name=step.name,
+                    kind=step.kind,
+                    deps=step.dependencies,
+                    mode=step.execution_mode,
+                    goal=step.goal,
+                    description=step.description,
+                    constraints=list(step.constraints),
+                    model=step.model,
+                    output_retries=step.output_retries,
+                    tool_retries=step.tool_retries,
+                    tools=pipeline_tools + [callable_name(t) for t in step.tools],
+                    tools_filter=list(step.tools_filter) if step.tools_filter is not None else None,
+                    output_schema=schema_ref(step.output_schema) if step.output_schema is not None else None,
+                    timeout=step.timeout,
+                    isolated=step.isolated,
+                    retry=RetrySpec(
+                        max_retries=step.max_retries,
+                        delay=step.retry_delay,
+                        backoff=step.retry_backoff,
+                        max_delay=step.retry_max_delay,
+                        jitter=step.retry_jitter,
+                    ),
+                    condition=cond.to_data() if isinstance(cond, Condition) else None,
+                    condition_is_callable=cond is not None and not isinstance(cond, Condition),
+                    over=list(step.over) if isinstance(step.over, tuple) else step.over,
+                    has_merge=step.merge is not None,
+                    data_fields={k: list(v) for k, v in step.data_fields.items()},
+                    required=step.required,
+                    final=step.final,
+                    runner=step.runner,
+                    function=function_ref(step.fn) if step.fn is not None else None,
+                    needs_params=binding.param_names(step.fn, step.dependencies) if step.fn is not None else [],
+                )
+            )
+        return Plan(
+            name=self.name,
+            description=self.description,
+            steps=specs,
+            global_constraints=list(self.global_constraints),
+            shared_context=dict(self.shared_context),
+            model=self.model,
+            max_concurrent_steps=self.max_concurrent_steps,
+            fail_fast=self.fail_fast,
+            triggers=list(self.triggers),
+            capabilities=list(self.capabilities),
+            params=list(self.params) if self.params is not None else None,
+        )
+
+    # -- documents (document.py: the format; rebuild.py: the steps read back) ------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """This pipeline's plan as plain data, the form JSON and TOML documents hold."""
+        from .document import plan_to_dict
+
+        return plan_to_dict(self.plan())
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """This pipeline as a JSON document."""
+        from .document import plan_to_json
+
+        return plan_to_json(self.plan(), indent=indent)
+
+    def to_toml(self) -> str:
+        """This pipeline as a TOML document."""
+        from .document import plan_to_toml
+
+        return plan_to_toml(self.plan())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, resolve_schemas: bool = True, resolve_functions: bool = False,
+                  source: str = "pipeline data") -> Pipeline:
+        """A validated pipeline from plain data; `rebuild.py` says what gets imported. `source` names the
+        document in errors (`PipelineLoadError`: malformed; `PipelineValidationError`: invalid)."""
+        from .document import plan_from_dict
+        from .rebuild import steps_from_plan
+
+        plan = plan_from_dict(data, source=source)
+        p = cls(
+            plan.name,
+            plan.description,
+            global_constraints=plan.global_constraints,
+            shared_context=plan.shared_context,
+            model=plan.model,
+            max_concurrent_steps=plan.max_concurrent_steps,
+            fail_fast=plan.fail_fast,
+            triggers=plan.triggers,
+            capabilities=plan.capabilities,
+            params=plan.params,
+        )
+        for step in steps_from_plan(plan, source, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions):
+            p.add_step(step)
+        return p.validate()
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False,
+                  source: str = "pipeline JSON") -> Pipeline:
+        """A validated pipeline from a JSON document."""
+        from .document import parse_json
+
+        return cls.from_dict(parse_json(text, source), resolve_schemas=resolve_schemas,
+                             resolve_functions=resolve_functions, source=source)
+
+    @classmethod
+    def from_toml(cls, text: str | bytes, *, resolve_schemas: bool = True, resolve_functions: bool = False,
+                  source: str = "pipeline TOML") -> Pipeline:
+        """A validated pipeline from a TOML document."""
+        from .document import parse_toml
+
+        return cls.from_dict(parse_toml(text, source), resolve_schemas=resolve_schemas,
+                             resolve_functions=resolve_functions, source=source)
+
+    def tools_for(self, step_name: str) -> dict[str, Callable[..., Any]]:
+        """The tools a step may offer its agent: pipeline + step tools, narrowed by tools_filter."""
+        step = self.steps[step_name]
+        tools = {callable_name(t): t for t in [*self.tools, *step.tools]}
+        if step.tools_filter is not None:
+            tools = {n: t for n, t in tools.items() if n in step.tools_filter}
+        return tools

@@ -1,0 +1,104 @@
+"""One step of a pipeline: `PipelineStep`, as the user declares it, and the names it is known by.
+
+A step holds the user's objects (a function, tools, a pydantic schema); `Pipeline.plan()`
+turns each into a `StepSpec` of plain data, naming those objects by `schema_ref`,
+`function_ref` and `callable_name`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .conditions import as_condition
+from .plan import OUTPUT_RETRIES, TOOL_RETRIES, DependencyType, ExecutionMode, RetrySpec, StepKind
+
+_DEFAULT_RETRY = RetrySpec()
+
+
+def _normalise_deps(depends_on: Iterable[str] | Mapping[str, Any] | str | None) -> dict[str, DependencyType]:
+    if depends_on is None:
+        return {}
+    if isinstance(depends_on, str):
+        return {depends_on: DependencyType.HARD}
+    if isinstance(depends_on, Mapping):
+        return {str(k): DependencyType(v) for k, v in depends_on.items()}
+    return {str(name): DependencyType.HARD for name in depends_on}
+
+
+def schema_ref(schema: type) -> str:
+    """`module:QualName` of a schema class, the form plans and exports refer to it by."""
+    return f"{schema.__module__}:{schema.__qualname__}"
+
+
+@dataclasses.dataclass(eq=False)
+class PipelineStep:
+    """One step: an LLM agent (`goal=`) or a Python function (`fn=`).
+
+    `depends_on` is a list of step names (all HARD) or a mapping name → DependencyType.
+    `max_retries` counts retries after the first attempt; only retryable errors are retried.
+    Agent steps: `output_retries` is how often output that fails `output_schema` is sent back to the
+    model; `tool_retries` how often in a row one tool may fail (its error goes back to the model).
+    `isolated=True`: in the daemon, each attempt runs alone in a worker process started for it (docs/semantics.md).
+    """
+
+    name: str
+    goal: str | None = None
+    fn: Callable[..., Any] | None = None
+    depends_on: Iterable[str] | Mapping[str, Any] | str | None = None
+    execution_mode: ExecutionMode = ExecutionMode.SERIAL
+    description: str | None = None
+    constraints: list[str] = dataclasses.field(default_factory=list)
+    timeout: float | None = None
+    isolated: bool = False
+    max_retries: int = _DEFAULT_RETRY.max_retries
+    retry_delay: float = _DEFAULT_RETRY.delay
+    retry_backoff: float = _DEFAULT_RETRY.backoff
+    retry_max_delay: float = _DEFAULT_RETRY.max_delay
+    retry_jitter: float = _DEFAULT_RETRY.jitter
+    tools: list[Callable[..., Any]] = dataclasses.field(default_factory=list)
+    tools_filter: list[str] | None = None
+    output_schema: Any = None
+    model: str | None = None
+    output_retries: int = OUTPUT_RETRIES
+    tool_retries: int = TOOL_RETRIES
+    condition: Any = None
+    over: Any = None
+    merge: Callable[..., Any] | None = None
+    data_fields: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    required: bool = True
+    final: bool = False
+    runner: str | None = None
+
+    def __post_init__(self) -> None:
+        self.depends_on = _normalise_deps(self.depends_on)
+        self.execution_mode = ExecutionMode(self.execution_mode)
+        if isinstance(self.constraints, str):
+            self.constraints = [self.constraints]
+        if self.condition is not None:
+            self.condition = as_condition(self.condition)
+        if self.condition is not None and self.execution_mode is ExecutionMode.SERIAL:
+            self.execution_mode = ExecutionMode.CONDITIONAL
+
+    @property
+    def kind(self) -> StepKind:
+        if self.runner == "tagent":
+            return StepKind.TAGENT
+        return StepKind.FUNCTION if self.fn is not None else StepKind.AGENT
+
+    @property
+    def dependencies(self) -> dict[str, DependencyType]:
+        return dict(self.depends_on)  # type: ignore[arg-type]
+
+
+def callable_name(fn: Callable[..., Any]) -> str:
+    """The name a function (or callable object) is known by: as a tool, and in messages."""
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def function_ref(fn: Callable[..., Any]) -> str:
+    """`module:qualname` of a step function, the form plans and exports refer to it by."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or callable_name(fn)
+    return f"{module}:{qualname}"

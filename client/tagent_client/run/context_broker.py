@@ -1,0 +1,146 @@
+"""What a step can do with the broker: `ctx.send/receive/ack/publish/wait_for_event/space/discover`.
+
+`StepContext` inherits these from `BrokerAbilities`; each call becomes one broker
+request (protocol_broker) handed to the run's services — the daemon over the
+worker's socket, or the in-process `LocalBroker`. Guarantees (docs/broker.md):
+
+- `send` returns once the message is durable. Its default id is derived from
+  (run, task, n-th send of this attempt), so a step re-run after a crash sends
+  the same ids again and they are dropped as duplicates; pass `id=` to choose.
+- `receive` leases a message to this attempt: it is acknowledged when the
+  attempt succeeds (or at `ack`), and offered again if the attempt fails, its
+  worker dies or the daemon restarts (at-least-once: dedupe by `message.id`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..core.broker_records import Entry, Message
+from ..core.result import to_builtins
+from ..wire import protocol_broker as b
+from ..wire.protocol import EventRecord
+from ..wire.protocol_broker import RegistryEntry, StepRef
+
+if TYPE_CHECKING:
+    from .services import RunServices
+
+FOREVER_CHUNK = b.MAX_WAIT
+
+
+class SpaceRef:
+    """One shared space as a step sees it: `await ctx.space("research").get("acme")`."""
+
+    def __init__(self, call: Callable[[b.BrokerRequest], Awaitable[Any]], name: str) -> None:
+        self._call = call  # the step's broker call (BrokerAbilities)
+        self.name = name
+
+    async def get(self, key: str) -> Entry | None:
+        """The key's entry (value and version), or None if it does not exist."""
+        found = await self._call(b.SpaceGet(space=self.name, key=key))
+        return msgspec.convert(found, Entry) if found is not None else None
+
+    async def put(self, key: str, value: Any) -> Entry:
+        """Write `value` (durable when this returns); returns the new entry with its version."""
+        return msgspec.convert(await self._call(b.SpacePut(space=self.name, key=key, value=to_builtins(value))), Entry)
+
+    async def cas(self, key: str, value: Any, expected_version: int) -> bool:
+        """Write only if the key is still at `expected_version` (0: does not exist yet); True if written."""
+        op = b.SpaceCas(space=self.name, key=key, value=to_builtins(value), expected_version=expected_version)
+        return bool((await self._call(op))["ok"])
+
+    async def delete(self, key: str, expected_version: int | None = None) -> bool:
+        """Delete the key (only at `expected_version`, if given); True if it was deleted."""
+        op = b.SpaceDelete(space=self.name, key=key, expected_version=expected_version)
+        return bool((await self._call(op))["deleted"])
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """The space's keys that start with `prefix`, sorted."""
+        return list(await self._call(b.SpaceKeys(space=self.name, prefix=prefix)))
+
+    def __repr__(self) -> str:
+        return f"SpaceRef({self.name!r})"
+
+
+class BrokerAbilities:
+    """Mixed into StepContext; needs `_services`, `run_id`, `pipeline`, `step_name`, `task`, `attempt`, `item_index`."""
+
+    _services: RunServices
+    run_id: str
+    pipeline: str
+    step_name: str
+    task: str
+    attempt: int
+    item_index: int | None
+    _sends: int = 0
+    _step_ref: StepRef | None = None
+
+    @property
+    def step_ref(self) -> StepRef:
+        """Who is calling: this attempt of this task (built once; the fields never change)."""
+        if self._step_ref is None:
+            self._step_ref = StepRef(run_id=self.run_id, pipeline=self.pipeline, step=self.step_name, task=self.task,
+                                     attempt=self.attempt, item_index=self.item_index)
+        return self._step_ref
+
+    async def _call(self, op: b.BrokerRequest, wait: float = 0.0) -> Any:
+        return await self._services.broker(self.step_ref, op, wait)
+
+    async def send(self, to: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002 - the issue's name
+        """Send `payload` to pipeline `to`'s mailbox; returns the message id once the message is durable."""
+        self._sends += 1
+        message_id = id if id is not None else f"{self.run_id}/{self.task}/{self._sends}"
+        result = await self._call(b.SendMessage(to=to, payload=to_builtins(payload), message_id=message_id))
+        return str(result["id"])
+
+    async def receive(self, timeout: float | None = None) -> Message | None:
+        """The oldest message for this pipeline, leased to this attempt; None after `timeout` s (None: wait on)."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            left = FOREVER_CHUNK if deadline is None else max(0.0, min(FOREVER_CHUNK, deadline - time.monotonic()))
+            found = await self._call(b.ReceiveMessage(wait=left), left)
+            if found is not None:
+                return msgspec.convert(found, Message)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    async def ack(self, *messages: Message | str) -> int:
+        """Acknowledge messages now (else they are when this attempt succeeds); returns how many were removed."""
+        by_box: dict[str, list[str]] = {}
+        for message in messages:
+            if isinstance(message, Message):
+                by_box.setdefault(message.mailbox or self.pipeline, []).append(message.id)
+            else:
+                by_box.setdefault(self.pipeline, []).append(str(message))
+        done = 0
+        for mailbox, ids in by_box.items():
+            done += len((await self._call(b.AckMessages(ids=ids, mailbox=mailbox)))["acked"])
+        return done
+
+    async def publish(self, topic: str, data: Any = None) -> None:
+        """Publish an event to subscribers (best effort) and to the triggers it matches (durable)."""
+        await self._call(b.Publish(topic=topic, data=to_builtins(data)))
+
+    async def wait_for_event(self, topic_prefix: str, timeout: float | None = None) -> EventRecord | None:
+        """The next event published after this call whose topic starts with `topic_prefix`; None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            left = FOREVER_CHUNK if deadline is None else max(0.0, min(FOREVER_CHUNK, deadline - time.monotonic()))
+            found = await self._call(b.WaitEvent(prefix=topic_prefix, wait=left), left)
+            if found is not None:
+                return msgspec.convert(found, EventRecord)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def space(self, name: str) -> SpaceRef:
+        """A shared space by name (created on first write)."""
+        return SpaceRef(self._call, name)
+
+    async def discover(self, capability: str | None = None) -> list[RegistryEntry]:
+        """Running (and trigger-registered) pipelines, only those declaring `capability` if given."""
+        found = await self._call(b.ListPipelines(capability=capability))
+        return msgspec.convert(found, list[RegistryEntry])

@@ -1,0 +1,104 @@
+"""The LLM agent runner, on pydantic-ai.
+
+The system prompt is the step's goal plus its own and the pipeline's constraints;
+dependency outputs, shared context, params and the current item go in as one
+JSON document; `output_schema` is the output type (plain text when absent), and
+output that fails validation is sent back to the model up to the step's
+`output_retries` times. The model is the step's, else the pipeline's, else the
+run's (see models.py for model strings, endpoints and limits; tools.py for tools).
+
+Whatever the outcome, the attempt's usage (tokens, requests, tool calls, cost)
+and its scrubbed transcript are left in the `Attempt` record; a failure is
+re-raised marked `retryable` or not for the step's retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ...core.result import to_builtins
+from ...core.state import Usage
+from ...define.pipeline import Pipeline
+from ...define.step import PipelineStep
+from ...errors import ConfigError
+from ..context import StepContext
+from ..llm import LLMRuntime
+from .attempt import Attempt
+from .broker_tools import broker_tools
+from .models import mark, model_for
+from .tools import is_tagent_style, step_tools
+from .usage import attempt_usage
+
+
+def resolve_model(pipeline: Pipeline, step: PipelineStep, default: str | None) -> str:
+    model = step.model or pipeline.model or default
+    if not model:
+        raise ConfigError(
+            f"agent step {step.name!r} of pipeline {pipeline.name!r} has no model: pass model= to the step or "
+            f"Pipeline, run with model='test' (offline) or 'openai:gpt-4o-mini', or set TAGENT_MODEL"
+        )
+    return model
+
+
+def system_prompt(pipeline: Pipeline, step: PipelineStep) -> str:
+    lines = [f"You are one step, {step.name!r}, of the pipeline {pipeline.name!r}.", f"Goal: {step.goal}"]
+    if step.description:
+        lines.append(f"Details: {step.description}")
+    constraints = [*step.constraints, *pipeline.global_constraints]
+    if constraints:
+        lines.append("Constraints:")
+        lines += [f"- {c}" for c in constraints]
+    lines.append("The user message holds the outputs of the steps you depend on and the run's context as JSON.")
+    return "\n".join(lines)
+
+
+def user_prompt(ctx: StepContext) -> str:
+    document = {"inputs": ctx.inputs, "shared": ctx.shared, "params": ctx.params}
+    if ctx.item_index is not None:
+        document["item"] = ctx.item
+    return json.dumps(to_builtins(document), indent=1, default=str)
+
+
+async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model: str | None = None,
+              llm: LLMRuntime | None = None, record: Attempt | None = None) -> tuple[Any, Usage]:
+    from pydantic_ai import Agent, capture_run_messages
+
+    runtime = llm or LLMRuntime.local()
+    record = record if record is not None else Attempt()
+    name = resolve_model(pipeline, step, model)
+    record.model = name
+    built = runtime.models.get(name) or await asyncio.to_thread(model_for, name, runtime)  # first use: off the loop
+    agent = runtime.agents.get((step, name))
+    if agent is None:
+        extra = {**runtime.builtin_tools, **broker_tools(ctx, step)}
+        tools = step_tools(pipeline, step, ctx, extra)
+        agent = Agent(
+            built.model,
+            output_type=step.output_schema or str,
+            system_prompt=system_prompt(pipeline, step),
+            tools=tools,
+            retries={"output": step.output_retries, "tools": step.tool_retries},
+            name=step.name,
+        )
+        if not extra and not any(is_tagent_style(t) for t in pipeline.tools_for(step.name).values()):
+            runtime.agents[(step, name)] = agent  # nothing in it is bound to this attempt: reuse it (~1 ms a step)
+    with capture_run_messages() as messages:
+        try:
+            result = await agent.run(user_prompt(ctx), infer_name=False)
+        except Exception as exc:
+            _keep(record, messages, name, runtime)
+            mark(exc)
+            raise
+    all_messages = result.all_messages()
+    _keep(record, all_messages, name, runtime, tool_calls=result.usage.tool_calls)
+    assert record.usage is not None
+    return result.output, record.usage
+
+
+def _keep(record: Attempt, messages: list[Any], model: str, runtime: LLMRuntime, tool_calls: int | None = None) -> None:
+    from ..transcript import from_messages
+
+    record.usage = attempt_usage(messages, model, runtime.config.price_overrides, tool_calls)
+    record.transcript = from_messages(messages, runtime.config.secrets())

@@ -1,0 +1,60 @@
+"""`execute`: run one task of a step with its runner: a Python function, an LLM agent, or the TAgent adapter.
+
+The single entry point used by both the in-process runner and the daemon's workers,
+so a step behaves the same wherever it runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from ...core.events import Dispatch
+from ...core.state import Phase, Usage
+from ...define.pipeline import Pipeline
+from ..context import StepContext
+from . import function as function_runner
+
+if TYPE_CHECKING:
+    from ..llm import LLMRuntime
+    from .attempt import Attempt
+
+
+def coerce_inputs(pipeline: Pipeline, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Dependency outputs as their schema instances where the dependency has an output_schema."""
+    out = dict(inputs)
+    for name, value in inputs.items():
+        step = pipeline.steps.get(name)
+        schema = step.output_schema if step else None
+        if schema is not None and value is not None and not isinstance(value, BaseModel):
+            try:
+                out[name] = schema.model_validate(value)
+            except Exception:  # noqa: BLE001 - a SOFT dependency may hold partial data; pass it as is
+                pass
+    return out
+
+
+async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None = None,
+                  llm: LLMRuntime | None = None, record: Attempt | None = None) -> tuple[Any, Usage | None]:
+    """Run one task; returns (output, usage). Raises whatever the step raises.
+
+    `llm` holds endpoints, prices and the request limiter for agent steps; `record` receives an agent
+    attempt's usage and transcript, also when it fails.
+    """
+    step = pipeline.steps[task.step]
+    if task.phase is Phase.CONDITION:
+        scope = {**ctx.inputs, "shared": ctx.shared, "params": ctx.params}
+        return bool(await function_runner.call(step.condition, ctx, scope, positional=[scope])), None
+    if task.phase is Phase.MERGE:
+        merged = await function_runner.call(step.merge, ctx, ctx.inputs, positional=[task.item])
+        return function_runner.check_output(step, merged), None
+    if step.fn is not None:
+        return await function_runner.run(step, ctx), None
+    if step.runner == "tagent":
+        from . import tagent as tagent_runner
+
+        return await tagent_runner.run(pipeline, step, ctx, model=model, llm=llm, record=record)
+    from . import agent as agent_runner
+
+    return await agent_runner.run(pipeline, step, ctx, model=model, llm=llm, record=record)

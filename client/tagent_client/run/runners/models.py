@@ -1,0 +1,246 @@
+"""Model strings to pydantic-ai models, with permits, request retries and error classification.
+
+`NAME:MODEL` goes to the endpoint NAME when one with a `base_url` is configured
+(OpenAI chat-completions protocol); `test` is pydantic-ai's offline TestModel;
+anything else is a pydantic-ai model name (`openai:...`, `anthropic:...`,
+`google:...`). Every real model is wrapped in `LimitedModel`, which:
+
+- asks the limiter for a permit before each request (tool-call turns and output
+  retries included) when the endpoint or provider has limits, and returns it after;
+- retries one request on 429, 5xx, connection errors and timeouts, up to the
+  endpoint's `request_retries`, honoring Retry-After (a permit-managed endpoint is
+  paused for every worker; otherwise this request waits);
+- leaves the final error marked `retryable` (True or False) for the step's retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai.exceptions import (
+    ModelAPIError,
+    ModelConnectionError,
+    ModelHTTPError,
+    ModelQuotaExceededError,
+    ModelRateLimitError,
+    ModelRequestRejectedError,
+    ModelRequestTimeout,
+    ModelServerError,
+    ModelUnavailableError,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+    UserError,
+)
+from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse, infer_model
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.tools import RunContext
+
+from ...errors import ConfigError
+from ..llm import MAX_PAUSE, EndpointSettings, LLMRuntime, RequestLimiter
+
+DEFAULT_REQUEST_RETRIES = 3
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 8.0
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+#: pydantic-ai provider prefix -> the tagentd extra that installs its SDK.
+PROVIDER_EXTRAS = {"anthropic": "anthropic", "google-gla": "google", "google-vertex": "google", "google": "google"}
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model ready for an Agent, and the endpoint it counts against (None: unlimited)."""
+
+    model: Model
+    endpoint: str | None
+
+
+def model_for(name: str, runtime: LLMRuntime) -> BuiltModel:
+    """The (cached) model for a model string; ConfigError (not retryable) when it cannot be built."""
+    built = runtime.models.get(name)
+    if built is None:
+        built = runtime.models[name] = _build(name, runtime)
+    return built
+
+
+def _build(name: str, runtime: LLMRuntime) -> BuiltModel:
+    if name == "test":
+        from pydantic_ai.models.test import TestModel
+
+        return BuiltModel(TestModel(), None)
+    prefix, sep, model_name = name.partition(":")
+    endpoint = runtime.config.endpoints.get(prefix) if sep else None
+    if endpoint is not None and endpoint.base_url:
+        base = _endpoint_model(prefix, model_name, endpoint)
+    else:
+        base = _provider_model(name, prefix, runtime)
+    limited = prefix if endpoint is not None and endpoint.limited else None
+    return BuiltModel(LimitedModel(base, endpoint=limited, settings=endpoint, limiter=runtime.limiter), limited)
+
+
+def _endpoint_model(prefix: str, model_name: str, endpoint: EndpointSettings) -> Model:
+    import os
+
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    if not model_name:
+        raise ConfigError(f"model string {prefix + ':'!r} names endpoint {prefix!r} but no model; write {prefix}:MODEL")
+    key = None
+    if endpoint.api_key_env:
+        key = os.environ.get(endpoint.api_key_env, "").strip() or None
+        if key is None:
+            raise ConfigError(f"endpoint {prefix!r} reads its API key from ${endpoint.api_key_env}, which is not set in "
+                              f"the environment of the process running the step; export it before starting tagentd")
+    settings: ModelSettings = {"max_retries": 0}
+    if endpoint.timeout:
+        settings["timeout"] = endpoint.timeout
+    provider = OpenAIProvider(base_url=endpoint.base_url, api_key=key or "no-key")
+    return OpenAIChatModel(model_name, provider=provider, settings=settings)
+
+
+def _provider_model(name: str, prefix: str, runtime: LLMRuntime) -> Model:
+    try:
+        return infer_model(name)
+    except ImportError as exc:
+        extra = PROVIDER_EXTRAS.get(prefix, prefix)
+        raise ConfigError(f"model {name!r} needs the {prefix} provider's package ({exc.name or exc}): "
+                          f"pip install 'tagentd[{extra}]'") from None
+    except UserError as exc:
+        known = ", ".join(sorted(n for n, e in runtime.config.endpoints.items() if e.base_url)) or "none"
+        raise ConfigError(f"model {name!r}: {exc}; use a pydantic-ai name like 'openai:gpt-4o-mini', 'test', or "
+                          f"ENDPOINT:MODEL for an [endpoints.ENDPOINT] in tagentd.toml (configured: {known})") from None
+
+
+# -- error classification ------------------------------------------------------------------
+
+
+def classify(exc: BaseException) -> bool | None:
+    """True: a retry may help (rate limit, 5xx, connection, timeout); False: it will not; None: not a model error."""
+    if isinstance(exc, (ModelQuotaExceededError, ModelRequestRejectedError, UsageLimitExceeded, UserError)):
+        return False
+    if isinstance(exc, (ModelRateLimitError, ModelUnavailableError, ModelServerError, ModelConnectionError,
+                        ModelRequestTimeout)):
+        return True
+    if isinstance(exc, ModelHTTPError):
+        return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+    if isinstance(exc, (ModelAPIError, UnexpectedModelBehavior)):
+        return False
+    return None
+
+
+def mark(exc: BaseException) -> BaseException:
+    """Set `exc.retryable` from `classify` (errors.is_retryable reads it); returns exc."""
+    verdict = classify(exc)
+    if verdict is not None:
+        try:
+            exc.retryable = verdict  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return exc
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The wait a 429 (or 503) asked for, in seconds, capped at MAX_PAUSE."""
+    if isinstance(exc, (ModelRateLimitError, ModelUnavailableError)) or getattr(exc, "status_code", None) in (429, 503):
+        wait = getattr(exc, "retry_after", None)
+        if isinstance(wait, (int, float)) and wait > 0:
+            return min(float(wait), MAX_PAUSE)
+    return None
+
+
+# -- the wrapper ---------------------------------------------------------------------------
+
+
+def estimate_tokens(messages: list[ModelMessage]) -> int:
+    """A rough input size (4 characters a token), for tokens-per-minute budgets before the real count is known."""
+    chars = 0
+    for message in messages:
+        for part in message.parts:
+            content = getattr(part, "content", None) or getattr(part, "args", None)
+            chars += len(content) if isinstance(content, str) else len(str(content)) if content is not None else 0
+    return chars // 4 + 1
+
+
+class LimitedModel(WrapperModel):
+    """A model whose every request holds a permit of its endpoint and is retried on transient errors."""
+
+    def __init__(self, wrapped: Model, *, endpoint: str | None, settings: EndpointSettings | None,
+                 limiter: RequestLimiter | None) -> None:
+        super().__init__(wrapped)
+        self.endpoint = endpoint if limiter is not None else None
+        self.limiter = limiter
+        self.retries = settings.request_retries if settings is not None else DEFAULT_REQUEST_RETRIES
+        self.count_tokens_for_permit = bool(settings and settings.tokens_per_minute)
+        try:
+            unsupported = wrapped._unsupported_settings()  # noqa: SLF001 - skip a setting the model would warn about
+        except Exception:  # noqa: BLE001
+            unsupported = frozenset()
+        self._own_retries = "max_retries" not in unsupported
+
+    async def request(self, messages: list[ModelMessage], model_settings: ModelSettings | None,
+                      model_request_parameters: ModelRequestParameters) -> ModelResponse:
+        if self._own_retries:
+            model_settings = {**(model_settings or {}), "max_retries": 0}  # we retry, so permits and pauses apply
+        failures = 0
+        while True:
+            permit = await self._acquire(messages)
+            try:
+                response = await self.wrapped.request(messages, model_settings, model_request_parameters)
+            except Exception as exc:
+                wait = retry_after(exc)
+                self._release(permit, 0, wait)
+                if classify(exc) is not True or failures >= self.retries:
+                    mark(exc)
+                    raise
+                failures += 1
+                await self._pause(failures, wait, permit)
+                continue
+            except BaseException:
+                self._release(permit, 0, None)
+                raise
+            self._release(permit, (response.usage.input_tokens or 0) + (response.usage.output_tokens or 0), None)
+            return response
+
+    @asynccontextmanager
+    async def request_stream(self, messages: list[ModelMessage], model_settings: ModelSettings | None,
+                             model_request_parameters: ModelRequestParameters,
+                             run_context: RunContext[Any] | None = None) -> AsyncIterator[StreamedResponse]:
+        """A streamed request holds a permit while it streams (it is not retried: part of it may be consumed)."""
+        permit = await self._acquire(messages)
+        used, wait = 0, None
+        try:
+            async with self.wrapped.request_stream(messages, model_settings, model_request_parameters,
+                                                   run_context) as stream:
+                yield stream
+            usage = stream.get().usage
+            used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+        except Exception as exc:
+            wait = retry_after(exc)
+            mark(exc)
+            raise
+        finally:
+            self._release(permit, used, wait)
+
+    async def _acquire(self, messages: list[ModelMessage]) -> Any:
+        if self.endpoint is None or self.limiter is None:
+            return None
+        tokens = estimate_tokens(messages) if self.count_tokens_for_permit else 0
+        return await self.limiter.acquire(self.endpoint, tokens)
+
+    def _release(self, permit: Any, tokens: int, wait: float | None) -> None:
+        if permit is not None and self.limiter is not None:
+            self.limiter.release(permit, tokens=tokens, retry_after=wait)
+
+    async def _pause(self, failures: int, wait: float | None, permit: Any) -> None:
+        if wait is not None and permit is not None:
+            return  # the limiter pauses the endpoint for everyone; the next acquire waits
+        if wait is None:
+            wait = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+        await asyncio.sleep(wait)

@@ -1,0 +1,60 @@
+"""What a step's context needs from whoever runs it (`RunServices`), and the in-process one (`LocalServices`).
+
+The daemon's worker has its own `RunServices` (memory, log and broker calls go to the
+daemon); `LocalServices` keeps everything in this process, for `run_pipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from ..wire.protocol_broker import BrokerRequest, StepRef
+from .broker_local import LocalBroker
+
+
+class RunServices(Protocol):
+    """What a step's context needs from whoever runs it (in-process runner or daemon worker)."""
+
+    async def memory_get(self, run_id: str, key: str) -> Any: ...
+
+    async def memory_save(self, run_id: str, key: str, value: Any) -> None: ...
+
+    def log(self, run_id: str, step: str, level: int, message: str) -> None: ...
+
+    def progress(self, run_id: str, step: str, fraction: float | None, message: str | None) -> None: ...
+
+    async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
+        """Carry out a broker request for a step (`wait`: how long the request may be parked)."""
+
+
+class LocalServices:
+    """In-process services: memory in a dict, log lines kept in a list, the broker in memory (`LocalBroker`)."""
+
+    def __init__(self, broker: LocalBroker | None = None) -> None:
+        self.memory: dict[str, dict[str, Any]] = {}
+        self.lines: list[tuple[str, str, int, str]] = []
+        self.bus = broker or LocalBroker.default()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
+        """The broker lives on the run's loop: a sync step's own loop (in a thread) hands its calls over."""
+        loop = self._loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.bus.call(caller, op), loop))
+        return await self.bus.call(caller, op)
+
+    async def memory_get(self, run_id: str, key: str) -> Any:
+        return self.memory.get(run_id, {}).get(key)
+
+    async def memory_save(self, run_id: str, key: str, value: Any) -> None:
+        self.memory.setdefault(run_id, {})[key] = value
+
+    def log(self, run_id: str, step: str, level: int, message: str) -> None:
+        self.lines.append((run_id, step, level, message))
+
+    def progress(self, run_id: str, step: str, fraction: float | None, message: str | None) -> None:
+        return None

@@ -1,0 +1,276 @@
+"""Broker messages of the control protocol: mailboxes, topics, shared spaces, registry, triggers.
+
+The same request Structs travel two ways: from `Client`/`tagent` on control.sock,
+and from a step's context inside a worker on workers.sock (wrapped in the worker's
+`BrokerCall` with the calling step's `StepRef`). On events.sock a subscriber sends
+`Subscribe` (renewed every `RENEW_EVERY` seconds, forgotten after `EXPIRE_AFTER`)
+and receives `EventRecord`s. docs/protocol.md and docs/broker.md describe them.
+"""
+
+# Annotations stay real objects (no `from __future__ import annotations`): msgspec would otherwise
+# eval each one as a string when the decoders are built, ~2 ms of every command's start.
+
+from typing import Any
+
+import msgspec
+
+from ..core.broker_records import Message
+
+PROTOCOL_VERSION = 1  # the control protocol's version (protocol.py re-checks it)
+RENEW_EVERY = 2.0
+EXPIRE_AFTER = 10.0
+MAX_WAIT = 60.0  # longest a receive / wait_for_event request is parked by the daemon; clients loop
+
+
+class StepRef(msgspec.Struct, kw_only=True, array_like=True):
+    """Which step attempt a worker's broker call comes from (its leases are settled with that attempt)."""
+
+    run_id: str
+    pipeline: str
+    step: str
+    task: str
+    attempt: int
+    item_index: int | None = None
+
+    @property
+    def holder(self) -> tuple[str, str, int]:
+        return (self.run_id, self.task, self.attempt)
+
+    def __str__(self) -> str:
+        return f"{self.pipeline}/{self.run_id}/{self.task}#{self.attempt}"
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+class BrokerRequest(msgspec.Struct, tag_field="type", kw_only=True, dict=True):
+    """Base of every broker request (same envelope as protocol.Request, `peer` included)."""
+
+    v: int = PROTOCOL_VERSION
+    id: int = 0
+    pid: int = 0
+    uid: int = -1
+
+
+class SendMessage(BrokerRequest, tag="send", kw_only=True):
+    """Put `payload` in pipeline `to`'s mailbox; answered once durable. A repeated `message_id` is dropped."""
+
+    to: str
+    payload: Any = None
+    message_id: str | None = None
+
+
+class ReceiveMessage(BrokerRequest, tag="receive", kw_only=True):
+    """(steps only) Lease the oldest unleased message of the caller's pipeline's mailbox; wait up to `wait` s."""
+
+    wait: float = 0.0
+
+
+class AckMessages(BrokerRequest, tag="ack_messages", kw_only=True):
+    """Remove messages for good (they were handled). `mailbox` defaults to the calling step's pipeline."""
+
+    ids: list[str]
+    mailbox: str | None = None
+
+
+class Publish(BrokerRequest, tag="publish", kw_only=True):
+    """Publish one event (best effort to subscribers; durable for the triggers it starts)."""
+
+    topic: str
+    data: Any = None
+
+
+class PublishMany(BrokerRequest, tag="publish_many", kw_only=True):
+    """Publish a batch of (topic, data) events with one request."""
+
+    events: list[tuple[str, Any]]
+
+
+class WaitEvent(BrokerRequest, tag="wait_event", kw_only=True):
+    """Answer with the next event whose topic starts with `prefix`, or null after `wait` s."""
+
+    prefix: str
+    wait: float = 0.0
+
+
+class SpaceGet(BrokerRequest, tag="space_get", kw_only=True):
+    space: str
+    key: str
+
+
+class SpacePut(BrokerRequest, tag="space_put", kw_only=True):
+    space: str
+    key: str
+    value: Any = None
+
+
+class SpaceCas(BrokerRequest, tag="space_cas", kw_only=True):
+    """Write only if the key's version is `expected_version` (0: only if the key does not exist)."""
+
+    space: str
+    key: str
+    value: Any = None
+    expected_version: int
+
+
+class SpaceDelete(BrokerRequest, tag="space_delete", kw_only=True):
+    space: str
+    key: str
+    expected_version: int | None = None
+
+
+class SpaceKeys(BrokerRequest, tag="space_keys", kw_only=True):
+    """Keys starting with `prefix`, sorted; with `versions`, [key, version, bytes] rows instead."""
+
+    space: str
+    prefix: str = ""
+    versions: bool = False
+
+
+class SpaceLog(BrokerRequest, tag="space_log", kw_only=True):
+    space: str
+    limit: int = 100
+
+
+class SpaceAllow(BrokerRequest, tag="space_allow", kw_only=True):
+    """Add pipelines to a space's allow-list (`replace`: set it; an empty list with `replace` lifts it)."""
+
+    space: str
+    pipelines: list[str] = []
+    replace: bool = False
+
+
+class ListPipelines(BrokerRequest, tag="pipelines", kw_only=True):
+    """The registry: running and registered pipelines (only those declaring `capability`, if given)."""
+
+    capability: str | None = None
+
+
+class ListMailboxes(BrokerRequest, tag="mailboxes", kw_only=True):
+    """Mailbox depths; `peek` shows the first N messages of each."""
+
+    pipeline: str | None = None
+    peek: int = 0
+
+
+class DeadLetters(BrokerRequest, tag="dead_letters", kw_only=True):
+    """The dead letters of pipeline `mailbox`, oldest message first."""
+
+    mailbox: str
+
+
+class RequeueDead(BrokerRequest, tag="requeue_dead", kw_only=True):
+    """(clients only) Put dead letters back in their mailbox at their original position (`all`: every one)."""
+
+    mailbox: str
+    ids: list[str] = []
+    all: bool = False
+
+
+class DropDead(BrokerRequest, tag="drop_dead", kw_only=True):
+    """(clients only) Delete dead letters for good (`all`: every one); their ids stay known as duplicates."""
+
+    mailbox: str
+    ids: list[str] = []
+    all: bool = False
+
+
+class Unregister(BrokerRequest, tag="unregister", kw_only=True):
+    """Forget a triggered pipeline's registration (its queued triggers are dropped, running runs go on)."""
+
+    pipeline: str
+
+
+class BrokerStatsRequest(BrokerRequest, tag="stats", kw_only=True):
+    """Message rates, queue depths, dropped events, space sizes."""
+
+
+BROKER_REQUESTS = (
+    SendMessage, ReceiveMessage, AckMessages, Publish, PublishMany, WaitEvent, SpaceGet, SpacePut, SpaceCas,
+    SpaceDelete, SpaceKeys, SpaceLog, SpaceAllow, ListPipelines, ListMailboxes, DeadLetters, RequeueDead, DropDead,
+    Unregister, BrokerStatsRequest,
+)
+AnyBrokerRequest = (
+    SendMessage | ReceiveMessage | AckMessages | Publish | PublishMany | WaitEvent | SpaceGet | SpacePut | SpaceCas
+    | SpaceDelete | SpaceKeys | SpaceLog | SpaceAllow | ListPipelines | ListMailboxes | DeadLetters | RequeueDead
+    | DropDead | Unregister | BrokerStatsRequest
+)
+
+# -- events.sock -----------------------------------------------------------------------------------
+
+
+class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", kw_only=True):
+    """Subscriber -> daemon: deliver events whose topic starts with one of `prefixes` (renew to stay)."""
+
+    v: int = PROTOCOL_VERSION
+    prefixes: list[str]
+
+
+class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", kw_only=True):
+    v: int = PROTOCOL_VERSION
+
+
+SubscriberMessage = Subscribe | Unsubscribe
+
+# -- results --------------------------------------------------------------------------------------------
+
+
+class RegistryEntry(msgspec.Struct, kw_only=True):
+    """A pipeline the daemon knows as running (runs in flight) and/or registered (triggers)."""
+
+    pipeline: str
+    capabilities: list[str] = []
+    run_ids: list[str] = []
+    workers: list[int] = []
+    triggers: list[str] = []
+    registered: bool = False
+    queued_triggers: int = 0
+
+
+class MailboxInfo(msgspec.Struct, kw_only=True):
+    name: str
+    messages: int
+    leased: int
+    oldest_ts: float | None = None
+    peek: list[Message] = []
+    dead: int = 0
+    max_deliveries: int = 0
+
+
+class SubscriberInfo(msgspec.Struct, kw_only=True):
+    id: str
+    prefixes: list[str]
+    delivered: int
+    dropped: int
+    age_s: float
+
+
+class SpaceInfo(msgspec.Struct, kw_only=True):
+    name: str
+    keys: int
+    bytes: int
+    allow: list[str] | None = None
+    log_entries: int = 0
+
+
+class BrokerStats(msgspec.Struct, kw_only=True):
+    counters: dict[str, int] = {}
+    rates: dict[str, float] = {}
+    mailboxes: list[MailboxInfo] = []
+    subscribers: list[SubscriberInfo] = []
+    spaces: list[SpaceInfo] = []
+    triggers: dict[str, dict[str, int]] = {}
+    store: dict[str, Any] = {}
+
+
+_encoder = msgspec.msgpack.Encoder()
+subscriber_decoder = msgspec.msgpack.Decoder(SubscriberMessage)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def matches(topic: str, prefixes: list[str] | tuple[str, ...]) -> bool:
+    """Prefix matching, the one rule for subscriptions, triggers and wait_for_event ('' matches everything)."""
+    return any(topic.startswith(p) for p in prefixes)
