@@ -8,8 +8,8 @@
 Each POST to /v1/chat/completions takes the next `Reply` of the script (or the
 default one when the script is empty) and answers it: a tool call, the final
 structured output (a call of the output tool the request offers), plain text,
-or an HTTP error with optional headers (429 with Retry-After, 500). A reply may
-delay its answer. The server records every request (body and headers) and the
+JSON text (`Reply.json`, what TAgent reads), or an HTTP error with optional
+headers (429 with Retry-After, 500). A reply may delay its answer. The server records every request (body and headers) and the
 largest number of requests it has had in flight at once (from receiving a request
 until its answer starts to leave).
 
@@ -56,6 +56,11 @@ class Reply:
     @classmethod
     def say(cls, text: str, **kw: Any) -> Reply:
         return cls("text", text=text, **kw)
+
+    @classmethod
+    def json(cls, obj: Any, **kw: Any) -> Reply:
+        """Plain assistant text holding `obj` as JSON (a raw string is sent as it is): what TAgent parses."""
+        return cls("text", text=obj if isinstance(obj, str) else json.dumps(obj), **kw)
 
     @classmethod
     def error(cls, status: int, message: str = "scripted error", headers: dict[str, str] | None = None, **kw: Any) -> Reply:
@@ -200,6 +205,56 @@ def _output_tool(seen: Seen) -> str:
 def final_for(args: Any, **kw: Any) -> Callable[[Seen], Reply]:
     """A default responder that answers every request with the final output `args`."""
     return lambda seen: Reply.final(args, **kw)
+
+
+# -- TAgent 0.7.1 -------------------------------------------------------------------------------------------
+# TAgent never uses tool calling: each of its requests is a plain chat completion whose answer it reads from
+# `choices[0].message.content`. One run of `tagent.run_agent` (docs/research/tagent-0.7.1.md, section 2) is:
+#   plan      JSON of its TaskBasedPlanResponse: the tasks, each a user tool (run locally, no request),
+#             "llm_task" (one more request, answered with free text) or null (same as llm_task);
+#   evaluate  JSON of its TaskBasedEvaluateResponse: goal_achieved true ends the loop, false plans again
+#             (at most max_iterations times);
+#   finalize  JSON of the run's output_format (TAgent's DefaultFinalOutput without one).
+# An answer that does not validate is asked again, 3 times in all; past that the phase fails.
+
+def tagent_phase(seen: Seen) -> str:
+    """Which TAgent request `seen` is: "plan", "llm_task", "evaluate", "finalize" (or "unknown")."""
+    messages = seen.messages
+    system = (messages[0].get("content") or "") if messages else ""
+    user = (messages[-1].get("content") or "") if messages else ""
+    if system.startswith("You are a helpful assistant. Complete the user's request directly"):
+        return "llm_task"
+    if '"title": "TaskBasedPlanResponse"' in system:
+        return "plan"
+    if '"title": "TaskBasedEvaluateResponse"' in system:
+        return "evaluate"
+    if "\nEXECUTION SUMMARY:" in user:
+        return "finalize"
+    return "unknown"
+
+
+def tagent_task(tool: str | None, description: str = "do it", **args: Any) -> dict[str, Any]:
+    """One task of a TAgent plan: call `tool` (a user tool's name, or "llm_task" with args prompt=...)."""
+    return {"description": description, "tool_name": tool, "tool_args": args}
+
+
+def tagent_evaluation(achieved: bool = True) -> dict[str, Any]:
+    return {"goal_achieved": achieved, "reasoning": "scripted evaluation", "completed_tasks_analysis": "all done",
+            "failed_tasks_analysis": "none", "confidence": 0.9 if achieved else 0.2}
+
+
+def tagent_script(final: Any, *tasks: dict[str, Any], llm_text: str = "Hello!", **kw: Any) -> list[Reply]:
+    """The replies, in order, that take one `tagent.run_agent` to goal_achieved=True with `final` as its output:
+    plan `tasks` (see tagent_task), answer each llm_task with `llm_text`, evaluate achieved, finalize `final`
+    (the output_format's fields as a dict). Keywords (prompt_tokens=, ...) go to every reply.
+
+        server.script(*tagent_script({"city": "Lisbon", "forecast": "sunny"}, tagent_task("get_weather", city="Lisbon")))
+        tagent.run_agent("Weather in Lisbon?", model="openai/gpt-4o-mini", tools=[get_weather], max_iterations=3,
+                         output_format=Weather)   # with OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY set
+    """
+    plan = {"tasks": list(tasks), "strategy": "scripted strategy", "reasoning": "scripted plan"}
+    asked = [Reply.say(llm_text, **kw) for task in tasks if task["tool_name"] in (None, "llm_task")]
+    return [Reply.json(plan, **kw), *asked, Reply.json(tagent_evaluation(), **kw), Reply.json(final, **kw)]
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ configured in `[endpoints.local]`, with the API key taken from $LOCAL_API_KEY.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -243,12 +244,12 @@ def test_runner_tagent_without_the_library_fails_with_how_to_install_it(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     """Given a runner='tagent' step and no `tagent` package installed, when it runs in the daemon, then it fails
     once (not retried) saying to install the extra."""
-    try:
-        import tagent  # noqa: F401
-        pytest.skip("the TAgent library is installed here")
-    except ImportError:
-        pass
-    daemon = make_daemon().start()
+    hidden = tmp_path / "no_tagent" / "tagent"  # `make test` installs TAgent: shadow it with one that is missing
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tagent'\", name='tagent')\n")
+    daemon = make_daemon()
+    daemon.env["PYTHONPATH"] = os.pathsep.join([str(hidden.parent), daemon.env["PYTHONPATH"]])
+    daemon.start()
     path = write_pipeline(tmp_path, "ta.py", """
         from tagent_client import Pipeline
         pipeline = Pipeline("ta", model="openai:gpt-4o-mini")
