@@ -423,21 +423,33 @@ def test_failed_hard_dependency_skips_the_whole_chain_below_it() -> None:
     assert dispatched(actions) == []
 
 
-def test_soft_dependency_sees_the_output_when_it_completed() -> None:
-    """Given b SOFT-depends on a, when a completes, then b gets a's output."""
-    machine, _ = started(_chain(DependencyType.SOFT))
-    assert dispatch_of(succeed(machine, "a", output="facts"), "b").inputs == {"a": "facts"}
-
-
-def test_soft_dependency_runs_after_a_failure_and_sees_none() -> None:
-    """Given b SOFT-depends on a, when a fails, then b still runs with a=None, yet the run fails (a is required)."""
-    machine, _ = started(_chain(DependencyType.SOFT))
-
-    actions = fail(machine, "a", retryable=False)
+def test_soft_dependency_is_not_waited_for_and_is_none_until_it_completes() -> None:
+    """Given CONCURRENT b SOFT-depends on a, when the run starts, then a and b start together and b sees a=None."""
+    machine, actions = started(_chain(DependencyType.SOFT, execution_mode=ExecutionMode.CONCURRENT))
+    assert dispatched(actions) == ["a", "b"]
     assert dispatch_of(actions, "b").inputs == {"a": None}
 
-    succeed(machine, "b")
+
+def test_soft_dependency_that_completed_before_an_attempt_is_seen_by_it() -> None:
+    """Given CONCURRENT b SOFT-depends on a and b's first attempt fails retryably, when a completes before
+    b's retry, then the retry sees a's output."""
+    machine, _ = started(_chain(DependencyType.SOFT, retry_delay=1.0, retry_jitter=0.0,
+                                execution_mode=ExecutionMode.CONCURRENT))
+    fail(machine, "b", retryable=True, now=0.5)
+    succeed(machine, "a", output="facts", now=0.6)
+    assert dispatch_of(machine.handle(TimerFired(), 2.0), "b").inputs == {"a": "facts"}
+
+
+def test_failed_soft_dependency_never_fails_its_dependent() -> None:
+    """Given CONCURRENT b SOFT-depends on a, when a fails after b completed, then b stays completed, c runs,
+    yet the run fails (a itself is required)."""
+    machine, _ = started(_chain(DependencyType.SOFT, execution_mode=ExecutionMode.CONCURRENT))
+
+    succeed(machine, "b", output="B")
+    actions = fail(machine, "a", retryable=False)
+    assert dispatch_of(actions, "c").inputs == {"b": "B"}  # c is SERIAL: it waited for a to end, not to complete
     actions = succeed(machine, "c")
+    assert machine.state.steps["b"].status is StepStatus.COMPLETED
     assert finishes(actions) == [Finish(status=RunStatus.FAILED)]
 
 
@@ -786,7 +798,7 @@ def test_run_state_round_trips_through_msgpack_and_a_rebuilt_machine_continues()
     """Given a run mid-way (one step done, one retrying, one running), when its state is encoded and decoded,
     then the decoded state equals the original and a machine built from it finishes the run."""
     p = steps(Pipeline("p"), "a", "b", retry_delay=1.0, retry_jitter=0.0)
-    p.step("c", fn=noop, depends_on={"a": DependencyType.HARD, "b": DependencyType.SOFT})
+    p.step("c", fn=noop, depends_on=["a", "b"])
     machine, _ = started(p)
     succeed(machine, "a", output={"facts": [1, 2], "nested": {"x": None}})
     fail(machine, "b", retryable=True, now=1.0)

@@ -129,8 +129,9 @@ class Simulator:
         for dep, kind in self.specs[action.step].deps.items():
             if kind in BLOCKING:
                 assert steps[dep].status is StepStatus.COMPLETED, f"{action.step} dispatched before {kind.value} dep {dep} completed"
-            else:
-                assert steps[dep].status.terminal, f"{action.step} dispatched before SOFT dep {dep} finished"
+            else:  # SOFT: never waited for; its input is its output once completed, None until then
+                expected = steps[dep].output if steps[dep].status is StepStatus.COMPLETED else None
+                assert action.inputs[dep] == expected, f"{action.step} got {action.inputs[dep]!r} for SOFT dep {dep}"
 
     def check_state(self) -> None:
         state = self.machine.state
@@ -146,6 +147,24 @@ class Simulator:
             elif step.status.terminal:
                 self.terminal_seen[name] = step.status
             assert self.terminal_emits[name] <= 1, f"{name} reported terminal twice"
+            self.check_soft_never_holds_back(name, step)
+
+    def check_soft_never_holds_back(self, name: str, step: Any) -> None:
+        """A SOFT dependency never keeps its dependent waiting, and never skips or fails it."""
+        state = self.machine.state
+        soft = [d for d, k in self.specs[name].deps.items() if k is DependencyType.SOFT]
+        blocking = [d for d, k in self.specs[name].deps.items() if k in BLOCKING]
+        blamed = ""  # why the engine itself skipped or failed the step (a cancelled run blames no dependency)
+        if step.status is StepStatus.SKIPPED:
+            blamed = step.skip_reason or ""
+        elif step.status is StepStatus.FAILED and step.error is not None and step.error.type == "DependencyError":
+            blamed = step.error.message
+        for dep in soft:
+            for cause in (f"upstream step {dep!r}", f"validation gate {dep!r}", f"DATA dependency {dep!r}"):
+                assert cause not in blamed, f"{name} ended {step.status.value} because of its SOFT dep: {blamed}"
+        if (step.status is StepStatus.PENDING and not self.machine.finished and not self.machine.held
+                and all(state.steps[d].status.terminal for d in blocking)):
+            assert any(t.step == name for t in state.tasks.values()), f"{name} waits for SOFT dep(s) {soft}"
 
     # -- the shell's choices ------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from tagent_client.define.pipeline import Pipeline
 from tagent_client.define.plan import StepKind
 from tagent_client.define.step import schema_ref
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, describe, is_retryable
-from tagent_client.run.context import StepContext
+from tagent_client.run.context import StepContext, constraints_of
 from tagent_client.run.llm import LLMConfig, LLMRuntime
 from tagent_client.run.local import run_task
 from tagent_client.run.runners.execute import coerce_inputs
@@ -318,7 +318,7 @@ class Worker:
                 services=self.services, run_id=message.run_id, pipeline=pipeline.name, step_name=task.step,
                 attempt=task.attempt, params=message.params, shared=pipeline.shared_context,
                 inputs=coerce_inputs(pipeline, task.inputs), item=task.item, item_index=task.item_index,
-                trigger=message.trigger, task=task.task,
+                trigger=message.trigger, task=task.task, constraints=constraints_of(pipeline, step),
             )
         except Exception as exc:  # noqa: BLE001 - a bad task becomes a failed attempt
             error = ErrorInfo(type=type(exc).__name__, message=one_line(exc), retryable=False)

@@ -37,7 +37,7 @@ from .events import (
     TimerFired,
     WorkerLost,
 )
-from .rules import backoff_delay, upstream
+from .rules import backoff_delay, completed_output, upstream
 from .run_index import RunIndex
 from .state import MAX_TRANSCRIPTS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus
 
@@ -382,7 +382,7 @@ class RunMachine:
             fan_out = task.item_index is not None or task.phase is Phase.MERGE
             step.attempts = max(step.attempts, task.attempt) if fan_out else step.attempts + 1
             self.index.set_step(task.step, StepStatus.RUNNING, now)
-        inputs = {dep: self.state.steps[dep].output for dep in spec.deps}
+        inputs = {dep: completed_output(self.state.steps[dep]) for dep in spec.deps}
         item: Any = None
         if task.item_index is not None and step.items is not None:
             item = step.items[task.item_index]

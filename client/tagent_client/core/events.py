@@ -82,7 +82,7 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     """Run attempt `attempt` of task `task` now.
 
     `inputs` maps each dependency name to its output (None for a SOFT dependency
-    that produced nothing). For a PARALLEL_MERGE item, `item` is the item and
+    that has not completed). For a PARALLEL_MERGE item, `item` is the item and
     `item_index` its position; for a MERGE task, `item` is the list of item outputs.
     `timeout` and `isolated` (run alone, in a worker of its own) are the step's.
     """

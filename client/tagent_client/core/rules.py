@@ -54,16 +54,17 @@ class Upstream(NamedTuple):
 
 def upstream(spec: StepSpec, steps: Mapping[str, StepState]) -> Upstream:
     """The dependency rules (docs/semantics.md): a HARD dependency must have completed, a VALIDATION one must
-    also have passed (`gate_is_valid`), a DATA one must also have each of its `data_fields`; a SOFT one only
-    has to have ended."""
+    also have passed (`gate_is_valid`), a DATA one must also have each of its `data_fields`. A SOFT one is
+    never waited for and never skips or fails its dependent: its input is its output if it has completed,
+    `None` otherwise (not yet ended, failed or skipped)."""
     inputs: dict[str, Any] = {}
     for dep, kind in spec.deps.items():
         dep_state = steps[dep]
+        if kind is DependencyType.SOFT:
+            inputs[dep] = completed_output(dep_state)
+            continue
         if not dep_state.status.terminal:
             return Upstream(waiting=True)
-        if kind is DependencyType.SOFT:
-            inputs[dep] = dep_state.output
-            continue
         if dep_state.status is not StepStatus.COMPLETED:
             return Upstream(skip=f"upstream step {dep!r} {dep_state.status.value}")
         inputs[dep] = dep_state.output
@@ -74,3 +75,8 @@ def upstream(spec: StepSpec, steps: Mapping[str, StepState]) -> Upstream:
             if missing:
                 return Upstream(fail=f"DATA dependency {dep!r} output lacks field(s) {', '.join(missing)}")
     return Upstream(inputs=inputs)
+
+
+def completed_output(step: StepState) -> Any:
+    """What a dependent sees of a dependency: its output once it has completed, `None` before or if it never does."""
+    return step.output if step.status is StepStatus.COMPLETED else None

@@ -7,13 +7,23 @@ behind it differ (`services.LocalServices` in-process, a daemon-backed one in th
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .context_broker import BrokerAbilities
 
 if TYPE_CHECKING:
+    from ..define.pipeline import Pipeline
+    from ..define.plan import StepSpec
+    from ..define.step import PipelineStep
     from .services import RunServices
+
+DEPENDENCY_PREFIX = "dependency_"
+
+
+def constraints_of(pipeline: Pipeline, step: PipelineStep | StepSpec) -> list[str]:
+    """A step's constraints as its context and its agent's prompt see them: its own, then the pipeline's."""
+    return [*step.constraints, *pipeline.global_constraints]
 
 
 class Memory:
@@ -53,6 +63,11 @@ class StepContext(BrokerAbilities):
     `inputs` maps each dependency to its output; `item` / `item_index` are set for
     PARALLEL_MERGE items; `trigger` holds the event that started a triggered run.
     Messaging, events and shared spaces: see `context_broker.BrokerAbilities`.
+
+    The design documents' context fields are here too, the same in-process and in a worker:
+    `pipeline_name`, `step_name`, `execution_attempt` (= `attempt`), `constraints` (the step's,
+    then the pipeline's global ones) and `dependency_<name>` for each dependency (= `inputs[name]`;
+    None for a SOFT dependency that has not completed).
     """
 
     def __init__(
@@ -70,6 +85,7 @@ class StepContext(BrokerAbilities):
         item_index: int | None = None,
         trigger: Any = None,
         task: str | None = None,
+        constraints: Sequence[str] = (),
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -81,10 +97,32 @@ class StepContext(BrokerAbilities):
         self.item = item
         self.item_index = item_index
         self.trigger = trigger
+        self.constraints = list(constraints)
         self.task = task or (step_name if item_index is None else f"{step_name}[{item_index}]")
         self.memory = Memory(services, run_id)
         self.log = _StepLog(services, run_id, step_name)
         self._services = services
+
+    @property
+    def pipeline_name(self) -> str:
+        """The run's pipeline (the documents' name for `pipeline`)."""
+        return self.pipeline
+
+    @property
+    def execution_attempt(self) -> int:
+        """This attempt's number, 1 on the first try (the documents' name for `attempt`)."""
+        return self.attempt
+
+    def __getattr__(self, name: str) -> Any:
+        """`ctx.dependency_<name>`: the output of dependency `<name>`, as in `inputs`."""
+        if name.startswith(DEPENDENCY_PREFIX):
+            inputs = self.__dict__.get("inputs", {})
+            dep = name[len(DEPENDENCY_PREFIX):]
+            if dep in inputs:
+                return inputs[dep]
+            raise AttributeError(f"step {self.__dict__.get('step_name')!r} has no dependency {dep!r} "
+                                 f"(its dependencies: {', '.join(sorted(inputs)) or 'none'})")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Report progress (best effort: shown by `--follow`, never stored)."""

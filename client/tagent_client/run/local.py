@@ -35,7 +35,7 @@ from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
-from .context import StepContext
+from .context import StepContext, constraints_of
 from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
 from .outputs import output_data
 from .runners.attempt import Attempt
@@ -148,6 +148,7 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
         item=task.item,
         item_index=task.item_index,
         task=task.task,
+        constraints=constraints_of(pipeline, machine.specs[task.step]),
     )
 
 

@@ -23,7 +23,7 @@ from ...core.state import Usage
 from ...define.pipeline import Pipeline
 from ...define.step import PipelineStep
 from ...errors import ConfigError
-from ..context import StepContext
+from ..context import StepContext, constraints_of
 from ..llm import LLMRuntime
 from .attempt import Attempt
 from .broker_tools import broker_tools
@@ -46,7 +46,7 @@ def system_prompt(pipeline: Pipeline, step: PipelineStep) -> str:
     lines = [f"You are one step, {step.name!r}, of the pipeline {pipeline.name!r}.", f"Goal: {step.goal}"]
     if step.description:
         lines.append(f"Details: {step.description}")
-    constraints = [*step.constraints, *pipeline.global_constraints]
+    constraints = constraints_of(pipeline, step)
     if constraints:
         lines.append("Constraints:")
         lines += [f"- {c}" for c in constraints]
