@@ -25,13 +25,14 @@ if TYPE_CHECKING:
     from .errors import PipelineValidationError, RetryableError, TagentError
     from .run.context import StepContext
     from .run.local import RunConfig, run_agent, run_pipeline
+    from .run.memory import PipelineMemory
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.
 _EXPORTS = {
     "AsyncClient": "client.aio", "Client": "client.sync", "RunHandle": "client.calls",
     "when": "define.conditions",
-    "StepContext": "run.context",
+    "StepContext": "run.context", "PipelineMemory": "run.memory",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
     "RunConfig": "run.local", "run_agent": "run.local", "run_pipeline": "run.local",
     "Pipeline": "define.pipeline", "PipelineStep": "define.step",
@@ -57,6 +58,7 @@ __all__ = [
     "DependencyType",
     "ExecutionMode",
     "Pipeline",
+    "PipelineMemory",
     "PipelineResult",
     "PipelineStep",
     "PipelineValidationError",

@@ -38,7 +38,8 @@ class PipelineResult(msgspec.Struct, kw_only=True):
 
     `step_outputs` holds every output that completed (partial success keeps them);
     `step_metadata[name]` has status, attempts, started_at, finished_at, duration_s,
-    error, skip_reason and usage; `skipped_steps` maps a skipped step to its reason.
+    error, skip_reason and usage; `skipped_steps` maps a skipped step to its reason;
+    `saved_memories` is what the run's steps saved through `ctx.memory` (`PipelineMemory`).
     """
 
     pipeline_name: str
@@ -58,9 +59,10 @@ class PipelineResult(msgspec.Struct, kw_only=True):
     skipped_steps: dict[str, str] = {}
     error_details: dict[str, str] = {}
     error: str | None = None
+    saved_memories: dict[str, Any] = {}
 
     @classmethod
-    def from_state(cls, plan: Plan, state: RunState) -> PipelineResult:
+    def from_state(cls, plan: Plan, state: RunState, memory: Mapping[str, Any] | None = None) -> PipelineResult:
         outputs: dict[str, Any] = {}
         metadata: dict[str, dict[str, Any]] = {}
         usage = Usage()
@@ -105,6 +107,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
             skipped_steps={n: s.skip_reason or "" for n, s in state.steps.items() if s.status is StepStatus.SKIPPED},
             error_details={n: str(s.error) for n, s in state.steps.items() if s.error is not None},
             error=state.error,
+            saved_memories=dict(memory or {}),
         )
 
     # -- conversions ---------------------------------------------------------------------
