@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .client.aio import AsyncClient
     from .client.calls import RunHandle
     from .client.sync import Client
-    from .core.result import PipelineResult
+    from .core.result import PipelineResult, TokenUsage
     from .core.state import RunStatus, StepStatus, Usage
     from .define.conditions import when
     from .define.pipeline import Pipeline
@@ -37,7 +37,7 @@ _EXPORTS = {
     "RunConfig": "run.local", "run_agent": "run.local", "run_pipeline": "run.local",
     "Pipeline": "define.pipeline", "PipelineStep": "define.step",
     "DependencyType": "define.plan", "ExecutionMode": "define.plan",
-    "PipelineResult": "core.result",
+    "PipelineResult": "core.result", "TokenUsage": "core.result",
     "RunStatus": "core.state", "StepStatus": "core.state", "Usage": "core.state",
 }
 
@@ -69,6 +69,7 @@ __all__ = [
     "StepContext",
     "StepStatus",
     "TagentError",
+    "TokenUsage",
     "Usage",
     "__version__",
     "run_agent",

@@ -37,6 +37,7 @@ from .events import (
     TimerFired,
     WorkerLost,
 )
+from .result import to_builtins
 from .rules import backoff_delay, completed_output, upstream
 from .run_index import RunIndex
 from .state import MAX_TRANSCRIPTS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus
@@ -201,7 +202,9 @@ class RunMachine:
         step.output, step.error = output, None
         self.index.set_step(name, StepStatus.COMPLETED, now)
         self.index.drop_tasks(name)
-        return [Persist(), Emit(topic="step.completed", data=self._ev(step=name, attempts=step.attempts))]
+        # the step's result and when it completed ride with the event (the design documents' step_completed)
+        data = self._ev(step=name, attempts=step.attempts, result=to_builtins(output), timestamp=now)
+        return [Persist(), Emit(topic="step.completed", data=data)]
 
     def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
         spec = self.specs[task.step]

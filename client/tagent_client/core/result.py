@@ -33,12 +33,33 @@ def _enc_hook(obj: Any) -> Any:
     raise NotImplementedError(f"cannot encode {type(obj).__name__} in a step output; return JSON-like data or a pydantic model")
 
 
+class TokenUsage(msgspec.Struct, kw_only=True):
+    """LLM usage, as the design documents name it: per step in `PipelineResult.token_usage`, the run's sum in
+    `PipelineResult.total_usage`. Function steps have all zeros. `a + b` adds two."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = 0
+    tool_calls: int = 0
+    cost: float = 0.0
+
+    @classmethod
+    def of(cls, usage: Usage) -> TokenUsage:
+        return cls(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens,
+                   requests=usage.requests, tool_calls=usage.tool_calls, cost=usage.cost)
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(**{f: getattr(self, f) + getattr(other, f) for f in self.__struct_fields__})
+
+
 class PipelineResult(msgspec.Struct, kw_only=True):
     """The outcome of one run. `success` is true only for status `completed`.
 
     `step_outputs` holds every output that completed (partial success keeps them);
     `step_metadata[name]` has status, attempts, started_at, finished_at, duration_s,
-    error, skip_reason and usage; `skipped_steps` maps a skipped step to its reason;
+    error, skip_reason and usage; `token_usage[name]` is a step's `TokenUsage` (the sum over its attempts) and
+    `total_usage` the run's; `skipped_steps` maps a skipped step to its reason;
     `saved_memories` is what the run's steps saved through `ctx.memory` (`PipelineMemory`).
     """
 
@@ -54,7 +75,8 @@ class PipelineResult(msgspec.Struct, kw_only=True):
     final_output: Any = None
     total_cost: float = 0.0
     cost_per_step: dict[str, float] = {}
-    token_usage: dict[str, int] = {}
+    token_usage: dict[str, TokenUsage] = {}
+    total_usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
     failed_steps: list[str] = []
     skipped_steps: dict[str, str] = {}
     error_details: dict[str, str] = {}
@@ -96,13 +118,8 @@ class PipelineResult(msgspec.Struct, kw_only=True):
             final_output=outputs.get(final) if final else None,
             total_cost=usage.cost,
             cost_per_step={n: s.usage.cost for n, s in state.steps.items()},
-            token_usage={
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "total_tokens": usage.total_tokens,
-                "requests": usage.requests,
-                "tool_calls": usage.tool_calls,
-            },
+            token_usage={n: TokenUsage.of(s.usage) for n, s in state.steps.items()},
+            total_usage=TokenUsage.of(usage),
             failed_steps=[n for n, s in state.steps.items() if s.status is StepStatus.FAILED],
             skipped_steps={n: s.skip_reason or "" for n, s in state.steps.items() if s.status is StepStatus.SKIPPED},
             error_details={n: str(s.error) for n, s in state.steps.items() if s.error is not None},
@@ -148,7 +165,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
         when = datetime.fromtimestamp(self.start_time, UTC).strftime("%H:%M:%S") if self.start_time else "-"
         lines = [
             f"run {self.run_id} of {self.pipeline_name}: {self.status.upper()} in {self.execution_time:.2f}s "
-            f"(started {when} UTC, cost ${self.total_cost:.6f}, {self.token_usage.get('total_tokens', 0)} tokens)"
+            f"(started {when} UTC, cost ${self.total_cost:.6f}, {self.total_usage.total_tokens} tokens)"
         ]
         for name, meta in self.step_metadata.items():
             detail = meta.get("error") or meta.get("skip_reason") or ""
