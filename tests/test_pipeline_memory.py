@@ -3,7 +3,7 @@
 `save_step_result` / `get_step_result` keep a step's result in the run's memory (durable
 through the daemon: it survives a kill -9 while a later step runs); `share_with_pipeline`
 hands data to another pipeline, whose steps read it with `get_shared`; what the steps saved
-is `PipelineResult.saved_memories`, equal in-process and through the daemon.
+is `PipelineResult.learned_facts` (step results) and `saved_memories` (the rest), equal in-process and through the daemon.
 """
 
 from __future__ import annotations
@@ -60,11 +60,8 @@ EXPECTED_REPORT = {"saved": {"pages": 3}, "note": "kept", "missing": None, "kind
 
 
 def comparable(result: PipelineResult) -> dict[str, Any]:
-    """The saved memories without the save time (it differs between two runs)."""
-    memories = dict(result.saved_memories)
-    entry = dict(memories.pop("step_result/gather"))
-    assert isinstance(entry.pop("timestamp"), float)
-    return {**memories, "step_result/gather": entry}
+    """What the run's steps saved through ctx.memory: its learned facts and its other saved memories."""
+    return {"learned_facts": result.learned_facts, "saved_memories": result.saved_memories}
 
 
 def test_pipeline_memory_in_process(tmp_path: Path) -> None:
@@ -74,11 +71,12 @@ def test_pipeline_memory_in_process(tmp_path: Path) -> None:
     # When it runs, and then the reader runs
     result = run_agent(remembering)
     shared = run_agent(reader)
-    # Then the later step read the saved result, what the steps saved is the result's saved_memories,
+    # Then the later step read the saved result, what the steps saved is the result's
+    # learned_facts (step results) and saved_memories (the rest),
     # and the reader got what was shared with it
     assert result.success, result.error
     assert result.final_output == EXPECTED_REPORT
-    assert comparable(result) == {"note": "kept", "step_result/gather": {"data": {"pages": 3}, "step_id": "gather"}}
+    assert comparable(result) == {"learned_facts": {"gather": {"pages": 3}}, "saved_memories": {"note": "kept"}}
     assert shared.final_output == {"from": "remembering"}
 
 
@@ -106,7 +104,8 @@ def test_pipeline_memory_survives_a_kill9_and_equals_in_process(
     assert result.success, result.error
     assert result.final_output == EXPECTED_REPORT
     in_process = run_agent(runpy.run_path(str(path))["pipeline"])
-    assert comparable(result) == comparable(in_process)
+    assert comparable(result) == comparable(in_process) == {"learned_facts": {"gather": {"pages": 3}},
+                                                             "saved_memories": {"note": "kept"}}
     assert shared.final_output == {"from": "remembering"}
 
 

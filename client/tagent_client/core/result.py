@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
+#: The memory key prefix under which `PipelineMemory.save_step_result` keeps a step's result.
+STEP_RESULT_PREFIX = "step_result/"
+
+
 def to_builtins(value: Any) -> Any:
     """Plain data for a value that may hold pydantic models, enums or Structs."""
     return msgspec.to_builtins(value, enc_hook=_enc_hook, str_keys=True)
@@ -60,7 +64,8 @@ class PipelineResult(msgspec.Struct, kw_only=True):
     `step_metadata[name]` has status, attempts, started_at, finished_at, duration_s,
     error, skip_reason and usage; `token_usage[name]` is a step's `TokenUsage` (the sum over its attempts) and
     `total_usage` the run's; `skipped_steps` maps a skipped step to its reason;
-    `saved_memories` is what the run's steps saved through `ctx.memory` (`PipelineMemory`).
+    `learned_facts[step]` is what `ctx.memory.save_step_result(step, data)` saved (the data) and
+    `saved_memories` every other key the run's steps saved through `ctx.memory` (`PipelineMemory`).
     """
 
     pipeline_name: str
@@ -81,6 +86,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
     skipped_steps: dict[str, str] = {}
     error_details: dict[str, str] = {}
     error: str | None = None
+    learned_facts: dict[str, Any] = {}
     saved_memories: dict[str, Any] = {}
 
     @classmethod
@@ -124,7 +130,9 @@ class PipelineResult(msgspec.Struct, kw_only=True):
             skipped_steps={n: s.skip_reason or "" for n, s in state.steps.items() if s.status is StepStatus.SKIPPED},
             error_details={n: str(s.error) for n, s in state.steps.items() if s.error is not None},
             error=state.error,
-            saved_memories=dict(memory or {}),
+            learned_facts={k.removeprefix(STEP_RESULT_PREFIX): (v or {}).get("data")
+                           for k, v in (memory or {}).items() if k.startswith(STEP_RESULT_PREFIX)},
+            saved_memories={k: v for k, v in (memory or {}).items() if not k.startswith(STEP_RESULT_PREFIX)},
         )
 
     # -- conversions ---------------------------------------------------------------------

@@ -12,7 +12,8 @@ Guarantees (docs/semantics.md, "Pipeline memory"):
 - `share_with_pipeline(target, key, data)` writes `key` into the shared space
   `pipeline:<target>` (durable, versioned: docs/broker.md); the target pipeline's steps read
   it with `get_shared(key)`, and clients with `client.space("pipeline:<target>").get(key)`.
-- Everything saved is the run's `PipelineResult.saved_memories`.
+- What `save_step_result` saved is the run's `PipelineResult.learned_facts` (step → data); every
+  other key saved is its `saved_memories`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.result import to_builtins
+from ..core.result import STEP_RESULT_PREFIX, to_builtins
 
 if TYPE_CHECKING:
     from .context_broker import SpaceRef
     from .services import RunServices
-
-#: The key prefix under which `save_step_result` keeps a step's result.
-STEP_RESULT_PREFIX = "step_result/"
 
 
 def shared_space(pipeline: str) -> str:
