@@ -22,7 +22,13 @@ if TYPE_CHECKING:
     from .define.pipeline import Pipeline
     from .define.plan import DependencyType, ExecutionMode
     from .define.step import PipelineStep
-    from .errors import PipelineValidationError, RetryableError, TagentError
+    from .errors import (
+        PipelineDeadlockError,
+        PipelineValidationError,
+        RetryableError,
+        StepExecutionError,
+        TagentError,
+    )
     from .run.context import StepContext
     from .run.local import RunConfig, run_agent, run_pipeline
     from .run.memory import PipelineMemory
@@ -34,6 +40,7 @@ _EXPORTS = {
     "when": "define.conditions",
     "StepContext": "run.context", "PipelineMemory": "run.memory",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
+    "PipelineDeadlockError": "errors", "StepExecutionError": "errors",
     "RunConfig": "run.local", "run_agent": "run.local", "run_pipeline": "run.local",
     "Pipeline": "define.pipeline", "PipelineStep": "define.step",
     "DependencyType": "define.plan", "ExecutionMode": "define.plan",
@@ -58,6 +65,7 @@ __all__ = [
     "DependencyType",
     "ExecutionMode",
     "Pipeline",
+    "PipelineDeadlockError",
     "PipelineMemory",
     "PipelineResult",
     "PipelineStep",
@@ -67,6 +75,7 @@ __all__ = [
     "RunHandle",
     "RunStatus",
     "StepContext",
+    "StepExecutionError",
     "StepStatus",
     "TagentError",
     "TokenUsage",

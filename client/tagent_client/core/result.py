@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..define.plan import Plan
-from .state import RunState, RunStatus, StepStatus, Usage
+from ..errors import PipelineDeadlockError, RunFailed, StepExecutionError
+from .state import DEADLOCK, RunState, RunStatus, StepStatus, Usage
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -106,6 +107,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
                 "finished_at": step.finished_at,
                 "duration_s": duration,
                 "error": str(step.error) if step.error else None,
+                "error_type": step.error.type if step.error else None,
                 "skip_reason": step.skip_reason,
                 "usage": msgspec.structs.asdict(step.usage),
             }
@@ -134,6 +136,32 @@ class PipelineResult(msgspec.Struct, kw_only=True):
                            for k, v in (memory or {}).items() if k.startswith(STEP_RESULT_PREFIX)},
             saved_memories={k: v for k, v in (memory or {}).items() if not k.startswith(STEP_RESULT_PREFIX)},
         )
+
+    # -- the design documents' errors -----------------------------------------------------
+
+    def step_errors(self) -> dict[str, StepExecutionError]:
+        """Each failed step's error as a `StepExecutionError` naming the step (in definition order)."""
+        return {
+            name: StepExecutionError(name, self.error_details.get(name) or "no error recorded",
+                                     self.step_metadata.get(name, {}).get("error_type"))
+            for name in self.failed_steps
+        }
+
+    def raise_for_status(self) -> PipelineResult:
+        """Return this result if the run completed; else raise why it did not.
+
+        `PipelineDeadlockError` when no step could make progress, `StepExecutionError` for the first
+        failed step, `RunFailed` for any other end (cancelled, or failed without a failed step).
+        """
+        if self.success:
+            return self
+        if self.error and self.error.startswith(DEADLOCK):
+            stuck = [n for n, meta in self.step_metadata.items() if meta.get("status") == StepStatus.CANCELLED.value]
+            raise PipelineDeadlockError(f"Pipeline execution deadlocked: {self.error}", stuck)
+        errors = self.step_errors()
+        if errors:
+            raise next(iter(errors.values()))
+        raise RunFailed(f"run {self.run_id} of {self.pipeline_name} ended {self.status}: {self.error or 'no error'}")
 
     # -- conversions ---------------------------------------------------------------------
 
