@@ -118,3 +118,17 @@ def test_memory_is_a_deprecated_name_of_pipeline_memory() -> None:
         old = context.Memory
     assert old is PipelineMemory
     assert any(issubclass(w.category, DeprecationWarning) and "PipelineMemory" in str(w.message) for w in caught)
+
+
+def test_a_value_saved_by_hand_under_the_step_result_prefix_is_still_a_learned_fact() -> None:
+    # Given a run's memory where a step saved a plain value under the step-result prefix itself (not a
+    # save_step_result entry)
+    from tagent_client import Pipeline
+    from tagent_client.core.engine import RunMachine
+
+    plan = Pipeline("by_hand").step("only", fn=lambda: 1).plan()
+    state = RunMachine.new(plan, "run-1").state
+    # When its result is built
+    result = PipelineResult.from_state(plan, state, {"step_result/odd": 5, "step_result/ok": {"data": 1}})
+    # Then the plain value is the fact as it is, and an entry gives its data
+    assert result.learned_facts == {"odd": 5, "ok": 1} and result.saved_memories == {}

@@ -132,7 +132,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
             skipped_steps={n: s.skip_reason or "" for n, s in state.steps.items() if s.status is StepStatus.SKIPPED},
             error_details={n: str(s.error) for n, s in state.steps.items() if s.error is not None},
             error=state.error,
-            learned_facts={k.removeprefix(STEP_RESULT_PREFIX): (v or {}).get("data")
+            learned_facts={k.removeprefix(STEP_RESULT_PREFIX): v.get("data") if isinstance(v, dict) else v
                            for k, v in (memory or {}).items() if k.startswith(STEP_RESULT_PREFIX)},
             saved_memories={k: v for k, v in (memory or {}).items() if not k.startswith(STEP_RESULT_PREFIX)},
         )
