@@ -338,7 +338,7 @@ def test_the_test_model_needs_no_server_and_records_usage() -> None:
     result = asyncio.run(run_pipeline(p))
 
     assert result.success and isinstance(result.step_outputs["s"], Company)
-    assert result.token_usage["total_tokens"] > 0 and result.total_cost == 0
+    assert result.token_usage["s"].total_tokens > 0 and result.total_usage == result.token_usage["s"] and result.total_cost == 0
 
 
 def test_endpoint_settings_reject_a_bad_url_and_bad_names() -> None:

@@ -18,6 +18,8 @@ import pytest
 from conftest import REPO, DaemonProcess, processes_using, wait_until, write_pipeline
 from openai_server import Reply, ScriptedServer, final_for
 
+from tagent_client import TokenUsage
+
 pytestmark = pytest.mark.timeout(120)
 
 SECRET = "sk-daemon-test-5e8d2a91"
@@ -113,7 +115,7 @@ def test_offline_research_example_runs_on_the_test_model_with_typed_outputs_and_
         assert isinstance(result.step_outputs[step], schema), step
     agent_steps = ("web_search", "reputation", "social", "final_report")
     assert all(detail.steps[s].tokens > 0 for s in agent_steps) and detail.steps["score"].tokens == 0
-    assert result.token_usage["requests"] >= 4 and result.total_cost == 0.0
+    assert result.total_usage.requests >= 4 and result.total_cost == 0.0
     assert transcript["attempts"][0]["model"] == "test" and transcript["attempts"][0]["status"] == "succeeded"
 
 
@@ -132,8 +134,9 @@ def test_agent_step_on_a_configured_endpoint_calls_a_tool_and_records_usage_cost
 
     assert result.success, result.summary()
     assert result.step_outputs["find"] == {"name": "Acme", "founded": 1999}
-    assert result.token_usage == {"input_tokens": 2500, "output_tokens": 150, "total_tokens": 2650, "requests": 2,
-                                  "tool_calls": 1}
+    expected = TokenUsage(input_tokens=2500, output_tokens=150, total_tokens=2650, requests=2, tool_calls=1,
+                          cost=result.total_cost)
+    assert result.token_usage == {"find": expected} and result.total_usage == expected
     assert result.total_cost == pytest.approx((2500 * 1.0 + 150 * 2.0) / 1e6)
     assert result.cost_per_step["find"] == pytest.approx(result.total_cost)
     assert all(r.tool_names == ["lookup", "final_result"] for r in server.requests)

@@ -125,7 +125,8 @@ def test_cli_drives_a_background_daemon_from_start_to_stop(background: DaemonPro
     assert all(isinstance(out, dict) for out in result["step_outputs"].values())
     assert result["step_outputs"]["score"]["company"] == "Acme"
     assert set(result["final_output"]) == {"title", "summary", "recommendation"}
-    assert result["token_usage"]["total_tokens"] > 0
+    assert result["total_usage"]["total_tokens"] > 0
+    assert set(result["token_usage"]) == set(result["step_outputs"])
     logs = background.cli("logs", run_id)
     assert logs.returncode == 0 and "scored" in logs.stdout
 

@@ -420,7 +420,7 @@ def test_run_agent_with_a_goal_string_on_the_test_model() -> None:
     assert result.success, result.summary()
     assert list(result.step_outputs) == ["agent"]
     assert isinstance(result.final_output, str) and result.final_output
-    assert result.token_usage["requests"] >= 1
+    assert result.total_usage.requests >= 1
 
 
 def test_agent_step_without_a_model_is_a_config_error_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,11 +27,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import msgspec
 import pytest
 from conftest import REPO, DaemonProcess, processes_using, wait_until, write_pipeline
 from openai_server import Reply, ScriptedServer, tagent_phase, tagent_script, tagent_task
 
-from tagent_client import run_agent
+from tagent_client import TokenUsage, run_agent
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -83,8 +84,13 @@ WEATHER = """
 TASKS = (tagent_task("get_weather", city="Lisbon"), tagent_task("station", city="Lisbon"),
          tagent_task("remember", text="pack sunglasses"), tagent_task("llm_task", prompt="Say hello"))
 FINAL = {"city": "Lisbon", "forecast": "sunny"}
-USAGE = {"input_tokens": 4000, "output_tokens": 400, "total_tokens": 4400, "requests": 4, "tool_calls": 3}
 COST = 4000 * PRICE_IN + 400 * PRICE_OUT
+USAGE = TokenUsage(input_tokens=4000, output_tokens=400, total_tokens=4400, requests=4, tool_calls=3)
+
+
+def tokens(usage: TokenUsage) -> TokenUsage:
+    """The usage without its cost (tests check the cost with pytest.approx)."""
+    return msgspec.structs.replace(usage, cost=0.0)
 
 
 def guard_module() -> ModuleType:
@@ -186,7 +192,8 @@ def test_a_tagent_step_reaches_its_goal_in_process_with_exact_usage_and_nothing_
     assert "sunny in Lisbon" in evaluated, evaluated  # get_weather(city="Lisbon")
     assert "station LISBON" in evaluated, evaluated  # station(Station(city="Lisbon"))
     assert "pack sunglasses" in evaluated and "get_weather_output" in evaluated, evaluated  # remember(state, args)
-    assert result.token_usage == USAGE
+    assert set(result.token_usage) == {"forecast"} and tokens(result.token_usage["forecast"]) == USAGE
+    assert tokens(result.total_usage) == USAGE and result.total_usage.cost == pytest.approx(COST)
     assert result.total_cost == pytest.approx(COST) and result.cost_per_step["forecast"] == pytest.approx(COST)
     assert result.step_metadata["forecast"]["usage"]["requests"] == 4
     assert capfd.readouterr() == ("", "")
@@ -205,7 +212,7 @@ def test_a_failing_llm_leaves_no_spinner_and_says_why_in_process(
     assert not failed.success
     assert "TAgentGoalNotAchieved" in failed.error_details["forecast"]
     assert "its last LLM call failed: InternalServerError" in failed.error_details["forecast"]
-    assert failed.token_usage["requests"] == 0 and failed.total_cost == 0.0
+    assert failed.total_usage.requests == 0 and failed.total_cost == 0.0
     assert spinner_threads() == []
     server.script(*tagent_script(FINAL, *TASKS))
     assert run_agent(module.pipeline).success  # time for a leaked spinner to write
@@ -273,7 +280,7 @@ def test_tools_that_raise_are_async_or_undocumented_and_the_default_final_answer
 
     assert result.success, result.summary()
     assert result.step_outputs["use"] == DEFAULT_FINAL
-    assert result.token_usage["tool_calls"] == 3
+    assert result.total_usage.tool_calls == 3
     planned = server.requests[0].messages[-1]["content"]
     assert "Tool: undocumented(n: int) -> int\nDescription: The tool undocumented." in planned, planned
     evaluated = server.requests[1].messages[-1]["content"]
@@ -298,7 +305,7 @@ def test_a_final_answer_that_never_validates_fails_the_attempt_as_retryable(
     assert result.error_details["forecast"] == (
         "TAgentGoalNotAchieved: step 'forecast': TAgent achieved the goal but could not produce Weather (its final "
         "answer did not validate 3 times)")
-    assert result.token_usage["requests"] == 10 == len(server.requests)
+    assert result.total_usage.requests == 10 == len(server.requests)
 
 
 def test_a_timed_out_step_stops_tagent_at_its_next_llm_call(
@@ -369,7 +376,8 @@ def test_through_the_daemon_the_result_equals_the_in_process_one_and_the_logs_st
     assert not failed.success and "its last LLM call failed: InternalServerError" in failed.error_details["forecast"]
     assert remote.success, remote.summary()
     assert remote.step_outputs == local.step_outputs == {"forecast": module.Weather(city="Lisbon", forecast="sunny")}
-    assert remote.token_usage == local.token_usage == USAGE
+    assert set(remote.token_usage) == set(local.token_usage) == {"forecast"}
+    assert tokens(remote.token_usage["forecast"]) == tokens(local.token_usage["forecast"]) == USAGE
     assert remote.total_cost == pytest.approx(local.total_cost) and remote.cost_per_step == pytest.approx(local.cost_per_step)
     assert remote.step_metadata["forecast"]["usage"] == local.step_metadata["forecast"]["usage"]
     assert after.pid == worker.pid, "the worker was replaced (a missed heartbeat?)"

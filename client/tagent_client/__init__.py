@@ -16,27 +16,35 @@ if TYPE_CHECKING:
     from .client.aio import AsyncClient
     from .client.calls import RunHandle
     from .client.sync import Client
-    from .core.result import PipelineResult
+    from .core.result import PipelineResult, TokenUsage
     from .core.state import RunStatus, StepStatus, Usage
     from .define.conditions import when
     from .define.pipeline import Pipeline
     from .define.plan import DependencyType, ExecutionMode
     from .define.step import PipelineStep
-    from .errors import PipelineValidationError, RetryableError, TagentError
+    from .errors import (
+        PipelineDeadlockError,
+        PipelineValidationError,
+        RetryableError,
+        StepExecutionError,
+        TagentError,
+    )
     from .run.context import StepContext
     from .run.local import RunConfig, run_agent, run_pipeline
+    from .run.memory import PipelineMemory
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.
 _EXPORTS = {
     "AsyncClient": "client.aio", "Client": "client.sync", "RunHandle": "client.calls",
     "when": "define.conditions",
-    "StepContext": "run.context",
+    "StepContext": "run.context", "PipelineMemory": "run.memory",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
+    "PipelineDeadlockError": "errors", "StepExecutionError": "errors",
     "RunConfig": "run.local", "run_agent": "run.local", "run_pipeline": "run.local",
     "Pipeline": "define.pipeline", "PipelineStep": "define.step",
     "DependencyType": "define.plan", "ExecutionMode": "define.plan",
-    "PipelineResult": "core.result",
+    "PipelineResult": "core.result", "TokenUsage": "core.result",
     "RunStatus": "core.state", "StepStatus": "core.state", "Usage": "core.state",
 }
 
@@ -57,6 +65,8 @@ __all__ = [
     "DependencyType",
     "ExecutionMode",
     "Pipeline",
+    "PipelineDeadlockError",
+    "PipelineMemory",
     "PipelineResult",
     "PipelineStep",
     "PipelineValidationError",
@@ -65,8 +75,10 @@ __all__ = [
     "RunHandle",
     "RunStatus",
     "StepContext",
+    "StepExecutionError",
     "StepStatus",
     "TagentError",
+    "TokenUsage",
     "Usage",
     "__version__",
     "run_agent",

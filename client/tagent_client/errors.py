@@ -124,6 +124,27 @@ class RunFailed(TagentError):
     code = "run_failed"
 
 
+class StepExecutionError(RunFailed):
+    """A step failed for good (the design documents' name): `step` names it, `error_type` is its exception's type."""
+
+    code = "step_failed"
+
+    def __init__(self, step: str, message: str, error_type: str | None = None) -> None:
+        super().__init__(f"Step '{shorten(step)}' failed: {message}", step=step, error_type=error_type)
+        self.step = step
+        self.error_type = error_type
+
+
+class PipelineDeadlockError(RunFailed):
+    """No step of a run could make progress (the design documents' name): `steps` lists those that never started."""
+
+    code = "pipeline_deadlock"
+
+    def __init__(self, message: str, steps: list[str] | None = None) -> None:
+        super().__init__(message, steps=list(steps or []))
+        self.steps = list(steps or [])
+
+
 class PermissionDenied(TagentError):
     """A step asked the broker for something its pipeline may not do (a space's allow-list)."""
 
@@ -150,7 +171,7 @@ ERRORS: dict[str, type[TagentError]] = {
     for cls in (
         TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
-        ConfigError, AlreadyRunning, RunFailed, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
+        ConfigError, AlreadyRunning, RunFailed, StepExecutionError, PipelineDeadlockError, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
         DiskFull,
     )
 }
@@ -158,6 +179,8 @@ ERRORS: dict[str, type[TagentError]] = {
 #: CLI exit status per error code. 0 = ok, 1 = the run failed, 2 = usage, 3 = no daemon.
 EXIT_CODES: dict[str, int] = {
     "run_failed": 1,
+    "step_failed": 1,
+    "pipeline_deadlock": 1,
     "invalid_pipeline": 4,
     "load_failed": 4,
     "usage": 2,

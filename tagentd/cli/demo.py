@@ -240,7 +240,7 @@ def tour(example: Path, env: dict[str, str]) -> int:
         result = _run([_bin("tagent"), "result", run_id, "--json"], env, capture=True)
         if result.returncode == 0:
             data = json.loads(result.stdout)
-            say(json.dumps({"final_output": data["final_output"], "token_usage": data["token_usage"]}, indent=2))
+            say(json.dumps({"final_output": data["final_output"], "total_usage": data["total_usage"]}, indent=2))
     return followed.returncode
 
 

@@ -232,7 +232,7 @@ class Run:
         )
 
     def result(self) -> PipelineResult:
-        return PipelineResult.from_state(self.plan, self.state)
+        return PipelineResult.from_state(self.plan, self.state, self.memory)
 
 
 def _brief(data: dict[str, Any]) -> dict[str, Any]:

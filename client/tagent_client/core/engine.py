@@ -37,9 +37,21 @@ from .events import (
     TimerFired,
     WorkerLost,
 )
+from .result import to_builtins
 from .rules import backoff_delay, completed_output, upstream
 from .run_index import RunIndex
-from .state import MAX_TRANSCRIPTS, ErrorInfo, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus
+from .state import (
+    DEADLOCK,
+    MAX_TRANSCRIPTS,
+    ErrorInfo,
+    Phase,
+    RunState,
+    RunStatus,
+    StepState,
+    StepStatus,
+    TaskState,
+    TaskStatus,
+)
 
 _LIVE_TASK = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_RETRY)
 
@@ -201,7 +213,9 @@ class RunMachine:
         step.output, step.error = output, None
         self.index.set_step(name, StepStatus.COMPLETED, now)
         self.index.drop_tasks(name)
-        return [Persist(), Emit(topic="step.completed", data=self._ev(step=name, attempts=step.attempts))]
+        # the step's result and when it completed ride with the event (the design documents' step_completed)
+        data = self._ev(step=name, attempts=step.attempts, result=to_builtins(output), timestamp=now)
+        return [Persist(), Emit(topic="step.completed", data=data)]
 
     def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
         spec = self.specs[task.step]
@@ -307,7 +321,7 @@ class RunMachine:
             return out + self._finish(status, now, error)
         if not (self.index.queued or self.index.running or self.index.waiting):
             waiting = sorted(n for n, s in self.state.steps.items() if not s.status.terminal)
-            return out + self._cancel_run(f"no progress possible: steps {', '.join(waiting)} can never start (engine diagnostic; please report)", now, RunStatus.FAILED)
+            return out + self._cancel_run(f"{DEADLOCK}: steps {', '.join(waiting)} can never start (engine diagnostic; please report)", now, RunStatus.FAILED)
         return out
 
     def _resolve(self, spec: StepSpec, now: float) -> list[Action] | None:

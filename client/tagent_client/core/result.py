@@ -14,10 +14,15 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..define.plan import Plan
-from .state import RunState, RunStatus, StepStatus, Usage
+from ..errors import PipelineDeadlockError, RunFailed, StepExecutionError
+from .state import DEADLOCK, RunState, RunStatus, StepStatus, Usage
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
+
+#: The memory key prefix under which `PipelineMemory.save_step_result` keeps a step's result.
+STEP_RESULT_PREFIX = "step_result/"
 
 
 def to_builtins(value: Any) -> Any:
@@ -33,12 +38,35 @@ def _enc_hook(obj: Any) -> Any:
     raise NotImplementedError(f"cannot encode {type(obj).__name__} in a step output; return JSON-like data or a pydantic model")
 
 
+class TokenUsage(msgspec.Struct, kw_only=True):
+    """LLM usage, as the design documents name it: per step in `PipelineResult.token_usage`, the run's sum in
+    `PipelineResult.total_usage`. Function steps have all zeros. `a + b` adds two."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    requests: int = 0
+    tool_calls: int = 0
+    cost: float = 0.0
+
+    @classmethod
+    def of(cls, usage: Usage) -> TokenUsage:
+        return cls(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, total_tokens=usage.total_tokens,
+                   requests=usage.requests, tool_calls=usage.tool_calls, cost=usage.cost)
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(**{f: getattr(self, f) + getattr(other, f) for f in self.__struct_fields__})
+
+
 class PipelineResult(msgspec.Struct, kw_only=True):
     """The outcome of one run. `success` is true only for status `completed`.
 
     `step_outputs` holds every output that completed (partial success keeps them);
     `step_metadata[name]` has status, attempts, started_at, finished_at, duration_s,
-    error, skip_reason and usage; `skipped_steps` maps a skipped step to its reason.
+    error, skip_reason and usage; `token_usage[name]` is a step's `TokenUsage` (the sum over its attempts) and
+    `total_usage` the run's; `skipped_steps` maps a skipped step to its reason;
+    `learned_facts[step]` is what `ctx.memory.save_step_result(step, data)` saved (the data) and
+    `saved_memories` every other key the run's steps saved through `ctx.memory` (`PipelineMemory`).
     """
 
     pipeline_name: str
@@ -53,14 +81,17 @@ class PipelineResult(msgspec.Struct, kw_only=True):
     final_output: Any = None
     total_cost: float = 0.0
     cost_per_step: dict[str, float] = {}
-    token_usage: dict[str, int] = {}
+    token_usage: dict[str, TokenUsage] = {}
+    total_usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
     failed_steps: list[str] = []
     skipped_steps: dict[str, str] = {}
     error_details: dict[str, str] = {}
     error: str | None = None
+    learned_facts: dict[str, Any] = {}
+    saved_memories: dict[str, Any] = {}
 
     @classmethod
-    def from_state(cls, plan: Plan, state: RunState) -> PipelineResult:
+    def from_state(cls, plan: Plan, state: RunState, memory: Mapping[str, Any] | None = None) -> PipelineResult:
         outputs: dict[str, Any] = {}
         metadata: dict[str, dict[str, Any]] = {}
         usage = Usage()
@@ -76,6 +107,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
                 "finished_at": step.finished_at,
                 "duration_s": duration,
                 "error": str(step.error) if step.error else None,
+                "error_type": step.error.type if step.error else None,
                 "skip_reason": step.skip_reason,
                 "usage": msgspec.structs.asdict(step.usage),
             }
@@ -94,18 +126,42 @@ class PipelineResult(msgspec.Struct, kw_only=True):
             final_output=outputs.get(final) if final else None,
             total_cost=usage.cost,
             cost_per_step={n: s.usage.cost for n, s in state.steps.items()},
-            token_usage={
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "total_tokens": usage.total_tokens,
-                "requests": usage.requests,
-                "tool_calls": usage.tool_calls,
-            },
+            token_usage={n: TokenUsage.of(s.usage) for n, s in state.steps.items()},
+            total_usage=TokenUsage.of(usage),
             failed_steps=[n for n, s in state.steps.items() if s.status is StepStatus.FAILED],
             skipped_steps={n: s.skip_reason or "" for n, s in state.steps.items() if s.status is StepStatus.SKIPPED},
             error_details={n: str(s.error) for n, s in state.steps.items() if s.error is not None},
             error=state.error,
+            learned_facts={k.removeprefix(STEP_RESULT_PREFIX): v.get("data") if isinstance(v, dict) else v
+                           for k, v in (memory or {}).items() if k.startswith(STEP_RESULT_PREFIX)},
+            saved_memories={k: v for k, v in (memory or {}).items() if not k.startswith(STEP_RESULT_PREFIX)},
         )
+
+    # -- the design documents' errors -----------------------------------------------------
+
+    def step_errors(self) -> dict[str, StepExecutionError]:
+        """Each failed step's error as a `StepExecutionError` naming the step (in definition order)."""
+        return {
+            name: StepExecutionError(name, self.error_details.get(name) or "no error recorded",
+                                     self.step_metadata.get(name, {}).get("error_type"))
+            for name in self.failed_steps
+        }
+
+    def raise_for_status(self) -> PipelineResult:
+        """Return this result if the run completed; else raise why it did not.
+
+        `PipelineDeadlockError` when no step could make progress, `StepExecutionError` for the first
+        failed step, `RunFailed` for any other end (cancelled, or failed without a failed step).
+        """
+        if self.success:
+            return self
+        if self.error and self.error.startswith(DEADLOCK):
+            stuck = [n for n, meta in self.step_metadata.items() if meta.get("status") == StepStatus.CANCELLED.value]
+            raise PipelineDeadlockError(f"Pipeline execution deadlocked: {self.error}", stuck)
+        errors = self.step_errors()
+        if errors:
+            raise next(iter(errors.values()))
+        raise RunFailed(f"run {self.run_id} of {self.pipeline_name} ended {self.status}: {self.error or 'no error'}")
 
     # -- conversions ---------------------------------------------------------------------
 
@@ -145,7 +201,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
         when = datetime.fromtimestamp(self.start_time, UTC).strftime("%H:%M:%S") if self.start_time else "-"
         lines = [
             f"run {self.run_id} of {self.pipeline_name}: {self.status.upper()} in {self.execution_time:.2f}s "
-            f"(started {when} UTC, cost ${self.total_cost:.6f}, {self.token_usage.get('total_tokens', 0)} tokens)"
+            f"(started {when} UTC, cost ${self.total_cost:.6f}, {self.total_usage.total_tokens} tokens)"
         ]
         for name, meta in self.step_metadata.items():
             detail = meta.get("error") or meta.get("skip_reason") or ""

@@ -27,6 +27,10 @@ def new_run_id(now: float | None = None) -> str:
     return stamp + "".join(_ID_ALPHABET[(rand >> (5 * i)) & 31] for i in range(4))
 
 
+#: How the run's error starts when no step could make progress (reported as `PipelineDeadlockError`).
+DEADLOCK = "no progress possible"
+
+
 class RunStatus(str, enum.Enum):
     """Lifecycle of a run. COMPLETED, FAILED and CANCELLED are final."""
 

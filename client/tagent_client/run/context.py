@@ -7,10 +7,12 @@ behind it differ (`services.LocalServices` in-process, a daemon-backed one in th
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .context_broker import BrokerAbilities
+from .memory import PipelineMemory
 
 if TYPE_CHECKING:
     from ..define.pipeline import Pipeline
@@ -24,21 +26,6 @@ DEPENDENCY_PREFIX = "dependency_"
 def constraints_of(pipeline: Pipeline, step: PipelineStep | StepSpec) -> list[str]:
     """A step's constraints as its context and its agent's prompt see them: its own, then the pipeline's."""
     return [*step.constraints, *pipeline.global_constraints]
-
-
-class Memory:
-    """Per-run key/value memory shared by the run's steps: `await ctx.memory.save(k, v)`, `await ctx.memory.get(k)`."""
-
-    def __init__(self, services: RunServices, run_id: str) -> None:
-        self._services = services
-        self._run_id = run_id
-
-    async def save(self, key: str, value: Any) -> None:
-        await self._services.memory_save(self._run_id, key, value)
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        value = await self._services.memory_get(self._run_id, key)
-        return default if value is None else value
 
 
 class _StepLog(logging.LoggerAdapter):
@@ -99,7 +86,7 @@ class StepContext(BrokerAbilities):
         self.trigger = trigger
         self.constraints = list(constraints)
         self.task = task or (step_name if item_index is None else f"{step_name}[{item_index}]")
-        self.memory = Memory(services, run_id)
+        self.memory = PipelineMemory(services, run_id, pipeline, self.space)
         self.log = _StepLog(services, run_id, step_name)
         self._services = services
 
@@ -130,3 +117,12 @@ class StepContext(BrokerAbilities):
 
     def __repr__(self) -> str:
         return f"StepContext(run_id={self.run_id!r}, step={self.step_name!r}, attempt={self.attempt})"
+
+
+def __getattr__(name: str) -> Any:
+    """`Memory` is the old name of `PipelineMemory`: deprecated, removed in the next release."""
+    if name == "Memory":
+        warnings.warn("tagent_client.run.context.Memory is deprecated: use tagent_client.PipelineMemory",
+                      DeprecationWarning, stacklevel=2)
+        return PipelineMemory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

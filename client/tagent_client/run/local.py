@@ -243,7 +243,7 @@ async def run_pipeline(
             job.cancel()
         if running:
             await asyncio.gather(*running.values(), return_exceptions=True)
-    return PipelineResult.from_state(plan, machine.state)
+    return PipelineResult.from_state(plan, machine.state, services.memory.get(machine.state.run_id))
 
 
 def run_agent(goal_or_pipeline: str | Pipeline, params: Mapping[str, Any] | None = None, **options: Any) -> PipelineResult:
