@@ -650,10 +650,12 @@ def test_pipeline_of_a_pipeline_is_a_copy_that_does_not_share_steps() -> None:
     copy = Pipeline(original)
     copy.step("b", goal="B", depends_on=["a"])
     copy.steps["a"].constraints.append("only in the copy")
+    copy.steps["a"].tools.append(search_web)
     copy.global_constraints.append("copy only")
     # Then the copy has the original's definition, and the original is unchanged
     assert (copy.name, copy.description, copy.model) == ("orig", "desc", "test")
     assert [s.name for s in copy.steps] == ["a", "b"]
     assert [s.name for s in original.steps] == ["a"]
     assert original.steps["a"].constraints == [] and original.global_constraints == ["be brief"]
+    assert original.steps["a"].tools == [] and copy.steps["a"] is not original.steps["a"]
     assert copy.plan().steps[0].goal == "A"

@@ -136,3 +136,17 @@ def test_run_agent_inside_an_event_loop_says_to_await_run_pipeline() -> None:
 
     with pytest.raises(RuntimeError, match=r"await run_pipeline\(\.\.\.\)"):
         asyncio.run(inside())
+
+
+def test_verbose_prints_the_run_s_events_and_config_tools_reach_a_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
+    """Given verbose=True (TAgent's progress output), then each run event is printed; given tools in the config
+    of a pipeline run, then its agent steps are offered them, and the caller's pipeline is left unchanged."""
+    run_agent("Say hi", model="test", verbose=True)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["tagent: run.started", "tagent: step.started agent", "tagent: step.completed agent",
+                       "tagent: run.finished"]
+
+    p = Pipeline("tooled").step("ask", goal="Weather in Lisbon?")
+    result = run_agent(p, config={"model": "test", "tools": [lookup]})
+    assert result.success and result.token_usage["tool_calls"] == 1
+    assert p.tools == []

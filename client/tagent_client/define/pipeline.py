@@ -25,6 +25,15 @@ from .validation import NAME, cycles, is_count, parameter_problems, step_problem
 __all__ = ["Pipeline", "PipelineWarning", "StepList"]
 
 
+def _copy_step(step: PipelineStep) -> PipelineStep:
+    """A copy of `step` whose lists and dicts are its own (the functions, schemas and tools in them are shared)."""
+    twin = copy.copy(step)
+    for name, value in vars(step).items():
+        if isinstance(value, (list, dict)):
+            setattr(twin, name, copy.copy(value))
+    return twin
+
+
 class PipelineWarning(UserWarning):
     """A definition that runs, but maybe not as meant (a `tools_filter` naming a tool nobody provides)."""
 
@@ -120,10 +129,7 @@ class Pipeline:
     def _copy_of(self, other: Pipeline) -> None:
         for key, value in vars(other).items():
             setattr(self, key, copy.copy(value) if isinstance(value, (list, dict)) else value)
-        self.steps = StepList(copy.copy(step) for step in other.steps)
-        for step in self.steps:
-            step.constraints = list(step.constraints)
-            step.depends_on = dict(step.dependencies)
+        self.steps = StepList(_copy_step(step) for step in other.steps)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, steps={self.steps.names()})"
