@@ -42,7 +42,7 @@ class CompanyInfo(BaseModel):
 
 def run(pipeline: Pipeline, params: dict[str, Any] | None = None, **options: Any) -> PipelineResult:
     """Run in a fresh event loop with an outer deadline, so a hang fails the test instead of stalling it."""
-    return asyncio.run(asyncio.wait_for(run_pipeline(pipeline, params, **options), timeout=10))
+    return asyncio.run(asyncio.wait_for(run_pipeline(pipeline, params=params, **options), timeout=10))
 
 
 # -- concurrency -----------------------------------------------------------------------------------
@@ -414,13 +414,14 @@ def test_memory_is_shared_between_the_steps_of_a_run() -> None:
 
 
 def test_run_agent_with_a_goal_string_on_the_test_model() -> None:
-    """Given a goal string and model='test', then run_agent runs one agent step offline and returns its text."""
+    """Given a goal string and model='test', then run_agent runs one agent step offline and returns TAgent's
+    result: the goal achieved, the agent's text as output, and the run's PipelineResult alongside."""
     result = run_agent("Summarise the news", model="test")
 
-    assert result.success, result.summary()
-    assert list(result.step_outputs) == ["agent"]
-    assert isinstance(result.final_output, str) and result.final_output
-    assert result.total_usage.requests >= 1
+    assert result.goal_achieved, result.pipeline_result.summary()
+    assert isinstance(result.output, str) and result.output
+    assert list(result.pipeline_result.step_outputs) == ["agent"]
+    assert result.pipeline_result.total_usage.requests >= 1
 
 
 def test_agent_step_without_a_model_is_a_config_error_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:

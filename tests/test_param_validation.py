@@ -140,13 +140,13 @@ def test_run_pipeline_refuses_params_that_leave_a_parameter_unfilled_before_any_
 
     # When it is run with a misspelt param
     with pytest.raises(PipelineValidationError) as caught:
-        run_agent(p, {"compnay": "Acme"})
+        run_agent(p, params={"compnay": "Acme"})
 
     # Then it is refused, saying which step and parameter, and nothing ran
     assert "step 'second': parameter 'company' of second() is not among the submit params" in caught.value.problems[0]
     assert ran == []
     # And with the param it runs
-    assert run_agent(p, {"company": "Acme"}).step_outputs["second"] == "Acme"
+    assert run_agent(p, params={"company": "Acme"}).step_outputs["second"] == "Acme"
 
 
 FRIST = """

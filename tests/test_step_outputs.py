@@ -112,7 +112,7 @@ def test_the_in_process_runner_applies_the_same_rules(case: str, tmp_path: Path)
     pipeline = load(write_pipeline(tmp_path, "outputs.py", PIPELINE)).pipeline
 
     # When it runs the case (bounded: a hang fails the test)
-    result = asyncio.run(asyncio.wait_for(run_pipeline(pipeline, {"case": case}), timeout=20))
+    result = asyncio.run(asyncio.wait_for(run_pipeline(pipeline, params={"case": case}), timeout=20))
 
     # Then it fails the step exactly as the daemon does
     kind, fragments = FAILURES[case]
@@ -128,7 +128,7 @@ def test_the_in_process_runner_keeps_the_object_a_step_returned(tmp_path: Path) 
     pipeline = load(write_pipeline(tmp_path, "outputs.py", PIPELINE)).pipeline
 
     # When it runs in this process, Then its output is the model it returned (the daemon stores it as data)
-    result = asyncio.run(asyncio.wait_for(run_pipeline(pipeline, {"case": "model"}), timeout=20))
+    result = asyncio.run(asyncio.wait_for(run_pipeline(pipeline, params={"case": "model"}), timeout=20))
     assert result.success, result.summary()
     output = result.step_outputs["produce"]
     assert type(output).__name__ == "Score" and output.value == 0.5

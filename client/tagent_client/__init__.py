@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .core.result import PipelineResult, TokenUsage
     from .core.state import RunStatus, StepStatus, Usage
     from .define.conditions import when
-    from .define.pipeline import Pipeline
+    from .define.pipeline import Pipeline, PipelineWarning
     from .define.plan import DependencyType, ExecutionMode
     from .define.step import PipelineStep
     from .errors import (
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
         StepExecutionError,
         TagentError,
     )
+    from .run.agent_api import AgentResult, run_agent
+    from .run.config import RunConfig
     from .run.context import StepContext
-    from .run.local import RunConfig, run_agent, run_pipeline
+    from .run.local import run_pipeline
     from .run.memory import PipelineMemory
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
@@ -41,8 +43,9 @@ _EXPORTS = {
     "StepContext": "run.context", "PipelineMemory": "run.memory",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
     "PipelineDeadlockError": "errors", "StepExecutionError": "errors",
-    "RunConfig": "run.local", "run_agent": "run.local", "run_pipeline": "run.local",
-    "Pipeline": "define.pipeline", "PipelineStep": "define.step",
+    "RunConfig": "run.config", "run_agent": "run.agent_api", "run_pipeline": "run.local",
+    "Pipeline": "define.pipeline", "PipelineWarning": "define.pipeline", "PipelineStep": "define.step",
+    "AgentResult": "run.agent_api",
     "DependencyType": "define.plan", "ExecutionMode": "define.plan",
     "PipelineResult": "core.result", "TokenUsage": "core.result",
     "RunStatus": "core.state", "StepStatus": "core.state", "Usage": "core.state",
@@ -60,6 +63,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AgentResult",
     "AsyncClient",
     "Client",
     "DependencyType",
@@ -70,6 +74,7 @@ __all__ = [
     "PipelineResult",
     "PipelineStep",
     "PipelineValidationError",
+    "PipelineWarning",
     "RetryableError",
     "RunConfig",
     "RunHandle",

@@ -9,8 +9,10 @@ the like write and read documents (`document.py`, `rebuild.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any
+import copy
+import warnings
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, SupportsIndex, overload
 
 from ..bounds import NAME_MAX
 from ..errors import PipelineValidationError, shorten
@@ -18,9 +20,63 @@ from . import binding
 from .conditions import Condition
 from .plan import Plan, RetrySpec, StepSpec
 from .step import PipelineStep, callable_name, function_ref, schema_ref
-from .validation import NAME, cycles, is_count, parameter_problems, step_problems
+from .validation import NAME, cycles, is_count, parameter_problems, step_problems, unknown_tools
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "PipelineWarning", "StepList"]
+
+
+def _copy_step(step: PipelineStep) -> PipelineStep:
+    """A copy of `step` whose lists and dicts are its own (the functions, schemas and tools in them are shared)."""
+    twin = copy.copy(step)
+    for name, value in vars(step).items():
+        if isinstance(value, (list, dict)):
+            setattr(twin, name, copy.copy(value))
+    return twin
+
+
+class PipelineWarning(UserWarning):
+    """A definition that runs, but maybe not as meant (a `tools_filter` naming a tool nobody provides)."""
+
+
+class StepList(list[PipelineStep]):
+    """`pipeline.steps`: the steps in the order they were added (the design documents' list),
+    also looked up by name: `steps["search"]`, `"search" in steps`, `steps.get(name)`, `steps.by_name()`."""
+
+    @overload
+    def __getitem__(self, key: str) -> PipelineStep: ...
+    @overload
+    def __getitem__(self, key: SupportsIndex) -> PipelineStep: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[PipelineStep]: ...
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            for step in self:
+                if step.name == key:
+                    return step
+            raise KeyError(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            return any(step.name == key for step in self)
+        return super().__contains__(key)
+
+    def get(self, name: str, default: PipelineStep | None = None) -> PipelineStep | None:
+        """The step called `name`, or `default`."""
+        return next((step for step in self if step.name == name), default)
+
+    def by_name(self) -> dict[str, PipelineStep]:
+        """Name -> step, in order."""
+        return {step.name: step for step in self}
+
+    def names(self) -> list[str]:
+        return [step.name for step in self]
+
+    def values(self) -> Iterator[PipelineStep]:
+        return iter(self)
+
+    def items(self) -> Iterator[tuple[str, PipelineStep]]:
+        return ((step.name, step) for step in self)
 
 
 class Pipeline:
@@ -30,7 +86,8 @@ class Pipeline:
         p.step("search", goal="Find facts", output_schema=Facts)
         p.step("report", goal="Write it up", depends_on=["search"])
 
-    or with `@p.task(...)` on a function. Nothing runs until the pipeline is handed
+    or with `@p.task(...)` on a function, or `p.add_step(PipelineStep(...))`. `Pipeline(other)` is a copy of
+    `other` (its own list of copied steps). Nothing runs until the pipeline is handed
     to `run_pipeline`, `run_agent` or the daemon; `validate()` checks it first.
     `params=["company", ...]` declares the submit params its functions take by name,
     so that `validate()` can tell a misspelt parameter from a param (`validation.py`).
@@ -38,7 +95,7 @@ class Pipeline:
 
     def __init__(
         self,
-        name: str,
+        name: str | Pipeline,
         description: str | None = None,
         *,
         global_constraints: Iterable[str] = (),
@@ -51,6 +108,9 @@ class Pipeline:
         capabilities: Iterable[str] = (),
         params: Iterable[str] | None = None,
     ) -> None:
+        if isinstance(name, Pipeline):
+            self._copy_of(name)
+            return
         self.name = name
         self.description = description
         self.global_constraints = list(global_constraints)
@@ -63,11 +123,16 @@ class Pipeline:
         self.capabilities = list(capabilities)
         #: The submit params the steps may take by name; None: not declared (see `validation`).
         self.params = None if params is None else [params] if isinstance(params, str) else list(params)
-        self.steps: dict[str, PipelineStep] = {}
+        self.steps = StepList()
         self._duplicates: list[str] = []
 
+    def _copy_of(self, other: Pipeline) -> None:
+        for key, value in vars(other).items():
+            setattr(self, key, copy.copy(value) if isinstance(value, (list, dict)) else value)
+        self.steps = StepList(_copy_step(step) for step in other.steps)
+
     def __repr__(self) -> str:
-        return f"Pipeline({self.name!r}, steps={list(self.steps)})"
+        return f"Pipeline({self.name!r}, steps={self.steps.names()})"
 
     # -- building -------------------------------------------------------------
 
@@ -76,7 +141,9 @@ class Pipeline:
         if step.name in self.steps:
             self._duplicates.append(step.name)
         else:
-            self.steps[step.name] = step
+            if step.id is None:
+                step.id = f"step_{len(self.steps) + 1}"
+            self.steps.append(step)
         return self
 
     def step(self, name: str, goal: str | None = None, **options: Any) -> Pipeline:
@@ -124,11 +191,12 @@ class Pipeline:
         if self.params is not None and not (isinstance(self.params, list) and all(isinstance(n, str) for n in self.params)):
             found.append(f"params must be a list of param names, got {self.params!r}")
         pipeline_tools = {callable_name(t) for t in self.tools}
-        for step in self.steps.values():
-            found.extend(step_problems(step, self.steps, pipeline_tools))
-            found.extend(parameter_problems(step, self.steps, self.params, params))
-        found.extend(f"dependency cycle: {' -> '.join(c)}" for c in cycles(self.steps))
-        finals = [s.name for s in self.steps.values() if s.final]
+        steps = self.steps.by_name()
+        for step in self.steps:
+            found.extend(step_problems(step, steps, pipeline_tools))
+            found.extend(parameter_problems(step, steps, self.params, params))
+        found.extend(f"dependency cycle: {' -> '.join(c)}" for c in cycles(steps))
+        finals = [s.name for s in self.steps if s.final]
         if len(finals) > 1:
             found.append(f"only one step may be final=True, got {', '.join(finals)}")
         return found
@@ -138,7 +206,14 @@ class Pipeline:
         found = self.problems(params)
         if found:
             raise PipelineValidationError(self.name, found)
+        for warning in self.warnings():
+            warnings.warn(f"pipeline {self.name!r}: {warning}", PipelineWarning, stacklevel=2)
         return self
+
+    def warnings(self) -> list[str]:
+        """What runs, but maybe not as meant: one line each (`validate()` issues them as PipelineWarning)."""
+        pipeline_tools = {callable_name(t) for t in self.tools}
+        return [w for w in (unknown_tools(step, pipeline_tools) for step in self.steps) if w]
 
     # -- describing ---------------------------------------------------------------
 
@@ -147,7 +222,7 @@ class Pipeline:
         self.validate()
         pipeline_tools = [callable_name(t) for t in self.tools]
         specs = []
-        for step in self.steps.values():
+        for step in self.steps:
             cond = step.condition
             specs.append(
                 StepSpec(

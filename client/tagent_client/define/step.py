@@ -41,6 +41,8 @@ class PipelineStep:
     Agent steps: `output_retries` is how often output that fails `output_schema` is sent back to the
     model; `tool_retries` how often in a row one tool may fail (its error goes back to the model).
     `isolated=True`: in the daemon, each attempt runs alone in a worker process started for it (docs/semantics.md).
+    The design documents' dataclass form, `PipelineStep(id=..., name=..., goal=..., retry_count=..., max_retries=...)`,
+    is accepted as is.
     """
 
     name: str
@@ -70,6 +72,10 @@ class PipelineStep:
     required: bool = True
     final: bool = False
     runner: str | None = None
+    #: The design documents' step id ("step_1", ...): informational; steps are named, and found, by `name`.
+    id: str | None = None
+    #: The design documents' count of retries made so far: informational; the engine counts attempts itself.
+    retry_count: int = 0
 
     def __post_init__(self) -> None:
         self.depends_on = _normalise_deps(self.depends_on)

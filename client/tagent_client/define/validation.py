@@ -139,11 +139,6 @@ def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipelin
         not isinstance(step.tools_filter, (list, tuple)) or not all(isinstance(t, str) for t in step.tools_filter)
     ):
         out.append(f"{where}: tools_filter must be a list of tool names, got {step.tools_filter!r}")
-    elif step.tools_filter is not None:
-        available = pipeline_tools | {callable_name(t) for t in step.tools}
-        for tool in step.tools_filter:
-            if tool not in available and tool not in BUILTIN_TOOLS:
-                out.append(f"{where}: tools_filter names unknown tool {tool!r} (known: {', '.join(sorted(available)) or 'none'})")
     cond = step.condition
     if isinstance(cond, Condition):
         for ref in sorted(cond.refs()):
@@ -187,6 +182,22 @@ def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipelin
         has = "has fn=" if step.fn is not None else "has no fn="
         out.append(f"{where}: runner={step.runner!r} but the step {has}; runner 'function' needs fn=, 'agent' and 'tagent' take no fn=")
     return out
+
+
+def unknown_tools(step: PipelineStep, pipeline_tools: set[str]) -> str | None:
+    """A warning naming the tools in `step.tools_filter` that no tool provides, or None.
+
+    Not an error (the design documents filter on tool names a deployment may or may not have):
+    the step runs with the tools that do exist.
+    """
+    if not isinstance(step.tools_filter, (list, tuple)) or not all(isinstance(t, str) for t in step.tools_filter):
+        return None
+    available = pipeline_tools | {callable_name(t) for t in step.tools}
+    missing = [t for t in step.tools_filter if t not in available and t not in BUILTIN_TOOLS]
+    if not missing:
+        return None
+    return (f"step {step.name!r}: tools_filter names {', '.join(map(repr, missing))}, which no tool provides "
+            f"(known: {', '.join(sorted(available)) or 'none'}); the step runs without them")
 
 
 def cycles(steps: Mapping[str, PipelineStep]) -> list[list[str]]:

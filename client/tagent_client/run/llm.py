@@ -34,6 +34,14 @@ PROVIDER_KEY_ENV = (
 )
 
 
+def model_name(name: str | None) -> str | None:
+    """A model string in this project's `provider:model` form; TAgent's litellm form `provider/model` is translated."""
+    if name and ":" not in name and "/" in name:
+        provider, _, rest = name.partition("/")
+        return f"{provider}:{rest}"
+    return name
+
+
 class EndpointSettings(BaseModel):
     """One `[endpoints.NAME]` table of tagentd.toml (or `RunConfig.endpoints[NAME]`)."""
 
@@ -145,8 +153,13 @@ class LLMRuntime:
     builtin_tools: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)  # model string -> BuiltModel
     agents: dict[Any, Any] = field(default_factory=dict)  # (step, model string) -> a reusable pydantic-ai Agent
+    #: In-process runs only (`run_agent(api_key=...)`): the key for `openai:` models; never sent to a daemon.
+    api_key: str | None = field(default=None, repr=False)
+    #: Model requests one agent attempt may make (`max_iterations`); None: pydantic-ai's default.
+    request_limit: int | None = None
 
     @classmethod
-    def local(cls, config: LLMConfig | None = None) -> LLMRuntime:
+    def local(cls, config: LLMConfig | None = None, *, api_key: str | None = None,
+              request_limit: int | None = None) -> LLMRuntime:
         config = config or LLMConfig()
-        return cls(config=config, limiter=LocalLimiter(config.endpoints))
+        return cls(config=config, limiter=LocalLimiter(config.endpoints), api_key=api_key, request_limit=request_limit)

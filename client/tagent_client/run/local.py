@@ -1,4 +1,4 @@
-"""In-process runs: `run_pipeline` (async) and `run_agent` (sync), on the same engine as the daemon.
+"""In-process runs: `run_pipeline` (async), on the same engine as the daemon (`run_agent`, sync: `agent_api.py`).
 
 The runner is the engine's imperative shell: it carries out `Dispatch` as asyncio
 tasks with real timeouts, `ScheduleRetry` as loop timers, `CancelTask` as task
@@ -13,8 +13,6 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict
 
 from ..core.engine import RunMachine
 from ..core.events import (
@@ -35,25 +33,14 @@ from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
+from .config import RunConfig, run_config
 from .context import StepContext, constraints_of
-from .llm import EndpointSettings, LLMConfig, LLMRuntime, PriceOverride
+from .llm import LLMConfig, LLMRuntime, model_name
 from .outputs import output_data
 from .runners.attempt import Attempt
 from .runners.execute import coerce_inputs, execute
 from .runners.function import StepOutputError
 from .services import LocalServices, RunServices
-
-
-class RunConfig(BaseModel):
-    """Run-wide settings; keyword arguments to `run_pipeline` / `run_agent` override these."""
-
-    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps `import` fast
-
-    model: str | None = None
-    max_concurrent_steps: int | None = None
-    fail_fast: bool | None = None
-    endpoints: dict[str, EndpointSettings] = {}
-    price_overrides: dict[str, PriceOverride] = {}
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
@@ -75,7 +62,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 
 def default_model(config_model: str | None) -> str | None:
-    return config_model or os.environ.get("TAGENT_MODEL") or None
+    return model_name(config_model or os.environ.get("TAGENT_MODEL") or None)
 
 
 def check_models(pipeline: Pipeline, model: str | None) -> None:
@@ -154,10 +141,12 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
 
 async def run_pipeline(
     pipeline: Pipeline,
-    params: Mapping[str, Any] | None = None,
+    config: RunConfig | Mapping[str, Any] | Any = None,
     *,
-    config: RunConfig | None = None,
+    params: Mapping[str, Any] | None = None,
     model: str | None = None,
+    api_key: str | None = None,
+    max_iterations: int | None = None,
     max_concurrent_steps: int | None = None,
     fail_fast: bool | None = None,
     run_id: str | None = None,
@@ -165,13 +154,13 @@ async def run_pipeline(
 ) -> PipelineResult:
     """Run `pipeline` in this process and return its result (never raises for step failures).
 
+    `config`: a RunConfig, a dict of its fields, or a TAgent-style config (an object with `to_dict()`);
+    keyword arguments override it. `params` are the run's submit params (by keyword).
     Raises PipelineValidationError for a bad definition or a function parameter that
     `params` do not fill, and ConfigError for an agent step without a model, before any step runs.
     """
-    cfg = (config or RunConfig()).model_copy(update={
-        k: v for k, v in {"model": model, "max_concurrent_steps": max_concurrent_steps, "fail_fast": fail_fast}.items()
-        if v is not None
-    })
+    cfg = run_config(config, model=model, api_key=api_key, max_iterations=max_iterations,
+                     max_concurrent_steps=max_concurrent_steps, fail_fast=fail_fast)
     plan = pipeline.plan()
     unfilled = missing_params(plan, params or {})
     if unfilled:
@@ -187,7 +176,8 @@ async def run_pipeline(
         plan = msgspec.structs.replace(plan, **overrides)
     run_model = default_model(cfg.model)
     check_models(pipeline, run_model)
-    llm = LLMRuntime.local(LLMConfig(endpoints=cfg.endpoints, price_overrides=cfg.price_overrides))
+    llm = LLMRuntime.local(LLMConfig(endpoints=cfg.endpoints, price_overrides=cfg.price_overrides),
+                           api_key=cfg.api_key, request_limit=cfg.max_iterations)
     services = LocalServices()
     machine = RunMachine.new(plan, run_id or new_run_id(), params=params, now=time.time())
     inbox: asyncio.Queue[Event] = asyncio.Queue()
@@ -244,24 +234,3 @@ async def run_pipeline(
         if running:
             await asyncio.gather(*running.values(), return_exceptions=True)
     return PipelineResult.from_state(plan, machine.state, services.memory.get(machine.state.run_id))
-
-
-def run_agent(goal_or_pipeline: str | Pipeline, params: Mapping[str, Any] | None = None, **options: Any) -> PipelineResult:
-    """Run a pipeline, or a single agent step given by its goal, and wait for the result.
-
-    Keyword options are those of `run_pipeline` (`model`, `config`, `max_concurrent_steps`, ...);
-    a goal string also takes step options (`output_schema`, `constraints`, `tools`, `tools_filter`, `timeout`,
-    `max_retries`, `output_retries`, `tool_retries`). Endpoints and price overrides go in
-    `config=RunConfig(endpoints=..., price_overrides=...)`.
-    """
-    pipeline = goal_or_pipeline
-    if isinstance(goal_or_pipeline, str):
-        step_keys = {"output_schema", "constraints", "tools", "tools_filter", "timeout", "max_retries", "output_retries",
-                     "tool_retries"}
-        step_options = {k: options.pop(k) for k in list(options) if k in step_keys}
-        pipeline = Pipeline("agent").step("agent", goal=goal_or_pipeline, **step_options)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run_pipeline(pipeline, params, **options))
-    raise RuntimeError("run_agent() cannot run inside an event loop; use 'await run_pipeline(...)' there")

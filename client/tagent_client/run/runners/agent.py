@@ -24,7 +24,7 @@ from ...define.pipeline import Pipeline
 from ...define.step import PipelineStep
 from ...errors import ConfigError
 from ..context import StepContext, constraints_of
-from ..llm import LLMRuntime
+from ..llm import LLMRuntime, model_name
 from .attempt import Attempt
 from .broker_tools import broker_tools
 from .models import mark, model_for
@@ -39,7 +39,7 @@ def resolve_model(pipeline: Pipeline, step: PipelineStep, default: str | None) -
             f"agent step {step.name!r} of pipeline {pipeline.name!r} has no model: pass model= to the step or "
             f"Pipeline, run with model='test' (offline) or 'openai:gpt-4o-mini', or set TAGENT_MODEL"
         )
-    return model
+    return model_name(model) or model
 
 
 def system_prompt(pipeline: Pipeline, step: PipelineStep) -> str:
@@ -64,6 +64,7 @@ def user_prompt(ctx: StepContext) -> str:
 async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model: str | None = None,
               llm: LLMRuntime | None = None, record: Attempt | None = None) -> tuple[Any, Usage]:
     from pydantic_ai import Agent, capture_run_messages
+    from pydantic_ai.usage import UsageLimits
 
     runtime = llm or LLMRuntime.local()
     record = record if record is not None else Attempt()
@@ -86,7 +87,8 @@ async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model
             runtime.agents[(step, name)] = agent  # nothing in it is bound to this attempt: reuse it (~1 ms a step)
     with capture_run_messages() as messages:
         try:
-            result = await agent.run(user_prompt(ctx), infer_name=False)
+            limits = UsageLimits(request_limit=runtime.request_limit) if runtime.request_limit else None
+            result = await agent.run(user_prompt(ctx), infer_name=False, usage_limits=limits)
         except Exception as exc:
             _keep(record, messages, name, runtime)
             mark(exc)

@@ -106,6 +106,8 @@ def _endpoint_model(prefix: str, model_name: str, endpoint: EndpointSettings) ->
 
 
 def _provider_model(name: str, prefix: str, runtime: LLMRuntime) -> Model:
+    if runtime.api_key is not None:
+        return _keyed_model(name, prefix, runtime.api_key)
     try:
         return infer_model(name)
     except ImportError as exc:
@@ -116,6 +118,18 @@ def _provider_model(name: str, prefix: str, runtime: LLMRuntime) -> Model:
         known = ", ".join(sorted(n for n, e in runtime.config.endpoints.items() if e.base_url)) or "none"
         raise ConfigError(f"model {name!r}: {exc}; use a pydantic-ai name like 'openai:gpt-4o-mini', 'test', or "
                           f"ENDPOINT:MODEL for an [endpoints.ENDPOINT] in tagentd.toml (configured: {known})") from None
+
+
+def _keyed_model(name: str, prefix: str, api_key: str) -> Model:
+    """An `openai:` model with the run's own key (`run_agent(api_key=...)`); the base URL is the openai SDK's
+    (`OPENAI_BASE_URL`, else api.openai.com)."""
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    if prefix != "openai":
+        raise ConfigError(f"api_key= is taken for 'openai:' models only, not {name!r}: set that provider's key "
+                          f"in its environment variable instead")
+    return OpenAIChatModel(name.partition(":")[2], provider=OpenAIProvider(api_key=api_key))
 
 
 # -- error classification ------------------------------------------------------------------
