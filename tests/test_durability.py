@@ -259,6 +259,8 @@ async def first(ctx):
 
 async def gate(ctx, first):
     record(ctx, f"memory={await ctx.memory.get('gate')}")
+    while not os.path.exists(ctx.params["go"]):
+        await asyncio.sleep(0.02)  # ok-sleep: the step polls until the test saw `first` committed
     await ctx.memory.save("gate", "waiting")
     record(ctx, "saved")
     while not os.path.exists(ctx.params["gate"]):
@@ -321,12 +323,16 @@ def test_a_corrupt_checkpoint_file_is_reported_and_set_aside_and_the_other_runs_
     # to save a memory key (so the newest WAL record is that save), and a daemon killed with SIGKILL
     daemon = make_daemon(workers=2).start()
     effects = Effects(tmp_path / "effects.log")
-    gate = tmp_path / "gate"
-    params = {"effects": str(effects.path), "gate": str(gate)}
+    gate, go = tmp_path / "gate", tmp_path / "go"
+    params = {"effects": str(effects.path), "gate": str(gate), "go": str(go)}
     with daemon.client() as client:
         done = client.submit(pipeline_file(tmp_path, "done.py", DONE_PIPELINE), params).id
         assert client.wait(done, timeout=20).status == "completed"
         gated = client.submit(pipeline_file(tmp_path, "gated.py", GATED_PIPELINE), params).id
+        # (a status reply leaves after the commit, so `first` is on disk in a record older than the memory save:
+        # the torn-tail case below tears only the save, as a crash mid-append would)
+        wait_until(lambda: client.status(gated).steps["first"].status == "completed", what="`first` to be committed")
+        go.touch()
         wait_until(lambda: "saved" in effects.notes(gated, "gate"), what="the gate step to save its memory key")
     daemon.kill9()
     snapshot = daemon.state_dir / "runs" / f"{done}.ckpt"
