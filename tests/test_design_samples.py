@@ -118,6 +118,6 @@ def test_samples_are_verbatim_but_for_their_imports() -> None:
     and the standard library or pydantic (the import lines are the only change to the document's code)."""
     for path in sorted(SAMPLES.glob("*.py")):
         lines = path.read_text().splitlines()
-        assert lines[0].startswith("# From ../shared/design/"), path.name
+        assert lines[0].startswith("# From the design document \"TAgent Pipeline Architecture\""), path.name
         imports = [ln for ln in lines if ln.startswith(("import ", "from "))]
         assert all(ln.split()[1] in {"tagent_client", "pydantic", "typing", "os"} for ln in imports), (path.name, imports)

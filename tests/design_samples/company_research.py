@@ -1,4 +1,4 @@
-# From ../shared/design/pipeline-architecture.md, "Pipeline Usage Examples", "Example 1: Company Research
+# From the design document "TAgent Pipeline Architecture", "Pipeline Usage Examples", "Example 1: Company Research
 # Pipeline": the sample verbatim, with only the import line added (tagent_client for tagent). Run with
 # TAGENT_MODEL=test in the environment; tests/test_design_samples.py runs it in-process and through the daemon.
 from tagent_client import ExecutionMode, Pipeline, run_agent

@@ -1,4 +1,4 @@
-# From ../shared/design/pipeline-architecture.md, "Pipeline Usage Examples", "Example 2: E-commerce Analysis
+# From the design document "TAgent Pipeline Architecture", "Pipeline Usage Examples", "Example 2: E-commerce Analysis
 # Pipeline": the sample verbatim, with only the import line added (tagent_client for tagent). The sample
 # defines the pipeline only; tests/test_design_samples.py runs it (TAGENT_MODEL=test) in-process and through
 # the daemon.

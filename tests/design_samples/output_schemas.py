@@ -1,4 +1,4 @@
-# From ../shared/design/pipeline-architecture.md, "Structured Output Schemas and Results", "Usage Example":
+# From the design document "TAgent Pipeline Architecture", "Structured Output Schemas and Results", "Usage Example":
 # the sample verbatim, with only the import lines added (tagent_client for tagent). Run with TAGENT_MODEL=test
 # in the environment; tests/test_design_samples.py runs it in-process and through the daemon.
 from typing import List
