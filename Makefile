@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test lint bench clean
 
@@ -18,7 +19,14 @@ $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --force-reinstall -e ./client
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs only tagentd and the client (not the test tools or TAgent's LiteLLM); a venv already set up
+# for the tests has everything it needs.
+$(DEMO_STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
+	@if [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt client/pyproject.toml ]; then :; \
+	else $(BIN)/python -m pip install -q -e ./client -e .; fi
+	@touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m tagentd.cli.demo
 
 test: lint
