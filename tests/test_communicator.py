@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
-from tagent_client import AsyncClient, PipelineCommunicator, PipelineEvent
-from tagent_client.errors import InvalidRequest
+from tagent_client import AsyncClient, Pipeline, PipelineCommunicator, PipelineEvent
+from tagent_client.errors import InvalidRequest, RetryableError
 from tagent_client.run.broker_local import LocalBroker
 from tagent_client.run.local import run_pipeline
 
@@ -275,3 +275,25 @@ def test_the_communicator_refuses_bad_arguments_clearly(daemon: DaemonProcess) -
             comm.subscribe_to_events([], print)
         with pytest.raises(InvalidRequest, match="speaks for pipeline 'ops', not 'x'"):
             comm.subscribe_to_events("x", ["t"], print)
+
+
+def test_a_step_that_runs_again_sends_the_same_message_and_event_ids() -> None:
+    # Given a step that sends a message and broadcasts an event, then fails on its first attempt
+    sent: list[tuple[str, str]] = []
+    pipeline = Pipeline("again")
+
+    @pipeline.task(max_retries=1, retry_delay=0.01)
+    async def twice(ctx):  # noqa: ANN001, ANN202
+        comm = ctx.communicator
+        sent.append((await comm.send_message("inbox", "once", "note"), await comm.broadcast_event("again.sent")))
+        if ctx.attempt == 1:
+            raise RetryableError("failed after sending")
+        return "ok"
+
+    # When it runs and its retry sends again
+    result = asyncio.run(run_pipeline(pipeline))
+    # Then the retry used the same ids, and the mailbox holds the message once (like ctx.send)
+    assert result.status == "completed", result.error
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert sent[0][0].endswith("/twice/1") and sent[0][1].endswith("/twice/event/1")
+    assert len(LocalBroker.default().core.mailboxes["inbox"]) == 1

@@ -33,6 +33,7 @@ from .envelopes import (
     PipelineEvent,
     PipelineMessage,
     deliver,
+    log,
     publish_request,
     register_request,
     same_pipeline,
@@ -73,14 +74,17 @@ class EventSubscription:
         return self.open().__await__()
 
     async def _run(self, source: EventSource) -> None:
-        while not self._closed:
-            record = await source.get()
-            if record is None or not wanted(record, self.event_types):
-                continue
-            if await deliver(self.callback, PipelineEvent.of(record)):
-                self.delivered += 1
-            else:
-                self.failed += 1
+        try:
+            while not self._closed:
+                record = await source.get()
+                if record is None or not wanted(record, self.event_types):
+                    continue
+                if await deliver(self.callback, PipelineEvent.of(record)):
+                    self.delivered += 1
+                else:
+                    self.failed += 1
+        except Exception:  # noqa: BLE001 - the connection itself failed: say so, nobody awaits this task
+            log.exception("event subscription to %s ended", ", ".join(self.event_types))
 
     @property
     def dropped(self) -> int:
