@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from .client.aio import AsyncClient
     from .client.calls import RunHandle
     from .client.sync import Client
+    from .communication.blocking import SyncPipelineCommunicator
+    from .communication.communicator import PipelineCommunicator
+    from .communication.envelopes import PipelineEvent, PipelineMessage
     from .core.result import PipelineResult, TokenUsage
     from .core.state import RunStatus, StepStatus, Usage
     from .define.conditions import when
@@ -34,12 +37,16 @@ if TYPE_CHECKING:
     from .run.context import StepContext
     from .run.local import run_pipeline
     from .run.memory import PipelineMemory
+    from .wire.protocol_broker import PipelineInfo
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
 #: does not pay for pydantic, asyncio and the engine just to print a table.
 _EXPORTS = {
     "AsyncClient": "client.aio", "Client": "client.sync", "RunHandle": "client.calls",
     "when": "define.conditions",
+    "PipelineCommunicator": "communication.communicator", "SyncPipelineCommunicator": "communication.blocking",
+    "PipelineMessage": "communication.envelopes", "PipelineEvent": "communication.envelopes",
+    "PipelineInfo": "wire.protocol_broker",
     "StepContext": "run.context", "PipelineMemory": "run.memory",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
     "PipelineDeadlockError": "errors", "StepExecutionError": "errors",
@@ -69,8 +76,12 @@ __all__ = [
     "DependencyType",
     "ExecutionMode",
     "Pipeline",
+    "PipelineCommunicator",
     "PipelineDeadlockError",
+    "PipelineEvent",
+    "PipelineInfo",
     "PipelineMemory",
+    "PipelineMessage",
     "PipelineResult",
     "PipelineStep",
     "PipelineValidationError",
@@ -82,6 +93,7 @@ __all__ = [
     "StepContext",
     "StepExecutionError",
     "StepStatus",
+    "SyncPipelineCommunicator",
     "TagentError",
     "TokenUsage",
     "Usage",

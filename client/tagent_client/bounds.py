@@ -40,6 +40,9 @@ NAME_FIELDS: dict[str, str] = {
     "message_id": "a message id",
     "ids": "a message id",
     "idempotency_key": "an idempotency key",
+    "message_type": "a message type",
+    "from_pipeline": "a pipeline name",
+    "event_id": "an event id",
 }
 #: Request fields that hold data (any JSON value), and what each one is called in an error.
 DATA_FIELDS: dict[str, str] = {"params": "run params", "payload": "the message payload", "value": "the value",

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tagent_client.bounds import check_name
+from tagent_client.bounds import check_depth, check_name
 from tagent_client.core.broker_records import AccessEntry, DeadLetter, Entry
 from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
 from tagent_client.wire import protocol_broker as b
@@ -43,7 +43,16 @@ def owner_only(caller: Caller, what: str) -> None:
 
 def send(shell: BrokerShell, req: b.SendMessage, caller: Caller) -> dict[str, Any]:
     message_id = req.message_id or uuid.uuid4().hex
-    return shell.send(req.to, message_id, peers.who(req, caller), req.payload)
+    check_name("a message type", req.message_type)
+    return shell.send(req.to, message_id, peers.who(req, caller), req.payload, message_type=req.message_type,
+                      from_pipeline=source_of(req.from_pipeline, caller))
+
+
+def source_of(claimed: str | None, caller: Caller) -> str:
+    """The pipeline a message or event comes from: a step's own (whatever it claims), else what the client names."""
+    if caller is not None:
+        return caller.pipeline
+    return check_name("a pipeline name", claimed) if claimed else ""
 
 
 async def receive(shell: BrokerShell, req: b.ReceiveMessage, caller: Caller) -> Any:
@@ -99,8 +108,10 @@ def needs_ids(req: b.RequeueDead | b.DropDead) -> None:
 
 def publish(shell: BrokerShell, req: b.Publish, caller: Caller) -> dict[str, Any]:
     check_name("a topic", req.topic)
-    record, triggered = shell.publish(req.topic, req.data, caller.pipeline if caller is not None else None)
-    return {"seq": record.seq, "triggered": triggered}
+    if req.event_id:
+        check_name("an event id", req.event_id)
+    record, triggered = shell.publish(req.topic, req.data, source_of(req.source, caller) or None, req.event_id or "")
+    return {"seq": record.seq, "id": record.id, "triggered": triggered}
 
 
 def publish_many(shell: BrokerShell, req: b.PublishMany, caller: Caller) -> dict[str, Any]:
@@ -180,11 +191,24 @@ def list_pipelines(shell: BrokerShell, req: b.ListPipelines, caller: Caller) -> 
     return views.registry(shell, req.capability)
 
 
+def register_pipeline(shell: BrokerShell, req: b.RegisterPipeline, caller: Caller) -> b.RegistryEntry:
+    """Enter a pipeline in the registry with what it says of itself; returns its registry entry."""
+    check_name("a pipeline name", req.pipeline)
+    for capability in req.info.capabilities:
+        check_name("a capability", capability)
+    check_depth("the pipeline's metadata", req.info.metadata)
+    info = b.PipelineInfo(description=req.info.description, capabilities=list(req.info.capabilities),
+                          metadata=req.info.metadata, registered_at=time.time(), by=peers.who(req, caller))
+    shell.broker.describe(req.pipeline, info)
+    shell.mark_dirty()
+    return next(e for e in views.registry(shell, None) if e.pipeline == req.pipeline)
+
+
 def unregister(shell: BrokerShell, req: b.Unregister, caller: Caller) -> dict[str, Any]:
     owner_only(caller, "unregister pipelines")
-    if req.pipeline not in shell.broker.registrations:
-        registered = ", ".join(sorted(shell.broker.registrations)) or "none"
-        raise NotFound(f"pipeline {req.pipeline!r} is not registered for events (registered: {registered})")
+    if req.pipeline not in shell.broker.registrations and req.pipeline not in shell.broker.infos:
+        registered = ", ".join(sorted({*shell.broker.registrations, *shell.broker.infos})) or "none"
+        raise NotFound(f"pipeline {req.pipeline!r} is not registered (registered: {registered})")
     dropped = shell.broker.unregister(req.pipeline)
     return {"pipeline": req.pipeline, "dropped_queued": dropped}
 
@@ -212,6 +236,7 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     b.SpaceLog: space_log,
     b.SpaceAllow: space_allow,
     b.ListPipelines: list_pipelines,
+    b.RegisterPipeline: register_pipeline,
     b.Unregister: unregister,
     b.BrokerStatsRequest: stats,
 }

@@ -210,8 +210,10 @@ class BrokerShell:
 
     # -- mailboxes --------------------------------------------------------------------------------------------
 
-    def send(self, to: str, message_id: str, sender: str, payload: Any) -> dict[str, Any]:
-        sent = self.broker.core.send(to, message_id, sender, payload, time.time())
+    def send(self, to: str, message_id: str, sender: str, payload: Any, *, message_type: str = "data",
+             from_pipeline: str = "") -> dict[str, Any]:
+        sent = self.broker.core.send(to, message_id, sender, payload, time.time(), message_type=message_type,
+                                     from_pipeline=from_pipeline)
         self.broker.stats["messages_duplicate" if sent is None else "messages_sent"] += 1
         if sent is not None:
             self._receivers.deliver(to)
@@ -243,7 +245,8 @@ class BrokerShell:
     def publish_many(self, events: list[tuple[str, Any]], origin: str | None) -> int:
         """`publish` for a batch; returns how many runs were queued."""
         now, seq, match = time.time(), self._seq, self.broker.match
-        records = [EventRecord(seq=next(seq), ts=now, topic=topic, data=data) for topic, data in events]
+        source = origin or ""
+        records = [EventRecord(seq=next(seq), ts=now, topic=topic, data=data, source=source) for topic, data in events]
         triggered = 0
         if self.broker.registrations:
             for record in records:
@@ -255,9 +258,13 @@ class BrokerShell:
         self.mark_dirty()
         return triggered
 
-    def publish(self, topic: str, data: Any, origin: str | None) -> tuple[EventRecord, list[str]]:
-        """A user or space event: triggers are queued now (durable in this commit), subscribers hear it after."""
-        record = EventRecord(seq=next(self._seq), ts=time.time(), topic=topic, data=data)
+    def publish(self, topic: str, data: Any, origin: str | None, event_id: str = "") -> tuple[EventRecord, list[str]]:
+        """A user or space event: triggers are queued now (durable in this commit), subscribers hear it after.
+
+        `origin` (the publishing pipeline, if any) is the event's `source`, and is never triggered by it.
+        """
+        record = EventRecord(seq=next(self._seq), ts=time.time(), topic=topic, data=data, source=origin or "",
+                             id=event_id)
         triggered = self.broker.match(topic, origin)
         for pipeline in triggered:
             self.broker.enqueue(pipeline, topic, data, record.ts, record.seq)

@@ -9,6 +9,8 @@ in-process runs); this adds what only the daemon has:
 - registrations of triggered pipelines (source snapshot, plan, trigger prefixes)
   and a durable FIFO of the events waiting to start a run of each, bounded in
   flight by `trigger_max_concurrent` runs per pipeline;
+- what pipelines said about themselves (`register_pipeline`: description,
+  capabilities, metadata), shown in the registry until unregistered;
 - counters for `stats`.
 
 Every durable change is a record in `journal` (the core's and these), in order;
@@ -28,7 +30,7 @@ from tagent_client.core.broker import MAX_DELIVERIES, BrokerCore, CoreSnapshot
 from tagent_client.core.broker_records import CoreRecord, Record
 from tagent_client.define.plan import Plan
 from tagent_client.errors import PermissionDenied
-from tagent_client.wire.protocol_broker import StepRef, matches
+from tagent_client.wire.protocol_broker import PipelineInfo, StepRef, matches
 from tagentd.runs.run import RunSource
 
 
@@ -82,7 +84,14 @@ class TriggerStarted(Record, tag="trigger_started"):
     id: str
 
 
-AnyRecord = CoreRecord | Registered | Unregistered | AllowSet | TriggerQueued | TriggerStarted
+class InfoRegistered(Record, tag="pipeline_info"):
+    """A pipeline's `register_pipeline` info (replacing the one before)."""
+
+    pipeline: str
+    info: PipelineInfo
+
+
+AnyRecord = CoreRecord | Registered | Unregistered | AllowSet | TriggerQueued | TriggerStarted | InfoRegistered
 
 
 class BrokerSnapshot(msgspec.Struct, kw_only=True):
@@ -90,6 +99,7 @@ class BrokerSnapshot(msgspec.Struct, kw_only=True):
     allow: dict[str, list[str]] = {}
     registrations: list[Registration] = []
     queue: list[QueuedTrigger] = []
+    infos: dict[str, PipelineInfo] = {}
 
 
 class Broker:
@@ -104,6 +114,7 @@ class Broker:
         self.config_allow = {space: set(names) for space, names in (config_allow or {}).items()}
         self.granted: dict[str, set[str]] = {}
         self.registrations: dict[str, Registration] = {}
+        self.infos: dict[str, PipelineInfo] = {}  # pipeline -> what it said of itself (register_pipeline)
         self.queue: dict[str, collections.deque[QueuedTrigger]] = {}
         self.triggered_running: dict[str, set[str]] = {}  # pipeline -> run ids started by a trigger, unfinished
         self.launching: dict[str, QueuedTrigger] = {}  # popped from the queue; TriggerStarted not yet journalled
@@ -161,9 +172,15 @@ class Broker:
         self.registrations[registration.pipeline] = registration
         self._record(Registered(registration=registration))
 
+    def describe(self, pipeline: str, info: PipelineInfo) -> None:
+        """Keep what `pipeline` says of itself (register_pipeline) until it is unregistered."""
+        self.infos[pipeline] = info
+        self._record(InfoRegistered(pipeline=pipeline, info=info))
+
     def unregister(self, pipeline: str) -> int:
-        """Forget a registration and its queued events; returns how many queued events were dropped."""
+        """Forget a registration, its info and its queued events; returns how many queued events were dropped."""
         self.registrations.pop(pipeline, None)
+        self.infos.pop(pipeline, None)
         dropped = len(self.queue.pop(pipeline, ()))
         self._record(Unregistered(pipeline=pipeline))
         return dropped
@@ -219,7 +236,10 @@ class Broker:
             self.registrations[record.registration.pipeline] = record.registration
         elif isinstance(record, Unregistered):
             self.registrations.pop(record.pipeline, None)
+            self.infos.pop(record.pipeline, None)
             self.queue.pop(record.pipeline, None)
+        elif isinstance(record, InfoRegistered):
+            self.infos[record.pipeline] = record.info
         elif isinstance(record, AllowSet):
             if record.pipelines is None:
                 self.granted.pop(record.space, None)
@@ -240,12 +260,13 @@ class Broker:
         return BrokerSnapshot(
             core=self.core.snapshot(), allow={s: sorted(p) for s, p in self.granted.items()},
             registrations=list(self.registrations.values()),
-            queue=[*self.launching.values(), *(i for q in self.queue.values() for i in q)],
+            queue=[*self.launching.values(), *(i for q in self.queue.values() for i in q)], infos=dict(self.infos),
         )
 
     def restore(self, snapshot: BrokerSnapshot) -> None:
         self.core.restore(snapshot.core)
         self.granted = {space: set(names) for space, names in snapshot.allow.items()}
         self.registrations = {r.pipeline: r for r in snapshot.registrations}
+        self.infos = dict(snapshot.infos)
         for item in snapshot.queue:
             self.queue.setdefault(item.pipeline, collections.deque()).append(item)

@@ -1,8 +1,9 @@
 """Read-only views of the broker for clients and `tagentd status`: mailboxes, the registry, stats.
 
 Functions of the daemon's `BrokerShell`; they change nothing. The registry is
-derived, not stored: the run table's unfinished runs (with the workers running
-their steps right now) plus the pipelines registered for events.
+derived: the run table's unfinished runs (with the workers running their steps
+right now), plus the pipelines registered for events, plus what pipelines said
+of themselves with `register_pipeline` (the last two are stored by the broker).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def registry(shell: BrokerShell, capability: str | None) -> list[b.RegistryEntry
         entry = entries.setdefault(name, b.RegistryEntry(pipeline=name, capabilities=list(reg.plan.capabilities)))
         entry.registered, entry.triggers = True, list(reg.triggers)
         entry.queued_triggers = len(shell.broker.queue.get(name, ()))
+    for name, info in shell.broker.infos.items():
+        entry = entries.setdefault(name, b.RegistryEntry(pipeline=name))
+        entry.info = info
+        entry.capabilities += [c for c in info.capabilities if c not in entry.capabilities]
     found = [e for e in entries.values() if capability is None or capability in e.capabilities]
     return sorted(found, key=lambda e: e.pipeline)
 

@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -91,7 +92,9 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.zmq = zmq.Context()
         self.link = WorkerLink(self.zmq, args.endpoint, wire.identity(self.id, self.token))
-        self.services = WorkerServices(self.link, self.loop)
+        # events.sock is next to workers.sock: a step's event subscriptions connect to it as a client's do
+        runtime_dir = Path(args.endpoint.removeprefix("ipc://")).parent if args.endpoint.startswith("ipc://") else None
+        self.services = WorkerServices(self.link, self.loop, runtime_dir=runtime_dir)
         self.permits = PermitClient(self.link, self.loop)
         self.llm = LLMRuntime(config=LLMConfig.model_validate_json(args.llm or "{}"), limiter=self.permits)
         self.slots = asyncio.Semaphore(self.capacity)

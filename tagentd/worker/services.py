@@ -14,8 +14,10 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from tagent_client.client.subscription import AsyncSubscription
 from tagent_client.core.result import to_builtins
 from tagent_client.errors import TagentError, error_from_wire
 from tagent_client.wire.protocol_broker import BrokerRequest, StepRef
@@ -40,8 +42,9 @@ class MemoryRequestError(TagentError):
 class WorkerServices:
     """RunServices backed by the daemon; one per worker process, shared by every running step."""
 
-    def __init__(self, link: WorkerLink, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, link: WorkerLink, loop: asyncio.AbstractEventLoop, runtime_dir: Path | None = None) -> None:
         self._link = link
+        self._runtime_dir = runtime_dir  # where the daemon's events.sock is (subscriptions)
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._reqs = itertools.count(1)
@@ -99,6 +102,14 @@ class WorkerServices:
         if reply.code:
             raise error_from_wire(reply.code, reply.message or reply.code)
         return reply.result
+
+    async def subscribe(self, prefixes: list[str]) -> AsyncSubscription:
+        """A subscription on the daemon's events.sock, as a client has it (confirmed before this returns)."""
+        if self._runtime_dir is None:
+            raise TagentError("this worker does not know the daemon's runtime dir, so a step cannot subscribe to events")
+        subscription = AsyncSubscription(self._runtime_dir, prefixes)
+        await subscription.open()
+        return subscription
 
     def resolve(self, reply: wire.MemoryReply | wire.BrokerReply) -> None:
         """Hand a MemoryReply or BrokerReply to the step waiting for it (late or repeated replies are ignored)."""

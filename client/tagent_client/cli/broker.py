@@ -76,10 +76,13 @@ def pipelines_table(entries: Sequence[RegistryEntry]) -> str:
     rows = []
     for e in entries:
         state = ", ".join(filter(None, [f"{len(e.run_ids)} running" if e.run_ids else "",
-                                        f"registered ({e.queued_triggers} queued)" if e.registered else ""]))
+                                        f"registered ({e.queued_triggers} queued)" if e.registered else "",
+                                        "registered" if e.info is not None and not e.registered else ""]))
+        description = e.info.description if e.info is not None else ""
         rows.append((e.pipeline, state, ",".join(e.capabilities) or "-", ",".join(e.triggers) or "-",
-                     " ".join(e.run_ids[:3]) + (" ..." if len(e.run_ids) > 3 else "")))
-    return table(("PIPELINE", "STATE", "CAPABILITIES", "TRIGGERS", "RUNS"), rows)
+                     " ".join(e.run_ids[:3]) + (" ..." if len(e.run_ids) > 3 else ""),
+                     (description[:57] + "...") if len(description) > 60 else description or "-"))
+    return table(("PIPELINE", "STATE", "CAPABILITIES", "TRIGGERS", "RUNS", "DESCRIPTION"), rows)
 
 
 def mailboxes_table(boxes: Sequence[MailboxInfo], now: float) -> str:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.broker_records import AccessEntry, DeadLetter, Entry
 from ..wire import protocol_broker as b
 from ..wire.protocol_broker import BrokerStats, MailboxInfo, RegistryEntry
 from .calls import Call, decode_as, plain_data
 from .subscription import AsyncSubscription, Subscription
+
+if TYPE_CHECKING:
+    from ..communication.blocking import SyncPipelineCommunicator
+    from ..communication.communicator import PipelineCommunicator
 
 
 def _plain(result: Any) -> Any:
@@ -200,6 +204,13 @@ class BrokerMethods:
         """Events whose topic starts with one of `prefixes` ('' = all), from now on; iterate or `get()`."""
         return Subscription(self.runtime_dir, list(prefixes) or [""], timeout=timeout)
 
+    def communicator(self, as_pipeline: str) -> SyncPipelineCommunicator:
+        """The design documents' PipelineCommunicator (blocking calls), speaking as pipeline `as_pipeline`."""
+        from ..communication.blocking import SyncPipelineCommunicator
+        from .communicator import ClientPort
+
+        return SyncPipelineCommunicator(ClientPort(self._call, self.subscribe), as_pipeline)
+
 
 class AsyncBrokerMethods:
     """Broker calls of `AsyncClient` (see BrokerMethods)."""
@@ -244,3 +255,10 @@ class AsyncBrokerMethods:
         subscription = AsyncSubscription(self.runtime_dir, list(prefixes) or [""])
         await subscription.open(timeout)
         return subscription
+
+    def communicator(self, as_pipeline: str) -> PipelineCommunicator:
+        """The design documents' PipelineCommunicator (async), speaking as pipeline `as_pipeline`."""
+        from ..communication.communicator import PipelineCommunicator
+        from .communicator import AsyncClientPort
+
+        return PipelineCommunicator(AsyncClientPort(self._call, self.subscribe), as_pipeline)

@@ -116,7 +116,8 @@ class BrokerCore:
             box = self.mailboxes[check_name("a mailbox (pipeline) name", name)] = Mailbox(name, limit)
         return box
 
-    def send(self, to: str, message_id: str, sender: str, payload: Any, now: float) -> Message | None:
+    def send(self, to: str, message_id: str, sender: str, payload: Any, now: float, *, message_type: str = "data",
+             from_pipeline: str = "") -> Message | None:
         """Append a message to `to`'s mailbox; None if its id was seen before (a duplicate, dropped).
 
         Raises MailboxFull when the mailbox holds `mailbox_max` messages (dead letters included).
@@ -130,7 +131,8 @@ class BrokerCore:
                    f"or drop them" if box.dead else f"); no run of pipeline {to!r} is taking them: start one")
             raise MailboxFull(f"mailbox {to!r} is full ({box.size} messages{why}, or raise mailbox_max in tagentd.toml",
                               mailbox=to, messages=box.size)
-        message = Message(id=message_id, sender=sender, payload=payload, ts=now, seq=box.next_seq, mailbox=to)
+        message = Message(id=message_id, sender=sender, payload=payload, ts=now, seq=box.next_seq, mailbox=to,
+                          message_type=message_type, from_pipeline=from_pipeline)
         box.add(message, self.seen_max)
         self._record(MessageSent(message=message))
         return message

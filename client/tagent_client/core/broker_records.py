@@ -20,7 +20,9 @@ class Message(msgspec.Struct, kw_only=True):
     """A direct message in a pipeline's mailbox.
 
     `deliveries` counts leases, this one included; `failures` counts the attempts that held it and failed
-    (durable: at `max_deliveries` failures the message becomes a dead letter).
+    (durable: at `max_deliveries` failures the message becomes a dead letter). `message_type` is the
+    sender's label for it ("data" unless it said otherwise) and `from_pipeline` the pipeline it came from
+    ("" when a client sent it without naming one); messages stored before these existed read as "data", "".
     """
 
     id: str
@@ -31,6 +33,8 @@ class Message(msgspec.Struct, kw_only=True):
     mailbox: str = ""
     deliveries: int = 0
     failures: int = 0
+    message_type: str = "data"
+    from_pipeline: str = ""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

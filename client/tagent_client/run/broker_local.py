@@ -2,9 +2,9 @@
 
 Pipelines run by `run_pipeline` in one process talk through one LocalBroker
 (`LocalBroker.default()` unless a run is given its own): messages, events,
-spaces and the registry work as with the daemon, but in memory only — nothing
-survives the process, there are no allow-lists and no triggers (registering a
-pipeline for events needs the daemon). A message whose delivery failed
+spaces, the registry and event subscriptions (`subscribe`) work as with the
+daemon, but in memory only — nothing survives the process, there are no
+allow-lists and no triggers (registering a pipeline for events needs the daemon). A message whose delivery failed
 `max_deliveries` times becomes a dead letter as in the daemon (`dead_letters`,
 `requeue`, `drop_dead`). Only the event loop's thread may call it.
 """
@@ -25,6 +25,7 @@ from ..core.receivers import Receivers
 from ..errors import InvalidRequest
 from ..wire import protocol_broker as b
 from ..wire.protocol import EventRecord
+from .events_local import LocalSubscription
 
 
 class LocalBroker:
@@ -35,6 +36,8 @@ class LocalBroker:
     def __init__(self, *, max_deliveries: int = MAX_DELIVERIES, max_deliveries_of: dict[str, int] | None = None) -> None:
         self.core = BrokerCore(max_deliveries=max_deliveries, max_deliveries_of=max_deliveries_of)
         self.runs: dict[str, tuple[str, list[str]]] = {}  # run id -> (pipeline, capabilities)
+        self.infos: dict[str, b.PipelineInfo] = {}  # pipeline -> what it said of itself (register_pipeline)
+        self.subscriptions: list[LocalSubscription] = []
         self._receivers = Receivers(self.core.lease)
         self._watchers: list[tuple[str, asyncio.Future[Any]]] = []
         self._seq = itertools.count(1)
@@ -77,8 +80,16 @@ class LocalBroker:
         """Delete dead letters for good; NotFound for an unknown id."""
         return self.core.drop_dead(mailbox, list(ids), all)
 
-    def publish(self, topic: str, data: Any) -> EventRecord:
-        record = EventRecord(seq=next(self._seq), ts=time.time(), topic=topic, data=data)
+    def subscribe(self, prefixes: list[str]) -> LocalSubscription:
+        """Events published from now on whose topic starts with one of `prefixes` ('' = all), until closed."""
+        subscription = LocalSubscription(prefixes, self.subscriptions.remove)
+        self.subscriptions.append(subscription)
+        return subscription
+
+    def publish(self, topic: str, data: Any, source: str = "", event_id: str = "") -> EventRecord:
+        record = EventRecord(seq=next(self._seq), ts=time.time(), topic=topic, data=data, source=source, id=event_id)
+        for subscription in self.subscriptions:
+            subscription.offer(record)
         kept = []
         for prefix, future in self._watchers:
             if future.done():
@@ -99,7 +110,8 @@ class LocalBroker:
         core = self.core
         if isinstance(op, b.SendMessage):
             message_id = op.message_id or f"{caller.run_id}/{caller.task}/{next(self._seq)}"
-            sent = core.send(op.to, message_id, who, op.payload, now)
+            sent = core.send(op.to, message_id, who, op.payload, now, message_type=op.message_type,
+                             from_pipeline=caller.pipeline)
             if sent is not None:
                 self._receivers.deliver(op.to)
             return {"id": message_id, "duplicate": sent is None}
@@ -108,10 +120,11 @@ class LocalBroker:
         if isinstance(op, b.AckMessages):
             return {"acked": core.ack(op.mailbox or caller.pipeline, op.ids)}
         if isinstance(op, b.Publish):
-            return {"seq": self.publish(op.topic, op.data).seq}
+            record = self.publish(op.topic, op.data, caller.pipeline, op.event_id or "")
+            return {"seq": record.seq, "id": record.id}
         if isinstance(op, b.PublishMany):
             for topic, data in op.events:
-                self.publish(topic, data)
+                self.publish(topic, data, caller.pipeline)
             return {"published": len(op.events)}
         if isinstance(op, b.WaitEvent):
             return await self._wait_event(op.prefix, op.wait)
@@ -119,16 +132,23 @@ class LocalBroker:
             return self._space(op, who, now)
         if isinstance(op, b.ListPipelines):
             return msgspec.to_builtins(self.registry(op.capability))
+        if isinstance(op, b.RegisterPipeline):
+            self.infos[op.pipeline] = msgspec.structs.replace(op.info, registered_at=now, by=who)
+            return msgspec.to_builtins(next(e for e in self.registry(None) if e.pipeline == op.pipeline))
         raise InvalidRequest(f"{type(op).__name__} is not available to in-process runs; it needs the daemon")
 
     def registry(self, capability: str | None) -> list[b.RegistryEntry]:
+        """Pipelines with runs in this process, and those that registered themselves (register_pipeline)."""
         entries: dict[str, b.RegistryEntry] = {}
         for run_id, (pipeline, capabilities) in self.runs.items():
-            if capability is not None and capability not in capabilities:
-                continue
-            entry = entries.setdefault(pipeline, b.RegistryEntry(pipeline=pipeline, capabilities=capabilities))
+            entry = entries.setdefault(pipeline, b.RegistryEntry(pipeline=pipeline, capabilities=list(capabilities)))
             entry.run_ids.append(run_id)
-        return sorted(entries.values(), key=lambda e: e.pipeline)
+        for pipeline, info in self.infos.items():
+            entry = entries.setdefault(pipeline, b.RegistryEntry(pipeline=pipeline))
+            entry.info = info
+            entry.capabilities += [c for c in info.capabilities if c not in entry.capabilities]
+        found = [e for e in entries.values() if capability is None or capability in e.capabilities]
+        return sorted(found, key=lambda e: e.pipeline)
 
     def _space(self, op: Any, who: str, now: float) -> Any:
         core = self.core

@@ -11,10 +11,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .communicator_port import StepCommunicators, StepPort
 from .context_broker import BrokerAbilities
 from .memory import PipelineMemory
 
 if TYPE_CHECKING:
+    from ..communication.communicator import PipelineCommunicator
     from ..define.pipeline import Pipeline
     from ..define.plan import StepSpec
     from ..define.step import PipelineStep
@@ -49,7 +51,8 @@ class StepContext(BrokerAbilities):
     `attempt` is 1 on the first try and grows with every retry or crash-recovery re-run;
     `inputs` maps each dependency to its output; `item` / `item_index` are set for
     PARALLEL_MERGE items; `trigger` holds the event that started a triggered run.
-    Messaging, events and shared spaces: see `context_broker.BrokerAbilities`.
+    Messaging, events and shared spaces: see `context_broker.BrokerAbilities`; the documents'
+    `PipelineCommunicator` over them is `communicator`.
 
     The design documents' context fields are here too, the same in-process and in a worker:
     `pipeline_name`, `step_name`, `execution_attempt` (= `attempt`), `constraints` (the step's,
@@ -89,6 +92,22 @@ class StepContext(BrokerAbilities):
         self.memory = PipelineMemory(services, run_id, pipeline, self.space)
         self.log = _StepLog(services, run_id, step_name)
         self._services = services
+        self._communicators: StepCommunicators | None = None
+
+    @property
+    def communicator(self) -> PipelineCommunicator:
+        """The design documents' PipelineCommunicator, speaking for this step's pipeline (its event
+        subscriptions end with this attempt at the latest)."""
+        if self._communicators is None:
+            port = StepPort(call=self._call, subscribe=self._services.subscribe, receive=self.receive,
+                            message_id=self.next_message_id, events_prefix=f"{self.run_id}/{self.task}")
+            self._communicators = StepCommunicators(port, self.pipeline)
+        return self._communicators.communicator
+
+    def end_attempt(self) -> None:
+        """The attempt is over: close what lives only as long as it (the communicator's subscriptions)."""
+        if self._communicators is not None:
+            self._communicators.close_all()
 
     @property
     def pipeline_name(self) -> str:

@@ -90,10 +90,14 @@ class BrokerAbilities:
     async def _call(self, op: b.BrokerRequest, wait: float = 0.0) -> Any:
         return await self._services.broker(self.step_ref, op, wait)
 
+    def next_message_id(self) -> str:
+        """The default id of this attempt's next message: `<run>/<task>/<n>`, the same when the step runs again."""
+        self._sends += 1
+        return f"{self.run_id}/{self.task}/{self._sends}"
+
     async def send(self, to: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002 - the issue's name
         """Send `payload` to pipeline `to`'s mailbox; returns the message id once the message is durable."""
-        self._sends += 1
-        message_id = id if id is not None else f"{self.run_id}/{self.task}/{self._sends}"
+        message_id = id if id is not None else self.next_message_id()
         result = await self._call(b.SendMessage(to=to, payload=to_builtins(payload), message_id=message_id))
         return str(result["id"])
 

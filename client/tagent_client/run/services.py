@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from ..communication.ports import EventSource
 from ..wire.protocol_broker import BrokerRequest, StepRef
 from .broker_local import LocalBroker
 
@@ -26,6 +27,9 @@ class RunServices(Protocol):
 
     async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
         """Carry out a broker request for a step (`wait`: how long the request may be parked)."""
+
+    async def subscribe(self, prefixes: list[str]) -> EventSource:
+        """Events whose topic starts with one of `prefixes`, from when this returns on (best effort)."""
 
 
 class LocalServices:
@@ -46,6 +50,9 @@ class LocalServices:
         if loop is not None and loop is not asyncio.get_running_loop():
             return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.bus.call(caller, op), loop))
         return await self.bus.call(caller, op)
+
+    async def subscribe(self, prefixes: list[str]) -> EventSource:
+        return self.bus.subscribe(prefixes)
 
     async def memory_get(self, run_id: str, key: str) -> Any:
         return self.memory.get(run_id, {}).get(key)

@@ -243,12 +243,20 @@ class RunDetail(msgspec.Struct, kw_only=True):
 
 
 class EventRecord(msgspec.Struct, kw_only=True, array_like=True):
-    """One event. `data` is a dict for the daemon's own events; a published event's data is any JSON value."""
+    """One event. `data` is a dict for the daemon's own events; a published event's data is any JSON value.
+
+    A published event also says where it came from: `source` is the publishing step's pipeline (or the
+    pipeline a client published as; "" when nobody said) and `id` the event id its publisher chose
+    ("" when none was chosen, as with `ctx.publish`). They are the last two fields of the array: an
+    older reader ignores them, and a record without them reads as "", "".
+    """
 
     seq: int
     ts: float
     topic: str
     data: Any
+    source: str = ""
+    id: str = ""
 
 
 class EventBatch(msgspec.Struct, kw_only=True):

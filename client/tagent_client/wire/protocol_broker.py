@@ -53,11 +53,17 @@ class BrokerRequest(msgspec.Struct, tag_field="type", kw_only=True, dict=True):
 
 
 class SendMessage(BrokerRequest, tag="send", kw_only=True):
-    """Put `payload` in pipeline `to`'s mailbox; answered once durable. A repeated `message_id` is dropped."""
+    """Put `payload` in pipeline `to`'s mailbox; answered once durable. A repeated `message_id` is dropped.
+
+    `message_type` labels the message for its receiver; `from_pipeline` is the pipeline a client sends as
+    (a step's messages always come from its own pipeline, whatever this says).
+    """
 
     to: str
     payload: Any = None
     message_id: str | None = None
+    message_type: str = "data"
+    from_pipeline: str | None = None
 
 
 class ReceiveMessage(BrokerRequest, tag="receive", kw_only=True):
@@ -74,10 +80,16 @@ class AckMessages(BrokerRequest, tag="ack_messages", kw_only=True):
 
 
 class Publish(BrokerRequest, tag="publish", kw_only=True):
-    """Publish one event (best effort to subscribers; durable for the triggers it starts)."""
+    """Publish one event (best effort to subscribers; durable for the triggers it starts).
+
+    `source` is the pipeline a client publishes as (a step's events always come from its own pipeline, and
+    never trigger it); `event_id` is carried to subscribers as the event's `id`.
+    """
 
     topic: str
     data: Any = None
+    source: str | None = None
+    event_id: str | None = None
 
 
 class PublishMany(BrokerRequest, tag="publish_many", kw_only=True):
@@ -175,8 +187,27 @@ class DropDead(BrokerRequest, tag="drop_dead", kw_only=True):
     all: bool = False
 
 
+class PipelineInfo(msgspec.Struct, kw_only=True):
+    """What a pipeline says about itself in the registry (`register_pipeline`): a description, the
+    capabilities it offers, and any other JSON-like `metadata`."""
+
+    description: str = ""
+    capabilities: list[str] = []
+    metadata: dict[str, Any] = {}
+    registered_at: float = 0.0
+    by: str = ""
+
+
+class RegisterPipeline(BrokerRequest, tag="register_pipeline", kw_only=True):
+    """Enter `pipeline` in the registry with `info` (replacing what it said before); durable when answered."""
+
+    pipeline: str
+    info: PipelineInfo = msgspec.field(default_factory=PipelineInfo)
+
+
 class Unregister(BrokerRequest, tag="unregister", kw_only=True):
-    """Forget a triggered pipeline's registration (its queued triggers are dropped, running runs go on)."""
+    """Forget a pipeline's registration: for events (its queued triggers are dropped, running runs go on)
+    and its `register_pipeline` info."""
 
     pipeline: str
 
@@ -188,12 +219,12 @@ class BrokerStatsRequest(BrokerRequest, tag="stats", kw_only=True):
 BROKER_REQUESTS = (
     SendMessage, ReceiveMessage, AckMessages, Publish, PublishMany, WaitEvent, SpaceGet, SpacePut, SpaceCas,
     SpaceDelete, SpaceKeys, SpaceLog, SpaceAllow, ListPipelines, ListMailboxes, DeadLetters, RequeueDead, DropDead,
-    Unregister, BrokerStatsRequest,
+    RegisterPipeline, Unregister, BrokerStatsRequest,
 )
 AnyBrokerRequest = (
     SendMessage | ReceiveMessage | AckMessages | Publish | PublishMany | WaitEvent | SpaceGet | SpacePut | SpaceCas
     | SpaceDelete | SpaceKeys | SpaceLog | SpaceAllow | ListPipelines | ListMailboxes | DeadLetters | RequeueDead
-    | DropDead | Unregister | BrokerStatsRequest
+    | DropDead | RegisterPipeline | Unregister | BrokerStatsRequest
 )
 
 # -- events.sock -----------------------------------------------------------------------------------
@@ -216,7 +247,8 @@ SubscriberMessage = Subscribe | Unsubscribe
 
 
 class RegistryEntry(msgspec.Struct, kw_only=True):
-    """A pipeline the daemon knows as running (runs in flight) and/or registered (triggers)."""
+    """A pipeline the daemon knows as running (runs in flight), registered for events (triggers) and/or
+    registered with `register_pipeline` (`info`; its capabilities are added to `capabilities`)."""
 
     pipeline: str
     capabilities: list[str] = []
@@ -225,6 +257,7 @@ class RegistryEntry(msgspec.Struct, kw_only=True):
     triggers: list[str] = []
     registered: bool = False
     queued_triggers: int = 0
+    info: PipelineInfo | None = None
 
 
 class MailboxInfo(msgspec.Struct, kw_only=True):

@@ -40,8 +40,17 @@ async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model
     """Run one task; returns (output, usage). Raises whatever the step raises.
 
     `llm` holds endpoints, prices and the request limiter for agent steps; `record` receives an agent
-    attempt's usage and transcript, also when it fails.
+    attempt's usage and transcript, also when it fails. What lives as long as the attempt (the event
+    subscriptions of `ctx.communicator`) ends with it, however it ends.
     """
+    try:
+        return await _execute(pipeline, task, ctx, model=model, llm=llm, record=record)
+    finally:
+        ctx.end_attempt()
+
+
+async def _execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None,
+                   llm: LLMRuntime | None, record: Attempt | None) -> tuple[Any, Usage | None]:
     step = pipeline.steps[task.step]
     if task.phase is Phase.CONDITION:
         scope = {**ctx.inputs, "shared": ctx.shared, "params": ctx.params}
