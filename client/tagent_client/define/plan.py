@@ -75,6 +75,8 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     retry: RetrySpec = RetrySpec()
     condition: dict[str, Any] | None = None
     condition_is_callable: bool = False
+    #: A CONDITIONAL step with constraints but no condition=: its model judges the constraints before it runs.
+    condition_is_judged: bool = False
     over: Any = None
     has_merge: bool = False
     data_fields: dict[str, list[str]] = {}
@@ -84,6 +86,11 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     function: str | None = None
     #: A function step's parameters that only a submit param can fill (checked at submit: binding.missing_params).
     needs_params: list[str] = []
+
+    @property
+    def uses_model(self) -> bool:
+        """An agent or TAgent step, or any step whose condition its model judges: it needs a model to run."""
+        return self.kind is not StepKind.FUNCTION or self.condition_is_judged
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
