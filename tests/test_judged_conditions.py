@@ -11,6 +11,8 @@ import asyncio
 import json
 import random
 import runpy
+import textwrap
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tagent_client import ExecutionMode, Pipeline, PipelineResult, run_agent, ru
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import Dispatch, Emit, StepSucceeded
 from tagent_client.core.state import Phase, RunState, StepStatus
+from tagent_client.define.export import plan_from_dict
 from tagent_client.errors import PipelineValidationError
 from tagent_client.run.config import RunConfig
 from tagent_client.run.context import StepContext
@@ -210,6 +213,28 @@ def test_the_test_model_always_judges_true_with_the_same_reason(monkeypatch: pyt
         assert result.success and "act" in result.step_outputs, result.summary()
         decided += [(d["decision"], d["reason"], d["model"]) for t, d in events if t == "step.condition"]
     assert decided == [(True, "a", "test")] * 2
+
+
+def test_a_pipeline_document_cannot_hide_a_judged_condition() -> None:
+    """Given a TOML pipeline document (what a watched folder runs) with a CONDITIONAL step that has only a
+    constraint, when its plan is read as the daemon reads it, then the step's condition is judged; and the
+    document run in-process records the judgement."""
+    document = """
+        name = "doc"
+        model = "test"
+
+        [[steps]]
+        name = "act"
+        goal = "Act"
+        mode = "conditional"
+        constraints = ["Only if it is a weekday"]
+        condition_is_callable = false
+    """
+    data = tomllib.loads(textwrap.dedent(document))
+    assert plan_from_dict(data).step("act").condition_is_judged
+    events: list[str] = []
+    result = run_agent(Pipeline.from_dict(data), on_event=lambda topic, data: events.append(topic))
+    assert result.success and "step.condition" in events, result.summary()
 
 
 def test_a_recorded_judgement_is_not_asked_again_after_recovery() -> None:

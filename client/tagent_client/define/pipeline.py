@@ -250,7 +250,6 @@ class Pipeline:
                     ),
                     condition=cond.to_data() if isinstance(cond, Condition) else None,
                     condition_is_callable=cond is not None and not isinstance(cond, Condition),
-                    condition_is_judged=step.condition_is_judged,
                     over=list(step.over) if isinstance(step.over, tuple) else step.over,
                     has_merge=step.merge is not None,
                     data_fields={k: list(v) for k, v in step.data_fields.items()},

@@ -75,8 +75,6 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     retry: RetrySpec = RetrySpec()
     condition: dict[str, Any] | None = None
     condition_is_callable: bool = False
-    #: A CONDITIONAL step with constraints but no condition=: its model judges the constraints before it runs.
-    condition_is_judged: bool = False
     over: Any = None
     has_merge: bool = False
     data_fields: dict[str, list[str]] = {}
@@ -86,6 +84,13 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     function: str | None = None
     #: A function step's parameters that only a submit param can fill (checked at submit: binding.missing_params).
     needs_params: list[str] = []
+
+    @property
+    def condition_is_judged(self) -> bool:
+        """A CONDITIONAL step with constraints but no condition: its model judges the constraints before it runs.
+        Derived, never stored, so a plan read from a document cannot say otherwise."""
+        return (self.mode is ExecutionMode.CONDITIONAL and self.condition is None and not self.condition_is_callable
+                and bool(self.constraints))
 
     @property
     def uses_model(self) -> bool:
