@@ -363,7 +363,8 @@ SINGLE_PROBLEMS: list[tuple[str, Callable[[], Pipeline], str]] = [
      "step 'b': condition refers to 'a', which is not among its depends_on"),
     ("conditional-without-condition",
      lambda: Pipeline("p").step("a", goal="A", execution_mode="conditional"),
-     "step 'a': execution_mode CONDITIONAL needs a condition="),
+     "step 'a': execution_mode CONDITIONAL needs a condition= (when(...) or a function) or constraints= "
+     "(the step's model then judges them before the step runs)"),
     ("parallel-merge-without-over",
      lambda: _pm(),
      "step 'each': PARALLEL_MERGE needs over= (a list, or a path like 'params.items' or 'dep.field')"),

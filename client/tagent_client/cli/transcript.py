@@ -14,7 +14,8 @@ def render(attempts: Sequence[Mapping[str, Any]]) -> str:
     blocks = []
     for entry in attempts:
         item = f", item {entry['item']}" if entry.get("item") is not None else ""
-        head = f"attempt {entry.get('attempt', '?')}{item}: {entry.get('status', '?')}"
+        what = "condition check, attempt" if entry.get("phase") == "condition" else "attempt"  # a judged condition
+        head = f"{what} {entry.get('attempt', '?')}{item}: {entry.get('status', '?')}"
         if entry.get("model"):
             head += f" (model {entry['model']})"
         lines = [head]

@@ -37,6 +37,7 @@ from .events import (
     TimerFired,
     WorkerLost,
 )
+from .judged import Judged
 from .result import to_builtins
 from .rules import backoff_delay, completed_output, upstream
 from .run_index import RunIndex
@@ -129,7 +130,7 @@ class RunMachine:
             step.usage = step.usage.add(event.usage)
             if event.transcript is not None:
                 entry = {**event.transcript, "attempt": task.attempt, "item": task.item_index,
-                         "status": "succeeded" if isinstance(event, StepSucceeded) else "failed"}
+                         "status": "succeeded" if isinstance(event, StepSucceeded) else "failed", "phase": task.phase.value}
                 step.transcript = [*step.transcript, entry][-MAX_TRANSCRIPTS:]
             self.index.changed_steps.add(task.step)
         if isinstance(event, StepSucceeded):
@@ -193,10 +194,16 @@ class RunMachine:
             self.index.changed_steps.add(task.step)
             self.index.candidates.add(task.step)
             out: list[Action] = []
-            if output:
+            if spec.condition_is_judged:  # the model's decision is recorded, then announced, then acted on
+                judged = Judged.from_output(output)
+                out += [Persist(), Emit(topic="step.condition", data=self._ev(step=task.step, **judged.event()))]
+                passed, reason = judged.decision, judged.skip_reason()
+            else:
+                passed, reason = bool(output), f"condition false: {spec.name}'s callable condition returned {output!r}"
+            if passed:
                 step.condition_passed = True
             else:
-                out += self._skip(task.step, f"condition false: {spec.name}'s callable condition returned {output!r}", now)
+                out += self._skip(task.step, reason, now)
             return out + self._advance(now)
         if task.phase is Phase.RUN and task.item_index is not None:
             items = [t for t in self.index.tasks_of[task.step].values() if t.phase is Phase.RUN]
@@ -341,7 +348,7 @@ class RunMachine:
                 return self._skip(spec.name, f"condition false: {cond.describe()}", now)
             step.condition_passed = True
             self.index.changed_steps.add(spec.name)
-        if spec.condition_is_callable and not step.condition_passed:
+        if (spec.condition_is_callable or spec.condition_is_judged) and not step.condition_passed:
             self.index.add_task(spec.name, Phase.CONDITION, None)
             return []
         if spec.mode is ExecutionMode.PARALLEL_MERGE:

@@ -85,6 +85,18 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: A function step's parameters that only a submit param can fill (checked at submit: binding.missing_params).
     needs_params: list[str] = []
 
+    @property
+    def condition_is_judged(self) -> bool:
+        """A CONDITIONAL step with constraints but no condition: its model judges the constraints before it runs.
+        Derived, never stored, so a plan read from a document cannot say otherwise."""
+        return (self.mode is ExecutionMode.CONDITIONAL and self.condition is None and not self.condition_is_callable
+                and bool(self.constraints))
+
+    @property
+    def uses_model(self) -> bool:
+        """An agent or TAgent step, or any step whose condition its model judges: it needs a model to run."""
+        return self.kind is not StepKind.FUNCTION or self.condition_is_judged
+
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     """A whole pipeline, declaratively, in definition order."""

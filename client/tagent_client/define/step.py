@@ -94,6 +94,17 @@ class PipelineStep:
         return StepKind.FUNCTION if self.fn is not None else StepKind.AGENT
 
     @property
+    def condition_is_judged(self) -> bool:
+        """CONDITIONAL with constraints but no condition=: before it runs, its model judges whether the
+        constraints hold (docs/semantics.md, "When a step is decided")."""
+        return self.execution_mode is ExecutionMode.CONDITIONAL and self.condition is None and bool(self.constraints)
+
+    @property
+    def uses_model(self) -> bool:
+        """An agent or TAgent step, or a step whose condition its model judges: it needs a model to run."""
+        return self.kind is not StepKind.FUNCTION or self.condition_is_judged
+
+    @property
     def dependencies(self) -> dict[str, DependencyType]:
         return dict(self.depends_on)  # type: ignore[arg-type]
 

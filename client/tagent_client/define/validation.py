@@ -146,8 +146,9 @@ def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipelin
                 out.append(f"{where}: condition refers to unknown step {ref!r}")
             elif ref not in deps:
                 out.append(f"{where}: condition refers to {ref!r}, which is not among its depends_on")
-    if step.execution_mode is ExecutionMode.CONDITIONAL and cond is None:
-        out.append(f"{where}: execution_mode CONDITIONAL needs a condition=")
+    if step.execution_mode is ExecutionMode.CONDITIONAL and cond is None and not step.constraints:
+        out.append(f"{where}: execution_mode CONDITIONAL needs a condition= (when(...) or a function) or "
+                   f"constraints= (the step's model then judges them before the step runs)")
     if step.execution_mode is ExecutionMode.PARALLEL_MERGE:
         if step.over is None:
             out.append(f"{where}: PARALLEL_MERGE needs over= (a list, or a path like 'params.items' or 'dep.field')")

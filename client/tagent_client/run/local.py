@@ -31,7 +31,6 @@ from ..core.result import PipelineResult
 from ..core.state import ErrorInfo, new_run_id
 from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
-from ..define.plan import StepKind
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
 from .config import RunConfig, run_config
 from .context import StepContext, constraints_of
@@ -66,9 +65,8 @@ def default_model(config_model: str | None) -> str | None:
 
 
 def check_models(pipeline: Pipeline, model: str | None) -> None:
-    """Fail before running anything if an agent step would have no model."""
-    missing = [s.name for s in pipeline.steps.values()
-               if s.kind is not StepKind.FUNCTION and not (s.model or pipeline.model or model)]
+    """Fail before running anything if an agent step (or a judged condition) would have no model."""
+    missing = [s.name for s in pipeline.steps.values() if s.uses_model and not (s.model or pipeline.model or model)]
     if missing:
         raise ConfigError(
             f"agent step(s) {', '.join(missing)} of pipeline {pipeline.name!r} have no model: pass model= "

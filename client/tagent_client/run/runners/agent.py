@@ -27,7 +27,7 @@ from ..context import StepContext, constraints_of
 from ..llm import LLMRuntime, model_name
 from .attempt import Attempt
 from .broker_tools import broker_tools
-from .models import mark, model_for
+from .models import BuiltModel, mark, model_for
 from .tools import is_tagent_style, step_tools
 from .usage import attempt_usage
 
@@ -61,16 +61,41 @@ def user_prompt(ctx: StepContext) -> str:
     return json.dumps(to_builtins(document), indent=1, default=str)
 
 
+async def built_model(name: str, runtime: LLMRuntime) -> BuiltModel:
+    """The model for a model string; built on first use off the loop (building may import an SDK)."""
+    return runtime.models.get(name) or await asyncio.to_thread(model_for, name, runtime)
+
+
+async def call(agent: Any, prompt: str, name: str, runtime: LLMRuntime, record: Attempt) -> Any:
+    """One run of a pydantic-ai `agent` (on the model `name`) within the runtime's request limit: its output.
+
+    Whatever the outcome, `record` is left with the model, the usage and the scrubbed transcript;
+    a failure is re-raised marked `retryable` or not (models.mark).
+    """
+    from pydantic_ai import capture_run_messages
+    from pydantic_ai.usage import UsageLimits
+
+    record.model = name
+    with capture_run_messages() as messages:
+        try:
+            limits = UsageLimits(request_limit=runtime.request_limit) if runtime.request_limit else None
+            result = await agent.run(prompt, infer_name=False, usage_limits=limits)
+        except Exception as exc:
+            _keep(record, messages, name, runtime)
+            mark(exc)
+            raise
+    _keep(record, result.all_messages(), name, runtime, tool_calls=result.usage.tool_calls)
+    return result.output
+
+
 async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model: str | None = None,
               llm: LLMRuntime | None = None, record: Attempt | None = None) -> tuple[Any, Usage]:
-    from pydantic_ai import Agent, capture_run_messages
-    from pydantic_ai.usage import UsageLimits
+    from pydantic_ai import Agent
 
     runtime = llm or LLMRuntime.local()
     record = record if record is not None else Attempt()
     name = resolve_model(pipeline, step, model)
-    record.model = name
-    built = runtime.models.get(name) or await asyncio.to_thread(model_for, name, runtime)  # first use: off the loop
+    built = await built_model(name, runtime)
     agent = runtime.agents.get((step, name))
     if agent is None:
         extra = {**runtime.builtin_tools, **broker_tools(ctx, step)}
@@ -85,18 +110,9 @@ async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model
         )
         if not extra and not any(is_tagent_style(t) for t in pipeline.tools_for(step.name).values()):
             runtime.agents[(step, name)] = agent  # nothing in it is bound to this attempt: reuse it (~1 ms a step)
-    with capture_run_messages() as messages:
-        try:
-            limits = UsageLimits(request_limit=runtime.request_limit) if runtime.request_limit else None
-            result = await agent.run(user_prompt(ctx), infer_name=False, usage_limits=limits)
-        except Exception as exc:
-            _keep(record, messages, name, runtime)
-            mark(exc)
-            raise
-    all_messages = result.all_messages()
-    _keep(record, all_messages, name, runtime, tool_calls=result.usage.tool_calls)
+    output = await call(agent, user_prompt(ctx), name, runtime, record)
     assert record.usage is not None
-    return result.output, record.usage
+    return output, record.usage
 
 
 def _keep(record: Attempt, messages: list[Any], model: str, runtime: LLMRuntime, tool_calls: int | None = None) -> None:

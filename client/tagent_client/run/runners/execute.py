@@ -1,4 +1,5 @@
-"""`execute`: run one task of a step with its runner: a Python function, an LLM agent, or the TAgent adapter.
+"""`execute`: run one task of a step with its runner: a Python function, an LLM agent, or the TAgent adapter
+(and a step's condition: its function, or its model's judgement, judge.py).
 
 The single entry point used by both the in-process runner and the daemon's workers,
 so a step behaves the same wherever it runs.
@@ -52,6 +53,10 @@ async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model
 async def _execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None,
                    llm: LLMRuntime | None, record: Attempt | None) -> tuple[Any, Usage | None]:
     step = pipeline.steps[task.step]
+    if task.phase is Phase.CONDITION and step.condition_is_judged:
+        from . import judge
+
+        return await judge.decide(pipeline, step, ctx, model=model, llm=llm, record=record)
     if task.phase is Phase.CONDITION:
         scope = {**ctx.inputs, "shared": ctx.shared, "params": ctx.params}
         return bool(await function_runner.call(step.condition, ctx, scope, positional=[scope])), None
