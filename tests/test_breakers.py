@@ -6,13 +6,18 @@ A fake clock drives every transition: no sleeping, no processes.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tagent_client import Pipeline
 from tagent_client.core.breaker import Breaker, BreakerRule, State
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.events import StepFailed, TimerFired
+from tagent_client.core.state import ErrorInfo
 from tagent_client.errors import ERRORS, EXIT_CODES, CircuitOpen, error_from_wire, is_retryable, retry_after_of
 from tagent_client.run.breakers import BreakerRegistry, BreakerRules, BreakerSettings, LocalBreakers, StepBreaker
 from tagent_client.run.llm import EndpointSettings
@@ -232,3 +237,17 @@ def test_ctx_breaker_refuses_a_bad_name_and_a_sync_function() -> None:
         StepBreaker(gate, "llm:local")
     with pytest.raises(TypeError, match="decorates async functions"):
         StepBreaker(gate, "payments")(lambda: 1)
+
+
+def test_the_engine_retries_no_sooner_than_the_error_asks_even_past_the_policy_max_delay() -> None:
+    """Given a step retried after 1 s (max 3 s), when an attempt fails with an error asking to wait 30 s (an open
+    breaker's time to half-open), then the retry is due in 30 s; when the next asks for nothing, the back-off holds."""
+    pipeline = Pipeline("p")
+    pipeline.task(lambda: 1, name="call", max_retries=3, retry_delay=1.0, retry_jitter=0.0)
+    machine = RunMachine.new(pipeline.plan(), "run-1", now=0.0, rng=random.Random(1))
+    machine.start(0.0)
+    for now, wait, due in ((10.0, 30.0, 40.0), (40.0, None, 42.0)):
+        error = ErrorInfo(type="CircuitOpen", message="open", retryable=True, retry_after=wait)
+        machine.handle(StepFailed(task="call", attempt=machine.state.tasks["call"].attempt, error=error), now)
+        assert machine.next_timer() == pytest.approx(due)
+        machine.handle(TimerFired(), due)
