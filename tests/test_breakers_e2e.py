@@ -176,7 +176,7 @@ def test_ctx_breaker_in_a_function_step_opens_fails_fast_probes_and_closes_throu
     path = write_pipeline(tmp_path, "pay.py", PAY)
     calls = folder / "calls"
     with daemon.client(timeout=30) as client:
-        for n in (1, 2):
+        for _ in range(2):
             run = submit(daemon, path, "--param", f"folder={folder}")
             assert not client.wait(run, timeout=60).success
             assert "ConnectionError" in (client.status(run).steps["charge"].error or "")
