@@ -117,44 +117,68 @@ def test_zero_failures_means_the_breaker_never_opens() -> None:
     assert breaker.state is State.CLOSED
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["admit", "ok", "fail", "drop", "wait"]), st.integers(0, 4),
-                         st.floats(0.0, 4.0)), max_size=80)
+#: Rules small enough that random sequences go through every state often; waits around their window and cooldown.
+SMALL = st.sampled_from([BreakerRule(failures=2, window=3.0, cooldown=2.0), BreakerRule(failures=1, window=3.0, cooldown=2.0)])
+OPS = st.lists(st.tuples(st.sampled_from(["admit", "admit", "ok", "fail", "fail", "drop", "wait"]), st.integers(0, 7),
+                         st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, 3.5])), max_size=100)
 
 
-@settings(max_examples=300, deadline=None)
-@given(OPS)
-def test_property_no_call_goes_while_open_and_at_most_one_probe_is_out(ops: list[tuple[str, int, float]]) -> None:
-    """Given any sequence of calls, outcomes and waits, then: no call is admitted while open; at most one
-    call is out as the probe; each state change differs from the one before; it opens only after `failures`
-    counted failures or a failed probe, and closes only on the probe's success."""
-    breaker, now = Breaker("svc", RULE), 0.0
-    out: dict[int, Any] = {}  # ticket -> verdict of the calls admitted and not ended
-    last = State.CLOSED
-    for op, ticket, dt in ops:
+@settings(max_examples=1000, deadline=None)
+@given(OPS, SMALL)
+def test_property_the_breaker_follows_its_rule_for_any_sequence_of_calls(ops: list[tuple[str, int, float]],
+                                                                          rule: BreakerRule) -> None:
+    """Given any sequence of calls, outcomes (in any order) and waits, checked against a model of the rule: a
+    closed breaker admits every call and opens exactly when `failures` failures of calls admitted since it last
+    closed fall within `window`; an open one admits none; once the cooldown is over exactly one call is out as the
+    probe at a time; the probe's success closes it, its failure opens it, its loss frees the slot; no other
+    outcome changes the state; every state change is announced once."""
+    breaker, now = Breaker("svc", rule), 0.0
+    out: dict[int, tuple[int, int]] = {}  # call -> (the model's epoch it was admitted in, the breaker's generation)
+    epoch, failed_at, probe, reopens_at, state = 0, [], None, 0.0, State.CLOSED
+    for n, (op, pick, dt) in enumerate(ops):
         if op == "wait":
             now += dt
             breaker.tick(now)
+            if state is State.OPEN and now >= reopens_at:
+                state = State.HALF_OPEN
         elif op == "admit":
-            before = breaker.state if breaker.reopens_in(now) != 0.0 else State.HALF_OPEN
-            verdict = breaker.admit(ticket, now)
-            assert not (verdict.allowed and before is State.OPEN)
+            if state is State.OPEN and now >= reopens_at:
+                state = State.HALF_OPEN
+            verdict = breaker.admit(n, now)
+            if state is State.CLOSED:
+                assert verdict.allowed and not verdict.probe
+            elif state is State.OPEN:
+                assert not verdict.allowed and verdict.refusal is not None
+            else:
+                assert verdict.allowed == (probe is None) and verdict.probe == verdict.allowed
+                probe = n if verdict.allowed else probe
             if verdict.allowed:
-                out[ticket] = verdict
-        elif ticket in out:
-            verdict = out.pop(ticket)
-            was_probe = breaker.state is State.HALF_OPEN and breaker.probe == ticket
-            {"ok": breaker.succeeded, "fail": breaker.failed}.get(op, lambda t, g, n: breaker.abandoned(t))(
-                ticket, verdict.generation, now)
-            if breaker.state is State.CLOSED and last is State.HALF_OPEN:
-                assert was_probe and op == "ok"
-        probes = [t for t, v in out.items() if v.probe and breaker.probe == t]
-        assert len(probes) <= 1
-        if breaker.state is State.HALF_OPEN and breaker.probe is not None:
-            assert out.get(breaker.probe) is not None and out[breaker.probe].probe
-        for change in breaker.take_changes():
-            assert change.state is not last
-            last = change.state
-        assert last is breaker.state
+                out[n] = (epoch, verdict.generation)
+        elif out:
+            call = sorted(out)[pick % len(out)]
+            admitted_in, generation = out.pop(call)
+            if op == "ok":
+                breaker.succeeded(call, generation, now)
+            elif op == "fail":
+                breaker.failed(call, generation, now)
+            else:
+                breaker.abandoned(call)
+            if call == probe:
+                probe = None
+                if op == "ok":
+                    state, epoch, failed_at = State.CLOSED, epoch + 1, []
+                elif op == "fail":
+                    state, epoch, reopens_at = State.OPEN, epoch + 1, now + rule.cooldown
+            elif op == "fail" and state is State.CLOSED and admitted_in == epoch:
+                failed_at = [t for t in failed_at if t > now - rule.window] + [now]
+                if len(failed_at) >= rule.failures:
+                    state, epoch, failed_at, reopens_at = State.OPEN, epoch + 1, [], now + rule.cooldown
+        assert breaker.state is state, (n, op)
+        if state is State.HALF_OPEN:
+            assert breaker.probe == probe
+    announced = [c.state for c in breaker.take_changes()]
+    assert all(a is not b for a, b in zip(announced, announced[1:]))
+    assert (announced[-1] if announced else State.CLOSED) is state
 
 
 def test_circuit_open_has_its_code_exit_status_and_survives_the_wire() -> None:
