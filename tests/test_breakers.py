@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
