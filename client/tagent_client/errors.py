@@ -166,13 +166,30 @@ class DiskFull(TagentError):
     retryable = True
 
 
+class CircuitOpen(TagentError):
+    """A circuit breaker (an LLM endpoint's, or a step's `ctx.breaker(name)`) is open: the call was not made.
+
+    Retryable: the step's retry policy waits it out. `retry_after` is the seconds until the breaker half-opens
+    (None while its one probe call is out), and the engine delays the retry at least that long.
+    """
+
+    code = "circuit_open"
+    retryable = True
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, breaker: str, retry_after: float | None = None) -> None:
+        super().__init__(message, breaker=breaker, retry_after=retry_after)
+        self.breaker = breaker
+        self.retry_after = retry_after
+
+
 ERRORS: dict[str, type[TagentError]] = {
     cls.code: cls
     for cls in (
         TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
         ConfigError, AlreadyRunning, RunFailed, StepExecutionError, PipelineDeadlockError, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
-        DiskFull,
+        DiskFull, CircuitOpen,
     )
 }
 
@@ -196,6 +213,7 @@ EXIT_CODES: dict[str, int] = {
     "request_too_large": 13,
     "name_too_long": 14,
     "disk_full": 15,
+    "circuit_open": 16,
 }
 
 
@@ -204,6 +222,18 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, (RetryableError, ConnectionError, TimeoutError)):
         return True
     return getattr(exc, "retryable", False) is True
+
+
+MAX_RETRY_AFTER = 300.0
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The least wait before a retry that `exc` asks for (its `retry_after` seconds: CircuitOpen's time to
+    half-open, a 429's Retry-After), at most MAX_RETRY_AFTER; None if it asks for none."""
+    wait = getattr(exc, "retry_after", None)
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
+        return min(float(wait), MAX_RETRY_AFTER)
+    return None
 
 
 def exit_code_for(code: str) -> int:

@@ -53,6 +53,7 @@ from tagentd.control.broker_calls import BrokerCalls
 from tagentd.control.router import Router
 from tagentd.control.server import ControlServer
 from tagentd.control.workers import WorkerMessages, WorkerPorts
+from tagentd.executor.breakers import BreakerDesk
 from tagentd.executor.interface import Executor, RunningAttempt
 from tagentd.executor.local import LocalExecutor
 from tagentd.executor.permits import PermitDesk
@@ -98,6 +99,7 @@ class Daemon:
         self.broker = BrokerShell(settings, ops=self.driver, mark_dirty=self.commit.mark_dirty,
                                   steps_in_flight=self._steps_in_flight)
         self.driver.observe(self.broker)
+        self.breakers = BreakerDesk(settings.breaker_rules().rule_for, self._send_worker, self.publish)
         self.router = Router(self.spawn)
         self.submit_keys = submit.SubmitKeys()
         ports = control.Ports(settings=settings, ops=self.driver, broker=self.broker, submit_keys=self.submit_keys,
@@ -143,6 +145,7 @@ class Daemon:
             heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
             worker_args=self.settings.worker_llm_args(), use_template=self.settings.worker_template,
+            breakers=self.breakers,
         )
         self.driver.executor = self.executor
         self.stopper = Stopper(self.driver, self.executor, self.store)
@@ -246,6 +249,7 @@ class Daemon:
         stats["runs"] = self.runs.stats()
         stats["llm_permits_granted"] = self.permits.granted
         stats["llm_endpoints"] = self.permits.stats()
+        stats["breakers"] = self.breakers.stats()
         stats["broker"] = broker_views.summary(self.broker)
         stats["stopping"] = self.stopper.info()
         stats["checkpoint_problems"] += self.broker.store.problems

@@ -33,6 +33,10 @@ def print_status(info: Any) -> None:
     ]
     rows += broker_rows(info.stats.get("broker")) + stopping_rows(info.stats.get("stopping"))
     print_pairs(rows)
+    breakers = breaker_table(info.stats.get("breakers"))
+    if breakers:
+        click.echo()
+        print_table(breakers, indent=2)
     if info.workers:
         now = time.time()
         table = [("ID", "PID", "STATE", "STEPS", "DONE", "UP")]
@@ -62,6 +66,18 @@ def broker_rows(broker: dict[str, Any] | None) -> list[tuple[str, str]]:
         ("spaces", f"{broker['spaces']} ({broker['space_bytes']} bytes)"),
         ("triggers", f"{broker['registered']} pipeline(s) registered, {broker['triggers_queued']} event(s) queued"),
     ]
+
+
+def breaker_table(breakers: list[dict[str, Any]] | None) -> list[tuple[str, ...]]:
+    """`tagentd status`: each circuit breaker (an LLM endpoint's `llm:NAME`, or a `ctx.breaker` name)."""
+    if not breakers:
+        return []
+    rows = [("BREAKER", "STATE", "FAILURES", "REOPENS", "OPENED")]
+    for b in breakers:
+        wait = b.get("reopens_in")
+        reopens = f"in {wait:.1f}s" if wait is not None else "probe out" if b.get("probe_out") else "-"
+        rows.append((b["name"], b["state"].replace("_", "-"), str(b["failures"]), reopens, f"{b['opened']}x"))
+    return rows
 
 
 def duration(seconds: float) -> str:

@@ -15,7 +15,8 @@ daemon's workers socket. Besides the interface's guarantees:
   `size` such workers at a time);
 - only this daemon's own workers get work: each is given the daemon's random token and must say it in its
   Hello; any other peer on workers.sock (a worker left over from another daemon) is sent `Refused`
-  (admission.py). Model-request permits of its workers go to the `PermitDesk` it is given (permits.py).
+  (admission.py). Model-request permits of its workers go to the `PermitDesk` it is given (permits.py), and
+  their circuit-breaker calls to the `BreakerDesk` (breakers.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tagent_client.define.plan import Plan
 from tagent_client.errors import PipelineLoadError
 from tagent_client.wire.protocol import WorkerInfo
 from tagentd.executor.admission import Admission
+from tagentd.executor.breakers import BreakerDesk
 from tagentd.executor.deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
 from tagentd.executor.interface import Capacity, PipelineCode, Report, RunningAttempt, StepAttempt
 from tagentd.executor.loading import PipelineLoads, plan_of
@@ -52,12 +54,13 @@ class LocalExecutor:
                  on_result: Report, on_lost: Report, permits: PermitDesk, heartbeat_interval: float,
                  heartbeat_timeout: float, grace: float, recycle_after: int, load_timeout: float,
                  log_file: int | None = None, worker_args: list[str] | None = None, use_template: bool = True,
-                 spawner: ProcessStarter | None = None) -> None:
+                 spawner: ProcessStarter | None = None, breakers: BreakerDesk | None = None) -> None:
         self.size = size
         self.send = send
         self.on_result = on_result
         self.on_lost = on_lost
         self.permits = permits
+        self.breakers = breakers
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.grace = grace
@@ -79,6 +82,7 @@ class LocalExecutor:
             wire.TaskDone: self._on_done, wire.Heartbeat: self._on_heartbeat, wire.Hello: self._on_hello,
             wire.Loaded: self._on_loaded, wire.LoadFailed: self._on_loaded,
             wire.PermitRequest: self._on_permit_request, wire.PermitRelease: self._on_permit_release,
+            wire.BreakerAsk: self._on_breaker_ask, wire.BreakerOutcome: self._on_breaker_outcome,
         }
 
     # -- processes ---------------------------------------------------------------------
@@ -93,6 +97,8 @@ class LocalExecutor:
     def _reap(self, worker: Worker, code: int) -> None:
         meaning = self.pool.ended(worker, code)
         self._judge(worker, code)
+        if self.breakers is not None:
+            self.breakers.worker_gone(worker.identity)
         if worker.alone_for is not None:  # it died before its step was sent: the step waits for another
             self.queues.put(worker.alone_for, alone=True, first=True)
         self.loads.worker_ended(worker.id, meaning)
@@ -180,6 +186,16 @@ class LocalExecutor:
         if worker is not None:
             worker.last_seen = time.monotonic()
             self.permits.on_heartbeat(identity, msg.permits)
+            if self.breakers is not None:
+                self.breakers.on_heartbeat(identity, msg.breakers)
+
+    def _on_breaker_ask(self, identity: bytes, worker: Worker | None, msg: wire.BreakerAsk) -> None:
+        if worker is not None and self.breakers is not None:
+            self.breakers.on_ask(identity, msg)
+
+    def _on_breaker_outcome(self, identity: bytes, worker: Worker | None, msg: wire.BreakerOutcome) -> None:
+        if self.breakers is not None:
+            self.breakers.on_outcome(identity, msg)
 
     def _on_permit_request(self, identity: bytes, worker: Worker | None, msg: wire.PermitRequest) -> None:
         if worker is not None:

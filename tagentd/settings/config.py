@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tagent_client.errors import ConfigError
+from tagent_client.run.breakers import BreakerRules, BreakerSettings
 from tagent_client.run.llm import EndpointSettings, LLMConfig, PriceOverride
 from tagent_client.wire import paths
 from tagentd.settings.locations import LOG_FILE, absolute_path, read_config_file, relative_to
@@ -90,6 +91,8 @@ class Settings(BaseModel):
     on_delete: Literal["ignore", "cancel"] = Field("ignore", description="a watched file was deleted: keep or cancel its runs")
     endpoints: dict[str, EndpointSettings] = Field(default_factory=dict, description="[endpoints.NAME]: LLM servers and limits")
     price_overrides: dict[str, PriceOverride] = Field(default_factory=dict, description="model -> $ per million tokens")
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings, description="[breaker]: every circuit breaker's defaults")
+    breakers: dict[str, BreakerSettings] = Field(default_factory=dict, description="[breakers.NAME]: ctx.breaker(NAME)'s own")
     mailbox_max: int = Field(100_000, ge=1, description="unacknowledged messages a pipeline's mailbox may hold")
     max_deliveries: int = Field(5, ge=1, description="failed deliveries before a message becomes a dead letter")
     mailboxes: dict[str, MailboxSettings] = Field(default_factory=dict, description="[mailboxes.NAME] max_deliveries = N")
@@ -152,6 +155,10 @@ class Settings(BaseModel):
 
     def llm_config(self) -> LLMConfig:
         return LLMConfig(endpoints=self.endpoints, price_overrides=self.price_overrides)
+
+    def breaker_rules(self) -> BreakerRules:
+        """Each circuit breaker's rule: `[breaker]`, then an endpoint's `breaker = {...}` or `[breakers.NAME]`."""
+        return BreakerRules(default=self.breaker, endpoints=self.endpoints, named=self.breakers)
 
     def worker_llm_args(self) -> list[str]:
         """The worker command-line flag carrying endpoints and prices (names of key variables, never keys)."""
@@ -252,7 +259,7 @@ def _env_value(field: str, raw: str) -> Any:
         return absolute_path(Path(raw))
     if field == "watch_dirs":
         return [absolute_path(Path(p)) for p in raw.split(os.pathsep) if p.strip()]
-    if field in ("endpoints", "price_overrides", "spaces", "mailboxes"):
+    if field in ("endpoints", "price_overrides", "spaces", "mailboxes", "breaker", "breakers"):
         try:
             return json.loads(raw)
         except ValueError:

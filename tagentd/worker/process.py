@@ -51,6 +51,7 @@ from tagent_client.run.runners.execute import coerce_inputs
 from tagent_client.run.runners.function import sync_call_running
 from tagentd.worker import lifeline, wire
 from tagentd.worker.args import parse_args
+from tagentd.worker.breakers import BreakerClient
 from tagentd.worker.link import ENCODE_ERRORS, WorkerLink
 from tagentd.worker.llm import PermitClient, agent_runtime_loaded, preload_agent_runtime
 from tagentd.worker.loader import CACHE, schema_classes
@@ -94,9 +95,11 @@ class Worker:
         self.link = WorkerLink(self.zmq, args.endpoint, wire.identity(self.id, self.token))
         # events.sock is next to workers.sock: a step's event subscriptions connect to it as a client's do
         runtime_dir = Path(args.endpoint.removeprefix("ipc://")).parent if args.endpoint.startswith("ipc://") else None
-        self.services = WorkerServices(self.link, self.loop, runtime_dir=runtime_dir)
+        self.breakers = BreakerClient(self.link, self.loop)
+        self.services = WorkerServices(self.link, self.loop, self.breakers, runtime_dir=runtime_dir)
         self.permits = PermitClient(self.link, self.loop)
-        self.llm = LLMRuntime(config=LLMConfig.model_validate_json(args.llm or "{}"), limiter=self.permits)
+        self.llm = LLMRuntime(config=LLMConfig.model_validate_json(args.llm or "{}"), limiter=self.permits,
+                              breakers=self.breakers)
         self.slots = asyncio.Semaphore(self.capacity)
         self.running: dict[AttemptKey, tuple[asyncio.Task[None], wire.RunTask]] = {}
         self.loading: dict[str, asyncio.Future[Any]] = {}
@@ -174,7 +177,7 @@ class Worker:
             if now >= next_beat:
                 next_beat = now + self.heartbeat
                 self.link.send(wire.Heartbeat(worker_id=self.id, running=list(self.running), dropped=self.dropped,
-                                              permits=self.permits.outstanding))
+                                              permits=self.permits.outstanding, breakers=self.breakers.outstanding))
             if self.stopping and not self.running:
                 self.exit_when_flushed(wire.EXIT_OK, "stopped: no task left running", STOP_FLUSH)
             self.check_exit()
@@ -205,6 +208,8 @@ class Worker:
             self.services.resolve(message)
         elif isinstance(message, wire.PermitGrant):
             self.permits.granted(message)
+        elif isinstance(message, wire.BreakerAnswer):
+            self.breakers.answered(message)
         elif isinstance(message, wire.LoadPipeline):
             self.loop.create_task(self.on_load(message))
         elif isinstance(message, wire.CancelRunning):

@@ -3,7 +3,7 @@
 Memory calls are requests the daemon answers (`MemoryReply` with the same
 `req`); they are re-sent until answered, so the daemon must answer a repeated
 `req` again (a repeated MemorySave writes the same value twice). Log lines and
-progress notes are best effort. Every method may be called from a sync step's
+progress notes are best effort. `breakers` is the worker's `BreakerClient` (`ctx.breaker`). Every method may be called from a sync step's
 thread: work is handed to the event loop thread-safely.
 """
 
@@ -22,6 +22,7 @@ from tagent_client.core.result import to_builtins
 from tagent_client.errors import TagentError, error_from_wire
 from tagent_client.wire.protocol_broker import BrokerRequest, StepRef
 from tagentd.worker import wire
+from tagentd.worker.breakers import BreakerClient
 from tagentd.worker.link import WorkerLink
 
 MEMORY_TIMEOUT = 30.0
@@ -42,7 +43,9 @@ class MemoryRequestError(TagentError):
 class WorkerServices:
     """RunServices backed by the daemon; one per worker process, shared by every running step."""
 
-    def __init__(self, link: WorkerLink, loop: asyncio.AbstractEventLoop, runtime_dir: Path | None = None) -> None:
+    def __init__(self, link: WorkerLink, loop: asyncio.AbstractEventLoop, breakers: BreakerClient,
+                 runtime_dir: Path | None = None) -> None:
+        self.breakers = breakers  # ctx.breaker(name): the daemon's breakers
         self._link = link
         self._runtime_dir = runtime_dir  # where the daemon's events.sock is (subscriptions)
         self._loop = loop

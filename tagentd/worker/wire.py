@@ -89,6 +89,19 @@ class PermitGrant(WorkerMessage, tag="permit_grant"):
     req: int
 
 
+class BreakerAnswer(WorkerMessage, tag="breaker_answer"):
+    """The answer to BreakerAsk `req`: the call may go (as the breaker's probe, if `probe`) under `generation`,
+    or not: `message` says why (CircuitOpen), `reopens_in` is the seconds until the breaker half-opens (None: its
+    probe is out)."""
+
+    req: int
+    allowed: bool
+    generation: int = 0
+    probe: bool = False
+    message: str | None = None
+    reopens_in: float | None = None
+
+
 class BrokerReply(WorkerMessage, tag="broker_reply"):
     """The answer to BrokerCall `req`: `result`, or an error (`code` from errors.py, one-line `message`)."""
 
@@ -132,6 +145,7 @@ class Heartbeat(WorkerMessage, tag="heartbeat"):
     running: list[tuple[str, str, int]] = []
     dropped: int = 0
     permits: list[int] = []  # model-request permits asked for or held; any other this worker had is given back
+    breakers: list[int] = []  # breaker calls admitted and not ended; a probe not listed is given up
 
 
 class Loaded(WorkerMessage, tag="loaded"):
@@ -199,6 +213,22 @@ class PermitRelease(WorkerMessage, tag="permit_release"):
     retry_after: float | None = None
 
 
+class BreakerAsk(WorkerMessage, tag="breaker_ask"):
+    """May a call through circuit breaker `name` go now? Re-sent until answered (see tagentd.executor.breakers)."""
+
+    req: int
+    name: str
+
+
+class BreakerOutcome(WorkerMessage, tag="breaker_outcome"):
+    """The call admitted by BreakerAsk `req` ended: `ok` True succeeded, False failed, None no verdict."""
+
+    req: int
+    name: str
+    generation: int
+    ok: bool | None = None
+
+
 class BrokerCall(WorkerMessage, tag="broker"):
     """A step's broker request (send, receive, publish, space ...); re-sent until a BrokerReply with `req` comes."""
 
@@ -208,9 +238,9 @@ class BrokerCall(WorkerMessage, tag="broker"):
 
 
 ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
-            | Refused)
+            | Refused | BreakerAnswer)
 FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
-              | PermitRequest | PermitRelease | BrokerCall)
+              | PermitRequest | PermitRelease | BrokerCall | BreakerAsk | BreakerOutcome)
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

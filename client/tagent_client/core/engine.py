@@ -230,7 +230,7 @@ class RunMachine:
         task.error, task.finished_at = error, now
         failures = task.attempt - step.attempts_before - task.interrupted
         if error.retryable and failures <= spec.retry.max_retries:
-            task.retry_at = now + backoff_delay(spec.retry, failures, self.rng)
+            task.retry_at = now + max(backoff_delay(spec.retry, failures, self.rng), error.retry_after or 0.0)
             self.index.task_to(task, TaskStatus.WAITING_RETRY)
             if task.phase is not Phase.CONDITION:  # a condition retry leaves its step PENDING: it has not started
                 self.index.set_step(task.step, StepStatus.RETRYING, now)

@@ -120,12 +120,14 @@ class Usage(msgspec.Struct, kw_only=True):
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True):
-    """Why an attempt failed: exception type name, one-line message, whether retrying may help."""
+    """Why an attempt failed: exception type name, one-line message, whether retrying may help, and the least
+    wait before a retry the error asked for (`retry_after` seconds: an open circuit breaker's time to half-open)."""
 
     type: str
     message: str
     retryable: bool = False
     traceback: str | None = None
+    retry_after: float | None = None
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"

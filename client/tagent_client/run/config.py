@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError
+from .breakers import BreakerSettings
 from .llm import EndpointSettings, PriceOverride
 
 
@@ -36,6 +37,9 @@ class RunConfig(BaseModel):
     fail_fast: bool | None = None
     endpoints: dict[str, EndpointSettings] = {}
     price_overrides: dict[str, PriceOverride] = {}
+    #: Circuit breakers of this process's runs: the defaults, and `ctx.breaker(NAME)`'s own (docs/agents.md).
+    breaker: BreakerSettings | None = None
+    breakers: dict[str, BreakerSettings] = {}
 
 #: TAgent `run_agent` arguments that are not run settings: they shape the one-step agent of `run_agent(goal)`.
 AGENT_KEYS = frozenset({"tools", "output_format", "verbose", "crash_if_over_iterations"})

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .breakers import StepBreaker
 from .communicator_port import StepCommunicators, StepPort
 from .context_broker import BrokerAbilities
 from .memory import PipelineMemory
@@ -52,7 +53,7 @@ class StepContext(BrokerAbilities):
     `inputs` maps each dependency to its output; `item` / `item_index` are set for
     PARALLEL_MERGE items; `trigger` holds the event that started a triggered run.
     Messaging, events and shared spaces: see `context_broker.BrokerAbilities`; the documents'
-    `PipelineCommunicator` over them is `communicator`.
+    `PipelineCommunicator` over them is `communicator`; circuit breakers: `breaker`.
 
     The design documents' context fields are here too, the same in-process and in a worker:
     `pipeline_name`, `step_name`, `execution_attempt` (= `attempt`), `constraints` (the step's,
@@ -129,6 +130,15 @@ class StepContext(BrokerAbilities):
             raise AttributeError(f"step {self.__dict__.get('step_name')!r} has no dependency {dep!r} "
                                  f"(its dependencies: {', '.join(sorted(inputs)) or 'none'})")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def breaker(self, name: str, *, ignore: tuple[type[BaseException], ...] = ()) -> StepBreaker:
+        """The circuit breaker `name`, shared by every step of every run (through the daemon: of all workers).
+
+        `async with ctx.breaker("payments"): ...` (or as a decorator of an async function) raises CircuitOpen
+        (retryable) at once while the breaker is open; an exception inside counts as a failure, except those in
+        `ignore`. Configured by `[breakers.NAME]` in tagentd.toml (docs/agents.md, "Circuit breakers").
+        """
+        return StepBreaker(self._services.breakers, name, ignore)
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Report progress (best effort: shown by `--follow`, never stored)."""

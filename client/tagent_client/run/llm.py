@@ -7,6 +7,9 @@ pydantic-ai provider (`openai`, `anthropic`, ...) and only sets limits for it.
 API keys are never part of these settings: `api_key_env` names the environment
 variable that holds the key, read by the process that makes the request.
 
+Each endpoint (or provider) also has a circuit breaker, `llm:<endpoint>` (breakers.py):
+`LLMRuntime.breakers` is asked before each model request.
+
 `RequestLimiter` is what the agent runner asks for a permit before each model
 request: the daemon's workers ask the daemon (limits shared by all workers);
 in-process runs use `LocalLimiter` (concurrency and Retry-After pauses only).
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .breakers import BreakerGate, BreakerRules, BreakerSettings, LocalBreakers
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-.]*\Z")
 
@@ -54,6 +59,7 @@ class EndpointSettings(BaseModel):
     tokens_per_minute: float = Field(0, ge=0, description="input + output tokens; 0 = no limit")
     request_retries: int = Field(3, ge=0, description="retries of one request on 429, 5xx, connection errors")
     timeout: float | None = Field(None, gt=0, description="seconds per HTTP request")
+    breaker: BreakerSettings | None = Field(None, description="this endpoint's circuit breaker (over [breaker])")
 
     @field_validator("base_url")
     @classmethod
@@ -157,9 +163,13 @@ class LLMRuntime:
     api_key: str | None = field(default=None, repr=False)
     #: Model requests one agent attempt may make (`max_iterations`); None: pydantic-ai's default.
     request_limit: int | None = None
+    #: The endpoints' circuit breakers (`llm:<endpoint>`): the daemon's in a worker, this process's in-process.
+    breakers: BreakerGate | None = None
 
     @classmethod
     def local(cls, config: LLMConfig | None = None, *, api_key: str | None = None,
-              request_limit: int | None = None) -> LLMRuntime:
+              request_limit: int | None = None, breakers: BreakerGate | None = None) -> LLMRuntime:
         config = config or LLMConfig()
-        return cls(config=config, limiter=LocalLimiter(config.endpoints), api_key=api_key, request_limit=request_limit)
+        breakers = breakers or LocalBreakers(BreakerRules(endpoints=config.endpoints))
+        return cls(config=config, limiter=LocalLimiter(config.endpoints), api_key=api_key, request_limit=request_limit,
+                   breakers=breakers)

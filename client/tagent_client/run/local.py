@@ -31,7 +31,8 @@ from ..core.result import PipelineResult
 from ..core.state import ErrorInfo, new_run_id
 from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
-from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
+from ..errors import ConfigError, PipelineValidationError, describe, is_retryable, retry_after_of
+from .breakers import BreakerRules, LocalBreakers
 from .config import RunConfig, run_config
 from .context import StepContext, constraints_of
 from .llm import LLMConfig, LLMRuntime, model_name
@@ -43,7 +44,8 @@ from .services import LocalServices, RunServices
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """An exception as ErrorInfo: type, message, retryable flag, traceback. Never raises: an exception whose
+    """An exception as ErrorInfo: type, message, retryable flag, traceback, the wait it asks for before a retry
+    (`errors.retry_after_of`). Never raises: an exception whose
     `__str__` or `retryable` raises is still described (see errors.describe)."""
     try:
         message = str(exc).strip() or type(exc).__name__
@@ -57,7 +59,11 @@ def error_info(exc: BaseException) -> ErrorInfo:
         trace: str | None = "".join(traceback.format_exception(exc))[-4000:]
     except Exception:  # noqa: BLE001
         trace = None
-    return ErrorInfo(type=type(exc).__name__, message=message, retryable=retryable, traceback=trace)
+    try:
+        wait = retry_after_of(exc) if retryable else None
+    except Exception:  # noqa: BLE001
+        wait = None
+    return ErrorInfo(type=type(exc).__name__, message=message, retryable=retryable, traceback=trace, retry_after=wait)
 
 
 def default_model(config_model: str | None) -> str | None:
@@ -174,9 +180,10 @@ async def run_pipeline(
         plan = msgspec.structs.replace(plan, **overrides)
     run_model = default_model(cfg.model)
     check_models(pipeline, run_model)
+    breakers = LocalBreakers(BreakerRules(default=cfg.breaker, endpoints=cfg.endpoints, named=cfg.breakers))
     llm = LLMRuntime.local(LLMConfig(endpoints=cfg.endpoints, price_overrides=cfg.price_overrides),
-                           api_key=cfg.api_key, request_limit=cfg.max_iterations)
-    services = LocalServices()
+                           api_key=cfg.api_key, request_limit=cfg.max_iterations, breakers=breakers)
+    services = LocalServices(breakers=breakers)
     machine = RunMachine.new(plan, run_id or new_run_id(), params=params, now=time.time())
     inbox: asyncio.Queue[Event] = asyncio.Queue()
     running: dict[str, asyncio.Task[None]] = {}

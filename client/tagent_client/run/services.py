@@ -11,11 +11,15 @@ from typing import Any, Protocol
 
 from ..communication.ports import EventSource
 from ..wire.protocol_broker import BrokerRequest, StepRef
+from .breakers import BreakerGate, LocalBreakers
 from .broker_local import LocalBroker
 
 
 class RunServices(Protocol):
     """What a step's context needs from whoever runs it (in-process runner or daemon worker)."""
+
+    #: The circuit breakers behind `ctx.breaker(name)`: the daemon's (shared by all workers), or this process's.
+    breakers: BreakerGate
 
     async def memory_get(self, run_id: str, key: str) -> Any: ...
 
@@ -33,9 +37,11 @@ class RunServices(Protocol):
 
 
 class LocalServices:
-    """In-process services: memory in a dict, log lines kept in a list, the broker in memory (`LocalBroker`)."""
+    """In-process services: memory in a dict, log lines kept in a list, the broker in memory (`LocalBroker`),
+    breakers in this process's registry."""
 
-    def __init__(self, broker: LocalBroker | None = None) -> None:
+    def __init__(self, broker: LocalBroker | None = None, breakers: BreakerGate | None = None) -> None:
+        self.breakers: BreakerGate = breakers or LocalBreakers()
         self.memory: dict[str, dict[str, Any]] = {}
         self.lines: list[tuple[str, str, int, str]] = []
         self.bus = broker or LocalBroker.default()

@@ -7,6 +7,9 @@ anything else is a pydantic-ai model name (`openai:...`, `anthropic:...`,
 
 - asks the limiter for a permit before each request (tool-call turns and output
   retries included) when the endpoint or provider has limits, and returns it after;
+- then asks the endpoint's circuit breaker (`llm:NAME`, breakers.py): a request it
+  refuses is not sent (CircuitOpen, retryable); each request's outcome is reported
+  to it (`breaker_verdict`: 5xx, timeouts and connection errors are failures);
 - retries one request on 429, 5xx, connection errors and timeouts, up to the
   endpoint's `request_retries`, honoring Retry-After (a permit-managed endpoint is
   paused for every worker; otherwise this request waits);
@@ -43,6 +46,7 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import RunContext
 
 from ...errors import ConfigError
+from ..breakers import BreakerGate, Ticket, llm_breaker
 from ..llm import MAX_PAUSE, EndpointSettings, LLMRuntime, RequestLimiter
 
 DEFAULT_REQUEST_RETRIES = 3
@@ -81,7 +85,9 @@ def _build(name: str, runtime: LLMRuntime) -> BuiltModel:
     else:
         base = _provider_model(name, prefix, runtime)
     limited = prefix if endpoint is not None and endpoint.limited else None
-    return BuiltModel(LimitedModel(base, endpoint=limited, settings=endpoint, limiter=runtime.limiter), limited)
+    model = LimitedModel(base, endpoint=limited, settings=endpoint, limiter=runtime.limiter,
+                         breaker=llm_breaker(prefix if sep else name), breakers=runtime.breakers)
+    return BuiltModel(model, limited)
 
 
 def _endpoint_model(prefix: str, model_name: str, endpoint: EndpointSettings) -> Model:
@@ -172,6 +178,22 @@ def retry_after(exc: BaseException) -> float | None:
 # -- the wrapper ---------------------------------------------------------------------------
 
 
+def breaker_verdict(exc: BaseException) -> bool | None:
+    """How a failed request counts for its endpoint's circuit breaker: False, a failure (5xx, 408, a timeout, a
+    connection error: the service is failing); None, no verdict (a 429, which Retry-After handles; not a model
+    error); True, the service answered (another 4xx: the request was wrong, not the service)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, ModelRateLimitError) or status == 429:
+        return None
+    if isinstance(exc, (ModelServerError, ModelUnavailableError, ModelConnectionError, ModelRequestTimeout)):
+        return False
+    if isinstance(exc, ModelHTTPError):
+        return not (exc.status_code >= 500 or exc.status_code == 408)
+    if isinstance(exc, (ModelAPIError, UnexpectedModelBehavior)):
+        return True
+    return None
+
+
 def estimate_tokens(messages: list[ModelMessage]) -> int:
     """A rough input size (4 characters a token), for tokens-per-minute budgets before the real count is known."""
     chars = 0
@@ -183,13 +205,18 @@ def estimate_tokens(messages: list[ModelMessage]) -> int:
 
 
 class LimitedModel(WrapperModel):
-    """A model whose every request holds a permit of its endpoint and is retried on transient errors."""
+    """A model whose every request holds a permit of its endpoint, goes through its circuit breaker (`breaker`,
+    asked once the permit is held: a refused request fails fast with CircuitOpen) and is retried on transient
+    errors."""
 
     def __init__(self, wrapped: Model, *, endpoint: str | None, settings: EndpointSettings | None,
-                 limiter: RequestLimiter | None) -> None:
+                 limiter: RequestLimiter | None, breaker: str | None = None,
+                 breakers: BreakerGate | None = None) -> None:
         super().__init__(wrapped)
         self.endpoint = endpoint if limiter is not None else None
         self.limiter = limiter
+        self.breaker = breaker if breakers is not None else None
+        self.breakers = breakers
         self.retries = settings.request_retries if settings is not None else DEFAULT_REQUEST_RETRIES
         self.count_tokens_for_permit = bool(settings and settings.tokens_per_minute)
         try:
@@ -205,10 +232,12 @@ class LimitedModel(WrapperModel):
         failures = 0
         while True:
             permit = await self._acquire(messages)
+            ticket = await self._admit(permit)
             try:
                 response = await self.wrapped.request(messages, model_settings, model_request_parameters)
             except Exception as exc:
                 wait = retry_after(exc)
+                self._report(ticket, breaker_verdict(exc))
                 self._release(permit, 0, wait)
                 if classify(exc) is not True or failures >= self.retries:
                     mark(exc)
@@ -217,8 +246,10 @@ class LimitedModel(WrapperModel):
                 await self._pause(failures, wait, permit)
                 continue
             except BaseException:
+                self._report(ticket, None)
                 self._release(permit, 0, None)
                 raise
+            self._report(ticket, True)
             self._release(permit, (response.usage.input_tokens or 0) + (response.usage.output_tokens or 0), None)
             return response
 
@@ -228,18 +259,22 @@ class LimitedModel(WrapperModel):
                              run_context: RunContext[Any] | None = None) -> AsyncIterator[StreamedResponse]:
         """A streamed request holds a permit while it streams (it is not retried: part of it may be consumed)."""
         permit = await self._acquire(messages)
-        used, wait = 0, None
+        ticket = await self._admit(permit)
+        used, wait, verdict = 0, None, None
         try:
             async with self.wrapped.request_stream(messages, model_settings, model_request_parameters,
                                                    run_context) as stream:
                 yield stream
             usage = stream.get().usage
             used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+            verdict = True
         except Exception as exc:
             wait = retry_after(exc)
+            verdict = breaker_verdict(exc)
             mark(exc)
             raise
         finally:
+            self._report(ticket, verdict)
             self._release(permit, used, wait)
 
     async def _acquire(self, messages: list[ModelMessage]) -> Any:
@@ -247,6 +282,20 @@ class LimitedModel(WrapperModel):
             return None
         tokens = estimate_tokens(messages) if self.count_tokens_for_permit else 0
         return await self.limiter.acquire(self.endpoint, tokens)
+
+    async def _admit(self, permit: Any) -> Ticket | None:
+        """Through the endpoint's breaker (the permit is given back if it refuses: CircuitOpen, retryable)."""
+        if self.breaker is None or self.breakers is None:
+            return None
+        try:
+            return await self.breakers.admit(self.breaker)
+        except BaseException:
+            self._release(permit, 0, None)
+            raise
+
+    def _report(self, ticket: Ticket | None, ok: bool | None) -> None:
+        if ticket is not None and self.breakers is not None:
+            self.breakers.report(ticket, ok)
 
     def _release(self, permit: Any, tokens: int, wait: float | None) -> None:
         if permit is not None and self.limiter is not None:
