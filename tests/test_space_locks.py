@@ -101,6 +101,15 @@ PIPES = """
             await ctx.wait_for_event("never.", timeout=600)  # the step's work: hold it until the daemon dies
         return lease.token
 
+    cancelled = Pipeline("cancelled")
+
+    @cancelled.task()
+    async def sit(ctx):
+        space = ctx.space("x")
+        lease = await space.acquire("k", ttl=600)
+        await space.write("held", lease.token)
+        await ctx.wait_for_event("never.", timeout=600)   # the step's work: hold the lock until cancelled
+
     ends = Pipeline("ends")
 
     @ends.task(max_retries=1, retry_delay=0.01)
@@ -214,3 +223,16 @@ def test_an_attempt_that_ends_releases_its_locks(make_daemon: Any, pipes: Path) 
         lines = log_lines(client, "a")
         assert ("unlock", "k", 1, True, "attempt failed") in lines
         assert ("unlock", "k", 2, True, "attempt succeeded") in lines
+
+
+def test_cancelling_the_run_releases_the_lock_its_step_held(make_daemon: Any, pipes: Path) -> None:
+    # Given a step holding a lock with a 10-minute ttl
+    daemon = make_daemon(workers=1).start()
+    with daemon.client(timeout=30) as client:
+        run = client.submit(f"{pipes}:cancelled")
+        wait_until(lambda: client.space("x").get("held"), 60, what="the step to hold the lock")
+        # When the run is cancelled
+        client.cancel(run.id)
+        assert client.wait(run.id, timeout=60).status == "cancelled"
+        # Then its lease ended with it
+        assert ("unlock", "k", 1, True, "attempt cancelled") in log_lines(client, "x")
