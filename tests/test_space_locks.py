@@ -153,6 +153,8 @@ def test_twenty_steps_on_two_workers_count_exactly_under_the_lock_without_cas(ma
         # And every grant and release is in the access log, tokens 1..100 in order
         grants = [version for op, _, version, ok, _ in log_lines(client, "locked") if op == "lock" and ok]
         assert grants == list(range(1, 101))
+        counters = client.broker_stats().counters
+        assert counters["locks_granted"] == counters["locks_released"] == 100 and counters["locks_waited"] > 0
 
 
 def test_a_holder_whose_worker_is_killed_hands_the_lock_to_the_next_waiter(make_daemon: Any, pipes: Path,

@@ -11,6 +11,7 @@ import warnings
 import pytest
 
 from tagent_client import Pipeline, SharedMemorySpace
+from tagent_client.cli.broker import access_table
 from tagent_client.core.broker import BrokerCore
 from tagent_client.errors import InvalidRequest, LockLost, LockTimeout, RetryableError
 from tagent_client.run.broker_local import LocalBroker
@@ -115,6 +116,9 @@ def test_an_expired_lease_goes_to_the_waiter_and_the_old_holders_fenced_write_is
     assert "slow" in result.failed_steps and "ended before the block did" in result.error_details["slow"]
     assert LocalBroker.default().core.spaces["e"].entries["k"].value == "patient"
     assert ("unlock", "k", 1, True, "expired") in log_of("e") and ("put", "k", 2, False, "stale") in log_of("e")
+    # And `tagent space log` says so
+    shown = access_table(list(LocalBroker.default().core.spaces["e"].log))
+    assert "ok (expired)" in shown and "refused: a newer lease fences it" in shown
 
 
 def test_an_attempt_that_ends_or_is_cancelled_releases_its_locks() -> None:

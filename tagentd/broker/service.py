@@ -125,6 +125,7 @@ class BrokerShell:
     def counters(self) -> dict[str, int]:
         """Every counter of the broker and its bus (monotonic since the daemon started)."""
         found = dict(self.broker.stats)
+        found.update(self.locks.stats)
         if self.bus is not None:
             found.update(self.bus.stats)
         return found

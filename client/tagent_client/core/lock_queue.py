@@ -17,6 +17,7 @@ Only the event loop's thread may call it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,6 +47,8 @@ class LockQueue:
         self._changed = changed  # something was journalled outside a request (an expiry, a hand-over)
         self._waiting: dict[Slot, deque[_Request]] = {}
         self._timers: dict[Slot, asyncio.TimerHandle] = {}
+        #: locks_granted, locks_waited (granted after waiting), locks_released, locks_expired, locks_timed_out
+        self.stats: collections.Counter[str] = collections.Counter()
 
     async def acquire(self, space: str, key: str, holder: Holder | None, who: str, ttl: float, wait: float) -> Lease | None:
         """A lease on `key` now, or within `wait` seconds (after those parked before); None when none came."""
@@ -54,6 +57,7 @@ class LockQueue:
             lease = self._core.lock(space, key, holder, who, ttl, time.time())
             if lease is not None:
                 self._arm(lease)
+                self.stats["locks_granted"] += 1
                 return lease
         if wait <= 0:
             self._core.note(space, who, "lock", key, 0, False, "held", time.time())
@@ -66,6 +70,7 @@ class LockQueue:
             if future.done() and not future.cancelled():  # granted just as the wait ran out: keep it
                 return future.result()
             future.cancel()
+            self.stats["locks_timed_out"] += 1
             self._core.note(space, who, "lock", key, 0, False, "timeout", time.time())
             return None
         except asyncio.CancelledError:
@@ -82,6 +87,7 @@ class LockQueue:
             timer = self._timers.pop((space, key), None)
             if timer is not None:
                 timer.cancel()
+            self.stats["locks_expired" if why == "expired" else "locks_released"] += 1
             self._hand_over((space, key))
             self._changed()
         return lease
@@ -138,6 +144,8 @@ class LockQueue:
                 self._waiting[slot].appendleft(request)
                 return
             self._arm(lease)
+            self.stats["locks_granted"] += 1
+            self.stats["locks_waited"] += 1
             request.future.set_result(lease)
             return
 
