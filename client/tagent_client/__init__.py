@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .run.context import StepContext
     from .run.local import run_pipeline
     from .run.memory import PipelineMemory
+    from .run.space import SharedMemorySpace
     from .wire.protocol_broker import PipelineInfo
 
 #: Public name -> the module that defines it. Loaded on first use, so `tagent runs`
@@ -47,7 +48,7 @@ _EXPORTS = {
     "PipelineCommunicator": "communication.communicator", "SyncPipelineCommunicator": "communication.blocking",
     "PipelineMessage": "communication.envelopes", "PipelineEvent": "communication.envelopes",
     "PipelineInfo": "wire.protocol_broker",
-    "StepContext": "run.context", "PipelineMemory": "run.memory",
+    "StepContext": "run.context", "PipelineMemory": "run.memory", "SharedMemorySpace": "run.space",
     "PipelineValidationError": "errors", "RetryableError": "errors", "TagentError": "errors",
     "PipelineDeadlockError": "errors", "StepExecutionError": "errors",
     "RunConfig": "run.config", "run_agent": "run.agent_api", "run_pipeline": "run.local",
@@ -90,6 +91,7 @@ __all__ = [
     "RunConfig",
     "RunHandle",
     "RunStatus",
+    "SharedMemorySpace",
     "StepContext",
     "StepExecutionError",
     "StepStatus",

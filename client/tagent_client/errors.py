@@ -158,6 +158,19 @@ class MailboxFull(TagentError):
     retryable = True
 
 
+class LockLost(TagentError):
+    """A lease on a space's key is not held any more (expired, released, its attempt ended, or a newer one was
+    granted), so a write fenced by it, or its renewal, was refused."""
+
+    code = "lock_lost"
+
+
+class LockTimeout(TagentError, TimeoutError):
+    """A lock on a space's key was not granted within the time asked for (retryable: it may be free later)."""
+
+    code = "lock_timeout"
+
+
 class DiskFull(TagentError):
     """The state dir's file system is full (or over quota): nothing can be saved, so requests that must be
     durable are refused until space is freed; the daemon resumes by itself (retryable)."""
@@ -189,7 +202,7 @@ ERRORS: dict[str, type[TagentError]] = {
         TagentError, PipelineValidationError, PipelineLoadError, RetryableError, StepTimeoutError,
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
         ConfigError, AlreadyRunning, RunFailed, StepExecutionError, PipelineDeadlockError, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
-        DiskFull, CircuitOpen,
+        DiskFull, CircuitOpen, LockLost, LockTimeout,
     )
 }
 
@@ -214,6 +227,8 @@ EXIT_CODES: dict[str, int] = {
     "name_too_long": 14,
     "disk_full": 15,
     "circuit_open": 16,
+    "lock_lost": 17,
+    "lock_timeout": 18,
 }
 
 

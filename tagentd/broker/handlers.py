@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tagent_client.bounds import check_depth, check_name
-from tagent_client.core.broker_records import AccessEntry, DeadLetter, Entry
+from tagent_client.core.broker_records import AccessEntry, DeadLetter, Entry, Lease
 from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
 from tagent_client.wire import protocol_broker as b
 from tagentd.broker import views
@@ -137,7 +137,7 @@ def space_get(shell: BrokerShell, req: b.SpaceGet, caller: Caller) -> Entry | No
 def space_put(shell: BrokerShell, req: b.SpacePut, caller: Caller) -> Entry:
     shell.broker.check_access(req.space, caller, "put", req.key)
     by = peers.who(req, caller)
-    entry = shell.broker.core.put(req.space, req.key, req.value, by, time.time())
+    entry = shell.broker.core.put(req.space, req.key, req.value, by, time.time(), b.fence_of(req))
     shell.space_changed(req.space, "put", entry, by, caller)
     return entry
 
@@ -145,7 +145,8 @@ def space_put(shell: BrokerShell, req: b.SpacePut, caller: Caller) -> Entry:
 def space_cas(shell: BrokerShell, req: b.SpaceCas, caller: Caller) -> dict[str, Any]:
     shell.broker.check_access(req.space, caller, "cas", req.key)
     by = peers.who(req, caller)
-    ok, entry = shell.broker.core.cas(req.space, req.key, req.value, req.expected_version, by, time.time())
+    ok, entry = shell.broker.core.cas(req.space, req.key, req.value, req.expected_version, by, time.time(),
+                                      b.fence_of(req))
     if ok and entry is not None:
         shell.space_changed(req.space, "cas", entry, by, caller)
     else:
@@ -156,7 +157,7 @@ def space_cas(shell: BrokerShell, req: b.SpaceCas, caller: Caller) -> dict[str, 
 def space_delete(shell: BrokerShell, req: b.SpaceDelete, caller: Caller) -> dict[str, Any]:
     shell.broker.check_access(req.space, caller, "delete", req.key)
     by = peers.who(req, caller)
-    gone = shell.broker.core.delete(req.space, req.key, by, time.time(), req.expected_version)
+    gone = shell.broker.core.delete(req.space, req.key, by, time.time(), req.expected_version, b.fence_of(req))
     if gone is not None:
         shell.space_changed(req.space, "delete", Entry(key=req.key, value=None, version=gone.version), by, caller)
     return {"deleted": gone is not None}
@@ -175,6 +176,23 @@ def space_log(shell: BrokerShell, req: b.SpaceLog, caller: Caller) -> list[Acces
     shell.broker.check_access(req.space, caller, "log")
     space = shell.broker.core.spaces.get(req.space)
     return list(space.log)[-max(1, min(req.limit, 10_000)):] if space is not None else []
+
+
+async def space_lock(shell: BrokerShell, req: b.SpaceLock, caller: Caller) -> Lease | None:
+    if caller is None:
+        raise InvalidRequest("only a step can hold a lock on a space's key (its lease ends with its attempt)")
+    shell.broker.check_access(req.space, caller, "lock", req.key)
+    return await shell.lock(caller, req.space, req.key, b.lease_ttl(req.ttl), wait_limit(req.wait, b.MAX_WAIT))
+
+
+def space_unlock(shell: BrokerShell, req: b.SpaceUnlock, caller: Caller) -> dict[str, Any]:
+    shell.broker.check_access(req.space, caller, "unlock", req.key)
+    return {"released": shell.locks.release(req.space, req.key, req.token) is not None}
+
+
+def space_renew(shell: BrokerShell, req: b.SpaceRenew, caller: Caller) -> Lease:
+    shell.broker.check_access(req.space, caller, "renew", req.key)
+    return shell.locks.renew(req.space, req.key, req.token, b.lease_ttl(req.ttl), peers.who(req, caller))
 
 
 def space_allow(shell: BrokerShell, req: b.SpaceAllow, caller: Caller) -> dict[str, Any]:
@@ -235,6 +253,9 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     b.SpaceKeys: space_keys,
     b.SpaceLog: space_log,
     b.SpaceAllow: space_allow,
+    b.SpaceLock: space_lock,
+    b.SpaceUnlock: space_unlock,
+    b.SpaceRenew: space_renew,
     b.ListPipelines: list_pipelines,
     b.RegisterPipeline: register_pipeline,
     b.Unregister: unregister,

@@ -33,8 +33,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tagent_client.core.broker import attempt_error
-from tagent_client.core.broker_records import Entry, Record
+from tagent_client.core.broker_records import Entry, Lease, Record
 from tagent_client.core.events import Action, CancelTask, StepSucceeded
+from tagent_client.core.lock_queue import LockQueue
+from tagent_client.core.locks import ended_why
 from tagent_client.core.receivers import Receivers
 from tagent_client.define.plan import Plan
 from tagent_client.errors import InvalidRequest
@@ -77,6 +79,7 @@ class BrokerShell:
         self.bus: EventBus | None = None
         self._seq = itertools.count(1)
         self._receivers = Receivers(self.broker.core.lease)
+        self.locks = LockQueue(self.broker.core, mark_dirty)  # per-key locks of the spaces: parked requests, ttls
         self._lifecycle: list[EventRecord] = []    # runs' lifecycle events, published after the next commit
         self._pending: list[EventRecord] = []      # user and space events, published after them
         self._launched: list[QueuedTrigger] = []    # runs created; their TriggerStarted waits for the run's commit
@@ -94,6 +97,9 @@ class BrokerShell:
             if isinstance(run.source.trigger, dict) and run.source.trigger.get("id"):
                 self.broker.triggered_running.setdefault(run.plan.name, set()).add(run.id)
         dropped = self.broker.forget_started(started)
+        ended = self.locks.release_all("daemon restarted")  # no attempt survives a restart (recovery re-runs them)
+        if ended:
+            log.info("broker: %d lock lease(s) held before the restart released; their tokens are not reused", ended)
         if dropped:
             log.info("broker: %d queued trigger(s) had started their run before the crash; not starting them again", dropped)
 
@@ -119,6 +125,7 @@ class BrokerShell:
     def counters(self) -> dict[str, int]:
         """Every counter of the broker and its bus (monotonic since the daemon started)."""
         found = dict(self.broker.stats)
+        found.update(self.locks.stats)
         if self.bus is not None:
             found.update(self.bus.stats)
         return found
@@ -130,11 +137,15 @@ class BrokerShell:
         if not holder[1]:
             return
         self._end(holder, isinstance(event, StepSucceeded), attempt_error(event))
+        self.locks.settle(holder, ended_why(event))
 
     def on_actions(self, run: Run, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, CancelTask):
                 self._end((run.id, action.task, action.attempt), False, None)
+                self.locks.settle((run.id, action.task, action.attempt), ended_why(None))
+        if run.finished:
+            self.locks.settle_run(run.id, "run finished")
         if run.finished and isinstance(run.source.trigger, dict):
             running = self.broker.triggered_running.get(run.plan.name)
             if running and run.id in running:
@@ -228,6 +239,13 @@ class BrokerShell:
         if message is not None:
             self.broker.stats["messages_delivered"] += 1
         return message
+
+    async def lock(self, caller: b.StepRef, space: str, key: str, ttl: float, wait: float) -> Lease | None:
+        """A lease on `key` for the calling attempt (parked up to `wait` s); None for an attempt that is over."""
+        run = self.ops.runs.live(caller.run_id)
+        if caller.holder in self._ended or run is None or run.finished:
+            return None  # a late re-send for an attempt that is over: grant nothing
+        return await self.locks.acquire(space, key, caller.holder, str(caller), ttl, wait)
 
     def requeue(self, mailbox: str, ids: list[str], every: bool) -> list[str]:
         """Dead letters back at their original positions (durable at the commit); parked receivers get them."""

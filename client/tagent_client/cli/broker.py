@@ -105,14 +105,17 @@ def dead_table(name: str, letters: Sequence[DeadLetter], now: float) -> str:
     return table(("ID", "FROM", "FAILURES", "DIED", "LAST ERROR", "PAYLOAD"), rows)
 
 
-REFUSALS = {"missing": "no such key", "conflict": "version conflict", "denied": "denied (allow-list)"}
+REFUSALS = {"missing": "no such key", "conflict": "version conflict", "denied": "denied (allow-list)",
+            "stale": "refused: a newer lease fences it", "lost": "refused: its lease ended",
+            "held": "held by another", "timeout": "timed out waiting"}
 
 
 def access_table(entries: Sequence[AccessEntry]) -> str:
     if not entries:
         return "no access recorded"
-    rows = [(clock(e.ts), e.who, e.op, e.key, e.version, "ok" if e.ok else REFUSALS.get(e.reason, "refused"))
-            for e in entries]
+    rows = [(clock(e.ts), e.who, e.op, e.key, e.version,
+             (f"ok ({e.reason})" if e.reason else "ok") if e.ok else REFUSALS.get(e.reason, "refused"))
+            for e in entries]  # an ok line's reason says why a lease ended (op unlock); VERSION is then its token
     return table(("TIME", "WHO", "OP", "KEY", "VERSION", "RESULT"), rows)
 
 

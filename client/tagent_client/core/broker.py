@@ -40,6 +40,8 @@ from .broker_records import (
     Entry,
     EntryDeleted,
     EntryWritten,
+    LockGranted,
+    LockReleased,
     Message,
     MessageDead,
     MessagesAcked,
@@ -47,6 +49,7 @@ from .broker_records import (
     Record,
 )
 from .events import StepFailed, StepTimedOut, WorkerLost
+from .locks import Fence, LockRules
 from .mailbox import Holder, Mailbox, MailboxState
 from .space import Space, SpaceState
 
@@ -82,8 +85,8 @@ def attempt_error(event: Any) -> str | None:
 # -- the core ----------------------------------------------------------------------------------------
 
 
-class BrokerCore:
-    """Mailboxes and spaces, with a journal of every durable change when `journal` is True."""
+class BrokerCore(LockRules):
+    """Mailboxes and spaces (with their locks, locks.py), with a journal of every durable change when `journal`."""
 
     def __init__(self, *, mailbox_max: int = MAILBOX_MAX, seen_max: int = SEEN_MAX, log_max: int = LOG_MAX,
                  max_deliveries: int = MAX_DELIVERIES, max_deliveries_of: dict[str, int] | None = None,
@@ -258,14 +261,20 @@ class BrokerCore:
         self._record(AccessLogged(space=space_name, log=log))
         return entry
 
-    def put(self, space_name: str, key: str, value: Any, who: str, now: float) -> Entry:
+    def put(self, space_name: str, key: str, value: Any, who: str, now: float, fence: Fence | None = None) -> Entry:
+        """Write `value`; with a `fence`, only while that lease is the key's current one (else LockLost)."""
         space = self.space(space_name)
+        if fence is not None:
+            self.check_fence(space_name, fence, who, "put", key, now)
         version = max(space.version_of(check_name("a key", key)), space.tombstones.get(key, 0)) + 1
         return self._write(space, Entry(key=key, value=value, version=version), "put", who, now)
 
-    def cas(self, space_name: str, key: str, value: Any, expected: int, who: str, now: float) -> tuple[bool, Entry | None]:
+    def cas(self, space_name: str, key: str, value: Any, expected: int, who: str, now: float,
+            fence: Fence | None = None) -> tuple[bool, Entry | None]:
         """Write if the key's version is `expected` (0: absent). Returns (written, the key's entry now)."""
         space = self.space(space_name)
+        if fence is not None:
+            self.check_fence(space_name, fence, who, "cas", key, now)
         current = space.entries.get(check_name("a key", key))
         if (current.version if current else 0) != expected:
             log = self._log(space, who, "cas", key, current.version if current else 0, False, now, "conflict")
@@ -280,9 +289,12 @@ class BrokerCore:
         self._record(EntryWritten(space=space.name, entry=entry, log=log))
         return entry
 
-    def delete(self, space_name: str, key: str, who: str, now: float, expected: int | None = None) -> Entry | None:
+    def delete(self, space_name: str, key: str, who: str, now: float, expected: int | None = None,
+               fence: Fence | None = None) -> Entry | None:
         """Delete `key` (only at version `expected`, if given); returns the deleted entry, None if nothing was."""
         space = self.space(space_name)
+        if fence is not None:
+            self.check_fence(space_name, fence, who, "delete", key, now)
         current = space.entries.get(check_name("a key", key))
         if current is None or (expected is not None and current.version != expected):
             log = self._log(space, who, "delete", key, current.version if current else 0, False, now,
@@ -331,12 +343,15 @@ class BrokerCore:
                 space.log.append(record.log)
         elif isinstance(record, AccessLogged):
             self.space(record.space).log.append(record.log)
+        elif isinstance(record, (LockGranted, LockReleased)):
+            self.apply_lock(record)
 
     def snapshot(self) -> CoreSnapshot:
         return CoreSnapshot(
             mailboxes=[box.state() for box in self.mailboxes.values()],
             spaces=[SpaceState(name=s.name, entries=list(s.entries.values()), tombstones=dict(s.tombstones),
-                               log=list(s.log)) for s in self.spaces.values()],
+                               log=list(s.log), fences=dict(s.fences), leases=list(s.leases.values()))
+                    for s in self.spaces.values()],
         )
 
     def restore(self, snapshot: CoreSnapshot) -> None:
@@ -348,6 +363,8 @@ class BrokerCore:
                 space.write(entry)
             space.tombstones.update(state.tombstones)
             space.log.extend(state.log)
+            space.fences.update(state.fences)
+            space.leases.update((lease.key, lease) for lease in state.leases)
 
     def iter_messages(self, mailbox: str) -> Iterator[Message]:
         box = self.mailboxes.get(mailbox)

@@ -70,6 +70,23 @@ class AccessEntry(msgspec.Struct, kw_only=True, array_like=True):
     reason: str = ""
 
 
+class Lease(msgspec.Struct, kw_only=True):
+    """A lock on one key of a space, granted to `holder` (run, task, attempt) until `expires_at` (wall clock).
+
+    `token` is the key's fencing token: it grows by 1 with every lease granted on that key, forever (across
+    restarts), so a write fenced with an older token than the key's latest lease can be told apart and refused.
+    """
+
+    space: str
+    key: str
+    token: int
+    who: str = ""
+    holder: tuple[str, str, int] | None = None
+    ttl: float = 0.0
+    granted_at: float = 0.0
+    expires_at: float = 0.0
+
+
 # -- journal records ---------------------------------------------------------------------------
 
 
@@ -130,6 +147,24 @@ class DeadDropped(Record, tag="dead_dropped"):
     ids: list[str]
 
 
+class LockGranted(Record, tag="lock_granted"):
+    """A lease was granted: the key's fencing counter is now `lease.token` (fsynced before the holder hears of it)."""
+
+    lease: Lease
+    log: AccessEntry | None = None
+
+
+class LockReleased(Record, tag="lock_released"):
+    """A lease ended (released, expired, its attempt ended); written without an fsync of its own: every lease
+    ends at a restart anyway."""
+
+    space: str
+    key: str
+    token: int
+    log: AccessEntry | None = None
+
+
 CoreRecord = (MessageSent | MessagesAcked | EntryWritten | EntryDeleted | AccessLogged | DeliveryFailed | MessageDead
-              | DeadRequeued | DeadDropped)
-UNSYNCED = (AccessLogged, DeliveryFailed)  # a crash may lose the newest of these: a log line, one failure count
+              | DeadRequeued | DeadDropped | LockGranted | LockReleased)
+#: A crash may lose the newest of these: a log line, one failure count, the end of a lease (all end at a restart).
+UNSYNCED = (AccessLogged, DeliveryFailed, LockReleased)

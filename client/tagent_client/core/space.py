@@ -2,7 +2,9 @@
 
 Part of the broker's pure core (`broker.py` owns the spaces and journals
 their changes); no I/O, no clock. A key's version starts at 1 and grows by 1 on
-every write, also across a delete (the tombstone keeps the last version).
+every write, also across a delete (the tombstone keeps the last version). A key's
+fencing counter (the token of its latest lease, locks.py) only grows, also across
+a delete.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .broker_records import AccessEntry, Entry
+from .broker_records import AccessEntry, Entry, Lease
 
 
 class SpaceState(msgspec.Struct, kw_only=True):
@@ -22,6 +24,8 @@ class SpaceState(msgspec.Struct, kw_only=True):
     entries: list[Entry] = []
     tombstones: dict[str, int] = {}
     log: list[AccessEntry] = []
+    fences: dict[str, int] = {}
+    leases: list[Lease] = []
 
 
 def value_size(value: Any) -> int:
@@ -41,6 +45,8 @@ class Space:
         self.sizes: dict[str, int] = {}
         self.tombstones: dict[str, int] = {}
         self.log: deque[AccessEntry] = deque(maxlen=log_max)
+        self.fences: dict[str, int] = {}  # key -> the token of its latest lease (only grows)
+        self.leases: dict[str, Lease] = {}  # key -> the lease held on it now
 
     def version_of(self, key: str) -> int:
         entry = self.entries.get(key)

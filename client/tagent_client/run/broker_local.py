@@ -2,8 +2,8 @@
 
 Pipelines run by `run_pipeline` in one process talk through one LocalBroker
 (`LocalBroker.default()` unless a run is given its own): messages, events,
-spaces, the registry and event subscriptions (`subscribe`) work as with the
-daemon, but in memory only — nothing survives the process, there are no
+spaces (with their locks), the registry and event subscriptions (`subscribe`) work as with
+the daemon, but in memory only — nothing survives the process, there are no
 allow-lists and no triggers (registering a pipeline for events needs the daemon). A message whose delivery failed
 `max_deliveries` times becomes a dead letter as in the daemon (`dead_letters`,
 `requeue`, `drop_dead`). Only the event loop's thread may call it.
@@ -21,6 +21,8 @@ import msgspec
 from ..core.broker import MAX_DELIVERIES, BrokerCore, Holder, attempt_error
 from ..core.broker_records import DeadLetter
 from ..core.events import StepSucceeded
+from ..core.lock_queue import LockQueue
+from ..core.locks import ended_why
 from ..core.receivers import Receivers
 from ..errors import InvalidRequest
 from ..wire import protocol_broker as b
@@ -39,6 +41,7 @@ class LocalBroker:
         self.infos: dict[str, b.PipelineInfo] = {}  # pipeline -> what it said of itself (register_pipeline)
         self.subscriptions: list[LocalSubscription] = []
         self._receivers = Receivers(self.core.lease)
+        self.locks = LockQueue(self.core)
         self._watchers: list[tuple[str, asyncio.Future[Any]]] = []
         self._seq = itertools.count(1)
 
@@ -56,11 +59,13 @@ class LocalBroker:
 
     def run_finished(self, run_id: str) -> None:
         self.runs.pop(run_id, None)
+        self.locks.settle_run(run_id, "run finished")
 
     def settle(self, holder: Holder, outcome: Any) -> None:
         """The attempt `holder` ended with `outcome` (its event; None: cancelled): ack, count a failure, or release."""
         succeeded = isinstance(outcome, StepSucceeded)
         self.core.settle(holder, succeeded, attempt_error(outcome), time.time())
+        self.locks.settle(holder, ended_why(outcome))
         if not succeeded:
             self._receivers.deliver_all()
 
@@ -128,8 +133,16 @@ class LocalBroker:
             return {"published": len(op.events)}
         if isinstance(op, b.WaitEvent):
             return await self._wait_event(op.prefix, op.wait)
-        if isinstance(op, (b.SpaceGet, b.SpacePut, b.SpaceCas, b.SpaceDelete, b.SpaceKeys)):
+        if isinstance(op, (b.SpaceGet, b.SpacePut, b.SpaceCas, b.SpaceDelete, b.SpaceKeys, b.SpaceLog)):
             return self._space(op, who, now)
+        if isinstance(op, b.SpaceLock):
+            lease = await self.locks.acquire(op.space, op.key, caller.holder, str(caller), b.lease_ttl(op.ttl),
+                                             min(max(op.wait, 0.0), b.MAX_WAIT))
+            return msgspec.to_builtins(lease) if lease is not None else None
+        if isinstance(op, b.SpaceUnlock):
+            return {"released": self.locks.release(op.space, op.key, op.token) is not None}
+        if isinstance(op, b.SpaceRenew):
+            return msgspec.to_builtins(self.locks.renew(op.space, op.key, op.token, b.lease_ttl(op.ttl), str(caller)))
         if isinstance(op, b.ListPipelines):
             return msgspec.to_builtins(self.registry(op.capability))
         if isinstance(op, b.RegisterPipeline):
@@ -159,16 +172,18 @@ class LocalBroker:
             space = core.space(op.space)
             keys = space.keys(op.prefix)
             return [[k, space.entries[k].version, space.sizes.get(k, 0)] for k in keys] if op.versions else keys
+        if isinstance(op, b.SpaceLog):
+            return msgspec.to_builtins(list(core.space(op.space).log)[-max(1, min(op.limit, 10_000)):])
         if isinstance(op, b.SpacePut):
-            entry = core.put(op.space, op.key, op.value, who, now)
+            entry = core.put(op.space, op.key, op.value, who, now, b.fence_of(op))
             self._changed(op.space, "put", entry.key, entry.version, op.value, who)
             return msgspec.to_builtins(entry)
         if isinstance(op, b.SpaceCas):
-            ok, current = core.cas(op.space, op.key, op.value, op.expected_version, who, now)
+            ok, current = core.cas(op.space, op.key, op.value, op.expected_version, who, now, b.fence_of(op))
             if ok and current is not None:
                 self._changed(op.space, "cas", current.key, current.version, op.value, who)
             return {"ok": ok, "entry": msgspec.to_builtins(current) if current is not None else None}
-        deleted = core.delete(op.space, op.key, who, now, op.expected_version)
+        deleted = core.delete(op.space, op.key, who, now, op.expected_version, b.fence_of(op))
         if deleted is not None:
             self._changed(op.space, "delete", op.key, deleted.version, None, who)
         return {"deleted": deleted is not None}

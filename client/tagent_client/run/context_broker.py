@@ -10,60 +10,29 @@ worker's socket, or the in-process `LocalBroker`. Guarantees (docs/broker.md):
 - `receive` leases a message to this attempt: it is acknowledged when the
   attempt succeeds (or at `ack`), and offered again if the attempt fails, its
   worker dies or the daemon restarts (at-least-once: dedupe by `message.id`).
+- `space(name)` is a `SharedMemorySpace` (space.py): values, an access log and
+  per-key locks held by this attempt.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..core.broker_records import Entry, Message
+from ..core.broker_records import Message
 from ..core.result import to_builtins
 from ..wire import protocol_broker as b
 from ..wire.protocol import EventRecord
 from ..wire.protocol_broker import RegistryEntry, StepRef
+from .space import SharedMemorySpace
 
 if TYPE_CHECKING:
     from .services import RunServices
 
 FOREVER_CHUNK = b.MAX_WAIT
-
-
-class SpaceRef:
-    """One shared space as a step sees it: `await ctx.space("research").get("acme")`."""
-
-    def __init__(self, call: Callable[[b.BrokerRequest], Awaitable[Any]], name: str) -> None:
-        self._call = call  # the step's broker call (BrokerAbilities)
-        self.name = name
-
-    async def get(self, key: str) -> Entry | None:
-        """The key's entry (value and version), or None if it does not exist."""
-        found = await self._call(b.SpaceGet(space=self.name, key=key))
-        return msgspec.convert(found, Entry) if found is not None else None
-
-    async def put(self, key: str, value: Any) -> Entry:
-        """Write `value` (durable when this returns); returns the new entry with its version."""
-        return msgspec.convert(await self._call(b.SpacePut(space=self.name, key=key, value=to_builtins(value))), Entry)
-
-    async def cas(self, key: str, value: Any, expected_version: int) -> bool:
-        """Write only if the key is still at `expected_version` (0: does not exist yet); True if written."""
-        op = b.SpaceCas(space=self.name, key=key, value=to_builtins(value), expected_version=expected_version)
-        return bool((await self._call(op))["ok"])
-
-    async def delete(self, key: str, expected_version: int | None = None) -> bool:
-        """Delete the key (only at `expected_version`, if given); True if it was deleted."""
-        op = b.SpaceDelete(space=self.name, key=key, expected_version=expected_version)
-        return bool((await self._call(op))["deleted"])
-
-    async def keys(self, prefix: str = "") -> list[str]:
-        """The space's keys that start with `prefix`, sorted."""
-        return list(await self._call(b.SpaceKeys(space=self.name, prefix=prefix)))
-
-    def __repr__(self) -> str:
-        return f"SpaceRef({self.name!r})"
 
 
 class BrokerAbilities:
@@ -140,11 +109,20 @@ class BrokerAbilities:
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
-    def space(self, name: str) -> SpaceRef:
-        """A shared space by name (created on first write)."""
-        return SpaceRef(self._call, name)
+    def space(self, name: str) -> SharedMemorySpace:
+        """A shared space by name (created on first write): values, an access log, and per-key locks."""
+        return SharedMemorySpace(self._call, name)
 
     async def discover(self, capability: str | None = None) -> list[RegistryEntry]:
         """Running (and trigger-registered) pipelines, only those declaring `capability` if given."""
         found = await self._call(b.ListPipelines(capability=capability))
         return msgspec.convert(found, list[RegistryEntry])
+
+
+def __getattr__(name: str) -> Any:
+    """`SpaceRef` is the old name of `SharedMemorySpace`: deprecated, removed in the next release."""
+    if name == "SpaceRef":
+        warnings.warn("tagent_client.run.context_broker.SpaceRef is deprecated: use tagent_client.SharedMemorySpace",
+                      DeprecationWarning, stacklevel=2)
+        return SharedMemorySpace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.result import STEP_RESULT_PREFIX, to_builtins
 
 if TYPE_CHECKING:
-    from .context_broker import SpaceRef
     from .services import RunServices
+    from .space import SharedMemorySpace
 
 
 def shared_space(pipeline: str) -> str:
@@ -37,7 +37,7 @@ def shared_space(pipeline: str) -> str:
 class PipelineMemory:
     """The run's memory: `await ctx.memory.save(k, v)`, `get(k)`, `save_step_result(step, data)`, ..."""
 
-    def __init__(self, services: RunServices, run_id: str, pipeline: str, space: Callable[[str], SpaceRef]) -> None:
+    def __init__(self, services: RunServices, run_id: str, pipeline: str, space: Callable[[str], SharedMemorySpace]) -> None:
         self._services = services
         self._run_id = run_id
         self.pipeline_id = pipeline

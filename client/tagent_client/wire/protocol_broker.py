@@ -15,11 +15,13 @@ from typing import Any
 import msgspec
 
 from ..core.broker_records import Message
+from ..errors import InvalidRequest
 
 PROTOCOL_VERSION = 1  # the control protocol's version (protocol.py re-checks it)
 RENEW_EVERY = 2.0
 EXPIRE_AFTER = 10.0
-MAX_WAIT = 60.0  # longest a receive / wait_for_event request is parked by the daemon; clients loop
+MAX_WAIT = 60.0  # longest a receive / wait_for_event / lock request is parked by the daemon; clients loop
+MAX_TTL = 86_400.0  # longest a lease is granted for at once (renew to hold it longer)
 
 
 class StepRef(msgspec.Struct, kw_only=True, array_like=True):
@@ -111,9 +113,14 @@ class SpaceGet(BrokerRequest, tag="space_get", kw_only=True):
 
 
 class SpacePut(BrokerRequest, tag="space_put", kw_only=True):
+    """Write `value`. With `fence` (a lease's token), only while that lease on `fence_key` (default: `key`) is
+    the key's current one, else `lock_lost`; the same holds for `SpaceCas` and `SpaceDelete`."""
+
     space: str
     key: str
     value: Any = None
+    fence: int | None = None
+    fence_key: str | None = None
 
 
 class SpaceCas(BrokerRequest, tag="space_cas", kw_only=True):
@@ -123,12 +130,43 @@ class SpaceCas(BrokerRequest, tag="space_cas", kw_only=True):
     key: str
     value: Any = None
     expected_version: int
+    fence: int | None = None
+    fence_key: str | None = None
 
 
 class SpaceDelete(BrokerRequest, tag="space_delete", kw_only=True):
     space: str
     key: str
     expected_version: int | None = None
+    fence: int | None = None
+    fence_key: str | None = None
+
+
+class SpaceLock(BrokerRequest, tag="space_lock", kw_only=True):
+    """(steps only) A lease on `key` for `ttl` s with its next fencing token (a `Lease`); wait up to `wait` s
+    behind earlier requests, else null. The lease ends at `SpaceUnlock`, after `ttl`, or with the attempt."""
+
+    space: str
+    key: str
+    ttl: float = 30.0
+    wait: float = 0.0
+
+
+class SpaceUnlock(BrokerRequest, tag="space_unlock", kw_only=True):
+    """End the lease `token` on `key`: {"released": bool} (false: it had ended already)."""
+
+    space: str
+    key: str
+    token: int
+
+
+class SpaceRenew(BrokerRequest, tag="space_renew", kw_only=True):
+    """Give the lease `token` on `key` `ttl` more seconds from now (the renewed `Lease`), or `lock_lost`."""
+
+    space: str
+    key: str
+    token: int
+    ttl: float = 30.0
 
 
 class SpaceKeys(BrokerRequest, tag="space_keys", kw_only=True):
@@ -219,12 +257,12 @@ class BrokerStatsRequest(BrokerRequest, tag="stats", kw_only=True):
 BROKER_REQUESTS = (
     SendMessage, ReceiveMessage, AckMessages, Publish, PublishMany, WaitEvent, SpaceGet, SpacePut, SpaceCas,
     SpaceDelete, SpaceKeys, SpaceLog, SpaceAllow, ListPipelines, ListMailboxes, DeadLetters, RequeueDead, DropDead,
-    RegisterPipeline, Unregister, BrokerStatsRequest,
+    RegisterPipeline, Unregister, BrokerStatsRequest, SpaceLock, SpaceUnlock, SpaceRenew,
 )
 AnyBrokerRequest = (
     SendMessage | ReceiveMessage | AckMessages | Publish | PublishMany | WaitEvent | SpaceGet | SpacePut | SpaceCas
     | SpaceDelete | SpaceKeys | SpaceLog | SpaceAllow | ListPipelines | ListMailboxes | DeadLetters | RequeueDead
-    | DropDead | RegisterPipeline | Unregister | BrokerStatsRequest
+    | DropDead | RegisterPipeline | Unregister | BrokerStatsRequest | SpaceLock | SpaceUnlock | SpaceRenew
 )
 
 # -- events.sock -----------------------------------------------------------------------------------
@@ -302,6 +340,19 @@ subscriber_decoder = msgspec.msgpack.Decoder(SubscriberMessage)
 
 def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
+
+
+def fence_of(req: SpacePut | SpaceCas | SpaceDelete) -> tuple[str, int] | None:
+    """The (locked key, token) a write is fenced by, or None."""
+    return None if req.fence is None else (req.fence_key or req.key, req.fence)
+
+
+def lease_ttl(ttl: float) -> float:
+    """A lease's ttl, checked: a number of seconds in (0, MAX_TTL]."""
+    if not (0 < ttl <= MAX_TTL):
+        raise InvalidRequest(f"a lock's ttl must be more than 0 and at most {MAX_TTL:g} seconds, not {ttl!r}; "
+                             f"hold it longer by renewing it")
+    return float(ttl)
 
 
 def matches(topic: str, prefixes: list[str] | tuple[str, ...]) -> bool:
