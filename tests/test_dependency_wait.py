@@ -1,0 +1,214 @@
+"""`await ctx.dependency(name, timeout=...)` (docs/semantics.md "Waiting for a dependency inside a step"): a step
+waits for a dependency it started without — its output once it completes, None once it ends otherwise,
+TimeoutError after `timeout` — in-process and through a real daemon, with equal results; a parked wait is
+released when its attempt ends, and a daemon restart does not wedge a waiting step."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import DaemonProcess, wait_until, write_pipeline
+
+from tagent_client import run_pipeline
+
+PIPELINE = """
+    import asyncio
+
+    from pydantic import BaseModel
+
+    from tagent_client import DependencyType, ExecutionMode, Pipeline
+    from tagent_client.errors import NotFound
+
+    SOFT, CONCURRENT = DependencyType.SOFT, ExecutionMode.CONCURRENT
+
+    class Report(BaseModel):
+        pages: int
+
+    async def waiter(ctx):
+        at_start = ctx.inputs["slow"]
+        await ctx.send("dep_wait", "go")  # `slow` ends only once it has this
+        report = await ctx.dependency("slow", timeout=30)
+        return {"at_start": at_start, "typed": isinstance(report, Report), "pages": report.pages}
+
+    def sync_waiter(ctx):
+        report = asyncio.run(ctx.dependency("slow", timeout=30))
+        return {"typed": isinstance(report, Report), "pages": report.pages}
+
+    async def slow(ctx):
+        message = await ctx.receive(timeout=30)
+        return Report(pages=3 if message is not None else 0)
+
+    def broken(ctx):
+        raise ValueError("broken on purpose")
+
+    async def after_broken(ctx):
+        return {"broken": await ctx.dependency("broken", timeout=30)}
+
+    async def held(ctx):
+        message = await ctx.receive(timeout=30)  # sent by `impatient` once it has timed out
+        return "released" if message is not None else "never released"
+
+    async def impatient(ctx):
+        try:
+            await ctx.dependency("held", timeout=0.2)
+            outcome = "no timeout"
+        except TimeoutError as exc:
+            outcome = str(exc)
+        await ctx.send("dep_wait", "release")
+        return outcome
+
+    async def unknown(ctx):
+        try:
+            await ctx.dependency("nope")
+            return "no error"
+        except NotFound as exc:
+            return str(exc)
+
+    pipeline = Pipeline("dep_wait")
+    pipeline.step("waiter", fn=waiter, depends_on={"slow": SOFT}, execution_mode=CONCURRENT)
+    pipeline.step("sync_waiter", fn=sync_waiter, depends_on={"slow": SOFT}, execution_mode=CONCURRENT)
+    pipeline.step("slow", fn=slow, output_schema=Report, execution_mode=CONCURRENT)
+    pipeline.step("broken", fn=broken, required=False, max_retries=0, execution_mode=CONCURRENT)
+    pipeline.step("after_broken", fn=after_broken, depends_on={"broken": SOFT}, execution_mode=CONCURRENT)
+    pipeline.step("held", fn=held, execution_mode=CONCURRENT)
+    pipeline.step("impatient", fn=impatient, depends_on={"held": SOFT}, execution_mode=CONCURRENT)
+    pipeline.step("unknown", fn=unknown, depends_on={"held": SOFT, "slow": SOFT}, execution_mode=CONCURRENT)
+"""
+
+EXPECTED = {
+    "waiter": {"at_start": None, "typed": True, "pages": 3},
+    "sync_waiter": {"typed": True, "pages": 3},
+    "slow": {"pages": 3},
+    "after_broken": {"broken": None},
+    "held": "released",
+    "impatient": "step 'impatient' waited 0.2s for its dependency 'held', which is still running",
+    "unknown": "step 'unknown' has no dependency 'nope' (its dependencies: held, slow); ctx.dependency() waits "
+               "only for a step named in its depends_on",
+}
+
+ONE_SLOT = """
+    from tagent_client import DependencyType, ExecutionMode, Pipeline
+
+    async def first(ctx):
+        return {"second": await ctx.dependency("second", timeout=10)}
+
+    def second(ctx):
+        return "second done"
+
+    pipeline = Pipeline("dep_wait_one_slot", max_concurrent_steps=1)
+    pipeline.step("first", fn=first, depends_on={"second": DependencyType.SOFT},
+                  execution_mode=ExecutionMode.CONCURRENT)
+    pipeline.step("second", fn=second, execution_mode=ExecutionMode.CONCURRENT)
+"""
+
+HELD = """
+    from tagent_client import DependencyType, ExecutionMode, Pipeline
+
+    async def held(ctx):
+        message = await ctx.receive(timeout=60)  # the test sends it
+        return message.payload if message is not None else None
+
+    async def waiter(ctx):
+        return {"held": await ctx.dependency("held"), "attempt": ctx.attempt}
+
+    async def short(ctx):
+        return await ctx.dependency("held")  # outlives its step's timeout
+
+    pipeline = Pipeline("dep_wait_held")
+    pipeline.step("held", fn=held, execution_mode=ExecutionMode.CONCURRENT)
+    pipeline.step("waiter", fn=waiter, depends_on={"held": DependencyType.SOFT},
+                  execution_mode=ExecutionMode.CONCURRENT)
+    pipeline.step("short", fn=short, depends_on={"held": DependencyType.SOFT}, timeout=1, max_retries=0,
+                  required=False, execution_mode=ExecutionMode.CONCURRENT)
+"""
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _local(path: Path) -> Any:
+    return asyncio.run(asyncio.wait_for(run_pipeline(_load(path).pipeline), timeout=40))
+
+
+def _plain(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {name: value.model_dump() if hasattr(value, "model_dump") else value for name, value in outputs.items()}
+
+
+def _waits(daemon: DaemonProcess) -> dict[str, int]:
+    with daemon.client() as client:
+        return client.daemon_status().stats["dependency_waits"]
+
+
+@pytest.mark.timeout(120)
+def test_a_step_waits_inside_its_body_for_its_dependencies_alike_in_process_and_through_the_daemon(
+        make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    # Given a pipeline whose SOFT dependents start with their dependencies and then await them: a slower one that
+    # completes (async and sync waiters), one that fails, one that outlasts the waiter's timeout, and a name that
+    # is no dependency; and a pipeline of one slot whose first step awaits the second
+    path = write_pipeline(tmp_path, "dep_wait.py", PIPELINE)
+    one_slot = write_pipeline(tmp_path, "dep_wait_one_slot.py", ONE_SLOT)
+    daemon = make_daemon(workers=2).start()
+
+    # When both run through the daemon and in this process
+    with daemon.client() as client:
+        remote = client.wait(client.submit(path).id, timeout=60)
+        remote_one = client.wait(client.submit(one_slot).id, timeout=30)
+    local, local_one = _local(path), _local(one_slot)
+
+    # Then each waiter got the completed output typed by its schema (having started without it), None for the
+    # failed dependency, a clear TimeoutError and a clear unknown-name error; the one-slot run completed because
+    # the waiting step lent its slot; and both ways agree
+    for result in (remote, local):
+        assert result.status == "completed", result.summary()
+        outputs = _plain(result.step_outputs)
+        assert outputs == EXPECTED, result.summary()
+        assert result.step_metadata["broken"]["status"] == "failed"
+    for result in (remote_one, local_one):
+        assert result.status == "completed", result.summary()
+        assert result.step_outputs == {"first": {"second": "second done"}, "second": "second done"}
+        assert result.step_metadata["first"]["attempts"] == 1  # not a retry after a TimeoutError
+
+
+@pytest.mark.timeout(120)
+def test_a_parked_wait_ends_with_its_attempt_and_a_daemon_restart_does_not_wedge_the_step(
+        make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    # Given a daemon running a pipeline whose `held` step waits for a message, `waiter` awaits it without a
+    # timeout and `short` awaits it past its own step timeout of 1 s
+    path = write_pipeline(tmp_path, "dep_wait_held.py", HELD)
+    daemon = make_daemon(workers=2).start()
+    with daemon.client() as client:
+        first = client.submit(path).id
+        cancelled = client.submit(path).id
+    wait_until(lambda: _waits(daemon)["parked"] == 4, 20, what="both runs' waiters parked")
+
+    # When `short` times out and the second run is cancelled
+    with daemon.client() as client:
+        wait_until(lambda: client.status(first).steps["short"].status == "failed", 20, what="short to time out")
+        client.cancel(cancelled)
+    # Then their parked waits are released: only the first run's `waiter` is still parked
+    wait_until(lambda: _waits(daemon)["parked"] == 1, 20, what="the ended attempts' waits released")
+    assert _waits(daemon)["released"] == 1  # short's; the cancelled run's wait saw its dependency cancelled
+
+    # When the daemon is killed (-9) while `waiter` waits, and started again
+    daemon.kill9()
+    daemon.start()
+    # Then recovery runs `waiter` again, it waits again, and gets `held`'s output once `held` completes
+    wait_until(lambda: _waits(daemon)["parked"] == 1, 30, what="the re-run waiter parked again")
+    with daemon.client() as client:
+        client.send("dep_wait_held", "go")
+        result = client.wait(first, timeout=30)
+    assert result.step_outputs["held"] == "go"
+    assert result.step_outputs["waiter"] == {"held": "go", "attempt": 2}
+    assert result.step_metadata["short"]["status"] == "failed"
+    assert "timed out" in (result.step_metadata["short"].get("error") or "")
