@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -32,7 +34,6 @@ PIPELINE = """
 
     async def waiter(ctx):
         at_start = ctx.inputs["slow"]
-        await ctx.send("dep_wait", "go")  # `slow` ends only once it has this
         report = await ctx.dependency("slow", timeout=30)
         return {"at_start": at_start, "typed": isinstance(report, Report), "pages": report.pages}
 
@@ -41,8 +42,8 @@ PIPELINE = """
         return {"typed": isinstance(report, Report), "pages": report.pages}
 
     async def slow(ctx):
-        message = await ctx.receive(timeout=30)
-        return Report(pages=3 if message is not None else 0)
+        await asyncio.sleep(0.3)  # ok-sleep: the step's own work, slower than its waiters' start
+        return Report(pages=3)
 
     def broken(ctx):
         raise ValueError("broken on purpose")
@@ -51,7 +52,7 @@ PIPELINE = """
         return {"broken": await ctx.dependency("broken", timeout=30)}
 
     async def held(ctx):
-        message = await ctx.receive(timeout=30)  # sent by `impatient` once it has timed out
+        message = await ctx.receive(timeout=30)  # sent by `impatient` once it has timed out (the only sender)
         return "released" if message is not None else "never released"
 
     async def impatient(ctx):
@@ -124,7 +125,7 @@ HELD = """
     pipeline.step("held", fn=held, execution_mode=ExecutionMode.CONCURRENT)
     pipeline.step("waiter", fn=waiter, depends_on={"held": DependencyType.SOFT},
                   execution_mode=ExecutionMode.CONCURRENT)
-    pipeline.step("short", fn=short, depends_on={"held": DependencyType.SOFT}, timeout=1, max_retries=0,
+    pipeline.step("short", fn=short, depends_on={"held": DependencyType.SOFT}, timeout=5, max_retries=0,
                   required=False, execution_mode=ExecutionMode.CONCURRENT)
 """
 
@@ -184,7 +185,7 @@ def test_a_step_waits_inside_its_body_for_its_dependencies_alike_in_process_and_
 def test_a_parked_wait_ends_with_its_attempt_and_a_daemon_restart_does_not_wedge_the_step(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     # Given a daemon running a pipeline whose `held` step waits for a message, `waiter` awaits it without a
-    # timeout and `short` awaits it past its own step timeout of 1 s
+    # timeout and `short` awaits it past its own step timeout of 5 s
     path = write_pipeline(tmp_path, "dep_wait_held.py", HELD)
     daemon = make_daemon(workers=2).start()
     with daemon.client() as client:
@@ -192,13 +193,18 @@ def test_a_parked_wait_ends_with_its_attempt_and_a_daemon_restart_does_not_wedge
         cancelled = client.submit(path).id
     wait_until(lambda: _waits(daemon)["parked"] == 4, 20, what="both runs' waiters parked")
 
-    # When `short` times out and the second run is cancelled
+    # When the second run is cancelled
+    with daemon.client() as client:
+        client.cancel(cancelled)
+    # Then its waits end (their dependency was cancelled: None for them) and only the first run's stay parked
+    wait_until(lambda: _waits(daemon)["parked"] == 2, 20, what="the cancelled run's waits to end")
+
+    # When `short` outlives its step timeout
     with daemon.client() as client:
         wait_until(lambda: client.status(first).steps["short"].status == "failed", 20, what="short to time out")
-        client.cancel(cancelled)
-    # Then their parked waits are released: only the first run's `waiter` is still parked
-    wait_until(lambda: _waits(daemon)["parked"] == 1, 20, what="the ended attempts' waits released")
-    assert _waits(daemon)["released"] == 1  # short's; the cancelled run's wait saw its dependency cancelled
+    # Then its parked wait is released, and only `waiter` still waits
+    wait_until(lambda: _waits(daemon) == {"parked": 1, "answered": 2, "released": 1}, 20,
+               what="short's wait released")
 
     # When the daemon is killed (-9) while `waiter` waits, and started again
     daemon.kill9()
@@ -212,3 +218,29 @@ def test_a_parked_wait_ends_with_its_attempt_and_a_daemon_restart_does_not_wedge
     assert result.step_outputs["waiter"] == {"held": "go", "attempt": 2}
     assert result.step_metadata["short"]["status"] == "failed"
     assert "timed out" in (result.step_metadata["short"].get("error") or "")
+
+
+@pytest.mark.timeout(120)
+def test_a_parked_wait_ends_when_its_worker_dies_and_the_rerun_waits_again(
+        make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    # Given a daemon with one worker, running a pipeline whose `waiter` awaits `held`, which waits for a message
+    path = write_pipeline(tmp_path, "dep_wait_held.py", HELD)
+    daemon = make_daemon(workers=1).start()
+    with daemon.client() as client:
+        run_id = client.submit(path).id
+    wait_until(lambda: _waits(daemon)["parked"] >= 1, 20, what="the waiter parked")
+    (worker,) = daemon.worker_pids()
+
+    # When the worker is killed (-9)
+    os.kill(worker, signal.SIGKILL)
+
+    # Then the parked waits of its attempts are released, the waiting steps run again on a new worker and wait again,
+    # and `waiter` gets `held`'s output once it completes
+    wait_until(lambda: _waits(daemon)["released"] >= 1, 30, what="the dead worker's waits released")
+    wait_until(lambda: _waits(daemon)["parked"] >= 1 and worker not in daemon.worker_pids(), 30,
+               what="the re-run waiter parked again")
+    with daemon.client() as client:
+        client.send("dep_wait_held", "go")
+        result = client.wait(run_id, timeout=30)
+    assert result.step_outputs["held"] == "go"
+    assert result.step_outputs["waiter"] == {"held": "go", "attempt": 2}
