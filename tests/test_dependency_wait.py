@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
-from tagent_client import run_pipeline
+from tagent_client import DependencyType, Pipeline, run_pipeline
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.events import Dispatch, StepSucceeded
 
 PIPELINE = """
     import asyncio
@@ -244,3 +246,25 @@ def test_a_parked_wait_ends_when_its_worker_dies_and_the_rerun_waits_again(
         result = client.wait(run_id, timeout=30)
     assert result.step_outputs["held"] == "go"
     assert result.step_outputs["waiter"] == {"held": "go", "attempt": 2}
+
+
+def test_the_engine_lends_a_waiting_attempts_slot_only_while_it_waits_and_only_for_the_current_attempt() -> None:
+    # Given a run of one slot whose `first` (dispatched) will wait for `second` and `third` (queued)
+    pipeline = Pipeline("lend", max_concurrent_steps=1)
+    pipeline.step("first", fn=lambda ctx: 1, depends_on={"second": DependencyType.SOFT}, execution_mode="concurrent")
+    pipeline.step("second", fn=lambda ctx: 2, execution_mode="concurrent")
+    pipeline.step("third", fn=lambda ctx: 3, execution_mode="concurrent")
+    machine = RunMachine.new(pipeline.plan(), "r1")
+    assert [a.task for a in machine.start(0.0) if isinstance(a, Dispatch)] == ["first"]
+
+    # When a stale attempt of `first` lends its slot, nothing starts
+    assert machine.lend_slot("first", 7, True, 1.0) == []
+    # When the current attempt of `first` waits, its slot goes to `second` (one slot: not also to `third`)
+    assert [a.task for a in machine.lend_slot("first", 1, True, 1.0) if isinstance(a, Dispatch)] == ["second"]
+    # When `first` stops waiting, it counts again: `second` finishing frees the only slot, so nothing new starts
+    assert machine.lend_slot("first", 1, False, 2.0) == []
+    after = machine.handle(StepSucceeded(task="second", attempt=1, output=2), 3.0)
+    assert not [a for a in after if isinstance(a, Dispatch)]
+    # When `first` ends, `third` gets the slot
+    after = machine.handle(StepSucceeded(task="first", attempt=1, output=1), 4.0)
+    assert [a.task for a in after if isinstance(a, Dispatch)] == ["third"]
