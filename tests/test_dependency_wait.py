@@ -27,7 +27,7 @@ PIPELINE = """
     from pydantic import BaseModel
 
     from tagent_client import DependencyType, ExecutionMode, Pipeline
-    from tagent_client.errors import NotFound
+    from tagent_client.errors import InvalidRequest, NotFound
 
     SOFT, CONCURRENT = DependencyType.SOFT, ExecutionMode.CONCURRENT
 
@@ -73,7 +73,16 @@ PIPELINE = """
         except NotFound as exc:
             return str(exc)
 
+    async def serial_waiter(ctx):
+        try:
+            await ctx.dependency("serial_dep", timeout=30)
+            return "no error"
+        except InvalidRequest as exc:
+            return str(exc)
+
     pipeline = Pipeline("dep_wait")
+    pipeline.step("serial_waiter", fn=serial_waiter, depends_on={"serial_dep": SOFT})  # SERIAL, the default
+    pipeline.step("serial_dep", fn=lambda ctx: "serial done")
     pipeline.step("waiter", fn=waiter, depends_on={"slow": SOFT}, execution_mode=CONCURRENT)
     pipeline.step("sync_waiter", fn=sync_waiter, depends_on={"slow": SOFT}, execution_mode=CONCURRENT)
     pipeline.step("slow", fn=slow, output_schema=Report, execution_mode=CONCURRENT)
@@ -91,6 +100,9 @@ EXPECTED = {
     "after_broken": {"broken": None},
     "held": "released",
     "impatient": "step 'impatient' waited 0.2s for its dependency 'held', which is still running",
+    "serial_waiter": "step 'serial_waiter' waits for its dependency 'serial_dep', which cannot start while "
+                     "'serial_waiter' runs: both are SERIAL and SERIAL steps never overlap; make one of them CONCURRENT",
+    "serial_dep": "serial done",
     "unknown": "step 'unknown' has no dependency 'nope' (its dependencies: held, slow); ctx.dependency() waits "
                "only for a step named in its depends_on",
 }
@@ -157,8 +169,9 @@ def _waits(daemon: DaemonProcess) -> dict[str, int]:
 def test_a_step_waits_inside_its_body_for_its_dependencies_alike_in_process_and_through_the_daemon(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
     # Given a pipeline whose SOFT dependents start with their dependencies and then await them: a slower one that
-    # completes (async and sync waiters), one that fails, one that outlasts the waiter's timeout, and a name that
-    # is no dependency; and a pipeline of one slot whose first step awaits the second
+    # completes (async and sync waiters), one that fails, one that outlasts the waiter's timeout, a SERIAL one that
+    # cannot start while its SERIAL waiter runs, and a name that is no dependency; and a pipeline of one slot whose
+    # first step awaits the second
     path = write_pipeline(tmp_path, "dep_wait.py", PIPELINE)
     one_slot = write_pipeline(tmp_path, "dep_wait_one_slot.py", ONE_SLOT)
     daemon = make_daemon(workers=2).start()
@@ -170,7 +183,8 @@ def test_a_step_waits_inside_its_body_for_its_dependencies_alike_in_process_and_
     local, local_one = _local(path), _local(one_slot)
 
     # Then each waiter got the completed output typed by its schema (having started without it), None for the
-    # failed dependency, a clear TimeoutError and a clear unknown-name error; the one-slot run completed because
+    # failed dependency, a clear TimeoutError, at once a clear error for the SERIAL wait that could never end, a clear
+    # unknown-name error; the one-slot run completed because
     # the waiting step lent its slot; and both ways agree
     for result in (remote, local):
         assert result.status == "completed", result.summary()

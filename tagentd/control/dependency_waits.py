@@ -15,7 +15,8 @@ dependency has ended or the wait is over; the step asks again for a longer wait.
   worker died: each of these changes the run), answered then with an error the step raises if it
   still listens; a daemon restart ends them all (the workers go with it; recovery re-runs the attempt);
 - while a request is parked its attempt's slot is lent (`RunOps.lend_slot`): it does not count against
-  the run's `max_concurrent_steps`, so the dependency it waits for can start.
+  the run's `max_concurrent_steps`, so the dependency it waits for can start; a wait that can never
+  end (`dependency.cannot_start`) is answered at once with its InvalidRequest.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 
 from tagent_client.core.rules import completed_output
 from tagent_client.errors import InvalidRequest, NotFound, TagentError
-from tagent_client.run.dependency import CHUNK
+from tagent_client.run.dependency import CHUNK, cannot_start
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.longpoll import wait_limit
 from tagentd.plumbing.ports import ReplyAfterCommit, Spawn
@@ -97,6 +98,9 @@ class DependencyWaits:
                     raise InvalidRequest(f"attempt {caller.attempt} of step {caller.step!r} of run {run.id} is over "
                                          f"(it ended, was cancelled or lost its worker): it waits for {msg.name!r} "
                                          f"no longer")
+                never = cannot_start(run.machine, caller.step, msg.name)
+                if never is not None:
+                    raise never
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.counters["dependency_waits_answered"] += 1

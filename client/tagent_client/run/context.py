@@ -67,8 +67,8 @@ class StepContext(BrokerAbilities, DependencyAbilities):
 
     `await ctx.dependency(name, timeout=None)` waits inside the step for dependency `name` (a SOFT one the
     step started without): its output once it has COMPLETED, None if it ended otherwise, TimeoutError after
-    `timeout` seconds; while it waits, the step's slot does not count against `max_concurrent_steps`
-    (see `dependency.DependencyAbilities`). A sync step calls it as `asyncio.run(ctx.dependency(name))`.
+    `timeout` seconds, NotFound for a name that is no dependency; while it waits, the step's slot does not
+    count against `max_concurrent_steps` (see `dependency.DependencyAbilities`). A sync step calls it as `asyncio.run(ctx.dependency(name))`.
     `decode(name, output)` types a dependency's output as `inputs` are typed (by its output schema).
     """
 

@@ -11,7 +11,9 @@ has done what it could without it. The rules, the same in-process and through th
 - `TimeoutError` if it has not ended after `timeout` seconds (None: as long as the step's own
   timeout allows); `NotFound` for a name that is not one of the step's dependencies;
 - while the step waits, its slot does not count against the run's `max_concurrent_steps`
-  (`RunMachine.lend_slot`), so the dependency it waits for can start.
+  (`RunMachine.lend_slot`), so the dependency it waits for can start;
+- a wait that can never end — a SERIAL step waiting for a SERIAL dependency that has not started
+  (SERIAL steps never overlap) — raises InvalidRequest at once (`cannot_start`).
 
 The waiting itself is the run services' (`RunServices.dependency`): `LocalDependencies` below in-process,
 a parked request to the daemon in a worker, asked again every `CHUNK` seconds at most.
@@ -27,7 +29,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..core.rules import completed_output
 from ..core.state import StepStatus
-from ..errors import NotFound
+from ..define.plan import ExecutionMode
+from ..errors import InvalidRequest, NotFound
 from ..wire.protocol_broker import StepRef
 
 if TYPE_CHECKING:
@@ -89,6 +92,18 @@ class DependencyAbilities:
                                    f"which is still {found.status}")
 
 
+def cannot_start(machine: RunMachine, step: str, name: str) -> InvalidRequest | None:
+    """Why dependency `name` can never start while `step` waits for it, if it cannot: both are SERIAL, `step`
+    holds the SERIAL slot (it is running) and `name` has not started, so it would start only after `step` ends."""
+    serial = ExecutionMode.SERIAL
+    if (machine.specs[step].mode is serial and machine.specs[name].mode is serial
+            and machine.state.steps[step].status is StepStatus.RUNNING
+            and machine.state.steps[name].status is StepStatus.PENDING):
+        return InvalidRequest(f"step {step!r} waits for its dependency {name!r}, which cannot start while {step!r} "
+                              f"runs: both are SERIAL and SERIAL steps never overlap; make one of them CONCURRENT")
+    return None
+
+
 class LocalDependencies:
     """In-process waits on one run (`run_pipeline`): woken by `changed()`, which the runner calls after every
     change of the run's state; `lend(task, attempt, lent)` carries out `RunMachine.lend_slot`. Runs on the
@@ -115,6 +130,9 @@ class LocalDependencies:
                 left = deadline - loop.time()
                 if dep.status.terminal or left <= 0:
                     return DependencyState(dep.status.value, completed_output(dep))
+                never = cannot_start(self.machine, caller.step, name)
+                if never is not None:
+                    raise never
                 if not lent:
                     self._lend(caller.task, caller.attempt, True)
                     lent = True
