@@ -26,13 +26,12 @@ import collections
 import time
 
 from tagent_client.core.rules import completed_output
-from tagent_client.errors import InvalidRequest, NotFound, TagentError
-from tagent_client.run.dependency import CHUNK, cannot_start
+from tagent_client.errors import NotFound, TagentError
+from tagent_client.run.dependency import CHUNK, attempt_over, cannot_start
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.longpoll import wait_limit
 from tagentd.plumbing.ports import ReplyAfterCommit, Spawn
 from tagentd.runs.ports import RunOps
-from tagentd.runs.run import Run
 from tagentd.worker import wire
 
 ANSWERED_KEEP = 1024  # answered waits whose reply is kept to answer a re-send again
@@ -93,11 +92,10 @@ class DependencyWaits:
                 if dep.status.terminal:
                     self.counters["dependency_waits_answered"] += 1
                     return wire.DependencyReply(req=msg.req, status=dep.status.value, output=completed_output(dep))
-                if not _still_running(run, caller.task, caller.attempt):
+                over = attempt_over(run.machine, caller, msg.name)
+                if over is not None:
                     self.counters["dependency_waits_released"] += 1
-                    raise InvalidRequest(f"attempt {caller.attempt} of step {caller.step!r} of run {run.id} is over "
-                                         f"(it ended, was cancelled or lost its worker): it waits for {msg.name!r} "
-                                         f"no longer")
+                    raise over
                 never = cannot_start(run.machine, caller.step, msg.name)
                 if never is not None:
                     raise never
@@ -117,9 +115,3 @@ class DependencyWaits:
         """What `tagentd status` shows under `stats.dependency_waits`: parked now, answered, released."""
         return {"parked": len(self.parked), "answered": self.counters["dependency_waits_answered"],
                 "released": self.counters["dependency_waits_released"]}
-
-
-def _still_running(run: Run, task: str, attempt: int) -> bool:
-    running = run.machine.index.running.get(task)
-    return running is not None and running.attempt == attempt
-

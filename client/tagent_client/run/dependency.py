@@ -104,6 +104,16 @@ def cannot_start(machine: RunMachine, step: str, name: str) -> InvalidRequest | 
     return None
 
 
+def attempt_over(machine: RunMachine, caller: StepRef, name: str) -> InvalidRequest | None:
+    """Why the waiting attempt waits no longer, if it is no longer running (it ended, timed out, was cancelled or
+    lost its worker): a wait left behind by it (a sync step's thread goes on) ends with this error."""
+    running = machine.index.running.get(caller.task)
+    if running is not None and running.attempt == caller.attempt:
+        return None
+    return InvalidRequest(f"attempt {caller.attempt} of step {caller.step!r} of run {machine.state.run_id} is over "
+                          f"(it ended, was cancelled or lost its worker): it waits for {name!r} no longer")
+
+
 class LocalDependencies:
     """In-process waits on one run (`run_pipeline`): woken by `changed()`, which the runner calls after every
     change of the run's state; `lend(task, attempt, lent)` carries out `RunMachine.lend_slot`. Runs on the
@@ -130,7 +140,7 @@ class LocalDependencies:
                 left = deadline - loop.time()
                 if dep.status.terminal or left <= 0:
                     return DependencyState(dep.status.value, completed_output(dep))
-                never = cannot_start(self.machine, caller.step, name)
+                never = attempt_over(self.machine, caller, name) or cannot_start(self.machine, caller.step, name)
                 if never is not None:
                     raise never
                 if not lent:
