@@ -20,6 +20,8 @@ from conftest import DaemonProcess, wait_until, write_pipeline
 from tagent_client import DependencyType, Pipeline, run_pipeline
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import Dispatch, StepSucceeded
+from tagent_client.run import dependency
+from tagent_client.run.services import LocalServices
 
 PIPELINE = """
     import asyncio
@@ -282,3 +284,33 @@ def test_the_engine_lends_a_waiting_attempts_slot_only_while_it_waits_and_only_f
     # When `first` ends, `third` gets the slot
     after = machine.handle(StepSucceeded(task="first", attempt=1, output=1), 4.0)
     assert [a.task for a in after if isinstance(a, Dispatch)] == ["third"]
+
+
+def test_a_wait_longer_than_one_chunk_asks_again_until_the_dependency_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given waits parked at most 20 ms at a time, and a step awaiting (without a timeout) one that takes longer
+    monkeypatch.setattr(dependency, "CHUNK", 0.02)
+    asks: list[float] = []
+    wait_once = LocalServices.dependency
+
+    async def counted(self: LocalServices, caller: Any, name: str, wait: float) -> Any:
+        asks.append(wait)
+        return await wait_once(self, caller, name, wait)
+
+    monkeypatch.setattr(LocalServices, "dependency", counted)
+    pipeline = Pipeline("chunks")
+
+    @pipeline.task(depends_on={"slow": DependencyType.SOFT}, execution_mode="concurrent")
+    async def waiter(ctx):  # noqa: ANN001, ANN202
+        return await ctx.dependency("slow")
+
+    @pipeline.task(execution_mode="concurrent")
+    async def slow(ctx):  # noqa: ANN001, ANN202
+        await asyncio.sleep(0.2)  # ok-sleep: the step's own work, ten chunks long
+        return "slow done"
+
+    # When it runs
+    result = asyncio.run(run_pipeline(pipeline))
+
+    # Then the waiter asked again chunk after chunk, and got the output once `slow` completed
+    assert result.step_outputs["waiter"] == "slow done", result.summary()
+    assert len(asks) > 2 and set(asks) == {0.02}
