@@ -7,7 +7,8 @@ dependency has ended, else parks the request — a task that sleeps on the run's
 dependency has ended or the wait is over; the step asks again for a longer wait. Guarantees:
 
 - the daemon's loop never blocks: a parked request is a task on it, not a loop;
-- the reply leaves after the next commit, so the status and output it reports are on disk;
+- the reply leaves after the next commit, so the status and output it reports are on disk; every
+  request gets one (an unexpected error becomes a logged internal error, as the router's do);
 - a re-send of a parked request is ignored, one of an answered request answered again from a small
   cache (workers re-send every second until answered);
 - nothing is left parked: a request ends when its wait is over (at most `CHUNK` seconds), and at the
@@ -28,6 +29,7 @@ import time
 from tagent_client.core.rules import completed_output
 from tagent_client.errors import NotFound, TagentError
 from tagent_client.run.dependency import CHUNK, attempt_over, cannot_start
+from tagentd.control.router import internal_error
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.longpoll import wait_limit
 from tagentd.plumbing.ports import ReplyAfterCommit, Spawn
@@ -65,6 +67,9 @@ class DependencyWaits:
             reply = await self._wait(msg)
         except TagentError as exc:
             reply = wire.DependencyReply(req=msg.req, code=exc.code, message=exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave the step without an answer
+            error = internal_error(type(msg).__name__, exc)
+            reply = wire.DependencyReply(req=msg.req, code=error.code, message=error.message)
         finally:
             self.parked.pop(key, None)
         payload = wire.encode(reply)
