@@ -31,6 +31,7 @@ from tagentd.app.commit import GroupCommit
 from tagentd.broker.service import BrokerShell
 from tagentd.control import handlers as control
 from tagentd.control.broker_calls import BrokerCalls
+from tagentd.control.dependency_waits import DependencyWaits
 from tagentd.control.router import Router
 from tagentd.control.server import ControlReplyShape
 from tagentd.control.workers import WorkerMessages, WorkerPorts
@@ -89,6 +90,9 @@ class FakeOps:
 
     def changed(self, run: Run) -> None:
         self.calls.append(("changed", run.id))
+
+    def lend_slot(self, run: Run, task: str, attempt: int, lent: bool) -> None:
+        self.calls.append(("lend_slot", run.id, task, attempt, lent))
 
     async def load_plan(self, path: str, source: str, target: str | None = None) -> Plan:
         if path not in self.plans:
@@ -169,8 +173,11 @@ class World:
         self.stats: dict[str, Any] = {}
         calls = BrokerCalls(broker=self.broker, router=self.router, channel=self.workers,  # type: ignore[arg-type]
                             reply_after_commit=self.commit.reply_after_commit)
+        waits = DependencyWaits(ops=self.ops, channel=self.workers, reply_after_commit=self.commit.reply_after_commit,  # type: ignore[arg-type]
+                                spawn=self.router.spawn)
         self.messages = WorkerMessages(WorkerPorts(
             executor=self.executor, ops=self.ops, broker=self.broker, broker_calls=calls,  # type: ignore[arg-type]
+            dependency_waits=waits,
             channel=self.workers, reply_after_commit=self.commit.reply_after_commit), self.stats)  # type: ignore[arg-type]
 
     @staticmethod

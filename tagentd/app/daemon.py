@@ -50,6 +50,7 @@ from tagentd.broker import views as broker_views
 from tagentd.broker.service import BrokerShell
 from tagentd.control import handlers as control
 from tagentd.control.broker_calls import BrokerCalls
+from tagentd.control.dependency_waits import DependencyWaits
 from tagentd.control.router import Router
 from tagentd.control.server import ControlServer
 from tagentd.control.workers import WorkerMessages, WorkerPorts
@@ -96,6 +97,7 @@ class Daemon:
                                 mark_dirty=self.commit.mark_dirty, committed=self.commit.committed)
         self.permits = PermitDesk(settings.endpoints, self._send_worker)
         self.watcher: Watcher | None = None
+        self.dependency_waits: DependencyWaits | None = None  # made with the workers socket, in run()
         self.broker = BrokerShell(settings, ops=self.driver, mark_dirty=self.commit.mark_dirty,
                                   steps_in_flight=self._steps_in_flight)
         self.driver.observe(self.broker)
@@ -170,8 +172,11 @@ class Daemon:
         self.control.start()
         calls = BrokerCalls(broker=self.broker, router=self.router, channel=self.workers_channel,
                             reply_after_commit=self.commit.reply_after_commit)
+        self.dependency_waits = DependencyWaits(ops=self.driver, channel=self.workers_channel,
+                                                reply_after_commit=self.commit.reply_after_commit, spawn=self.spawn)
         messages = WorkerMessages(WorkerPorts(executor=self.executor, ops=self.driver, broker=self.broker,
-                                              broker_calls=calls, channel=self.workers_channel,
+                                              broker_calls=calls, dependency_waits=self.dependency_waits,
+                                              channel=self.workers_channel,
                                               reply_after_commit=self.commit.reply_after_commit), self.stats)
         self.workers_channel.start(messages.on_batch)
         for coro in (self.executor.supervise(), self.commit.run(), self.driver.retention_loop(), self.broker.serve()):
@@ -251,6 +256,7 @@ class Daemon:
         stats["llm_endpoints"] = self.permits.stats()
         stats["breakers"] = self.breakers.stats()
         stats["broker"] = broker_views.summary(self.broker)
+        stats["dependency_waits"] = self.dependency_waits.stats() if self.dependency_waits is not None else {}
         stats["stopping"] = self.stopper.info()
         stats["checkpoint_problems"] += self.broker.store.problems
         stats["state_dir_problem"] = self.health.problem()

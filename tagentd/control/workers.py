@@ -10,8 +10,8 @@ permits) and anything from a worker the executor did not start is the executor's
 Guarantees:
 - no worker message can raise out of the loop: a malformed or failing one is dropped, counted
   (`bad_worker_messages`) and logged, and the next one is handled;
-- a step's memory write (`MemorySave`) and broker call are answered only after the commit that
-  makes them durable; a memory read is answered at once;
+- a step's memory write (`MemorySave`), broker call and dependency wait are answered only after the
+  commit that makes them durable; a memory read is answered at once;
 - after every batch the executor sends what it can (a finished step freed a slot).
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from tagentd.broker.service import BrokerShell
 from tagentd.control.broker_calls import BrokerCalls
+from tagentd.control.dependency_waits import DependencyWaits
 from tagentd.executor.interface import Executor
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.ports import ReplyAfterCommit
@@ -41,6 +42,7 @@ class WorkerPorts:
     ops: RunOps
     broker: BrokerShell
     broker_calls: BrokerCalls
+    dependency_waits: DependencyWaits
     #: workers.sock: `send_now` for an answer that needs no commit.
     channel: Channel
     reply_after_commit: ReplyAfterCommit
@@ -82,6 +84,11 @@ def broker_call(ports: WorkerPorts, identity: bytes, msg: wire.BrokerCall) -> No
     ports.broker_calls.on_call(identity, msg)
 
 
+def dependency_wait(ports: WorkerPorts, identity: bytes, msg: wire.DependencyWait) -> None:
+    """A step's `ctx.dependency`: see tagentd/control/dependency_waits.py."""
+    ports.dependency_waits.on_wait(identity, msg)
+
+
 Handler = Callable[[WorkerPorts, bytes, Any], None]
 
 TABLE: dict[type, Handler] = {
@@ -90,6 +97,7 @@ TABLE: dict[type, Handler] = {
     wire.MemorySave: memory_save,
     wire.ProgressNote: progress_note,
     wire.BrokerCall: broker_call,
+    wire.DependencyWait: dependency_wait,
 }
 
 

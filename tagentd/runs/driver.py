@@ -115,6 +115,10 @@ class RunDriver:
     def changed(self, run: Run) -> None:
         self.store.changed(run)
 
+    def lend_slot(self, run: Run, task: str, attempt: int, lent: bool) -> None:
+        self.apply(run, run.machine.lend_slot(task, attempt, lent, time.time()))
+        self.executor.pump()
+
     def apply(self, run: Run, actions: list[Action]) -> None:
         """Carry out the engine's actions for `run` (Emits wait for the next commit).
 

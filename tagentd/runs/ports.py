@@ -40,6 +40,9 @@ class RunOps(Protocol):
     def changed(self, run: Run) -> None:
         """The run changed outside its machine (a log line, its memory): the next commit writes it."""
 
+    def lend_slot(self, run: Run, task: str, attempt: int, lent: bool) -> None:
+        """A running attempt waits (`lent`), or no longer waits, for a dependency (`RunMachine.lend_slot`)."""
+
     async def load_plan(self, path: str, source: str, target: str | None = None) -> Plan:
         """Import and validate a pipeline file in a worker; its Plan (PipelineLoadError / ValidationError)."""
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ from tagent_client.errors import PipelineLoadError, PipelineValidationError, Tag
 from tagent_client.run.context import StepContext, constraints_of
 from tagent_client.run.llm import LLMConfig, LLMRuntime
 from tagent_client.run.local import run_task
-from tagent_client.run.runners.execute import coerce_inputs
+from tagent_client.run.runners.execute import coerce_input, coerce_inputs
 from tagent_client.run.runners.function import sync_call_running
 from tagentd.worker import lifeline, wire
 from tagentd.worker.args import parse_args
@@ -204,7 +205,7 @@ class Worker:
         elif isinstance(message, wire.TaskAck):
             self.link.acked((message.run_id, message.task, message.attempt))
             self.check_exit()
-        elif isinstance(message, (wire.MemoryReply, wire.BrokerReply)):
+        elif isinstance(message, (wire.MemoryReply, wire.BrokerReply, wire.DependencyReply)):
             self.services.resolve(message)
         elif isinstance(message, wire.PermitGrant):
             self.permits.granted(message)
@@ -328,6 +329,7 @@ class Worker:
                 attempt=task.attempt, params=message.params, shared=pipeline.shared_context,
                 inputs=coerce_inputs(pipeline, task.inputs), item=task.item, item_index=task.item_index,
                 trigger=message.trigger, task=task.task, constraints=constraints_of(pipeline, step),
+                decode=functools.partial(coerce_input, pipeline),
             )
         except Exception as exc:  # noqa: BLE001 - a bad task becomes a failed attempt
             error = ErrorInfo(type=type(exc).__name__, message=one_line(exc), retryable=False)

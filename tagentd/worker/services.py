@@ -20,6 +20,7 @@ from typing import Any
 from tagent_client.client.subscription import AsyncSubscription
 from tagent_client.core.result import to_builtins
 from tagent_client.errors import TagentError, error_from_wire
+from tagent_client.run.dependency import DependencyState
 from tagent_client.wire.protocol_broker import BrokerRequest, StepRef
 from tagentd.worker import wire
 from tagentd.worker.breakers import BreakerClient
@@ -114,8 +115,33 @@ class WorkerServices:
         await subscription.open()
         return subscription
 
-    def resolve(self, reply: wire.MemoryReply | wire.BrokerReply) -> None:
-        """Hand a MemoryReply or BrokerReply to the step waiting for it (late or repeated replies are ignored)."""
+    # -- dependency waits (parked by the daemon until the dependency ends, or `wait` passes) -------
+
+    async def dependency(self, caller: StepRef, name: str, wait: float) -> DependencyState:
+        """Ask the daemon for dependency `name`'s state once it has ended, or after `wait` seconds."""
+        if threading.get_ident() != self._loop_thread:
+            future = asyncio.run_coroutine_threadsafe(self.dependency(caller, name, wait), self._loop)
+            return await asyncio.wrap_future(future)
+        req = next(self._reqs)
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[req] = waiter
+        try:
+            self._link.send_until_acked(("dependency", req), wire.DependencyWait(req=req, caller=caller, name=name,
+                                                                                   wait=wait))
+            async with asyncio.timeout(wait + BROKER_TIMEOUT):
+                reply = await waiter
+        except TimeoutError:
+            raise MemoryRequestError(f"the daemon did not answer step {caller.step!r}'s wait for {name!r} in "
+                                     f"{wait + BROKER_TIMEOUT:g}s", retryable=True) from None
+        finally:
+            self._waiting.pop(req, None)
+            self._link.acked(("dependency", req))
+        if reply.code:
+            raise error_from_wire(reply.code, reply.message or reply.code)
+        return DependencyState(reply.status or "", reply.output)
+
+    def resolve(self, reply: wire.MemoryReply | wire.BrokerReply | wire.DependencyReply) -> None:
+        """Hand a MemoryReply, BrokerReply or DependencyReply to the step waiting for it (late or repeated replies are ignored)."""
         waiter = self._waiting.get(reply.req)
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)

@@ -111,6 +111,17 @@ class BrokerReply(WorkerMessage, tag="broker_reply"):
     message: str | None = None
 
 
+class DependencyReply(WorkerMessage, tag="dependency_reply"):
+    """The answer to DependencyWait `req`: the dependency's `status` (a StepStatus value; its `output` once
+    completed), or an error (`code` from errors.py, one-line `message`)."""
+
+    req: int
+    status: str | None = None
+    output: Any = None
+    code: str | None = None
+    message: str | None = None
+
+
 class StopWorker(WorkerMessage, tag="stop"):
     """Exit: at once (`graceful=False`) or after in-flight tasks finish."""
 
@@ -237,10 +248,20 @@ class BrokerCall(WorkerMessage, tag="broker"):
     op: AnyBrokerRequest
 
 
+class DependencyWait(WorkerMessage, tag="dependency_wait"):
+    """`ctx.dependency`: the step `caller` waits for its dependency `name` to end, at most `wait` seconds; the daemon
+    parks it and answers (DependencyReply) when it has ended or the wait is over. Re-sent until answered."""
+
+    req: int
+    caller: StepRef
+    name: str
+    wait: float = 0.0
+
+
 ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
-            | Refused | BreakerAnswer)
+            | Refused | BreakerAnswer | DependencyReply)
 FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
-              | PermitRequest | PermitRelease | BrokerCall | BreakerAsk | BreakerOutcome)
+              | PermitRequest | PermitRelease | BrokerCall | BreakerAsk | BreakerOutcome | DependencyWait)
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

@@ -153,6 +153,19 @@ class RunMachine:
         WAITING_RETRY, so the checkpoint shows them as not started; events are still handled."""
         self.held = True
 
+    def lend_slot(self, task: str, attempt: int, lent: bool, now: float) -> list[Action]:
+        """Running attempt `attempt` of `task` waits (`lent`), or no longer waits, for a dependency inside its body
+        (`ctx.dependency`): while it waits its slot does not count against `max_concurrent_steps`, so what it waits
+        for can start; returns the dispatches that makes. Not persisted; a stale attempt changes nothing."""
+        running = self.index.running.get(task)
+        if self.finished or running is None or running.attempt != attempt:
+            return []
+        if not lent:
+            self.index.lent.discard(task)
+            return []
+        self.index.lent.add(task)
+        return self._dispatch_ready(now)
+
     def next_timer(self) -> float | None:
         """The earliest pending retry time, if any."""
         times = [t.retry_at for t in self.index.waiting.values() if t.retry_at is not None]
@@ -372,7 +385,7 @@ class RunMachine:
         return {**inputs, "shared": self.plan.shared_context, "params": self.state.params}
 
     def _dispatch_ready(self, now: float) -> list[Action]:
-        room = self.plan.max_concurrent_steps - len(self.index.running)
+        room = self.plan.max_concurrent_steps - len(self.index.running) + len(self.index.lent)
         if room <= 0 or self.held:
             return []
         due = list(self.index.queued.values())

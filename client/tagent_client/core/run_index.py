@@ -36,6 +36,7 @@ class RunIndex:
         self.queued: dict[str, TaskState] = {}
         self.running: dict[str, TaskState] = {}
         self.waiting: dict[str, TaskState] = {}
+        self.lent: set[str] = set()  # running tasks whose slot is lent while they wait (RunMachine.lend_slot)
         for task in self.state.tasks.values():
             self.tasks_of[task.step][task.id] = task
             self.file(task)
@@ -69,6 +70,7 @@ class RunIndex:
         """Put `task` in the index of its status (queued, running, waiting), and in no other."""
         for index in (self.queued, self.running, self.waiting):
             index.pop(task.id, None)
+        self.lent.discard(task.id)  # a lent slot ends with the attempt that lent it
         if task.status is TaskStatus.QUEUED:
             self.queued[task.id] = task
         elif task.status is TaskStatus.RUNNING:
@@ -98,6 +100,7 @@ class RunIndex:
                 del self.tasks_of[step][tid]
                 for index in (self.queued, self.running, self.waiting):
                     index.pop(tid, None)
+                self.lent.discard(tid)
                 self.changed_tasks.add(tid)
 
     def item_outputs(self, step: str) -> list[Any]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .breakers import StepBreaker
 from .communicator_port import StepCommunicators, StepPort
 from .context_broker import BrokerAbilities
+from .dependency import DependencyAbilities
 from .memory import PipelineMemory
 
 if TYPE_CHECKING:
@@ -46,7 +47,11 @@ class _StepLog(logging.LoggerAdapter):
         super().log(level, text, **kwargs)
 
 
-class StepContext(BrokerAbilities):
+def _as_is(name: str, value: Any) -> Any:
+    return value
+
+
+class StepContext(BrokerAbilities, DependencyAbilities):
     """The first argument (`ctx`) of a function step; agent steps get the same abilities as tools.
 
     `attempt` is 1 on the first try and grows with every retry or crash-recovery re-run;
@@ -59,6 +64,12 @@ class StepContext(BrokerAbilities):
     `pipeline_name`, `step_name`, `execution_attempt` (= `attempt`), `constraints` (the step's,
     then the pipeline's global ones) and `dependency_<name>` for each dependency (= `inputs[name]`;
     None for a SOFT dependency that has not completed).
+
+    `await ctx.dependency(name, timeout=None)` waits inside the step for dependency `name` (a SOFT one the
+    step started without): its output once it has COMPLETED, None if it ended otherwise, TimeoutError after
+    `timeout` seconds, NotFound for a name that is no dependency; while it waits, the step's slot does not
+    count against `max_concurrent_steps` (see `dependency.DependencyAbilities`). A sync step calls it as `asyncio.run(ctx.dependency(name))`.
+    `decode(name, output)` types a dependency's output as `inputs` are typed (by its output schema).
     """
 
     def __init__(
@@ -77,6 +88,7 @@ class StepContext(BrokerAbilities):
         trigger: Any = None,
         task: str | None = None,
         constraints: Sequence[str] = (),
+        decode: Callable[[str, Any], Any] = _as_is,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -93,6 +105,7 @@ class StepContext(BrokerAbilities):
         self.memory = PipelineMemory(services, run_id, pipeline, self.space)
         self.log = _StepLog(services, run_id, step_name)
         self._services = services
+        self._decode = decode
         self._communicators: StepCommunicators | None = None
 
     @property

@@ -8,6 +8,7 @@ cancellation, and feeds every outcome back to the machine as an event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import traceback
@@ -35,10 +36,11 @@ from ..errors import ConfigError, PipelineValidationError, describe, is_retryabl
 from .breakers import BreakerRules, LocalBreakers
 from .config import RunConfig, run_config
 from .context import StepContext, constraints_of
+from .dependency import LocalDependencies
 from .llm import LLMConfig, LLMRuntime, model_name
 from .outputs import output_data
 from .runners.attempt import Attempt
-from .runners.execute import coerce_inputs, execute
+from .runners.execute import coerce_input, coerce_inputs, execute
 from .runners.function import StepOutputError
 from .services import LocalServices, RunServices
 
@@ -140,6 +142,7 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
         item_index=task.item_index,
         task=task.task,
         constraints=constraints_of(pipeline, machine.specs[task.step]),
+        decode=functools.partial(coerce_input, pipeline),
     )
 
 
@@ -200,6 +203,11 @@ async def run_pipeline(
             armed.add(at)
             timers.append(loop.call_later(max(0.0, at - time.time()), fire, at))
 
+    def lend(task: str, attempt: int, lent: bool) -> None:
+        carry_out(machine.lend_slot(task, attempt, lent, time.time()))
+
+    dependencies = services.dependencies = LocalDependencies(machine, lend)
+
     async def attempt(task: Dispatch) -> None:
         ctx = make_context(pipeline, machine, task, services)
         event = await run_task(pipeline, task, ctx, run_model, llm)
@@ -230,6 +238,7 @@ async def run_pipeline(
         while not machine.finished:
             event = await inbox.get()
             carry_out(machine.handle(event, time.time()))  # an early timer comes back as a new ScheduleRetry
+            dependencies.changed()  # steps waiting in ctx.dependency look again
     finally:
         services.bus.run_finished(machine.state.run_id)
         for timer in timers:

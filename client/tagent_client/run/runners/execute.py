@@ -24,16 +24,19 @@ if TYPE_CHECKING:
 
 def coerce_inputs(pipeline: Pipeline, inputs: dict[str, Any]) -> dict[str, Any]:
     """Dependency outputs as their schema instances where the dependency has an output_schema."""
-    out = dict(inputs)
-    for name, value in inputs.items():
-        step = pipeline.steps.get(name)
-        schema = step.output_schema if step else None
-        if schema is not None and value is not None and not isinstance(value, BaseModel):
-            try:
-                out[name] = schema.model_validate(value)
-            except Exception:  # noqa: BLE001 - a SOFT dependency may hold partial data; pass it as is
-                pass
-    return out
+    return {name: coerce_input(pipeline, name, value) for name, value in inputs.items()}
+
+
+def coerce_input(pipeline: Pipeline, name: str, value: Any) -> Any:
+    """The output of step `name` as its schema instance if it has an output_schema (else, or if it does not fit, as is)."""
+    step = pipeline.steps.get(name)
+    schema = step.output_schema if step else None
+    if schema is not None and value is not None and not isinstance(value, BaseModel):
+        try:
+            return schema.model_validate(value)
+        except Exception:  # noqa: BLE001 - a SOFT dependency may hold partial data; pass it as is
+            pass
+    return value
 
 
 async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None = None,
