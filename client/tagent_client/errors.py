@@ -166,6 +166,13 @@ class DiskFull(TagentError):
     retryable = True
 
 
+class DynamicStepError(TagentError):
+    """`ctx.add_step` was given a step that cannot join the run (bad arguments, a name in use, an unknown
+    dependency, a function a worker cannot find by name); the adding attempt fails, and is not retried."""
+
+    code = "invalid_step"
+
+
 ERRORS: dict[str, type[TagentError]] = {
     cls.code: cls
     for cls in (
@@ -173,6 +180,7 @@ ERRORS: dict[str, type[TagentError]] = {
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
         ConfigError, AlreadyRunning, RunFailed, StepExecutionError, PipelineDeadlockError, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
         DiskFull,
+        DynamicStepError,
     )
 }
 
@@ -196,6 +204,7 @@ EXIT_CODES: dict[str, int] = {
     "request_too_large": 13,
     "name_too_long": 14,
     "disk_full": 15,
+    "invalid_step": 4,
 }
 
 

@@ -34,6 +34,7 @@ from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
 from .config import RunConfig, run_config
+from .additions import pipeline_for
 from .context import StepContext, constraints_of
 from .llm import LLMConfig, LLMRuntime, model_name
 from .outputs import output_data
@@ -87,6 +88,7 @@ async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: 
     started = time.time()
     record = Attempt()
     try:
+        pipeline = pipeline_for(pipeline, task)
         async with asyncio.timeout(task.timeout) as deadline:
             output, usage = await execute(pipeline, task, ctx, model=model, llm=llm, record=record)
     except TimeoutError as exc:
@@ -108,7 +110,7 @@ async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: 
         return StepFailed(task=task.task, attempt=task.attempt, error=error, started_at=started, usage=usage,
                           transcript=_transcript(record))
     return StepSucceeded(task=task.task, attempt=task.attempt, output=data if as_data else output, usage=usage,
-                         started_at=started, transcript=_transcript(record))
+                         started_at=started, transcript=_transcript(record), added=ctx.additions.specs)
 
 
 def _failed(task: Dispatch, exc: BaseException, started: float, record: Attempt) -> StepFailed:
@@ -136,6 +138,7 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
         item_index=task.item_index,
         task=task.task,
         constraints=constraints_of(pipeline, machine.specs[task.step]),
+        definition=pipeline,
     )
 
 

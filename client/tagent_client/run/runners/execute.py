@@ -52,6 +52,10 @@ async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model
 async def _execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None,
                    llm: LLMRuntime | None, record: Attempt | None) -> tuple[Any, Usage | None]:
     step = pipeline.steps[task.step]
+    if task.phase is Phase.COMPENSATE:
+        from . import compensate
+
+        return await compensate.run(pipeline, step, ctx, task.item, model=model, llm=llm, record=record)
     if task.phase is Phase.CONDITION:
         scope = {**ctx.inputs, "shared": ctx.shared, "params": ctx.params}
         return bool(await function_runner.call(step.condition, ctx, scope, positional=[scope])), None
