@@ -18,15 +18,12 @@ adds them afresh: additions are replaced, never duplicated.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from ..define.plan import Plan, StepSpec
+from .machine_view import MachineView
 from .state import Phase, RunState, StepState, TaskState
-
-if TYPE_CHECKING:
-    from .engine import RunMachine
 
 #: `ErrorInfo.type` of an attempt whose additions were refused.
 ERROR_TYPE = "DynamicStepError"
@@ -106,7 +103,7 @@ def pending_additions(tasks: Iterable[TaskState]) -> list[StepSpec]:
     return [spec for task in ordered for spec in task.added]
 
 
-def apply(machine: RunMachine, name: str) -> list[str]:
+def apply(machine: MachineView, name: str) -> list[str]:
     """Make what step `name`'s tasks added part of the run (call before its tasks are dropped); their names."""
     added = pending_additions(machine.index.tasks_of[name].values())
     if not added:
@@ -139,7 +136,7 @@ def added_by(state: RunState, steps: Iterable[str]) -> set[str]:
     return found
 
 
-def prune(machine: RunMachine, todo: set[str]) -> set[str]:
+def prune(machine: MachineView, todo: set[str]) -> set[str]:
     """Of `todo` (steps to run again, with their dependents), remove the steps they added at run time, and
     what depends on those, from the run; the steps left to reset."""
     dropped = added_by(machine.state, todo)
@@ -150,7 +147,7 @@ def prune(machine: RunMachine, todo: set[str]) -> set[str]:
     return todo - dropped
 
 
-def remove(machine: RunMachine, names: set[str]) -> None:
+def remove(machine: MachineView, names: set[str]) -> None:
     """Take added steps `names` out of the run (their state and tasks too); the caller rebuilds the index."""
     if not names:
         return

@@ -18,9 +18,9 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from . import dynamic, rollback
 from ..define.conditions import MISSING, condition_from_data, lookup_path
 from ..define.plan import ExecutionMode, Plan, StepSpec
+from . import dynamic, rollback
 from .events import (
     Action,
     Cancelled,

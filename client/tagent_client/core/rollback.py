@@ -17,8 +17,6 @@ the same for a finished run (`on_demand`). Guarantees:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .events import (
     Action,
     Dispatch,
@@ -32,14 +30,12 @@ from .events import (
     StepTimedOut,
     WorkerLost,
 )
+from .machine_view import MachineView
 from .rules import backoff_delay, task_id
 from .state import Compensation, ErrorInfo, Phase, RunStatus, StepStatus, TaskState, TaskStatus
 
-if TYPE_CHECKING:
-    from .engine import RunMachine
 
-
-def compensable(machine: RunMachine) -> list[str]:
+def compensable(machine: MachineView) -> list[str]:
     """Completed steps with a compensation still to run, latest completion first."""
     found = [(step.completed_seq, name) for name, step in machine.state.steps.items()
              if step.status is StepStatus.COMPLETED and machine.specs[name].has_compensation
@@ -47,7 +43,7 @@ def compensable(machine: RunMachine) -> list[str]:
     return [name for _, name in sorted(found, reverse=True)]
 
 
-def begin(machine: RunMachine, status: RunStatus, error: str | None, now: float) -> list[Action] | None:
+def begin(machine: MachineView, status: RunStatus, error: str | None, now: float) -> list[Action] | None:
     """Start rolling back a run that would end with `status`; None when no step has anything to undo."""
     todo = compensable(machine)
     if not todo:
@@ -63,7 +59,7 @@ def begin(machine: RunMachine, status: RunStatus, error: str | None, now: float)
     return [Persist(), Emit(topic="run.rolling_back", data=data), *advance(machine, now)]
 
 
-def on_demand(machine: RunMachine, now: float) -> list[Action] | None:
+def on_demand(machine: MachineView, now: float) -> list[Action] | None:
     """`tagent rollback`: compensate a finished run's completed steps (after ROLLBACK_FAILED: those whose
     compensation failed, again); None when there is nothing to compensate."""
     state = machine.state
@@ -75,7 +71,7 @@ def on_demand(machine: RunMachine, now: float) -> list[Action] | None:
     return begin(machine, origin, state.error, now)
 
 
-def _live(machine: RunMachine) -> TaskState | None:
+def _live(machine: MachineView) -> TaskState | None:
     for tasks in (machine.index.running, machine.index.queued, machine.index.waiting):
         for task in tasks.values():
             if task.phase is Phase.COMPENSATE:
@@ -83,7 +79,7 @@ def _live(machine: RunMachine) -> TaskState | None:
     return None
 
 
-def advance(machine: RunMachine, now: float) -> list[Action]:
+def advance(machine: MachineView, now: float) -> list[Action]:
     """Run the next compensation, or end the run once none is left."""
     task = _live(machine)
     if task is None:
@@ -100,7 +96,7 @@ def advance(machine: RunMachine, now: float) -> list[Action]:
     return [_dispatch(machine, task, now)]
 
 
-def _dispatch(machine: RunMachine, task: TaskState, now: float) -> Dispatch:
+def _dispatch(machine: MachineView, task: TaskState, now: float) -> Dispatch:
     step = machine.state.steps[task.step]
     spec = machine.specs[task.step]
     task.attempt += 1
@@ -110,7 +106,7 @@ def _dispatch(machine: RunMachine, task: TaskState, now: float) -> Dispatch:
                     item=step.output, timeout=spec.compensate_timeout, spec=step.spec)
 
 
-def on_event(machine: RunMachine, task: TaskState, event: Event, now: float) -> list[Action]:
+def on_event(machine: MachineView, task: TaskState, event: Event, now: float) -> list[Action]:
     """The outcome of a compensation attempt (a current one: the machine checked)."""
     step = machine.state.steps[task.step]
     spec = machine.specs[task.step]
@@ -143,13 +139,13 @@ def on_event(machine: RunMachine, task: TaskState, event: Event, now: float) -> 
     return _done(machine, task, "step.compensation_failed", now, attempt=task.attempt, error=str(error))
 
 
-def _done(machine: RunMachine, task: TaskState, topic: str, now: float, **data: object) -> list[Action]:
+def _done(machine: MachineView, task: TaskState, topic: str, now: float, **data: object) -> list[Action]:
     machine.index.changed_steps.add(task.step)
     machine.index.drop_tasks(task.step, Phase.COMPENSATE)
     return [Persist(), Emit(topic=topic, data=machine.event_data(step=task.step, **data)), *advance(machine, now)]
 
 
-def _finish(machine: RunMachine, now: float) -> list[Action]:
+def _finish(machine: MachineView, now: float) -> list[Action]:
     state = machine.state
     failed = [(name, step.compensation_error) for name, step in state.steps.items()
               if step.compensation is Compensation.FAILED]

@@ -33,8 +33,8 @@ from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
-from .config import RunConfig, run_config
 from .additions import pipeline_for
+from .config import RunConfig, run_config
 from .context import StepContext, constraints_of
 from .llm import LLMConfig, LLMRuntime, model_name
 from .outputs import output_data

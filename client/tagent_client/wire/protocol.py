@@ -156,10 +156,12 @@ class Shutdown(Request, tag="shutdown"):
 REQUEST_TYPES = (
     Ping, Submit, ListRuns, GetRun, GetResult, Cancel, Resume, Retry, GetEvents, GetLogs, GetHistory, Gc,
     DaemonStatus, Shutdown, GetWatch, GetTranscript,
+    Rollback,
 )
 AnyRequest = (
     Ping | Submit | ListRuns | GetRun | GetResult | Cancel | Resume | Retry | GetEvents | GetLogs | GetHistory | Gc
     | DaemonStatus | Shutdown | GetWatch | GetTranscript
+    | Rollback
 )
 
 
