@@ -113,8 +113,10 @@ class RunDriver:
         """Start compensating an ended run (`tagent rollback`); the steps to compensate, [] if none."""
         if not self.accepting:
             raise InvalidRequest(f"the daemon is stopping; roll back run {run.id} after the next start")
-        steps = [n for n, s in run.state.steps.items() if s.status is StepStatus.COMPLETED
-                 and run.machine.specs[n].has_compensation and s.compensation is not Compensation.SUCCEEDED]
+        done = run.state.steps
+        steps = sorted((n for n, s in done.items() if s.status is StepStatus.COMPLETED
+                        and run.machine.specs[n].has_compensation and s.compensation is not Compensation.SUCCEEDED),
+                       key=lambda n: -done[n].completed_seq)  # the order they run in: latest completion first
         if not steps:
             return []
         run.announced_finish = False
