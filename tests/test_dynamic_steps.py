@@ -260,3 +260,42 @@ def test_an_agent_goal_compensation_runs_with_the_steps_output() -> None:
     result = run(p)
     assert result.status == "rolled_back"
     assert result.compensations == {"pay": "succeeded"}
+
+
+def item_adder(ctx: Any, item: str) -> str:
+    ctx.add_step(f"after_{item}_{ctx.attempt}", fn=leaf, depends_on=["fan"])
+    if item == "b" and ctx.attempt == 1:
+        raise RetryableError("item b fails once after adding")
+    return item
+
+
+def test_a_parallel_merge_step_adds_what_each_items_latest_attempt_added_in_item_order() -> None:
+    """Given a PARALLEL_MERGE step whose items each add a step, item b failing once after adding, when the
+    step completes, then the run has one added step per item (b's from its retry), in item order."""
+    p = Pipeline("fan")
+    p.step("fan", fn=item_adder, execution_mode="parallel_merge", over=["a", "b"], max_retries=1, retry_delay=0.01)
+    result = run(p)
+    assert result.status == "completed"
+    assert list(result.step_metadata) == ["fan", "after_a_1", "after_b_2"]
+
+
+def test_a_compensation_goal_needs_a_model_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a function step whose compensation is an agent goal and no model anywhere, when the run starts,
+    then it is refused up front, naming the step."""
+    from tagent_client.errors import ConfigError
+
+    monkeypatch.delenv("TAGENT_MODEL", raising=False)
+    p = Pipeline("nomodel")
+    p.step("pay", fn=pay, compensate="Refund it")
+    with pytest.raises(ConfigError, match="pay"):
+        asyncio.run(run_pipeline(p, model=None))
+
+
+def test_compensations_survive_the_document_export() -> None:
+    """Given a pipeline with an agent-goal compensation and a timeout, when it goes to TOML and back, then they
+    are kept."""
+    p = Pipeline("doc", model="test")
+    p.step("pay", goal="Pay", compensate="Refund the payment", compensate_timeout=5, compensate_retries=1)
+    again = Pipeline.from_toml(p.to_toml())
+    step = again.steps["pay"]
+    assert (step.compensate, step.compensate_timeout, step.compensate_retries) == ("Refund the payment", 5, 1)

@@ -110,6 +110,8 @@ def on_event(machine: MachineView, task: TaskState, event: Event, now: float) ->
     """The outcome of a compensation attempt (a current one: the machine checked)."""
     step = machine.state.steps[task.step]
     spec = machine.specs[task.step]
+    if isinstance(event, (StepSucceeded, StepFailed)) and event.usage is not None:
+        step.usage = step.usage.add(event.usage)  # an agent compensation's tokens count to its step
     if isinstance(event, StepSucceeded):
         step.compensation, step.compensation_error = Compensation.SUCCEEDED, None
         return _done(machine, task, "step.compensated", now, attempt=task.attempt)

@@ -69,7 +69,7 @@ def default_model(config_model: str | None) -> str | None:
 def check_models(pipeline: Pipeline, model: str | None) -> None:
     """Fail before running anything if an agent step would have no model."""
     missing = [s.name for s in pipeline.steps.values()
-               if s.kind is not StepKind.FUNCTION and not (s.model or pipeline.model or model)]
+               if (s.kind is not StepKind.FUNCTION or isinstance(s.compensate, str)) and not (s.model or pipeline.model or model)]
     if missing:
         raise ConfigError(
             f"agent step(s) {', '.join(missing)} of pipeline {pipeline.name!r} have no model: pass model= "
