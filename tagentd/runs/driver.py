@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from tagent_client.core import rollback
 from tagent_client.core.events import (
     Action,
     Cancelled,
@@ -121,7 +122,7 @@ class RunDriver:
             return []
         run.announced_finish = False
         self.runs.reopened(run)
-        self.apply(run, run.machine.rollback(time.time()) or [])
+        self.apply(run, rollback.on_demand(run.machine, time.time()) or [])
         self.executor.pump()
         return steps
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from ..define.plan import Plan, StepSpec
+from .events import Action, Emit
 from .machine_view import MachineView
 from .state import Phase, RunState, StepState, TaskState
 
@@ -69,6 +70,19 @@ def check(specs: Mapping[str, StepSpec], state: RunState, task: TaskState, added
     if cycle:
         return f"{where} added steps that depend on each other in a cycle: {' -> '.join(cycle)}"
     return None
+
+
+def take(specs: Mapping[str, StepSpec], state: RunState, task: TaskState, added: list[StepSpec]) -> str | None:
+    """Keep the additions of `task`'s successful attempt on it (replacing an earlier attempt's), or say why not."""
+    refused = check(specs, state, task, added) if added else None
+    if refused is None:
+        task.added = list(added)
+    return refused
+
+
+def announce(machine: MachineView, name: str, added: list[str]) -> list[Action]:
+    """The `steps.added` event for what step `name` added, if anything."""
+    return [Emit(topic="steps.added", data=machine.event_data(step=name, added=added))] if added else []
 
 
 def _cycle(batch: Mapping[str, StepSpec]) -> list[str] | None:

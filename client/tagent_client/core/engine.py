@@ -142,11 +142,6 @@ class RunMachine:
         if task.phase is Phase.COMPENSATE:
             return rollback.on_event(self, task, event, now)
         spec = self.specs[task.step]
-        if isinstance(event, StepSucceeded) and event.added:
-            refused = dynamic.check(self.specs, self.state, task, event.added)
-            if refused is not None:
-                return self._task_failed(task, ErrorInfo(type=dynamic.ERROR_TYPE, message=refused), now)
-            task.added = list(event.added)
         if isinstance(event, (StepSucceeded, StepFailed)) and (event.usage is not None or event.transcript is not None):
             step = self.state.steps[task.step]
             step.usage = step.usage.add(event.usage)
@@ -156,8 +151,9 @@ class RunMachine:
                 step.transcript = [*step.transcript, entry][-MAX_TRANSCRIPTS:]
             self.index.changed_steps.add(task.step)
         if isinstance(event, StepSucceeded):
-            if not event.added:
-                task.added = []  # a retried attempt's additions replace the earlier attempt's
+            refused = dynamic.take(self.specs, self.state, task, event.added)
+            if refused is not None:
+                return self._task_failed(task, ErrorInfo(type=dynamic.ERROR_TYPE, message=refused), now)
             return self._task_succeeded(task, event.output, now)
         if isinstance(event, StepFailed):
             return self._task_failed(task, event.error, now)
@@ -189,13 +185,8 @@ class RunMachine:
         """Names of steps and ids of tasks changed since the last call (a task id absent from state was removed)."""
         return self.index.take_changes()
 
-    def rollback(self, now: float) -> list[Action] | None:
-        """Run the compensations of a finished run's completed steps (`tagent rollback`); None: there are none."""
-        return rollback.on_demand(self, now)
-
     def reset(self, steps: list[str], now: float) -> list[Action]:
-        """Run `steps` again (resume / retry): they and their dependents go back to PENDING; the steps they
-        added at run time are removed (their next completion adds them again)."""
+        """Run `steps` again (resume / retry): they and their dependents go back to PENDING (see dynamic.prune)."""
         todo = dynamic.prune(self, self.index.downstream(steps))
         for name in todo:
             old = self.state.steps[name]
@@ -248,10 +239,7 @@ class RunMachine:
         self.index.drop_tasks(name)
         # the step's result and when it completed ride with the event (the design documents' step_completed)
         data = self._ev(step=name, attempts=step.attempts, result=to_builtins(output), timestamp=now)
-        out: list[Action] = [Persist(), Emit(topic="step.completed", data=data)]
-        if added:
-            out.append(Emit(topic="steps.added", data=self._ev(step=name, added=added)))
-        return out
+        return [Persist(), Emit(topic="step.completed", data=data), *dynamic.announce(self, name, added)]
 
     def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
         spec = self.specs[task.step]
