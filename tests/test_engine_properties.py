@@ -4,7 +4,9 @@ A small simulator plays the shell: it keeps the dispatched attempts "in flight",
 answers them in a random order with a random outcome, fires timers by advancing a
 fake clock, and now and then re-delivers an old event, interrupts an attempt (its
 worker died for another step's reason), crashes and recovers the machine from a
-msgpack checkpoint, or cancels the run.
+msgpack checkpoint, or cancels the run. A successful attempt may add steps at run time
+(`ctx.add_step`), now and then a bad batch (a name in use), and steps may have a
+compensation, so failed and cancelled runs roll back, with crashes during the rollback too.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from tagent_client.core.events import (
     StepTimedOut,
     TimerFired,
 )
-from tagent_client.core.state import ErrorInfo, RunState, RunStatus, StepStatus, TaskStatus
-from tagent_client.define.plan import Plan
+from tagent_client.core.state import Compensation, ErrorInfo, Phase, RunState, RunStatus, StepStatus, TaskStatus
+from tagent_client.define.plan import Plan, StepSpec
+from tagent_client.define.spec import spec_of
+from tagent_client.define.step import PipelineStep
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,8 +77,13 @@ def plans(draw: st.DrawFn) -> Plan:
             retry_delay=draw(st.sampled_from([0.5, 1.0, 2.0])),
             required=draw(st.booleans()),
             data_fields={d: ["x"] for d, k in deps.items() if k is DependencyType.DATA},
+            compensate=noop if draw(st.booleans()) else None,
+            compensate_retries=draw(st.integers(0, 1)),
         )
     return p.plan()
+
+
+MAX_ADDED = 6
 
 
 class Simulator:
@@ -83,26 +92,37 @@ class Simulator:
     def __init__(self, plan: Plan, data: st.DataObject) -> None:
         self.plan = plan
         self.data = data
-        self.specs = {s.name: s for s in plan.steps}
         self.machine = RunMachine.new(plan, "run-prop", now=0.0, rng=random.Random(0))
         self.now = 0.0
         self.in_flight: dict[str, Dispatch] = {}
         self.timers: list[float] = []
         self.delivered: list[Event] = []
         self.finishes: list[Finish] = []
-        self.terminal_emits: dict[str, int] = {s.name: 0 for s in plan.steps}
+        self.terminal_emits: dict[str, int] = {}
         self.terminal_seen: dict[str, StepStatus] = {}
         self.cancelled = False
         self.crashes = 0
         self.interruptions = 0
         self.charged: dict[str, int] = {}  # per task: retryable failures and timeouts delivered (each uses a retry)
+        self.added = 0
+        self.refused: list[str] = []  # tasks whose attempt added a step with a name in use
+        self.completion_order: list[str] = []
+        self.compensation_order: list[str] = []  # steps in the order their compensation was first dispatched
+        self.compensation_ends: dict[str, int] = {}
+
+    @property
+    def specs(self) -> dict[str, StepSpec]:
+        return self.machine.specs
 
     # -- carrying out actions -------------------------------------------------------------
 
     def carry_out(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Dispatch):
-                self.check_dispatch_allowed(action)
+                if action.phase is Phase.COMPENSATE:
+                    self.check_compensation_allowed(action)
+                else:
+                    self.check_dispatch_allowed(action)
                 assert action.task not in self.in_flight, f"{action.task} dispatched twice at once"
                 self.in_flight[action.task] = action
             elif isinstance(action, CancelTask):
@@ -113,7 +133,11 @@ class Simulator:
                 assert action.at >= self.now
                 self.timers.append(action.at)
             elif isinstance(action, Emit) and action.topic in ("step.completed", "step.failed", "step.skipped"):
-                self.terminal_emits[action.data["step"]] += 1
+                self.terminal_emits[action.data["step"]] = self.terminal_emits.get(action.data["step"], 0) + 1
+                if action.topic == "step.completed":
+                    self.completion_order.append(action.data["step"])
+            elif isinstance(action, Emit) and action.topic in ("step.compensated", "step.compensation_failed"):
+                self.compensation_ends[action.data["step"]] = self.compensation_ends.get(action.data["step"], 0) + 1
             elif isinstance(action, Finish):
                 self.finishes.append(action)
         self.check_state()
@@ -133,6 +157,16 @@ class Simulator:
                 expected = steps[dep].output if steps[dep].status is StepStatus.COMPLETED else None
                 assert action.inputs[dep] == expected, f"{action.step} got {action.inputs[dep]!r} for SOFT dep {dep}"
 
+    def check_compensation_allowed(self, action: Dispatch) -> None:
+        """Only a completed step with a compensation, during a rollback, never after its compensation ended."""
+        step = self.machine.state.steps[action.step]
+        assert self.machine.state.status is RunStatus.ROLLING_BACK, f"compensation of {action.step} outside a rollback"
+        assert step.status is StepStatus.COMPLETED and self.specs[action.step].has_compensation
+        assert action.step not in self.compensation_ends, f"{action.step} compensated again after it ended"
+        assert action.item == step.output
+        if action.step not in self.compensation_order:
+            self.compensation_order.append(action.step)
+
     def check_state(self) -> None:
         state = self.machine.state
         busy_serial = [n for n, s in state.steps.items()
@@ -146,7 +180,7 @@ class Simulator:
                 assert step.status is self.terminal_seen[name], f"{name} left its terminal state"
             elif step.status.terminal:
                 self.terminal_seen[name] = step.status
-            assert self.terminal_emits[name] <= 1, f"{name} reported terminal twice"
+            assert self.terminal_emits.get(name, 0) <= 1, f"{name} reported terminal twice"
             self.check_soft_never_holds_back(name, step)
 
     def check_soft_never_holds_back(self, name: str, step: Any) -> None:
@@ -174,7 +208,9 @@ class Simulator:
         outcome = self.data.draw(st.sampled_from(OUTCOMES))
         self.now += self.data.draw(st.sampled_from([0.0, 0.1, 0.7]))
         if outcome == "succeed":
-            event: Event = StepSucceeded(task=task, attempt=dispatch.attempt, output=self.data.draw(st.sampled_from(OUTPUTS)))
+            added = self.additions(dispatch)
+            event: Event = StepSucceeded(task=task, attempt=dispatch.attempt, output=self.data.draw(st.sampled_from(OUTPUTS)),
+                                         added=added)
         elif outcome == "timeout":
             event = StepTimedOut(task=task, attempt=dispatch.attempt, timeout=1.0)
         else:
@@ -184,6 +220,24 @@ class Simulator:
         if outcome in ("retryable", "timeout"):
             self.charged[task] = self.charged.get(task, 0) + 1
         self.handle(event)
+
+    def additions(self, dispatch: Dispatch) -> list[StepSpec]:
+        """Now and then, steps this attempt adds: new names depending on steps of the run or of the batch,
+        or (rarely) a name the run already has, which must fail the attempt."""
+        if dispatch.phase is not Phase.RUN or self.added >= MAX_ADDED or self.data.draw(st.integers(0, 3)) != 0:
+            return []
+        if self.data.draw(st.integers(0, 4)) == 0:
+            self.refused.append(dispatch.task)
+            return [spec_of(PipelineStep(name=dispatch.step, fn=noop), [])]
+        batch: list[StepSpec] = []
+        for _ in range(self.data.draw(st.integers(1, 2))):
+            self.added += 1
+            known = [*self.specs, *(s.name for s in batch)]
+            deps = {d: DependencyType.HARD for d in known if self.data.draw(st.integers(0, 3)) == 0}
+            batch.append(spec_of(PipelineStep(name=f"d{self.added}", fn=noop, depends_on=deps,
+                                              compensate=noop if self.data.draw(st.booleans()) else None,
+                                              max_retries=self.data.draw(st.integers(0, 1))), []))
+        return batch
 
     def interrupt(self) -> None:
         """The attempt's worker died for another step's reason: it must run again at once, at no cost."""
@@ -215,7 +269,7 @@ class Simulator:
     def crash_and_recover(self) -> None:
         state = msgspec.msgpack.decode(msgspec.msgpack.encode(self.machine.state), type=RunState)
         lost = dict(self.in_flight)
-        self.machine = RunMachine(self.plan, state, rng=random.Random(self.crashes))
+        self.machine = RunMachine(self.plan, state, rng=random.Random(self.crashes))  # added steps come back from state
         self.in_flight.clear()
         self.crashes += 1
         self.carry_out(self.machine.recover(self.now))
@@ -283,19 +337,35 @@ def test_random_runs_keep_every_scheduling_invariant(plan: Plan, data: st.DataOb
     assert all(s.status.terminal for s in state.steps.values())
     assert all(t.status is not TaskStatus.RUNNING for t in state.tasks.values())
     required_failed = any(s.status is StepStatus.FAILED and sim.specs[n].required for n, s in state.steps.items())
-    if sim.cancelled:
-        assert state.status is RunStatus.CANCELLED
+    ended = state.rolled_back_from or state.status
+    if sim.cancelled and ended is RunStatus.CANCELLED:
+        pass  # a cancel that arrived during a rollback changed nothing
     else:
-        assert (state.status is RunStatus.FAILED) == required_failed
-        assert state.status in (RunStatus.COMPLETED, RunStatus.FAILED)
+        assert (ended is RunStatus.FAILED) == required_failed
+        assert ended in (RunStatus.COMPLETED, RunStatus.FAILED)
+    undo = [n for n in reversed(sim.completion_order) if sim.specs[n].has_compensation]
+    if ended is RunStatus.COMPLETED or not undo:
+        assert state.rolled_back_from is None and not sim.compensation_order
+    else:  # compensation ran exactly for the completed steps that have one, latest completion first, each once
+        event(f"rolled back {len(undo)} step(s)")
+        assert sim.compensation_order == undo
+        assert sim.compensation_ends == dict.fromkeys(undo, 1)
+        failed = [n for n in undo if state.steps[n].compensation is Compensation.FAILED]
+        assert state.status is (RunStatus.ROLLBACK_FAILED if failed else RunStatus.ROLLED_BACK)
+    for task in sim.refused:  # a batch naming a step the run has fails its attempt, for good
+        refused = state.steps[task]
+        assert refused.status is StepStatus.FAILED and refused.error is not None and refused.error.type == "DynamicStepError"
     for name, step in state.steps.items():
+        if step.spec is not None:
+            event("steps added")
+            assert step.spec.added_by in sim.completion_order, f"{name} added by a step that never completed"
         if step.status is StepStatus.COMPLETED:
             assert sim.terminal_emits[name] == 1
         if step.status is StepStatus.FAILED and not sim.specs[name].required and state.status is RunStatus.FAILED:
             assert required_failed
     assert sim.machine.handle(TimerFired(), sim.now + 1e6) == []
     for task in state.tasks.values():  # crashes and interruptions never use up a retry budget
-        if task.status is TaskStatus.FAILED and task.error is not None and task.error.retryable:
+        if task.phase is not Phase.COMPENSATE and task.status is TaskStatus.FAILED and task.error is not None and task.error.retryable:
             budget = sim.specs[task.step].retry.max_retries
             assert sim.charged.get(task.id, 0) == budget + 1, f"{task.id} failed before its retries ran out"
 

@@ -196,6 +196,13 @@ class CircuitOpen(TagentError):
         self.retry_after = retry_after
 
 
+class DynamicStepError(TagentError):
+    """`ctx.add_step` was given a step that cannot join the run (bad arguments, a name in use, an unknown
+    dependency, a function a worker cannot find by name); the adding attempt fails, and is not retried."""
+
+    code = "invalid_step"
+
+
 ERRORS: dict[str, type[TagentError]] = {
     cls.code: cls
     for cls in (
@@ -203,6 +210,7 @@ ERRORS: dict[str, type[TagentError]] = {
         WorkerLostError, ProtocolError, DaemonUnavailable, RequestTimeout, NotFound, InvalidRequest,
         ConfigError, AlreadyRunning, RunFailed, StepExecutionError, PipelineDeadlockError, PermissionDenied, MailboxFull, RequestTooLarge, NameTooLong,
         DiskFull, CircuitOpen, LockLost, LockTimeout,
+        DynamicStepError,
     )
 }
 
@@ -229,6 +237,7 @@ EXIT_CODES: dict[str, int] = {
     "circuit_open": 16,
     "lock_lost": 17,
     "lock_timeout": 18,
+    "invalid_step": 4,
 }
 
 

@@ -110,9 +110,23 @@ def cancel(ports: Ports, req: p.Cancel) -> dict[str, Any]:
     run = find_run(ports, req.run_id)
     if run.finished:
         raise InvalidRequest(f"run {run.id} already ended {run.state.status.value}; nothing to cancel")
+    if run.state.status is RunStatus.ROLLING_BACK:
+        raise InvalidRequest(f"run {run.id} is rolling back; its compensations run to the end (see tagent status)")
     run.audit(peers.who(req), "cancel", reason=req.reason)
     ports.ops.cancel_run(run, req.reason)
     return {"run_id": run.id, "status": run.state.status.value}
+
+
+def rollback(ports: Ports, req: p.Rollback) -> dict[str, Any]:
+    run = find_run(ports, req.run_id)
+    if not run.finished or run.state.status is RunStatus.ROLLED_BACK:
+        raise InvalidRequest(f"run {run.id} is {run.state.status.value}; only a run that ended (and is not rolled "
+                             f"back already) can be rolled back")
+    steps = ports.ops.rollback_run(run)
+    if not steps:
+        raise InvalidRequest(f"run {run.id} has no completed step with a compensation left to run; nothing to roll back")
+    run.audit(peers.who(req), "rollback", steps=steps)
+    return {"run_id": run.id, "steps": steps}
 
 
 def resume(ports: Ports, req: p.Resume) -> dict[str, Any]:
@@ -131,6 +145,8 @@ def retry(ports: Ports, req: p.Retry) -> dict[str, Any]:
         raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
     if not run.finished:
         raise InvalidRequest(f"run {run.id} is still {run.state.status.value}; retry a step once the run has ended")
+    if run.state.rolled_back_from is not None:
+        raise InvalidRequest(f"run {run.id} was rolled back; submit the pipeline again instead of retrying a step")
     ports.ops.reset_run(run, [req.step])
     run.audit(peers.who(req), "retry", step=req.step)
     return {"run_id": run.id, "step": req.step}
@@ -167,7 +183,7 @@ def get_transcript(ports: Ports, req: p.GetTranscript) -> dict[str, Any]:
     step = run.state.steps.get(req.step)
     if step is None:
         raise NotFound(f"run {run.id} has no step {req.step!r} (steps: {', '.join(run.state.steps)})")
-    kind = run.plan.step(req.step).kind.value
+    kind = run.machine.plan.step(req.step).kind.value
     return {"run_id": run.id, "step": req.step, "kind": kind, "attempts": list(step.transcript)}
 
 
@@ -201,6 +217,7 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     p.GetResult: get_result,
     p.Cancel: cancel,
     p.Resume: resume,
+    p.Rollback: rollback,
     p.Retry: retry,
     p.GetEvents: get_events,
     p.GetLogs: get_logs,

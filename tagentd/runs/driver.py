@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from tagent_client.core import rollback
 from tagent_client.core.events import (
     Action,
     Cancelled,
@@ -36,6 +37,7 @@ from tagent_client.core.events import (
     ScheduleRetry,
     TimerFired,
 )
+from tagent_client.core.state import Compensation, StepStatus
 from tagent_client.define.plan import Plan
 from tagent_client.errors import InvalidRequest
 from tagent_client.wire.protocol import EventRecord
@@ -107,6 +109,22 @@ class RunDriver:
         self.runs.reopened(run)
         self.apply(run, run.machine.reset(steps, time.time()))
         self.executor.pump()
+
+    def rollback_run(self, run: Run) -> list[str]:
+        """Start compensating an ended run (`tagent rollback`); the steps to compensate, [] if none."""
+        if not self.accepting:
+            raise InvalidRequest(f"the daemon is stopping; roll back run {run.id} after the next start")
+        done = run.state.steps
+        steps = sorted((n for n, s in done.items() if s.status is StepStatus.COMPLETED
+                        and run.machine.specs[n].has_compensation and s.compensation is not Compensation.SUCCEEDED),
+                       key=lambda n: -done[n].completed_seq)  # the order they run in: latest completion first
+        if not steps:
+            return []
+        run.announced_finish = False
+        self.runs.reopened(run)
+        self.apply(run, rollback.on_demand(run.machine, time.time()) or [])
+        self.executor.pump()
+        return steps
 
     def feed(self, run: Run, event: Any) -> None:
         self.apply(run, run.machine.handle(event, time.time()))

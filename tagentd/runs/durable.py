@@ -244,8 +244,9 @@ class DurableStore:
             seq = self._next_seq()
             delta = Delta(
                 seq=seq, run_id=run.id, status=state.status, started_at=state.started_at,
-                finished_at=state.finished_at, error=state.error,
-                steps={s: state.steps[s] for s in steps_changed}, tasks=tasks, removed_tasks=removed,
+                finished_at=state.finished_at, error=state.error, rolled_back_from=state.rolled_back_from,
+                steps={s: state.steps[s] for s in steps_changed if s in state.steps}, tasks=tasks, removed_tasks=removed,
+                removed_steps=[s for s in steps_changed if s not in state.steps],
                 memory={k: run.memory.get(k) for k in run.dirty_memory},
                 history=run.history[progress.history:], logs=run.logs_after(progress.log_seq),
                 event_seq=run.event_seq,

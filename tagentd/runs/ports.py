@@ -34,6 +34,10 @@ class RunOps(Protocol):
     def reset_run(self, run: Run, steps: list[str]) -> None:
         """Run `steps` of an ended run again (resume, retry); InvalidRequest while stopping."""
 
+    def rollback_run(self, run: Run) -> list[str]:
+        """Run the compensations of an ended run (`tagent rollback`); the steps compensated, [] if none;
+        InvalidRequest while stopping."""
+
     def feed(self, run: Run, event: Any) -> None:
         """Hand a task's outcome (or another engine event) to the run's machine."""
 

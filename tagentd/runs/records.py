@@ -43,7 +43,8 @@ class Created(msgspec.Struct, tag="created", kw_only=True):
 
 
 class Delta(msgspec.Struct, tag="delta", kw_only=True):
-    """What changed in one run since its previous record."""
+    """What changed in one run since its previous record. `steps` holds steps added at run time too (their
+    StepState carries their spec); `removed_steps` those taken out again (an adding step run again)."""
 
     format: int = FORMAT
     seq: int
@@ -52,7 +53,9 @@ class Delta(msgspec.Struct, tag="delta", kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    rolled_back_from: RunStatus | None = None
     steps: dict[str, StepState] = {}
+    removed_steps: list[str] = []
     tasks: dict[str, TaskState] = {}
     removed_tasks: list[str] = []
     memory: dict[str, Any] = {}
@@ -114,7 +117,10 @@ def apply_delta(ckpt: RunCheckpoint, delta: Delta) -> None:
     state = ckpt.state
     state.status, state.started_at, state.finished_at, state.error = (
         delta.status, delta.started_at, delta.finished_at, delta.error)
+    state.rolled_back_from = delta.rolled_back_from
     state.steps.update(delta.steps)
+    for step in delta.removed_steps:
+        state.steps.pop(step, None)
     state.tasks.update(delta.tasks)
     for task in delta.removed_tasks:
         state.tasks.pop(task, None)

@@ -224,6 +224,8 @@ class Run:
                 skip_reason=step.skip_reason,
                 cost=step.usage.cost,
                 tokens=step.usage.total_tokens,
+                added_by=step.spec.added_by if step.spec is not None else None,
+                compensation=step.compensation.value if step.compensation is not None else None,
             )
         return RunDetail(
             run_id=self.id, pipeline=state.pipeline, status=state.status.value, created_at=state.created_at,
@@ -232,7 +234,7 @@ class Run:
         )
 
     def result(self) -> PipelineResult:
-        return PipelineResult.from_state(self.plan, self.state, self.memory)
+        return PipelineResult.from_state(self.machine.plan, self.state, self.memory)
 
 
 def _brief(data: dict[str, Any]) -> dict[str, Any]:

@@ -43,8 +43,9 @@ from tagent_client.core.events import Event, StepFailed, StepTimedOut
 from tagent_client.core.state import ErrorInfo, Phase
 from tagent_client.define.pipeline import Pipeline
 from tagent_client.define.plan import StepKind
-from tagent_client.define.step import schema_ref
+from tagent_client.define.step import PipelineStep, schema_ref
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, describe, is_retryable
+from tagent_client.run.additions import pipeline_for
 from tagent_client.run.context import StepContext, constraints_of
 from tagent_client.run.llm import LLMConfig, LLMRuntime
 from tagent_client.run.local import run_task
@@ -78,6 +79,15 @@ def one_line(exc: BaseException) -> str:
         extra = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
         return f"pipeline {exc.pipeline!r} is invalid: {exc.problems[0] if exc.problems else '?'}{extra}"
     return describe(exc)
+
+
+def needs_agent(step: PipelineStep, phase: Phase) -> bool:
+    """Whether the task runs an agent (the agent runtime must be loaded first)."""
+    if phase is Phase.COMPENSATE:
+        return isinstance(step.compensate, str)
+    if phase is Phase.CONDITION:
+        return step.condition_is_judged
+    return phase is Phase.RUN and step.kind is not StepKind.FUNCTION
 
 
 class Worker:
@@ -317,18 +327,18 @@ class Worker:
             error = ErrorInfo(type=type(exc).__name__, message=text, retryable=is_retryable(exc))
             return StepFailed(task=task.task, attempt=task.attempt, error=error)
         try:
+            pipeline = pipeline_for(pipeline, task)  # a step added at run time: rebuilt from its spec
             step = pipeline.steps.get(task.step)
             if step is None:
                 raise TagentError(f"pipeline {pipeline.name!r} in {message.path} has no step {task.step!r}")
-            if (step.kind is not StepKind.FUNCTION and task.phase is Phase.RUN) or (
-                    task.phase is Phase.CONDITION and step.condition_is_judged):
+            if needs_agent(step, task.phase):
                 self.want_agent_runtime()
                 await asyncio.wrap_future(self.agent_ready)
             ctx = StepContext(
                 services=self.services, run_id=message.run_id, pipeline=pipeline.name, step_name=task.step,
                 attempt=task.attempt, params=message.params, shared=pipeline.shared_context,
                 inputs=coerce_inputs(pipeline, task.inputs), item=task.item, item_index=task.item_index,
-                trigger=message.trigger, task=task.task, constraints=constraints_of(pipeline, step),
+                trigger=message.trigger, task=task.task, constraints=constraints_of(pipeline, step), definition=pipeline,
                 decode=functools.partial(coerce_input, pipeline),
             )
         except Exception as exc:  # noqa: BLE001 - a bad task becomes a failed attempt

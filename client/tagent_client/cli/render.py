@@ -92,7 +92,12 @@ def steps_table(detail: RunDetail, now: float) -> str:
         took = step.duration_s
         if took is None and step.started_at and step.status in ("running", "retrying"):
             took = now - step.started_at
-        rows.append((name, step.status, step.attempts, duration(took), step.error or step.skip_reason or ""))
+        notes = [step.error or step.skip_reason or ""]
+        if step.added_by:
+            notes.append(f"(added by {step.added_by})")
+        if step.compensation:
+            notes.append(f"(compensation {step.compensation})")
+        rows.append((name, step.status, step.attempts, duration(took), " ".join(n for n in notes if n)))
     if not any(step.tokens or step.cost for step in detail.steps.values()):
         return table(("STEP", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"), rows)
     usage = [(s.tokens or "-", f"${s.cost:.6f}" if s.cost else "-") for s in detail.steps.values()]

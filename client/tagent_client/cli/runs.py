@@ -196,6 +196,15 @@ def resume(session: Session, run_id: str) -> None:
 
 @click.command()
 @run_argument
+@pass_session
+def rollback(session: Session, run_id: str) -> None:
+    """Undo an ended run: run the compensations of its completed steps, latest first."""
+    steps = session.client().rollback(run_id).get("steps") or []
+    click.echo(f"run {run_id}: rolling back; compensating: {', '.join(steps)} (see tagent status {run_id})")
+
+
+@click.command()
+@run_argument
 @click.option("--step", required=True, metavar="NAME", help="The step to run again (its dependents follow).")
 @pass_session
 def retry(session: Session, run_id: str, step: str) -> None:
@@ -259,4 +268,4 @@ def watch(session: Session, as_json: bool) -> None:
         click.echo(watch_view(info, time.time()))
 
 
-COMMANDS = [submit, runs, status, logs, result, cancel, resume, retry, transcript, history, wait, watch]
+COMMANDS = [submit, runs, status, logs, result, cancel, resume, rollback, retry, transcript, history, wait, watch]

@@ -180,6 +180,10 @@ class AsyncClient(AsyncBrokerMethods, ClientBase):
     async def resume(self, run_id: str) -> dict[str, Any]:
         return await self._call(Call(protocol.Resume(run_id=run_id), as_dict))
 
+    async def rollback(self, run_id: str) -> dict[str, Any]:
+        """See `Client.rollback`."""
+        return await self._call(Call(protocol.Rollback(run_id=run_id), as_dict))
+
     async def retry(self, run_id: str, step: str) -> dict[str, Any]:
         return await self._call(Call(protocol.Retry(run_id=run_id, step=step), as_dict))
 

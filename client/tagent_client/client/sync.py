@@ -134,6 +134,11 @@ class Client(BrokerMethods, ClientBase):
         """Run a failed or cancelled run again from its checkpoint. Returns {run_id, steps} (the steps run again)."""
         return self._call(Call(protocol.Resume(run_id=run_id), as_dict))
 
+    def rollback(self, run_id: str) -> dict[str, Any]:
+        """Run the compensations of an ended run's completed steps, latest completion first (after
+        ROLLBACK_FAILED: the failed ones again). Returns {run_id, steps} (the steps compensated)."""
+        return self._call(Call(protocol.Rollback(run_id=run_id), as_dict))
+
     def retry(self, run_id: str, step: str) -> dict[str, Any]:
         """Run `step` of an ended run again, and everything downstream of it. Returns {run_id, step}."""
         return self._call(Call(protocol.Retry(run_id=run_id, step=step), as_dict))

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..define.conditions import MISSING, condition_from_data, lookup_path
 from ..define.plan import ExecutionMode, Plan, StepSpec
+from . import dynamic, rerun, rollback
 from .events import (
     Action,
     Cancelled,
@@ -37,13 +38,12 @@ from .events import (
     TimerFired,
     WorkerLost,
 )
-from .judged import Judged
+from .judged import condition_verdict
 from .result import to_builtins
 from .rules import backoff_delay, completed_output, upstream
 from .run_index import RunIndex
 from .state import (
     DEADLOCK,
-    MAX_TRANSCRIPTS,
     ErrorInfo,
     Phase,
     RunState,
@@ -67,18 +67,30 @@ class RunMachine:
     """
 
     def __init__(self, plan: Plan, state: RunState, *, rng: random.Random | None = None) -> None:
-        self.plan = plan
         self.state = state
+        self.rng = rng or random.Random()
+        dependents = self._learn(dynamic.with_added(plan, state))
+        self.index = RunIndex(state, self.specs, dependents)
+        self.held = False
+
+    def replan(self, plan: Plan) -> None:
+        """Schedule from `plan` (the pipeline's steps, then those added at run time: core/dynamic.py);
+        the state's steps match it. Rebuilds the derived indexes."""
+        self.index.dependents = self._learn(plan)
+        self.index.specs = self.specs
+        self.index.rebuild()
+
+    def _learn(self, plan: Plan) -> dict[str, list[str]]:
+        """Take `plan`'s tables (specs, order, conditions); returns who depends on each step."""
+        self.plan = plan
         self.specs: dict[str, StepSpec] = {s.name: s for s in plan.steps}
         self._order = {s.name: i for i, s in enumerate(plan.steps)}
-        self.rng = rng or random.Random()
         self._conditions = {s.name: condition_from_data(s.condition) for s in plan.steps if s.condition}
         dependents: dict[str, list[str]] = {s.name: [] for s in plan.steps}
         for spec in plan.steps:
             for dep in spec.deps:
                 dependents[dep].append(spec.name)
-        self.index = RunIndex(state, self.specs, dependents)
-        self.held = False
+        return dependents
 
     @classmethod
     def new(cls, plan: Plan, run_id: str, *, params: Mapping[str, Any] | None = None, now: float = 0.0,
@@ -109,7 +121,8 @@ class RunMachine:
                 self.index.task_to(task, TaskStatus.QUEUED)
             elif task.status is TaskStatus.WAITING_RETRY and task.retry_at is not None:
                 out.append(ScheduleRetry(task=task.id, at=task.retry_at))
-        self.state.status = RunStatus.RUNNING
+        if self.state.status is not RunStatus.ROLLING_BACK:  # a rollback resumes where it stopped
+            self.state.status = RunStatus.RUNNING
         self.state.started_at = self.state.started_at or now
         return [Persist(), *out, *self._advance(now)]
 
@@ -120,20 +133,22 @@ class RunMachine:
         if isinstance(event, TimerFired):
             return self._timer_fired(now)
         if isinstance(event, Cancelled):
+            if self.state.status is RunStatus.ROLLING_BACK:
+                return []  # a rollback runs to its end
             return self._cancel_run(event.reason, now, RunStatus.CANCELLED)
         task = self.index.running.get(event.task)
         if task is None or task.attempt != event.attempt:
             return []
+        if task.phase is Phase.COMPENSATE:
+            return rollback.on_event(self, task, event, now)
         spec = self.specs[task.step]
         if isinstance(event, (StepSucceeded, StepFailed)) and (event.usage is not None or event.transcript is not None):
-            step = self.state.steps[task.step]
-            step.usage = step.usage.add(event.usage)
-            if event.transcript is not None:
-                entry = {**event.transcript, "attempt": task.attempt, "item": task.item_index,
-                         "status": "succeeded" if isinstance(event, StepSucceeded) else "failed", "phase": task.phase.value}
-                step.transcript = [*step.transcript, entry][-MAX_TRANSCRIPTS:]
+            self.state.steps[task.step].charge(task, event.usage, event.transcript, isinstance(event, StepSucceeded))
             self.index.changed_steps.add(task.step)
         if isinstance(event, StepSucceeded):
+            refused = dynamic.take(self.specs, self.state, task, event.added)
+            if refused is not None:
+                return self._task_failed(task, ErrorInfo(type=dynamic.ERROR_TYPE, message=refused), now)
             return self._task_succeeded(task, event.output, now)
         if isinstance(event, StepFailed):
             return self._task_failed(task, event.error, now)
@@ -179,21 +194,8 @@ class RunMachine:
         return self.index.take_changes()
 
     def reset(self, steps: list[str], now: float) -> list[Action]:
-        """Run `steps` again (resume / retry): they and their dependents go back to PENDING."""
-        todo = self.index.downstream(steps)
-        for name in todo:
-            old = self.state.steps[name]
-            self.state.steps[name] = StepState(name=name, attempts=old.attempts, attempts_before=old.attempts,
-                                               usage=old.usage, transcript=old.transcript)
-            self.index.changed_steps.add(name)
-            for tid in list(self.index.tasks_of[name]):
-                del self.state.tasks[tid]
-                self.index.changed_tasks.add(tid)
-        self.state.status = RunStatus.RUNNING
-        self.state.finished_at = None
-        self.state.error = None
-        self.index.rebuild()
-        return [Persist(), Emit(topic="run.resumed", data=self._ev(steps=sorted(todo)))] + self._advance(now)
+        """Run `steps` again (resume / retry): they and their dependents go back to PENDING (core/rerun.py)."""
+        return rerun.reset(self, steps) + self._advance(now)
 
     # -- transitions -----------------------------------------------------------------
 
@@ -206,13 +208,8 @@ class RunMachine:
             self.index.drop_tasks(task.step, Phase.CONDITION)
             self.index.changed_steps.add(task.step)
             self.index.candidates.add(task.step)
-            out: list[Action] = []
-            if spec.condition_is_judged:  # the model's decision is recorded, then announced, then acted on
-                judged = Judged.from_output(output)
-                out += [Persist(), Emit(topic="step.condition", data=self._ev(step=task.step, **judged.event()))]
-                passed, reason = judged.decision, judged.skip_reason()
-            else:
-                passed, reason = bool(output), f"condition false: {spec.name}'s callable condition returned {output!r}"
+            passed, reason, judged = condition_verdict(spec, output)  # a judged one is recorded, announced, acted on
+            out: list[Action] = [] if judged is None else [Persist(), Emit(topic="step.condition", data=self._ev(step=task.step, **judged))]
             if passed:
                 step.condition_passed = True
             else:
@@ -231,11 +228,14 @@ class RunMachine:
     def _complete(self, name: str, output: Any, now: float) -> list[Action]:
         step = self.state.steps[name]
         step.output, step.error = output, None
+        added = dynamic.apply(self, name)
+        self.index.completions += 1
+        step.completed_seq = self.index.completions
         self.index.set_step(name, StepStatus.COMPLETED, now)
         self.index.drop_tasks(name)
         # the step's result and when it completed ride with the event (the design documents' step_completed)
         data = self._ev(step=name, attempts=step.attempts, result=to_builtins(output), timestamp=now)
-        return [Persist(), Emit(topic="step.completed", data=data)]
+        return [Persist(), Emit(topic="step.completed", data=data), *dynamic.announce(self, name, added)]
 
     def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
         spec = self.specs[task.step]
@@ -300,6 +300,14 @@ class RunMachine:
         return out + self._finish(status, now, reason)
 
     def _finish(self, status: RunStatus, now: float, error: str | None = None) -> list[Action]:
+        if status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            rolling = rollback.begin(self, status, error, now)
+            if rolling is not None:
+                return rolling
+        return self.finish(status, now, error)
+
+    def finish(self, status: RunStatus, now: float, error: str | None = None) -> list[Action]:
+        """End the run with `status` (no rollback: core/rollback.py calls this when its compensations are done)."""
         self.state.status = status
         self.state.finished_at = now
         self.state.error = error
@@ -318,20 +326,22 @@ class RunMachine:
         return out
 
     def _advance(self, now: float) -> list[Action]:
-        if self.finished:
+        if self.state.status is RunStatus.ROLLING_BACK:
+            return rollback.advance(self, now)
+        if self.state.status is not RunStatus.RUNNING:
             return []
         out: list[Action] = []
-        while self.index.candidates and not self.finished:
+        while self.index.candidates and self.state.status is RunStatus.RUNNING:
             batch = sorted(self.index.candidates, key=self._order.__getitem__)
             self.index.candidates.clear()
             for name in batch:
-                if self.finished:
+                if self.state.status is not RunStatus.RUNNING:
                     break
                 if self.state.steps[name].status is StepStatus.PENDING and not self.index.tasks_of[name]:
                     produced = self._resolve(self.specs[name], now)
                     if produced:
                         out += produced
-        if self.finished:
+        if self.state.status is not RunStatus.RUNNING:  # finished, or rolling back
             return out
         out += self._dispatch_ready(now)
         if self.index.open_steps == 0:
@@ -423,10 +433,14 @@ class RunMachine:
         elif task.phase is Phase.MERGE:
             item = self.index.item_outputs(task.step)
         action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
-                          item=item, item_index=task.item_index, timeout=spec.timeout, isolated=spec.isolated)
+                          item=item, item_index=task.item_index, timeout=spec.timeout, isolated=spec.isolated,
+                          spec=step.spec)
         if announce:
             return [Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)), action]
         return [action]
 
-    def _ev(self, **data: Any) -> dict[str, Any]:
+    def event_data(self, **data: Any) -> dict[str, Any]:
+        """An event's data: the run's id and pipeline, then `data`."""
         return {"run_id": self.state.run_id, "pipeline": self.state.pipeline, **data}
+
+    _ev = event_data

@@ -11,13 +11,16 @@ from typing import Any
 
 import msgspec
 
+from ..define.plan import StepSpec
 from .state import ErrorInfo, Phase, RunStatus, Usage
 
 # -- events -----------------------------------------------------------------------
 
 
 class StepSucceeded(msgspec.Struct, tag=True, kw_only=True):
-    """Attempt `attempt` of task `task` returned `output`; an agent attempt adds its `transcript` (see StepState)."""
+    """Attempt `attempt` of task `task` returned `output`; an agent attempt adds its `transcript` (see StepState).
+    `added` holds the steps the attempt added with `ctx.add_step` (core/dynamic.py): they travel, and are
+    made durable, with the result."""
 
     task: str
     attempt: int
@@ -25,6 +28,7 @@ class StepSucceeded(msgspec.Struct, tag=True, kw_only=True):
     usage: Usage | None = None
     started_at: float | None = None
     transcript: dict[str, Any] | None = None
+    added: list[StepSpec] = []
 
 
 class StepFailed(msgspec.Struct, tag=True, kw_only=True):
@@ -84,7 +88,9 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     `inputs` maps each dependency name to its output (None for a SOFT dependency
     that has not completed). For a PARALLEL_MERGE item, `item` is the item and
     `item_index` its position; for a MERGE task, `item` is the list of item outputs.
-    `timeout` and `isolated` (run alone, in a worker of its own) are the step's.
+    `timeout` and `isolated` (run alone, in a worker of its own) are the step's. For a step added at run
+    time, `spec` is its StepSpec (the pipeline file does not define it). For a COMPENSATE task, `item` is
+    the step's output.
     """
 
     task: str
@@ -96,6 +102,7 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     item_index: int | None = None
     timeout: float | None = None
     isolated: bool = False
+    spec: StepSpec | None = None
 
 
 class CancelTask(msgspec.Struct, tag=True, kw_only=True):

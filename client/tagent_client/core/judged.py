@@ -10,7 +10,10 @@ asks the model again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from ..define.plan import StepSpec
 
 
 class Judged(NamedTuple):
@@ -33,3 +36,12 @@ class Judged(NamedTuple):
     def event(self) -> dict[str, Any]:
         """The `step.condition` event's data (besides run, pipeline and step)."""
         return {"decision": self.decision, "reason": self.reason, "model": self.model}
+
+
+def condition_verdict(spec: StepSpec, output: Any) -> tuple[bool, str, dict[str, Any] | None]:
+    """Read a `name#condition` task's output: (passed, skip reason, the `step.condition` event's data for a
+    judged condition — None for a callable one, which announces nothing)."""
+    if spec.condition_is_judged:
+        judged = Judged.from_output(output)
+        return judged.decision, judged.skip_reason(), judged.event()
+    return bool(output), f"condition false: {spec.name}'s callable condition returned {output!r}", None

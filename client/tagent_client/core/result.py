@@ -67,6 +67,9 @@ class PipelineResult(msgspec.Struct, kw_only=True):
     `total_usage` the run's; `skipped_steps` maps a skipped step to its reason;
     `learned_facts[step]` is what `ctx.memory.save_step_result(step, data)` saved (the data) and
     `saved_memories` every other key the run's steps saved through `ctx.memory` (`PipelineMemory`).
+    `step_metadata[name]["added_by"]` names the step that added it at run time (else None);
+    `compensations[name]` is how a step's compensation ended in a rollback: "succeeded", "pending"
+    (the rollback did not get to it) or "failed: <error>" (docs/semantics.md, "Compensation").
     """
 
     pipeline_name: str
@@ -89,6 +92,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
     error: str | None = None
     learned_facts: dict[str, Any] = {}
     saved_memories: dict[str, Any] = {}
+    compensations: dict[str, str] = {}
 
     @classmethod
     def from_state(cls, plan: Plan, state: RunState, memory: Mapping[str, Any] | None = None) -> PipelineResult:
@@ -110,6 +114,7 @@ class PipelineResult(msgspec.Struct, kw_only=True):
                 "error_type": step.error.type if step.error else None,
                 "skip_reason": step.skip_reason,
                 "usage": msgspec.structs.asdict(step.usage),
+                "added_by": step.spec.added_by if step.spec is not None else None,
             }
         final = _final_step(plan)
         end = state.finished_at
@@ -135,6 +140,8 @@ class PipelineResult(msgspec.Struct, kw_only=True):
             learned_facts={k.removeprefix(STEP_RESULT_PREFIX): v.get("data") if isinstance(v, dict) else v
                            for k, v in (memory or {}).items() if k.startswith(STEP_RESULT_PREFIX)},
             saved_memories={k: v for k, v in (memory or {}).items() if not k.startswith(STEP_RESULT_PREFIX)},
+            compensations={n: s.compensation.value + (f": {s.compensation_error}" if s.compensation_error else "")
+                           for n, s in state.steps.items() if s.compensation is not None},
         )
 
     # -- the design documents' errors -----------------------------------------------------

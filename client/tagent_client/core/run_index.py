@@ -23,6 +23,7 @@ class RunIndex:
     """Indexes of one run's `state` for `RunMachine`; `specs` and `dependents` are the plan's, by step name."""
 
     def __init__(self, state: RunState, specs: Mapping[str, StepSpec], dependents: Mapping[str, list[str]]) -> None:
+        """`specs` and `dependents` may be replaced later (steps added at run time); call `rebuild()` then."""
         self.state = state
         self.specs = specs
         self.dependents = dependents
@@ -45,6 +46,8 @@ class RunIndex:
             if self.specs[n].mode is ExecutionMode.SERIAL and s.status in (StepStatus.RUNNING, StepStatus.RETRYING)
         }
         self.open_steps = sum(1 for s in self.state.steps.values() if not s.status.terminal)
+        #: The latest `completed_seq` handed out (a rollback compensates in reverse of it).
+        self.completions = max((s.completed_seq for s in self.state.steps.values()), default=0)
         self.candidates = {n for n, s in self.state.steps.items() if s.status is StepStatus.PENDING}
 
     def take_changes(self) -> tuple[set[str], set[str]]:

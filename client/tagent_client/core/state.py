@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from ..define.plan import StepSpec
+
 STATE_FORMAT = 1
 
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -32,17 +34,28 @@ DEADLOCK = "no progress possible"
 
 
 class RunStatus(str, enum.Enum):
-    """Lifecycle of a run. COMPLETED, FAILED and CANCELLED are final."""
+    """Lifecycle of a run. COMPLETED, FAILED, CANCELLED, ROLLED_BACK and ROLLBACK_FAILED are final.
+
+    ROLLING_BACK: the run failed or was cancelled (or `tagent rollback` asked) and the compensations of
+    its completed steps are running (core/rollback.py); it ends ROLLED_BACK, or ROLLBACK_FAILED if one failed.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
 
     @property
     def finished(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in _FINISHED_RUN
+
+
+_FINISHED_RUN = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.ROLLED_BACK,
+                           RunStatus.ROLLBACK_FAILED})
 
 
 class StepStatus(str, enum.Enum):
@@ -76,11 +89,13 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
 
 
 class Phase(str, enum.Enum):
-    """What a task computes for its step: the step itself, its callable condition, or its merge."""
+    """What a task computes for its step: the step itself, its callable condition, its merge, or its
+    compensation (run during a rollback, after the step completed)."""
 
     RUN = "run"
     CONDITION = "condition"
     MERGE = "merge"
+    COMPENSATE = "compensate"
 
 
 class TaskStatus(str, enum.Enum):
@@ -149,6 +164,16 @@ class TaskState(msgspec.Struct, kw_only=True):
     error: ErrorInfo | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    #: Steps this task's latest successful attempt added (`ctx.add_step`), applied when its step completes.
+    added: list[StepSpec] = []
+
+
+class Compensation(str, enum.Enum):
+    """Where a completed step's compensation stands in a rollback."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 MAX_TRANSCRIPTS = 5
@@ -162,6 +187,10 @@ class StepState(msgspec.Struct, kw_only=True):
     number their attempts on from there, so `ctx.attempt` and `attempts` agree).
     `transcript` holds the last MAX_TRANSCRIPTS agent attempts, oldest first, each
     `{attempt, item, status, model, messages}` (messages: see tagent_client.run.transcript).
+    A step added at run time holds its `spec` (whose `added_by` names the step that added it) and
+    `added_seq` (its place among the added steps). `completed_seq` orders completions (1, 2, ...; 0: not
+    completed), so a rollback runs compensations in reverse; `compensation` and `compensation_error`
+    record that step's compensation in a rollback.
     """
 
     name: str
@@ -177,6 +206,19 @@ class StepState(msgspec.Struct, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     transcript: list[dict[str, Any]] = []
+    spec: StepSpec | None = None
+    added_seq: int = 0
+    completed_seq: int = 0
+    compensation: Compensation | None = None
+    compensation_error: ErrorInfo | None = None
+
+    def charge(self, task: TaskState, usage: Usage | None, transcript: dict[str, Any] | None, succeeded: bool) -> None:
+        """Count a finished attempt's token usage and keep its transcript (the last MAX_TRANSCRIPTS)."""
+        self.usage = self.usage.add(usage)
+        if transcript is not None:
+            entry = {**transcript, "attempt": task.attempt, "item": task.item_index,
+                     "status": "succeeded" if succeeded else "failed", "phase": task.phase.value}
+            self.transcript = [*self.transcript, entry][-MAX_TRANSCRIPTS:]
 
 
 class RunState(msgspec.Struct, kw_only=True):
@@ -193,3 +235,5 @@ class RunState(msgspec.Struct, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    #: The status the run had when its rollback began (failed, cancelled, completed); None: never rolled back.
+    rolled_back_from: RunStatus | None = None

@@ -16,10 +16,9 @@ from typing import Any, SupportsIndex, overload
 
 from ..bounds import NAME_MAX
 from ..errors import PipelineValidationError, shorten
-from . import binding
-from .conditions import Condition
-from .plan import Plan, RetrySpec, StepSpec
-from .step import PipelineStep, callable_name, function_ref, schema_ref
+from .plan import Plan
+from .spec import spec_of
+from .step import PipelineStep, callable_name
 from .validation import NAME, cycles, is_count, parameter_problems, step_problems, unknown_tools
 
 __all__ = ["Pipeline", "PipelineWarning", "StepList"]
@@ -221,45 +220,7 @@ class Pipeline:
         """The validated, declarative form of this pipeline (what the engine runs)."""
         self.validate()
         pipeline_tools = [callable_name(t) for t in self.tools]
-        specs = []
-        for step in self.steps:
-            cond = step.condition
-            specs.append(
-                StepSpec(
-                    name=step.name,
-                    kind=step.kind,
-                    deps=step.dependencies,
-                    mode=step.execution_mode,
-                    goal=step.goal,
-                    description=step.description,
-                    constraints=list(step.constraints),
-                    model=step.model,
-                    output_retries=step.output_retries,
-                    tool_retries=step.tool_retries,
-                    tools=pipeline_tools + [callable_name(t) for t in step.tools],
-                    tools_filter=list(step.tools_filter) if step.tools_filter is not None else None,
-                    output_schema=schema_ref(step.output_schema) if step.output_schema is not None else None,
-                    timeout=step.timeout,
-                    isolated=step.isolated,
-                    retry=RetrySpec(
-                        max_retries=step.max_retries,
-                        delay=step.retry_delay,
-                        backoff=step.retry_backoff,
-                        max_delay=step.retry_max_delay,
-                        jitter=step.retry_jitter,
-                    ),
-                    condition=cond.to_data() if isinstance(cond, Condition) else None,
-                    condition_is_callable=cond is not None and not isinstance(cond, Condition),
-                    over=list(step.over) if isinstance(step.over, tuple) else step.over,
-                    has_merge=step.merge is not None,
-                    data_fields={k: list(v) for k, v in step.data_fields.items()},
-                    required=step.required,
-                    final=step.final,
-                    runner=step.runner,
-                    function=function_ref(step.fn) if step.fn is not None else None,
-                    needs_params=binding.param_names(step.fn, step.dependencies) if step.fn is not None else [],
-                )
-            )
+        specs = [spec_of(step, pipeline_tools) for step in self.steps]
         return Plan(
             name=self.name,
             description=self.description,

@@ -84,6 +84,18 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     function: str | None = None
     #: A function step's parameters that only a submit param can fill (checked at submit: binding.missing_params).
     needs_params: list[str] = []
+    #: The step's compensation (docs/semantics.md, "Compensation"): a function (`module:qualname`) or an agent goal,
+    #: with its own timeout and retries; run in a rollback if the step completed.
+    compensate: str | None = None
+    compensate_goal: str | None = None
+    compensate_timeout: float | None = None
+    compensate_retries: int = 2
+    #: Set on a step added at run time (`ctx.add_step`): the step that added it.
+    added_by: str | None = None
+
+    @property
+    def has_compensation(self) -> bool:
+        return self.compensate is not None or self.compensate_goal is not None
 
     @property
     def condition_is_judged(self) -> bool:
@@ -94,8 +106,9 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def uses_model(self) -> bool:
-        """An agent or TAgent step, or any step whose condition its model judges: it needs a model to run."""
-        return self.kind is not StepKind.FUNCTION or self.condition_is_judged
+        """An agent or TAgent step, any step whose condition its model judges, or one whose compensation is an
+        agent goal: it needs a model to run."""
+        return self.kind is not StepKind.FUNCTION or self.condition_is_judged or self.compensate_goal is not None
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel
 
 from .conditions import condition_from_data
@@ -26,6 +27,13 @@ def steps_from_plan(plan: Plan, source: str, *, resolve_schemas: bool = True,
     """The plan's steps as `PipelineStep`s, in order (`source` names the document in errors)."""
     return [_step_from_spec(spec, f"steps[{i}]", source, resolve_schemas, resolve_functions)
             for i, spec in enumerate(plan.steps)]
+
+
+def added_step(spec: StepSpec) -> PipelineStep:
+    """A step added at run time (`ctx.add_step`), rebuilt from its spec where it runs: its functions and schema
+    are found by `module:qualname` (the pipeline's module is already imported). PipelineLoadError if one is not."""
+    return _step_from_spec(msgspec.structs.replace(spec, tools=[]), "added step", f"the run (added by step "
+                           f"{spec.added_by!r})", True, True)
 
 
 def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bool, resolve_functions: bool) -> PipelineStep:
@@ -47,6 +55,12 @@ def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bo
         fn = _resolve(spec.function, "function", where, source)
         if not callable(fn):
             raise load_error(source, where, f"function {spec.function!r} is not callable (got {type(fn).__name__})")
+    compensate: Any = spec.compensate_goal
+    if spec.compensate is not None:
+        if not resolve_functions:
+            raise load_error(source, where, f"has a compensate= function ({spec.compensate}); Python functions "
+                                        f"{needs_python}, or pass resolve_functions=True to import the function")
+        compensate = _resolve(spec.compensate, "compensate", where, source)
     schema = None
     if spec.output_schema is not None and resolve_schemas:
         schema = _resolve(spec.output_schema, "output_schema", where, source)
@@ -78,6 +92,9 @@ def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bo
         required=spec.required,
         final=spec.final,
         runner=spec.runner,
+        compensate=compensate,
+        compensate_timeout=spec.compensate_timeout,
+        compensate_retries=spec.compensate_retries,
     )
     if step.kind is not spec.kind:
         raise load_error(source, where, f"kind {spec.kind.value!r} does not match the step, whose other keys make it {step.kind.value!r}")

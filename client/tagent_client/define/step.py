@@ -41,6 +41,9 @@ class PipelineStep:
     Agent steps: `output_retries` is how often output that fails `output_schema` is sent back to the
     model; `tool_retries` how often in a row one tool may fail (its error goes back to the model).
     `isolated=True`: in the daemon, each attempt runs alone in a worker process started for it (docs/semantics.md).
+    `compensate=`: a function `(ctx, output)` or an agent goal that undoes the step if the run fails or is
+    cancelled after it completed (docs/semantics.md, "Compensation"), with its own `compensate_timeout` and
+    `compensate_retries`.
     The design documents' dataclass form, `PipelineStep(id=..., name=..., goal=..., retry_count=..., max_retries=...)`,
     is accepted as is.
     """
@@ -72,6 +75,9 @@ class PipelineStep:
     required: bool = True
     final: bool = False
     runner: str | None = None
+    compensate: Callable[..., Any] | str | None = None
+    compensate_timeout: float | None = None
+    compensate_retries: int = 2
     #: The design documents' step id ("step_1", ...): informational; steps are named, and found, by `name`.
     id: str | None = None
     #: The design documents' count of retries made so far: informational; the engine counts attempts itself.
@@ -101,8 +107,9 @@ class PipelineStep:
 
     @property
     def uses_model(self) -> bool:
-        """An agent or TAgent step, or a step whose condition its model judges: it needs a model to run."""
-        return self.kind is not StepKind.FUNCTION or self.condition_is_judged
+        """An agent or TAgent step, a step whose condition its model judges, or one whose compensation is an
+        agent goal: it needs a model to run."""
+        return self.kind is not StepKind.FUNCTION or self.condition_is_judged or isinstance(self.compensate, str)
 
     @property
     def dependencies(self) -> dict[str, DependencyType]:

@@ -94,6 +94,20 @@ def parameter_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], de
     return out
 
 
+def compensation_problems(step: PipelineStep, where: str) -> list[str]:
+    """Problems of a step's `compensate=` and its timeout and retries."""
+    out = []
+    comp = step.compensate
+    if comp is not None and not callable(comp) and not (isinstance(comp, str) and comp.strip()):
+        out.append(f"{where}: compensate= must be a function (ctx, output) or an agent goal (a string), got {type(comp).__name__}")
+    timeout = step.compensate_timeout
+    if timeout is not None and not (is_number(timeout) and timeout > 0):
+        out.append(f"{where}: compensate_timeout must be a positive number of seconds, got {timeout!r}")
+    if not (is_count(step.compensate_retries) and step.compensate_retries >= 0):
+        out.append(f"{where}: compensate_retries must be a non-negative integer, got {step.compensate_retries!r}")
+    return out
+
+
 def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipeline_tools: set[str]) -> list[str]:
     """Every problem of one step's definition among `steps` (binding of its parameters: `parameter_problems`)."""
     where = f"step {shorten(step.name)!r}"
@@ -110,6 +124,7 @@ def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipelin
         out.append(f"{where}: fn= must be callable, got {type(step.fn).__name__}")
     if step.goal is not None and not isinstance(step.goal, str):
         out.append(f"{where}: goal= must be a string, got {type(step.goal).__name__}")
+    out.extend(compensation_problems(step, where))
     deps = step.dependencies
     for dep in deps:
         if dep == step.name:

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .additions import Additions
 from .breakers import StepBreaker
 from .communicator_port import StepCommunicators, StepPort
 from .context_broker import BrokerAbilities
@@ -89,6 +90,7 @@ class StepContext(BrokerAbilities, DependencyAbilities):
         task: str | None = None,
         constraints: Sequence[str] = (),
         decode: Callable[[str, Any], Any] = _as_is,
+        definition: Pipeline | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -107,6 +109,8 @@ class StepContext(BrokerAbilities, DependencyAbilities):
         self._services = services
         self._decode = decode
         self._communicators: StepCommunicators | None = None
+        #: The steps this attempt added (`add_step`); its result carries them.
+        self.additions = Additions(definition, step_name)
 
     @property
     def communicator(self) -> PipelineCommunicator:
@@ -122,6 +126,13 @@ class StepContext(BrokerAbilities, DependencyAbilities):
         """The attempt is over: close what lives only as long as it (the communicator's subscriptions)."""
         if self._communicators is not None:
             self._communicators.close_all()
+
+    def add_step(self, name: str, goal: str | None = None, **options: Any) -> None:
+        """Add a step to this run, with the same arguments as `Pipeline.step` (run/additions.py says which
+        work here). Checked at once (DynamicStepError says what is wrong); the run gets the step when this
+        step completes, durably with its completion; a retried attempt's additions replace the earlier one's.
+        It may depend on this step, on other steps of the run and on steps added before it."""
+        self.additions.add(name, goal, options)
 
     @property
     def pipeline_name(self) -> str:

@@ -33,6 +33,7 @@ from ..core.state import ErrorInfo, new_run_id
 from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable, retry_after_of
+from .additions import pipeline_for
 from .breakers import BreakerRules, LocalBreakers
 from .config import RunConfig, run_config
 from .context import StepContext, constraints_of
@@ -73,8 +74,10 @@ def default_model(config_model: str | None) -> str | None:
 
 
 def check_models(pipeline: Pipeline, model: str | None) -> None:
-    """Fail before running anything if an agent step (or a judged condition) would have no model."""
-    missing = [s.name for s in pipeline.steps.values() if s.uses_model and not (s.model or pipeline.model or model)]
+    """Fail before running anything if an agent step, a judged condition or an agent-goal compensation would
+    have no model."""
+    missing = [s.name for s in pipeline.steps.values()
+               if s.uses_model and not (s.model or pipeline.model or model)]
     if missing:
         raise ConfigError(
             f"agent step(s) {', '.join(missing)} of pipeline {pipeline.name!r} have no model: pass model= "
@@ -93,6 +96,7 @@ async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: 
     started = time.time()
     record = Attempt()
     try:
+        pipeline = pipeline_for(pipeline, task)
         async with asyncio.timeout(task.timeout) as deadline:
             output, usage = await execute(pipeline, task, ctx, model=model, llm=llm, record=record)
     except TimeoutError as exc:
@@ -114,7 +118,7 @@ async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: 
         return StepFailed(task=task.task, attempt=task.attempt, error=error, started_at=started, usage=usage,
                           transcript=_transcript(record))
     return StepSucceeded(task=task.task, attempt=task.attempt, output=data if as_data else output, usage=usage,
-                         started_at=started, transcript=_transcript(record))
+                         started_at=started, transcript=_transcript(record), added=ctx.additions.specs)
 
 
 def _failed(task: Dispatch, exc: BaseException, started: float, record: Attempt) -> StepFailed:
@@ -143,6 +147,7 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
         task=task.task,
         constraints=constraints_of(pipeline, machine.specs[task.step]),
         decode=functools.partial(coerce_input, pipeline),
+        definition=pipeline,
     )
 
 

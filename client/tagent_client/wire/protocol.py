@@ -87,6 +87,12 @@ class Resume(Request, tag="resume"):
     run_id: str
 
 
+class Rollback(Request, tag="rollback"):
+    """Run the compensations of a finished run's completed steps, latest completion first (docs/semantics.md)."""
+
+    run_id: str
+
+
 class Retry(Request, tag="retry"):
     """Run one step of a finished run again, and every step that depends on it."""
 
@@ -150,10 +156,12 @@ class Shutdown(Request, tag="shutdown"):
 REQUEST_TYPES = (
     Ping, Submit, ListRuns, GetRun, GetResult, Cancel, Resume, Retry, GetEvents, GetLogs, GetHistory, Gc,
     DaemonStatus, Shutdown, GetWatch, GetTranscript,
+    Rollback,
 )
 AnyRequest = (
     Ping | Submit | ListRuns | GetRun | GetResult | Cancel | Resume | Retry | GetEvents | GetLogs | GetHistory | Gc
     | DaemonStatus | Shutdown | GetWatch | GetTranscript
+    | Rollback
 )
 
 
@@ -227,6 +235,10 @@ class StepInfo(msgspec.Struct, kw_only=True):
     skip_reason: str | None = None
     cost: float = 0.0
     tokens: int = 0
+    #: The step that added this one at run time (`ctx.add_step`); None for the pipeline's own steps.
+    added_by: str | None = None
+    #: Its compensation in a rollback: pending, succeeded or failed (None: none ran).
+    compensation: str | None = None
 
 
 class RunDetail(msgspec.Struct, kw_only=True):

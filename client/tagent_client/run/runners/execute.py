@@ -60,6 +60,10 @@ async def _execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, mode
         from . import judge
 
         return await judge.decide(pipeline, step, ctx, model=model, llm=llm, record=record)
+    if task.phase is Phase.COMPENSATE:
+        from . import compensate
+
+        return await compensate.run(pipeline, step, ctx, task.item, model=model, llm=llm, record=record)
     if task.phase is Phase.CONDITION:
         scope = {**ctx.inputs, "shared": ctx.shared, "params": ctx.params}
         return bool(await function_runner.call(step.condition, ctx, scope, positional=[scope])), None
