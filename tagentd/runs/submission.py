@@ -42,7 +42,7 @@ def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: d
     ConfigError if an agent step would have no model; PipelineValidationError if a function
     step has a parameter the submit params do not fill (it would fail only when it runs).
     """
-    unmodelled = [s.name for s in plan.steps if s.kind is not StepKind.FUNCTION and not (s.model or plan.model or model)]
+    unmodelled = [s.name for s in plan.steps if s.kind in (StepKind.AGENT, StepKind.TAGENT) and not (s.model or plan.model or model)]
     if unmodelled and who == WATCHER:  # a dropped file: there is no command line to add --model to
         raise ConfigError(
             f"{path}: agent step(s) {', '.join(unmodelled)} have no model; name one in the file (model = \"test\" "

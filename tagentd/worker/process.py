@@ -230,7 +230,7 @@ class Worker:
     async def on_load(self, message: wire.LoadPipeline) -> None:
         try:
             pipeline = await self.pipeline(message.source_hash, message.path, message.source, message.target)
-            if any(step.kind is not StepKind.FUNCTION for step in pipeline.steps.values()):
+            if any(step.kind in (StepKind.AGENT, StepKind.TAGENT) for step in pipeline.steps.values()):
                 self.want_agent_runtime()
             schemas = {step: schema_ref(cls) for step, cls in schema_classes(pipeline).items()}
             self.link.send(wire.Loaded(req=message.req, plan=pipeline.plan(), schemas=schemas))
@@ -314,7 +314,7 @@ class Worker:
             step = pipeline.steps.get(task.step)
             if step is None:
                 raise TagentError(f"pipeline {pipeline.name!r} in {message.path} has no step {task.step!r}")
-            if step.kind is not StepKind.FUNCTION and task.phase is Phase.RUN:
+            if step.kind in (StepKind.AGENT, StepKind.TAGENT) and task.phase is Phase.RUN:
                 self.want_agent_runtime()
                 await asyncio.wrap_future(self.agent_ready)
             ctx = StepContext(

@@ -16,7 +16,7 @@ from typing import Any, SupportsIndex, overload
 
 from ..bounds import NAME_MAX
 from ..errors import PipelineValidationError, shorten
-from . import binding
+from . import binding, subpipeline
 from .conditions import Condition
 from .plan import Plan, RetrySpec, StepSpec
 from .step import PipelineStep, callable_name, function_ref, schema_ref
@@ -196,6 +196,9 @@ class Pipeline:
             found.extend(step_problems(step, steps, pipeline_tools))
             found.extend(parameter_problems(step, steps, self.params, params))
         found.extend(f"dependency cycle: {' -> '.join(c)}" for c in cycles(steps))
+        loop = subpipeline.cycle(self)
+        if loop:
+            found.append(f"sub-pipeline cycle: {' -> '.join(loop)}: a pipeline may not include itself")
         finals = [s.name for s in self.steps if s.final]
         if len(finals) > 1:
             found.append(f"only one step may be final=True, got {', '.join(finals)}")
@@ -258,6 +261,7 @@ class Pipeline:
                     runner=step.runner,
                     function=function_ref(step.fn) if step.fn is not None else None,
                     needs_params=binding.param_names(step.fn, step.dependencies) if step.fn is not None else [],
+                    **self._child_fields(step),
                 )
             )
         return Plan(
@@ -273,6 +277,14 @@ class Pipeline:
             capabilities=list(self.capabilities),
             params=list(self.params) if self.params is not None else None,
         )
+
+    @staticmethod
+    def _child_fields(step: PipelineStep) -> dict[str, Any]:
+        """A sub-pipeline step's child plan and params (define/subpipeline.py); nothing for other steps."""
+        if step.pipeline is None:
+            return {}
+        params, computed = subpipeline.child_params_of(step)
+        return {"child": step.pipeline.plan(), "child_params": params, "child_params_callable": computed}
 
     # -- documents (document.py: the format; rebuild.py: the steps read back) ------------
 

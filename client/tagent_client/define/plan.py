@@ -42,6 +42,7 @@ class StepKind(str, enum.Enum):
     FUNCTION = "function"
     AGENT = "agent"
     TAGENT = "tagent"
+    PIPELINE = "pipeline"  # a sub-pipeline: each task starts a child run (core/children.py)
 
 
 class RetrySpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +85,11 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     function: str | None = None
     #: A function step's parameters that only a submit param can fill (checked at submit: binding.missing_params).
     needs_params: list[str] = []
+    #: A sub-pipeline step (`pipeline=`): the child's plan, and its params when they are a literal mapping
+    #: (`child_params_callable`: a function of the item / dependencies computes them, in a worker).
+    child: Plan | None = None
+    child_params: dict[str, Any] | None = None
+    child_params_callable: bool = False
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):

@@ -72,6 +72,10 @@ class PipelineStep:
     required: bool = True
     final: bool = False
     runner: str | None = None
+    #: A sub-pipeline step: the child `Pipeline` (or a path / "file.py:name", read when the step is declared,
+    #: define/subpipeline.py), and the child's params: a mapping, or a function filled like a step function.
+    pipeline: Any = None
+    params: Any = None
     #: The design documents' step id ("step_1", ...): informational; steps are named, and found, by `name`.
     id: str | None = None
     #: The design documents' count of retries made so far: informational; the engine counts attempts itself.
@@ -84,6 +88,15 @@ class PipelineStep:
             self.constraints = [self.constraints]
         if self.condition is not None:
             self.condition = as_condition(self.condition)
+        if self.pipeline is not None:
+            from .subpipeline import resolve_child  # noqa: PLC0415 - it imports Pipeline, which imports this module
+
+            self.pipeline = resolve_child(self.pipeline)
+            if self.over is not None and self.execution_mode is ExecutionMode.SERIAL:
+                self.execution_mode = ExecutionMode.PARALLEL_MERGE  # `over=`: a child run per item
+            root = self.over.split(".")[0] if isinstance(self.over, str) else None
+            if root and root not in ("params", "shared") and root not in self.depends_on:
+                self.depends_on[root] = DependencyType.HARD  # type: ignore[index]  # over="companies" reads that step
         if self.condition is not None and self.execution_mode is ExecutionMode.SERIAL:
             self.execution_mode = ExecutionMode.CONDITIONAL
 
@@ -91,6 +104,8 @@ class PipelineStep:
     def kind(self) -> StepKind:
         if self.runner == "tagent":
             return StepKind.TAGENT
+        if self.pipeline is not None:
+            return StepKind.PIPELINE
         return StepKind.FUNCTION if self.fn is not None else StepKind.AGENT
 
     @property

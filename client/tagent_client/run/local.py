@@ -8,12 +8,14 @@ cancellation, and feeds every outcome back to the machine as an event.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..core.children import MAX_DEPTH, MAX_FAN_OUT, charged_attempt, child_outcome, child_run_id, fan_out_problem
 from ..core.engine import RunMachine
 from ..core.events import (
     Action,
@@ -28,11 +30,12 @@ from ..core.events import (
     TimerFired,
 )
 from ..core.result import PipelineResult
-from ..core.state import ErrorInfo, new_run_id
+from ..core.state import ErrorInfo, Phase, new_run_id
 from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
-from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
+from ..define.subpipeline import depth_problem
+from ..errors import ConfigError, PipelineValidationError, TagentError, describe, is_retryable
 from .config import RunConfig, run_config
 from .context import StepContext, constraints_of
 from .llm import LLMConfig, LLMRuntime, model_name
@@ -68,7 +71,7 @@ def default_model(config_model: str | None) -> str | None:
 def check_models(pipeline: Pipeline, model: str | None) -> None:
     """Fail before running anything if an agent step would have no model."""
     missing = [s.name for s in pipeline.steps.values()
-               if s.kind is not StepKind.FUNCTION and not (s.model or pipeline.model or model)]
+               if s.kind in (StepKind.AGENT, StepKind.TAGENT) and not (s.model or pipeline.model or model)]
     if missing:
         raise ConfigError(
             f"agent step(s) {', '.join(missing)} of pipeline {pipeline.name!r} have no model: pass model= "
@@ -139,6 +142,32 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
     )
 
 
+#: How deep the run on this task is nested: 0 for a top-level run, 1 for its children, ...
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("tagent_run_depth", default=0)
+
+
+async def run_child(pipeline: Pipeline, machine: RunMachine, task: Dispatch, params: dict[str, Any], cfg: RunConfig,
+                    model: str | None) -> Event:
+    """Run the child of a sub-pipeline task in this loop, as a nested run (core/children.py has the rules):
+    its id comes from the task's charged attempt, and its end is the task's outcome."""
+    spec = machine.specs[task.step]
+    items = machine.state.steps[task.step].items
+    too_many = fan_out_problem(task.step, len(items or ()), MAX_FAN_OUT)
+    if too_many:
+        return StepFailed(task=task.task, attempt=task.attempt, error=ErrorInfo(type="ChildLimitError", message=too_many))
+    state = machine.state.tasks[task.task]
+    child_id = child_run_id(machine.state.run_id, task.task, charged_attempt(state))
+    child = pipeline.steps[spec.name].pipeline
+    token = _DEPTH.set(_DEPTH.get() + 1)
+    try:
+        result = await run_pipeline(child, cfg, params=params, model=model, run_id=child_id)
+    except TagentError as exc:  # the child cannot start (e.g. params it lacks): the attempt fails, not the parent run
+        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc))
+    finally:
+        _DEPTH.reset(token)
+    return child_outcome(task.task, task.attempt, result)
+
+
 async def run_pipeline(
     pipeline: Pipeline,
     config: RunConfig | Mapping[str, Any] | Any = None,
@@ -162,6 +191,9 @@ async def run_pipeline(
     cfg = run_config(config, model=model, api_key=api_key, max_iterations=max_iterations,
                      max_concurrent_steps=max_concurrent_steps, fail_fast=fail_fast)
     plan = pipeline.plan()
+    too_deep = depth_problem(plan, MAX_DEPTH - _DEPTH.get())
+    if too_deep:
+        raise PipelineValidationError(plan.name, [too_deep])
     unfilled = missing_params(plan, params or {})
     if unfilled:
         raise PipelineValidationError(plan.name, unfilled)
@@ -197,7 +229,9 @@ async def run_pipeline(
 
     async def attempt(task: Dispatch) -> None:
         ctx = make_context(pipeline, machine, task, services)
-        event = await run_task(pipeline, task, ctx, run_model, llm)
+        event = await run_task(pipeline, task, ctx, run_model, llm, as_data=machine.specs[task.step].child is not None)
+        if isinstance(event, StepSucceeded) and machine.specs[task.step].child is not None and task.phase is Phase.RUN:
+            event = await run_child(pipeline, machine, task, event.output, cfg, run_model)
         services.bus.settle((machine.state.run_id, task.task, task.attempt), event)
         inbox.put_nowait(event)
         if running.get(task.task) is asyncio.current_task():
