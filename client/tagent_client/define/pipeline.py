@@ -138,6 +138,8 @@ class Pipeline:
 
     def add_step(self, step: PipelineStep) -> Pipeline:
         """Add a ready-made step; returns the pipeline for chaining."""
+        if step.pipeline is not None:
+            step.pipeline = subpipeline.resolve_child(step.pipeline, Pipeline)
         if step.name in self.steps:
             self._duplicates.append(step.name)
         else:
@@ -312,9 +314,14 @@ class Pipeline:
         """A validated pipeline from plain data; `rebuild.py` says what gets imported. `source` names the
         document in errors (`PipelineLoadError`: malformed; `PipelineValidationError`: invalid)."""
         from .document import plan_from_dict
+
+        return cls._from_plan(plan_from_dict(data, source=source), source, resolve_schemas, resolve_functions)
+
+    @classmethod
+    def _from_plan(cls, plan: Plan, source: str, resolve_schemas: bool, resolve_functions: bool) -> Pipeline:
+        """A validated pipeline from a document's plan (a sub-pipeline step's child plan too)."""
         from .rebuild import steps_from_plan
 
-        plan = plan_from_dict(data, source=source)
         p = cls(
             plan.name,
             plan.description,
@@ -327,7 +334,11 @@ class Pipeline:
             capabilities=plan.capabilities,
             params=plan.params,
         )
-        for step in steps_from_plan(plan, source, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions):
+        def child(plan: Plan) -> Pipeline:
+            return cls._from_plan(plan, source, resolve_schemas, resolve_functions)
+
+        for step in steps_from_plan(plan, source, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions,
+                                    child=child):
             p.add_step(step)
         return p.validate()
 

@@ -72,8 +72,8 @@ class PipelineStep:
     required: bool = True
     final: bool = False
     runner: str | None = None
-    #: A sub-pipeline step: the child `Pipeline` (or a path / "file.py:name", read when the step is declared,
-    #: define/subpipeline.py), and the child's params: a mapping, or a function filled like a step function.
+    #: A sub-pipeline step: the child `Pipeline` (or a path / "file.py:name", read when the step is added to its
+    #: pipeline, define/subpipeline.py), and the child's params: a mapping, or a function filled like a step function.
     pipeline: Any = None
     params: Any = None
     #: The design documents' step id ("step_1", ...): informational; steps are named, and found, by `name`.
@@ -88,10 +88,7 @@ class PipelineStep:
             self.constraints = [self.constraints]
         if self.condition is not None:
             self.condition = as_condition(self.condition)
-        if self.pipeline is not None:
-            from .subpipeline import resolve_child  # noqa: PLC0415 - it imports Pipeline, which imports this module
-
-            self.pipeline = resolve_child(self.pipeline)
+        if self.pipeline is not None:  # a path is read into a Pipeline by Pipeline.add_step (define/subpipeline.py)
             if self.over is not None and self.execution_mode is ExecutionMode.SERIAL:
                 self.execution_mode = ExecutionMode.PARALLEL_MERGE  # `over=`: a child run per item
             root = self.over.split(".")[0] if isinstance(self.over, str) else None

@@ -20,24 +20,24 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import PipelineLoadError, PipelineValidationError
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
     from .plan import Plan
+
+Pipeline = TypeVar("Pipeline")  # define.pipeline.Pipeline, which imports this module (so it passes itself in)
 
 #: The files being read for `pipeline=` right now, outermost first (a file asked for again is a cycle).
 _READING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("tagent_subpipeline_reading", default=())
 
 
-def resolve_child(ref: Any) -> Pipeline:
-    """The `Pipeline` a `pipeline=` value names. PipelineLoadError for a file that cannot be read or holds
-    no such pipeline; PipelineValidationError for a cycle of files that include each other."""
-    from .pipeline import Pipeline  # noqa: PLC0415 - pipeline.py imports step.py, which calls this
-
-    if isinstance(ref, Pipeline):
+def resolve_child(ref: Any, kind: type[Pipeline]) -> Pipeline:
+    """The `Pipeline` (`kind`: the class, given by pipeline.py) a `pipeline=` value names. PipelineLoadError for
+    a file that cannot be read or holds no such pipeline; PipelineValidationError for a cycle of files that
+    include each other."""
+    if isinstance(ref, kind):
         return ref
     if not isinstance(ref, (str, os.PathLike)):
         raise PipelineLoadError(f"pipeline= must be a Pipeline, a file path or 'file.py:name', got {type(ref).__name__}")
@@ -52,7 +52,7 @@ def resolve_child(ref: Any) -> Pipeline:
         raise PipelineValidationError(Path(found).stem, [f"sub-pipeline cycle: {chain}: a pipeline may not include itself"])
     token = _READING.set((*reading, found))
     try:
-        return _read(found, name)
+        return _read(found, name, kind)
     finally:
         _READING.reset(token)
 
@@ -76,13 +76,11 @@ def _locate(path: str) -> str:
                             path=path)
 
 
-def _read(path: str, name: str | None) -> Pipeline:
-    from .pipeline import Pipeline  # noqa: PLC0415
-
-    if path.lower().endswith((".toml", ".json")):
-        from .export import load_file  # noqa: PLC0415 - only documents need it
-
-        return load_file(path)
+def _read(path: str, name: str | None, kind: type[Pipeline]) -> Pipeline:
+    if path.lower().endswith(".toml"):
+        return kind.from_toml(Path(path).read_bytes(), source=f"pipeline file {path}")  # type: ignore[attr-defined, no-any-return]
+    if path.lower().endswith(".json"):
+        return kind.from_json(Path(path).read_bytes(), source=f"pipeline file {path}")  # type: ignore[attr-defined, no-any-return]
     module_name = "tagent_child_" + hashlib.sha256(path.encode()).hexdigest()[:16]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -97,19 +95,22 @@ def _read(path: str, name: str | None) -> Pipeline:
     except Exception as exc:  # noqa: BLE001 - any error importing the child file is a load error, in one line
         sys.modules.pop(module_name, None)
         raise PipelineLoadError(f"pipeline={path!r}: {type(exc).__name__}: {exc}", path=path) from None
-    found = {id(v): (var, v) for var, v in vars(module).items() if isinstance(v, Pipeline)}
+    found = {id(v): (var, v) for var, v in vars(module).items() if isinstance(v, kind)}
     pipelines = list(found.values())
     if name is not None:
         pipelines = [(var, p) for var, p in pipelines if name in (var, p.name)]
+    if name is None and len(pipelines) > 1:  # the one the others run as sub-pipelines
+        children = {id(s.pipeline) for _, p in pipelines for s in p.steps if s.pipeline is not None}  # type: ignore[attr-defined]
+        pipelines = [(var, p) for var, p in pipelines if id(p) not in children]
     if len(pipelines) != 1:
         what = f"no pipeline named {name!r}" if name is not None else f"{len(pipelines)} pipelines, not one"
         raise PipelineLoadError(f"pipeline={path!r}: {what}; name one with 'file.py:name'", path=path)
     return pipelines[0][1]
 
 
-def cycle(pipeline: Pipeline) -> list[str] | None:
+def cycle(pipeline: Any) -> list[str] | None:
     """The names along a chain of sub-pipelines that leads back to one already on it, or None."""
-    def visit(current: Pipeline, path: list[Pipeline]) -> list[str] | None:
+    def visit(current: Any, path: list[Any]) -> list[str] | None:
         if any(current is p for p in path):
             return [p.name for p in path[[id(p) for p in path].index(id(current)):]] + [current.name]
         for step in current.steps:
