@@ -26,6 +26,8 @@ from tagent_client.core.children import (
     child_outcome,
     child_run_id,
     fan_out_problem,
+    may_orphan,
+    orphans,
 )
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import Action, StepFailed, StepSucceeded
@@ -93,7 +95,12 @@ class ChildRuns:
 
     def after(self, run: Run, actions: list[Action]) -> None:
         """Cancel the children `run`'s actions leave waiting for nobody (a cancelled task, the run's end)."""
-        for child_id in self.ledger.to_cancel(run.id, actions):
+        if not may_orphan(actions):
+            return
+        live = {c.id: c.source.parent.task for c in self.runs.active()
+                if c.source.parent is not None and c.source.parent.parent_id == run.id and not c.finished}
+        for child_id in orphans(run.state, live):
+            self.ledger.ended(child_id)  # nobody is told of its end
             child = self.runs.live(child_id)
             if child is not None and not child.finished:
                 self._cancel(child, f"parent run {run.id} no longer waits for it ({run.state.status.value})")

@@ -11,9 +11,10 @@ Guarantees (the daemon's run driver and the in-process runner both rely on them)
   task's charged attempt number (`attempt - interrupted`). An attempt re-run after a crash or an
   interruption uses no retry, keeps that number and so names the same child: starting it again attaches
   to the child that exists. A retry (the child failed) is charged, so it starts a new child.
-- **Every child ends.** `ChildLedger` knows which child each running task waits for; when the parent's
-  task is cancelled (its step failed, the run was cancelled or failed fast) or the parent run ends, the
-  shell cancels the children `to_cancel` names, recursively.
+- **Every child ends.** When the parent's task is cancelled (its step failed, the run was cancelled or
+  failed fast) or the parent run ends, the shell cancels the children `orphans` names, recursively.
+  `orphans` works from the parent's durable state and each child's link, not from the `ChildLedger` (which
+  only says which attempt waits for which child), so a child not yet re-attached after a crash is found too.
 - **Failure names the child.** A failed child fails the attempt with a retryable `ChildRunFailed` naming
   the child run and its failed steps (the step's retry policy applies); a cancelled child fails it for good.
 - **Limits.** `fan_out_problem` refuses a step with more children than the limit; the depth limit is
@@ -23,13 +24,14 @@ Guarantees (the daemon's run driver and the in-process runner both rely on them)
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from .events import Action, CancelTask, Event, Finish, StepFailed, StepSucceeded
+from .events import Action, CancelTask, Emit, Event, Finish, StepFailed, StepSucceeded
 from .result import PipelineResult, to_builtins
-from .state import ErrorInfo, RunStatus, TaskState
+from .state import ErrorInfo, RunState, RunStatus, TaskState, TaskStatus
 
 MAX_DEPTH = 5  # sub-pipelines nested deeper than this are refused (tagentd.toml: max_child_depth)
 MAX_FAN_OUT = 1000  # children one step may start (tagentd.toml: max_child_fan_out)
@@ -89,44 +91,42 @@ def child_outcome(task: str, attempt: int, result: PipelineResult) -> Event:
 class ChildLedger:
     """Which child run each running task of each parent run waits for. Pure bookkeeping, no I/O.
 
-    `waiting(child_id)` / `started(...)` / `ended(child_id)` follow the children; `to_cancel(parent, actions)`
-    says which children the parent's actions leave without anyone to report to.
+    `started(...)` / `waiter(child_id)` / `ended(child_id)` follow the children; the shell's memory, rebuilt
+    after a crash as the parent's re-run attempts re-attach.
     """
 
     def __init__(self) -> None:
         self._by_child: dict[str, tuple[str, str, int]] = {}  # child id -> (parent id, task, attempt)
-        self._by_task: dict[tuple[str, str], str] = {}  # (parent id, task) -> child id
 
     def started(self, parent_id: str, task: str, attempt: int, child_id: str) -> None:
         """The parent's `task` (attempt `attempt`) now waits for `child_id`."""
         self._by_child[child_id] = (parent_id, task, attempt)
-        self._by_task[(parent_id, task)] = child_id
 
     def waiter(self, child_id: str) -> tuple[str, str, int] | None:
         """(parent id, task, attempt) waiting for `child_id`, if any."""
         return self._by_child.get(child_id)
 
     def ended(self, child_id: str) -> tuple[str, str, int] | None:
-        """`child_id` has ended: forget it; returns who waited for it."""
-        waiter = self._by_child.pop(child_id, None)
-        if waiter is not None and self._by_task.get(waiter[:2]) == child_id:
-            del self._by_task[waiter[:2]]
-        return waiter
+        """`child_id` has ended (or is being cancelled): forget it; returns who waited for it."""
+        return self._by_child.pop(child_id, None)
 
-    def children_of(self, parent_id: str) -> list[str]:
-        return [child for (parent, _), child in self._by_task.items() if parent == parent_id]
 
-    def to_cancel(self, parent_id: str, actions: list[Action]) -> list[str]:
-        """The children whose wait `actions` of the parent end: a cancelled task's, or all of them when the run
-        finishes. They are forgotten here; the shell cancels them."""
-        doomed: list[str] = []
-        for action in actions:
-            if isinstance(action, CancelTask):
-                child = self._by_task.get((parent_id, action.task))
-                if child is not None and self._by_child.get(child, (None, None, -1))[2] == action.attempt:
-                    doomed.append(child)
-            elif isinstance(action, Finish):
-                doomed.extend(self.children_of(parent_id))
-        for child in dict.fromkeys(doomed):
-            self.ended(child)
-        return list(dict.fromkeys(doomed))
+#: What may leave a child without anyone to report to: a cancelled task, a failed step, the run's end.
+_ORPHANING = (CancelTask, Finish)
+
+
+def may_orphan(actions: list[Action]) -> bool:
+    """Whether `actions` of a parent run may have left one of its children waited for by nobody."""
+    return any(isinstance(a, _ORPHANING) or (isinstance(a, Emit) and a.topic == "step.failed") for a in actions)
+
+
+def orphans(parent: RunState, live_children: Mapping[str, str]) -> list[str]:
+    """Of the parent's unfinished children (child id -> its task), those nobody waits for: the parent has
+    finished, or the child's task is no longer queued, running or waiting to retry (it was cancelled).
+
+    Works from the durable state only, so it also finds a child the crashed shell had not re-attached yet."""
+    if parent.status.finished:
+        return list(live_children)
+    waiting = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_RETRY)
+    return [child for child, task in live_children.items()
+            if (state := parent.tasks.get(task)) is None or state.status not in waiting]
