@@ -20,7 +20,7 @@ from conftest import DaemonProcess, wait_until
 
 from tagent_client import Pipeline, run_agent
 from tagent_client.core.children import child_run_id
-from tagent_client.errors import PipelineValidationError
+from tagent_client.errors import PipelineLoadError, PipelineValidationError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -281,3 +281,122 @@ def test_a_step_with_more_children_than_the_fan_out_limit_fails_clearly(make_dae
         assert [r for r in c.runs() if r.pipeline == "research"] == []
     assert json.loads(daemon.cli("runs", "--json").stdout)[0]["run_id"] == run_id
     assert not os.path.exists(tmp_path / "fx")
+
+
+# -- in-process ------------------------------------------------------------------------------------------
+
+
+def flaky_child(fail_first: int) -> Pipeline:
+    """A child pipeline whose `check` step fails (for good) in the first `fail_first` child runs."""
+    runs: list[str] = []
+
+    def check(ctx):  # noqa: ANN001, ANN202
+        runs.append(ctx.run_id)
+        if len(runs) <= fail_first:
+            raise ValueError("bad numbers")
+        return "ok"
+
+    child = Pipeline("child")
+    child.step("check", fn=check, max_retries=0, final=True)
+    return child
+
+
+def test_in_process_a_failed_child_is_retried_as_a_new_child_run() -> None:
+    """Given a step that may retry once, whose first child run fails
+    When it runs in-process
+    Then a second child run (another id, from the next charged attempt) runs and the step completes with its output."""
+    parent = Pipeline("parent")
+    parent.step("one", pipeline=flaky_child(fail_first=1), max_retries=1, retry_delay=0.01, retry_jitter=0)
+
+    result = run_agent(parent, run_id="parent-run")
+
+    assert result.status == "completed", result.error
+    assert result.step_outputs["one"] == "ok"
+    assert result.step_metadata["one"]["attempts"] == 2
+
+
+def test_in_process_a_child_that_keeps_failing_fails_the_step_naming_the_child_and_its_step() -> None:
+    """Given a step without retries whose child run fails
+    Then the step fails with ChildRunFailed naming the child run (derived from the parent's id) and its failed step."""
+    parent = Pipeline("parent")
+    parent.step("one", pipeline=flaky_child(fail_first=9), max_retries=0)
+
+    result = run_agent(parent, run_id="parent-run")
+
+    assert result.status == "failed"
+    child = child_run_id("parent-run", "one", 1)
+    assert result.error_details["one"] == (f"ChildRunFailed: child run {child} of pipeline 'child' failed: "
+                                           f"check (ValueError: bad numbers)")
+
+
+def test_a_child_without_a_final_output_gives_its_whole_result_and_params_default_to_the_parents() -> None:
+    """Given a child with two sink steps (no final output) and a step without params=
+    Then the step's output is the child's PipelineResult as data, and the child saw the parent's params."""
+    child = Pipeline("child")
+    child.step("a", fn=lambda company: company.upper())
+    child.step("b", fn=lambda: 2)
+    parent = Pipeline("parent")
+    parent.step("one", pipeline=child)
+
+    result = run_agent(parent, params={"company": "acme"})
+
+    output = result.step_outputs["one"]
+    assert output["pipeline_name"] == "child" and output["status"] == "completed"
+    assert output["step_outputs"] == {"a": "ACME", "b": 2}
+
+
+def test_pipeline_may_name_a_file_or_a_pipeline_in_it(tmp_path: Path) -> None:
+    """Given research.py holding two pipelines, and a parent file naming one of them as 'research.py:deep'
+    When the parent file is read, and the in-process run starts
+    Then the step runs that pipeline; a missing file or name is a one-line load error saying where it looked."""
+    (tmp_path / "research.py").write_text(textwrap.dedent('''
+        from tagent_client import Pipeline
+        quick = Pipeline("quick")
+        quick.step("x", fn=lambda: "quick", final=True)
+        deep = Pipeline("deep")
+        deep.step("x", fn=lambda: "deep", final=True)
+    '''))
+    parent_file = write(tmp_path, "parent.py", '''\
+        from tagent_client import Pipeline
+        parent = Pipeline("parent")
+        parent.step("one", pipeline="research.py:deep")
+        ''')
+    namespace: dict[str, object] = {"__file__": str(parent_file)}
+    exec(compile(parent_file.read_text(), str(parent_file), "exec"), namespace)  # noqa: S102
+
+    assert run_agent(namespace["parent"]).step_outputs["one"] == "deep"
+    with pytest.raises(PipelineLoadError, match=r"pipeline='nowhere.py': no such file \(looked in "):
+        Pipeline("p").step("one", pipeline="nowhere.py")
+    with pytest.raises(PipelineLoadError, match="no pipeline named 'shallow'; name one with 'file.py:name'"):
+        Pipeline("p").step("one", pipeline=f"{tmp_path / 'research.py'}:shallow")
+
+
+def test_nesting_deeper_than_the_limit_is_refused_in_process_before_anything_runs() -> None:
+    """Given pipelines nested 6 levels deep (the default limit is 5)
+    Then run_agent refuses the top one before any step runs, saying how deep, the limit and what to change."""
+    inner = Pipeline("level0")
+    inner.step("x", fn=lambda: 1)
+    for level in range(1, 7):
+        outer = Pipeline(f"level{level}")
+        outer.step("down", pipeline=inner)
+        inner = outer
+    with pytest.raises(PipelineValidationError, match="sub-pipelines nest 6 levels deep under pipeline 'level6', "
+                                                      "more than the limit of 5"):
+        run_agent(inner)
+    assert run_agent(inner.steps[0].pipeline).status == "completed"  # 5 levels are fine
+
+
+def test_a_sub_pipeline_step_is_checked_like_any_step() -> None:
+    """Given sub-pipeline steps with fn=, with params of the wrong kind, and params= on an ordinary step
+    Then validation names each problem."""
+    child = Pipeline("child")
+    child.step("x", fn=lambda: 1)
+    p = Pipeline("p")
+    p.step("both", pipeline=child, fn=lambda: 1)
+    p.step("listed", pipeline=child, params=["company"])
+    p.step("plain", fn=lambda: 1, params={"a": 1})
+    assert p.problems() == [
+        "step 'both': a sub-pipeline step (pipeline=) takes no fn= or goal=: its output is the child run's",
+        "step 'listed': params= must be a dict or a function returning one, got list",
+        "step 'plain': params= only applies to a sub-pipeline step (pipeline=)",
+    ]
