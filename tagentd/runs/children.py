@@ -95,7 +95,7 @@ class ChildRuns:
 
     def after(self, run: Run, actions: list[Action]) -> None:
         """Cancel the children `run`'s actions leave waiting for nobody (a cancelled task, the run's end)."""
-        if not may_orphan(actions):
+        if not run.has_sub_pipelines or not may_orphan(actions):
             return
         live = {c.id: c.source.parent.task for c in self.runs.active()
                 if c.source.parent is not None and c.source.parent.parent_id == run.id and not c.finished}

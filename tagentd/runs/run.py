@@ -215,6 +215,11 @@ class Run:
     def summary(self) -> RunSummary:
         return self.entry().summary()
 
+    @cached_property
+    def has_sub_pipelines(self) -> bool:
+        """Whether a step of this run starts child runs (`pipeline=`)."""
+        return any(spec.child is not None for spec in self.plan.steps)
+
     def children(self) -> dict[str, list[str]]:
         """Step → the child runs its sub-pipeline tasks started, in order (from the durable audit trail)."""
         found: dict[str, list[str]] = {}
@@ -225,7 +230,7 @@ class Run:
 
     def detail(self) -> RunDetail:
         state = self.state
-        children = self.children() if any(s.child is not None for s in self.plan.steps) else {}
+        children = self.children() if self.has_sub_pipelines else {}
         steps = {}
         for name, step in state.steps.items():
             duration = step.finished_at - step.started_at if step.finished_at and step.started_at else None
