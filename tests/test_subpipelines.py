@@ -400,3 +400,19 @@ def test_a_sub_pipeline_step_is_checked_like_any_step() -> None:
         "step 'listed': params= must be a dict or a function returning one, got list",
         "step 'plain': params= only applies to a sub-pipeline step (pipeline=)",
     ]
+
+
+def test_params_that_leave_the_child_unfilled_fail_the_attempt_without_starting_it() -> None:
+    """Given a child whose function needs `company`, and params= that do not give it
+    Then the step fails at once (no retry), saying the child cannot start and which parameter is missing."""
+    child = Pipeline("child")
+    child.step("a", fn=lambda company: company)
+    parent = Pipeline("parent")
+    parent.step("one", pipeline=child, params={"compnay": "acme"}, max_retries=2)
+
+    result = run_agent(parent)
+
+    assert result.step_metadata["one"]["attempts"] == 1
+    assert result.error_details["one"].startswith(
+        "ChildRunRefused: step 'one': child pipeline 'child' cannot start: step 'a': parameter 'company' of <lambda>() "
+        "is not among the submit params (given: compnay; 'compnay' looks misspelt)")

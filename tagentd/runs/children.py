@@ -25,14 +25,13 @@ from tagent_client.core.children import (
     charged_attempt,
     child_outcome,
     child_run_id,
-    fan_out_problem,
     may_orphan,
     orphans,
+    refusal,
 )
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import Action, StepFailed, StepSucceeded
-from tagent_client.core.state import ErrorInfo, Phase, TaskState, TaskStatus
-from tagent_client.define.binding import missing_params
+from tagent_client.core.state import Phase, TaskState, TaskStatus
 from tagent_client.errors import NotFound
 from tagentd.runs.run import CHILD_STARTED, Run, RunSource
 from tagentd.runs.table import RunTable
@@ -53,12 +52,12 @@ class ChildRuns:
 
     def waiting_task(self, parent: Run, event: Any) -> TaskState | None:
         """The sub-pipeline task whose current attempt `event` (a success: the child's params) is about, if any."""
-        if not isinstance(event, StepSucceeded):
+        if not isinstance(event, StepSucceeded) or not parent.has_sub_pipelines:
             return None
         task = parent.state.tasks.get(event.task)
         if task is None or task.status is not TaskStatus.RUNNING or task.attempt != event.attempt:
             return None
-        if task.phase is not Phase.RUN or parent.plan.step(task.step).child is None:
+        if task.phase is not Phase.RUN or parent.machine.specs[task.step].child is None:
             return None
         return task
 
@@ -70,9 +69,12 @@ class ChildRuns:
         except NotFound:  # its snapshot is lost (reported in checkpoint_problems): start it afresh
             child = None
         if child is None:
-            problem = self._refusal(parent, task, params)
-            if problem is not None:
-                error = ErrorInfo(type="ChildRunRefused", message=problem)
+            spec = parent.machine.specs[task.step]
+            assert spec.child is not None
+            error = refusal(task.step, spec.child, params, items=len(parent.state.steps[task.step].items or ()),
+                            depth=(parent.source.parent.depth if parent.source.parent else 0) + 1,
+                            max_depth=self.settings.max_child_depth, max_fan_out=self.settings.max_child_fan_out)
+            if error is not None:
                 self._feed(parent, StepFailed(task=task.id, attempt=task.attempt, error=error))
                 return
             child = self._new_child(parent, task, child_id, params)
@@ -105,27 +107,8 @@ class ChildRuns:
             if child is not None and not child.finished:
                 self._cancel(child, f"parent run {run.id} no longer waits for it ({run.state.status.value})")
 
-    def _refusal(self, parent: Run, task: TaskState, params: Any) -> str | None:
-        """Why the child cannot start (limits, params it lacks), in one line, or None."""
-        spec = parent.plan.step(task.step)
-        items = parent.state.steps[task.step].items
-        too_many = fan_out_problem(task.step, len(items or ()), self.settings.max_child_fan_out)
-        if too_many:
-            return too_many
-        depth = (parent.source.parent.depth if parent.source.parent else 0) + 1
-        if depth > self.settings.max_child_depth:
-            return (f"step {task.step!r}: a child run would be nested {depth} levels deep, more than the limit of "
-                    f"{self.settings.max_child_depth} (max_child_depth in tagentd.toml)")
-        if not isinstance(params, dict):
-            return f"step {task.step!r}: the child run's params must be a dict, got {type(params).__name__}"
-        assert spec.child is not None
-        unfilled = missing_params(spec.child, params)
-        if unfilled:
-            return f"step {task.step!r}: child pipeline {spec.child.name!r} cannot start: {'; '.join(unfilled)}"
-        return None
-
     def _new_child(self, parent: Run, task: TaskState, child_id: str, params: dict[str, Any]) -> Run:
-        spec = parent.plan.step(task.step)
+        spec = parent.machine.specs[task.step]
         assert spec.child is not None
         src = parent.source
         link = ChildLink(parent_id=parent.id, step=task.step, task=task.id, item_index=task.item_index,

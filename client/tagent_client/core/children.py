@@ -29,6 +29,8 @@ from typing import Any
 
 import msgspec
 
+from ..define.binding import missing_params
+from ..define.plan import Plan
 from .events import Action, CancelTask, Emit, Event, Finish, StepFailed, StepSucceeded
 from .result import PipelineResult, to_builtins
 from .state import ErrorInfo, RunState, RunStatus, TaskState, TaskStatus
@@ -65,6 +67,24 @@ def fan_out_problem(step: str, children: int, limit: int) -> str | None:
         return None
     return (f"step {step!r} would start {children} child runs, more than the limit of {limit} per step: "
             f"split the list, or raise max_child_fan_out (tagentd.toml)")
+
+
+def refusal(step: str, child: Plan, params: Any, *, items: int, depth: int, max_depth: int = MAX_DEPTH,
+            max_fan_out: int = MAX_FAN_OUT) -> ErrorInfo | None:
+    """Why the child of a task of `step` cannot start (too many children, nested too deep, params that are
+    not a dict or leave the child's function parameters unfilled), as the attempt's error, or None.
+    `items`: the step's item count (0 without `over=`); `depth`: how deep the child would be nested."""
+    problem = fan_out_problem(step, items, max_fan_out)
+    if problem is None and depth > max_depth:
+        problem = (f"step {step!r}: a child run would be nested {depth} levels deep, more than the limit of "
+                   f"{max_depth} (max_child_depth in tagentd.toml)")
+    if problem is None and not isinstance(params, dict):
+        problem = f"step {step!r}: the child run's params must be a dict, got {type(params).__name__}"
+    if problem is None:
+        unfilled = missing_params(child, params)
+        if unfilled:
+            problem = f"step {step!r}: child pipeline {child.name!r} cannot start: {'; '.join(unfilled)}"
+    return ErrorInfo(type="ChildRunRefused", message=problem) if problem else None
 
 
 def child_output(result: PipelineResult) -> Any:

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.children import MAX_DEPTH, MAX_FAN_OUT, charged_attempt, child_outcome, child_run_id, fan_out_problem
+from ..core.children import MAX_DEPTH, charged_attempt, child_outcome, child_run_id, refusal
 from ..core.engine import RunMachine
 from ..core.events import (
     Action,
@@ -151,10 +151,11 @@ async def run_child(pipeline: Pipeline, machine: RunMachine, task: Dispatch, par
     """Run the child of a sub-pipeline task in this loop, as a nested run (core/children.py has the rules):
     its id comes from the task's charged attempt, and its end is the task's outcome."""
     spec = machine.specs[task.step]
-    items = machine.state.steps[task.step].items
-    too_many = fan_out_problem(task.step, len(items or ()), MAX_FAN_OUT)
-    if too_many:
-        return StepFailed(task=task.task, attempt=task.attempt, error=ErrorInfo(type="ChildLimitError", message=too_many))
+    assert spec.child is not None
+    refused = refusal(task.step, spec.child, params, items=len(machine.state.steps[task.step].items or ()),
+                      depth=_DEPTH.get() + 1)
+    if refused is not None:
+        return StepFailed(task=task.task, attempt=task.attempt, error=refused)
     state = machine.state.tasks[task.task]
     child_id = child_run_id(machine.state.run_id, task.task, charged_attempt(state))
     child = pipeline.steps[spec.name].pipeline
