@@ -39,12 +39,14 @@ from tagent_client.core.events import (
 )
 from tagent_client.core.state import Compensation, StepStatus
 from tagent_client.define.plan import Plan
-from tagent_client.errors import InvalidRequest
+from tagent_client.define.subpipeline import depth_problem
+from tagent_client.errors import InvalidRequest, PipelineValidationError
 from tagent_client.wire.protocol import EventRecord
 from tagentd.executor.interface import Executor
 from tagentd.plumbing.ports import Committed, MarkDirty
 from tagentd.runs import retention
 from tagentd.runs import submission as submit
+from tagentd.runs.children import ChildRuns
 from tagentd.runs.ports import RunObserver
 from tagentd.runs.run import Run
 from tagentd.runs.store import RunStore
@@ -86,6 +88,8 @@ class RunDriver:
         self.observer: RunObserver = _Unobserved()
         self._emits: list[tuple[Run, str, dict[str, Any]]] = []
         self._unpublished: Announced = []
+        self.children = ChildRuns(settings=settings, runs=runs, start=self.start_run, feed=self.feed,
+                                  cancel=self.cancel_run)
 
     def observe(self, observer: RunObserver) -> None:
         """Tell `observer` of every event, action and lifecycle event from now on."""
@@ -162,6 +166,9 @@ class RunDriver:
         if actions:
             self.mark_dirty()
             self.observer.on_actions(run, actions)
+            self.children.after(run, actions)  # children nobody waits for any more are cancelled
+            if run.source.parent is not None and any(isinstance(a, Finish) for a in actions):
+                self.children.ended(run)  # a child's end is its parent's attempt's outcome, in this same turn
 
     def _timer(self, run_id: str) -> None:
         run = self.runs.live(run_id)
@@ -172,8 +179,16 @@ class RunDriver:
     def on_attempt(self, run_id: str, event: Event) -> None:
         """What became of an attempt, from the executor: its result, or the verdict on it once lost."""
         run = self.runs.live(run_id)
-        if run is not None:
-            self.feed(run, event)
+        if run is None:
+            return
+        task = self.children.waiting_task(run, event)
+        if task is not None:  # a sub-pipeline attempt computed its child's params: start the child, wait for it
+            self.children.start(run, task, event.output)
+            self.store.changed(run)  # the link (an audit entry) is written with the child's Created record
+            self.mark_dirty()
+            self.executor.pump()
+            return
+        self.feed(run, event)
 
     async def load_plan(self, path: str, source: str, target: str | None = None) -> Plan:
         return await submit.load_plan(self.executor, path, source, target)
@@ -191,6 +206,9 @@ class RunDriver:
             raise InvalidRequest("the daemon is shutting down and accepts no new runs")
         if plan is None:
             plan = await self.load_plan(path, source, target)
+        too_deep = depth_problem(plan, self.settings.max_child_depth)
+        if too_deep:
+            raise PipelineValidationError(plan.name, [f"{path}: {too_deep}"])
         run = submit.new_run(plan, path=path, source=source, target=target, params=params,
                              model=model or self.settings.model, who=who, idempotency_key=idempotency_key)
         self.start_run(run)

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from tagent_client.core.children import ChildLink
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import Dispatch
 from tagent_client.core.result import PipelineResult
@@ -25,6 +26,7 @@ from tagent_client.wire.protocol import EventRecord, LogRecord, RunDetail, RunSu
 from tagentd.executor.interface import PipelineCode, StepAttempt
 
 MAX_LOG_LINES = 10_000
+CHILD_STARTED = "child.started"  # the audit entry that links a parent run to a child run (data: step, task, child)
 MAX_EVENTS = 50_000
 
 
@@ -38,6 +40,7 @@ class RunSource(msgspec.Struct, kw_only=True):
     model: str | None = None
     trigger: Any = None
     idempotency_key: str | None = None  # the submit's (control.submit): a repeat of it returns this run
+    parent: ChildLink | None = None  # a child run of a sub-pipeline step: which task of which run it reports to
 
 
 class AuditEntry(msgspec.Struct, kw_only=True, array_like=True):
@@ -57,7 +60,8 @@ class RunEntry(msgspec.Struct, kw_only=True, array_like=True, gc=False):
 
     `submitted_by` is who submitted the run (its first audit entry: "watcher", "uid=.. pid=..", ...);
     `trigger_id` the broker trigger that started it; `wal_seq` the WAL sequence number of the snapshot the
-    entry was taken from (0 for an entry not taken from a snapshot); `idempotency_key` its submit's key.
+    entry was taken from (0 for an entry not taken from a snapshot); `idempotency_key` its submit's key;
+    `parent_id` the run whose sub-pipeline step started it (a child run).
     """
 
     run_id: str
@@ -73,6 +77,7 @@ class RunEntry(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     trigger_id: str | None = None
     wal_seq: int = 0
     idempotency_key: str | None = None
+    parent_id: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -87,7 +92,7 @@ class RunEntry(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     def summary(self) -> RunSummary:
         return RunSummary(run_id=self.run_id, pipeline=self.pipeline, status=self.status, steps_done=self.steps_done,
                           steps_total=self.steps_total, created_at=self.created_at, finished_at=self.finished_at,
-                          path=self.path)
+                          path=self.path, parent_id=self.parent_id)
 
 
 class Run:
@@ -204,13 +209,28 @@ class Run:
             source_hash=self.source.source_hash, submitted_by=first.who if first and first.what == "submit" else "",
             trigger_id=str(trigger["id"]) if isinstance(trigger, dict) and trigger.get("id") else None, wal_seq=wal_seq,
             idempotency_key=self.source.idempotency_key,
+            parent_id=self.source.parent.parent_id if self.source.parent else None,
         ).shared()
 
     def summary(self) -> RunSummary:
         return self.entry().summary()
 
+    @cached_property
+    def has_sub_pipelines(self) -> bool:
+        """Whether a step of this run starts child runs (`pipeline=`)."""
+        return any(spec.child is not None for spec in self.plan.steps)
+
+    def children(self) -> dict[str, list[str]]:
+        """Step → the child runs its sub-pipeline tasks started, in order (from the durable audit trail)."""
+        found: dict[str, list[str]] = {}
+        for entry in self.history:
+            if entry.what == CHILD_STARTED:
+                found.setdefault(entry.data["step"], []).append(entry.data["child"])
+        return found
+
     def detail(self) -> RunDetail:
         state = self.state
+        children = self.children() if self.has_sub_pipelines else {}
         steps = {}
         for name, step in state.steps.items():
             duration = step.finished_at - step.started_at if step.finished_at and step.started_at else None
@@ -226,11 +246,12 @@ class Run:
                 tokens=step.usage.total_tokens,
                 added_by=step.spec.added_by if step.spec is not None else None,
                 compensation=step.compensation.value if step.compensation is not None else None,
+                children=children.get(name, []),
             )
         return RunDetail(
             run_id=self.id, pipeline=state.pipeline, status=state.status.value, created_at=state.created_at,
             started_at=state.started_at, finished_at=state.finished_at, error=state.error, path=self.source.path,
-            params=state.params, steps=steps,
+            params=state.params, steps=steps, parent_id=self.source.parent.parent_id if self.source.parent else None,
         )
 
     def result(self) -> PipelineResult:

@@ -83,6 +83,8 @@ class Settings(BaseModel):
     model: str | None = None
     retention_days: float = Field(30, ge=0, description="delete finished runs older than this; 0 = no age limit")
     retention_max_runs: int = Field(10000, ge=0, description="keep at most N finished runs, at any age; 0 = no limit")
+    max_child_depth: int = Field(5, ge=0, description="sub-pipelines nested deeper than this are refused at submit")
+    max_child_fan_out: int = Field(1000, ge=1, description="child runs one sub-pipeline step may start")
     run_cache_size: int = Field(256, ge=0, description="finished runs kept in memory; others are read from disk when asked for")
     wal_segment_bytes: int = Field(16 * MIB, ge=4096, description="WAL size at which runs are snapshotted and the WAL dropped")
     watch_dirs: list[Path] = Field(default_factory=list, description="empty = $XDG_DATA_HOME/tagentd/pipelines")

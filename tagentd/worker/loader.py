@@ -191,8 +191,22 @@ def load_module(source_hash: str, path: str, source: str) -> types.ModuleType:
 
 
 def find_pipeline(module: types.ModuleType, target: str | None, *, path: str | None = None) -> Pipeline:
-    """The module-level `Pipeline` whose variable name or `.name` is `target`; without a target, the only one."""
+    """The module-level `Pipeline` whose variable name or `.name` is `target`; without a target, the only one
+    that no other pipeline of the file runs as a sub-pipeline.
+
+    `parent/step/...` names a sub-pipeline: the child that step `step` of pipeline `parent` runs (a child run's
+    target), however deep.
+    """
     path = path or getattr(module, "__file__", None) or module.__name__
+    if target is not None and "/" in target:
+        head, *steps = target.split("/")
+        pipeline = find_pipeline(module, head, path=path)
+        for name in steps:
+            step = pipeline.steps.get(name)
+            if step is None or step.pipeline is None:
+                raise PipelineLoadError(f"{path}: pipeline {pipeline.name!r} has no sub-pipeline step {name!r}", path=path)
+            pipeline = step.pipeline
+        return pipeline
     found: dict[int, tuple[str, Pipeline]] = {}
     for var, value in vars(module).items():
         if isinstance(value, Pipeline) and id(value) not in found:
@@ -207,6 +221,10 @@ def find_pipeline(module: types.ModuleType, target: str | None, *, path: str | N
         names = ", ".join(_label(var, p) for var, p in pipelines)
         raise PipelineLoadError(f"{path}: no pipeline named {target!r} (found: {names})", path=path)
     if len(pipelines) > 1:
+        children = {id(s.pipeline) for _, p in pipelines for s in p.steps if s.pipeline is not None}
+        tops = [(var, p) for var, p in pipelines if id(p) not in children]
+        if len(tops) == 1:  # the others are its sub-pipelines
+            return tops[0][1]
         names = ", ".join(_label(var, p) for var, p in pipelines)
         raise PipelineLoadError(
             f"{path}: {len(pipelines)} pipelines found ({names}); pick one with FILE:NAME, e.g. {path}:{pipelines[0][0]}",

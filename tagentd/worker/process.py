@@ -87,7 +87,7 @@ def needs_agent(step: PipelineStep, phase: Phase) -> bool:
         return isinstance(step.compensate, str)
     if phase is Phase.CONDITION:
         return step.condition_is_judged
-    return phase is Phase.RUN and step.kind is not StepKind.FUNCTION
+    return phase is Phase.RUN and step.kind in (StepKind.AGENT, StepKind.TAGENT)
 
 
 class Worker:

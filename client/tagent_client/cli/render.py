@@ -72,6 +72,34 @@ def runs_table(runs: Sequence[RunSummary], now: float) -> str:
     return table(("RUN", "PIPELINE", "STATUS", "STEPS", "AGE"), rows)
 
 
+def runs_tree(runs: Sequence[RunSummary], now: float) -> str:
+    """`runs_table` with each child run under the run that started it (a child whose parent is not listed
+    stands at the top)."""
+    if not runs:
+        return "no runs"
+    listed = {r.run_id for r in runs}
+    children: dict[str | None, list[RunSummary]] = {}
+    for r in runs:
+        children.setdefault(r.parent_id if r.parent_id in listed else None, []).append(r)
+    rows: list[tuple[Any, ...]] = []
+
+    def add(run: RunSummary, depth: int) -> None:
+        label = f"{'   ' * (depth - 1)}└─ {run.run_id}" if depth else run.run_id
+        rows.append((label, run.pipeline, run.status, f"{run.steps_done}/{run.steps_total}", age(now - run.created_at)))
+        for child in sorted(children.get(run.run_id, []), key=lambda c: c.created_at):
+            add(child, depth + 1)
+
+    for top in children.get(None, []):
+        add(top, 0)
+    return table(("RUN", "PIPELINE", "STATUS", "STEPS", "AGE"), rows)
+
+
+def child_runs(detail: RunDetail) -> str:
+    """The child runs each sub-pipeline step started, one line per step ('' when there are none)."""
+    return "\n".join(f"  {name} → child runs: {', '.join(step.children)}"
+                     for name, step in detail.steps.items() if step.children)
+
+
 def run_header(detail: RunDetail, now: float) -> str:
     parts = [f"created {age(now - detail.created_at)} ago"]
     if detail.started_at and detail.finished_at:
@@ -81,6 +109,8 @@ def run_header(detail: RunDetail, now: float) -> str:
     lines = [f"run {detail.run_id} of {detail.pipeline}: {detail.status} ({', '.join(parts)})"]
     if detail.path:
         lines.append(f"  file: {detail.path}")
+    if detail.parent_id:
+        lines.append(f"  child of run {detail.parent_id}")
     if detail.error:
         lines.append(f"  error: {detail.error}")
     return "\n".join(lines)

@@ -20,7 +20,18 @@ from ..core.result import PipelineResult, to_builtins
 from ..core.state import RunStatus
 from ..errors import InvalidRequest, exit_code_for
 from .common import Session, emit_json, json_option, pass_session
-from .render import history_table, is_terminal, log_line, outputs_block, run_header, runs_table, steps_table, watch_view
+from .render import (
+    child_runs,
+    history_table,
+    is_terminal,
+    log_line,
+    outputs_block,
+    run_header,
+    runs_table,
+    runs_tree,
+    steps_table,
+    watch_view,
+)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -121,15 +132,16 @@ def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str
 @click.command()
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this state.")
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N runs.")
+@click.option("--tree", is_flag=True, help="Show each child run (of a sub-pipeline step) under its parent.")
 @json_option
 @pass_session
-def runs(session: Session, status: str | None, limit: int, as_json: bool) -> None:
+def runs(session: Session, status: str | None, limit: int, tree: bool, as_json: bool) -> None:
     """List runs, newest first."""
     found = session.client().runs(limit=limit, status=status)
     if as_json:
         emit_json(found)
     else:
-        click.echo(runs_table(found, time.time()))
+        click.echo((runs_tree if tree else runs_table)(found, time.time()))
 
 
 @click.command()
@@ -146,6 +158,8 @@ def status(session: Session, run_id: str, as_json: bool) -> None:
     click.echo(run_header(detail, now))
     if detail.steps:
         click.echo(steps_table(detail, now))
+    if any(step.children for step in detail.steps.values()):
+        click.echo(child_runs(detail))
 
 
 @click.command()

@@ -69,12 +69,19 @@ def plan_to_toml(plan: Plan) -> str:
     A None inside free-form data (shared_context, over=, a condition value) cannot be
     left out without changing its meaning, so it raises ValueError: use JSON for that pipeline.
     """
-    data = _drop_defaults(plan_to_dict(plan), Plan)
-    data["steps"] = [_drop_defaults(dict(s, retry=_drop_defaults(s["retry"], RetrySpec)), StepSpec) for s in data["steps"]]
+    data = _toml_plan(plan_to_dict(plan))
     null = _find_null(data, "")
     if null is not None:
         raise ValueError(f"pipeline {plan.name!r} cannot be written as TOML: {null} is null, which TOML cannot hold; use JSON")
     return tomli_w.dumps(data)
+
+
+def _toml_plan(data: dict[str, Any]) -> dict[str, Any]:
+    """A plan's data without the None values and empty defaults TOML cannot or need not hold, a sub-pipeline's too."""
+    data = _drop_defaults(data, Plan)
+    steps = [_drop_defaults(dict(s, retry=_drop_defaults(s["retry"], RetrySpec)), StepSpec) for s in data["steps"]]
+    data["steps"] = [dict(s, child=_toml_plan(s["child"])) if "child" in s else s for s in steps]
+    return data
 
 
 def _drop_defaults(data: dict[str, Any], struct: type[msgspec.Struct]) -> dict[str, Any]:
@@ -115,10 +122,7 @@ def plan_from_dict(data: Any, *, source: str = "pipeline data") -> Plan:
         raise load_error(source, "format", f"expected a positive integer, got {fmt!r}")
     if fmt > PLAN_FORMAT:
         raise load_error(source, "", f"format {fmt} is newer than this tagent_client reads (format {PLAN_FORMAT}); upgrade tagent_client")
-    _check_keys(data, Plan, "", source)
-    steps = data.get("steps")
-    if isinstance(steps, list):
-        data["steps"] = [_prepare_step(s, f"steps[{i}]", source) for i, s in enumerate(steps)]
+    data = _prepare_plan(data, "", source)
     try:
         plan = msgspec.convert(data, Plan)
     except msgspec.ValidationError as e:
@@ -180,6 +184,16 @@ def _check_keys(data: Mapping[str, Any], struct: type[msgspec.Struct], where: st
             raise load_error(source, where, f"unknown key {key!r}; {hint}")
 
 
+def _prepare_plan(data: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    """Check a plan's keys and prepare its steps (a sub-pipeline's plan too)."""
+    _check_keys(data, Plan, where, source)
+    steps = data.get("steps")
+    if isinstance(steps, list):
+        prefix = f"{where}." if where else ""
+        data["steps"] = [_prepare_step(s, f"{prefix}steps[{i}]", source) for i, s in enumerate(steps)]
+    return data
+
+
 def _prepare_step(step: Any, where: str, source: str) -> Any:
     """Check a step's keys; fill in `kind` when left out (function ref → function, runner tagent → tagent, else agent)."""
     if not isinstance(step, Mapping):
@@ -194,8 +208,11 @@ def _prepare_step(step: Any, where: str, source: str) -> Any:
             if not (isinstance(kind, str) and kind in known):  # a tuple: DependencyType members hash unlike their values
                 raise load_error(source, f"{where}.deps.{dep}", f"unknown dependency type {kind!r}; expected one of {_choices(DependencyType)}")
     step = dict(step)
+    if isinstance(step.get("child"), Mapping):
+        step["child"] = _prepare_plan(dict(step["child"]), f"{where}.child", source)
     if "kind" not in step:
-        step["kind"] = "function" if step.get("function") else "tagent" if step.get("runner") == "tagent" else "agent"
+        step["kind"] = ("pipeline" if step.get("child") else "function" if step.get("function")
+                        else "tagent" if step.get("runner") == "tagent" else "agent")
     return step
 
 

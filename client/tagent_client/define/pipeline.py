@@ -16,6 +16,7 @@ from typing import Any, SupportsIndex, overload
 
 from ..bounds import NAME_MAX
 from ..errors import PipelineValidationError, shorten
+from . import subpipeline
 from .plan import Plan
 from .spec import spec_of
 from .step import PipelineStep, callable_name
@@ -137,6 +138,8 @@ class Pipeline:
 
     def add_step(self, step: PipelineStep) -> Pipeline:
         """Add a ready-made step; returns the pipeline for chaining."""
+        if step.pipeline is not None:
+            step.pipeline = subpipeline.resolve_child(step.pipeline, Pipeline)
         if step.name in self.steps:
             self._duplicates.append(step.name)
         else:
@@ -195,6 +198,9 @@ class Pipeline:
             found.extend(step_problems(step, steps, pipeline_tools))
             found.extend(parameter_problems(step, steps, self.params, params))
         found.extend(f"dependency cycle: {' -> '.join(c)}" for c in cycles(steps))
+        loop = subpipeline.cycle(self)
+        if loop:
+            found.append(f"sub-pipeline cycle: {' -> '.join(loop)}: a pipeline may not include itself")
         finals = [s.name for s in self.steps if s.final]
         if len(finals) > 1:
             found.append(f"only one step may be final=True, got {', '.join(finals)}")
@@ -261,9 +267,14 @@ class Pipeline:
         """A validated pipeline from plain data; `rebuild.py` says what gets imported. `source` names the
         document in errors (`PipelineLoadError`: malformed; `PipelineValidationError`: invalid)."""
         from .document import plan_from_dict
+
+        return cls._from_plan(plan_from_dict(data, source=source), source, resolve_schemas, resolve_functions)
+
+    @classmethod
+    def _from_plan(cls, plan: Plan, source: str, resolve_schemas: bool, resolve_functions: bool) -> Pipeline:
+        """A validated pipeline from a document's plan (a sub-pipeline step's child plan too)."""
         from .rebuild import steps_from_plan
 
-        plan = plan_from_dict(data, source=source)
         p = cls(
             plan.name,
             plan.description,
@@ -276,7 +287,11 @@ class Pipeline:
             capabilities=plan.capabilities,
             params=plan.params,
         )
-        for step in steps_from_plan(plan, source, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions):
+        def child(plan: Plan) -> Pipeline:
+            return cls._from_plan(plan, source, resolve_schemas, resolve_functions)
+
+        for step in steps_from_plan(plan, source, resolve_schemas=resolve_schemas, resolve_functions=resolve_functions,
+                                    child=child):
             p.add_step(step)
         return p.validate()
 

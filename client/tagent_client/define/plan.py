@@ -42,6 +42,7 @@ class StepKind(str, enum.Enum):
     FUNCTION = "function"
     AGENT = "agent"
     TAGENT = "tagent"
+    PIPELINE = "pipeline"  # a sub-pipeline: each task starts a child run (core/children.py)
 
 
 class RetrySpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +85,11 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     function: str | None = None
     #: A function step's parameters that only a submit param can fill (checked at submit: binding.missing_params).
     needs_params: list[str] = []
+    #: A sub-pipeline step (`pipeline=`): the child's plan, and its params when they are a literal mapping
+    #: (`child_params_callable`: a function of the item / dependencies computes them, in a worker).
+    child: Plan | None = None
+    child_params: dict[str, Any] | None = None
+    child_params_callable: bool = False
     #: The step's compensation (docs/semantics.md, "Compensation"): a function (`module:qualname`) or an agent goal,
     #: with its own timeout and retries; run in a rollback if the step completed.
     compensate: str | None = None
@@ -108,7 +114,7 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     def uses_model(self) -> bool:
         """An agent or TAgent step, any step whose condition its model judges, or one whose compensation is an
         agent goal: it needs a model to run."""
-        return self.kind is not StepKind.FUNCTION or self.condition_is_judged or self.compensate_goal is not None
+        return self.kind in (StepKind.AGENT, StepKind.TAGENT) or self.condition_is_judged or self.compensate_goal is not None
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ a `PipelineLoadError` naming the step and the reference.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -22,10 +23,11 @@ from .plan import Plan, StepKind, StepSpec
 from .step import PipelineStep
 
 
-def steps_from_plan(plan: Plan, source: str, *, resolve_schemas: bool = True,
-                    resolve_functions: bool = False) -> list[PipelineStep]:
-    """The plan's steps as `PipelineStep`s, in order (`source` names the document in errors)."""
-    return [_step_from_spec(spec, f"steps[{i}]", source, resolve_schemas, resolve_functions)
+def steps_from_plan(plan: Plan, source: str, *, resolve_schemas: bool = True, resolve_functions: bool = False,
+                    child: Callable[[Plan], Any] | None = None) -> list[PipelineStep]:
+    """The plan's steps as `PipelineStep`s, in order (`source` names the document in errors). `child` builds a
+    sub-pipeline step's Pipeline from its plan (Pipeline.from_dict passes its own builder)."""
+    return [_step_from_spec(spec, f"steps[{i}]", source, resolve_schemas, resolve_functions, child)
             for i, spec in enumerate(plan.steps)]
 
 
@@ -36,9 +38,14 @@ def added_step(spec: StepSpec) -> PipelineStep:
                            f"{spec.added_by!r})", True, True)
 
 
-def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bool, resolve_functions: bool) -> PipelineStep:
+def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bool, resolve_functions: bool,
+                    child: Callable[[Plan], Any] | None = None) -> PipelineStep:
     where = f"{where} ({spec.name!r})"
     needs_python = "need the Python file that defines the pipeline: load that file instead"
+    if spec.child_params_callable:
+        raise load_error(source, where, f"computes its child's params with a function; Python functions {needs_python}")
+    if spec.kind is StepKind.PIPELINE and (spec.child is None or child is None):
+        raise load_error(source, where, "kind 'pipeline' needs child = the sub-pipeline's plan")
     if spec.tools:
         raise load_error(source, where, f"uses the Python tools {spec.tools}; tools {needs_python}")
     if spec.has_merge:
@@ -95,6 +102,8 @@ def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bo
         compensate=compensate,
         compensate_timeout=spec.compensate_timeout,
         compensate_retries=spec.compensate_retries,
+        pipeline=child(spec.child) if spec.child is not None and child is not None else None,
+        params=dict(spec.child_params) if spec.child_params is not None else None,
     )
     if step.kind is not spec.kind:
         raise load_error(source, where, f"kind {spec.kind.value!r} does not match the step, whose other keys make it {step.kind.value!r}")

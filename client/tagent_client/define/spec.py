@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from . import binding
+from typing import Any
+
+from . import binding, subpipeline
 from .conditions import Condition
 from .plan import RetrySpec, StepSpec
 from .step import PipelineStep, callable_name, function_ref, schema_ref
@@ -50,4 +52,13 @@ def spec_of(step: PipelineStep, pipeline_tools: list[str]) -> StepSpec:
         compensate_goal=compensate if isinstance(compensate, str) else None,
         compensate_timeout=step.compensate_timeout,
         compensate_retries=step.compensate_retries,
+        **child_fields(step),
     )
+
+
+def child_fields(step: PipelineStep) -> dict[str, Any]:
+    """A sub-pipeline step's child plan and params (define/subpipeline.py); nothing for other steps."""
+    if step.pipeline is None:
+        return {}
+    params, computed = subpipeline.child_params_of(step)
+    return {"child": step.pipeline.plan(), "child_params": params, "child_params_callable": computed}

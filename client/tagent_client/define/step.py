@@ -78,6 +78,10 @@ class PipelineStep:
     compensate: Callable[..., Any] | str | None = None
     compensate_timeout: float | None = None
     compensate_retries: int = 2
+    #: A sub-pipeline step: the child `Pipeline` (or a path / "file.py:name", read when the step is added to its
+    #: pipeline, define/subpipeline.py), and the child's params: a mapping, or a function filled like a step function.
+    pipeline: Any = None
+    params: Any = None
     #: The design documents' step id ("step_1", ...): informational; steps are named, and found, by `name`.
     id: str | None = None
     #: The design documents' count of retries made so far: informational; the engine counts attempts itself.
@@ -90,6 +94,12 @@ class PipelineStep:
             self.constraints = [self.constraints]
         if self.condition is not None:
             self.condition = as_condition(self.condition)
+        if self.pipeline is not None:  # a path is read into a Pipeline by Pipeline.add_step (define/subpipeline.py)
+            if self.over is not None and self.execution_mode is ExecutionMode.SERIAL:
+                self.execution_mode = ExecutionMode.PARALLEL_MERGE  # `over=`: a child run per item
+            root = self.over.split(".")[0] if isinstance(self.over, str) else None
+            if root and root not in ("params", "shared") and root not in self.depends_on:
+                self.depends_on[root] = DependencyType.HARD  # type: ignore[index]  # over="companies" reads that step
         if self.condition is not None and self.execution_mode is ExecutionMode.SERIAL:
             self.execution_mode = ExecutionMode.CONDITIONAL
 
@@ -97,6 +107,8 @@ class PipelineStep:
     def kind(self) -> StepKind:
         if self.runner == "tagent":
             return StepKind.TAGENT
+        if self.pipeline is not None:
+            return StepKind.PIPELINE
         return StepKind.FUNCTION if self.fn is not None else StepKind.AGENT
 
     @property
@@ -109,7 +121,7 @@ class PipelineStep:
     def uses_model(self) -> bool:
         """An agent or TAgent step, a step whose condition its model judges, or one whose compensation is an
         agent goal: it needs a model to run."""
-        return self.kind is not StepKind.FUNCTION or self.condition_is_judged or isinstance(self.compensate, str)
+        return self.kind in (StepKind.AGENT, StepKind.TAGENT) or self.condition_is_judged or isinstance(self.compensate, str)
 
     @property
     def dependencies(self) -> dict[str, DependencyType]:

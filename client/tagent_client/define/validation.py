@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from ..bounds import NAME_MAX
 from ..errors import shorten
-from . import binding
+from . import binding, subpipeline
 from .conditions import Condition
 from .plan import DependencyType, ExecutionMode
 from .step import callable_name
@@ -57,7 +57,7 @@ def parameter_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], de
                        params: Collection[str] | None) -> list[str]:
     """Problems binding the parameters of a function step among `steps`, with the pipeline's `declared` params
     (see the module docstring for `params`)."""
-    fn = step.fn
+    fn = step.fn if step.pipeline is None else step.params  # a sub-pipeline's params= is bound like a step function
     if fn is None or not callable(fn):
         return []
     where = f"step {shorten(step.name)!r}"
@@ -116,7 +116,10 @@ def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipelin
         out.append(f"{where}: name is too long: names have at most {NAME_MAX} characters")
     elif not isinstance(step.name, str) or not NAME.match(step.name) or step.name in ("shared", "params"):
         out.append(f"{where}: name must start with a letter or _, use letters, digits, _ and -, and not be 'shared' or 'params'")
-    if step.fn is None and not step.goal and step.runner != "tagent":
+    child = subpipeline.params_problem(step)
+    if child is not None:
+        out.append(f"{where}: {child}")
+    elif step.fn is None and not step.goal and step.runner != "tagent" and step.pipeline is None:
         out.append(f"{where}: needs a goal= (agent step) or fn= (function step)")
     if step.fn is not None and step.goal:
         out.append(f"{where}: has both goal= and fn=; a step is either an agent or a function")

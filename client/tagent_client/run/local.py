@@ -8,6 +8,7 @@ cancellation, and feeds every outcome back to the machine as an event.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import os
 import time
@@ -15,6 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..core.children import MAX_DEPTH, charged_attempt, child_outcome, child_run_id, refusal
 from ..core.engine import RunMachine
 from ..core.events import (
     Action,
@@ -29,10 +31,11 @@ from ..core.events import (
     TimerFired,
 )
 from ..core.result import PipelineResult
-from ..core.state import ErrorInfo, new_run_id
+from ..core.state import ErrorInfo, Phase, new_run_id
 from ..define.binding import missing_params
 from ..define.pipeline import Pipeline
-from ..errors import ConfigError, PipelineValidationError, describe, is_retryable, retry_after_of
+from ..define.subpipeline import depth_problem
+from ..errors import ConfigError, PipelineValidationError, TagentError, describe, is_retryable, retry_after_of
 from .additions import pipeline_for
 from .breakers import BreakerRules, LocalBreakers
 from .config import RunConfig, run_config
@@ -151,6 +154,33 @@ def make_context(pipeline: Pipeline, machine: RunMachine, task: Dispatch, servic
     )
 
 
+#: How deep the run on this task is nested: 0 for a top-level run, 1 for its children, ...
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("tagent_run_depth", default=0)
+
+
+async def run_child(pipeline: Pipeline, machine: RunMachine, task: Dispatch, params: dict[str, Any], cfg: RunConfig,
+                    model: str | None) -> Event:
+    """Run the child of a sub-pipeline task in this loop, as a nested run (core/children.py has the rules):
+    its id comes from the task's charged attempt, and its end is the task's outcome."""
+    spec = machine.specs[task.step]
+    assert spec.child is not None
+    refused = refusal(task.step, spec.child, params, items=len(machine.state.steps[task.step].items or ()),
+                      depth=_DEPTH.get() + 1)
+    if refused is not None:
+        return StepFailed(task=task.task, attempt=task.attempt, error=refused)
+    state = machine.state.tasks[task.task]
+    child_id = child_run_id(machine.state.run_id, task.task, charged_attempt(state))
+    child = pipeline.steps[spec.name].pipeline
+    token = _DEPTH.set(_DEPTH.get() + 1)
+    try:
+        result = await run_pipeline(child, cfg, params=params, model=model, run_id=child_id)
+    except TagentError as exc:  # the child cannot start (e.g. params it lacks): the attempt fails, not the parent run
+        return StepFailed(task=task.task, attempt=task.attempt, error=error_info(exc))
+    finally:
+        _DEPTH.reset(token)
+    return child_outcome(task.task, task.attempt, result)
+
+
 async def run_pipeline(
     pipeline: Pipeline,
     config: RunConfig | Mapping[str, Any] | Any = None,
@@ -174,6 +204,9 @@ async def run_pipeline(
     cfg = run_config(config, model=model, api_key=api_key, max_iterations=max_iterations,
                      max_concurrent_steps=max_concurrent_steps, fail_fast=fail_fast)
     plan = pipeline.plan()
+    too_deep = depth_problem(plan, MAX_DEPTH - _DEPTH.get())
+    if too_deep:
+        raise PipelineValidationError(plan.name, [too_deep])
     unfilled = missing_params(plan, params or {})
     if unfilled:
         raise PipelineValidationError(plan.name, unfilled)
@@ -215,7 +248,9 @@ async def run_pipeline(
 
     async def attempt(task: Dispatch) -> None:
         ctx = make_context(pipeline, machine, task, services)
-        event = await run_task(pipeline, task, ctx, run_model, llm)
+        event = await run_task(pipeline, task, ctx, run_model, llm, as_data=machine.specs[task.step].child is not None)
+        if isinstance(event, StepSucceeded) and machine.specs[task.step].child is not None and task.phase is Phase.RUN:
+            event = await run_child(pipeline, machine, task, event.output, cfg, run_model)
         services.bus.settle((machine.state.run_id, task.task, task.attempt), event)
         inbox.put_nowait(event)
         if running.get(task.task) is asyncio.current_task():

@@ -223,6 +223,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     created_at: float
     finished_at: float | None = None
     path: str | None = None
+    parent_id: str | None = None  # a child run of a sub-pipeline step: the run that started it
 
 
 class StepInfo(msgspec.Struct, kw_only=True):
@@ -239,6 +240,7 @@ class StepInfo(msgspec.Struct, kw_only=True):
     added_by: str | None = None
     #: Its compensation in a rollback: pending, succeeded or failed (None: none ran).
     compensation: str | None = None
+    children: list[str] = []  # a sub-pipeline step: the child runs it started, in order
 
 
 class RunDetail(msgspec.Struct, kw_only=True):
@@ -252,6 +254,7 @@ class RunDetail(msgspec.Struct, kw_only=True):
     path: str | None = None
     params: dict[str, Any] = {}
     steps: dict[str, StepInfo] = {}
+    parent_id: str | None = None  # a child run: the run whose sub-pipeline step started it
 
 
 class EventRecord(msgspec.Struct, kw_only=True, array_like=True):

@@ -7,6 +7,7 @@ so a step behaves the same wherever it runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from ...core.events import Dispatch
 from ...core.state import Phase, Usage
 from ...define.pipeline import Pipeline
+from ...define.step import PipelineStep
 from ..context import StepContext
 from . import function as function_runner
 
@@ -37,6 +39,17 @@ def coerce_input(pipeline: Pipeline, name: str, value: Any) -> Any:
         except Exception:  # noqa: BLE001 - a SOFT dependency may hold partial data; pass it as is
             pass
     return value
+
+
+async def child_params(step: PipelineStep, ctx: StepContext) -> dict[str, Any]:
+    """The params of the child run a sub-pipeline step starts: `params=` (a dict, or a function bound like a
+    step function), else the parent run's params. TypeError when the function returns anything but a dict."""
+    if step.params is None:
+        return dict(ctx.params)
+    params = await function_runner.call(step.params, ctx, ctx.inputs) if callable(step.params) else step.params
+    if not isinstance(params, Mapping):
+        raise TypeError(f"step {step.name!r}: params= returned {type(params).__name__}, not a dict of the child run's params")
+    return dict(params)
 
 
 async def execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, model: str | None = None,
@@ -70,6 +83,8 @@ async def _execute(pipeline: Pipeline, task: Dispatch, ctx: StepContext, *, mode
     if task.phase is Phase.MERGE:
         merged = await function_runner.call(step.merge, ctx, ctx.inputs, positional=[task.item])
         return function_runner.check_output(step, merged), None
+    if step.pipeline is not None:  # a sub-pipeline step: this task computes the child run's params; the shell starts it
+        return await child_params(step, ctx), None
     if step.fn is not None:
         return await function_runner.run(step, ctx), None
     if step.runner == "tagent":
