@@ -29,7 +29,7 @@ from ..core.events import (
 )
 from ..core.result import PipelineResult
 from ..core.state import ErrorInfo, new_run_id
-from ..define.binding import missing_params
+from ..define.binding import missing_params, with_defaults
 from ..define.pipeline import Pipeline
 from ..define.plan import StepKind
 from ..errors import ConfigError, PipelineValidationError, describe, is_retryable
@@ -162,7 +162,8 @@ async def run_pipeline(
     cfg = run_config(config, model=model, api_key=api_key, max_iterations=max_iterations,
                      max_concurrent_steps=max_concurrent_steps, fail_fast=fail_fast)
     plan = pipeline.plan()
-    unfilled = missing_params(plan, params or {})
+    params = with_defaults(plan, params)
+    unfilled = missing_params(plan, params)
     if unfilled:
         raise PipelineValidationError(plan.name, unfilled)
     overrides: dict[str, Any] = {}
