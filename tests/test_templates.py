@@ -268,3 +268,28 @@ def test_the_review_loop_waits_for_a_decision_put_with_the_cli_through_the_daemo
         assert result.final_output["body"] == "Good news: offline mode."
         assert client.space("reviews").get("announcement/published").value["body"] == "Good news: offline mode."
         assert client.space("reviews").get("announcement").value["status"] == "approved"
+
+
+@pytest.mark.timeout(180)
+def test_the_review_loop_goes_on_with_its_round_after_kill_9(make_daemon: Callable[..., DaemonProcess]) -> None:
+    # Given a review loop through a daemon, in round 2 after a person sent back a revised text
+    daemon = make_daemon().start()
+    run_id = daemon.cli("submit", str(template("review_loop")), "--model", "test").stdout.strip()
+    with daemon.client() as client:
+        wait_until(lambda: client.space("reviews").get("announcement") is not None, 30, what="round 1")
+        put = daemon.cli("space", "put", "reviews", "announcement/decision",
+                         '{"approved": false, "comments": "warmer", "body": "Good news: offline mode."}')
+        assert put.returncode == 0, put.stderr
+        wait_until(lambda: client.space("reviews").get("announcement").value.get("round") == 2, 30, what="round 2")
+    # When the daemon and its workers are killed -9, and the person approves once it is back
+    daemon.kill9()
+    daemon.start()
+    assert daemon.cli("space", "put", "reviews", "announcement/decision", '{"approved": true, "by": "ana"}').returncode == 0
+    with daemon.client() as client:
+        result = client.wait(run_id, timeout=60)
+    # Then the re-run step went on with round 2 and its revised text, and took the approval
+    assert result.success, result.summary()
+    review = result.step_outputs["review"]
+    assert [r["round"] for r in review["rounds"]] == [1, 2] and review["approved"] is True
+    assert result.final_output["body"] == "Good news: offline mode."
+    assert result.step_metadata["review"]["attempts"] == 2

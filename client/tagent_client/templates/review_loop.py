@@ -15,7 +15,8 @@ by writing the decision under `<document>/decision`, from the command line or an
 A decision with a revised `body` (and not approved) starts the next round with that text; one
 without a body rejects the draft. Only a decision written after the request counts (an old one is
 never taken for a new answer). After `max_rounds` rounds, or `timeout` seconds without a decision,
-the draft is not approved; `publish` is then skipped and the run still completes.
+the draft is not approved; `publish` is then skipped and the run still completes. The loop survives
+a crash of the daemon or its worker: it goes on with the round it was in (see `review`).
 
 Params (`--param NAME=VALUE`; the defaults are the `params=` of the Pipeline below):
     brief       what to write                                        default "Announce the new offline mode ..."
@@ -78,21 +79,34 @@ async def decision_after(ctx, space: str, key: str, version: int, deadline: floa
 
 @review_loop.task(depends_on=["draft"])
 async def review(ctx, draft: Draft, space: str, document: str, timeout: float, max_rounds: int) -> dict:
-    """Rounds of review: request, wait for the decision, take a revised body into the next round."""
+    """Rounds of review: request, wait for the decision, take a revised body into the next round.
+
+    Where it stands (round, text, decisions) is kept in the run's durable memory after each decision, and
+    each request records the decision version it waits to see exceeded: a step that runs again after a
+    crash goes on with the round it was in, and a decision written meanwhile still counts.
+    """
     requests, key = ctx.space(space), f"{document}/decision"
     deadline = time.monotonic() + timeout
-    body, history = draft.body, []
-    for round_ in range(1, max_rounds + 1):
-        seen = await requests.get(key)
-        await requests.put(document, {
-            "status": "waiting", "round": round_, "run": ctx.run_id, "title": draft.title, "body": body,
-            "answer": f"tagent space put {space} {key} '{{\"approved\": true}}' (or false, with comments and a body)"})
+    progress = await ctx.memory.get("review") or {"round": 1, "body": draft.body, "decisions": []}
+    body, decisions, first = progress["body"], progress["decisions"], progress["round"]
+    outcome = {"approved": False, "reason": f"not approved after {max_rounds} rounds"}
+    for round_ in range(first, max_rounds + 1):
+        asked = await requests.get(document)
+        if asked is not None and asked.value.get("run") == ctx.run_id and asked.value.get("round") == round_:
+            after = asked.value["after"]  # asked already, before a crash: the same question
+        else:
+            seen = await requests.get(key)
+            after = seen.version if seen else 0
+            await requests.put(document, {
+                "status": "waiting", "round": round_, "run": ctx.run_id, "after": after, "title": draft.title,
+                "body": body, "answer": f"tagent space put {space} {key} '{{\"approved\": true}}' "
+                                        f"(or false, with comments and a revised body)"})
         ctx.progress((round_ - 1) / max_rounds, f"round {round_}: waiting for a decision on {space}/{key}")
-        decision = await decision_after(ctx, space, key, seen.version if seen else 0, deadline)
+        decision = await decision_after(ctx, space, key, after, deadline)
         if decision is None:
             outcome = {"approved": False, "reason": f"no decision within {timeout:g} s"}
             break
-        history.append({"round": round_, **decision})
+        decisions.append({"round": round_, **decision})
         if decision.get("approved") is True:
             body = decision.get("body") or body
             outcome = {"approved": True, "reason": f"approved by {decision.get('by', 'a reviewer')}"}
@@ -101,12 +115,11 @@ async def review(ctx, draft: Draft, space: str, document: str, timeout: float, m
             outcome = {"approved": False, "reason": f"rejected: {decision.get('comments', 'no comments')}"}
             break
         body = decision["body"]
-    else:
-        outcome = {"approved": False, "reason": f"not approved after {max_rounds} rounds"}
+        await ctx.memory.save("review", {"round": round_ + 1, "body": body, "decisions": decisions})
     await requests.put(document, {"status": "approved" if outcome["approved"] else "closed", "reason": outcome["reason"],
                                   "run": ctx.run_id, "title": draft.title, "body": body})
     ctx.log.info("review of %s: %s", document, outcome["reason"])
-    return {**outcome, "title": draft.title, "body": body, "rounds": history}
+    return {**outcome, "title": draft.title, "body": body, "rounds": decisions}
 
 
 @review_loop.task(depends_on=["review"], condition=when("review.approved") == True, final=True)  # noqa: E712
