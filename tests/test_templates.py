@@ -183,7 +183,7 @@ def test_the_monitor_runs_once_per_published_reading_through_the_daemon(
         assert [(r.final_output["value"], r.final_output["status"]) for r in results] == [(97.2, "alert"), (61.0, "ok")]
         assert "incident_note" in results[0].step_outputs and "alert" in results[1].skipped_steps
         # and the history is in the space, the alert announced and kept
-        assert sorted(client.space("monitoring").get("boiler-1").value) == [61.0, 97.2]
+        assert sorted(r["value"] for r in client.space("monitoring").get("boiler-1").value) == [61.0, 97.2]
         assert client.space("monitoring").get("boiler-1/alert").value["value"] == 97.2
         event = alerts.get(timeout=10)
         assert event is not None and event.topic == "sensors.alert" and event.data["value"] == 97.2

@@ -8,8 +8,9 @@ published on `sensors.reading` starts a run of it (bounded and durable: docs/bro
       -> incident_note (agent: what happened and what to do next)
 
 The space (`space`, default "monitoring") holds, per sensor, the last `keep` readings under
-`<sensor>` and the latest alert under `<sensor>/alert`: `tagent space get monitoring boiler-1`.
-Runs of concurrent events update the history with compare-and-set, so none is lost.
+`<sensor>` (each with the id of its event) and the latest alert under `<sensor>/alert`:
+`tagent space get monitoring boiler-1`. Runs of concurrent events update the history with
+compare-and-set, so none is lost, and a run that runs again after a crash adds its reading once.
 
 Params (`--param NAME=VALUE`; the defaults are the `params=` of the Pipeline below):
     threshold  a reading above this is an alert                         default 80.0
@@ -58,12 +59,17 @@ async def check(ctx, threshold: float, space: str, keep: int, reading: dict) -> 
     if not (isinstance(data, dict) and isinstance(data.get("sensor"), str) and isinstance(data.get("value"), (int, float))):
         raise ValueError(f'a reading is {{"sensor": NAME, "value": NUMBER}}, got {data!r}')
     sensor, value = data["sensor"], float(data["value"])
+    reading_id = ctx.trigger["id"] if ctx.trigger else ctx.run_id
     history = ctx.space(space)
     while True:  # compare-and-set: concurrent runs for the same sensor each add their reading
         entry = await history.get(sensor)
-        values = [*(entry.value if entry else []), value][-keep:]
-        if await history.cas(sensor, values, expected_version=entry.version if entry else 0):
+        kept = list(entry.value) if entry else []
+        if any(r["id"] == reading_id for r in kept):
+            break  # added by an attempt of this run before a crash: once is enough
+        kept = [*kept, {"id": reading_id, "value": value}][-keep:]
+        if await history.cas(sensor, kept, expected_version=entry.version if entry else 0):
             break
+    values = [r["value"] for r in kept]
     average = round(sum(values) / len(values), 2)
     status = "alert" if value > threshold else "ok"
     ctx.log.info("%s: %.2f (%s; average of %d: %.2f)", sensor, value, status, len(values), average)
