@@ -1,8 +1,8 @@
 """Loading user pipeline files — only ever in a worker process, never in the daemon.
 
 How a file is imported and its pipeline picked is `tagent_client.define.loading` (the rules
-`Pipeline.load` follows too); this module adds the workers' cache. A file is identified by the hash of its text: the same text is executed once
-per worker and kept (LRU-bounded) as a real module named
+`Pipeline.load` follows too); this module adds the workers' cache. A file is identified by the
+hash of its text: the same text is executed once per worker and kept (LRU-bounded) as a real module named
 `tagent_user_<hash[:16]>` in `sys.modules`, so pydantic models, dataclasses and
 pickling that look their module up by name work. The file's directory is on
 `sys.path` while it imports, so it can import its sibling modules. A `.toml`

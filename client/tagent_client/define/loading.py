@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 from ..errors import PipelineLoadError
 
-__all__ = ["DOCUMENT_SUFFIXES", "exec_module", "find_instance", "first_line", "import_error", "on_sys_path",
-           "read_source", "split_spec"]
+__all__ = ["DOCUMENT_SUFFIXES", "exec_module", "find_instance", "first_line", "import_error", "module_name",
+           "on_sys_path", "read_source", "split_spec"]
 
 #: Pipeline files read as documents (`define/export.py`), not imported as Python.
 DOCUMENT_SUFFIXES = (".toml", ".json")
