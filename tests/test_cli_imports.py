@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.settings.config")
 
-#: (program, arguments, HEAVY modules the command may load); {run}, {file}, {pipeline}, {checkpoint} are filled in.
+#: (program, arguments, HEAVY modules the command may load); {run}, {file}, {pipeline}, {checkpoint}, {new} are filled in.
 #: `tagentd stop` stops the daemon, so it comes last.
 COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagent", ["--help"], ()),
@@ -47,6 +47,9 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagent", ["mailbox", "ls"], ()),
     ("tagent", ["mailbox", "dead", "{pipeline}"], ()),
     ("tagent", ["watch"], ()),
+    ("tagent", ["templates"], ()),
+    ("tagent", ["templates", "--json"], ()),
+    ("tagent", ["new", "{new}", "--template", "company-research"], ()),
     ("tagentd", ["--help"], ()),
     ("tagentd", ["version"], ()),
     ("tagentd", ["status"], ()),
@@ -97,7 +100,8 @@ def test_no_command_loads_heavy_modules_it_does_not_need(daemon: DaemonProcess, 
         client.wait(run_id, timeout=30)
     checkpoint = wait_until(lambda: next(iter(sorted((daemon.state_dir / "wal").glob("*.wal"))), None), 10,
                             what="a WAL segment")
-    fill = {"{run}": run_id, "{file}": str(path), "{pipeline}": "imports_check", "{checkpoint}": str(checkpoint)}
+    fill = {"{run}": run_id, "{file}": str(path), "{pipeline}": "imports_check", "{checkpoint}": str(checkpoint),
+            "{new}": str(tmp_path / "from_template.py")}
     # When each command runs to its end in a process of its own
     problems = []
     for index, (program, template, allowed) in enumerate(COMMANDS):

@@ -30,8 +30,8 @@ from tagent_client.cli.main import cli
 from tagent_client.cli.render import age, duration, event_line
 from tagent_client.cli.runs import build_params, parse_param
 from tagent_client.client.aio import AsyncClient
-from tagent_client.client.calls import split_spec
 from tagent_client.client.sync import Client
+from tagent_client.define.loading import split_spec
 from tagent_client.errors import DaemonUnavailable, NotFound, RequestTimeout, exit_code_for
 from tagent_client.wire import protocol
 from tagent_client.wire.protocol import EventBatch, EventRecord, LogBatch, RunDetail, RunSummary, StepInfo

@@ -367,7 +367,7 @@ def test_pipeline_may_name_a_file_or_a_pipeline_in_it(tmp_path: Path) -> None:
     assert run_agent(namespace["parent"]).step_outputs["one"] == "deep"
     with pytest.raises(PipelineLoadError, match=r"pipeline='nowhere.py': no such file \(looked in "):
         Pipeline("p").step("one", pipeline="nowhere.py")
-    with pytest.raises(PipelineLoadError, match="no pipeline named 'shallow'; name one with 'file.py:name'"):
+    with pytest.raises(PipelineLoadError, match=r"research.py: no pipeline named 'shallow' \(found: quick, deep\)"):
         Pipeline("p").step("one", pipeline=f"{tmp_path / 'research.py'}:shallow")
 
 

@@ -224,6 +224,16 @@ class Daemon:
             (self.runtime_dir / name).unlink(missing_ok=True)
         log.info("tagentd stopped")
 
+    def abandon_sockets(self) -> None:
+        """Close every socket at once (linger 0) and end the ZeroMQ context, if bound: after a failed start.
+
+        Left to the garbage collector, the context's term() could wait forever for a socket with queued
+        messages, and the process, having reported its error, would never exit.
+        """
+        zctx = getattr(self, "zctx", None)
+        if zctx is not None and not zctx.closed:
+            zctx.destroy(linger=0)
+
     # -- ports ------------------------------------------------------------------------------------
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
@@ -300,6 +310,10 @@ def serve(settings: Settings, *, foreground_log: bool = True) -> int:
             daemon = Daemon(settings, store)
         except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
             raise paths.unwritable(state_dir, "state dir", exc) from None
-        return asyncio.run(daemon.run(log_fd))
+        try:
+            return asyncio.run(daemon.run(log_fd))
+        except BaseException:
+            daemon.abandon_sockets()  # a start that failed after binding leaves nothing for the GC to term()
+            raise
     finally:
         lock.close()

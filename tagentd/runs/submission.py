@@ -14,7 +14,7 @@ from typing import Any
 
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.state import new_run_id
-from tagent_client.define.binding import missing_params
+from tagent_client.define.binding import missing_params, with_defaults
 from tagent_client.define.plan import Plan
 from tagent_client.errors import ConfigError, InvalidRequest, NotFound, PipelineValidationError
 from tagent_client.wire.protocol import SubmitResult
@@ -53,14 +53,15 @@ def new_run(plan: Plan, *, path: str, source: str, target: str | None, params: d
             f"{path}: agent step(s) {', '.join(unmodelled)} have no model; pass --model (e.g. --model test "
             f"offline), set model= in the pipeline, or set TAGENT_MODEL / model in tagentd.toml"
         )
-    unfilled = missing_params(plan, params or {})
+    params = with_defaults(plan, params)
+    unfilled = missing_params(plan, params)
     if unfilled:
         invalid = PipelineValidationError(plan.name, unfilled)
         invalid.message = f"{path}: pipeline {plan.name!r} is invalid: {'; '.join(unfilled)}"
         invalid.details["path"] = path
         raise invalid
     now = time.time()
-    machine = RunMachine.new(plan, new_run_id(now), params=dict(params or {}), now=now)
+    machine = RunMachine.new(plan, new_run_id(now), params=params, now=now)
     run = Run(RunSource(path=path, source=source, source_hash=source_hash(source), target=target, model=model,
                         idempotency_key=idempotency_key), plan, machine)
     run.audit(who, "submit", path=path, target=target)

@@ -1,7 +1,8 @@
 """Loading user pipeline files — only ever in a worker process, never in the daemon.
 
-A file is identified by the hash of its text: the same text is executed once
-per worker and kept (LRU-bounded) as a real module named
+How a file is imported and its pipeline picked is `tagent_client.define.loading` (the rules
+`Pipeline.load` follows too); this module adds the workers' cache. A file is identified by the
+hash of its text: the same text is executed once per worker and kept (LRU-bounded) as a real module named
 `tagent_user_<hash[:16]>` in `sys.modules`, so pydantic models, dataclasses and
 pickling that look their module up by name work. The file's directory is on
 `sys.path` while it imports, so it can import its sibling modules. A `.toml`
@@ -15,75 +16,30 @@ problem of the definition.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import traceback
 import types
 from collections import OrderedDict
 
+from tagent_client.define.loading import DOCUMENT_SUFFIXES, exec_module, on_sys_path
 from tagent_client.define.pipeline import Pipeline
+from tagent_client.define.subpipeline import find_pipeline as find_pipeline_in
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
 
 MAX_MODULES = 64
 MODULE_PREFIX = "tagent_user_"
-#: Pipeline files read as documents (tagent_client.define.export), not imported as Python.
-DOCUMENT_SUFFIXES = (".toml", ".json")
+__all__ = ["CACHE", "DOCUMENT_SUFFIXES", "ModuleCache", "find_pipeline", "load_module", "load_pipeline", "module_name",
+           "schema_classes"]
 
 
 def module_name(hash_: str) -> str:
     return f"{MODULE_PREFIX}{hash_[:16]}"
 
 
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0]
-
-
-def _import_error(path: str, exc: BaseException) -> PipelineLoadError:
-    """`path:line: Type: message`, the line being the innermost frame inside the user's file."""
-    line = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == path:
-            line = frame.lineno
-    where = f"{path}:{line}" if line else path
-    detail = _first_line(str(exc))
-    what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    return PipelineLoadError(f"{where}: {what}", path=path, line=line)
-
-
 def _exec_module(hash_: str, path: str, source: str) -> types.ModuleType:
     if path.lower().endswith(DOCUMENT_SUFFIXES):
         return _document_module(hash_, path, source)
-    try:
-        code = compile(source, path, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        where = f"{path}:{exc.lineno}" if exc.lineno else path
-        raise PipelineLoadError(f"{where}: syntax error: {exc.msg}", path=path, line=exc.lineno) from None
-    except ValueError as exc:  # e.g. NUL bytes in the source
-        raise PipelineLoadError(f"{path}: cannot compile: {_first_line(str(exc))}", path=path) from None
-    name = module_name(hash_)
-    module = types.ModuleType(name)
-    module.__file__ = path
-    sys.modules[name] = module
-    folder = os.path.dirname(os.path.abspath(path))
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        exec(code, module.__dict__)
-    except PipelineValidationError:
-        sys.modules.pop(name, None)
-        raise
-    except (Exception, SystemExit) as exc:
-        sys.modules.pop(name, None)
-        raise _import_error(path, exc) from None
-    finally:
-        if added:
-            try:
-                sys.path.remove(folder)
-            except ValueError:
-                pass
-    return module
+    return exec_module(module_name(hash_), path, source, keep=(PipelineValidationError,))
 
 
 def _document_module(hash_: str, path: str, source: str) -> types.ModuleType:
@@ -95,18 +51,8 @@ def _document_module(hash_: str, path: str, source: str) -> types.ModuleType:
     from tagent_client.define import export  # noqa: PLC0415 - only documents need it
 
     reader = export.from_toml if path.lower().endswith(".toml") else export.from_json
-    folder = os.path.dirname(os.path.abspath(path))
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
+    with on_sys_path(path):
         pipeline = reader(source, source=path)
-    finally:
-        if added:
-            try:
-                sys.path.remove(folder)
-            except ValueError:
-                pass
     module = types.ModuleType(module_name(hash_))
     module.__file__ = path
     module.pipeline = pipeline  # type: ignore[attr-defined]
@@ -192,49 +138,9 @@ def load_module(source_hash: str, path: str, source: str) -> types.ModuleType:
 
 def find_pipeline(module: types.ModuleType, target: str | None, *, path: str | None = None) -> Pipeline:
     """The module-level `Pipeline` whose variable name or `.name` is `target`; without a target, the only one
-    that no other pipeline of the file runs as a sub-pipeline.
-
-    `parent/step/...` names a sub-pipeline: the child that step `step` of pipeline `parent` runs (a child run's
-    target), however deep.
-    """
-    path = path or getattr(module, "__file__", None) or module.__name__
-    if target is not None and "/" in target:
-        head, *steps = target.split("/")
-        pipeline = find_pipeline(module, head, path=path)
-        for name in steps:
-            step = pipeline.steps.get(name)
-            if step is None or step.pipeline is None:
-                raise PipelineLoadError(f"{path}: pipeline {pipeline.name!r} has no sub-pipeline step {name!r}", path=path)
-            pipeline = step.pipeline
-        return pipeline
-    found: dict[int, tuple[str, Pipeline]] = {}
-    for var, value in vars(module).items():
-        if isinstance(value, Pipeline) and id(value) not in found:
-            found[id(value)] = (var, value)
-    pipelines = list(found.values())
-    if not pipelines:
-        raise PipelineLoadError(f"{path}: no Pipeline found at module level", path=path)
-    if target is not None:
-        for var, pipeline in pipelines:
-            if target == var or target == pipeline.name:
-                return pipeline
-        names = ", ".join(_label(var, p) for var, p in pipelines)
-        raise PipelineLoadError(f"{path}: no pipeline named {target!r} (found: {names})", path=path)
-    if len(pipelines) > 1:
-        children = {id(s.pipeline) for _, p in pipelines for s in p.steps if s.pipeline is not None}
-        tops = [(var, p) for var, p in pipelines if id(p) not in children]
-        if len(tops) == 1:  # the others are its sub-pipelines
-            return tops[0][1]
-        names = ", ".join(_label(var, p) for var, p in pipelines)
-        raise PipelineLoadError(
-            f"{path}: {len(pipelines)} pipelines found ({names}); pick one with FILE:NAME, e.g. {path}:{pipelines[0][0]}",
-            path=path,
-        )
-    return pipelines[0][1]
-
-
-def _label(var: str, pipeline: Pipeline) -> str:
-    return var if var == pipeline.name else f"{var} ({pipeline.name!r})"
+    that no other pipeline of the file runs as a sub-pipeline; `parent/step/...` names a sub-pipeline
+    (`tagent_client.define.subpipeline.find_pipeline`: the same rules as `Pipeline.load`)."""
+    return find_pipeline_in(module, Pipeline, target, path=path)
 
 
 def load_pipeline(source_hash: str, path: str, source: str | None, target: str | None = None) -> Pipeline:

@@ -5,7 +5,8 @@ one object per line for streams: `logs --json`, `submit --follow --json`), and
 anything else goes to stderr. Every TagentError ends the command with one line
 `tagent: <message>` on stderr and the exit status `errors.exit_code_for(code)`:
 0 ok, 1 the run failed, 2 usage, 3 no daemon running, ... (errors.EXIT_CODES).
-The commands are in `runs.py` (runs) and `broker.py` (messages, events, spaces).
+The commands are in `runs.py` (runs), `broker.py` (messages, events, spaces) and
+`templates.py` (the template library).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import click
 
 from ..errors import PipelineValidationError, TagentError, exit_code_for
 from ..version import __version__
-from . import broker, runs
+from . import broker, runs, templates
 from .common import EXIT_INTERRUPTED, Session
 
 
@@ -56,7 +57,7 @@ def cli(ctx: click.Context, runtime_dir: Path | None) -> None:
     ctx.call_on_close(session.close)
 
 
-for _command in [*runs.COMMANDS, *broker.COMMANDS]:
+for _command in [*runs.COMMANDS, *broker.COMMANDS, *templates.COMMANDS]:
     cli.add_command(_command)
 
 

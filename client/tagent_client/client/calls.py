@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from ..core.result import PipelineResult, to_builtins
+from ..define.loading import split_spec
 from ..errors import InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout
 from ..wire import protocol
 from ..wire.protocol import EventBatch, LogBatch, RunDetail, RunSummary, SubmitResult
@@ -130,14 +131,6 @@ def _handle(result: Any) -> RunHandle:
     accepted = msgspec.convert(result, SubmitResult)
     return RunHandle(accepted.run_id, accepted.pipeline, tuple(accepted.steps), accepted.registered,
                      tuple(accepted.triggers), accepted.duplicate)
-
-
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """'file.py:name' -> ('file.py', 'name'); a path that exists as given is never split."""
-    path, sep, name = spec.rpartition(":")
-    if sep and path and name and "/" not in name and not Path(spec).exists():
-        return path, name
-    return spec, None
 
 
 def submit(path_or_spec: str | os.PathLike[str], params: Mapping[str, Any] | None, target: str | None,

@@ -7,7 +7,9 @@ other name gets the submit param of that name; `*args` / `**kwargs` and paramete
 with a default never need anything. This module answers the questions validation
 asks before anything runs: which names only a submit param can fill
 (`param_names`), and whether the params a run is submitted with fill them
-(`missing_params`).
+(`missing_params`). A pipeline's declared param defaults (`Pipeline(params={...})`)
+fill what a submit leaves out (`with_defaults`), before that check, in the daemon
+and in-process alike.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import difflib
 import inspect
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
+
+import msgspec
 
 from .plan import Plan, StepKind
 
@@ -77,6 +81,25 @@ def notes(*parts: str | None) -> str:
     """' (a; b)' of the parts that are there, or ''."""
     shown = [p for p in parts if p]
     return f" ({'; '.join(shown)})" if shown else ""
+
+
+def with_defaults(plan: Plan, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's params: the plan's declared defaults, overridden by the submit params `params`."""
+    return {**plan.param_defaults, **(params or {})}
+
+
+def default_problems(defaults: Mapping[str, Any]) -> list[str]:
+    """One problem line per declared param default that is not plain JSON data (a run's params must be)."""
+    problems = []
+    for name, value in defaults.items():
+        if not isinstance(name, str):
+            problems.append(f"param names must be strings, got {name!r}")
+            continue
+        try:
+            msgspec.json.encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"default of param {name!r} must be plain data (str, number, bool, None, list, dict): {exc}")
+    return problems
 
 
 def missing_params(plan: Plan, params: Mapping[str, Any]) -> list[str]:

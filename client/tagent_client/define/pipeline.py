@@ -10,13 +10,15 @@ the like write and read documents (`document.py`, `rebuild.py`).
 from __future__ import annotations
 
 import copy
+import os
+import types
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, SupportsIndex, overload
 
 from ..bounds import NAME_MAX
 from ..errors import PipelineValidationError, shorten
-from . import subpipeline
+from . import binding, subpipeline
 from .plan import Plan
 from .spec import spec_of
 from .step import PipelineStep, callable_name
@@ -90,7 +92,10 @@ class Pipeline:
     `other` (its own list of copied steps). Nothing runs until the pipeline is handed
     to `run_pipeline`, `run_agent` or the daemon; `validate()` checks it first.
     `params=["company", ...]` declares the submit params its functions take by name,
-    so that `validate()` can tell a misspelt parameter from a param (`validation.py`).
+    so that `validate()` can tell a misspelt parameter from a param (`validation.py`);
+    `params={"company": "Acme", ...}` declares them with defaults: a run submitted without
+    a param gets its default (`binding.with_defaults`), in `ctx.params`, function parameters
+    and agent prompts alike. `Pipeline.load("file.py:name")` reads a pipeline file.
     """
 
     def __init__(
@@ -106,7 +111,7 @@ class Pipeline:
         fail_fast: bool = False,
         triggers: Iterable[str] = (),
         capabilities: Iterable[str] = (),
-        params: Iterable[str] | None = None,
+        params: Iterable[str] | Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(name, Pipeline):
             self._copy_of(name)
@@ -123,6 +128,8 @@ class Pipeline:
         self.capabilities = list(capabilities)
         #: The submit params the steps may take by name; None: not declared (see `validation`).
         self.params = None if params is None else [params] if isinstance(params, str) else list(params)
+        #: Defaults of declared params (`params=` given as a mapping): what a run without that param gets.
+        self.param_defaults: dict[str, Any] = dict(params) if isinstance(params, Mapping) else {}
         self.steps = StepList()
         self._duplicates: list[str] = []
 
@@ -192,6 +199,9 @@ class Pipeline:
             found.append(f"max_concurrent_steps must be a positive integer, got {self.max_concurrent_steps!r}")
         if self.params is not None and not (isinstance(self.params, list) and all(isinstance(n, str) for n in self.params)):
             found.append(f"params must be a list of param names, got {self.params!r}")
+        found.extend(binding.default_problems(self.param_defaults))
+        if params is not None and self.param_defaults:
+            params = {*params, *self.param_defaults}  # a declared default fills what the submit leaves out
         pipeline_tools = {callable_name(t) for t in self.tools}
         steps = self.steps.by_name()
         for step in self.steps:
@@ -239,7 +249,41 @@ class Pipeline:
             triggers=list(self.triggers),
             capabilities=list(self.capabilities),
             params=list(self.params) if self.params is not None else None,
+            param_defaults=dict(self.param_defaults),
         )
+
+    @classmethod
+    def load(cls, spec: str | os.PathLike[str] | Pipeline) -> Pipeline:
+        """The validated pipeline in a file: `"file.py"` (its only pipeline), `"file.py:name"` (by variable
+        name or `.name`, when it defines several), or a `.toml` / `.json` pipeline document; a Pipeline is
+        returned as it is.
+
+        The file is imported afresh on every call, by the same rules as `tagent submit` uses in the
+        daemon's workers (`loading.py`). Raises PipelineLoadError with one line, `path[:line]: what` (no
+        such file, a syntax error, an exception at import, no pipeline, several and no name, no such
+        name), or PipelineValidationError listing every problem of the definition.
+        """
+        from .loading import (
+            DOCUMENT_SUFFIXES,
+            exec_module,
+            module_name,
+            on_sys_path,
+            read_source,
+            split_spec,
+        )
+
+        if isinstance(spec, Pipeline):
+            return spec
+        path, target = split_spec(os.fspath(spec))
+        source = read_source(path)
+        if path.lower().endswith(DOCUMENT_SUFFIXES):
+            reader = cls.from_toml if path.lower().endswith(".toml") else cls.from_json
+            with on_sys_path(path):
+                document = types.ModuleType(module_name("tagent_pipeline_", source))
+                document.pipeline = reader(source, source=path)  # type: ignore[attr-defined]
+            return subpipeline.find_pipeline(document, Pipeline, target, path=path)
+        module = exec_module(module_name("tagent_pipeline_", source), path, source, keep=(PipelineValidationError,))
+        return subpipeline.find_pipeline(module, Pipeline, target, path=path).validate()
 
     # -- documents (document.py: the format; rebuild.py: the steps read back) ------------
 
@@ -287,6 +331,8 @@ class Pipeline:
             capabilities=plan.capabilities,
             params=plan.params,
         )
+        p.param_defaults = dict(plan.param_defaults)
+
         def child(plan: Plan) -> Pipeline:
             return cls._from_plan(plan, source, resolve_schemas, resolve_functions)
 

@@ -133,6 +133,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     capabilities: list[str] = []
     #: The submit params the pipeline declares (`Pipeline(params=...)`); None: not declared.
     params: list[str] | None = None
+    #: Defaults of declared params: a run submitted without one of them gets it (`binding.with_defaults`).
+    param_defaults: dict[str, Any] = {}
 
     def step(self, name: str) -> StepSpec:
         for spec in self.steps:

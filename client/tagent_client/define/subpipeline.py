@@ -14,15 +14,14 @@ Checked before anything runs:
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import importlib.util
 import inspect
 import os
-import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import PipelineLoadError, PipelineValidationError
+from .loading import find_instance
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -77,35 +76,33 @@ def _locate(path: str) -> str:
 
 
 def _read(path: str, name: str | None, kind: type[Pipeline]) -> Pipeline:
-    if path.lower().endswith(".toml"):
-        return kind.from_toml(Path(path).read_bytes(), source=f"pipeline file {path}")  # type: ignore[attr-defined, no-any-return]
-    if path.lower().endswith(".json"):
-        return kind.from_json(Path(path).read_bytes(), source=f"pipeline file {path}")  # type: ignore[attr-defined, no-any-return]
-    module_name = "tagent_child_" + hashlib.sha256(path.encode()).hexdigest()[:16]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise PipelineLoadError(f"pipeline={path!r}: not a Python file, nor .toml / .json", path=path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except (PipelineValidationError, PipelineLoadError):
-        sys.modules.pop(module_name, None)
-        raise
-    except Exception as exc:  # noqa: BLE001 - any error importing the child file is a load error, in one line
-        sys.modules.pop(module_name, None)
-        raise PipelineLoadError(f"pipeline={path!r}: {type(exc).__name__}: {exc}", path=path) from None
-    found = {id(v): (var, v) for var, v in vars(module).items() if isinstance(v, kind)}
-    pipelines = list(found.values())
-    if name is not None:
-        pipelines = [(var, p) for var, p in pipelines if name in (var, p.name)]
-    if name is None and len(pipelines) > 1:  # the one the others run as sub-pipelines
-        children = {id(s.pipeline) for _, p in pipelines for s in p.steps if s.pipeline is not None}  # type: ignore[attr-defined]
-        pipelines = [(var, p) for var, p in pipelines if id(p) not in children]
-    if len(pipelines) != 1:
-        what = f"no pipeline named {name!r}" if name is not None else f"{len(pipelines)} pipelines, not one"
-        raise PipelineLoadError(f"pipeline={path!r}: {what}; name one with 'file.py:name'", path=path)
-    return pipelines[0][1]
+    """The pipeline `name` (else the file's top one) of `path`, read by `Pipeline.load`'s rules."""
+    return kind.load(path if name is None else f"{path}:{name}")  # type: ignore[attr-defined, no-any-return]
+
+
+def find_pipeline(module: types.ModuleType, kind: type[Pipeline], target: str | None, *, path: str | None = None) -> Pipeline:
+    """The module-level pipeline `target` names (`loading.find_instance`'s rules), with two more for sub-pipelines:
+    without a target, a file whose other pipelines are all sub-pipelines of one gives that one; and
+    `parent/step/...` names the child that step `step` of pipeline `parent` runs (a child run's target), however deep."""
+    path = path or getattr(module, "__file__", None) or module.__name__
+    if target is not None and "/" in target:
+        head, *steps = target.split("/")
+        pipeline = find_pipeline(module, kind, head, path=path)
+        for step_name in steps:
+            step = pipeline.steps.get(step_name)  # type: ignore[attr-defined]
+            if step is None or step.pipeline is None:
+                raise PipelineLoadError(f"{path}: pipeline {pipeline.name!r} has no sub-pipeline step {step_name!r}",  # type: ignore[attr-defined]
+                                        path=path)
+            pipeline = step.pipeline
+        return pipeline
+    if target is None:
+        found = {id(v): v for v in vars(module).values() if isinstance(v, kind)}
+        children = {id(s.pipeline) for p in found.values() for s in p.steps if s.pipeline is not None}  # type: ignore[attr-defined]
+        tops = [p for p in found.values() if id(p) not in children]
+        if len(found) > 1 and len(tops) == 1:
+            return tops[0]
+    return find_instance(module, kind, target, path=path)
+
 
 
 def cycle(pipeline: Any) -> list[str] | None:

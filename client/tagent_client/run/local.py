@@ -32,7 +32,7 @@ from ..core.events import (
 )
 from ..core.result import PipelineResult
 from ..core.state import ErrorInfo, Phase, new_run_id
-from ..define.binding import missing_params
+from ..define.binding import missing_params, with_defaults
 from ..define.pipeline import Pipeline
 from ..define.subpipeline import depth_problem
 from ..errors import ConfigError, PipelineValidationError, TagentError, describe, is_retryable, retry_after_of
@@ -207,7 +207,8 @@ async def run_pipeline(
     too_deep = depth_problem(plan, MAX_DEPTH - _DEPTH.get())
     if too_deep:
         raise PipelineValidationError(plan.name, [too_deep])
-    unfilled = missing_params(plan, params or {})
+    params = with_defaults(plan, params)
+    unfilled = missing_params(plan, params)
     if unfilled:
         raise PipelineValidationError(plan.name, unfilled)
     overrides: dict[str, Any] = {}
