@@ -131,6 +131,8 @@ def test_gc_dry_run_lists_a_run_that_just_finished_and_keeps_the_unfinished(daem
         f"  {done}",
         "(kept whatever the limits: unfinished runs)",
     ]
+    with daemon.client() as client:
+        client.cancel(waiting)  # the daemon stops at once, not after waiting out its stop timeout for the step
 
 
 def test_inspect_of_a_file_that_is_not_a_checkpoint_is_a_bad_argument(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,12 +45,14 @@ def private_copy(source: Path, target: Path) -> None:
 
 
 @pytest.fixture
-def old_daemon(make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> DaemonProcess:
-    """Given a daemon started on a copy of the format-1 state dir."""
+def old_daemon(make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> Iterator[DaemonProcess]:
+    """Given a daemon started on a copy of the format-1 state dir (its gated step is let go at the end, so the
+    daemon stops at once instead of waiting out its stop timeout for it)."""
     daemon = make_daemon(workers=1)
     private_copy(FIXTURE, daemon.state_dir)
     daemon.env["FIXTURE_GATE"] = str(tmp_path / "gate")
-    return daemon.start()
+    yield daemon.start()
+    (tmp_path / "gate").touch()
 
 
 def test_finished_runs_of_format_1_keep_status_outputs_history_and_logs(old_daemon: DaemonProcess) -> None:
