@@ -57,28 +57,14 @@ class WorkerServices:
     # -- memory (requests answered by the daemon) -----------------------------------------
 
     async def memory_get(self, run_id: str, key: str) -> Any:
-        return await self._request(lambda req: wire.MemoryGet(req=req, run_id=run_id, key=key))
+        return await self._memory(lambda req: wire.MemoryGet(req=req, run_id=run_id, key=key))
 
     async def memory_save(self, run_id: str, key: str, value: Any) -> None:
         data = to_builtins(value)
-        await self._request(lambda req: wire.MemorySave(req=req, run_id=run_id, key=key, value=data))
+        await self._memory(lambda req: wire.MemorySave(req=req, run_id=run_id, key=key, value=data))
 
-    async def _request(self, make: Callable[[int], wire.WorkerMessage]) -> Any:
-        if threading.get_ident() != self._loop_thread:  # a sync step running its own loop in a thread
-            future = asyncio.run_coroutine_threadsafe(self._request(make), self._loop)
-            return await asyncio.wrap_future(future)
-        req = next(self._reqs)
-        waiter: asyncio.Future[wire.MemoryReply] = self._loop.create_future()
-        self._waiting[req] = waiter
-        try:
-            self._link.send_until_acked(("memory", req), make(req))
-            async with asyncio.timeout(MEMORY_TIMEOUT):
-                reply = await waiter
-        except TimeoutError:
-            raise MemoryRequestError(f"the daemon did not answer a memory request in {MEMORY_TIMEOUT:g}s", retryable=True) from None
-        finally:
-            self._waiting.pop(req, None)
-            self._link.acked(("memory", req))
+    async def _memory(self, make: Callable[[int], wire.WorkerMessage]) -> Any:
+        reply = await self._ask("memory", make, MEMORY_TIMEOUT, "a memory request")
         if reply.error:
             raise MemoryRequestError(reply.error, retryable=False)
         return reply.value
@@ -87,22 +73,8 @@ class WorkerServices:
 
     async def broker(self, caller: StepRef, op: BrokerRequest, wait: float) -> Any:
         """Send one broker request for a step and return its result; raises the daemon's error as its TagentError."""
-        if threading.get_ident() != self._loop_thread:
-            future = asyncio.run_coroutine_threadsafe(self.broker(caller, op, wait), self._loop)
-            return await asyncio.wrap_future(future)
-        req = next(self._reqs)
-        waiter: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting[req] = waiter
-        try:
-            self._link.send_until_acked(("broker", req), wire.BrokerCall(req=req, caller=caller, op=op))
-            async with asyncio.timeout(wait + BROKER_TIMEOUT):
-                reply = await waiter
-        except TimeoutError:
-            raise MemoryRequestError(f"the daemon did not answer a {type(op).__name__} request in "
-                                     f"{wait + BROKER_TIMEOUT:g}s", retryable=True) from None
-        finally:
-            self._waiting.pop(req, None)
-            self._link.acked(("broker", req))
+        reply = await self._ask("broker", lambda req: wire.BrokerCall(req=req, caller=caller, op=op),
+                                wait + BROKER_TIMEOUT, f"a {type(op).__name__} request")
         if reply.code:
             raise error_from_wire(reply.code, reply.message or reply.code)
         return reply.result
@@ -119,26 +91,33 @@ class WorkerServices:
 
     async def dependency(self, caller: StepRef, name: str, wait: float) -> DependencyState:
         """Ask the daemon for dependency `name`'s state once it has ended, or after `wait` seconds."""
-        if threading.get_ident() != self._loop_thread:
-            future = asyncio.run_coroutine_threadsafe(self.dependency(caller, name, wait), self._loop)
+        reply = await self._ask("dependency", lambda req: wire.DependencyWait(req=req, caller=caller, name=name, wait=wait),
+                                wait + BROKER_TIMEOUT, f"step {caller.step!r}'s wait for {name!r}")
+        if reply.code:
+            raise error_from_wire(reply.code, reply.message or reply.code)
+        return DependencyState(reply.status or "", reply.output)
+
+    # -- one request, one reply -------------------------------------------------------------------
+
+    async def _ask(self, kind: str, make: Callable[[int], wire.WorkerMessage], timeout: float, what: str) -> Any:
+        """Send the request `make(req)` (re-sent until the daemon acknowledges it) and return its reply; a reply
+        that does not come within `timeout` s is a retryable MemoryRequestError. Callable from a sync step's
+        thread: the request is handed to the worker's loop."""
+        if threading.get_ident() != self._loop_thread:  # a sync step running its own loop in a thread
+            future = asyncio.run_coroutine_threadsafe(self._ask(kind, make, timeout, what), self._loop)
             return await asyncio.wrap_future(future)
         req = next(self._reqs)
         waiter: asyncio.Future[Any] = self._loop.create_future()
         self._waiting[req] = waiter
         try:
-            self._link.send_until_acked(("dependency", req), wire.DependencyWait(req=req, caller=caller, name=name,
-                                                                                   wait=wait))
-            async with asyncio.timeout(wait + BROKER_TIMEOUT):
-                reply = await waiter
+            self._link.send_until_acked((kind, req), make(req))
+            async with asyncio.timeout(timeout):
+                return await waiter
         except TimeoutError:
-            raise MemoryRequestError(f"the daemon did not answer step {caller.step!r}'s wait for {name!r} in "
-                                     f"{wait + BROKER_TIMEOUT:g}s", retryable=True) from None
+            raise MemoryRequestError(f"the daemon did not answer {what} in {timeout:g}s", retryable=True) from None
         finally:
             self._waiting.pop(req, None)
-            self._link.acked(("dependency", req))
-        if reply.code:
-            raise error_from_wire(reply.code, reply.message or reply.code)
-        return DependencyState(reply.status or "", reply.output)
+            self._link.acked((kind, req))
 
     def resolve(self, reply: wire.MemoryReply | wire.BrokerReply | wire.DependencyReply) -> None:
         """Hand a MemoryReply, BrokerReply or DependencyReply to the step waiting for it (late or repeated replies are ignored)."""
