@@ -33,6 +33,7 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagent", ["logs", "{run}"], ()),
     ("tagent", ["result", "{run}"], ()),
     ("tagent", ["history", "{run}"], ()),
+    ("tagent", ["graph", "{run}", "--format", "mermaid"], ()),
     ("tagent", ["wait", "{run}"], ()),
     ("tagent", ["submit", "{file}", "--follow"], ()),
     ("tagent", ["send", "{pipeline}", '{"n": 1}'], ()),

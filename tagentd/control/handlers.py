@@ -99,7 +99,7 @@ def list_runs(ports: Ports, req: p.ListRuns) -> list[p.RunSummary]:
 
 
 def get_run(ports: Ports, req: p.GetRun) -> p.RunDetail:
-    return find_run(ports, req.run_id).detail()
+    return find_run(ports, req.run_id).detail(with_plan=req.plan)
 
 
 def get_result(ports: Ports, req: p.GetResult) -> dict[str, Any]:

@@ -228,7 +228,8 @@ class Run:
                 found.setdefault(entry.data["step"], []).append(entry.data["child"])
         return found
 
-    def detail(self) -> RunDetail:
+    def detail(self, with_plan: bool = False) -> RunDetail:
+        """The run and each step's state; `with_plan`: also its plan as plain data, with the steps added at run time."""
         state = self.state
         children = self.children() if self.has_sub_pipelines else {}
         steps = {}
@@ -252,7 +253,15 @@ class Run:
             run_id=self.id, pipeline=state.pipeline, status=state.status.value, created_at=state.created_at,
             started_at=state.started_at, finished_at=state.finished_at, error=state.error, path=self.source.path,
             params=state.params, steps=steps, parent_id=self.source.parent.parent_id if self.source.parent else None,
+            plan=self.plan_data() if with_plan else None,
         )
+
+    def plan_data(self) -> dict[str, Any]:
+        """The run's plan as plain data; the steps added at run time follow the pipeline's own."""
+        plan = self.machine.plan
+        declared = {spec.name for spec in plan.steps}
+        added = [step.spec for name, step in self.state.steps.items() if step.spec is not None and name not in declared]
+        return msgspec.to_builtins(msgspec.structs.replace(plan, steps=[*plan.steps, *added]))
 
     def result(self) -> PipelineResult:
         return PipelineResult.from_state(self.machine.plan, self.state, self.memory)

@@ -168,8 +168,9 @@ class AsyncClient(AsyncBrokerMethods, ClientBase):
     async def runs(self, limit: int = 50, status: str | None = None) -> list[RunSummary]:
         return await self._call(calls.runs(limit, status))
 
-    async def status(self, run_id: str) -> RunDetail:
-        return await self._call(calls.status(run_id))
+    async def status(self, run_id: str, plan: bool = False) -> RunDetail:
+        """The run with per-step details; `plan`: also its plan as plain data (`RunDetail.plan`)."""
+        return await self._call(calls.status(run_id, plan))
 
     async def result(self, run_id: str, schemas: Schemas | None = None) -> PipelineResult:
         return await self._call(calls.result(run_id, schemas))

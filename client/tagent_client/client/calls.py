@@ -165,8 +165,9 @@ def runs(limit: int, status: str | None) -> Call[list[RunSummary]]:
     return Call(protocol.ListRuns(limit=limit, status=status), decode_as(list[RunSummary]))
 
 
-def status(run_id: str) -> Call[RunDetail]:
-    return Call(protocol.GetRun(run_id=run_id), decode_as(RunDetail))
+def status(run_id: str, plan: bool = False) -> Call[RunDetail]:
+    return Call(protocol.GetRun(run_id=run_id, plan=plan) if plan else protocol.GetRun(run_id=run_id),
+                decode_as(RunDetail))
 
 
 def cancel(run_id: str, reason: str | None) -> Call[dict[str, Any]]:

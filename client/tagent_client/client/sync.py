@@ -119,8 +119,9 @@ class Client(BrokerMethods, ClientBase):
         """Newest runs first, optionally only those in `status`."""
         return self._call(calls.runs(limit, status))
 
-    def status(self, run_id: str) -> RunDetail:
-        return self._call(calls.status(run_id))
+    def status(self, run_id: str, plan: bool = False) -> RunDetail:
+        """The run with per-step details; `plan`: also its plan as plain data (`RunDetail.plan`)."""
+        return self._call(calls.status(run_id, plan))
 
     def result(self, run_id: str, schemas: Schemas | None = None) -> PipelineResult:
         """The run's result (partial while it runs); outputs of steps in `schemas` become model instances."""

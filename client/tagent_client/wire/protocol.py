@@ -65,9 +65,10 @@ class ListRuns(Request, tag="runs"):
 
 
 class GetRun(Request, tag="status"):
-    """One run with per-step details."""
+    """One run with per-step details; with `plan`, also the run's plan (its steps, added ones included)."""
 
     run_id: str
+    plan: bool = False
 
 
 class GetResult(Request, tag="result"):
@@ -255,6 +256,8 @@ class RunDetail(msgspec.Struct, kw_only=True):
     params: dict[str, Any] = {}
     steps: dict[str, StepInfo] = {}
     parent_id: str | None = None  # a child run: the run whose sub-pipeline step started it
+    #: Asked for (`GetRun.plan`): the run's Plan as plain data, steps added at run time included.
+    plan: dict[str, Any] | None = None
 
 
 class EventRecord(msgspec.Struct, kw_only=True, array_like=True):
