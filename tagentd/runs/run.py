@@ -242,6 +242,7 @@ class Run:
                 finished_at=step.finished_at,
                 duration_s=duration,
                 error=str(step.error) if step.error and step.status is not StepStatus.COMPLETED else None,
+                traceback=step.error.traceback if step.error and step.status is not StepStatus.COMPLETED else None,
                 skip_reason=step.skip_reason,
                 cost=step.usage.cost,
                 tokens=step.usage.total_tokens,

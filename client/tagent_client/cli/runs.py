@@ -1,4 +1,4 @@
-"""The run commands of `tagent`: submit, runs, status, logs, result, cancel, resume, retry, transcript,
+"""The run commands of `tagent`: submit, runs, status, why, logs, result, cancel, resume, retry, transcript,
 history, wait, watch.
 
 Registered on the `tagent` group by main.py; the output contract is main.py's.
@@ -20,6 +20,7 @@ from ..core.result import PipelineResult, to_builtins
 from ..core.state import RunStatus
 from ..errors import InvalidRequest, exit_code_for
 from .common import Session, emit_json, json_option, pass_session
+from .failures import diagnose, render
 from .render import (
     child_runs,
     history_table,
@@ -146,9 +147,10 @@ def runs(session: Session, status: str | None, limit: int, tree: bool, as_json: 
 
 @click.command()
 @run_argument
+@click.option("--errors", is_flag=True, help="Also print each failed step's error and whole traceback.")
 @json_option
 @pass_session
-def status(session: Session, run_id: str, as_json: bool) -> None:
+def status(session: Session, run_id: str, errors: bool, as_json: bool) -> None:
     """Show a run and the state of each of its steps."""
     detail = session.client().status(run_id)
     if as_json:
@@ -160,6 +162,35 @@ def status(session: Session, run_id: str, as_json: bool) -> None:
         click.echo(steps_table(detail, now))
     if any(step.children for step in detail.steps.values()):
         click.echo(child_runs(detail))
+    if errors:
+        for name, step in detail.steps.items():
+            if step.status == "failed" and step.error:
+                click.echo(f"\nstep {name}: {step.error}")
+                if step.traceback:
+                    click.echo(step.traceback.rstrip())
+
+
+@click.command()
+@run_argument
+@click.option("--verbose", "-v", "full", is_flag=True, help="Print whole tracebacks, not just their last frames.")
+@json_option
+@pass_session
+def why(session: Session, run_id: str, full: bool, as_json: bool) -> None:
+    """Explain why a run failed: each root failure (first first), its attempts, traceback, the steps skipped
+    because of it, and what to do next. Exits 0 for a completed run, 1 for a failed one."""
+    client = session.client()
+    detail = client.status(run_id)
+    events, after = [], 0
+    while batch := client.events(detail.run_id, after=after).events:
+        events += batch
+        after = batch[-1].seq
+    diagnosis = diagnose(detail, events)
+    if as_json:
+        emit_json(diagnosis.to_dict())
+    else:
+        click.echo(render(diagnosis, full=full))
+    if detail.status in ("failed", "rollback_failed"):
+        raise click.exceptions.Exit(exit_code_for("run_failed"))
 
 
 @click.command()
@@ -282,4 +313,4 @@ def watch(session: Session, as_json: bool) -> None:
         click.echo(watch_view(info, time.time()))
 
 
-COMMANDS = [submit, runs, status, logs, result, cancel, resume, rollback, retry, transcript, history, wait, watch]
+COMMANDS = [submit, runs, status, why, logs, result, cancel, resume, rollback, retry, transcript, history, wait, watch]

@@ -234,6 +234,8 @@ class StepInfo(msgspec.Struct, kw_only=True):
     finished_at: float | None = None
     duration_s: float | None = None
     error: str | None = None
+    #: The failed step's last traceback (its last 4000 characters; None when it raised none, e.g. a timeout).
+    traceback: str | None = None
     skip_reason: str | None = None
     cost: float = 0.0
     tokens: int = 0
