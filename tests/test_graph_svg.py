@@ -134,9 +134,12 @@ def test_boxes_do_not_overlap_and_fit_their_names() -> None:
 
 def test_edges_run_from_the_source_box_down_to_the_target_box() -> None:
     # Given a layout of a small DAG with a dependency that skips a layer, and a lone node
-    layout = place({"a": (120, 40), "b": (60, 40), "c": (200, 60), "lone": (50, 30)},
-                   [("a", "b"), ("b", "c"), ("a", "c")])
-    # Then each edge starts on its source's border and ends on its target's, below it
+    layout = place({"a": (120, 40), "b": (60, 40), "c": (200, 60), "lone": (50, 30), "self": (40, 30)},
+                   [("a", "b"), ("b", "c"), ("a", "c"), ("self", "self")])
+    # Then an edge of a node to itself loops out of its right side and back
+    me = layout.boxes["self"]
+    assert all(x >= me.x + me.w and me.y <= y <= me.y + me.h for x, y in layout.edges.pop(("self", "self")))
+    # And each other edge starts on its source's border and ends on its target's, below it
     for (source, target), points in layout.edges.items():
         src, dst = layout.boxes[source], layout.boxes[target]
         (x0, y0), (x1, y1) = points[0], points[-1]

@@ -6,7 +6,8 @@ points down (a node stands in a lower layer than each node it depends on, cycles
 one layer are at least XSPACE apart and layers YSPACE apart, so no two boxes overlap; an edge that
 spans several layers bends through reserved slots in the layers between (grandalf's dummy
 vertices), never through a box; each polyline starts on its source box's border and ends on its
-target box's. Unconnected parts of the graph are laid out side by side, in the order given.
+target box's (a node's edge to itself loops out of its right side and back). Unconnected parts
+of the graph are laid out side by side, in the order given.
 
 grandalf is imported when `place` is first called, so commands that draw nothing never load it.
 """
@@ -77,7 +78,8 @@ def place(sizes: Mapping[str, tuple[float, float]], edges: Sequence[tuple[str, s
         vertices[name] = Vertex(name)
         vertices[name].view = _View(w, h)
     links = []
-    for source, target in dict.fromkeys(edges):
+    loops = {source for source, target in edges if source == target}  # grandalf drops them: drawn beside the box
+    for source, target in dict.fromkeys(e for e in edges if e[0] != e[1]):
         link = Edge(vertices[source], vertices[target])
         link.view = _View()
         links.append(link)
@@ -98,6 +100,7 @@ def place(sizes: Mapping[str, tuple[float, float]], edges: Sequence[tuple[str, s
         sugiyama.draw_edges()
         part_boxes = {v.data: _box(v.view) for v in part.sV}
         part_routes = {(e.v[0].data, e.v[1].data): e.view.points for e in part.sE}
+        part_routes.update({(name, name): _loop(part_boxes[name]) for name in part_boxes if name in loops})
         min_x = min([b.x for b in part_boxes.values()] + [x for r in part_routes.values() for x, _ in r])
         min_y = min([b.y for b in part_boxes.values()] + [y for r in part_routes.values() for _, y in r])
         dx, dy = left - min_x, -min_y
@@ -110,6 +113,12 @@ def place(sizes: Mapping[str, tuple[float, float]], edges: Sequence[tuple[str, s
         left = right + COMPONENT_GAP
     width = max(left - COMPONENT_GAP, 0.0)
     return Layout(boxes=boxes, edges=routes, width=width, height=height)
+
+
+def _loop(box: Box) -> list[Point]:
+    """A step that depends on itself: out of its right side and back in."""
+    right, middle = box.x + box.w, box.y + box.h / 2
+    return [(right, middle - 8), (right + 20, middle - 8), (right + 20, middle + 8), (right, middle + 8)]
 
 
 def _box(view: _View) -> Box:
