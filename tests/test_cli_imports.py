@@ -22,7 +22,7 @@ from tagent_client.entry import start
 
 pytestmark = pytest.mark.timeout(120)
 
-HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.settings.config")
+HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.settings.config", "grandalf")
 
 #: (program, arguments, HEAVY modules the command may load); {run}, {file}, {pipeline}, {checkpoint}, {new} are filled in.
 #: `tagentd stop` stops the daemon, so it comes last.
@@ -34,6 +34,7 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("tagent", ["result", "{run}"], ()),
     ("tagent", ["history", "{run}"], ()),
     ("tagent", ["graph", "{run}", "--format", "mermaid"], ()),
+    ("tagent", ["graph", "{run}", "--format", "svg"], ("grandalf",)),  # the SVG layout library
     ("tagent", ["wait", "{run}"], ()),
     ("tagent", ["submit", "{file}", "--follow"], ()),
     ("tagent", ["send", "{pipeline}", '{"n": 1}'], ()),

@@ -5,6 +5,7 @@ Every format shows every step with its kind, execution mode, fan-out (`over`), c
 `when(...)` text, "callable", or "judged by model"), child pipeline, `added_by`, and status, and
 every dependency as an edge labelled with its type (hard, soft, validation, data).
 A dependency on a step the plan does not hold is still shown, as a node of kind "unknown".
+The same content as SVG is graph_svg.py's, which builds on this module.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""`tagent graph FILE|RUN`: a pipeline's DAG, or a run's with each step's status, as text, mermaid or dot.
+"""`tagent graph FILE|RUN`: a pipeline's DAG, or a run's with each step's status, as text, mermaid, dot or SVG.
 
 A FILE (`path` or `path:NAME`, a path that exists) is loaded in this process, importing it as
 `Pipeline.load` does; anything else is a run id (or a unique prefix) asked of the daemon, whose
-`status` reply carries the run's plan when asked for it. Rendering is graph.py's.
+`status` reply carries the run's plan when asked for it. Rendering is graph.py's, and graph_svg.py's
+for SVG (loaded, with its layout library, only then).
 """
 
 from __future__ import annotations
@@ -28,20 +29,20 @@ def is_file_spec(target: str) -> bool:
 
 @click.command()
 @click.argument("target", metavar="FILE[:NAME]|RUN")
-@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="text: steps by layer; mermaid: a flowchart; dot: a Graphviz digraph.")
+@click.option("--format", "-f", "fmt", type=click.Choice([*FORMATS, "svg"]), default="text", show_default=True,
+              help="text: steps by layer; mermaid: a flowchart; dot: a Graphviz digraph; svg: a drawing.")
 @pass_session
 def graph(session: Session, target: str, fmt: str) -> None:
     """Show a pipeline's DAG: steps, kinds, modes, conditions and typed dependencies (for a RUN, each step's status).
 
-    Text is coloured only on a terminal. Pipe mermaid or dot into a renderer, e.g.
-    `tagent graph RUN -f dot | dot -Tsvg > run.svg`.
+    Text is coloured only on a terminal. SVG is laid out here, no Graphviz needed:
+    `tagent graph RUN -f svg > run.svg`. Pipe mermaid or dot into a renderer of your own.
     """
     color = fmt == "text" and is_terminal(sys.stdout)
     if is_file_spec(target):
         from ..define.pipeline import Pipeline  # only a FILE needs the definition layer (and what it imports)
 
-        click.echo(render(Pipeline.load(target).plan(), fmt, color=color), nl=False)
+        click.echo(_render(Pipeline.load(target).plan(), fmt, None, color=color), nl=False)
         return
     detail = session.client().status(target, plan=True)
     if detail.plan is None:
@@ -51,7 +52,15 @@ def graph(session: Session, target: str, fmt: str) -> None:
     statuses = {name: step.status for name, step in detail.steps.items()}
     if fmt == "text":
         click.echo(f"run {detail.run_id}: {detail.status}")
-    click.echo(render(plan, fmt, statuses, color=color), nl=False)
+    click.echo(_render(plan, fmt, statuses, color=color, title=f"run {detail.run_id}: {detail.status}"), nl=False)
+
+
+def _render(plan: Plan, fmt: str, statuses: dict[str, str] | None, *, color: bool, title: str | None = None) -> str:
+    if fmt == "svg":
+        from .graph_svg import render_svg  # loads the layout library: only for SVG
+
+        return render_svg(plan, statuses, title)
+    return render(plan, fmt, statuses, color=color)
 
 
 COMMANDS = [graph]
