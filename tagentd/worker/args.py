@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from tagent_client.run.llm import LLMConfig
+from tagentd.worker.credentials import WorkerCredentials
 
 LOAD_TIMEOUT = 30.0   # importing a pipeline file longer than this ends the worker (the import cannot be stopped)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tagentd.worker", description="A tagentd worker process.")
-    parser.add_argument("--endpoint", required=True, help="the daemon's workers socket, e.g. ipc:///run/tagentd/workers.sock")
+    parser.add_argument("--endpoint", required=True,
+                        help="the daemon's workers socket, e.g. ipc:///run/tagentd/workers.sock (with $TAGENTD_WORKER_CURVE: "
+                             "its CURVE endpoint, tcp://HOST:PORT)")
     parser.add_argument("--id", type=int, required=True, help="worker number; the socket identity is w<id>.<token>")
     parser.add_argument("--capacity", type=int, default=4, help="tasks run at once (default 4)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats (default 1)")
@@ -28,4 +32,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             LLMConfig.model_validate_json(args.llm)
         except ValueError as exc:
             parser.error(f"--llm is not a valid LLM config: {exc}")
+    return args
+
+
+def curve_args(credentials: WorkerCredentials, argv: list[str]) -> argparse.Namespace:
+    """The arguments of a worker that joins the daemon over its CURVE link, made in-process (e.g. in a Ray actor).
+
+    `argv` is the command line without --endpoint (--id, --capacity, ...); run the worker with
+    `await tagentd.worker.process.Worker(args).serve()` on an asyncio loop. Without --parent-pid the worker
+    ends when the process that started this one does.
+    """
+    args = parse_args([*argv, "--endpoint", credentials.endpoint])
+    args.credentials = credentials
+    args.token = credentials.token
+    args.parent_pid = args.parent_pid or os.getppid()
     return args
