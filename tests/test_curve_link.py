@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import zmq
 from conftest import DaemonProcess, wait_until, write_pipeline
@@ -25,6 +26,7 @@ from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.worker_sockets import WorkerSockets
 from tagentd.worker import wire
 from tagentd.worker.credentials import CURVE_ENV, WorkerCredentials
+from tagentd.worker.remote import curve_args, run_in_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -232,3 +234,51 @@ def test_issued_keys_connect_replies_come_back_on_tcp_and_revoked_keys_are_refus
             zctx.term()
 
     asyncio.run(scenario())
+
+
+def issued_to(pid: int) -> WorkerCredentials:
+    """The credentials a worker process was started with (its initial environment, readable by its user)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    value = next(item for item in environ if item.startswith(CURVE_ENV.encode() + b"="))
+    return msgspec.json.decode(value.split(b"=", 1)[1], type=WorkerCredentials)
+
+
+async def _worker_until(args: Any, done: Any, timeout: float) -> int | None:
+    """Run an in-process worker (as a Ray actor does) until it ends (its status) or `done()` holds (None)."""
+    task = asyncio.ensure_future(run_in_process(args))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done() and not done():
+        if loop.time() > deadline:
+            task.cancel()
+            raise AssertionError("timed out waiting for the in-process worker")
+        await asyncio.sleep(0.02)  # ok-sleep: the worker runs on this loop
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+def test_over_tcp_only_this_start_s_workers_are_admitted(make_daemon: Any) -> None:
+    """Issue 10's rule on the CURVE link: a worker with this daemon's keys but not its token is refused, and a
+    worker of an earlier start (its keys, its token) cannot even connect after a restart."""
+    # Given a daemon whose worker joined over tcp with credentials it issued
+    daemon = curve_daemon(make_daemon, f"tcp://127.0.0.1:{free_port()}").start()  # the same port after a restart
+    first_start = issued_to(daemon.worker_pids()[0])
+    # When an in-process worker (as in a Ray actor) connects with valid keys but another token
+    stranger = msgspec.structs.replace(first_start, token="f" * 16)
+    status = asyncio.run(_worker_until(curve_args(stranger, ["--id", "1", "--heartbeat", "0.2"]), lambda: False, 30))
+    # Then the daemon refuses it and it exits with EXIT_REFUSED; it got no work
+    assert status == wire.EXIT_REFUSED
+    with daemon.client() as client:
+        status_now = client.daemon_status()
+    assert status_now.stats["workers_refused"] >= 1 and [w.id for w in status_now.workers] == [1]
+    # When the daemon is killed and started again, and a worker of the first start tries again
+    daemon.kill9()
+    daemon.start()
+    old = curve_args(first_start, ["--id", "1", "--heartbeat", "0.2"])
+    # Then its handshake fails (the server key is new): the daemon logs it, the worker hears nothing
+    ended = asyncio.run(_worker_until(old, lambda: "its handshake failed" in daemon.log(), 30))
+    assert ended is None
+    assert issued_to(daemon.worker_pids()[0]).server_key != first_start.server_key

@@ -21,6 +21,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from typing import Any
@@ -38,6 +39,10 @@ log = logging.getLogger("tagentd.curve")
 ZAP_DOMAIN = "tagentd-workers"
 WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")  # noqa: S104 - a bound address, not an address to connect to
 HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+#: libzmq's handshake errors (zmq.h ZMQ_PROTOCOL_ERROR_ZMTP_*) as a reason in the log
+HANDSHAKE_ERRORS = {0x11000001: "a CURVE hello this start cannot decrypt (keys of another daemon, or of an earlier "
+                                "start)",
+                    0x11000002: "no CURVE (a plain ZeroMQ peer)"}
 FAILURE_LOG_EVERY = 60.0  # seconds between two log lines about peers that failed the handshake without a key
 
 
@@ -155,9 +160,11 @@ class CurveGate:
             now = time.monotonic()
             if now - self._last_failure_log >= FAILURE_LOG_EVERY:
                 self._last_failure_log = now
-                log.warning("refused a connection on %s: its handshake failed (error %s: a peer without this "
-                            "daemon's CURVE keys?); %d so far", self.bound, event["value"],
-                            self.stats["worker_handshakes_failed"])
+                why = (HANDSHAKE_ERRORS.get(event["value"], f"protocol error {event['value']:#x}")
+                       if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                       else f"the peer left during it ({os.strerror(event['value'])}; a plain ZeroMQ peer?)")
+                log.warning("refused a connection on %s: its handshake failed: %s; %d so far (logged at most once "
+                            "a minute)", self.bound, why, self.stats["worker_handshakes_failed"])
 
     def close(self) -> None:
         """Stop the ZAP handler and the monitor; the ROUTER itself is closed with the daemon's worker sockets."""

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from tagent_client.run.llm import LLMConfig
-from tagentd.worker.credentials import WorkerCredentials
 
 LOAD_TIMEOUT = 30.0   # importing a pipeline file longer than this ends the worker (the import cannot be stopped)
 
@@ -34,16 +32,3 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--llm is not a valid LLM config: {exc}")
     return args
 
-
-def curve_args(credentials: WorkerCredentials, argv: list[str]) -> argparse.Namespace:
-    """The arguments of a worker that joins the daemon over its CURVE link, made in-process (e.g. in a Ray actor).
-
-    `argv` is the command line without --endpoint (--id, --capacity, ...); run the worker with
-    `await tagentd.worker.process.Worker(args).serve()` on an asyncio loop. Without --parent-pid the worker
-    ends when the process that started this one does.
-    """
-    args = parse_args([*argv, "--endpoint", credentials.endpoint])
-    args.credentials = credentials
-    args.token = credentials.token
-    args.parent_pid = args.parent_pid or os.getppid()
-    return args

@@ -3,7 +3,7 @@
     python -m tagentd.worker --endpoint ipc://PATH --id N --capacity K --heartbeat S --grace S
 
 or, on another machine, with the credentials the daemon issued in $TAGENTD_WORKER_CURVE (credentials.py), over
-the daemon's CURVE endpoint: `--endpoint tcp://HOST:PORT` (in-process: tagentd.worker.args.curve_args).
+the daemon's CURVE endpoint: `--endpoint tcp://HOST:PORT` (in another process, e.g. a Ray actor: tagentd.worker.remote).
 
 It imports user code (the daemon never does), caches pipeline modules by content
 hash, and speaks `tagentd.worker.wire` over a DEALER socket with identity `w<N>.<token>`, the
@@ -135,7 +135,8 @@ class Worker:
         """Run until told to stop (or stuck, or orphaned); returns the exit status."""
         self.loop.set_default_executor(
             concurrent.futures.ThreadPoolExecutor(self.capacity + 4, thread_name_prefix=f"w{self.id}-step"))
-        self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
+        if threading.current_thread() is threading.main_thread():  # in-process (a Ray actor) it may not be
+            self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         self.link.send(wire.Hello(worker_id=self.id, pid=os.getpid(), capacity=self.capacity, token=self.token))
         self.link.start(self.on_frame)
         housekeeping = self.loop.create_task(self.housekeep())
