@@ -72,6 +72,7 @@ class CurveGate:
         public, secret = zmq.curve_keypair()
         self.server_key = public.decode()
         self._issued: dict[str, str] = {}  # client public key (Z85) -> credential name
+        self._keys: dict[str, str] = {}  # credential name -> its public key (one per name)
         self._refused_keys: set[str] = set()  # logged once each
         self._last_failure_log = 0.0
         self.sock = zctx.socket(zmq.ROUTER)
@@ -110,15 +111,17 @@ class CurveGate:
         self.revoke(name)
         public, secret = zmq.curve_keypair()
         self._issued[public.decode()] = name
+        self._keys[name] = public.decode()
         return WorkerCredentials(name=name, endpoint=self.endpoint_for(host), server_key=self.server_key,
                                  public_key=public.decode(), secret_key=secret.decode(), token=token)
 
     def revoke(self, name: str) -> bool:
         """Refuse `name`'s keys from now on (new handshakes, and messages of its open connections); False if unknown."""
-        keys = [key for key, issued in self._issued.items() if issued == name]
-        for key in keys:
-            del self._issued[key]
-        return bool(keys)
+        key = self._keys.pop(name, None)
+        if key is None:
+            return False
+        del self._issued[key]
+        return True
 
     def name_of(self, public_key: str) -> str | None:
         """The credential name of an issued, unrevoked public key (Z85); None for any other key."""
@@ -126,7 +129,7 @@ class CurveGate:
 
     def admits(self, user_id: str | None) -> bool:
         """Whether a message whose connection was admitted as `user_id` may still be used (not revoked since)."""
-        return bool(user_id) and user_id in self._issued.values()
+        return user_id is not None and user_id in self._keys
 
     def endpoint_for(self, host: str | None) -> str:
         """The endpoint a worker on `host` connects to (see `issue`)."""
