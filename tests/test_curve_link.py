@@ -21,9 +21,11 @@ import zmq
 from conftest import DaemonProcess, wait_until, write_pipeline
 from tcp_recorder import TcpRecorder
 
+from tagent_client.errors import ConfigError, exit_code_for
 from tagentd.executor.curve import CurveGate
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.worker_sockets import WorkerSockets
+from tagentd.settings.config import load_settings
 from tagentd.worker import wire
 from tagentd.worker.credentials import CURVE_ENV, WorkerCredentials
 from tagentd.worker.remote import curve_args, run_in_process
@@ -282,3 +284,34 @@ def test_over_tcp_only_this_start_s_workers_are_admitted(make_daemon: Any) -> No
     ended = asyncio.run(_worker_until(old, lambda: "its handshake failed" in daemon.log(), 30))
     assert ended is None
     assert issued_to(daemon.worker_pids()[0]).server_key != first_start.server_key
+
+
+def test_a_worker_listen_that_cannot_be_bound_stops_the_start_with_one_line(make_daemon: Any) -> None:
+    # Given a port another process already listens on
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        daemon = curve_daemon(make_daemon, f"tcp://127.0.0.1:{port}")
+        # When the daemon is started with worker_listen on it
+        done = daemon.admin("start", "--foreground", "--workers", "1", timeout=60)
+    # Then it exits with the configuration error's status and says what to do, in one line
+    assert done.returncode == exit_code_for(ConfigError.code), done.stderr
+    assert f"worker_listen tcp://127.0.0.1:{port}: cannot bind it: Address already in use; choose another" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"TAGENTD_WORKER_LISTEN": "127.0.0.1:7001"},
+     "config: worker_listen: must be a tcp endpoint such as tcp://127.0.0.1:0 or tcp://0.0.0.0:7001, got "
+     "'127.0.0.1:7001' (from env TAGENTD_WORKER_LISTEN)"),
+    ({"TAGENTD_LOCAL_WORKERS_VIA_CURVE": "true"},
+     "config: local_workers_via_curve: needs worker_listen (the endpoint they join over)"),
+])
+def test_curve_settings_that_cannot_work_are_refused_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                 env: dict[str, str], expected: str) -> None:
+    # Given a worker endpoint that is no tcp endpoint, or local workers told to use an endpoint that is not set
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # When the settings are loaded, Then one line says what is wrong and where it came from
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {})
+    assert caught.value.message.startswith(expected)

@@ -31,6 +31,7 @@ import zmq
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import monitor, z85
 
+from tagent_client.errors import ConfigError
 from tagentd.plumbing.channel import Channel
 from tagentd.worker.credentials import WorkerCredentials
 
@@ -67,6 +68,10 @@ class CurveGate:
     """The CURVE ROUTER bound to `listen`, the server keys of this start, and the client keys it issued."""
 
     def __init__(self, zctx: zmq.Context, listen: str, stats: dict[str, int], advertise: str | None = None) -> None:
+        """Bind `listen` as a CURVE server and start the ZAP handler (on the running loop).
+
+        Raises ConfigError (one line) when the endpoint cannot be bound (in use, no such address).
+        """
         self.stats = stats
         self.advertise = advertise  # what workers are told to connect to, when not the bound address
         public, secret = zmq.curve_keypair()
@@ -88,7 +93,13 @@ class CurveGate:
         self.auth.start()
         self._monitor = self.sock.get_monitor_socket(HANDSHAKE_FAILURES)
         self.monitor = Channel(self._monitor, name="worker endpoint monitor")
-        self.sock.bind(listen)
+        try:
+            self.sock.bind(listen)
+        except zmq.ZMQError as exc:
+            self.close()
+            self.sock.close(linger=0)
+            raise ConfigError(f"worker_listen {listen}: cannot bind it: {os.strerror(exc.errno)}; choose another address or "
+                              "port (port 0: any free one), or unset worker_listen") from None
         self.bound = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         #: the channel the daemon's WorkerSockets reads: each message carries its connection's credential name
         self.channel = Channel(self.sock, peers=True, peer_property="User-Id", name="workers (tcp)")
