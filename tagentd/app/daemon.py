@@ -10,7 +10,9 @@ This module only wires and runs: each part is given the ports it uses
   through one router (tagentd/control/router.py);
 - workers.sock: the executor (tagentd/executor/: where steps run, its workers' own
   messages) and the worker-message table for the steps' requests
-  (tagentd/control/workers.py);
+  (tagentd/control/workers.py); with `worker_listen`, also a CURVE tcp endpoint for
+  workers on other machines (tagentd/executor/curve.py), replies routed per worker
+  (tagentd/plumbing/worker_sockets.py);
 - events.sock and the broker: `BrokerShell` (tagentd/broker/service.py);
 - the folder watcher (tagentd/watch/); stopping (stopping.py).
 
@@ -55,11 +57,13 @@ from tagentd.control.router import Router
 from tagentd.control.server import ControlServer
 from tagentd.control.workers import WorkerMessages, WorkerPorts
 from tagentd.executor.breakers import BreakerDesk
+from tagentd.executor.curve import CurveGate
 from tagentd.executor.interface import Executor, RunningAttempt
 from tagentd.executor.local import LocalExecutor
 from tagentd.executor.permits import PermitDesk
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.lock import InstanceLock
+from tagentd.plumbing.worker_sockets import WorkerSockets
 from tagentd.runs import submission as submit
 from tagentd.runs.driver import RunDriver
 from tagentd.runs.durable import DurableStore
@@ -129,7 +133,12 @@ class Daemon:
             self.workers.bind(self.sockets["workers"])
         finally:
             os.umask(old)
-        self.workers_channel = Channel(self.workers)
+        self.workers_channel = WorkerSockets(Channel(self.workers), self.stats)
+        self.curve: CurveGate | None = None
+        if self.settings.worker_listen is not None:  # workers on other machines: tcp with CURVE, issued keys only
+            self.curve = CurveGate(self.zctx, self.settings.worker_listen, self.stats,
+                                   advertise=self.settings.worker_advertise)
+            self.workers_channel.add_remote(self.curve.channel, self.curve.admits)
         for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             os.chmod(self.runtime_dir / name, 0o600)
 
@@ -147,7 +156,7 @@ class Daemon:
             heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
             worker_args=self.settings.worker_llm_args(), use_template=self.settings.worker_template,
-            breakers=self.breakers,
+            breakers=self.breakers, curve=self.curve if self.settings.local_workers_via_curve else None,
         )
         self.driver.executor = self.executor
         self.stopper = Stopper(self.driver, self.executor, self.store)
@@ -179,6 +188,8 @@ class Daemon:
                                               channel=self.workers_channel,
                                               reply_after_commit=self.commit.reply_after_commit), self.stats)
         self.workers_channel.start(messages.on_batch)
+        if self.curve is not None:
+            self.curve.start()
         for coro in (self.executor.supervise(), self.commit.run(), self.driver.retention_loop(), self.broker.serve()):
             self.spawn(coro)
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
@@ -217,6 +228,8 @@ class Daemon:
             task.cancel()
         self.store.close()
         self.control.close()
+        if self.curve is not None:
+            self.curve.close()
         self.workers_channel.close()
         self.broker.close()
         self.zctx.term()

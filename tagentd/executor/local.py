@@ -35,6 +35,7 @@ from tagent_client.errors import PipelineLoadError
 from tagent_client.wire.protocol import WorkerInfo
 from tagentd.executor.admission import Admission
 from tagentd.executor.breakers import BreakerDesk
+from tagentd.executor.curve import CurveGate
 from tagentd.executor.deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
 from tagentd.executor.interface import Capacity, PipelineCode, Report, RunningAttempt, StepAttempt
 from tagentd.executor.loading import PipelineLoads, plan_of
@@ -54,7 +55,8 @@ class LocalExecutor:
                  on_result: Report, on_lost: Report, permits: PermitDesk, heartbeat_interval: float,
                  heartbeat_timeout: float, grace: float, recycle_after: int, load_timeout: float,
                  log_file: int | None = None, worker_args: list[str] | None = None, use_template: bool = True,
-                 spawner: ProcessStarter | None = None, breakers: BreakerDesk | None = None) -> None:
+                 spawner: ProcessStarter | None = None, breakers: BreakerDesk | None = None,
+                 curve: CurveGate | None = None) -> None:
         self.size = size
         self.send = send
         self.on_result = on_result
@@ -73,10 +75,15 @@ class LocalExecutor:
         self._ready = asyncio.Event()
         self.ledger = DeathLedger(stuck_window=grace + 10.0)
         self.admission = Admission(send, self.counters)
+        # with `curve`, the workers join over the CURVE tcp endpoint as remote ones do (one credential for the pool)
+        credentials = curve.issue("local-pool", token=self.admission.token) if curve is not None else None
+        if credentials is not None:
+            endpoint = credentials.endpoint
         args = ["--endpoint", endpoint, "--capacity", str(capacity), "--heartbeat", str(heartbeat_interval),
                 "--grace", str(grace), *(worker_args or [])]
         self.pool = WorkerSet(spawner=spawner or Spawner(log_file=log_file, token=self.admission.token,
-                                                         stats=self.counters, use_template=use_template),
+                                                         stats=self.counters, use_template=use_template,
+                                                         credentials=credentials),
                               capacity=capacity, token=self.admission.token, args=args, counters=self.counters)
         self._handlers: dict[type, Callable[[bytes, Worker | None, Any], None]] = {
             wire.TaskDone: self._on_done, wire.Heartbeat: self._on_heartbeat, wire.Hello: self._on_hello,

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from tagentd.executor import template
 from tagentd.worker import wire
+from tagentd.worker.credentials import CURVE_ENV, WorkerCredentials
 
 log = logging.getLogger("tagentd.spawner")
 
@@ -127,14 +128,14 @@ class ForkedWorker:
 class TemplateProcess:
     """One run of `python -m tagentd.executor.template`: its process, its control socket, and the workers it forked."""
 
-    def __init__(self, *, log_file: int | None, token: str) -> None:
+    def __init__(self, *, log_file: int | None, secrets: dict[str, str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             argv = [sys.executable, "-m", "tagentd.executor.template", "--parent-pid", str(os.getpid()),
                     "--control-fd", str(theirs.fileno())]
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file or subprocess.DEVNULL,
                                          stderr=log_file or subprocess.DEVNULL, close_fds=True,
-                                         pass_fds=(theirs.fileno(),), env={**os.environ, wire.TOKEN_ENV: token})
+                                         pass_fds=(theirs.fileno(),), env={**os.environ, **secrets})
         finally:
             theirs.close()
         ours.setblocking(False)  # waits go through poll(2) with a deadline; never a blocking read on the loop
@@ -268,9 +269,10 @@ class Spawner:
     """Starts workers for one pool: from the template while it works, as separate processes otherwise."""
 
     def __init__(self, *, log_file: int | None, token: str, stats: collections.Counter[str],
-                 use_template: bool = True) -> None:
+                 use_template: bool = True, credentials: WorkerCredentials | None = None) -> None:
         self.log_file = log_file
-        self.token = token
+        # what each worker finds in its environment (and removes): the token, and the CURVE keys if it joins over tcp
+        self.secrets = {wire.TOKEN_ENV: token, **({CURVE_ENV: credentials.to_env()} if credentials else {})}
         self.stats = stats
         self.use_template = use_template and hasattr(os, "fork") and hasattr(socket, "SOCK_SEQPACKET")
         self.template: TemplateProcess | None = None
@@ -317,7 +319,7 @@ class Spawner:
 
     def _start_template(self) -> None:
         self._last_start = time.monotonic()
-        self.template = TemplateProcess(log_file=self.log_file, token=self.token)
+        self.template = TemplateProcess(log_file=self.log_file, secrets=self.secrets)
         self.stats["templates_started"] += 1
 
     def _exec(self, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -325,4 +327,4 @@ class Spawner:
         return subprocess.Popen([sys.executable, "-m", "tagentd.worker", *argv, "--parent-pid", str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=self.log_file or subprocess.DEVNULL,
                                 stderr=self.log_file or subprocess.DEVNULL, close_fds=True,
-                                env={**os.environ, wire.TOKEN_ENV: self.token})
+                                env={**os.environ, **self.secrets})

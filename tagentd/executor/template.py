@@ -19,7 +19,8 @@ Guarantees:
   template's descriptors, restores default signal handling, re-seeds `random`, names itself tagentd-w<id> and
   runs `tagentd.worker.main(argv)` (which ends with os._exit): it never returns into this module's loop.
 - It reaps every child and reports its exit status as subprocess does (-N: killed by signal N).
-- It keeps the daemon's token (wire.TOKEN_ENV) out of its own environment and hands it to each child only.
+- It keeps the daemon's token (wire.TOKEN_ENV) and a worker's CURVE keys (credentials.CURVE_ENV) out of its own
+  environment and hands them to each child only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import time
 import msgspec
 
 from tagentd.worker import lifeline
+from tagentd.worker.credentials import CURVE_ENV
 from tagentd.worker.wire import TOKEN_ENV
 
 log = logging.getLogger("tagentd.template")
@@ -91,9 +93,9 @@ from_template = msgspec.msgpack.Decoder(FromTemplate)
 class Template:
     """The fork loop; everything runs on the main (and only) thread."""
 
-    def __init__(self, control: socket.socket, token: str) -> None:
+    def __init__(self, control: socket.socket, secrets: dict[str, str]) -> None:
         self.control = control
-        self.token = token
+        self.secrets = secrets  # environment variables only the workers get: the token, CURVE keys
         self.pid = os.getpid()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -148,7 +150,7 @@ class Template:
             os.close(self.wake_w)
             random.seed()  # os.fork re-seeds it too; the promise does not rest on that
             gc.enable()
-            os.environ[TOKEN_ENV] = self.token
+            os.environ.update(self.secrets)
             from tagentd.worker.process import main
 
             main([*argv, "--parent-pid", str(self.pid)])  # ends with os._exit
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     lifeline.die_with_parent(args.parent_pid, log)
     lifeline.set_name("tagentd-tmpl")
     control = socket.socket(fileno=args.control_fd)
-    token = os.environ.pop(TOKEN_ENV, "")
+    secrets = {name: os.environ.pop(name) for name in (TOKEN_ENV, CURVE_ENV) if name in os.environ}
     gc.disable()  # no collection while importing, and none to dirty shared pages before a fork
     began = time.monotonic()
     agent_runtime = warm_up()
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
              "imported" if agent_runtime else "unavailable")
     code = 1
     try:
-        code = Template(control, token).serve(ready)
+        code = Template(control, secrets).serve(ready)
     except (OSError, msgspec.DecodeError) as exc:  # the daemon is gone or spoke nonsense: nothing to serve
         log.error("control socket: %s; exiting", exc)
     finally:

@@ -28,7 +28,7 @@ Frames = list[bytes]
 
 
 class Received(list[bytes]):
-    """One received message's frames, with its "Peer-Address" property (None where the transport has none)."""
+    """One received message's frames, with its sender's property (`Channel.peer_property`; None where there is none)."""
 
     peer: str | None = None
 
@@ -36,14 +36,17 @@ class Received(list[bytes]):
 class Channel:
     """Batched, non-blocking sends and receives on one socket, from the running event loop only.
 
-    With `peers`, each received message is a `Received` that carries its sender's "Peer-Address"
-    (on ipc: the connecting process's uid, gid and pid; see peers.py).
+    With `peers`, each received message is a `Received` that carries its sender's `peer_property`: by default
+    "Peer-Address" (on ipc: the connecting process's uid, gid and pid; see peers.py); "User-Id" is the name a
+    ZAP handler gave the sender's connection (on a CURVE socket: whose key it is).
     """
 
-    def __init__(self, sock: zmq.Socket, *, multipart: bool = True, peers: bool = False, name: str = "socket") -> None:
+    def __init__(self, sock: zmq.Socket, *, multipart: bool = True, peers: bool = False, name: str = "socket",
+                 peer_property: str = "Peer-Address") -> None:
         self.sock = sock
         self.multipart = multipart
         self.peers = peers
+        self.peer_property = peer_property
         self.name = name
         self.dropped_sends = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -119,7 +122,7 @@ class Channel:
             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             message = Received(frame.bytes for frame in frames)
             try:
-                message.peer = frames[-1].get("Peer-Address")
+                message.peer = frames[-1].get(self.peer_property)
             except zmq.ZMQError:  # no such property on this transport
                 pass
             return message

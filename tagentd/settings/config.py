@@ -100,6 +100,12 @@ class Settings(BaseModel):
     mailboxes: dict[str, MailboxSettings] = Field(default_factory=dict, description="[mailboxes.NAME] max_deliveries = N")
     trigger_max_concurrent: int = Field(4, ge=1, description="runs a triggered pipeline may have going at once")
     spaces: dict[str, SpaceSettings] = Field(default_factory=dict, description="[spaces.NAME] allow = [pipelines]")
+    worker_listen: str | None = Field(None, description="also take workers over tcp with ZeroMQ CURVE here, e.g. "
+                                      "tcp://127.0.0.1:0; a non-loopback address lets workers on other machines in")
+    worker_advertise: str | None = Field(None, description="the endpoint workers are told to connect to when "
+                                         "worker_listen is reached by another address (NAT, port forward, proxy)")
+    local_workers_via_curve: bool = Field(False, description="the local pool's workers join over worker_listen too "
+                                          "(tries the remote path on one machine)")
 
     @field_validator("runtime_dir", "state_dir", mode="after")
     @classmethod
@@ -136,6 +142,17 @@ class Settings(BaseModel):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
         return level
 
+    @field_validator("worker_listen", "worker_advertise", mode="after")
+    @classmethod
+    def _worker_listen(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        host, _, port = value.removeprefix("tcp://").rpartition(":")
+        if not value.startswith("tcp://") or not host or not port.isdigit():
+            raise ValueError(f"must be a tcp endpoint such as tcp://127.0.0.1:0 or tcp://0.0.0.0:7001, got {value!r}")
+        return value
+
     @field_validator("model", mode="after")
     @classmethod
     def _model(cls, value: str | None) -> str | None:
@@ -148,6 +165,8 @@ class Settings(BaseModel):
                 "heartbeat_timeout",
                 f"must be greater than heartbeat_interval ({self.heartbeat_interval})",
             )
+        if self.local_workers_via_curve and self.worker_listen is None:
+            raise _CrossFieldError("local_workers_via_curve", "needs worker_listen (the endpoint they join over)")
         return self
 
     @field_validator("endpoints", mode="after")

@@ -11,7 +11,9 @@ LOAD_TIMEOUT = 30.0   # importing a pipeline file longer than this ends the work
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tagentd.worker", description="A tagentd worker process.")
-    parser.add_argument("--endpoint", required=True, help="the daemon's workers socket, e.g. ipc:///run/tagentd/workers.sock")
+    parser.add_argument("--endpoint", required=True,
+                        help="the daemon's workers socket, e.g. ipc:///run/tagentd/workers.sock (with $TAGENTD_WORKER_CURVE: "
+                             "its CURVE endpoint, tcp://HOST:PORT)")
     parser.add_argument("--id", type=int, required=True, help="worker number; the socket identity is w<id>.<token>")
     parser.add_argument("--capacity", type=int, default=4, help="tasks run at once (default 4)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats (default 1)")
@@ -29,3 +31,4 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         except ValueError as exc:
             parser.error(f"--llm is not a valid LLM config: {exc}")
     return args
+

@@ -16,6 +16,7 @@ import zmq
 
 from tagentd.plumbing.channel import Channel
 from tagentd.worker import wire
+from tagentd.worker.credentials import WorkerCredentials
 
 RESEND_AFTER = 1.0
 
@@ -24,13 +25,20 @@ ENCODE_ERRORS = (TypeError, ValueError, OverflowError, msgspec.EncodeError)
 
 
 class WorkerLink:
-    """A DEALER socket (identity `w<id>.<token>`) connected to the daemon's ROUTER, used only from the event loop."""
+    """A DEALER socket (identity `w<id>.<token>`) connected to the daemon's ROUTER, used only from the event loop.
 
-    def __init__(self, context: zmq.Context, endpoint: str, identity: bytes) -> None:
+    With `credentials` it is a CURVE client of the daemon's worker endpoint (tcp, encrypted and authenticated);
+    without, it connects to `endpoint` in the clear (the daemon's ipc socket, 0600 in a 0700 dir).
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, identity: bytes,
+                 credentials: WorkerCredentials | None = None) -> None:
         self.endpoint = endpoint
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, identity)
         sock.setsockopt(zmq.LINGER, 0)
+        if credentials is not None:
+            credentials.apply(sock)
         sock.connect(endpoint)
         self._channel = Channel(sock, multipart=False)
         self._unacked: dict[Hashable, list] = {}  # key -> [frame, last sent (monotonic)]

@@ -2,6 +2,9 @@
 
     python -m tagentd.worker --endpoint ipc://PATH --id N --capacity K --heartbeat S --grace S
 
+or, on another machine, with the credentials the daemon issued in $TAGENTD_WORKER_CURVE (credentials.py), over
+the daemon's CURVE endpoint: `--endpoint tcp://HOST:PORT` (in another process, e.g. a Ray actor: tagentd.worker.remote).
+
 It imports user code (the daemon never does), caches pipeline modules by content
 hash, and speaks `tagentd.worker.wire` over a DEALER socket with identity `w<N>.<token>`, the
 token being the daemon's, taken from $TAGENTD_WORKER_TOKEN (and removed from the environment).
@@ -54,6 +57,7 @@ from tagent_client.run.runners.function import sync_call_running
 from tagentd.worker import lifeline, wire
 from tagentd.worker.args import parse_args
 from tagentd.worker.breakers import BreakerClient
+from tagentd.worker.credentials import WorkerCredentials
 from tagentd.worker.link import ENCODE_ERRORS, WorkerLink
 from tagentd.worker.llm import PermitClient, agent_runtime_loaded, preload_agent_runtime
 from tagentd.worker.loader import CACHE, schema_classes
@@ -103,7 +107,8 @@ class Worker:
         self.token = args.token
         self.loop = asyncio.get_running_loop()
         self.zmq = zmq.Context()
-        self.link = WorkerLink(self.zmq, args.endpoint, wire.identity(self.id, self.token))
+        self.link = WorkerLink(self.zmq, args.endpoint, wire.identity(self.id, self.token),
+                               getattr(args, "credentials", None))
         # events.sock is next to workers.sock: a step's event subscriptions connect to it as a client's do
         runtime_dir = Path(args.endpoint.removeprefix("ipc://")).parent if args.endpoint.startswith("ipc://") else None
         self.breakers = BreakerClient(self.link, self.loop)
@@ -130,7 +135,8 @@ class Worker:
         """Run until told to stop (or stuck, or orphaned); returns the exit status."""
         self.loop.set_default_executor(
             concurrent.futures.ThreadPoolExecutor(self.capacity + 4, thread_name_prefix=f"w{self.id}-step"))
-        self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
+        if threading.current_thread() is threading.main_thread():  # in-process (a Ray actor) it may not be
+            self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         self.link.send(wire.Hello(worker_id=self.id, pid=os.getpid(), capacity=self.capacity, token=self.token))
         self.link.start(self.on_frame)
         housekeeping = self.loop.create_task(self.housekeep())
@@ -395,6 +401,13 @@ def main(argv: list[str] | None = None) -> None:
     lifeline.die_with_parent(args.parent_pid, log)
     lifeline.set_name(f"tagentd-w{args.id}")
     args.token = os.environ.pop(wire.TOKEN_ENV, "")  # user code and its subprocesses need not see it
+    try:
+        args.credentials = WorkerCredentials.pop_env()  # CURVE keys: as secret as the token
+    except ValueError as exc:
+        log.error("%s; exiting", exc)
+        sys.exit(2)
+    if args.credentials is not None:
+        args.token = args.credentials.token
     asyncio.run(serve(args))
 
 

@@ -82,7 +82,8 @@ class WorkerServices:
     async def subscribe(self, prefixes: list[str]) -> AsyncSubscription:
         """A subscription on the daemon's events.sock, as a client has it (confirmed before this returns)."""
         if self._runtime_dir is None:
-            raise TagentError("this worker does not know the daemon's runtime dir, so a step cannot subscribe to events")
+            raise TagentError("a step in a worker joined over the CURVE link (tcp) cannot subscribe to events: they come "
+                              "from the daemon's events.sock, which that link does not carry (docs/scale-out.md)")
         subscription = AsyncSubscription(self._runtime_dir, prefixes)
         await subscription.open()
         return subscription
