@@ -30,6 +30,8 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 #: A commit or an fsync takes from tens of microseconds (page cache, tmpfs) to seconds (a struggling disk).
 DISK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 float("inf"))
+#: The `outcome` label of tagentd_step_attempts_total: StepSucceeded, StepFailed, StepTimedOut.
+OUTCOMES = ("succeeded", "failed", "timed_out")
 #: What the worker sent for an attempt: (seconds, cpu_seconds, peak_rss_bytes), or None (not measured).
 Resources = tuple[float, float, int] | None
 
@@ -72,19 +74,24 @@ class Metrics:
         self.fsync_seconds = Histogram(
             "tagentd_wal_fsync_duration_seconds", "Time of each fsync of a write-ahead log segment, by log "
             "(runs, broker).", ["log"], buckets=DISK_BUCKETS, registry=r)
+        self._steps: dict[tuple[str, str], _StepSeries] = {}  # each step's series, looked up once per attempt
 
     # -- what the hot paths call -------------------------------------------------------------------------
 
     def attempt_ended(self, pipeline: str, step: str, event: Any, seconds: float, resources: Resources) -> None:
-        """An attempt of `step` reported `event` (StepSucceeded, StepFailed or StepTimedOut), once per attempt."""
-        outcome = "succeeded" if isinstance(event, StepSucceeded) else "failed" if isinstance(event, StepFailed) \
-            else "timed_out"
-        self.step_attempts.labels(pipeline, step, outcome).inc()
+        """An attempt of `step` reported `event` (StepSucceeded, StepFailed or StepTimedOut), once per attempt.
+
+        `seconds` is the daemon's own measure (sent to reported), used when the worker sent no `resources`."""
+        series = self._steps.get((pipeline, step))
+        if series is None:
+            series = self._steps[(pipeline, step)] = _StepSeries(self, pipeline, step)
+        outcome = 0 if isinstance(event, StepSucceeded) else 1 if isinstance(event, StepFailed) else 2
+        series.attempts[outcome].inc()
         if resources is not None:
             seconds, cpu, rss = resources
-            self.step_cpu.labels(pipeline, step).inc(max(0.0, cpu))
-            self.step_rss.labels(pipeline, step).set(rss)
-        self.step_seconds.labels(pipeline, step).observe(max(0.0, seconds))
+            series.cpu.inc(max(0.0, cpu))
+            series.rss.set(rss)
+        series.seconds.observe(max(0.0, seconds))
         usage: Usage | None = getattr(event, "usage", None)
         if usage is not None and usage.requests:
             transcript = getattr(event, "transcript", None) or {}
@@ -111,6 +118,16 @@ class Metrics:
     def exposition(self) -> str:
         """Every series, in the Prometheus text format (version 0.0.4)."""
         return prometheus_client.generate_latest(self.registry).decode("utf-8")
+
+
+class _StepSeries:
+    """The series of one (pipeline, step), resolved once: an attempt then costs no label lookup."""
+
+    def __init__(self, metrics: Metrics, pipeline: str, step: str) -> None:
+        self.attempts = [metrics.step_attempts.labels(pipeline, step, outcome) for outcome in OUTCOMES]
+        self.seconds = metrics.step_seconds.labels(pipeline, step)
+        self.cpu = metrics.step_cpu.labels(pipeline, step)
+        self.rss = metrics.step_rss.labels(pipeline, step)
 
 
 class _OnScrape(Collector):

@@ -38,13 +38,20 @@ def max_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
 
 
-def current_rss() -> int:
-    """The process's resident set size now, in bytes (the high-water mark where /proc is missing)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:
-        return max_rss()
+class ResidentSize:
+    """The process's resident set size now, in bytes: one pread of /proc/<pid>/statm, kept open (the high-water
+    mark where /proc is missing). Make it in the process it measures (after a fork)."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open(f"/proc/{os.getpid()}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> int:
+        if self._fd is None:
+            return max_rss()
+        return int(os.pread(self._fd, 128, 0).split()[1]) * _PAGE
 
 
 @dataclass
@@ -64,11 +71,12 @@ class ResourceMeter:
     def __init__(self) -> None:
         self._running: dict[object, _Use] = {}
         self._cpu_at = time.thread_time()
+        self._rss = ResidentSize()
 
     def begin(self, key: object) -> list[float]:
         """Start metering an attempt; returns the accumulator its sync calls add their thread CPU to (SYNC_CPU)."""
         self._share()
-        use = _Use(started=time.monotonic(), high_water=max_rss(), peak=current_rss(), sync_cpu=[0.0])
+        use = _Use(started=time.monotonic(), high_water=max_rss(), peak=self._rss(), sync_cpu=[0.0])
         self._running[key] = use
         return use.sync_cpu
 
@@ -77,7 +85,7 @@ class ResourceMeter:
         if not self._running:
             return
         self._share()
-        rss = current_rss()
+        rss = self._rss()
         for use in self._running.values():
             use.peak = max(use.peak, rss)
 
@@ -88,7 +96,7 @@ class ResourceMeter:
         if use is None:
             return None
         high_water = max_rss()
-        peak = high_water if high_water > use.high_water else max(use.peak, current_rss())
+        peak = high_water if high_water > use.high_water else max(use.peak, self._rss())
         return (time.monotonic() - use.started, use.cpu + use.sync_cpu[0], peak)
 
     def _share(self) -> None:
