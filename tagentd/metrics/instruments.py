@@ -53,8 +53,9 @@ class Metrics:
             "tagentd_step_attempts_total", "Step attempts that reported a result, by outcome (succeeded, failed, "
             "timed_out).", ["pipeline", "step", "outcome"], registry=r)
         self.step_cpu = Counter(
-            "tagentd_step_cpu_seconds_total", "CPU time of the worker process charged to the step's attempts "
-            "(shared equally among the attempts running at once).", ["pipeline", "step"], registry=r)
+            "tagentd_step_cpu_seconds_total", "CPU seconds of the step's attempts in their worker: a sync "
+            "function's own thread, plus an equal share of the worker's event loop among the attempts on it.",
+            ["pipeline", "step"], registry=r)
         self.step_rss = Gauge(
             "tagentd_step_peak_rss_bytes", "Peak resident set size of the worker process during the step's "
             "latest attempt.", ["pipeline", "step"], registry=r)
