@@ -167,7 +167,7 @@ class World:
         self.router = Router(lambda coro: asyncio.get_running_loop().create_task(coro))
         self.ports = control.Ports(settings=self.settings, ops=self.ops, broker=self.broker,
                                    submit_keys=submission.SubmitKeys(), status=self._no_status,
-                                   watch=lambda: None, stop=self._no_stop)
+                                   watch=lambda: None, stop=self._no_stop, metrics=lambda: "")
         self.executor = FakeExecutor()
         self.workers = FakeChannel()
         self.stats: dict[str, Any] = {}

@@ -21,7 +21,8 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tagentd.plumbing.channel import Channel
@@ -34,9 +35,12 @@ Parked = tuple[list[tuple[Channel, list[bytes]]], list["asyncio.Future[None]"]]
 class GroupCommit:
     """The daemon's commit loop and the ports it gives the parts: `mark_dirty`, `reply_after_commit`, `committed`."""
 
-    def __init__(self, health: StoreHealth, retry_s: float = RETRY_S) -> None:
+    def __init__(self, health: StoreHealth, retry_s: float = RETRY_S,
+                 on_commit: Callable[[float], None] | None = None) -> None:
         self.health = health
         self.retry_s = retry_s
+        #: Told the seconds each successful commit took, from prepare to the end of the flushes (metrics).
+        self.on_commit = on_commit
         self.participants: list[CommitParticipant[Any]] = []
         self._dirty = asyncio.Event()
         self._outbox = _Outbox()
@@ -74,6 +78,7 @@ class GroupCommit:
 
     async def commit(self) -> None:
         """Prepare every participant, flush them together, then announce (or, on a failure, put back and retry)."""
+        started = time.perf_counter()
         prepared = [(participant, participant.prepare()) for participant in (*self.participants, self._outbox)]
         flushes = [flush for participant, token in prepared if (flush := participant.flush(token)) is not None]
         try:
@@ -86,6 +91,8 @@ class GroupCommit:
             self._dirty.set()
             return
         self.health.commit_succeeded()
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
         for participant, token in prepared:
             participant.committed(token)
 

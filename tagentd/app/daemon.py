@@ -46,6 +46,7 @@ from tagent_client.wire import paths
 from tagent_client.wire import protocol as p
 from tagentd import __version__
 from tagentd.app.commit import GroupCommit
+from tagentd.app.metering import Scraped
 from tagentd.app.notify import notify
 from tagentd.app.stopping import Stopper
 from tagentd.broker import views as broker_views
@@ -61,6 +62,7 @@ from tagentd.executor.curve import CurveGate
 from tagentd.executor.interface import Executor, RunningAttempt
 from tagentd.executor.local import LocalExecutor
 from tagentd.executor.permits import PermitDesk
+from tagentd.metrics.instruments import Metrics
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.lock import InstanceLock
 from tagentd.plumbing.worker_sockets import WorkerSockets
@@ -81,8 +83,9 @@ log = logging.getLogger("tagentd")
 class Daemon:
     """Owns the sockets, the store, the executor and the parts, wires them together and runs the loop."""
 
-    def __init__(self, settings: Settings, store: RunStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: RunStore | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()  # the daemon's own registry; `get_metrics` renders it on request
         self.runtime_dir = Path(settings.runtime_dir)
         self.state_dir = Path(settings.state_dir)
         self.store: RunStore = store or MemoryStore()
@@ -96,20 +99,21 @@ class Daemon:
         }
         self._tasks: set[asyncio.Task[Any]] = set()
         self.health = StoreHealth(self.state_dir)
-        self.commit = GroupCommit(self.health)
+        self.commit = GroupCommit(self.health, on_commit=self.metrics.commit_observer())
         self.driver = RunDriver(settings=settings, runs=self.runs, store=self.store, stats=self.stats,
                                 mark_dirty=self.commit.mark_dirty, committed=self.commit.committed)
         self.permits = PermitDesk(settings.endpoints, self._send_worker)
         self.watcher: Watcher | None = None
         self.dependency_waits: DependencyWaits | None = None  # made with the workers socket, in run()
         self.broker = BrokerShell(settings, ops=self.driver, mark_dirty=self.commit.mark_dirty,
-                                  steps_in_flight=self._steps_in_flight)
+                                  steps_in_flight=self._steps_in_flight, on_fsync=self.metrics.fsync_observer("broker"))
         self.driver.observe(self.broker)
         self.breakers = BreakerDesk(settings.breaker_rules().rule_for, self._send_worker, self.publish)
         self.router = Router(self.spawn)
         self.submit_keys = submit.SubmitKeys()
         ports = control.Ports(settings=settings, ops=self.driver, broker=self.broker, submit_keys=self.submit_keys,
-                              status=self.info, watch=self._watch_info, stop=self.request_stop)
+                              status=self.info, watch=self._watch_info, stop=self.request_stop,
+                              metrics=self.metrics.exposition)
         self.control = ControlServer(ports=ports, router=self.router, health=self.health, stats=self.stats,
                                      max_bytes=settings.max_message_bytes, reply_after_commit=self.commit.reply_after_commit)
 
@@ -157,8 +161,11 @@ class Daemon:
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
             worker_args=self.settings.worker_llm_args(), use_template=self.settings.worker_template,
             breakers=self.breakers, curve=self.curve if self.settings.local_workers_via_curve else None,
+            metrics=self.metrics,
         )
         self.driver.executor = self.executor
+        self.metrics.add_collector(Scraped(runs=self.runs, executor=self.executor, permits=self.permits,
+                                           breakers=self.breakers, broker=self.broker).collect)
         self.stopper = Stopper(self.driver, self.executor, self.store)
         self.executor.start()  # the worker template imports the agent runtime while recovery runs
         gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time
@@ -319,8 +326,10 @@ def serve(settings: Settings, *, foreground_log: bool = True) -> int:
     try:
         try:
             log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
-            store: RunStore = DurableStore(state_dir, settings.wal_segment_bytes) if settings.durable else MemoryStore()
-            daemon = Daemon(settings, store)
+            metrics = Metrics()
+            store: RunStore = (DurableStore(state_dir, settings.wal_segment_bytes, on_fsync=metrics.fsync_observer("runs"))
+                               if settings.durable else MemoryStore())
+            daemon = Daemon(settings, store, metrics)
         except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
             raise paths.unwritable(state_dir, "state dir", exc) from None
         try:

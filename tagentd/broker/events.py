@@ -52,6 +52,11 @@ class Subscriber:
         self.blocked = False
 
 
+#: Distinct topics whose publications are counted by name (metrics); any further topic is counted as OTHER_TOPIC.
+MAX_TOPICS = 256
+OTHER_TOPIC = "_other"
+
+
 class EventBus:
     """Subscribers on events.sock and waiters of wait_for_event; only the daemon's loop uses it."""
 
@@ -61,6 +66,8 @@ class EventBus:
         self.subscribers: dict[bytes, Subscriber] = {}
         self.waiters: list[tuple[str, asyncio.Future[Any]]] = []
         self.stats = {"events_published": 0, "events_delivered": 0, "events_dropped": 0, "bad_subscriber_frames": 0}
+        #: Events published per topic, for at most MAX_TOPICS topics (the first seen), the rest under OTHER_TOPIC.
+        self.published_by_topic: dict[str, int] = {}
 
     @classmethod
     def bind(cls, zctx: zmq.Context, endpoint: str) -> EventBus:
@@ -139,6 +146,10 @@ class EventBus:
         if not records:
             return
         self.stats["events_published"] += len(records)
+        by_topic = self.published_by_topic
+        for record in records:
+            topic = record.topic if record.topic in by_topic or len(by_topic) < MAX_TOPICS else OTHER_TOPIC
+            by_topic[topic] = by_topic.get(topic, 0) + 1
         if self.waiters:
             self._wake(records)
         subscribers = list(self.subscribers.values())

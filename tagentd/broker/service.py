@@ -66,7 +66,8 @@ class BrokerShell:
     """The daemon's broker: state, store, bus, waiters and hooks. Only the daemon's loop uses it."""
 
     def __init__(self, settings: Settings, *, ops: RunOps, mark_dirty: MarkDirty,
-                 steps_in_flight: Callable[[], Iterable[RunningAttempt]]) -> None:
+                 steps_in_flight: Callable[[], Iterable[RunningAttempt]],
+                 on_fsync: Callable[[float], None] | None = None) -> None:
         self.ops = ops
         self.mark_dirty = mark_dirty
         #: The attempts running on workers right now (for the registry).
@@ -75,7 +76,8 @@ class BrokerShell:
         self.broker = Broker(mailbox_max=settings.mailbox_max, trigger_max_concurrent=settings.trigger_max_concurrent,
                              config_allow=config_allow, max_deliveries=settings.max_deliveries,
                              max_deliveries_of={name: m.max_deliveries for name, m in settings.mailboxes.items()})
-        self.store = BrokerStore(settings.state_dir, self.broker) if settings.durable else MemoryBrokerStore(self.broker)
+        self.store = (BrokerStore(settings.state_dir, self.broker, on_fsync) if settings.durable
+                      else MemoryBrokerStore(self.broker))
         self.bus: EventBus | None = None
         self._seq = itertools.count(1)
         self._receivers = Receivers(self.broker.core.lease)

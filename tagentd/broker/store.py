@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -71,7 +72,7 @@ class BrokerStore:
 
     durable = True
 
-    def __init__(self, state_dir: Path, broker: Broker) -> None:
+    def __init__(self, state_dir: Path, broker: Broker, on_fsync: Callable[[float], None] | None = None) -> None:
         self.dir = Path(state_dir) / "broker"
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.corrupt_dir = Path(state_dir) / "corrupt"
@@ -79,7 +80,7 @@ class BrokerStore:
         self.problems: list[str] = []
         self.stats = {"flushes": 0, "records": 0, "bytes": 0, "snapshots": 0}
         self._seq = 0
-        self._wal = SegmentLog(self.dir)
+        self._wal = SegmentLog(self.dir, on_fsync)  # on_fsync: told each fsync's seconds (metrics)
         self._unwritten = b""
         self._needs_sync = False
         self._lock = asyncio.Lock()

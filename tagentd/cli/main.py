@@ -282,9 +282,11 @@ def restart(fast: bool, timeout: float | None, config_path: Path | None, **value
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (pid, sockets, workers, ...) and nothing else.")
+@click.option("--metrics", "as_metrics", is_flag=True,
+              help="Print the daemon's metrics in the Prometheus text format and nothing else.")
 @_where_options
-def status(as_json: bool, config_path: Path | None, runtime_dir: Path | None) -> None:
-    """Show whether the daemon runs, its sockets, dirs, workers and runs."""
+def status(as_json: bool, as_metrics: bool, config_path: Path | None, runtime_dir: Path | None) -> None:
+    """Show whether the daemon runs, its sockets, dirs, workers and runs (or its metrics, with --metrics)."""
     where = Locations(config_path, runtime_dir)
     rd = where.runtime_dir
     if not is_locked(rd):
@@ -294,6 +296,9 @@ def status(as_json: bool, config_path: Path | None, runtime_dir: Path | None) ->
             click.echo(f"tagentd is not running (runtime dir {rd}); start it with 'tagentd start'")
         sys.exit(NOT_RUNNING)
     try:
+        if as_metrics:
+            click.echo(_call(rd, 5.0, "metrics"), nl=False)
+            return
         info = _call(rd, 5.0, "daemon_status")
     except (DaemonUnavailable, RequestTimeout):
         raise DaemonUnavailable(

@@ -52,6 +52,8 @@ class Ports:
     watch: Callable[[], p.WatchInfo | None]
     #: Start stopping (graceful or fast, by whom, waiting at most `timeout`); what the stop waits for.
     stop: Callable[..., dict[str, Any]]
+    #: `tagentd status --metrics`: every metric, in the Prometheus text format, computed now.
+    metrics: Callable[[], str]
 
 
 def route(ports: Ports, req: p.Request) -> tuple[Callable[..., Any], tuple[Any, ...]]:
@@ -203,6 +205,10 @@ def get_watch(ports: Ports, req: p.GetWatch) -> p.WatchInfo:
     return info
 
 
+def get_metrics(ports: Ports, req: p.GetMetrics) -> str:
+    return ports.metrics()
+
+
 def shutdown(ports: Ports, req: p.Shutdown) -> dict[str, Any]:
     if req.timeout is not None and not req.timeout >= 0:
         raise InvalidRequest(f"a stop's timeout must be a number of seconds >= 0, got {req.timeout!r}")
@@ -227,11 +233,12 @@ HANDLERS: dict[type, Callable[..., Any]] = {
     p.DaemonStatus: daemon_status,
     p.Shutdown: shutdown,
     p.GetWatch: get_watch,
+    p.GetMetrics: get_metrics,
 }
 
 #: Replies that report nothing that must be on disk: sent at once, not after the next commit, so they answer
 #: even while the state dir cannot be written (`daemon_status` then says so).
-ANSWERED_AT_ONCE = (p.Ping, p.DaemonStatus, p.Shutdown)
+ANSWERED_AT_ONCE = (p.Ping, p.DaemonStatus, p.Shutdown, p.GetMetrics)
 #: Reads that may be parked for a while: if the state dir stopped being writable meanwhile, they end with its
 #: error at once rather than wait for a commit (what they would report may not be on disk).
 PARKED_READS = (p.GetEvents, p.GetLogs, b.WaitEvent)

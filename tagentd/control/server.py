@@ -13,7 +13,7 @@
   `invalid_request`;
 - while the state dir cannot be written (tagentd/storage/health.py): `disk_full` (or
   `config`) at once, and nothing changes — except for the requests in
-  `control.ANSWERED_AT_ONCE` (ping, status, shutdown), which report nothing
+  `control.ANSWERED_AT_ONCE` (ping, status, shutdown, metrics), which report nothing
   that must be on disk and are answered at once, commit or not;
 - otherwise what the request's handler (handlers.py) returns or raises, turned
   into the reply by router.py (the one request -> reply path).

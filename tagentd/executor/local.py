@@ -43,6 +43,7 @@ from tagentd.executor.permits import PermitDesk
 from tagentd.executor.queues import DispatchQueues
 from tagentd.executor.spawner import ProcessStarter, Spawner
 from tagentd.executor.workers import Assignment, Worker, WorkerSet
+from tagentd.metrics.instruments import Metrics
 from tagentd.worker import wire
 
 log = logging.getLogger("tagentd.pool")
@@ -56,13 +57,14 @@ class LocalExecutor:
                  heartbeat_timeout: float, grace: float, recycle_after: int, load_timeout: float,
                  log_file: int | None = None, worker_args: list[str] | None = None, use_template: bool = True,
                  spawner: ProcessStarter | None = None, breakers: BreakerDesk | None = None,
-                 curve: CurveGate | None = None) -> None:
+                 curve: CurveGate | None = None, metrics: Metrics | None = None) -> None:
         self.size = size
         self.send = send
         self.on_result = on_result
         self.on_lost = on_lost
         self.permits = permits
         self.breakers = breakers
+        self.metrics = metrics  # each attempt's result is counted once, when its slot is freed
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.grace = grace
@@ -220,8 +222,14 @@ class LocalExecutor:
             worker.last_seen = time.monotonic()
             if isinstance(event, StepTimedOut):  # a sync step may go on running and end the worker (exit 70)
                 self.ledger.timed_out(worker.id, (msg.run_id, event.task), time.monotonic())
-            if worker.running.pop((msg.run_id, event.task, event.attempt), None) is not None:
+            job = worker.running.pop((msg.run_id, event.task, event.attempt), None)
+            if job is not None:
                 worker.completed += 1
+                if self.metrics is not None:
+                    used = msg.resources
+                    self.metrics.attempt_ended(
+                        job.attempt.pipeline, job.attempt.dispatch.step, event, time.monotonic() - job.sent_at,
+                        None if used is None else (used.seconds, used.cpu_seconds, used.peak_rss_bytes))
                 if self.recycle_after and worker.completed >= self.recycle_after and worker.state == "ready":
                     worker.state = "recycling"
             self.send(worker.identity, wire.encode(wire.TaskAck(run_id=msg.run_id, task=event.task, attempt=event.attempt)))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os  # noqa: F401 (tests patch `checkpoint.os.fsync`; the WAL's fsyncs go through the same module)
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -88,7 +89,8 @@ class DurableStore:
 
     durable = True
 
-    def __init__(self, state_dir: Path, segment_bytes: int | None = None) -> None:
+    def __init__(self, state_dir: Path, segment_bytes: int | None = None,
+                 on_fsync: Callable[[float], None] | None = None) -> None:
         self.root = Path(state_dir)
         self.wal_dir = self.root / "wal"
         self.runs_dir = self.root / "runs"
@@ -102,7 +104,7 @@ class DurableStore:
         self._progress: dict[str, _Progress] = {}
         self._runs_by_id: dict[str, Run] = {}
         self._seq = 0
-        self._wal = SegmentLog(self.wal_dir)
+        self._wal = SegmentLog(self.wal_dir, on_fsync)  # on_fsync: told each fsync's seconds (metrics)
         self._index = RunIndex(self.root / INDEX_FILE)
         self._unwritten = b""              # encoded records not yet durably appended (a failed flush keeps them)
         self._snapshots: list[Snapshot] = []  # encoded snapshots not yet written

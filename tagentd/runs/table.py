@@ -152,6 +152,19 @@ class RunTable:
     def finished_count(self) -> int:
         return len(self._finished)
 
+    def census(self) -> tuple[collections.Counter[str], collections.Counter[str]]:
+        """Runs by status (every run the daemon knows) and steps by status (those of the runs in memory: every
+        unfinished run and the recently finished ones in the cache), for a metrics scrape: O(runs + their steps)."""
+        runs, steps = collections.Counter[str](), collections.Counter[str]()
+        for row in self._rows.values():
+            if isinstance(row, Run):
+                runs[row.state.status.value] += 1
+                for step in row.state.steps.values():
+                    steps[step.status.value] += 1
+            else:
+                runs[row.status] += 1
+        return runs, steps
+
     def stats(self) -> dict[str, int]:
         """What `daemon_status` shows under `stats.runs`."""
         return {"in_memory": len(self._active) + len(self._cache), "finished_in_memory": len(self._cache),

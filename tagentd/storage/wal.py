@@ -79,11 +79,20 @@ def cut_tail(path: Path, data: bytes, offset: int, keep_dir: Path | None = None)
     return target
 
 
+def timed_fsync(fd: int) -> float:
+    """fsync `fd`; the seconds it took."""
+    started = time.perf_counter()
+    os.fsync(fd)
+    return time.perf_counter() - started
+
+
 class SegmentLog:
     """The numbered `*.wal` segments of one directory; appends go to the newest one this process opened."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, on_fsync: Callable[[float], None] | None = None) -> None:
         self.dir = directory
+        #: Told the seconds each append's fsync took (measured in the thread that ran it): the metrics' hook.
+        self.on_fsync = on_fsync
         self.segment: Path | None = None
         #: Bytes in the current segment as of the last successful append (kept after close, so a caller's
         #: "is the segment full" check sees the last segment's size until the next one is opened).
@@ -112,7 +121,9 @@ class SegmentLog:
             while view:
                 view = view[os.write(fd, view):]
             if fsync:
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+                seconds = await asyncio.get_running_loop().run_in_executor(None, timed_fsync, fd)
+                if self.on_fsync is not None:
+                    self.on_fsync(seconds)
         except BaseException:
             self.drop_partial()
             raise

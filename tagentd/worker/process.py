@@ -53,7 +53,7 @@ from tagent_client.run.context import StepContext, constraints_of
 from tagent_client.run.llm import LLMConfig, LLMRuntime
 from tagent_client.run.local import run_task
 from tagent_client.run.runners.execute import coerce_input, coerce_inputs
-from tagent_client.run.runners.function import sync_call_running
+from tagent_client.run.runners.function import SYNC_CPU, sync_call_running
 from tagentd.worker import lifeline, wire
 from tagentd.worker.args import parse_args
 from tagentd.worker.breakers import BreakerClient
@@ -61,6 +61,7 @@ from tagentd.worker.credentials import WorkerCredentials
 from tagentd.worker.link import ENCODE_ERRORS, WorkerLink
 from tagentd.worker.llm import PermitClient, agent_runtime_loaded, preload_agent_runtime
 from tagentd.worker.loader import CACHE, schema_classes
+from tagentd.worker.resources import ResourceMeter
 from tagentd.worker.services import WorkerServices
 
 TICK = 0.1            # housekeeping period: re-sends, heartbeat, parent check, exit deadlines
@@ -118,6 +119,7 @@ class Worker:
                               breakers=self.breakers)
         self.slots = asyncio.Semaphore(self.capacity)
         self.running: dict[AttemptKey, tuple[asyncio.Task[None], wire.RunTask]] = {}
+        self.meter = ResourceMeter()  # what each attempt used of this process, sent with its result
         self.loading: dict[str, asyncio.Future[Any]] = {}
         self.loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"w{self.id}-loader")
         self.agent_ready: concurrent.futures.Future[bool] = concurrent.futures.Future()
@@ -191,6 +193,7 @@ class Worker:
                     self.exited.set_result(wire.EXIT_LOST_DAEMON)
                 return
             self.link.resend_due(now)
+            self.meter.sample()
             if now >= next_beat:
                 next_beat = now + self.heartbeat
                 self.link.send(wire.Heartbeat(worker_id=self.id, running=list(self.running), dropped=self.dropped,
@@ -312,7 +315,9 @@ class Worker:
         job.add_done_callback(lambda _job: self.running.pop(key, None))
 
     async def attempt(self, message: wire.RunTask) -> None:
+        key = (message.run_id, message.task.task, message.task.attempt)
         async with self.slots:
+            SYNC_CPU.set(self.meter.begin(key))  # this task's context: its sync calls add their thread CPU
             try:
                 event = await self.execute(message)
             except Exception as exc:  # noqa: BLE001 - a result must go back, or the step would stay RUNNING
@@ -320,7 +325,11 @@ class Worker:
                 error = ErrorInfo(type=type(exc).__name__, retryable=False,
                                   message=f"worker w{self.id} could not run the step: {describe(exc)}")
                 event = StepFailed(task=message.task.task, attempt=message.task.attempt, error=error)
-        self.send_result(message, event)
+            finally:
+                used = self.meter.end(key)
+        resources = None if used is None else wire.AttemptResources(seconds=used[0], cpu_seconds=used[1],
+                                                                    peak_rss_bytes=used[2])
+        self.send_result(message, event, resources)
         if isinstance(event, StepTimedOut):
             self.watch_thread(message, "timed out")
 
@@ -352,18 +361,18 @@ class Worker:
             return StepFailed(task=task.task, attempt=task.attempt, error=error)
         return await run_task(pipeline, task, ctx, message.model, self.llm, as_data=True)
 
-    def send_result(self, message: wire.RunTask, event: Event) -> None:
+    def send_result(self, message: wire.RunTask, event: Event, resources: wire.AttemptResources | None = None) -> None:
         """Send the attempt's outcome, re-sent until the daemon acknowledges it. The output is already plain
         data (run_task checked it); should the event still not encode (e.g. an agent transcript holding a tool's
         odd return value), a StepFailed with StepOutputError goes instead: a result always goes back."""
         key = (message.run_id, message.task.task, message.task.attempt)
         try:
-            self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=event))
+            self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=event, resources=resources))
         except Exception as exc:  # noqa: BLE001 - RecursionError included: never leave the step RUNNING
             error = ErrorInfo(type="StepOutputError", retryable=False,
                               message=f"step {message.task.step!r}: its result cannot be sent to the daemon: {describe(exc)}")
             failed = StepFailed(task=event.task, attempt=event.attempt, error=error, started_at=getattr(event, "started_at", None))
-            self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=failed))
+            self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=failed, resources=resources))
 
     def on_cancel(self, message: wire.CancelRunning) -> None:
         key = (message.run_id, message.task, message.attempt)

@@ -175,9 +175,21 @@ class LoadFailed(WorkerMessage, tag="load_failed"):
     pipeline: str | None = None  # the invalid pipeline's name (code "invalid_pipeline")
 
 
+class AttemptResources(msgspec.Struct, kw_only=True):
+    """What an attempt used of its worker (tagentd/worker/resources.py defines each figure): wall `seconds`,
+    `cpu_seconds` (the worker's CPU time, shared among the attempts running at once), `peak_rss_bytes`."""
+
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+
+
 class TaskDone(WorkerMessage, tag="done"):
+    """An attempt's result; `resources` is what it used of the worker (None from a worker that did not measure)."""
+
     run_id: str
     event: StepSucceeded | StepFailed | StepTimedOut
+    resources: AttemptResources | None = None
 
 
 class LogLine(WorkerMessage, tag="log"):

@@ -218,6 +218,10 @@ class AsyncClient(AsyncBrokerMethods, ClientBase):
     async def daemon_status(self) -> DaemonInfo:
         return await self._call(Call(protocol.DaemonStatus(), decode_as(DaemonInfo)))
 
+    async def metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format (the series: docs/operations.md, Metrics)."""
+        return await self._call(Call(protocol.GetMetrics(), str))
+
     async def watch(self) -> WatchInfo:
         return await self._call(Call(protocol.GetWatch(), decode_as(WatchInfo)))
 

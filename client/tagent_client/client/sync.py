@@ -178,6 +178,10 @@ class Client(BrokerMethods, ClientBase):
     def daemon_status(self) -> DaemonInfo:
         return self._call(Call(protocol.DaemonStatus(), decode_as(DaemonInfo)))
 
+    def metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format (the series: docs/operations.md, Metrics)."""
+        return self._call(Call(protocol.GetMetrics(), str))
+
     def watch(self) -> WatchInfo:
         """The watched folders and each pipeline file in them: content hash, status (run id, error, ...), time."""
         return self._call(Call(protocol.GetWatch(), decode_as(WatchInfo)))

@@ -146,6 +146,10 @@ class GetWatch(Request, tag="watch"):
     """The watched folders and every pipeline file seen in them: content hash, what became of it, when."""
 
 
+class GetMetrics(Request, tag="get_metrics"):
+    """The daemon's metrics in the Prometheus text format (docs/operations.md, Metrics); the result is that text."""
+
+
 class Shutdown(Request, tag="shutdown"):
     """Stop the daemon; nothing new starts. `graceful`: wait up to `timeout` s (None: the daemon's default) for the
     steps in flight, then checkpoint them; else checkpoint them now. Sent again with `graceful` false: stop now."""
@@ -157,12 +161,12 @@ class Shutdown(Request, tag="shutdown"):
 REQUEST_TYPES = (
     Ping, Submit, ListRuns, GetRun, GetResult, Cancel, Resume, Retry, GetEvents, GetLogs, GetHistory, Gc,
     DaemonStatus, Shutdown, GetWatch, GetTranscript,
-    Rollback,
+    Rollback, GetMetrics,
 )
 AnyRequest = (
     Ping | Submit | ListRuns | GetRun | GetResult | Cancel | Resume | Retry | GetEvents | GetLogs | GetHistory | Gc
     | DaemonStatus | Shutdown | GetWatch | GetTranscript
-    | Rollback
+    | Rollback | GetMetrics
 )
 
 

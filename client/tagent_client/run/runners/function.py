@@ -5,7 +5,9 @@ Binding rules (by parameter name): `ctx` → the StepContext; a dependency's nam
 param's name → that param; `**kwargs` → all dependency outputs. A sync function
 runs in a thread so it cannot stall the event loop; such a thread cannot be
 cancelled, so it is registered while it runs and `sync_call_running` tells a
-worker whether a timed-out step is still burning its thread.
+worker whether a timed-out step is still burning its thread. The CPU time a sync
+call uses in its thread is added to `SYNC_CPU`'s accumulator when the caller set
+one (a worker does, per attempt, to report the attempt's CPU seconds).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import asyncio
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -46,11 +50,20 @@ def sync_call_running(key: tuple[str, str, int, int | None]) -> bool:
     return key in _sync_calls
 
 
+#: Set (in the attempt's task) to a one-item list: each sync call of the attempt adds its thread's CPU seconds to
+#: it, measured in that thread. Unset (the default): nothing is measured.
+SYNC_CPU: ContextVar[list[float] | None] = ContextVar("SYNC_CPU", default=None)
+
+
 def _tracked(key: tuple[str, str, int, int | None], fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     _sync_calls[key] = threading.get_ident()
+    spent = SYNC_CPU.get()  # asyncio.to_thread runs this in a copy of the caller's context
+    started = time.thread_time() if spent is not None else 0.0
     try:
         return fn(*args, **kwargs)
     finally:
+        if spent is not None:
+            spent[0] += time.thread_time() - started
         _sync_calls.pop(key, None)
 
 

@@ -1,0 +1,142 @@
+"""`Metrics`: the daemon's own Prometheus registry (prometheus-client) and the instruments its hot paths feed.
+
+The daemon makes one `Metrics` and hands each part only what it feeds (a callable or this object); nothing
+uses prometheus-client's global default registry, so two daemons in one process (tests) never share series.
+
+Cost: what the hot paths do is O(1) and tiny: a counter increment or a histogram observation per finished
+attempt, per WAL fsync and per commit. Everything else (runs and steps by state, queue depth, workers,
+permits, breakers, the broker's counters and depths) is read by collectors only when someone scrapes
+(`collect`, added with `add_collector`), so a daemon nobody scrapes pays nothing for it.
+
+Cardinality (labels are bounded): `pipeline` x `step` (the steps of the pipelines the daemon ran since it
+started), `model` (the models steps used), `outcome` (3 values), `log` (2 values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.registry import Collector
+
+from tagent_client.core.events import StepFailed, StepSucceeded
+from tagent_client.core.state import Usage
+
+#: Step attempts last from milliseconds (function steps) to many minutes (agent steps).
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                1800.0, float("inf"))
+#: A commit or an fsync takes from tens of microseconds (page cache, tmpfs) to seconds (a struggling disk).
+DISK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                float("inf"))
+#: The `outcome` label of tagentd_step_attempts_total: StepSucceeded, StepFailed, StepTimedOut.
+OUTCOMES = ("succeeded", "failed", "timed_out")
+#: What the worker sent for an attempt: (seconds, cpu_seconds, peak_rss_bytes), or None (not measured).
+Resources = tuple[float, float, int] | None
+
+prometheus_client.disable_created_metrics()  # no `_created` twin of every counter: half the exposition, no loss
+
+
+class Metrics:
+    """The registry and the instruments fed on the hot paths; `exposition()` renders everything on demand."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        if process:
+            ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        r = self.registry
+        self.step_seconds = Histogram(
+            "tagentd_step_duration_seconds", "Wall time of step attempts that reported a result, measured by the "
+            "worker from the attempt's start to its end.", ["pipeline", "step"], buckets=STEP_BUCKETS, registry=r)
+        self.step_attempts = Counter(
+            "tagentd_step_attempts_total", "Step attempts that reported a result, by outcome (succeeded, failed, "
+            "timed_out).", ["pipeline", "step", "outcome"], registry=r)
+        self.step_cpu = Counter(
+            "tagentd_step_cpu_seconds_total", "CPU seconds of the step's attempts in their worker: a sync "
+            "function's own thread, plus an equal share of the worker's event loop among the attempts on it.",
+            ["pipeline", "step"], registry=r)
+        self.step_rss = Gauge(
+            "tagentd_step_peak_rss_bytes", "Peak resident set size of the worker process during the step's "
+            "latest attempt.", ["pipeline", "step"], registry=r)
+        self.llm_requests = Counter(
+            "tagentd_llm_requests_total", "Model requests made by step attempts, by model.", ["model"], registry=r)
+        self.llm_tokens = Counter(
+            "tagentd_llm_tokens_total", "Tokens of model requests made by step attempts, by model and direction "
+            "(input, output).", ["model", "direction"], registry=r)
+        self.llm_cost = Counter(
+            "tagentd_llm_cost_dollars_total", "Cost in US dollars of the model requests made by step attempts, "
+            "by model (the configured price, else genai-prices; 0 for a model with no known price).", ["model"],
+            registry=r)
+        self.commit_seconds = Histogram(
+            "tagentd_commit_duration_seconds", "Successful group commits: from the start of the commit to the end "
+            "of every participant's flush (WAL writes and fsyncs included; a commit with nothing to write is near "
+            "0).", buckets=DISK_BUCKETS, registry=r)
+        self.fsync_seconds = Histogram(
+            "tagentd_wal_fsync_duration_seconds", "Time of each fsync of a write-ahead log segment, by log "
+            "(runs, broker).", ["log"], buckets=DISK_BUCKETS, registry=r)
+        self._steps: dict[tuple[str, str], _StepSeries] = {}  # each step's series, looked up once per attempt
+
+    # -- what the hot paths call -------------------------------------------------------------------------
+
+    def attempt_ended(self, pipeline: str, step: str, event: Any, seconds: float, resources: Resources) -> None:
+        """An attempt of `step` reported `event` (StepSucceeded, StepFailed or StepTimedOut), once per attempt.
+
+        `seconds` is the daemon's own measure (sent to reported), used when the worker sent no `resources`."""
+        series = self._steps.get((pipeline, step))
+        if series is None:
+            series = self._steps[(pipeline, step)] = _StepSeries(self, pipeline, step)
+        outcome = 0 if isinstance(event, StepSucceeded) else 1 if isinstance(event, StepFailed) else 2
+        series.attempts[outcome].inc()
+        if resources is not None:
+            seconds, cpu, rss = resources
+            series.cpu.inc(max(0.0, cpu))
+            series.rss.set(rss)
+        series.seconds.observe(max(0.0, seconds))
+        usage: Usage | None = getattr(event, "usage", None)
+        if usage is not None and usage.requests:
+            transcript = getattr(event, "transcript", None) or {}
+            model = str(transcript.get("model") or "unknown")
+            self.llm_requests.labels(model).inc(usage.requests)
+            self.llm_tokens.labels(model, "input").inc(usage.input_tokens)
+            self.llm_tokens.labels(model, "output").inc(usage.output_tokens)
+            self.llm_cost.labels(model).inc(max(0.0, usage.cost))
+
+    def fsync_observer(self, log: str) -> Callable[[float], None]:
+        """What a write-ahead log calls with the seconds each fsync took."""
+        return self.fsync_seconds.labels(log).observe
+
+    def commit_observer(self) -> Callable[[float], None]:
+        """What the group commit calls with the seconds each successful commit took."""
+        return self.commit_seconds.observe
+
+    # -- scraping ------------------------------------------------------------------------------------------
+
+    def add_collector(self, collect: Callable[[], Iterable[Any]]) -> None:
+        """Read `collect()` (metric families) at every scrape, and only then."""
+        self.registry.register(_OnScrape(collect))
+
+    def exposition(self) -> str:
+        """Every series, in the Prometheus text format (version 0.0.4)."""
+        return prometheus_client.generate_latest(self.registry).decode("utf-8")
+
+
+class _StepSeries:
+    """The series of one (pipeline, step), resolved once: an attempt then costs no label lookup."""
+
+    def __init__(self, metrics: Metrics, pipeline: str, step: str) -> None:
+        self.attempts = [metrics.step_attempts.labels(pipeline, step, outcome) for outcome in OUTCOMES]
+        self.seconds = metrics.step_seconds.labels(pipeline, step)
+        self.cpu = metrics.step_cpu.labels(pipeline, step)
+        self.rss = metrics.step_rss.labels(pipeline, step)
+
+
+class _OnScrape(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Any]]) -> None:
+        self._collect = collect
+
+    def describe(self) -> list[Any]:
+        return []  # not collected at registration: the parts it reads may not exist yet
+
+    def collect(self) -> Iterable[Any]:
+        return self._collect()

@@ -1,0 +1,108 @@
+"""`ResourceMeter`: what each attempt used of its worker process — wall time, CPU seconds, peak RSS.
+
+Measured in the worker, cheaply (a few microseconds at an attempt's start and end, and at each housekeeping
+tick while attempts run), and sent with the attempt's result (`wire.TaskDone.resources`). The definitions,
+as docs/operations.md states them:
+
+- **seconds**: wall time from the attempt's start (it got a slot in the worker) to its end.
+- **CPU seconds**: the CPU time of the threads that ran the attempt's code. A sync step function runs in a
+  thread of its own while it is called: that thread's CPU time during the call is measured in the thread
+  (`time.thread_time`, through `function.SYNC_CPU`) and is exact. Everything else of an attempt (an async
+  function, an agent and its model requests, binding and checking) runs on the worker's event loop, which all
+  the attempts running at once share: the loop thread's CPU time is shared out equally among them at every
+  sample (an attempt starting or ending, and every housekeeping tick). With one attempt at a time that is
+  exactly the loop's CPU time while it ran (the worker's own messaging included). CPU used by other threads
+  (a library's own) is not counted.
+- **peak RSS**: the largest resident set size of the worker process seen during the attempt. The kernel's
+  high-water mark (`getrusage().ru_maxrss`) is read at the start and at the end: when it rose during the
+  attempt, that new peak is the attempt's (exact). Otherwise the attempt's peak is the largest RSS sampled
+  (`/proc/self/statm`) at its start, its end and each tick in between, so a short spike between two ticks
+  that stays below the process's earlier peak can be missed. RSS belongs to the process: attempts running
+  at the same time see the same figure.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+
+
+def max_rss() -> int:
+    """The process's peak resident set size so far, in bytes (the kernel's high-water mark)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+
+
+class ResidentSize:
+    """The process's resident set size now, in bytes: one pread of /proc/<pid>/statm, kept open (the high-water
+    mark where /proc is missing). Make it in the process it measures (after a fork)."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open(f"/proc/{os.getpid()}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> int:
+        if self._fd is None:
+            return max_rss()
+        return int(os.pread(self._fd, 128, 0).split()[1]) * _PAGE
+
+
+@dataclass
+class _Use:
+    started: float
+    high_water: int  # the process's ru_maxrss when the attempt started
+    peak: int  # the largest RSS sampled so far
+    sync_cpu: list[float]  # CPU seconds of its sync calls' threads (function.SYNC_CPU adds to it)
+    cpu: float = 0.0  # its share of the event loop's CPU seconds
+
+
+class ResourceMeter:
+    """Per attempt (any hashable key): `begin`, `sample` on each tick, `end` -> (seconds, cpu_seconds, peak_rss).
+
+    Every method runs on the worker's event loop thread (whose CPU time it shares out)."""
+
+    def __init__(self) -> None:
+        self._running: dict[object, _Use] = {}
+        self._cpu_at = time.thread_time()
+        self._rss = ResidentSize()
+
+    def begin(self, key: object) -> list[float]:
+        """Start metering an attempt; returns the accumulator its sync calls add their thread CPU to (SYNC_CPU)."""
+        self._share()
+        use = _Use(started=time.monotonic(), high_water=max_rss(), peak=self._rss(), sync_cpu=[0.0])
+        self._running[key] = use
+        return use.sync_cpu
+
+    def sample(self) -> None:
+        """Charge the CPU used since the last sample and note the RSS, if attempts are running (else nothing)."""
+        if not self._running:
+            return
+        self._share()
+        rss = self._rss()
+        for use in self._running.values():
+            use.peak = max(use.peak, rss)
+
+    def end(self, key: object) -> tuple[float, float, int] | None:
+        """The attempt's (seconds, cpu_seconds, peak_rss_bytes); None if it was never begun."""
+        self._share()
+        use = self._running.pop(key, None)
+        if use is None:
+            return None
+        high_water = max_rss()
+        peak = high_water if high_water > use.high_water else max(use.peak, self._rss())
+        return (time.monotonic() - use.started, use.cpu + use.sync_cpu[0], peak)
+
+    def _share(self) -> None:
+        now = time.thread_time()
+        if self._running:
+            share = (now - self._cpu_at) / len(self._running)
+            for use in self._running.values():
+                use.cpu += share
+        self._cpu_at = now
