@@ -48,7 +48,8 @@ class LoadPipeline(WorkerMessage, tag="load"):
 
 
 class RunTask(WorkerMessage, tag="run"):
-    """Execute one dispatched task. `source` is sent only when this worker has not seen `source_hash`."""
+    """Execute one dispatched task. `source` is sent only when this worker has not seen `source_hash`.
+    `traceparent` (W3C) names the run's span when traces are on (docs/operations.md, Traces); else None."""
 
     run_id: str
     source_hash: str
@@ -59,6 +60,7 @@ class RunTask(WorkerMessage, tag="run"):
     params: dict[str, Any] = {}
     model: str | None = None
     trigger: Any = None
+    traceparent: str | None = None
 
 
 class CancelRunning(WorkerMessage, tag="cancel"):
