@@ -25,6 +25,7 @@ from tagentd.runs.store import MemoryStore
 from tagentd.runs.table import RunTable
 from tagentd.runs.traces import RunTraces
 from tagentd.settings.config import Settings
+from tagentd.worker import wire
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -97,9 +98,14 @@ def test_without_traces_attempts_carry_no_traceparent_and_the_history_no_trace(t
         driver, executor = make_driver(tmp_path, None)
         # When a run starts
         run = await driver.submit_source("/p/two.py", "src", who="test", plan=two_steps())
-        # Then its attempt carries no traceparent and nothing names a trace
+        # Then its attempt carries no traceparent, nor does the task message a worker would get, and nothing
+        # names a trace
         [(first, _)] = executor.sent.values()
         assert first.traceparent is None and run.traceparent is None
+        task = wire.RunTask(run_id=run.id, source_hash="h", path="/p/two.py", target=None, source=None,
+                            task=first.dispatch, params=first.params, traceparent=first.traceparent)
+        assert b"traceparent" not in wire.encode(task)
+        assert wire.to_worker_decoder.decode(wire.encode(task)) == task
         assert not [e for e in run.history if e.what == "trace"] and run.detail().trace_id is None
 
     asyncio.run(scenario())

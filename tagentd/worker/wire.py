@@ -47,9 +47,10 @@ class LoadPipeline(WorkerMessage, tag="load"):
     target: str | None = None
 
 
-class RunTask(WorkerMessage, tag="run"):
+class RunTask(WorkerMessage, tag="run", omit_defaults=True):
     """Execute one dispatched task. `source` is sent only when this worker has not seen `source_hash`.
-    `traceparent` (W3C) names the run's span when traces are on (docs/operations.md, Traces); else None."""
+    `traceparent` (W3C) names the run's span when traces are on (docs/operations.md, Traces); else it is
+    not sent (nor is any other field left at its default)."""
 
     run_id: str
     source_hash: str
