@@ -77,8 +77,9 @@ def receiver() -> Iterator[OtlpReceiver]:
 @pytest.fixture
 def traced_daemon(make_daemon: Callable[..., DaemonProcess], receiver: OtlpReceiver,
                   tmp_path: Path) -> DaemonProcess:
-    """A daemon (2 workers) whose otlp_endpoint is the receiver; spans leave in batches every 50 ms."""
-    daemon = make_daemon(workers=2)
+    """A daemon (2 workers forked from the worker template, as users run it) whose otlp_endpoint is the
+    receiver; spans leave in batches every 50 ms."""
+    daemon = make_daemon(workers=2, template=True)
     daemon.env.update(TAGENTD_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="50",
                       TAGENTD_TRACE_URL="http://127.0.0.1:16686/trace/{trace_id}", TRACES_GO=str(tmp_path / "go"))
     return daemon
