@@ -85,6 +85,7 @@ class DaemonProcess:
         self.workers = workers
         self.extra = list(extra or [])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path: Path | None = None  # where the daemon's stderr goes (None: nowhere)
         self.env = dict(os.environ)
         self.env.update(
             TAGENTD_RUNTIME_DIR=str(self.runtime_dir),
@@ -103,8 +104,9 @@ class DaemonProcess:
         """Start the daemon; return once it answers and all its workers are ready (they are forked from the
         worker template once it has imported the agent runtime, a second or more after the daemon answers)."""
         argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--workers", str(self.workers), *self.extra]
-        self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        with open(self.stderr_path or os.devnull, "ab") as stderr:
+            self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                         start_new_session=True)
         wait_until(self._answers, timeout, what=f"tagentd to answer (log: {self.state_dir / 'tagentd.log'})")
         wait_until(self._workers_ready, workers_timeout, what=f"{self.workers} ready worker(s)")
         return self

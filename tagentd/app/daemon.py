@@ -148,6 +148,13 @@ class Daemon:
 
     async def run(self, log_fd: int | None = None) -> int:
         specs = watch_folders(self.settings.watch_dirs)  # ConfigError: refuse to start
+        if self.settings.otlp_endpoint:  # traces on: the SDK is imported only now (ConfigError if missing)
+            from tagent_client.run.tracing import SCOPE
+            from tagentd.plumbing import otlp
+            from tagentd.runs.traces import RunTraces
+
+            self.tracer_provider = otlp.start_exporting(self.settings.otlp_endpoint, "tagentd")
+            self.driver.traces = RunTraces(self.tracer_provider.get_tracer(SCOPE), self.runs)
         seen = SeenFiles.load(self.state_dir, self.commit.mark_dirty)
         self.commit.join(self.driver, self.broker, seen)  # in this order: the runs' events go first (triggers)
         self.watcher = Watcher(self.settings, specs, ops=self.driver, register=self.broker.register,
@@ -159,8 +166,9 @@ class Daemon:
             permits=self.permits, heartbeat_interval=self.settings.heartbeat_interval,
             heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
             recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
-            worker_args=self.settings.worker_llm_args(), use_template=self.settings.worker_template,
-            breakers=self.breakers, curve=self.curve if self.settings.local_workers_via_curve else None,
+            worker_args=[*self.settings.worker_llm_args(), *self.settings.worker_trace_args()],
+            use_template=self.settings.worker_template, breakers=self.breakers,
+            curve=self.curve if self.settings.local_workers_via_curve else None,
             metrics=self.metrics,
         )
         self.driver.executor = self.executor
@@ -179,7 +187,7 @@ class Daemon:
         for entry in recovered.entries:
             self.submit_keys.add(entry)
         for run in recovered.runs:
-            self.driver.apply(run, run.machine.recover(time.time()))
+            self.driver.recover(run)
         self.broker.load()
         self.watcher.start()
         loop = asyncio.get_running_loop()
@@ -230,6 +238,11 @@ class Daemon:
         await self.executor.stop(0.0)
         await self.commit.commit()
         await self.store.compact()  # the next start reads the index, not the WAL
+        if self.driver.traces is not None:
+            from tagentd.plumbing import otlp
+
+            self.driver.traces.close_all("daemon_stopped")
+            await asyncio.to_thread(otlp.stop_exporting, self.tracer_provider)
         await asyncio.sleep(0.05)  # let the last replies leave before the sockets close
         for task in list(self._tasks):
             task.cancel()

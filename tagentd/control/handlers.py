@@ -101,7 +101,10 @@ def list_runs(ports: Ports, req: p.ListRuns) -> list[p.RunSummary]:
 
 
 def get_run(ports: Ports, req: p.GetRun) -> p.RunDetail:
-    return find_run(ports, req.run_id).detail(with_plan=req.plan)
+    detail = find_run(ports, req.run_id).detail(with_plan=req.plan)
+    if detail.trace_id and ports.settings.trace_url:  # where a user opens the run's trace
+        detail.trace_url = ports.settings.trace_url.replace("{trace_id}", detail.trace_id)
+    return detail
 
 
 def get_result(ports: Ports, req: p.GetResult) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class StepAttempt(msgspec.Struct, frozen=True, kw_only=True):
     params: dict[str, Any]  # the run's parameters
     model: str | None = None  # the run's default model for agent steps
     trigger: Any = None  # the event that started the run, if a trigger did
+    traceparent: str | None = None  # W3C traceparent of the run's span when traces are on: the attempt's parent
 
     @property
     def key(self) -> AttemptKey:

@@ -303,7 +303,7 @@ class LocalExecutor:
         first = code.source_hash not in worker.sources
         msg = wire.RunTask(run_id=attempt.run_id, source_hash=code.source_hash, path=code.path, target=code.target,
                            source=code.source if first else None, task=task, params=attempt.params,
-                           model=attempt.model, trigger=attempt.trigger)
+                           model=attempt.model, trigger=attempt.trigger, traceparent=attempt.traceparent)
         now = time.monotonic()
         deadline = now + task.timeout + self.grace + 2 * self.heartbeat_interval if task.timeout else None
         key = attempt.key

@@ -51,6 +51,7 @@ from tagentd.runs.ports import RunObserver
 from tagentd.runs.run import Run
 from tagentd.runs.store import RunStore
 from tagentd.runs.table import RunTable
+from tagentd.runs.traces import RunTraces
 from tagentd.settings.config import Settings
 
 RETENTION_EVERY_S = 3600.0
@@ -75,6 +76,8 @@ class RunDriver:
 
     #: Where steps run; given by the daemon once the executor exists (before any run starts).
     executor: Executor
+    #: The runs' spans when traces are on (`otlp_endpoint`); None: off, and no span is made.
+    traces: RunTraces | None = None
 
     def __init__(self, *, settings: Settings, runs: RunTable, store: RunStore, stats: dict[str, Any],
                  mark_dirty: MarkDirty, committed: Committed) -> None:
@@ -98,6 +101,8 @@ class RunDriver:
     # -- RunOps --------------------------------------------------------------------------------------
 
     def start_run(self, run: Run) -> None:
+        if self.traces is not None:
+            self.traces.opened(run, "started")  # the run's trace is chosen now, kept in its history
         self.runs.add(run)
         self.store.created(run)
         self.apply(run, run.machine.start(time.time()))
@@ -111,6 +116,8 @@ class RunDriver:
             raise InvalidRequest(f"the daemon is stopping; resume or retry run {run.id} after the next start")
         run.announced_finish = False
         self.runs.reopened(run)
+        if self.traces is not None:
+            self.traces.opened(run, "reopened")
         self.apply(run, run.machine.reset(steps, time.time()))
         self.executor.pump()
 
@@ -126,9 +133,18 @@ class RunDriver:
             return []
         run.announced_finish = False
         self.runs.reopened(run)
+        if self.traces is not None:
+            self.traces.opened(run, "reopened")
         self.apply(run, rollback.on_demand(run.machine, time.time()) or [])
         self.executor.pump()
         return steps
+
+    def recover(self, run: Run) -> None:
+        """Drive an unfinished run found on disk at start-up: what its machine asks for after a restart."""
+        if self.traces is not None:
+            self.traces.opened(run, "recovered")
+            self.store.changed(run)
+        self.apply(run, run.machine.recover(time.time()))
 
     def feed(self, run: Run, event: Any) -> None:
         self.apply(run, run.machine.handle(event, time.time()))
@@ -163,6 +179,8 @@ class RunDriver:
                 loop.call_later(max(0.0, action.at - time.time()), self._timer, run.id)
             elif isinstance(action, Finish):
                 self.executor.forget_run(run.id)
+                if self.traces is not None:
+                    self.traces.finished(run)
         if actions:
             self.mark_dirty()
             self.observer.on_actions(run, actions)

@@ -28,6 +28,7 @@ from tagentd.executor.interface import PipelineCode, StepAttempt
 MAX_LOG_LINES = 10_000
 CHILD_STARTED = "child.started"  # the audit entry that links a parent run to a child run (data: step, task, child)
 MAX_EVENTS = 50_000
+TRACE = "trace"  # the audit entry that keeps a run span's ids (data: trace_id, span_id, why): runs/traces.py
 
 
 class RunSource(msgspec.Struct, kw_only=True):
@@ -108,6 +109,8 @@ class Run:
         self.history: list[AuditEntry] = []
         self.announced_finish = False
         self.dirty_memory: set[str] = set()
+        #: W3C traceparent of the run's open span (runs/traces.py) while traces are on; its attempts' parent.
+        self.traceparent: str | None = None
         self._seq = 0
         self._log_seq = 0
         self._news = asyncio.Event()
@@ -147,7 +150,8 @@ class Run:
     def attempt(self, task: Dispatch) -> StepAttempt:
         """The attempt the engine dispatched, as plain data for the executor (tagentd.executor.interface)."""
         return StepAttempt(run_id=self.id, pipeline=self.plan.name, code=self.code, dispatch=task,
-                           params=self.state.params, model=self.source.model, trigger=self.source.trigger)
+                           params=self.state.params, model=self.source.model, trigger=self.source.trigger,
+                           traceparent=self.traceparent)
 
     def remember(self, key: str, value: Any) -> None:
         """`ctx.memory.save`: keep `value` under `key` for the rest of the run (durable on the next flush)."""
@@ -228,6 +232,11 @@ class Run:
                 found.setdefault(entry.data["step"], []).append(entry.data["child"])
         return found
 
+    def first_trace(self) -> tuple[str, str] | None:
+        """The (trace id, span id) of the run's first span, from its durable history; None if it never had one."""
+        entry = next((e for e in self.history if e.what == TRACE), None)
+        return (entry.data["trace_id"], entry.data["span_id"]) if entry is not None else None
+
     def detail(self, with_plan: bool = False) -> RunDetail:
         """The run and each step's state; `with_plan`: also its plan as plain data, with the steps added at run time."""
         state = self.state
@@ -254,7 +263,7 @@ class Run:
             run_id=self.id, pipeline=state.pipeline, status=state.status.value, created_at=state.created_at,
             started_at=state.started_at, finished_at=state.finished_at, error=state.error, path=self.source.path,
             params=state.params, steps=steps, parent_id=self.source.parent.parent_id if self.source.parent else None,
-            plan=self.plan_data() if with_plan else None,
+            plan=self.plan_data() if with_plan else None, trace_id=trace[0] if (trace := self.first_trace()) else None,
         )
 
     def plan_data(self) -> dict[str, Any]:

@@ -106,6 +106,10 @@ class Settings(BaseModel):
                                          "worker_listen is reached by another address (NAT, port forward, proxy)")
     local_workers_via_curve: bool = Field(False, description="the local pool's workers join over worker_listen too "
                                           "(tries the remote path on one machine)")
+    otlp_endpoint: str | None = Field(None, description="send traces over OTLP/HTTP to this collector, e.g. "
+                                      "http://127.0.0.1:4318 (needs tagentd[otel]); unset = no traces")
+    trace_url: str | None = Field(None, description="a run's trace in your trace viewer, shown by tagent status, "
+                                  "e.g. http://127.0.0.1:16686/trace/{trace_id}")
 
     @field_validator("runtime_dir", "state_dir", mode="after")
     @classmethod
@@ -158,6 +162,16 @@ class Settings(BaseModel):
     def _model(cls, value: str | None) -> str | None:
         return (value.strip() or None) if value is not None else None
 
+    @field_validator("otlp_endpoint", "trace_url", mode="after")
+    @classmethod
+    def _url(cls, value: str | None, info: Any) -> str | None:
+        value = (value.strip() or None) if value is not None else None
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        if value is not None and info.field_name == "trace_url" and "{trace_id}" not in value:
+            raise ValueError(f"must contain {{trace_id}} where the trace id goes, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         if self.heartbeat_timeout <= self.heartbeat_interval:
@@ -186,6 +200,10 @@ class Settings(BaseModel):
         if not (self.endpoints or self.price_overrides):
             return []
         return ["--llm", self.llm_config().model_dump_json(exclude_defaults=True)]
+
+    def worker_trace_args(self) -> list[str]:
+        """The worker command-line flag that turns traces on (none when `otlp_endpoint` is unset)."""
+        return ["--otlp-endpoint", self.otlp_endpoint] if self.otlp_endpoint else []
 
     @property
     def log_file(self) -> Path:

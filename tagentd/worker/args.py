@@ -22,6 +22,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int, default=0,
                         help="the pid this worker dies with (the daemon always passes its own; default: the parent)")
     parser.add_argument("--llm", default=None, help="endpoints and price overrides as JSON (tagent_client.run.llm.LLMConfig)")
+    parser.add_argument("--otlp-endpoint", default=None,
+                        help="export step and LLM call spans over OTLP/HTTP to this collector (default: no traces)")
     args = parser.parse_args(argv)
     if args.capacity < 1 or args.heartbeat <= 0 or args.grace < 0 or args.load_timeout <= 0:
         parser.error("--capacity must be >= 1, --heartbeat and --load-timeout > 0, --grace >= 0")

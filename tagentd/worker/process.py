@@ -63,6 +63,7 @@ from tagentd.worker.llm import PermitClient, agent_runtime_loaded, preload_agent
 from tagentd.worker.loader import CACHE, schema_classes
 from tagentd.worker.resources import ResourceMeter
 from tagentd.worker.services import WorkerServices
+from tagentd.worker.traces import WorkerTraces
 
 TICK = 0.1            # housekeeping period: re-sends, heartbeat, parent check, exit deadlines
 STOP_FLUSH = 5.0      # graceful stop: how long to wait for the last acknowledgements
@@ -117,6 +118,7 @@ class Worker:
         self.permits = PermitClient(self.link, self.loop)
         self.llm = LLMRuntime(config=LLMConfig.model_validate_json(args.llm or "{}"), limiter=self.permits,
                               breakers=self.breakers)
+        self.traces = WorkerTraces.start(args.otlp_endpoint, self.llm) if args.otlp_endpoint else None
         self.slots = asyncio.Semaphore(self.capacity)
         self.running: dict[AttemptKey, tuple[asyncio.Task[None], wire.RunTask]] = {}
         self.meter = ResourceMeter()  # what each attempt used of this process, sent with its result
@@ -359,7 +361,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a bad task becomes a failed attempt
             error = ErrorInfo(type=type(exc).__name__, message=one_line(exc), retryable=False)
             return StepFailed(task=task.task, attempt=task.attempt, error=error)
-        return await run_task(pipeline, task, ctx, message.model, self.llm, as_data=True)
+        if self.traces is None:
+            return await run_task(pipeline, task, ctx, message.model, self.llm, as_data=True)
+        return await run_task(pipeline, task, ctx, message.model, self.llm, as_data=True, tracer=self.traces.tracer,
+                              trace_parent=self.traces.parent(message.traceparent))
 
     def send_result(self, message: wire.RunTask, event: Event, resources: wire.AttemptResources | None = None) -> None:
         """Send the attempt's outcome, re-sent until the daemon acknowledges it. The output is already plain
@@ -432,6 +437,8 @@ async def serve(args: argparse.Namespace) -> None:
     except Exception:  # noqa: BLE001 - say why, then exit 1
         log.exception("worker crashed")
     finally:
+        if worker is not None and worker.traces is not None:
+            worker.traces.stop()  # the last spans leave (at most a few seconds) before os._exit
         if worker is not None:
             worker.link.close(linger_ms=100)
             worker.zmq.term()  # waits up to the linger for queued messages

@@ -47,8 +47,10 @@ class LoadPipeline(WorkerMessage, tag="load"):
     target: str | None = None
 
 
-class RunTask(WorkerMessage, tag="run"):
-    """Execute one dispatched task. `source` is sent only when this worker has not seen `source_hash`."""
+class RunTask(WorkerMessage, tag="run", omit_defaults=True):
+    """Execute one dispatched task. `source` is sent only when this worker has not seen `source_hash`.
+    `traceparent` (W3C) names the run's span when traces are on (docs/operations.md, Traces); else it is
+    not sent (nor is any other field left at its default)."""
 
     run_id: str
     source_hash: str
@@ -59,6 +61,7 @@ class RunTask(WorkerMessage, tag="run"):
     params: dict[str, Any] = {}
     model: str | None = None
     trigger: Any = None
+    traceparent: str | None = None
 
 
 class CancelRunning(WorkerMessage, tag="cancel"):

@@ -111,6 +111,8 @@ def run_header(detail: RunDetail, now: float) -> str:
         lines.append(f"  file: {detail.path}")
     if detail.parent_id:
         lines.append(f"  child of run {detail.parent_id}")
+    if detail.trace_id:
+        lines.append(f"  trace: {detail.trace_url or detail.trace_id}")
     if detail.error:
         lines.append(f"  error: {detail.error}")
     return "\n".join(lines)

@@ -165,6 +165,17 @@ class LLMRuntime:
     request_limit: int | None = None
     #: The endpoints' circuit breakers (`llm:<endpoint>`): the daemon's in a worker, this process's in-process.
     breakers: BreakerGate | None = None
+    #: The OpenTelemetry tracer provider when traces are on (tracing.py): agent runs make LLM call spans.
+    tracer_provider: Any = None
+    _instrumentation: Any = field(default=None, repr=False)
+
+    def instrumentation(self) -> Any:
+        """pydantic-ai's InstrumentationSettings for agent runs when traces are on (made once); else None."""
+        if self.tracer_provider is not None and self._instrumentation is None:
+            from .tracing import instrumentation
+
+            self._instrumentation = instrumentation(self.tracer_provider)
+        return self._instrumentation
 
     @classmethod
     def local(cls, config: LLMConfig | None = None, *, api_key: str | None = None,

@@ -36,6 +36,7 @@ from ..define.binding import missing_params, with_defaults
 from ..define.pipeline import Pipeline
 from ..define.subpipeline import depth_problem
 from ..errors import ConfigError, PipelineValidationError, TagentError, describe, is_retryable, retry_after_of
+from . import tracing
 from .additions import pipeline_for
 from .breakers import BreakerRules, LocalBreakers
 from .config import RunConfig, run_config
@@ -89,13 +90,26 @@ def check_models(pipeline: Pipeline, model: str | None) -> None:
 
 
 async def run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: str | None,
-                   llm: LLMRuntime | None = None, *, as_data: bool = False) -> Event:
+                   llm: LLMRuntime | None = None, *, as_data: bool = False, tracer: Any = None,
+                   trace_parent: Any = None) -> Event:
     """Run one dispatched task to an event: succeeded, failed, or timed out. Never raises (except cancellation).
 
     The output must meet the rules of `outputs.output_data` (else the attempt fails with StepOutputError);
     the event carries it as plain data with `as_data` (what a worker sends), else as the step returned it.
     An agent attempt's usage and transcript ride on the event, also when it fails.
+    With a `tracer` (tracing.py), the attempt has a span, a child of `trace_parent` (an OpenTelemetry context;
+    None: the current span).
     """
+    if tracer is None:
+        return await _run_task(pipeline, task, ctx, model, llm, as_data)
+    with tracing.attempt_span(tracer, task, ctx.run_id, pipeline.name, trace_parent) as span:
+        event = await _run_task(pipeline, task, ctx, model, llm, as_data)
+        tracing.end_attempt(span, event)
+    return event
+
+
+async def _run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model: str | None,
+                    llm: LLMRuntime | None, as_data: bool) -> Event:
     started = time.time()
     record = Attempt()
     try:
@@ -227,6 +241,13 @@ async def run_pipeline(
                            api_key=cfg.api_key, request_limit=cfg.max_iterations, breakers=breakers)
     services = LocalServices(breakers=breakers)
     machine = RunMachine.new(plan, run_id or new_run_id(), params=params, now=time.time())
+    provider = tracing.configured_provider()  # None unless this process set an OpenTelemetry tracer provider
+    tracer = run_span = trace_parent = None
+    if provider is not None:  # the run's span: every attempt's parent (a child run's too)
+        llm.tracer_provider = provider
+        tracer = provider.get_tracer(tracing.SCOPE)
+        run_span = tracing.start_run_span(tracer, machine.state.run_id, plan.name)
+        trace_parent = tracing.context_of(run_span)
     inbox: asyncio.Queue[Event] = asyncio.Queue()
     running: dict[str, asyncio.Task[None]] = {}
     loop = asyncio.get_running_loop()
@@ -249,9 +270,11 @@ async def run_pipeline(
 
     async def attempt(task: Dispatch) -> None:
         ctx = make_context(pipeline, machine, task, services)
-        event = await run_task(pipeline, task, ctx, run_model, llm, as_data=machine.specs[task.step].child is not None)
+        event = await run_task(pipeline, task, ctx, run_model, llm, as_data=machine.specs[task.step].child is not None,
+                               tracer=tracer, trace_parent=trace_parent)
         if isinstance(event, StepSucceeded) and machine.specs[task.step].child is not None and task.phase is Phase.RUN:
-            event = await run_child(pipeline, machine, task, event.output, cfg, run_model)
+            with tracing.within(trace_parent):  # the child run's span is a child of this run's
+                event = await run_child(pipeline, machine, task, event.output, cfg, run_model)
         services.bus.settle((machine.state.run_id, task.task, task.attempt), event)
         inbox.put_nowait(event)
         if running.get(task.task) is asyncio.current_task():
@@ -288,4 +311,6 @@ async def run_pipeline(
             job.cancel()
         if running:
             await asyncio.gather(*running.values(), return_exceptions=True)
+        if run_span is not None:
+            tracing.end_run_span(run_span, machine.state, None if machine.finished else "interrupted")
     return PipelineResult.from_state(plan, machine.state, services.memory.get(machine.state.run_id))

@@ -264,6 +264,9 @@ class RunDetail(msgspec.Struct, kw_only=True):
     parent_id: str | None = None  # a child run: the run whose sub-pipeline step started it
     #: Asked for (`GetRun.plan`): the run's Plan as plain data, steps added at run time included.
     plan: dict[str, Any] | None = None
+    #: The run's OpenTelemetry trace (hex) when traces were on for it; `trace_url` from the `trace_url` setting.
+    trace_id: str | None = None
+    trace_url: str | None = None
 
 
 class EventRecord(msgspec.Struct, kw_only=True, array_like=True):

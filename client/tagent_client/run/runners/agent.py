@@ -108,6 +108,8 @@ async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model
             retries={"output": step.output_retries, "tools": step.tool_retries},
             name=step.name,
         )
+        if runtime.tracer_provider is not None:  # traces are on: LLM call and tool spans, under the attempt's
+            agent.instrument = runtime.instrumentation()
         if not extra and not any(is_tagent_style(t) for t in pipeline.tools_for(step.name).values()):
             runtime.agents[(step, name)] = agent  # nothing in it is bound to this attempt: reuse it (~1 ms a step)
     output = await call(agent, user_prompt(ctx), name, runtime, record)
