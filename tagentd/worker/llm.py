@@ -18,6 +18,9 @@ import itertools
 import sys
 from typing import Any
 
+from tagent_client.core.state import Phase
+from tagent_client.define.plan import StepKind
+from tagent_client.define.step import PipelineStep
 from tagentd.worker import wire
 from tagentd.worker.link import WorkerLink
 
@@ -85,3 +88,12 @@ def preload_agent_runtime(ready: concurrent.futures.Future[bool]) -> None:
         ready.set_result(True)
     except BaseException:  # noqa: BLE001 - the agent runner will raise the real ImportError
         ready.set_result(False)
+
+
+def needs_agent(step: PipelineStep, phase: Phase) -> bool:
+    """Whether the task runs an agent (the agent runtime must be loaded first)."""
+    if phase is Phase.COMPENSATE:
+        return isinstance(step.compensate, str)
+    if phase is Phase.CONDITION:
+        return step.condition_is_judged
+    return phase is Phase.RUN and step.kind in (StepKind.AGENT, StepKind.TAGENT)

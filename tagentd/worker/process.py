@@ -43,10 +43,9 @@ import msgspec
 import zmq
 
 from tagent_client.core.events import Event, StepFailed, StepTimedOut
-from tagent_client.core.state import ErrorInfo, Phase
+from tagent_client.core.state import ErrorInfo
 from tagent_client.define.pipeline import Pipeline
-from tagent_client.define.plan import StepKind
-from tagent_client.define.step import PipelineStep, schema_ref
+from tagent_client.define.step import schema_ref
 from tagent_client.errors import PipelineLoadError, PipelineValidationError, TagentError, describe, is_retryable
 from tagent_client.run.additions import pipeline_for
 from tagent_client.run.context import StepContext, constraints_of
@@ -59,7 +58,7 @@ from tagentd.worker.args import parse_args
 from tagentd.worker.breakers import BreakerClient
 from tagentd.worker.credentials import WorkerCredentials
 from tagentd.worker.link import ENCODE_ERRORS, WorkerLink
-from tagentd.worker.llm import PermitClient, agent_runtime_loaded, preload_agent_runtime
+from tagentd.worker.llm import PermitClient, agent_runtime_loaded, needs_agent, preload_agent_runtime
 from tagentd.worker.loader import CACHE, schema_classes
 from tagentd.worker.resources import ResourceMeter
 from tagentd.worker.services import WorkerServices
@@ -85,15 +84,6 @@ def one_line(exc: BaseException) -> str:
         extra = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
         return f"pipeline {exc.pipeline!r} is invalid: {exc.problems[0] if exc.problems else '?'}{extra}"
     return describe(exc)
-
-
-def needs_agent(step: PipelineStep, phase: Phase) -> bool:
-    """Whether the task runs an agent (the agent runtime must be loaded first)."""
-    if phase is Phase.COMPENSATE:
-        return isinstance(step.compensate, str)
-    if phase is Phase.CONDITION:
-        return step.condition_is_judged
-    return phase is Phase.RUN and step.kind in (StepKind.AGENT, StepKind.TAGENT)
 
 
 class Worker:
