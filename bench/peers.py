@@ -13,7 +13,8 @@ Workloads (client wall time, submit -> result, warm: one warm-up run each, then 
 - `ready_s`: a fresh process spawned -> first answered request (tagentd: `tagentd start --foreground`
   answering a ping; Ray: a script's `ray.init()` and a no-op task's result, on a new local cluster).
 
-Both get 2 CPUs (tagentd: 2 workers; Ray: `num_cpus=2`). Ray runs only if it is importable (`pip install ray`,
+Both get 2 CPUs (tagentd: 2 workers; Ray: `num_cpus=2`, a new local cluster of its own: `address="local"`, so a
+Ray cluster already running on the machine is neither used nor disturbed). Ray runs only if it is importable (`pip install ray`,
 or the project's `ray` extra); otherwise its side is skipped and said so. Prints ONE JSON line (progress on
 stderr) with each side's numbers and `ray_over_tagentd` (> 1: tagentd is faster).
 """
@@ -42,7 +43,7 @@ CHAIN, WIDTH, WAITS, WAIT_S = base.CHAIN_STEPS, base.FANOUT_WIDTH, base.IO_STEPS
 RAY_READY = """
 import sys, time
 import ray
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 @ray.remote
 def noop():
     return None
@@ -105,7 +106,7 @@ def ray_side(reps: int) -> dict[str, Any]:
 
     readies = [ready_of([sys.executable, "-c", RAY_READY]) for _ in range(reps)]
     out: dict[str, Any] = {"ready_s": round(median(readies), 4), "version": ray.__version__}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         @ray.remote
         def step(previous: Any = None) -> None:
