@@ -83,6 +83,32 @@ def test_pages_stay_put_while_runs_are_added_and_all_sees_every_run_once(
     assert [line.split()[0] for line in table[1:]] == made[::-1]
 
 
+@pytest.mark.timeout(120)
+def test_a_cursor_taken_before_a_kill9_pages_on_after_the_restart(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    # Given 6 finished runs on a daemon keeping 2 finished runs in memory, and a client that read the first page
+    daemon = make_daemon(workers=1)
+    daemon.env["TAGENTD_RUN_CACHE_SIZE"] = "2"
+    daemon.start()
+    path = write_pipeline(tmp_path, "paged.py", ONE_STEP)
+    made = [submit_and_finish(daemon, path, n) for n in range(6)]
+    with daemon.client() as client:
+        first = [r.run_id for r in client.runs(limit=3)]
+
+    # When the daemon is killed with SIGKILL and started again
+    daemon.kill9()
+    daemon.start()
+
+    # Then the next page, from the cursor taken before the crash, holds the older runs (from the run index)
+    with daemon.client() as client:
+        second = [r.run_id for r in client.runs(limit=3, before=first[-1])]
+        assert first + second == made[::-1]
+        # and a run of that page answers in full, read back from its snapshot on demand
+        assert client.result(second[-1]).step_outputs == {"one": 0}
+        assert client.daemon_status().stats["runs"]["read_from_disk"] >= 1
+
+
 def test_a_page_continues_after_its_cursor_run_was_removed() -> None:
     # Given a table of 3,000 finished runs (index entries, as after a restart)
     table = RunTable(MemoryStore(), cache_size=0)
