@@ -4,8 +4,9 @@
     python bench/runs_list.py [--small 100] [--large 100000] [--reps 7] [--quick]
 
 For each size, a state dir is made with that many finished runs (their index entries in runs.idx, each with
-a snapshot file: hard links to one real snapshot, since listing reads only the index) and a durable daemon
-(`retention_max_runs = 0`, so none is removed) is started on it. Then, on the idle daemon:
+a snapshot file: symbolic links to one real snapshot, since listing reads only the index) and a durable daemon
+(`retention_max_runs = 0`, so none is removed) is started on it. Then, on the daemon,
+once its workers are ready and it is idle:
 
 - `cli_runs_ms`: median wall time of the whole `tagent runs` process (the newest page of 50);
 - `request_ms`: median of one `runs(limit=50)` request; `deep_page_ms`: one page of 50 from the middle of the
@@ -52,7 +53,7 @@ def make_history(state: Path, pipeline_file: Path, runs: int) -> None:
     for k in range(runs - 1):
         created = first + k * 0.01
         run_id = new_run_id(created)
-        os.link(snapshot, state / "runs" / f"{run_id}.ckpt")
+        os.symlink(snapshot.name, state / "runs" / f"{run_id}.ckpt")
         index.put(type(model)(run_id=run_id, pipeline=model.pipeline, status=model.status, steps_done=model.steps_done,
                               steps_total=model.steps_total, created_at=created, finished_at=created + 0.005,
                               path=model.path, source_hash=model.source_hash, submitted_by=model.submitted_by,
@@ -72,6 +73,7 @@ def measure(files: dict[str, Path], runs: int, reps: int) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": runs, "ready_s": round(daemon.start(), 3),
                            "rss_mb": round(base.rss_kb(daemon.proc.pid) / 1024, 1)}
     try:
+        base.measure_rss(daemon)  # times are taken on the idle daemon: after the worker template's imports
         with daemon.client() as client:
             newest = client.runs(limit=50)
             assert len(newest) == 50
@@ -88,7 +90,7 @@ def measure(files: dict[str, Path], runs: int, reps: int) -> dict[str, Any]:
 
             def timed(call: Any) -> float:
                 times = []
-                for _ in range(reps * 3):
+                for _ in range(reps * 10):
                     t = time.perf_counter()
                     call()
                     times.append(time.perf_counter() - t)

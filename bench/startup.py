@@ -7,6 +7,8 @@ For each checkout (this one, and DIR when `--against` names another checkout of 
 `git archive main | tar -x -C DIR`), round by round so that load on the machine hits both alike:
 
 - `ready_s`: spawn of `tagentd start --foreground --workers 2` (empty state dir) -> first answered ping;
+- `ready_cpu_s`: the CPU time (user + system) the daemon process had used when it first answered: the work
+  before answering, which other load on the machine inflates much less than `ready_s`;
 - `start_cmd_s`: the whole `tagentd start` command (it daemonizes and returns once control.sock answers);
 - `workers_ready_s`: spawn -> both workers `ready` (the worker template's imports and warm-up);
 - `recovery_ready_s`: spawn -> first answered ping on a state dir of `--finished` finished runs (snapshots and
@@ -89,6 +91,7 @@ def one_round(repo: Path, label: str, state: Path | None, first: bool) -> dict[s
     daemon = new_daemon(repo, label)
     t0 = time.monotonic()
     out["ready_s"] = daemon.start()
+    out["ready_cpu_s"] = base.cpu_ticks(daemon.proc.pid) / os.sysconf("SC_CLK_TCK")  # steadier than wall time when busy
     out["workers_ready_s"] = workers_ready(daemon) - t0
     if first:
         out.update(idle_memory(daemon))
