@@ -53,6 +53,13 @@ def daemon_rss_mb(daemon: Any) -> float:
     return round(base.rss_kb(daemon.proc.pid) / 1024, 1)
 
 
+def tree_mb(daemon: Any) -> dict[str, float]:
+    """RSS and PSS of the daemon and every process under it (the worker template and the workers), summed."""
+    pids = daemon.pids()
+    return {"tree_rss_mb": round(sum(base.rss_kb(p) for p in pids) / 1024, 1),
+            "tree_pss_mb": round(sum(base.pss_kb(p) for p in pids) / 1024, 1)}
+
+
 async def list_ms(client: AsyncClient, status: str | None = None, reps: int = 20) -> float:
     """Median ms of one `runs(limit=50)` request (the CLI's default page; `status` filters) on an idle daemon."""
     times = []
@@ -80,7 +87,7 @@ async def drive(daemon: Any, path: Path, runs: int, every: int, concurrency: int
             info = await client.daemon_status()
             held = info.stats.get("runs", {})
             samples.append({"runs": count, "s": round(time.perf_counter() - t0, 1), "rss_mb": daemon_rss_mb(daemon),
-                            "runs_total": info.runs_total, "in_memory": held.get("in_memory")})
+                            **tree_mb(daemon), "runs_total": info.runs_total, "in_memory": held.get("in_memory")})
             say(f"  {samples[-1]}")
 
         async def lane(numbers: Any) -> None:
@@ -154,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         tenth = rss[max(1, len(rss) // 10)]
         result["rss_mb_max"] = max(rss)
         result["rss_growth_mb_after_first_tenth"] = round(max(rss[len(rss) // 10:]) - tenth, 1)
+        pss = [s["tree_pss_mb"] for s in result["samples"]]
+        result["tree_pss_mb_max"] = max(pss)
+        result["tree_pss_growth_mb_after_first_tenth"] = round(max(pss[len(pss) // 10:]) - pss[max(1, len(pss) // 10)], 1)
     result["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     result["bench_s"] = round(time.perf_counter() - started, 1)
     line = json.dumps(result)

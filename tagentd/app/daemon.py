@@ -175,7 +175,6 @@ class Daemon:
         self.metrics.add_collector(Scraped(runs=self.runs, executor=self.executor, permits=self.permits,
                                            breakers=self.breakers, broker=self.broker).collect)
         self.stopper = Stopper(self.driver, self.executor, self.store)
-        self.executor.start()  # the worker template imports the agent runtime while recovery runs
         gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time
         try:
             recovered = self.store.load()
@@ -210,6 +209,9 @@ class Daemon:
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
         notify("READY=1")
+        # Workers start once the control socket answers: `tagentd start` does not wait for the worker template's
+        # imports, and a step submitted meanwhile waits for a worker (the load waits up to `load_timeout`).
+        loop.call_soon(self.executor.start)
         await self.stopper.requested.wait()
         notify("STOPPING=1")
         await self._shutdown()
@@ -303,11 +305,14 @@ class Daemon:
         stats["stopping"] = self.stopper.info()
         stats["checkpoint_problems"] += self.broker.store.problems
         stats["state_dir_problem"] = self.health.problem()
+        workers = self.executor.workers()
+        # Workers start after the control socket answers: until then (the template's imports) they are "starting".
+        stats["workers_starting"] = max(0, self.settings.workers - sum(1 for w in workers if w.state == "ready"))
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
             sockets={k: v.removeprefix("ipc://") for k, v in self.sockets.items()},
-            workers=self.executor.workers(), runs_active=len(self.runs.active()), runs_total=len(self.runs),
+            workers=workers, runs_active=len(self.runs.active()), runs_total=len(self.runs),
             durable=self.store.durable, stats=stats,
             watch_dirs=self.watcher.folder_paths() if self.watcher is not None else [],
         )

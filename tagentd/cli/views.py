@@ -19,6 +19,8 @@ from tagentd.settings.locations import LOG_FILE
 def print_status(info: Any) -> None:
     """A running daemon's DaemonInfo: pid, version, uptime, sockets, dirs, runs, broker numbers, then its workers."""
     busy = sum(1 for w in info.workers if w.running > 0)
+    idle = sum(1 for w in info.workers if w.running == 0 and w.state != "starting")
+    starting = info.stats.get("workers_starting")  # workers start after the daemon answers: until then, starting
     click.echo(f"tagentd is running (pid {info.pid}, version {info.version}, up {duration(info.uptime_s)})")
     rows = [(f"{name} socket", path) for name, path in info.sockets.items()]
     rows += [
@@ -29,7 +31,7 @@ def print_status(info: Any) -> None:
         ("disk", disk_row(info.stats.get("state_dir_problem"))),
         ("runs", f"{info.runs_active} active, {info.runs_total} total"),
         ("watching", ", ".join(info.watch_dirs) + " (see 'tagent watch')" if info.watch_dirs else "no folder"),
-        ("workers", f"{len(info.workers)} ({busy} busy, {len(info.workers) - busy} idle)"),
+        ("workers", f"{len(info.workers)} ({busy} busy, {idle} idle" + (f", {starting} starting)" if starting else ")")),
     ]
     rows += broker_rows(info.stats.get("broker")) + stopping_rows(info.stats.get("stopping"))
     print_pairs(rows)

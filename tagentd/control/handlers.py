@@ -97,7 +97,7 @@ async def _submit(ports: Ports, req: p.Submit) -> p.SubmitResult:
 
 
 def list_runs(ports: Ports, req: p.ListRuns) -> list[p.RunSummary]:
-    return ports.ops.runs.newest(max(1, min(req.limit, 10_000)), req.status)
+    return ports.ops.runs.newest(max(1, min(req.limit, 10_000)), req.status, req.before)
 
 
 def get_run(ports: Ports, req: p.GetRun) -> p.RunDetail:

@@ -9,6 +9,12 @@ keeps every run in memory; retention is then what bounds them.
 
 A run's events (`tagent watch`, `--follow`) live only in memory: a run read back
 from disk has its state, outputs, history and logs, but no event list.
+
+Listing is paged: `newest(limit, before=RUN)` lists the runs created before RUN,
+newest first, starting from RUN's place in the table (no walk over the newer
+runs), so every page costs what it returns however long the history is. Runs
+created meanwhile never shift a page (they come before the first one), so paging
+with the last id of each page sees every run that exists throughout exactly once.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class RunTable:
         self._active: dict[str, Run] = {}  # unfinished (or not yet announced as finished)
         self._cache: collections.OrderedDict[str, Run] = collections.OrderedDict()  # finished, least recent first
         self._finished: dict[str, float] = {}  # every finished run's finish time, oldest first (for retention)
+        self._order: list[str | None] = []  # every run id in creation order; None where a run was removed
+        self._place: dict[str, int] = {}  # run id -> its index in _order
         self.reads = 0
 
     def restore(self, recovered: Recovered) -> None:
@@ -45,8 +53,13 @@ class RunTable:
             self._rows[run.id] = run
             self._active[run.id] = run
         self._finished = dict(retention.oldest_first(recovered.entries))
+        self._order = list(self._rows)
+        self._place = {run_id: i for i, run_id in enumerate(self._order)}
 
     def add(self, run: Run) -> None:
+        if run.id not in self._place:
+            self._place[run.id] = len(self._order)
+            self._order.append(run.id)
         self._rows[run.id] = run
         self._active[run.id] = run
 
@@ -123,17 +136,43 @@ class RunTable:
         self._active.pop(run_id, None)
         self._cache.pop(run_id, None)
         self._finished.pop(run_id, None)
+        place = self._place.pop(run_id, None)
+        if place is not None:
+            self._order[place] = None
+            if len(self._order) > 2 * len(self._place) + 1024:  # mostly holes: close them (amortized O(1))
+                self._order = [rid for rid in self._order if rid is not None]
+                self._place = {rid: i for i, rid in enumerate(self._order)}
 
-    def newest(self, limit: int, status: str | None = None) -> list[RunSummary]:
-        """The newest `limit` runs (in `status`, if given), newest first."""
+    def newest(self, limit: int, status: str | None = None, before: str | None = None) -> list[RunSummary]:
+        """The newest `limit` runs (in `status`, if given), newest first; with `before` (a run id, e.g. the last
+        of the previous page), only runs created before that run.
+
+        Costs the runs it looks at from `before`'s place on. A `before` no longer in the table (retention
+        removed it) is placed by its id, which sorts by creation time.
+        """
+        start = self._place.get(before, -1) if before is not None else len(self._order)
+        if start < 0:
+            start = self._place_of_missing(before or "")
         out = []
-        for row in reversed(self._rows.values()):
+        for i in range(start - 1, -1, -1):
+            run_id = self._order[i]
+            row = self._rows.get(run_id) if run_id is not None else None
+            if row is None:
+                continue
             if status and (row.state.status.value if isinstance(row, Run) else row.status) != status:
                 continue
             out.append(row.summary())
             if len(out) >= limit:
                 break
         return out
+
+    def _place_of_missing(self, run_id: str) -> int:
+        """Where a run id not in the table would stand: after the newest run whose id sorts before it."""
+        for i in range(len(self._order) - 1, -1, -1):
+            known = self._order[i]
+            if known is not None and known < run_id:
+                return i + 1
+        return 0
 
     def entries(self) -> Iterator[RunEntry]:
         """Every run's entry, oldest first (for those in memory: as of now)."""

@@ -130,19 +130,53 @@ def submit(session: Session, spec: str, pairs: tuple[str, ...], params_json: str
         report_outcome(result, as_json=as_json, line=True, brief=not as_json and is_terminal(sys.stdout))
 
 
+#: Runs per request when `tagent runs --all` pages through every run.
+ALL_PAGE = 500
+
+
 @click.command()
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this state.")
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=50, show_default=True, help="At most N runs.")
+@click.option("--before", metavar="RUN", help="Only runs created before RUN (the last run of the previous page).")
+@click.option("--all", "every", is_flag=True, help="Every run, newest first, fetched page by page (--limit ignored).")
 @click.option("--tree", is_flag=True, help="Show each child run (of a sub-pipeline step) under its parent.")
 @json_option
 @pass_session
-def runs(session: Session, status: str | None, limit: int, tree: bool, as_json: bool) -> None:
-    """List runs, newest first."""
-    found = session.client().runs(limit=limit, status=status)
+def runs(session: Session, status: str | None, limit: int, before: str | None, every: bool, tree: bool,
+         as_json: bool) -> None:
+    """List runs, newest first: the newest page (--limit), then says how to see older ones (--before, --all)."""
+    client = session.client()
+    if every:
+        pages = _every_page(client, status, before)
+        if as_json:  # one JSON array, written as the pages arrive
+            click.echo("[", nl=False)
+            for n, summary in enumerate(s for page in pages for s in page):
+                click.echo(("," if n else "") + "\n  " + msgspec.json.encode(summary).decode(), nl=False)
+            click.echo("\n]")
+        else:  # one table (its columns fit every row), drawn once every page is in
+            click.echo((runs_tree if tree else runs_table)([s for page in pages for s in page], time.time()))
+        return
+    found = client.runs(limit=limit + 1, status=status, before=before)
+    more = len(found) > limit
+    found = found[:limit]
     if as_json:
         emit_json(found)
     else:
         click.echo((runs_tree if tree else runs_table)(found, time.time()))
+    if more:
+        hint = f"tagent runs --before {found[-1].run_id}" + (f" --status {status}" if status else "")
+        click.echo(f"(newest {limit} shown; older: '{hint}', or 'tagent runs --all')", err=True)
+
+
+def _every_page(client: Any, status: str | None, before: str | None) -> Iterable[list[Any]]:
+    """Pages of runs, newest first, until a page comes back short (each page starts before the last one's end)."""
+    while True:
+        page = client.runs(limit=ALL_PAGE, status=status, before=before)
+        if page:
+            yield page
+        if len(page) < ALL_PAGE:
+            return
+        before = page[-1].run_id
 
 
 @click.command()

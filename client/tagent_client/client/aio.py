@@ -165,8 +165,8 @@ class AsyncClient(AsyncBrokerMethods, ClientBase):
                      idempotency_key: str | None = None) -> RunHandle:
         return await self._call(self._submit(path_or_spec, params, target, model, run, idempotency_key))
 
-    async def runs(self, limit: int = 50, status: str | None = None) -> list[RunSummary]:
-        return await self._call(calls.runs(limit, status))
+    async def runs(self, limit: int = 50, status: str | None = None, before: str | None = None) -> list[RunSummary]:
+        return await self._call(calls.runs(limit, status, before))
 
     async def status(self, run_id: str, plan: bool = False) -> RunDetail:
         """The run with per-step details; `plan`: also its plan as plain data (`RunDetail.plan`)."""

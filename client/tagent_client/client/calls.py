@@ -161,8 +161,8 @@ def ping() -> Call[dict[str, Any]]:
     return Call(protocol.Ping(), as_dict)
 
 
-def runs(limit: int, status: str | None) -> Call[list[RunSummary]]:
-    return Call(protocol.ListRuns(limit=limit, status=status), decode_as(list[RunSummary]))
+def runs(limit: int, status: str | None, before: str | None = None) -> Call[list[RunSummary]]:
+    return Call(protocol.ListRuns(limit=limit, status=status, before=before), decode_as(list[RunSummary]))
 
 
 def status(run_id: str, plan: bool = False) -> Call[RunDetail]:

@@ -115,9 +115,10 @@ class Client(BrokerMethods, ClientBase):
         """
         return self._call(self._submit(path_or_spec, params, target, model, run, idempotency_key))
 
-    def runs(self, limit: int = 50, status: str | None = None) -> list[RunSummary]:
-        """Newest runs first, optionally only those in `status`."""
-        return self._call(calls.runs(limit, status))
+    def runs(self, limit: int = 50, status: str | None = None, before: str | None = None) -> list[RunSummary]:
+        """Newest runs first, optionally only those in `status`; `before` (a run id, e.g. the last one of the
+        previous page): only runs created before it. Pages stay stable while new runs start."""
+        return self._call(calls.runs(limit, status, before))
 
     def status(self, run_id: str, plan: bool = False) -> RunDetail:
         """The run with per-step details; `plan`: also its plan as plain data (`RunDetail.plan`)."""

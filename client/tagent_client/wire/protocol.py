@@ -58,10 +58,12 @@ class Submit(Request, tag="submit"):
 
 
 class ListRuns(Request, tag="runs"):
-    """Newest runs first; `status` filters ("running", "completed", ...)."""
+    """Newest runs first; `status` filters ("running", "completed", ...); `before` (a run id, the last of the
+    previous page) pages back: only runs created before it."""
 
     limit: int = 50
     status: str | None = None
+    before: str | None = None
 
 
 class GetRun(Request, tag="status"):
