@@ -83,7 +83,9 @@ def test_the_api_shows_a_failed_run_and_cancels_a_running_one(web: DaemonProcess
         root = page["why"]["failures"][0]
         assert root["step"] == "parse" and "ValueError: bad data in row 7" in root["traceback"]
         assert root["affected"] == ["report"]
-        assert [bar["step"] for bar in page["gantt"]["bars"]] == ["load", "parse"]
+        bars = page["gantt"]["bars"]
+        assert [(bar["step"], bar["attempt"], bar["outcome"]) for bar in bars] == [("load", 1, "completed"),
+                                                                                   ("parse", 1, "failed")]
         step = client.get(f"/api/runs/{failing}/steps/load").json()
         assert [line["message"] for line in step["logs"]] == ["loaded 3 rows"]
         assert step["output"] == json.dumps({"rows": 3}, indent=2)

@@ -37,8 +37,18 @@ RETRY_MAX = 5.0       # seconds between two tries to subscribe, at most
 LINGER = 10.0         # seconds the subscription stays open after the last tab left
 RESYNC: dict[str, Any] = {"topic": "resync"}
 EVERYTHING = ("",)
+SLIM_TEXT = 300       # characters of a text field of an event sent to a tab
 RATE_WINDOW = 60      # seconds of events the topic rates are measured over
 RATE_TOPICS = 500     # distinct topics counted per second, at most (the rest count as "(other topics)")
+
+
+def slim(data: Any) -> Any:
+    """What a tab needs of an event's data: its short scalar fields (run, step, attempt, status, error...), not a
+    step's whole output (`result`) or a published event's payload."""
+    if not isinstance(data, dict):
+        return None
+    return {k: (v[:SLIM_TEXT] if isinstance(v, str) else v) for k, v in data.items()
+            if k != "result" and (v is None or isinstance(v, (str, int, float, bool)))}
 
 
 class TopicRates:
@@ -164,7 +174,7 @@ class Feed:
                 for listener in list(self.listeners):
                     listener.resync()
                 continue
-            item = {"seq": record.seq, "ts": record.ts, "topic": record.topic, "data": record.data}
+            item = {"seq": record.seq, "ts": record.ts, "topic": record.topic, "data": slim(record.data)}
             for listener in list(self.listeners):
                 if listener.wants(record):
                     listener.offer(item)

@@ -82,7 +82,7 @@ def gantt(detail: RunDetail, events: Sequence[EventRecord], now: float | None = 
     bars: list[dict[str, Any]] = []
     for ev in sorted(events, key=lambda e: e.seq):
         data = ev.data if isinstance(ev.data, dict) else {}
-        step, attempt = data.get("step"), int(data.get("attempt") or 0)
+        step, attempt = data.get("step"), int(data.get("attempt") or data.get("attempts") or 0)  # completed: "attempts"
         if not isinstance(step, str):
             continue
         if ev.topic == "step.started":

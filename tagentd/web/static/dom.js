@@ -34,9 +34,9 @@ export function badge(state) {
 
 export function table(headers, rows, empty = "nothing here yet") {
   if (!rows.length) return h("p", { class: "empty", text: empty });
-  return h("table", { class: "grid" },
+  return h("div", { class: "table-wrap" }, h("table", { class: "grid" },
     h("thead", {}, h("tr", {}, headers.map((x) => h("th", { text: x })))),
-    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))));
+    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c)))))));
 }
 
 export function section(title, ...children) {

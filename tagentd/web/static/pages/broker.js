@@ -58,10 +58,17 @@ export function mount(main) {
         table(["Key", "Version", "Bytes"], sp.keys.map((k) => [h("span", { class: "mono", text: k.key }), k.version, k.bytes]), "no keys"),
         sp.more_keys ? h("p", { class: "muted small", text: `and ${sp.more_keys} more keys` }) : null,
         h("h3", { text: "Access log" }),
-        table(["When", "Who", "Operation", "Key", "Version", ""], sp.log.map((l) => [ago(l[0]), l[1], l[2], l[3], l[4], l[5] ? "" : h("span", { class: "bad", text: l[6] || "refused" })]), "no access yet"));
+        table(["When", "Who", "Operation", "Key", "Version", ""], sp.log.map((l) => [ago(l[0]), who(l[1]), l[2], h("span", { class: "mono", text: l[3] }), l[4], l[5] ? "" : h("span", { class: "bad", text: l[6] || "refused" })]), "no access yet"));
     } catch (err) {
       clear(spaceDetail, h("p", { class: "error", text: err.message }));
     }
+  }
+
+  // "pipeline/run/step#attempt" (a step) as "step#attempt · pipeline", the whole in its tooltip.
+  function who(text) {
+    const m = /^([^/]+)\/([^/]+)\/(.+)$/.exec(text);
+    if (!m) return text;
+    return h("span", { title: text }, m[3], h("span", { class: "muted small", text: ` · ${m[1]}` }));
   }
 
   function depth(n) {
