@@ -74,10 +74,12 @@ export function link(href, text) {
   return h("a", { href, text });
 }
 
+// Call `fn` once `ms` after the first of a burst of calls (`ms` may be a function: a delay that depends on the
+// page, e.g. longer for a big run, so a fan-out of hundreds of steps costs the daemon a few reloads, not hundreds).
 export function debounce(fn, ms) {
   let timer = null;
   return (...args) => {
     if (timer) return;
-    timer = setTimeout(() => { timer = null; fn(...args); }, ms);
+    timer = setTimeout(() => { timer = null; fn(...args); }, typeof ms === "function" ? ms() : ms);
   };
 }

@@ -173,7 +173,9 @@ export function mount(main, { runId, step }) {
   }
 
   if (!state.step) clear(detail, h("h2", { text: "Step" }), h("p", { class: "empty", text: "Select a step in the graph or the table." }));
-  const reload = debounce(load, 200);
+  // The DAG is recoloured by each event at once; the whole page reloads at most every 0.2 s, and less often for
+  // a big run (2 ms per step, at most 2 s), which keeps what a watched fan-out costs the daemon small.
+  const reload = debounce(load, () => Math.min(2000, 200 + 2 * (state.page ? state.page.steps.length : 0)));
   load();
   return {
     stream: { topics: "run.,step.,steps.", run: runId },
