@@ -76,6 +76,11 @@ def test_the_api_shows_a_failed_run_and_cancels_a_running_one(web: DaemonProcess
         failing = daemon.submit(write_pipeline(tmp_path, "failing.py", FAILING)).id
         wait_until(lambda: daemon.status(failing).status == "failed", 30, what="the run to fail")
         gated = daemon.submit(write_pipeline(tmp_path, "gated.py", GATED)).id
+        listed = client.get("/api/runs").json()
+        assert [r["run_id"] for r in listed["runs"]] == [gated, failing] and listed["pipelines"] == ["failing", "gated"]
+        assert [r["run_id"] for r in client.get("/api/runs", params={"pipeline": "failing"}).json()["runs"]] == [failing]
+        assert [r["run_id"] for r in client.get("/api/runs", params={"status": "failed"}).json()["runs"]] == [failing]
+        assert [r["run_id"] for r in client.get("/api/runs", params={"q": gated[-5:].upper()}).json()["runs"]] == [gated]
         page = client.get(f"/api/runs/{failing}").json()
         assert page["run"]["status"] == "failed"
         for name, state in (("load", "completed"), ("parse", "failed"), ("report", "skipped")):
@@ -149,3 +154,24 @@ def test_the_dashboard_dies_with_a_killed_daemon(web: DaemonProcess) -> None:
     wait_until(lambda: not pid_alive(info["pid"]), 10, what="the dashboard to die with the daemon")
     web.start()
     assert web_info(web)["pid"] != info["pid"]
+
+
+def test_the_actions_retry_resume_and_rollback_a_finished_run(web: DaemonProcess, tmp_path: Path) -> None:
+    """Given a failed run, When the dashboard's actions are posted, Then retry and resume reach the daemon (the
+    step runs again: one more attempt), a refused rollback is a 400 with the daemon's one-line reason, and an
+    unknown action a 404."""
+    info = web_info(web)
+    with web.client() as daemon, api(info) as client:
+        run = daemon.submit(write_pipeline(tmp_path, "failing.py", FAILING)).id
+        wait_until(lambda: daemon.status(run).status == "failed", 30, what="the run to fail")
+        retried = client.post(f"/api/runs/{run}/steps/parse/retry")
+        assert retried.status_code == 200 and retried.json() == {"run_id": run, "step": "parse"}
+        wait_until(lambda: (d := daemon.status(run)).status == "failed" and d.steps["parse"].attempts == 2, 30,
+                   what="the retried step to fail again")
+        resumed = client.post(f"/api/runs/{run}/resume")
+        assert resumed.status_code == 200 and resumed.json()["steps"] == ["parse", "report"]
+        wait_until(lambda: (d := daemon.status(run)).status == "failed" and d.steps["parse"].attempts == 3, 30,
+                   what="the resumed step to fail again")
+        refused = client.post(f"/api/runs/{run}/rollback")
+        assert refused.status_code == 400 and "nothing to roll back" in refused.json()["error"]
+        assert client.post(f"/api/runs/{run}/nope").status_code == 404
