@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 def show(run_id: str) -> None:
                     page.goto(f"{info['url']}#/runs/{run_id}")
-                    page.wait_for_selector("svg.dag g.step[data-step='start'][data-state='running']", timeout=30_000)
+                    page.wait_for_selector(".dag-box g.step[data-step='start'][data-state='running']", timeout=30_000)
                     page.wait_for_selector("#live[data-live=live]")
 
                 for name, client, hook in (("plain", quiet, None), ("web", watched, show)):
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rep in range(reps):
                     rates["plain"].append(fan_out(quiet, plain.root / "fanout.py"))
                     rates["web"].append(fan_out(watched, web.root / "fanout.py", show))
-                    page.wait_for_selector("svg.dag g.step[data-step='end'][data-state='completed']", timeout=30_000)
+                    page.wait_for_selector(".dag-box g.step[data-step='end'][data-state='completed']", timeout=30_000)
                     say(f"  rep {rep + 1}: {rates['plain'][-1]:.0f} steps/s without, {rates['web'][-1]:.0f} with")
                 browser.close()
         without, with_ = statistics.median(rates["plain"]), statistics.median(rates["web"])

@@ -130,7 +130,7 @@ def main(out: Path) -> None:
                 page.goto(login_url(info))
                 page.goto(f"{info['url']}#/runs/{run_id}/steps/fetch_filings")
                 page.wait_for_selector(".step-detail[data-step='fetch_filings'] pre.logs")
-                page.wait_for_selector("svg.dag g.step[data-step='analyse'][data-state='running']")
+                page.wait_for_selector(".dag-box g.step[data-step='analyse'][data-state='running']")
                 page.screenshot(path=str(out / "dashboard-run.png"), full_page=True)
                 page.goto(f"{info['url']}#/broker")
                 page.wait_for_selector("text=Access log")

@@ -96,7 +96,7 @@ def test_the_dag_shows_each_steps_state_changing_live(page: Any, web: DaemonProc
     without a reload."""
     run_id = submit(web, tmp_path, "gated.py", GATED)
     page.goto(f"{web_info(web)['url']}#/runs/{run_id}")
-    node = "svg.dag g.step[data-step='{}'][data-state='{}']"
+    node = ".dag-box g.step[data-step='{}'][data-state='{}']"
     page.wait_for_selector(node.format("first", "running"))
     page.wait_for_selector(node.format("second", "pending"))
     page.evaluate("window.stillTheSamePage = true")
@@ -121,10 +121,10 @@ def test_a_failed_steps_traceback_is_visible(page: Any, web: DaemonProcess, tmp_
     page.goto(f"{web_info(web)['url']}#/runs/{run_id}")
     assert "ValueError: bad data in row 7" in page.locator(".failure pre.traceback").first.inner_text()
     assert page.locator(".failure h3").first.inner_text() == "1. parse: ValueError"
-    page.click("svg.dag g.step[data-step='parse']")
+    page.click(".dag-box g.step[data-step='parse']")
     detail = page.wait_for_selector(".step-detail[data-step='parse']")
     assert 'raise ValueError("bad data in row 7")' in detail.query_selector("pre.traceback").inner_text()
-    page.click("svg.dag g.step[data-step='load']")
+    page.click(".dag-box g.step[data-step='load']")
     page.wait_for_selector(".step-detail[data-step='load'] pre.logs:has-text('loaded 3 rows')")
 
 
@@ -133,7 +133,7 @@ def test_the_cancel_button_cancels_the_run(page: Any, web: DaemonProcess, tmp_pa
     page shows it."""
     run_id = submit(web, tmp_path, "gated.py", GATED)
     page.goto(f"{web_info(web)['url']}#/runs/{run_id}")
-    page.wait_for_selector("svg.dag g.step[data-step='first'][data-state='running']")
+    page.wait_for_selector(".dag-box g.step[data-step='first'][data-state='running']")
     page.click("button[data-action='cancel']")
     with web.client() as client:
         wait_until(lambda: client.status(run_id).status == "cancelled", 20, what="the daemon to cancel the run")

@@ -2,7 +2,8 @@
 and shapes the answer with views.py.
 
 - GET  /api/runs?status=&pipeline=&q=        the runs list (newest first) and the pipelines seen in it
-- GET  /api/runs/{id}                          a run: steps, DAG (SVG), timing bars, failure analysis
+- GET  /api/runs/{id}                          a run: steps, DAG (SVG, states applied by the page), timing bars,
+                                               failure analysis
 - GET  /api/runs/{id}/steps/{step}             a step: error and traceback, inputs, output, logs, transcript
 - POST /api/runs/{id}/cancel|resume|rollback   and POST /api/runs/{id}/steps/{step}/retry
 - GET  /api/broker, /api/broker/spaces/{name}  mailboxes, topic rates, spaces (keys, access log), pipelines
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from tagent_client.client.aio import AsyncClient
 from tagent_client.errors import NotFound, TagentError
 from tagentd.web import views
-from tagentd.web.dag import run_graph
+from tagentd.web.dag import Graphs
 from tagentd.web.feed import Feed
 
 STATUS = {"not_found": 404, "daemon_unavailable": 503, "request_timeout": 504, "invalid_request": 400,
@@ -73,6 +74,7 @@ class Api:
     def __init__(self, client: AsyncClient, feed: Feed) -> None:
         self.client = client
         self.feed = feed
+        self.graphs = Graphs()
 
     def routes(self) -> list[Route]:
         return [
@@ -104,7 +106,7 @@ class Api:
         detail = await self.client.status(run_id, plan=True)
         batch = await self.client.events(detail.run_id)
         page = views.run_page(detail, batch.events)
-        page["graph"] = run_graph(detail)
+        page["graph"] = await self.graphs.svg(detail)
         return page
 
     async def step(self, request: Request) -> dict[str, Any]:

@@ -1,17 +1,20 @@
-"""A run's DAG as SVG for the run page: steps left to right by layer, each with its state.
+"""A run's DAG as SVG for the run page: steps left to right by layer.
 
 Each step is `<g class="step" data-step="NAME" data-state="STATE">` (its box is the `rect`, its state
-word the `<text class="state">`), each dependency a `<path class="edge" data-type="TYPE">`: the page
-recolours a step by setting `data-state` when the live stream reports a change; the colours are the page's
-CSS (style.css), not inline, so the dashboard's Content-Security-Policy holds.
+word the `<text class="state">`), each dependency a `<path class="edge" data-type="TYPE">`. The drawing is
+made once per run and plan (`Graphs`; a step added at run time draws it again) with every step "pending":
+the page sets each step's `data-state` from the run's steps, and again whenever the live stream reports a
+change. The colours are the page's CSS (style.css), not inline, so the dashboard's Content-Security-Policy holds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from html import escape
 
 from tagent_client.cli.graph import layers
-from tagent_client.define.plan import StepSpec
+from tagent_client.define.plan import Plan, StepSpec
 from tagent_client.wire.protocol import RunDetail
 from tagentd.web.views import plan_of
 
@@ -19,6 +22,30 @@ BOX_W, BOX_H = 168, 46
 GAP_X, GAP_Y = 56, 18
 MARGIN = 12
 NAME_CHARS = 22
+CACHED = 32  # drawings kept (a run page reloads often while its run runs)
+
+
+class Graphs:
+    """Each run's drawing, made once per plan (off the event loop: a big DAG takes a while), most recent kept."""
+
+    def __init__(self, size: int = CACHED) -> None:
+        self.size = size
+        self._drawn: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+
+    async def svg(self, detail: RunDetail) -> str | None:
+        """The run's DAG, every step "pending" (the page applies the states); None when it has no plan."""
+        plan = plan_of(detail)
+        if plan is None:
+            return None
+        key = (detail.run_id, len(plan.steps))
+        svg = self._drawn.get(key)
+        if svg is None:
+            svg = await asyncio.to_thread(draw, plan)
+            self._drawn[key] = svg
+            while len(self._drawn) > self.size:
+                self._drawn.popitem(last=False)
+        self._drawn.move_to_end(key)
+        return svg
 
 
 def _x(text: str) -> str:
@@ -42,11 +69,8 @@ def ordered(columns: list[list[StepSpec]]) -> list[list[StepSpec]]:
     return out
 
 
-def run_graph(detail: RunDetail) -> str | None:
-    """The run's DAG as an `<svg>` element (None when the daemon sent no plan)."""
-    plan = plan_of(detail)
-    if plan is None:
-        return None
+def draw(plan: Plan) -> str:
+    """The plan's DAG as an `<svg>` element, every step "pending"."""
     where: dict[str, tuple[float, float]] = {}
     columns = ordered(layers(plan))
     tallest = max((len(column) for column in columns), default=1)
@@ -73,8 +97,7 @@ def run_graph(detail: RunDetail) -> str | None:
                          f'marker-end="url(#arrow)"/>')
     for spec in plan.steps:
         x, y = where[spec.name]
-        info = detail.steps.get(spec.name)
-        state = info.status if info is not None else "pending"
+        state = "pending"
         name = spec.name if len(spec.name) <= NAME_CHARS else spec.name[:NAME_CHARS - 1] + "…"
         parts.append(
             f'<g class="step" data-step="{_x(spec.name)}" data-state="{_x(state)}" data-kind="{spec.kind.value}" '

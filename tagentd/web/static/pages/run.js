@@ -61,6 +61,7 @@ export function mount(main, { runId, step }) {
         ["error", run.error]]));
     renderActions(run);
     renderGraph(page.graph);
+    for (const s of page.steps) recolour(s.name, s.status);
     clear(timing, gantt(page.gantt, page.steps.map((s) => s.name), select));
     renderWhy(page.why);
     renderSteps(page);
@@ -93,11 +94,14 @@ export function mount(main, { runId, step }) {
     load();
   }
 
+  let drawn = null;
   function renderGraph(svg) {
     if (!svg) {
       clear(graph, h("p", { class: "empty", text: "the daemon sent no plan for this run" }));
       return;
     }
+    if (svg === drawn) return;  // the same drawing: keep it (and its scroll position); states are set after
+    drawn = svg;
     const doc = new DOMParser().parseFromString(svg, "image/svg+xml");
     const node = document.importNode(doc.documentElement, true);
     for (const g of node.querySelectorAll("g.step")) {
