@@ -48,5 +48,4 @@ def create_app(runtime_dir: Path, token: str, token_file: Path, port: int) -> AS
 
     app = Starlette(routes=[Route("/", index), *api.routes(), Mount("/static", StaticFiles(directory=STATIC))],
                     lifespan=lifespan)
-    app.state.feed = feed
     return TokenGate(app, token, token_file, port)

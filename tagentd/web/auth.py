@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.datastructures import Headers, QueryParams
+from starlette.requests import cookie_parser
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -109,7 +110,7 @@ class TokenGate:
             if not self._is_token(header_token):
                 return PlainTextResponse(self.refusal, status_code=401)
             return None
-        if self._is_token(header_token) or self._is_token(_cookie(headers, self.cookie)):
+        if self._is_token(header_token) or self._is_token(cookie_parser(headers.get("cookie", "")).get(self.cookie)):
             return None
         return PlainTextResponse(self.refusal, status_code=401)
 
@@ -120,18 +121,6 @@ class TokenGate:
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", path="/")
         return response
-
-
-def _cookie(headers: Headers, name: str) -> str | None:
-    from http.cookies import SimpleCookie
-
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except Exception:  # noqa: BLE001 - a malformed cookie header counts as no cookie
-        return None
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None else None
 
 
 def secured_send(send: Send) -> Send:
