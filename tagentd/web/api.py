@@ -38,6 +38,7 @@ RUNS_SCANNED = 500    # runs a filtered list looks through
 SPACE_KEYS = 200      # keys of a space shown
 SPACE_LOG = 50        # access-log lines of a space shown
 HEARTBEAT = 15.0      # seconds between two keep-alive comments on an idle stream
+BATCH = 500           # events written to a stream at once, at most
 ACTIONS = ("cancel", "resume", "rollback")
 
 
@@ -172,11 +173,13 @@ class Api:
                 yield b"retry: 1000\n\n"
                 while True:
                     try:
-                        item = await asyncio.wait_for(listener.queue.get(), HEARTBEAT)
+                        items = [await asyncio.wait_for(listener.queue.get(), HEARTBEAT)]
                     except TimeoutError:
                         yield b": alive\n\n"
                         continue
-                    yield b"data: " + msgspec.json.encode(views.plain(item)) + b"\n\n"
+                    while not listener.queue.empty() and len(items) < BATCH:  # a burst leaves in one write
+                        items.append(listener.queue.get_nowait())
+                    yield b"".join(b"data: " + msgspec.json.encode(views.plain(i)) + b"\n\n" for i in items)
             finally:
                 self.feed.leave(listener)
 

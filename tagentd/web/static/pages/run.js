@@ -104,7 +104,8 @@ export function mount(main, { runId, step }) {
     drawn = svg;
     const doc = new DOMParser().parseFromString(svg, "image/svg+xml");
     const node = document.importNode(doc.documentElement, true);
-    for (const g of node.querySelectorAll("g.step")) {
+    nodes = new Map([...node.querySelectorAll("g.step")].map((g) => [g.dataset.step, g]));
+    for (const g of nodes.values()) {
       g.addEventListener("click", () => select(g.dataset.step));
       g.addEventListener("keydown", (e) => { if (e.key === "Enter") select(g.dataset.step); });
       g.classList.toggle("selected", g.dataset.step === state.step);
@@ -112,13 +113,13 @@ export function mount(main, { runId, step }) {
     clear(graph, node);
   }
 
+  let nodes = new Map();  // step name -> its <g class="step"> in the drawing
   function recolour(stepName, stepState) {
-    for (const g of graph.querySelectorAll("g.step")) {
-      if (g.dataset.step !== stepName) continue;
-      g.dataset.state = stepState;
-      const word = g.querySelector("text.state");
-      if (word) word.textContent = stepState;
-    }
+    const g = nodes.get(stepName);
+    if (!g || g.dataset.state === stepState) return;
+    g.dataset.state = stepState;
+    const word = g.querySelector("text.state");
+    if (word) word.textContent = stepState;
   }
 
   function renderWhy(diagnosis) {
