@@ -65,13 +65,11 @@ class WebSupervisor:
             self.starts += 1
             wrote = False
             while self.proc.poll() is None:
-                if not wrote:
-                    info = paths.read_web_file(self.runtime_dir)
-                    if info is not None and info.get("pid") == self.proc.pid:
-                        wrote, self.port = True, int(info.get("port") or 0)
+                wrote = wrote or self._learn_port(self.proc.pid)
                 await asyncio.sleep(POLL)
             if self._stopping:
                 break
+            wrote = wrote or self._learn_port(self.proc.pid)  # it may have died before we looked
             self._forget(self.proc.pid)
             lived = time.monotonic() - started
             if lived >= STABLE_AFTER:
@@ -97,6 +95,14 @@ class WebSupervisor:
                 proc.kill()
                 proc.wait()
         self._forget(proc.pid)
+
+    def _learn_port(self, pid: int) -> bool:
+        """Whether the process `pid` wrote web.json; if so, remember its port for the next start."""
+        info = paths.read_web_file(self.runtime_dir)
+        if info is None or info.get("pid") != pid:
+            return False
+        self.port = int(str(info.get("port") or 0))
+        return True
 
     def _forget(self, pid: int) -> None:
         """Remove web.json if the process `pid` wrote it and could not (killed)."""
