@@ -10,7 +10,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from tagent_client.client.aio import AsyncClient
 from tagentd.web.api import Api
 from tagentd.web.auth import TokenGate
+from tagentd.web.dag import graph_css
 from tagentd.web.feed import Feed
 
 STATIC = Path(__file__).parent / "static"
@@ -37,6 +38,9 @@ def create_app(runtime_dir: Path, token: str, token_file: Path, port: int) -> AS
     async def index(request: Request) -> HTMLResponse:
         return HTMLResponse(page)
 
+    async def stylesheet(request: Request) -> Response:
+        return Response(graph_css(), media_type="text/css")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(feed.run())
@@ -46,6 +50,6 @@ def create_app(runtime_dir: Path, token: str, token_file: Path, port: int) -> AS
             task.cancel()
             client.close()
 
-    app = Starlette(routes=[Route("/", index), *api.routes(), Mount("/static", StaticFiles(directory=STATIC))],
+    app = Starlette(routes=[Route("/", index), Route("/graph.css", stylesheet), *api.routes(), Mount("/static", StaticFiles(directory=STATIC))],
                     lifespan=lifespan)
     return TokenGate(app, token, token_file, port)

@@ -27,9 +27,8 @@ export function mount(main, { runId, step }) {
   const steps = h("div", {});
   const detail = h("div", { class: "card detail" });
   clear(main, head, h("div", { class: "toolbar" }, actions, notice),
-    section("Graph", graph),
     h("div", { class: "columns" },
-      h("div", { class: "col-main" }, section("Timing", timing), section("Steps", steps)),
+      h("div", { class: "col-main" }, section("Graph", graph), section("Timing", timing), section("Steps", steps)),
       h("div", { class: "col-side" }, why, detail)));
 
   let seq = 0;
