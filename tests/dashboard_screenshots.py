@@ -132,6 +132,7 @@ def main(out: Path) -> None:
                 page.wait_for_selector(".step-detail[data-step='fetch_filings'] pre.logs")
                 page.wait_for_selector(".dag-box g.step[data-step='analyse'][data-state='running']")
                 page.screenshot(path=str(out / "dashboard-run.png"), full_page=True)
+                page.set_viewport_size({"width": 1440, "height": 760})  # the page is shorter: no empty band
                 page.goto(f"{info['url']}#/broker")
                 page.wait_for_selector("text=Access log")
                 time.sleep(5)  # ok-sleep: let the topic rates gather five seconds of events
