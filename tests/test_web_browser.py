@@ -28,7 +28,8 @@ UI_TIMEOUT = 10_000  # ms a page may take to show what a test waits for (a loade
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One Chromium for the module (each test gets its own context: its own cookies and a fresh profile)."""
+    """One Chromium for the module, in a fresh temporary profile (user-data dir) that `launch` makes and removes;
+    each test gets its own context (its own cookies and storage)."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing: install Debian's chromium ('apt-get install -y chromium')"
         if os.environ.get("CI"):
