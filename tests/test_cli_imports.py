@@ -14,6 +14,7 @@ import gc
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
@@ -22,7 +23,7 @@ from tagent_client.entry import start
 
 pytestmark = pytest.mark.timeout(120)
 
-HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.settings.config", "grandalf")
+HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.settings.config", "grandalf", "starlette", "uvicorn")
 
 #: (program, arguments, HEAVY modules the command may load); {run}, {file}, {pipeline}, {checkpoint}, {new} are filled in.
 #: `tagentd stop` stops the daemon, so it comes last.
@@ -115,6 +116,15 @@ def test_no_command_loads_heavy_modules_it_does_not_need(daemon: DaemonProcess, 
     # Then none loaded a heavy module it does not need
     assert not problems, ("commands loaded modules that slow their start (import them only on the path that needs "
                           "them, or list them in COMMANDS):\n  " + "\n  ".join(problems))
+
+
+def test_tagent_ui_loads_neither_the_web_server_nor_anything_heavy(make_daemon: Any, tmp_path: Path) -> None:
+    # Given a daemon serving the dashboard
+    daemon = make_daemon(workers=1, extra=["--web"]).start()
+    # When `tagent ui` prints its address
+    modules = loaded_modules(daemon, "tagent", ["ui"], tmp_path / "modules-ui.txt")
+    # Then it loaded no heavy module: the web server lives in the dashboard's process only
+    assert heavy_in(modules) == []
 
 
 def test_the_guard_sees_a_heavy_import(daemon: DaemonProcess, tmp_path: Path) -> None:

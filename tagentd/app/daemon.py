@@ -14,7 +14,8 @@ This module only wires and runs: each part is given the ports it uses
   workers on other machines (tagentd/executor/curve.py), replies routed per worker
   (tagentd/plumbing/worker_sockets.py);
 - events.sock and the broker: `BrokerShell` (tagentd/broker/service.py);
-- the folder watcher (tagentd/watch/); stopping (stopping.py).
+- the folder watcher (tagentd/watch/); stopping (stopping.py);
+- the dashboard, when `web` is set: a process of its own that web.py starts and supervises.
 
 Guarantees:
 - one daemon per runtime dir (flock on the pidfile), dirs 0700, sockets 0600;
@@ -49,6 +50,7 @@ from tagentd.app.commit import GroupCommit
 from tagentd.app.metering import Scraped
 from tagentd.app.notify import notify
 from tagentd.app.stopping import Stopper
+from tagentd.app.web import WebSupervisor
 from tagentd.broker import views as broker_views
 from tagentd.broker.service import BrokerShell
 from tagentd.control import handlers as control
@@ -105,6 +107,7 @@ class Daemon:
         self.permits = PermitDesk(settings.endpoints, self._send_worker)
         self.watcher: Watcher | None = None
         self.dependency_waits: DependencyWaits | None = None  # made with the workers socket, in run()
+        self.web: WebSupervisor | None = None  # started once the sockets answer, in run()
         self.broker = BrokerShell(settings, ops=self.driver, mark_dirty=self.commit.mark_dirty,
                                   steps_in_flight=self._steps_in_flight, on_fsync=self.metrics.fsync_observer("broker"))
         self.driver.observe(self.broker)
@@ -125,6 +128,7 @@ class Daemon:
             stale = self.runtime_dir / name
             if stale.exists() or stale.is_symlink():
                 stale.unlink()
+        (self.runtime_dir / paths.WEB_FILE).unlink(missing_ok=True)  # a dashboard of a daemon that died
         old = os.umask(0o177)
         try:
             self.control.bind(self.zctx, self.sockets["control"])
@@ -206,6 +210,9 @@ class Daemon:
             self.curve.start()
         for coro in (self.executor.supervise(), self.commit.run(), self.driver.retention_loop(), self.broker.serve()):
             self.spawn(coro)
+        if self.settings.web:
+            self.web = WebSupervisor(self.settings, log_fd)
+            self.spawn(self.web.run())
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
         notify("READY=1")
@@ -236,6 +243,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        if self.web is not None:
+            await self.web.stop()
         await self.stopper.drain()
         await self.executor.stop(0.0)
         await self.commit.commit()
@@ -308,6 +317,7 @@ class Daemon:
         workers = self.executor.workers()
         # Workers start after the control socket answers: until then (the template's imports) they are "starting".
         stats["workers_starting"] = max(0, self.settings.workers - sum(1 for w in workers if w.state == "ready"))
+        stats["web"] = self.web.info() if self.web is not None else {"enabled": False}
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),

@@ -78,6 +78,9 @@ def _settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--watch", "watch_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
                      help="Start pipeline files dropped into DIR (repeatable).")(f)
     f = click.option("--durable/--no-durable", default=None, help="Checkpoint runs to the state dir (default: on).")(f)
+    f = click.option("--web-port", type=click.IntRange(0, 65535), help="The dashboard's port (default: 0, a free one).")(f)
+    f = click.option("--web-host", help="The dashboard's address (default: 127.0.0.1; anything else exposes it).")(f)
+    f = click.option("--web/--no-web", default=None, help="Serve the dashboard ('tagent ui' opens it; default: off).")(f)
     f = click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
                      help="Daemon log level.")(f)
     f = click.option("--workers", type=int, help="Worker processes (default: CPU count).")(f)
@@ -101,8 +104,8 @@ def _forward(config_path: Path | None, flags: dict[str, Any]) -> list[str]:
         if field == "watch_dirs":
             for directory in value:
                 argv += ["--watch", str(absolute_path(directory))]
-        elif field == "durable":
-            argv.append("--durable" if value else "--no-durable")
+        elif field in ("durable", "web"):
+            argv.append(flag_name(field, value))
         else:
             argv += [flag_name(field), str(absolute_path(value) if isinstance(value, Path) else value)]
     return argv

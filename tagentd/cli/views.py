@@ -33,6 +33,7 @@ def print_status(info: Any) -> None:
         ("watching", ", ".join(info.watch_dirs) + " (see 'tagent watch')" if info.watch_dirs else "no folder"),
         ("workers", f"{len(info.workers)} ({busy} busy, {idle} idle" + (f", {starting} starting)" if starting else ")")),
     ]
+    rows += web_rows(info.stats.get("web"))
     rows += broker_rows(info.stats.get("broker")) + stopping_rows(info.stats.get("stopping"))
     print_pairs(rows)
     breakers = breaker_table(info.stats.get("breakers"))
@@ -48,6 +49,16 @@ def print_status(info: Any) -> None:
         ]
         click.echo()
         print_table(table, indent=2)
+
+
+def web_rows(web: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The dashboard's address (never its token: 'tagent ui' prints that), when the daemon serves one."""
+    if not web or not web.get("enabled"):
+        return []
+    if web.get("url"):
+        restarts = f"; restarted {web['restarts']} times" if web.get("restarts") else ""
+        return [("dashboard", f"{web['url']} ('tagent ui' prints it with the login token{restarts})")]
+    return [("dashboard", "starting (see the log file if this lasts)")]
 
 
 def disk_row(problem: str | None) -> str:

@@ -39,7 +39,7 @@ import time
 
 import msgspec
 
-from tagentd.worker import lifeline
+from tagentd.plumbing import lifeline
 from tagentd.worker.credentials import CURVE_ENV
 from tagentd.worker.wire import TOKEN_ENV
 

@@ -110,6 +110,9 @@ class Settings(BaseModel):
                                       "http://127.0.0.1:4318 (needs tagentd[otel]); unset = no traces")
     trace_url: str | None = Field(None, description="a run's trace in your trace viewer, shown by tagent status, "
                                   "e.g. http://127.0.0.1:16686/trace/{trace_id}")
+    web: bool = Field(False, description="serve the dashboard (a separate process the daemon supervises)")
+    web_host: str = Field("127.0.0.1", min_length=1, description="the dashboard's address; other than loopback exposes it")
+    web_port: int = Field(0, ge=0, le=65535, description="the dashboard's port; 0 = a free port picked at start")
 
     @field_validator("runtime_dir", "state_dir", mode="after")
     @classmethod
@@ -231,8 +234,8 @@ def env_var(field: str) -> str:
 
 
 def flag_name(field: str, value: Any = None) -> str:
-    if field == "durable" and value is False:
-        return "--no-durable"
+    if field in ("durable", "web") and value is False:
+        return f"--no-{field}"
     return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 

@@ -53,7 +53,8 @@ from tagent_client.run.llm import LLMConfig, LLMRuntime
 from tagent_client.run.local import run_task
 from tagent_client.run.runners.execute import coerce_input, coerce_inputs
 from tagent_client.run.runners.function import SYNC_CPU, sync_call_running
-from tagentd.worker import lifeline, wire
+from tagentd.plumbing import lifeline
+from tagentd.worker import wire
 from tagentd.worker.args import parse_args
 from tagentd.worker.breakers import BreakerClient
 from tagentd.worker.credentials import WorkerCredentials

@@ -18,7 +18,7 @@ import msgspec
 from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded, StepTimedOut
 from tagent_client.define.plan import Plan
 from tagent_client.wire.protocol_broker import AnyBrokerRequest, StepRef
-from tagentd.worker.lifeline import EXIT_ORPHANED
+from tagentd.plumbing.lifeline import EXIT_ORPHANED
 
 
 def source_hash(source: str | bytes) -> str:

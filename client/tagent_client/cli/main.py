@@ -6,7 +6,7 @@ anything else goes to stderr. Every TagentError ends the command with one line
 `tagent: <message>` on stderr and the exit status `errors.exit_code_for(code)`:
 0 ok, 1 the run failed, 2 usage, 3 no daemon running, ... (errors.EXIT_CODES).
 The commands are in `runs.py` (runs), `broker.py` (messages, events, spaces) and
-`templates.py` (the template library), `graph_command.py` (the DAG view).
+`templates.py` (the template library), `graph_command.py` (the DAG view), `ui.py` (the dashboard).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 
 from ..errors import PipelineValidationError, TagentError, exit_code_for
 from ..version import __version__
-from . import broker, graph_command, runs, templates
+from . import broker, graph_command, runs, templates, ui
 from .common import EXIT_INTERRUPTED, Session
 
 
@@ -57,7 +57,7 @@ def cli(ctx: click.Context, runtime_dir: Path | None) -> None:
     ctx.call_on_close(session.close)
 
 
-for _command in [*runs.COMMANDS, *broker.COMMANDS, *templates.COMMANDS, *graph_command.COMMANDS]:
+for _command in [*runs.COMMANDS, *broker.COMMANDS, *templates.COMMANDS, *graph_command.COMMANDS, *ui.COMMANDS]:
     cli.add_command(_command)
 
 

@@ -174,8 +174,13 @@ class AsyncSubscription(_State):
                 yield record
 
     def close(self) -> None:
+        """Tell the daemon (so it stops sending at once, not after EXPIRE_AFTER), then close the socket."""
         if self._sock is not None and not self._sock.closed:
-            self._sock.close(linger=0)
+            try:
+                self._sock.send(encode(Unsubscribe()), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self._sock.close(linger=100)
 
     async def __aenter__(self) -> AsyncSubscription:
         return self

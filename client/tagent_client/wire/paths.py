@@ -18,6 +18,8 @@ CONTROL_SOCKET = "control.sock"
 EVENTS_SOCKET = "events.sock"
 WORKERS_SOCKET = "workers.sock"
 PIDFILE = "tagentd.pid"
+WEB_FILE = "web.json"      # runtime dir: where the dashboard listens ({"url", "token_file", "pid"}), 0600
+WEB_TOKEN = "web-token"    # state dir: the dashboard's login token, 0600, kept across restarts
 
 
 def runtime_dir() -> Path:
@@ -97,3 +99,15 @@ def unwritable(path: Path, what: str, exc: OSError) -> TagentError:
     else:
         fix = f"check the disk (dmesg) or {elsewhere}"
     return ConfigError(f"{what} {path} is not writable ({exc.strerror}); {fix}")
+
+
+def read_web_file(directory: Path) -> dict[str, object] | None:
+    """What the dashboard wrote to `directory`/web.json (`url`, `port`, `token_file`, `pid`), or None when it is
+    not there or unreadable (no dashboard, or one that is starting again)."""
+    import json
+
+    try:
+        data = json.loads((directory / WEB_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("url"), str) else None

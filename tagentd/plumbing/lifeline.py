@@ -1,6 +1,6 @@
 """A child process's tie to its parent: die with it, and a name that says what it is.
 
-Used by the worker template and by every worker, first thing after they start (stdlib only, so it
+Used by the worker template, every worker and the dashboard process, first thing after they start (stdlib only, so it
 costs nothing to import before anything else).
 """
 
