@@ -84,6 +84,9 @@ def _settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
                      help="Daemon log level.")(f)
     f = click.option("--workers", type=int, help="Worker processes (default: CPU count).")(f)
+    f = click.option("--executor", type=click.Choice(["local", "ray"]),
+                     help="Where steps run: worker processes here (default) or a Ray cluster (docs/scale-out.md).")(f)
+    f = click.option("--ray-address", help="With --executor ray: the cluster ('auto', 'ray://head:10001'); none = a local Ray.")(f)
     f = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
                      help="State dir (checkpoints, log). Default: $TAGENTD_STATE_DIR, $XDG_STATE_HOME/tagentd.")(f)
     return _where_options(f)

@@ -43,7 +43,7 @@ import msgspec
 
 from tagent_client.core.events import Dispatch, Event
 from tagent_client.define.plan import Plan
-from tagent_client.wire.protocol import WorkerInfo
+from tagent_client.wire.protocol import ClusterInfo, WorkerInfo
 from tagentd.worker import wire
 
 AttemptKey = tuple[str, str, int]  # (run_id, task id, attempt number): one attempt, everywhere
@@ -163,3 +163,6 @@ class Executor(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Counters since the daemon started (workers spawned and lost, steps dispatched, verdicts), by name."""
+
+    def cluster(self) -> ClusterInfo | None:
+        """The cluster its workers run on (nodes, resources, workers and steps per node); None: this machine."""

@@ -26,7 +26,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tagent_client.core.events import StepFailed, StepSucceeded, StepTimedOut
@@ -57,7 +57,8 @@ class LocalExecutor:
                  heartbeat_timeout: float, grace: float, recycle_after: int, load_timeout: float,
                  log_file: int | None = None, worker_args: list[str] | None = None, use_template: bool = True,
                  spawner: ProcessStarter | None = None, breakers: BreakerDesk | None = None,
-                 curve: CurveGate | None = None, metrics: Metrics | None = None) -> None:
+                 curve: CurveGate | None = None, metrics: Metrics | None = None,
+                 admission: Admission | None = None, worker_ids: Iterator[int] | None = None) -> None:
         self.size = size
         self.send = send
         self.on_result = on_result
@@ -76,7 +77,7 @@ class LocalExecutor:
         self.counters = collections.Counter[str]()
         self._ready = asyncio.Event()
         self.ledger = DeathLedger(stuck_window=grace + 10.0)
-        self.admission = Admission(send, self.counters)
+        self.admission = admission or Admission(send, self.counters)  # shared by executors that share one socket
         # with `curve`, the workers join over the CURVE tcp endpoint as remote ones do (one credential for the pool)
         credentials = curve.issue("local-pool", token=self.admission.token) if curve is not None else None
         if credentials is not None:
@@ -86,7 +87,8 @@ class LocalExecutor:
         self.pool = WorkerSet(spawner=spawner or Spawner(log_file=log_file, token=self.admission.token,
                                                          stats=self.counters, use_template=use_template,
                                                          credentials=credentials),
-                              capacity=capacity, token=self.admission.token, args=args, counters=self.counters)
+                              capacity=capacity, token=self.admission.token, args=args, counters=self.counters,
+                              ids=worker_ids)
         self._handlers: dict[type, Callable[[bytes, Worker | None, Any], None]] = {
             wire.TaskDone: self._on_done, wire.Heartbeat: self._on_heartbeat, wire.Hello: self._on_hello,
             wire.Loaded: self._on_loaded, wire.LoadFailed: self._on_loaded,
@@ -125,9 +127,10 @@ class LocalExecutor:
 
     async def supervise(self) -> None:
         """Reap, detect silence and overruns, replace, recycle — every tick, forever; and sweep the permits."""
-        await asyncio.gather(self._watch(), self.permits.supervise(self.pool.identities))
+        await asyncio.gather(self.watch(), self.permits.supervise(self.pool.identities))
 
-    async def _watch(self) -> None:
+    async def watch(self) -> None:
+        """`check` every tick, forever (`supervise` without the permits' sweep)."""
         tick = min(0.1, self.heartbeat_interval)
         while True:
             self.check(time.monotonic())
@@ -369,6 +372,22 @@ class LocalExecutor:
 
     def kill_now(self) -> None:
         self.pool.kill_all()
+
+    def retire_idle(self, keep: int) -> int:
+        """Keep `keep` workers: stop ready workers beyond that which run nothing (gracefully); how many were told."""
+        self.size = keep
+        told = 0
+        shared = [w for w in self.pool.by_id.values() if not w.dedicated and w.state not in ("stopping", "killed")]
+        for worker in shared[keep:]:
+            if worker.state == "ready" and not worker.running and worker.loading == 0:
+                worker.state = "stopping"
+                self.send(worker.identity, wire.encode(wire.StopWorker(graceful=True)))
+                told += 1
+        return told
+
+    def cluster(self) -> None:
+        """No cluster: its workers are processes on this machine."""
+        return None
 
     # -- views ---------------------------------------------------------------------------------
 
