@@ -172,6 +172,50 @@ def test_steps_with_resources_land_on_the_node_that_has_them(ray_daemon: Any, cl
         assert "{'num_gpus': 1" in error and "no node of the Ray cluster" in error
 
 
+BROKER = """
+    import os
+    from tagent_client import Pipeline
+
+    writer = Pipeline("writer")
+
+    @writer.task(final=True, resources={"node_a": 1})
+    async def write(ctx):
+        entry = await ctx.space("notes").put("acme", {"score": 4})
+        await ctx.send("reader", {"company": "Acme"})
+        await ctx.memory.save("written", entry.version)
+        return {"node": os.environ["TAGENTD_RAY_NODE_ID"], "version": entry.version}
+
+    reader = Pipeline("reader")
+
+    @reader.task(final=True, resources={"custom_x": 1})
+    async def read(ctx):
+        message = await ctx.receive(timeout=30)
+        entry = await ctx.space("notes").get("acme")
+        won = await ctx.space("notes").cas("acme", {"score": 5}, expected_version=entry.version)
+        lost = await ctx.space("notes").cas("acme", {"score": 6}, expected_version=entry.version)
+        ctx.log.info("read %s", message.payload["company"])
+        return {"node": os.environ["TAGENTD_RAY_NODE_ID"], "got": message.payload, "won": won, "lost": lost}
+"""
+
+
+def test_steps_on_different_nodes_message_each_other_and_share_a_space(ray_daemon: Any, cluster: RayCluster,
+                                                                        tmp_path: Path) -> None:
+    # Given a reader waiting on the node with `custom_x`
+    daemon = ray_daemon()
+    pipes = write_pipeline(tmp_path, "broker.py", BROKER)
+    with daemon.client(timeout=30) as client:
+        reader = client.submit(f"{pipes}:reader")
+        # When a writer on the node with `node_a` writes a space key and sends it a message
+        wrote = completed(client, client.submit(f"{pipes}:writer").id).final_output
+        got = completed(client, reader.id).final_output
+        # Then the reader got the message, won one compare-and-set and lost the stale one, on its own node
+        assert wrote["node"] == cluster.node_a.node_id and got["node"] == cluster.node_x.node_id
+        assert got["got"] == {"company": "Acme"} and got["won"] is True and got["lost"] is False
+        assert client.space("notes").get("acme").value == {"score": 5}
+        # And its log line reached the daemon
+        assert any("read Acme" in line.message for line in client.logs(reader.id))
+
+
 SLOW = """
     import os, pathlib, time
     from tagent_client import Pipeline
