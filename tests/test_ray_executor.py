@@ -133,6 +133,8 @@ def test_the_research_example_and_a_1_200_1_fan_out_run_unchanged(ray_daemon: An
     assert nodes[cluster.node_x.node_id]["resources"]["custom_x"] == 100
     assert sum(n["workers"] for n in info["nodes"]) == 2
     assert len(cluster.named_actors(info["namespace"])) == 2
+    shown = daemon.admin("status").stdout
+    assert f"ray at {cluster.address}" in shown and cluster.node_x.node_id[:12] in shown and "custom_x=100" in shown
 
 
 PLACED = """
@@ -272,6 +274,36 @@ def test_an_actor_killed_mid_step_is_replaced_and_the_step_runs_again(ray_daemon
     wait_until(lambda: [w["state"] for w in status(daemon)["workers"]] == ["ready", "ready"], 60,
                what="a replacement actor")
     assert status(daemon)["stats"]["workers_lost"] == 1
+
+
+WAITING = """
+    import asyncio, json, os, pathlib
+    from tagent_client import Pipeline
+
+    waiting = Pipeline("waiting")
+
+    @waiting.task(final=True)
+    async def wait(ctx):
+        pathlib.Path({dir!r}, f"attempt-{{ctx.attempt}}").write_text(json.dumps({{"actor_pid": os.getppid(),
+                                                                               "pid": os.getpid()}}))
+        await asyncio.sleep(90)  # ok-sleep: the step's own work, until it is cancelled
+"""
+
+
+def test_a_cancelled_run_stops_its_step_in_an_actor_which_stays(ray_daemon: Any, tmp_path: Path) -> None:
+    # Given a run whose (async) step is running in an actor
+    daemon = ray_daemon()
+    pipe = write_pipeline(tmp_path, "waiting.py", WAITING.format(dir=str(tmp_path)))
+    with daemon.client(timeout=30) as client:
+        run = client.submit(str(pipe))
+        first = attempt_started(tmp_path, 1)
+        # When the run is cancelled
+        client.cancel(run.id)
+        # Then it ends cancelled, and the actor and its worker go on (a cancel is not a crash)
+        assert client.wait(run.id, timeout=30).status == "cancelled"
+    assert pid_alive(first["pid"]) and pid_alive(first["actor_pid"])
+    assert {w["id"] for w in status(daemon)["workers"]} == {1, 2}
+    assert status(daemon)["stats"].get("workers_lost", 0) == 0
 
 
 def test_a_node_lost_mid_step_loses_no_completed_step(ray_daemon: Any, cluster: RayCluster, tmp_path: Path) -> None:
