@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # tagentd.settings.config (pydantic, the LLM settings) is imp
     from tagentd.settings.config import Settings
 
 START_WAIT = 10.0
+RAY_START_WAIT = 60.0  # executor = "ray": joining a cluster, or starting Ray here, takes seconds more
 PING_TIMEOUT = 0.5
 POLL = 0.05
 LOG_TAIL_LINES = 20
@@ -199,7 +200,8 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
     argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--detached", *_forward(config_path, flags)]
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + START_WAIT
+    wait = START_WAIT if settings.executor == "local" else RAY_START_WAIT
+    deadline = time.monotonic() + wait
     while not _answers(runtime_dir):
         status = child.poll()
         if status is not None:
@@ -208,7 +210,7 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
         if time.monotonic() >= deadline:
             click.echo(
                 f"tagentd: the daemon (pid {child.pid}) did not answer on {runtime_dir / paths.CONTROL_SOCKET} "
-                f"within {START_WAIT:g} s; it may still be starting: check 'tagentd status' and {settings.log_file}",
+                f"within {wait:g} s; it may still be starting: check 'tagentd status' and {settings.log_file}",
                 err=True,
             )
             return exit_code_for(RequestTimeout.code)

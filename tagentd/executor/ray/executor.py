@@ -14,8 +14,8 @@ the engine decides retries, cancel and forget win, hold, stop), and in particula
   a step with `resources=` runs in the lane of that shape: actors placed by Ray with those resources, one
   step at a time each (the resources are the step's), at most `workers` of them, started when its steps
   wait and stopped after LANE_IDLE seconds without any;
-- a shape no live node has fails its step at once (not retried), with the resources it asked for, instead of
-  waiting forever; while the cluster does not answer, nothing is sent and no actor is started (what waits
+- a shape no live node has (as last read, every OBSERVE_EVERY seconds) fails its step at once (not retried),
+  with the resources it asked for, instead of waiting forever; while the cluster does not answer, nothing is sent and no actor is started (what waits
   keeps waiting), and dispatch resumes when it answers again.
 """
 
@@ -173,7 +173,7 @@ class RayExecutor:
 
     def dispatch(self, attempt: StepAttempt) -> None:
         key = shape_key(attempt.dispatch.resources)
-        if key and key not in self.lanes and not self.view.fits(dict(key)):
+        if key and self.view.connected and not self.view.fits(dict(key)):
             task = attempt.dispatch
             message = (f"step {task.step!r} asks for resources {dict(key)}, which no node of the Ray cluster at "
                        f"{self.joined} has; add a node with them (ray start --resources ...) or change resources=")
