@@ -19,6 +19,7 @@ os.environ.pop("RAY_ADDRESS", None)
 
 import json  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -27,6 +28,7 @@ import pytest  # noqa: E402
 import ray  # noqa: E402
 from conftest import REPO, DaemonProcess, pid_alive, wait_until, write_pipeline  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from tcp_recorder import TcpRecorder  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.xdist_group("ray")]
 
@@ -70,11 +72,12 @@ def cluster() -> Iterator[RayCluster]:
 
 @pytest.fixture
 def ray_daemon(make_daemon: Callable[..., DaemonProcess], cluster: RayCluster) -> Callable[..., DaemonProcess]:
-    """Start daemons whose steps run on the module's cluster (`--executor ray`), 2 actors each."""
+    """Start daemons whose steps run on the module's cluster (`--executor ray`), 2 actors each, their workers
+    joining over the daemon's CURVE endpoint (`worker_listen`), as they would from another machine."""
 
     def start(root: Path | None = None, **settings: Any) -> DaemonProcess:
         daemon = make_daemon(workers=2, extra=["--executor", "ray", "--ray-address", cluster.address], root=root)
-        for key, value in settings.items():
+        for key, value in {"worker_listen": "tcp://127.0.0.1:0", **settings}.items():
             daemon.env[f"TAGENTD_{key.upper()}"] = str(value)
         return daemon.start(timeout=60, workers_timeout=60)
 
@@ -202,8 +205,23 @@ BROKER = """
 
 def test_steps_on_different_nodes_message_each_other_and_share_a_space(ray_daemon: Any, cluster: RayCluster,
                                                                         tmp_path: Path) -> None:
-    # Given a reader waiting on the node with `custom_x`
-    daemon = ray_daemon()
+    # Given a reader waiting on the node with `custom_x`, the actors' workers joining through a recording proxy
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxy = TcpRecorder(("127.0.0.1", port))
+    try:
+        daemon = ray_daemon(worker_listen=f"tcp://127.0.0.1:{port}", worker_advertise=f"tcp://127.0.0.1:{proxy.port}")
+        exchange_across_nodes(daemon, cluster, tmp_path)
+        # And all of it crossed the CURVE link encrypted: the payload, the space and the log line are not in it
+        capture = proxy.captured()
+        assert proxy.connections >= 2 and len(capture) > 1000
+        assert b"Acme" not in capture and b"notes" not in capture and b"read " not in capture
+    finally:
+        proxy.close()
+
+
+def exchange_across_nodes(daemon: DaemonProcess, cluster: RayCluster, tmp_path: Path) -> None:
     pipes = write_pipeline(tmp_path, "broker.py", BROKER)
     with daemon.client(timeout=30) as client:
         reader = client.submit(f"{pipes}:reader")

@@ -23,7 +23,7 @@ def make_executor(settings: Settings, *, endpoint: str, send: Callable[[bytes, b
     """The executor the settings ask for, not started yet (ConfigError: Ray is asked for but not installed).
 
     `curve` is the daemon's CURVE worker endpoint (`worker_listen`), if it has one: the local pool's workers join
-    over it with `local_workers_via_curve`.
+    over it with `local_workers_via_curve`, and the Ray executor's always (each actor with keys of its own).
     """
     common = {"size": settings.workers, "capacity": settings.worker_concurrency, "endpoint": endpoint, "send": send,
                   "on_result": report, "on_lost": report, "permits": permits, "heartbeat_interval": settings.heartbeat_interval,
@@ -39,5 +39,5 @@ def make_executor(settings: Settings, *, endpoint: str, send: Callable[[bytes, b
     except ImportError as exc:
         raise ConfigError(f"config: executor: 'ray' needs Ray on this machine ({exc}); install it with "
                           "pip install 'tagentd[ray]', the same Ray version as the cluster's") from None
-    return RayExecutor(address=settings.ray_address, runtime_env=settings.ray_runtime_env,
-                       state_dir=settings.state_dir, **common)  # type: ignore[arg-type]
+    return RayExecutor(address=settings.ray_address, runtime_env=settings.ray_runtime_env,  # type: ignore[arg-type]
+                       state_dir=settings.state_dir, curve=curve, **common)

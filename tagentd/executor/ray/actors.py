@@ -11,22 +11,30 @@ Guarantees:
   create); once it has answered, the actor is killed, so its resources go back to the cluster;
 - `kill` kills the actor (and so its worker, host.py), whether it is placed yet or not; `terminate` asks the
   worker to stop gracefully; every actor is made with `max_restarts=0`: the daemon, not Ray, replaces it;
-- `pid` is the worker's pid once the actor reported it (0 before), checked against the worker's Hello.
+- `pid` is the worker's pid once the actor reported it (0 before), checked against the worker's Hello;
+- with the daemon's CURVE endpoint (`worker_listen`), each actor's worker is issued CURVE keys of its own and
+  joins over that endpoint; its keys are revoked when it ends. Without it, workers join over workers.sock,
+  which only a node on the daemon's machine can open.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from tagentd.executor.curve import CurveGate
 from tagentd.executor.ray.host import WorkerHost
+from tagentd.worker import wire
+from tagentd.worker.credentials import CURVE_ENV
 
 log = logging.getLogger("tagentd.ray")
 
@@ -51,9 +59,10 @@ def actor_options(shape: dict[str, float]) -> dict[str, Any]:
 class ActorProcess:
     """One worker's actor, with the methods of a worker process (spawner.WorkerProcess)."""
 
-    def __init__(self, handle: Any, name: str) -> None:
+    def __init__(self, handle: Any, name: str, on_end: Callable[[], object] | None = None) -> None:
         self.handle = handle
         self.name = name
+        self._on_end = on_end
         self.returncode: int | None = None
         self.node_id: str | None = None
         self._pid = 0
@@ -81,6 +90,8 @@ class ActorProcess:
                 code = -signal.SIGKILL
             self.returncode = code
             self.kill()  # the worker ended on its own: give the actor's resources back
+            if self._on_end is not None:
+                self._on_end()
         return self.returncode
 
     def kill(self) -> None:
@@ -107,10 +118,11 @@ class ActorProcess:
 class ActorStarter:
     """Starts workers of one resource shape as `WorkerHost` actors (spawner.ProcessStarter)."""
 
-    def __init__(self, *, shape: dict[str, float], prefix: str, token: str) -> None:
+    def __init__(self, *, shape: dict[str, float], prefix: str, token: str, gate: CurveGate | None) -> None:
         self.shape = dict(shape)
         self.prefix = prefix  # the daemon's incarnation: actor names stay unique across restarts
         self.token = token
+        self.gate = gate  # the daemon's CURVE endpoint: each actor's worker joins over it with keys of its own
         self._actor_class = ray.remote(WorkerHost)
         self._options = {**actor_options(shape), "max_restarts": 0, "max_concurrency": 4,
                          "scheduling_strategy": "SPREAD"}
@@ -121,8 +133,16 @@ class ActorStarter:
     def spawn(self, argv: list[str]) -> ActorProcess:
         """A new actor hosting a worker run with `argv` (which holds `--id N`)."""
         name = f"{self.prefix}-w{argv[argv.index('--id') + 1]}"
-        handle = self._actor_class.options(name=name, **self._options).remote(argv, self.token)
-        return ActorProcess(handle, name)
+        secrets = {wire.TOKEN_ENV: self.token}
+        on_end = None
+        if self.gate is not None:
+            credentials = self.gate.issue(name, token=self.token)
+            secrets[CURVE_ENV] = credentials.to_env()
+            argv = list(argv)
+            argv[argv.index("--endpoint") + 1] = credentials.endpoint
+            on_end = functools.partial(self.gate.revoke, name)
+        handle = self._actor_class.options(name=name, **self._options).remote(argv, secrets)
+        return ActorProcess(handle, name, on_end)
 
     def close(self) -> None:
         """Nothing to close: the pool stopped or killed every actor."""

@@ -39,6 +39,7 @@ from tagent_client.define.plan import Plan
 from tagent_client.wire.protocol import ClusterInfo, ClusterNode, WorkerInfo
 from tagentd.executor.admission import Admission
 from tagentd.executor.breakers import BreakerDesk
+from tagentd.executor.curve import CurveGate
 from tagentd.executor.interface import Capacity, PipelineCode, Report, RunningAttempt, StepAttempt
 from tagentd.executor.local import LocalExecutor
 from tagentd.executor.permits import PermitDesk
@@ -65,7 +66,8 @@ class RayExecutor:
                  capacity: int, endpoint: str, send: Callable[[bytes, bytes], bool], on_result: Report,
                  on_lost: Report, permits: PermitDesk, heartbeat_interval: float, heartbeat_timeout: float,
                  grace: float, recycle_after: int, load_timeout: float, worker_args: list[str] | None = None,
-                 breakers: BreakerDesk | None = None, metrics: Metrics | None = None) -> None:
+                 breakers: BreakerDesk | None = None, metrics: Metrics | None = None,
+                 curve: CurveGate | None = None) -> None:
         self.address = address
         self.runtime_env = runtime_env
         self.namespace = namespace_for(state_dir)
@@ -87,6 +89,7 @@ class RayExecutor:
             "metrics": metrics,
             "admission": self.admission, "worker_ids": self._ids}
         self._capacity = capacity
+        self.curve = curve
         self.lanes: dict[ShapeKey, LocalExecutor] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -101,15 +104,17 @@ class RayExecutor:
                 signal.signal(sig, handler)
         reclaim(self.namespace, self.incarnation)
         self.view.refresh()
-        log.info("joined the Ray cluster at %s (namespace %s, %d node(s)); workers are actors %s-w<N>", self.joined,
-                 self.namespace, len(self.view.nodes), self.incarnation)
+        log.info("joined the Ray cluster at %s (namespace %s, %d node(s)); workers are actors %s-w<N>, joining %s",
+                 self.joined, self.namespace, len(self.view.nodes), self.incarnation,
+                 f"over the CURVE endpoint {self.curve.bound}" if self.curve is not None else
+                 "over workers.sock (only nodes on this machine can: set worker_listen for others)")
         self._lane(()).start()
 
     def _lane(self, key: ShapeKey) -> LocalExecutor:
         lane = self.lanes.get(key)
         if lane is None:
             shape = dict(key)
-            spawner = ActorStarter(shape=shape, prefix=self.incarnation, token=self.admission.token)
+            spawner = ActorStarter(shape=shape, prefix=self.incarnation, token=self.admission.token, gate=self.curve)
             lane = LocalExecutor(size=self.size if not key else 0, capacity=self._capacity if not key else 1,
                                  spawner=spawner, **self._lane_args)
             lane.accepting = self.accepting

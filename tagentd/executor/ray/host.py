@@ -11,7 +11,8 @@ Guarantees:
   --parent-pid the actor's pid, so the kernel kills it when the actor dies (PR_SET_PDEATHSIG) and it checks
   its parent every tick besides; so killing the actor (`ray.kill`, its node dying) kills the worker;
 - the worker learns the Ray node it runs on from $TAGENTD_RAY_NODE_ID (a step may read it);
-- the token reaches the worker in its environment only, as for local workers.
+- what the daemon gives it for the worker (`secrets`: its token, and its CURVE credentials when it joins over
+  the daemon's CURVE endpoint) reaches the worker in its environment only, which the worker empties at start.
 
 This module imports Ray only inside the actor: the daemon makes it an actor class (`ray.remote(WorkerHost)`),
 and a node runs it with the tagentd installed there.
@@ -26,15 +27,13 @@ import subprocess
 import sys
 import threading
 
-from tagentd.worker import wire
-
 NODE_ENV = "TAGENTD_RAY_NODE_ID"
 
 
 class WorkerHost:
     """One worker process on a node, as a Ray actor (made with `max_restarts=0`: the daemon replaces it)."""
 
-    def __init__(self, argv: list[str], token: str) -> None:
+    def __init__(self, argv: list[str], secrets: dict[str, str]) -> None:
         import ray  # noqa: PLC0415 - this runs in the actor, where Ray is loaded; the daemon imports the module bare
 
         node_id = ray.get_runtime_context().get_node_id()
@@ -44,7 +43,7 @@ class WorkerHost:
         self._proc: subprocess.Popen[bytes] | None = None
         self._error: str | None = None
         self._node_id = node_id
-        env = {**os.environ, wire.TOKEN_ENV: token, NODE_ENV: node_id}
+        env = {**os.environ, **secrets, NODE_ENV: node_id}
         argv = [sys.executable, "-m", "tagentd.worker", *argv, "--parent-pid", str(os.getpid())]
         keeper = threading.Thread(target=self._keep, args=(argv, env), name="tagentd-worker-keeper", daemon=True)
         keeper.start()
