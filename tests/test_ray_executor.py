@@ -388,8 +388,9 @@ HUNG = """
 
 def test_a_step_past_its_timeout_has_only_its_actor_replaced(ray_daemon: Any, cluster: RayCluster,
                                                              tmp_path: Path) -> None:
-    # Given a daemon with two actors, and a sync step that will not stop at its 1 s timeout
-    daemon = ray_daemon(timeout_grace=1)
+    # Given a daemon with two actors (their workers on workers.sock: every node is this machine), and a sync step
+    # that will not stop at its 1 s timeout
+    daemon = ray_daemon(timeout_grace=1, worker_listen="")
     namespace = status(daemon)["cluster"]["namespace"]
     pipe = write_pipeline(tmp_path, "hung.py", HUNG)
     with daemon.client(timeout=30) as client:
