@@ -9,26 +9,17 @@ or on files the steps write, with deadlines.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-# Before Ray is imported (it reads them at import): keep every Ray socket on 127.0.0.1, send no usage stats, and
-# never join a cluster named by the environment of the machine running the tests.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-os.environ.pop("RAY_ADDRESS", None)
-
-import json  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import pytest  # noqa: E402
-import ray  # noqa: E402
-from conftest import REPO, DaemonProcess, pid_alive, wait_until, write_pipeline  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-from tcp_recorder import TcpRecorder  # noqa: E402
+import pytest
+from conftest import REPO, DaemonProcess, pid_alive, wait_until, write_pipeline
+from tcp_recorder import TcpRecorder
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.xdist_group("ray")]
 
@@ -37,10 +28,22 @@ FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 1000, "health_check_perio
 STORE = 80 * 2**20  # the object store's minimum: the steps' data goes over tagentd's socket, not Ray's store
 
 
+#: Read by Ray when it is imported (here, and in each daemon under test, which inherits them): every Ray socket on
+#: 127.0.0.1, no usage stats, and never a cluster named by the environment of the machine running the tests.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": None}
+
+
 class RayCluster:
-    """The module's cluster: its address and the node ids of the node with `node_a` and the one with `custom_x`."""
+    """The module's cluster: its address and the node ids of the node with `node_a` and the one with `custom_x`.
+
+    Ray is imported here, not at the module's import: the suite's other workers (pytest-xdist) collect this
+    module too, and need not pay for Ray."""
 
     def __init__(self) -> None:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        self.ray = ray
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "include_dashboard": False, "no_monitor": True, "include_log_monitor": False,
             "object_store_memory": STORE, "_system_config": FAST_HEALTH_CHECKS})
@@ -54,20 +57,34 @@ class RayCluster:
         return self.cluster.address
 
     def named_actors(self, namespace: str) -> set[str]:
-        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace}
+        named = self.ray.util.list_named_actors(all_namespaces=True)
+        return {a["name"] for a in named if a["namespace"] == namespace}
 
     def shutdown(self) -> None:
-        ray.shutdown()
+        self.ray.shutdown()
         self.cluster.shutdown()
+
+
+def set_env(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
-    made = RayCluster()
+    before = {name: os.environ.get(name) for name in RAY_ENV}
+    set_env(RAY_ENV)
     try:
-        yield made
+        made = RayCluster()
+        try:
+            yield made
+        finally:
+            made.shutdown()
     finally:
-        made.shutdown()
+        set_env(before)
 
 
 @pytest.fixture
