@@ -60,6 +60,17 @@ class RayCluster:
         named = self.ray.util.list_named_actors(all_namespaces=True)
         return {a["name"] for a in named if a["namespace"] == namespace}
 
+    def leave_actor(self, namespace: str, name: str) -> None:
+        """Make a detached actor in `namespace`, as a daemon that crashed before Ray reaped its actors left it."""
+
+        class Leftover:  # defined here, so that Ray ships it by value (the nodes cannot import this module)
+            def ping(self) -> str:
+                return "pong"
+
+        actor = self.ray.remote(Leftover).options(name=name, namespace=namespace, lifetime="detached", num_cpus=0)
+        handle = actor.remote()
+        assert self.ray.get(handle.ping.remote(), timeout=60) == "pong"
+
     def shutdown(self) -> None:
         self.ray.shutdown()
         self.cluster.shutdown()
@@ -381,10 +392,12 @@ def test_kill_9_of_the_daemon_leaks_no_actor_and_its_runs_resume(ray_daemon: Any
     # Then none of its actors (nor the workers they hosted) outlive it
     wait_until(lambda: not cluster.named_actors(namespace), 30, what="the dead daemon's actors to go")
     wait_until(lambda: not pid_alive(first["pid"]), 10, what="the dead daemon's workers to end")
-    # And a restarted daemon has only actors of its own, and runs the interrupted step again to the end
+    # And a restarted daemon kills any actor left in its namespace (here one Ray would not reap: detached),
+    # has only actors of its own, and runs the interrupted step again to the end
+    cluster.leave_actor(namespace, "dold-w9")
     again = ray_daemon(root=root)
     actors = cluster.named_actors(namespace)
-    assert len(actors) == 2 and not actors & before
+    assert len(actors) == 2 and not actors & before and "dold-w9" not in actors
     with again.client(timeout=30) as client:
         assert completed(client, run_id).final_output == 2
     assert (tmp_path / "first.count").read_text() == "x"
