@@ -203,6 +203,10 @@ def test_steps_with_resources_land_on_the_node_that_has_them(ray_daemon: Any, cl
         assert failed.status == "failed"
         error = failed.step_metadata["gpu"]["error"]
         assert "{'num_gpus': 1" in error and "no node of the Ray cluster" in error
+    # And once no step needs them, the actors placed for those resources are stopped (their resources freed)
+    namespace = status(daemon)["cluster"]["namespace"]
+    wait_until(lambda: len(cluster.named_actors(namespace)) == 2, 60, what="the idle resource lanes to stop")
+    assert {w["id"] for w in status(daemon)["workers"]} == {1, 2}
 
 
 BROKER = """

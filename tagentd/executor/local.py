@@ -127,10 +127,9 @@ class LocalExecutor:
 
     async def supervise(self) -> None:
         """Reap, detect silence and overruns, replace, recycle — every tick, forever; and sweep the permits."""
-        await asyncio.gather(self.watch(), self.permits.supervise(self.pool.identities))
+        await asyncio.gather(self._watch(), self.permits.supervise(self.pool.identities))
 
-    async def watch(self) -> None:
-        """`check` every tick, forever (`supervise` without the permits' sweep)."""
+    async def _watch(self) -> None:
         tick = min(0.1, self.heartbeat_interval)
         while True:
             self.check(time.monotonic())
