@@ -180,6 +180,7 @@ PLACED = """
     placed.step("on_x", fn=node, resources={"custom_x": 1})
     placed.step("on_a", fn=node, resources={"node_a": 1, "num_cpus": 0.5})
     placed.step("after", fn=node, depends_on=["on_x", "on_a"], resources={"custom_x": 1}, final=True)
+    placed.step("env", fn=lambda: os.environ.get("FROM_RUNTIME_ENV"))
 
     nowhere = Pipeline("nowhere")
     nowhere.step("gpu", fn=node, resources={"num_gpus": 1}, final=True)
@@ -188,8 +189,9 @@ PLACED = """
 
 def test_steps_with_resources_land_on_the_node_that_has_them(ray_daemon: Any, cluster: RayCluster,
                                                              tmp_path: Path) -> None:
-    # Given a cluster where only one node has `custom_x` and only another has `node_a`
-    daemon = ray_daemon()
+    # Given a cluster where only one node has `custom_x` and only another has `node_a`, and a daemon whose
+    # tagentd.toml gives Ray a runtime_env for the workers
+    daemon = ray_daemon(ray_runtime_env=json.dumps({"env_vars": {"FROM_RUNTIME_ENV": "yes"}}))
     pipes = write_pipeline(tmp_path, "placed.py", PLACED)
     with daemon.client(timeout=30) as client:
         # When steps ask for those resources
@@ -198,6 +200,7 @@ def test_steps_with_resources_land_on_the_node_that_has_them(ray_daemon: Any, cl
         assert result.step_outputs["on_x"] == cluster.node_x.node_id
         assert result.step_outputs["on_a"] == cluster.node_a.node_id
         assert result.step_outputs["after"] == cluster.node_x.node_id
+        assert result.step_outputs["env"] == "yes"  # the runtime_env reached the workers
         # And a step asking for what no node has fails at once, saying so, instead of waiting forever
         failed = client.wait(client.submit(f"{pipes}:nowhere").id, timeout=30)
         assert failed.status == "failed"
