@@ -16,7 +16,9 @@ daemon's workers socket. Besides the interface's guarantees:
 - only this daemon's own workers get work: each is given the daemon's random token and must say it in its
   Hello; any other peer on workers.sock (a worker left over from another daemon) is sent `Refused`
   (admission.py). Model-request permits of its workers go to the `PermitDesk` it is given (permits.py), and
-  their circuit-breaker calls to the `BreakerDesk` (breakers.py).
+  their circuit-breaker calls to the `BreakerDesk` (breakers.py);
+- several executors may share one workers socket (the Ray executor's lanes, tagentd.executor.ray): given one
+  `admission` and one `worker_ids` counter, their workers have one token and distinct numbers.
 """
 
 from __future__ import annotations
