@@ -374,18 +374,6 @@ class LocalExecutor:
     def kill_now(self) -> None:
         self.pool.kill_all()
 
-    def retire_idle(self, keep: int) -> int:
-        """Keep `keep` workers: stop ready workers beyond that which run nothing (gracefully); how many were told."""
-        self.size = keep
-        told = 0
-        shared = [w for w in self.pool.by_id.values() if not w.dedicated and w.state not in ("stopping", "killed")]
-        for worker in shared[keep:]:
-            if worker.state == "ready" and not worker.running and worker.loading == 0:
-                worker.state = "stopping"
-                self.send(worker.identity, wire.encode(wire.StopWorker(graceful=True)))
-                told += 1
-        return told
-
     def cluster(self) -> None:
         """No cluster: its workers are processes on this machine."""
         return None

@@ -59,6 +59,20 @@ def shape_key(shape: dict[str, float] | None) -> ShapeKey:
     return tuple(sorted((shape or {}).items()))
 
 
+def retire_idle(lane: LocalExecutor, keep: int) -> int:
+    """Have `lane` keep `keep` workers: tell its ready workers beyond that which run nothing to stop (gracefully: they
+    end without a verdict); how many were told."""
+    lane.size = keep
+    told = 0
+    shared = [w for w in lane.pool.by_id.values() if not w.dedicated and w.state not in ("stopping", "killed")]
+    for worker in shared[keep:]:
+        if worker.state == "ready" and not worker.running and worker.loading == 0:
+            worker.state = "stopping"
+            lane.send(worker.identity, wire.encode(wire.StopWorker(graceful=True)))
+            told += 1
+    return told
+
+
 class RayExecutor:
     """Workers as Ray actors, in one lane per resource shape; see the module docstring."""
 
@@ -143,7 +157,7 @@ class RayExecutor:
             self._busy_at[key] = now
             lane.size = max(lane.size, min(self.size, demand))
         elif lane.size and now - self._busy_at.get(key, now) > LANE_IDLE:
-            lane.retire_idle(0)
+            retire_idle(lane, 0)
 
     async def _observe(self) -> None:
         """Read the cluster every OBSERVE_EVERY seconds; dispatch only while it answers."""
