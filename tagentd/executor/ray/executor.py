@@ -113,6 +113,11 @@ class RayExecutor:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.joined = join(self.address, self.namespace, self.runtime_env)
+        except Exception as exc:  # noqa: BLE001 - any failure to join: say so in the log and in `tagentd status`
+            where = self.address or "a new Ray instance on this machine"
+            self.view.problem = f"could not join the Ray cluster at {where}: {str(exc).splitlines()[0][:300]}"
+            log.error("%s; no step can run until the daemon is restarted with a cluster it can join", self.view.problem)
+            return
         finally:  # ray.init installs its own SIGTERM handler (exit at once): the daemon's graceful stop stays
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
@@ -161,6 +166,8 @@ class RayExecutor:
 
     async def _observe(self) -> None:
         """Read the cluster every OBSERVE_EVERY seconds; dispatch only while it answers."""
+        while self.joined == "?":  # it could not join (start): there is nothing to read
+            await asyncio.sleep(OBSERVE_EVERY)
         while True:
             await asyncio.to_thread(self.view.refresh)
             sending = self.accepting and self.view.connected
