@@ -12,10 +12,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Tests run runner="tagent" on the real TAgent (the tagent extra). TAgent installs a `tagent` command too and
+# Tests run runner="tagent" on the real TAgent (the tagent extra), and steps on a real Ray cluster (the ray extra). TAgent installs a `tagent` command too and
 # pip keeps the last one written, so the client is installed again last: `tagent` stays tagentd's CLI.
 $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
-	$(BIN)/python -m pip install -q -e ./client -e '.[test,tagent,otel]'
+	$(BIN)/python -m pip install -q -e ./client -e '.[test,tagent,otel,ray]'
 	$(BIN)/python -m pip install -q --no-deps --force-reinstall -e ./client
 	@touch $(STAMP)
 

@@ -129,3 +129,6 @@ class FakeExecutor:
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
+
+    def cluster(self) -> None:
+        return None

@@ -13,6 +13,7 @@ import inspect
 import itertools
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -132,10 +133,18 @@ def protocol_members() -> list[str]:
     return [name for name, value in vars(Executor).items() if inspect.isfunction(value) and not name.startswith("_")]
 
 
-@pytest.mark.parametrize("implementation", [LocalExecutor, FakeExecutor])
-def test_each_executor_has_every_method_of_the_interface_with_its_parameters(implementation: type) -> None:
-    """Given the Executor protocol, then the local executor and the tests' fake each have every one of its methods,
+def ray_executor() -> type:
+    from tagentd.executor.ray.executor import RayExecutor  # imports Ray: only this test pays for it
+
+    return RayExecutor
+
+
+@pytest.mark.parametrize("make", [lambda: LocalExecutor, ray_executor, lambda: FakeExecutor],
+                         ids=["LocalExecutor", "RayExecutor", "FakeExecutor"])
+def test_each_executor_has_every_method_of_the_interface_with_its_parameters(make: Callable[[], type]) -> None:
+    """Given the Executor protocol, then the local and Ray executors and the tests' fake each have every one of its methods,
     with the same parameters and the same sync/async kind (so one can stand in for the other)."""
+    implementation = make()
     assert len(protocol_members()) >= 14
     for name in protocol_members():
         wanted, got = getattr(Executor, name), getattr(implementation, name, None)
@@ -143,7 +152,8 @@ def test_each_executor_has_every_method_of_the_interface_with_its_parameters(imp
         assert inspect.iscoroutinefunction(got) == inspect.iscoroutinefunction(wanted), name
         params = [(p.name, p.kind) for p in inspect.signature(got).parameters.values()]
         assert params == [(p.name, p.kind) for p in inspect.signature(wanted).parameters.values()], name
-    assert isinstance(World().executor if implementation is LocalExecutor else FakeExecutor(), Executor)
+    if implementation.__name__ != "RayExecutor":  # one runs for real in tests/test_ray_executor.py
+        assert isinstance(World().executor if implementation is LocalExecutor else FakeExecutor(), Executor)
 
 
 def test_a_run_gives_the_executor_plain_data_read_when_the_attempt_is_dispatched() -> None:

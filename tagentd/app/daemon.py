@@ -47,6 +47,7 @@ from tagent_client.wire import paths
 from tagent_client.wire import protocol as p
 from tagentd import __version__
 from tagentd.app.commit import GroupCommit
+from tagentd.app.executors import make_executor
 from tagentd.app.metering import Scraped
 from tagentd.app.notify import notify
 from tagentd.app.stopping import Stopper
@@ -62,7 +63,6 @@ from tagentd.control.workers import WorkerMessages, WorkerPorts
 from tagentd.executor.breakers import BreakerDesk
 from tagentd.executor.curve import CurveGate
 from tagentd.executor.interface import Executor, RunningAttempt
-from tagentd.executor.local import LocalExecutor
 from tagentd.executor.permits import PermitDesk
 from tagentd.metrics.instruments import Metrics
 from tagentd.plumbing.channel import Channel
@@ -164,17 +164,10 @@ class Daemon:
         self.watcher = Watcher(self.settings, specs, ops=self.driver, register=self.broker.register,
                                publish=self.publish, seen=seen)
         self._bind()
-        self.executor: Executor = LocalExecutor(
-            size=self.settings.workers, capacity=self.settings.worker_concurrency, endpoint=self.sockets["workers"],
-            send=self._send_worker, on_result=self.driver.on_attempt, on_lost=self.driver.on_attempt,
-            permits=self.permits, heartbeat_interval=self.settings.heartbeat_interval,
-            heartbeat_timeout=self.settings.heartbeat_timeout, grace=self.settings.timeout_grace,
-            recycle_after=self.settings.recycle_after, load_timeout=self.settings.load_timeout, log_file=log_fd,
-            worker_args=[*self.settings.worker_llm_args(), *self.settings.worker_trace_args()],
-            use_template=self.settings.worker_template, breakers=self.breakers,
-            curve=self.curve if self.settings.local_workers_via_curve else None,
-            metrics=self.metrics,
-        )
+        self.executor: Executor = make_executor(self.settings, endpoint=self.sockets["workers"], send=self._send_worker,
+                                                report=self.driver.on_attempt, permits=self.permits,
+                                                breakers=self.breakers, log_fd=log_fd, curve=self.curve,
+                                                metrics=self.metrics)
         self.driver.executor = self.executor
         self.metrics.add_collector(Scraped(runs=self.runs, executor=self.executor, permits=self.permits,
                                            breakers=self.breakers, broker=self.broker).collect)
@@ -325,6 +318,7 @@ class Daemon:
             workers=workers, runs_active=len(self.runs.active()), runs_total=len(self.runs),
             durable=self.store.durable, stats=stats,
             watch_dirs=self.watcher.folder_paths() if self.watcher is not None else [],
+            cluster=self.executor.cluster(),
         )
 
 

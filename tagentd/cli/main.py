@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # tagentd.settings.config (pydantic, the LLM settings) is imp
     from tagentd.settings.config import Settings
 
 START_WAIT = 10.0
+RAY_START_WAIT = 60.0  # executor = "ray": joining a cluster, or starting Ray here, takes seconds more
 PING_TIMEOUT = 0.5
 POLL = 0.05
 LOG_TAIL_LINES = 20
@@ -84,6 +85,9 @@ def _settings_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
                      help="Daemon log level.")(f)
     f = click.option("--workers", type=int, help="Worker processes (default: CPU count).")(f)
+    f = click.option("--executor", type=click.Choice(["local", "ray"]),
+                     help="Where steps run: worker processes here (default) or a Ray cluster (docs/scale-out.md).")(f)
+    f = click.option("--ray-address", help="With --executor ray: the cluster ('auto', 'ray://head:10001'); none = a local Ray.")(f)
     f = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
                      help="State dir (checkpoints, log). Default: $TAGENTD_STATE_DIR, $XDG_STATE_HOME/tagentd.")(f)
     return _where_options(f)
@@ -196,7 +200,8 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
     argv = [sys.executable, "-m", "tagentd", "start", "--foreground", "--detached", *_forward(config_path, flags)]
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + START_WAIT
+    wait = START_WAIT if settings.executor == "local" else RAY_START_WAIT
+    deadline = time.monotonic() + wait
     while not _answers(runtime_dir):
         status = child.poll()
         if status is not None:
@@ -205,7 +210,7 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
         if time.monotonic() >= deadline:
             click.echo(
                 f"tagentd: the daemon (pid {child.pid}) did not answer on {runtime_dir / paths.CONTROL_SOCKET} "
-                f"within {START_WAIT:g} s; it may still be starting: check 'tagentd status' and {settings.log_file}",
+                f"within {wait:g} s; it may still be starting: check 'tagentd status' and {settings.log_file}",
                 err=True,
             )
             return exit_code_for(RequestTimeout.code)

@@ -34,8 +34,13 @@ def print_status(info: Any) -> None:
         ("workers", f"{len(info.workers)} ({busy} busy, {idle} idle" + (f", {starting} starting)" if starting else ")")),
     ]
     rows += web_rows(info.stats.get("web"))
+    rows += cluster_rows(info.cluster)
     rows += broker_rows(info.stats.get("broker")) + stopping_rows(info.stats.get("stopping"))
     print_pairs(rows)
+    nodes = node_table(info.cluster)
+    if nodes:
+        click.echo()
+        print_table(nodes, indent=2)
     breakers = breaker_table(info.stats.get("breakers"))
     if breakers:
         click.echo()
@@ -64,6 +69,28 @@ def web_rows(web: dict[str, Any] | None) -> list[tuple[str, str]]:
 def disk_row(problem: str | None) -> str:
     """`tagentd status`: whether commits reach the state dir (see docs/operations.md, "Disk full")."""
     return f"STATE DIR {problem}" if problem else "ok"
+
+
+def cluster_rows(cluster: Any) -> list[tuple[str, str]]:
+    """`tagentd status` with `executor = "ray"`: which cluster, whether it answers (docs/scale-out.md)."""
+    if cluster is None:
+        return []
+    alive = sum(1 for n in cluster.nodes if n.alive)
+    state = f"{alive} node(s) alive" if cluster.connected else f"NOT ANSWERING: {cluster.problem}"
+    return [("cluster", f"{cluster.kind} at {cluster.address} (namespace {cluster.namespace}), {state}")]
+
+
+def node_table(cluster: Any) -> list[tuple[str, ...]]:
+    """Each node of the cluster: its resources, and this daemon's workers and steps on it."""
+    if cluster is None or not cluster.nodes:
+        return []
+    rows = [("NODE", "ADDRESS", "STATE", "WORKERS", "STEPS", "RESOURCES")]
+    for n in cluster.nodes:
+        shown = {k: v for k, v in n.resources.items() if not k.startswith("node:") and k != "object_store_memory"}
+        resources = ", ".join(f"{k}={v / 2**30:.1f}GiB" if k == "memory" else f"{k}={v:g}" for k, v in sorted(shown.items()))
+        rows.append((n.node_id[:12], n.address, "alive" if n.alive else "dead", str(n.workers), str(n.steps),
+                     resources or "-"))
+    return rows
 
 
 def broker_rows(broker: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@
 The daemon's engine decides *what* runs: each `Dispatch` action is one attempt of one task of a run. An
 executor decides *where and when*: it holds attempts until it has a free slot, runs each one in a worker
 that has the pipeline's code, and reports what became of it. The local process pool
-(tagentd.executor.local) is the first implementation; a cluster executor is to be the second. The daemon,
+(tagentd.executor.local) is the first implementation; the Ray executor (tagentd.executor.ray) is the second. The daemon,
 submission, stopping and the status views use an executor only through this interface, and an executor
 knows nothing of the daemon's `Run`: a `StepAttempt` carries all it needs, as plain data.
 
@@ -43,7 +43,7 @@ import msgspec
 
 from tagent_client.core.events import Dispatch, Event
 from tagent_client.define.plan import Plan
-from tagent_client.wire.protocol import WorkerInfo
+from tagent_client.wire.protocol import ClusterInfo, WorkerInfo
 from tagentd.worker import wire
 
 AttemptKey = tuple[str, str, int]  # (run_id, task id, attempt number): one attempt, everywhere
@@ -163,3 +163,6 @@ class Executor(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Counters since the daemon started (workers spawned and lost, steps dispatched, verdicts), by name."""
+
+    def cluster(self) -> ClusterInfo | None:
+        """The cluster its workers run on (nodes, resources, workers and steps per node); None: this machine."""

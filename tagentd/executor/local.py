@@ -16,7 +16,9 @@ daemon's workers socket. Besides the interface's guarantees:
 - only this daemon's own workers get work: each is given the daemon's random token and must say it in its
   Hello; any other peer on workers.sock (a worker left over from another daemon) is sent `Refused`
   (admission.py). Model-request permits of its workers go to the `PermitDesk` it is given (permits.py), and
-  their circuit-breaker calls to the `BreakerDesk` (breakers.py).
+  their circuit-breaker calls to the `BreakerDesk` (breakers.py);
+- several executors may share one workers socket (the Ray executor's lanes, tagentd.executor.ray): given one
+  `admission` and one `worker_ids` counter, their workers have one token and distinct numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tagent_client.core.events import StepFailed, StepSucceeded, StepTimedOut
@@ -57,7 +59,8 @@ class LocalExecutor:
                  heartbeat_timeout: float, grace: float, recycle_after: int, load_timeout: float,
                  log_file: int | None = None, worker_args: list[str] | None = None, use_template: bool = True,
                  spawner: ProcessStarter | None = None, breakers: BreakerDesk | None = None,
-                 curve: CurveGate | None = None, metrics: Metrics | None = None) -> None:
+                 curve: CurveGate | None = None, metrics: Metrics | None = None,
+                 admission: Admission | None = None, worker_ids: Iterator[int] | None = None) -> None:
         self.size = size
         self.send = send
         self.on_result = on_result
@@ -76,7 +79,7 @@ class LocalExecutor:
         self.counters = collections.Counter[str]()
         self._ready = asyncio.Event()
         self.ledger = DeathLedger(stuck_window=grace + 10.0)
-        self.admission = Admission(send, self.counters)
+        self.admission = admission or Admission(send, self.counters)  # shared by executors that share one socket
         # with `curve`, the workers join over the CURVE tcp endpoint as remote ones do (one credential for the pool)
         credentials = curve.issue("local-pool", token=self.admission.token) if curve is not None else None
         if credentials is not None:
@@ -86,7 +89,8 @@ class LocalExecutor:
         self.pool = WorkerSet(spawner=spawner or Spawner(log_file=log_file, token=self.admission.token,
                                                          stats=self.counters, use_template=use_template,
                                                          credentials=credentials),
-                              capacity=capacity, token=self.admission.token, args=args, counters=self.counters)
+                              capacity=capacity, token=self.admission.token, args=args, counters=self.counters,
+                              ids=worker_ids)
         self._handlers: dict[type, Callable[[bytes, Worker | None, Any], None]] = {
             wire.TaskDone: self._on_done, wire.Heartbeat: self._on_heartbeat, wire.Hello: self._on_hello,
             wire.Loaded: self._on_loaded, wire.LoadFailed: self._on_loaded,
@@ -369,6 +373,10 @@ class LocalExecutor:
 
     def kill_now(self) -> None:
         self.pool.kill_all()
+
+    def cluster(self) -> None:
+        """No cluster: its workers are processes on this machine."""
+        return None
 
     # -- views ---------------------------------------------------------------------------------
 

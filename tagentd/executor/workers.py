@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import signal
 import subprocess
@@ -84,14 +85,15 @@ class WorkerSet:
     """
 
     def __init__(self, *, spawner: ProcessStarter, capacity: int, token: str, args: list[str],
-                 counters: collections.Counter[str]) -> None:
+                 counters: collections.Counter[str], ids: Iterator[int] | None = None) -> None:
         self.spawner = spawner
         self.capacity = capacity
         self.token = token
         self.args = args  # every worker's command line but its --id
         self.counters = counters
         self.by_id: dict[int, Worker] = {}
-        self._next_id = 1
+        self._ids = ids or itertools.count(1)  # shared by worker sets that share one socket: ids stay unique
+        self._next_id = next(self._ids)
         self._deaths: collections.deque[float] = collections.deque(maxlen=10)
 
     def __iter__(self) -> Iterator[Worker]:
@@ -106,7 +108,7 @@ class WorkerSet:
         proc = self.spawner.spawn(["--id", str(wid), *self.args])
         if proc is None:
             return None
-        self._next_id += 1
+        self._next_id = next(self._ids)
         worker = Worker(id=wid, proc=proc, capacity=self.capacity, token=self.token)
         self.by_id[wid] = worker
         self.counters["workers_spawned"] += 1

@@ -113,6 +113,9 @@ class Settings(BaseModel):
     web: bool = Field(False, description="serve the dashboard (a separate process the daemon supervises)")
     web_host: str = Field("127.0.0.1", min_length=1, description="the dashboard's address; other than loopback exposes it")
     web_port: int = Field(0, ge=0, le=65535, description="the dashboard's port; 0 = a free port picked at start")
+    executor: Literal["local", "ray"] = Field("local", description="where steps run: worker processes here, or a Ray cluster")
+    ray_address: str | None = Field(None, description="the Ray cluster to join ('auto', 'ray://head:10001'); none = start one here")
+    ray_runtime_env: dict[str, Any] = Field(default_factory=dict, description="[ray_runtime_env]: Ray's runtime_env for the workers")
 
     @field_validator("runtime_dir", "state_dir", mode="after")
     @classmethod
@@ -301,7 +304,7 @@ def _env_value(field: str, raw: str) -> Any:
         return absolute_path(Path(raw))
     if field == "watch_dirs":
         return [absolute_path(Path(p)) for p in raw.split(os.pathsep) if p.strip()]
-    if field in ("endpoints", "price_overrides", "spaces", "mailboxes", "breaker", "breakers"):
+    if field in ("endpoints", "price_overrides", "spaces", "mailboxes", "breaker", "breakers", "ray_runtime_env"):
         try:
             return json.loads(raw)
         except ValueError:

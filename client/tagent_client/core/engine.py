@@ -434,7 +434,7 @@ class RunMachine:
             item = self.index.item_outputs(task.step)
         action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
                           item=item, item_index=task.item_index, timeout=spec.timeout, isolated=spec.isolated,
-                          spec=step.spec)
+                          resources=spec.resources or None, spec=step.spec)
         if announce:
             return [Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)), action]
         return [action]

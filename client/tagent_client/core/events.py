@@ -88,7 +88,7 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     `inputs` maps each dependency name to its output (None for a SOFT dependency
     that has not completed). For a PARALLEL_MERGE item, `item` is the item and
     `item_index` its position; for a MERGE task, `item` is the list of item outputs.
-    `timeout` and `isolated` (run alone, in a worker of its own) are the step's. For a step added at run
+    `timeout`, `isolated` (run alone, in a worker of its own) and `resources` are the step's. For a step added at run
     time, `spec` is its StepSpec (the pipeline file does not define it). For a COMPENSATE task, `item` is
     the step's output.
     """
@@ -102,6 +102,7 @@ class Dispatch(msgspec.Struct, tag=True, kw_only=True):
     item_index: int | None = None
     timeout: float | None = None
     isolated: bool = False
+    resources: dict[str, float] | None = None  # the step's placement on a cluster (None: anywhere)
     spec: StepSpec | None = None
 
 

@@ -73,6 +73,7 @@ class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
     output_schema: str | None = None
     timeout: float | None = None
     isolated: bool = False
+    resources: dict[str, float] = {}  # placement on a cluster (define/validation.resource_problems)
     retry: RetrySpec = RetrySpec()
     condition: dict[str, Any] | None = None
     condition_is_callable: bool = False

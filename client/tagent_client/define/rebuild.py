@@ -83,6 +83,7 @@ def _step_from_spec(spec: StepSpec, where: str, source: str, resolve_schemas: bo
         constraints=list(spec.constraints),
         timeout=spec.timeout,
         isolated=spec.isolated,
+        resources=dict(spec.resources) or None,
         max_retries=spec.retry.max_retries,
         retry_delay=spec.retry.delay,
         retry_backoff=spec.retry.backoff,

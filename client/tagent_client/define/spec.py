@@ -31,6 +31,7 @@ def spec_of(step: PipelineStep, pipeline_tools: list[str]) -> StepSpec:
         output_schema=schema_ref(step.output_schema) if step.output_schema is not None else None,
         timeout=step.timeout,
         isolated=step.isolated,
+        resources=dict(step.resources or {}),
         retry=RetrySpec(
             max_retries=step.max_retries,
             delay=step.retry_delay,

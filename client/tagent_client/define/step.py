@@ -41,6 +41,7 @@ class PipelineStep:
     Agent steps: `output_retries` is how often output that fails `output_schema` is sent back to the
     model; `tool_retries` how often in a row one tool may fail (its error goes back to the model).
     `isolated=True`: in the daemon, each attempt runs alone in a worker process started for it (docs/semantics.md).
+    `resources=`: placement on a Ray cluster, e.g. `{"num_gpus": 1}` (validation.resource_problems).
     `compensate=`: a function `(ctx, output)` or an agent goal that undoes the step if the run fails or is
     cancelled after it completed (docs/semantics.md, "Compensation"), with its own `compensate_timeout` and
     `compensate_retries`.
@@ -57,6 +58,9 @@ class PipelineStep:
     constraints: list[str] = dataclasses.field(default_factory=list)
     timeout: float | None = None
     isolated: bool = False
+    #: Where the step may run on a cluster (`{"num_cpus": 4}`, `{"num_gpus": 1}`, custom resources): the Ray
+    #: executor runs it in a worker placed by Ray with them (docs/scale-out.md); the local executor ignores them.
+    resources: dict[str, float] | None = None
     max_retries: int = _DEFAULT_RETRY.max_retries
     retry_delay: float = _DEFAULT_RETRY.delay
     retry_backoff: float = _DEFAULT_RETRY.backoff

@@ -53,6 +53,39 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,63}\Z")
+#: Ray's own names for what `num_cpus`, `num_gpus` and `memory` ask for: a step must use those keys instead.
+RAY_BUILTIN = {"CPU": "num_cpus", "GPU": "num_gpus", "object_store_memory": "memory"}
+
+
+def resource_problems(resources: Any, where: str) -> list[str]:
+    """Problems with a step's `resources=`: a mapping of `num_cpus` / `num_gpus` (numbers >= 0), `memory` (bytes, an
+    integer > 0) or custom resource names (numbers > 0, whole above 1, as Ray counts them) to amounts."""
+    if resources is None:
+        return []
+    if not isinstance(resources, Mapping):
+        return [f"{where}: resources must be a mapping like {{'num_cpus': 4}}, got {type(resources).__name__}"]
+    out: list[str] = []
+    for key, value in resources.items():
+        at = f"{where}: resources[{key!r}]"
+        if not isinstance(key, str) or not RESOURCE_NAME.match(key):
+            out.append(f"{at}: a resource name starts with a letter or _ and uses letters, digits, _ . : - "
+                       f"(at most 64 characters)")
+        elif key in RAY_BUILTIN:
+            out.append(f"{at}: write {RAY_BUILTIN[key]!r} instead")
+        elif not is_number(value):
+            out.append(f"{at} must be a number, got {value!r}")
+        elif key == "memory":
+            if not (is_count(value) and value > 0):
+                out.append(f"{at} must be a whole number of bytes > 0, got {value!r}")
+        elif key in ("num_cpus", "num_gpus"):
+            if value < 0:
+                out.append(f"{at} must be >= 0, got {value!r}")
+        elif value <= 0 or (value > 1 and value != int(value)):
+            out.append(f"{at} must be > 0, and a whole number above 1, got {value!r}")
+    return out
+
+
 def parameter_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], declared: Collection[str] | None,
                        params: Collection[str] | None) -> list[str]:
     """Problems binding the parameters of a function step among `steps`, with the pipeline's `declared` params
@@ -182,6 +215,7 @@ def step_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], pipelin
         out.append(f"{where}: timeout must be positive seconds, got {step.timeout!r}")
     if not isinstance(step.isolated, bool):
         out.append(f"{where}: isolated must be True or False, got {step.isolated!r}")
+    out.extend(resource_problems(step.resources, where))
     for field in ("max_retries", "output_retries", "tool_retries"):
         value = getattr(step, field)
         if not (is_count(value) and value >= 0):

@@ -317,6 +317,29 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     started_at: float
 
 
+class ClusterNode(msgspec.Struct, kw_only=True):
+    """One node of the cluster the daemon's workers run on, and what of the daemon runs there."""
+
+    node_id: str
+    address: str
+    alive: bool
+    resources: dict[str, float]  # the node's total (CPU, GPU, memory, custom resources)
+    workers: int = 0  # this daemon's workers placed on it
+    steps: int = 0  # steps running on it now
+
+
+class ClusterInfo(msgspec.Struct, kw_only=True):
+    """The Ray cluster of `--executor ray`: where it is, whether the daemon reaches it, its nodes."""
+
+    kind: str  # "ray"
+    address: str
+    namespace: str
+    connected: bool
+    nodes: list[ClusterNode] = []
+    available: dict[str, float] = {}  # resources not in use, over the whole cluster
+    problem: str | None = None  # why it is not connected, or why workers cannot be placed
+
+
 class DaemonInfo(msgspec.Struct, kw_only=True):
     pid: int
     version: str
@@ -331,6 +354,7 @@ class DaemonInfo(msgspec.Struct, kw_only=True):
     durable: bool
     stats: dict[str, Any] = {}
     watch_dirs: list[str] = []
+    cluster: ClusterInfo | None = None  # with --executor ray
 
 
 class WatchFolder(msgspec.Struct, kw_only=True):
