@@ -417,10 +417,9 @@ def decode_request(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> AnyReque
         raise ProtocolError(f"invalid request: nested too deeply to decode (data may nest {DEPTH_MAX} levels)") from None
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        if "UTF-8" in str(exc):  # msgspec >= 0.23 reports a str that is not UTF-8 as a DecodeError
-            raise ProtocolError(f"undecodable request (a string is not UTF-8): {exc}") from None
-        raise ProtocolError(f"undecodable request (not msgpack): {exc}") from None
+    except msgspec.DecodeError as exc:  # msgspec >= 0.23 also reports a str that is not UTF-8 this way
+        what = "a string is not UTF-8" if "UTF-8" in str(exc) else "not msgpack"
+        raise ProtocolError(f"undecodable request ({what}): {exc}") from None
     except UnicodeDecodeError as exc:  # msgspec < 0.23 raises this, not DecodeError, for a str that is not UTF-8
         raise ProtocolError(f"undecodable request (a string is not UTF-8): {exc}") from None
     if request.v != PROTOCOL_VERSION:
