@@ -444,3 +444,50 @@ def test_a_step_past_its_timeout_has_only_its_actor_replaced(ray_daemon: Any, cl
         return ids if done and len(cluster.named_actors(namespace)) == 2 else None
 
     assert len(wait_until(replaced, 60, what="a replacement actor") & {1, 2}) == 1
+
+
+def test_the_dashboard_shows_the_cluster_its_nodes_and_where_steps_run(ray_daemon: Any, cluster: RayCluster,
+                                                                       tmp_path: Path) -> None:
+    """Given a Ray daemon with its dashboard and a step holding a slot on the node with `custom_x`, When the
+    dashboard's daemon page is open in headless Chromium, Then its Cluster section shows the cluster's address, each
+    node (alive) and the running step on its node."""
+    from dashboard import login_url, web_info
+    from test_web_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    daemon = ray_daemon(web="true")
+    held = write_pipeline(tmp_path, "held.py", """
+        from tagent_client import Pipeline
+
+        held = Pipeline("held")
+
+        @held.task(resources={"custom_x": 1}, final=True)
+        async def hold(ctx):
+            return (await ctx.receive(timeout=100)).payload
+    """)
+    run_id = daemon.cli("submit", str(held)).stdout.strip()
+    wait_until(lambda: any(n["steps"] for n in status(daemon)["cluster"]["nodes"]), timeout=60,
+               what="the held step running on a node")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = chromium.new_context().new_page()
+            page.set_default_timeout(20_000)
+            page.goto(login_url(web_info(daemon)))
+            page.goto(f"{web_info(daemon)['url']}#/daemon")
+            card = page.locator("section.card", has=page.locator("h2", has_text="Cluster"))
+            card.locator(f"text={cluster.address}").wait_for()
+            rows = card.locator("tbody tr")
+            wait_until(lambda: rows.count() == len(status(daemon)["cluster"]["nodes"]), timeout=20,
+                       what="a row per node")
+            busy = card.locator("tbody tr", has=page.locator(f"text={cluster.node_x.node_id[:12]}"))
+            assert busy.locator("td").nth(5).inner_text() == "1"
+            assert "alive" in busy.inner_text()
+        finally:
+            chromium.close()
+    with daemon.client() as client:
+        client.send("held", "done")
+        completed(client, run_id)

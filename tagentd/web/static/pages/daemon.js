@@ -26,6 +26,16 @@ export const SECTIONS = [
   ["Circuit breakers", (d) => table(["Breaker", "State", "Failures", "Reopens in", "Times opened"],
     (d.stats.breakers || []).map((b) => [b.name, badge(b.state), b.failures, b.reopens_in ? duration(b.reopens_in) : "", b.opened]),
     "no circuit breaker used yet")],
+  ["Cluster", (d) => {
+    const c = d.cluster;
+    if (!c) return pairs([["executor", "local process pool (tagentd start --executor ray runs steps on a Ray cluster)"]]);
+    const resources = (r) => Object.entries(r || {}).map(([k, v]) => `${k} ${Math.round(v * 100) / 100}`).join(", ");
+    return [pairs([["executor", c.kind], ["address", c.address], ["namespace", c.namespace],
+      ["connected", c.connected ? "yes" : "no"], ["resources free", resources(c.available)], ["problem", c.problem]]),
+      table(["Node", "Address", "State", "Resources", "Workers", "Steps running"],
+        c.nodes.map((n) => [h("code", { class: "node-id", text: n.node_id.slice(0, 12) }), n.address,
+          badge(n.alive ? "alive" : "dead"), resources(n.resources), n.workers, n.steps]), "no node")];
+  }],
   ["Dashboard", (d) => pairs([["address", d.stats.web?.url], ["process", d.stats.web?.pid],
     ["restarts", d.stats.web?.restarts ?? 0], ["browsers following", d.dashboard?.tabs],
     ["events received", d.dashboard?.events_received]])],
