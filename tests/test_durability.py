@@ -177,9 +177,9 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
             (tokens / str(granted)).touch()
         return lines + steps
 
-    def a_step_is_running() -> bool:
-        """No token is left and a step of the live workers waits for one: it stays running until the kill."""
-        return not any(tokens.iterdir()) and any(pid_alive(int(f.name.split()[0])) for f in waiting.iterdir())
+    def running_steps() -> int:
+        """Steps of the live workers waiting for a token: each stays running until a token lets it finish."""
+        return sum(pid_alive(int(f.name.split()[0])) for f in waiting.iterdir())
 
     # Given 20 runs of a 10-step DAG whose steps leave a durable trace outside the daemon
     daemon = make_daemon(workers=2)
@@ -203,9 +203,10 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
         counts = effects.counts()  # read after the replies: every trace of a reported step is in it
         for key in newly - reported.keys():
             reported[key] = counts[key]
-        target = let_finish(rng.choice([0, 0, 1, 2, 3]))
+        finishing = rng.choice([0, 0, 1, 2, 3])  # steps that finish just before the kill; one more stays running
+        wait_until(lambda: running_steps() > finishing, timeout=30, what=f"{finishing + 1} step(s) to be running")
+        target = let_finish(finishing)
         wait_until(lambda: len(effects.lines()) >= target, timeout=30, what="a step to complete before the kill")
-        wait_until(a_step_is_running, timeout=30, what="a step to be running at the kill")
         daemon.kill9()
     assert len(effects.counts()) < CRASH_TOTAL  # work was left at every kill
 
