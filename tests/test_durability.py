@@ -70,6 +70,10 @@ def record(ctx, note=""):
 '''
 
 # 10 steps: s0 -> (s1 s2 s3) -> s4 -> s5 -> (s6 s7) -> s8 -> s9; the fan-outs CONCURRENT, the rest SERIAL.
+# A step finishes only when the test lets it: it takes (deletes) one token file from "<effects>.tokens" (or
+# "<effects>.open" exists), and while it waits for one a file "<worker pid> <run> <step> <attempt>" in
+# "<effects>.waiting" says so. So the test decides how far the work goes between kills, whatever the
+# machine's speed, and kills only while a step is running.
 CRASH_PIPELINE = '''
 pipeline = Pipeline("crashy", max_concurrent_steps=4)
 
@@ -77,8 +81,26 @@ DAG = {"s0": [], "s1": ["s0"], "s2": ["s0"], "s3": ["s0"], "s4": ["s1", "s2", "s
        "s6": ["s5"], "s7": ["s5"], "s8": ["s6", "s7"], "s9": ["s8"]}
 
 
+async def take_token(ctx):
+    """Wait until the test lets this step finish: take one token file, or find the gate open."""
+    base = ctx.params["effects"]
+    waiting = os.path.join(base + ".waiting", f"{os.getpid()} {ctx.run_id} {ctx.step_name} {ctx.attempt}")
+    open(waiting, "w").close()
+    while not os.path.exists(base + ".open"):
+        for token in os.listdir(base + ".tokens"):
+            try:
+                os.unlink(os.path.join(base + ".tokens", token))
+            except FileNotFoundError:
+                continue  # another step took it
+            os.unlink(waiting)
+            return
+        await asyncio.sleep(0.01)  # ok-sleep: the step (not the test) polls for a token
+    os.unlink(waiting)
+
+
 async def work(ctx):
     await asyncio.sleep(random.uniform(0, 0.05))
+    await take_token(ctx)
     record(ctx)
     return ctx.step_name
 
@@ -141,36 +163,55 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
     print(f"\ncrash test seed {seed} (repeat with TAGENTD_CRASH_SEED={seed})")
     rng = random.Random(seed)
     effects = Effects(tmp_path / "effects.log")
+    tokens, waiting = Path(f"{effects.path}.tokens"), Path(f"{effects.path}.waiting")
+    tokens.mkdir()
+    waiting.mkdir()
+    granted = 0
+
+    def let_finish(steps: int) -> int:
+        """Let `steps` more steps finish; returns the number of trace lines to wait for."""
+        nonlocal granted
+        lines = len(effects.lines())
+        for _ in range(steps):
+            granted += 1
+            (tokens / str(granted)).touch()
+        return lines + steps
+
+    def running_steps() -> int:
+        """Steps of the live workers waiting for a token: each stays running until a token lets it finish."""
+        return sum(pid_alive(int(f.name.split()[0])) for f in waiting.iterdir())
+
     # Given 20 runs of a 10-step DAG whose steps leave a durable trace outside the daemon
     daemon = make_daemon(workers=2)
-    daemon.env["TAGENTD_WORKER_CONCURRENCY"] = "2"  # 4 steps at a time: the work outlasts the kills
+    daemon.env["TAGENTD_WORKER_CONCURRENCY"] = "2"
     daemon.start()
     path = pipeline_file(tmp_path, "crashy.py", CRASH_PIPELINE)
     with daemon.client() as client:
         run_ids = [client.submit(path, {"effects": str(effects.path)}).id for _ in range(CRASH_RUNS)]
 
     # When the daemon and its workers are killed with SIGKILL again and again, each time a few steps after a
-    # look at what it reported (often a moment after a step's trace appeared: while its completion is committed)
+    # look at what it reported (often a moment after a step's trace appeared: while its completion is committed),
+    # and always while a step is running (at most 11 steps finish between kills: the work outlasts the kills)
     reported: dict[tuple[str, str], int] = {}  # (run, step) -> its trace lines when the daemon first said COMPLETED
-    in_flight_kills = 0
     for kill in range(CRASH_KILLS):
         if kill:
             daemon.start()
-        target = len(effects.lines()) + rng.randint(0, 8)
-        wait_until(lambda: len(effects.lines()) >= target or len(effects.counts()) == CRASH_TOTAL,
-                   timeout=30, what="steps to make progress")
+        target = let_finish(rng.randint(0, 8))
+        wait_until(lambda: len(effects.lines()) >= target, timeout=30, what="steps to make progress")
         with daemon.client() as client:
             newly = {(run_id, name) for run_id in run_ids for name in completed_steps(client, run_id)}
         counts = effects.counts()  # read after the replies: every trace of a reported step is in it
         for key in newly - reported.keys():
             reported[key] = counts[key]
-        target = len(effects.lines()) + rng.choice([0, 0, 1, 2, 3])
-        wait_until(lambda: len(effects.lines()) >= target or len(effects.counts()) == CRASH_TOTAL,
-                   timeout=30, what="a step to complete before the kill")
-        in_flight_kills += len(effects.counts()) < CRASH_TOTAL  # some step has not run yet
+        finishing = rng.choice([0, 0, 1, 2, 3])  # steps that finish just before the kill; one more stays running
+        wait_until(lambda: running_steps() > finishing, timeout=30, what=f"{finishing + 1} step(s) to be running")
+        target = let_finish(finishing)
+        wait_until(lambda: len(effects.lines()) >= target, timeout=30, what="a step to complete before the kill")
         daemon.kill9()
+    assert len(effects.counts()) < CRASH_TOTAL  # work was left at every kill
 
-    # Then after a last restart every run completes
+    # Then after a last restart (every step may finish now) every run completes
+    Path(f"{effects.path}.open").touch()
     daemon.start()
     with daemon.client(timeout=30) as client:
         for run_id in run_ids:
@@ -178,7 +219,7 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
             assert result.status == "completed", f"run {run_id} ended {result.status}; log:\n{daemon.log()}"
     counts = effects.counts()
     reruns = {key: n for key, n in counts.items() if n > 1}
-    print(f"{CRASH_KILLS} kills ({in_flight_kills} with work in flight), {len(reported)} steps reported completed "
+    print(f"{CRASH_KILLS} kills (each with a step running), {len(reported)} steps reported completed "
           f"before a kill, {sum(counts.values())} step executions, {len(reruns)} steps ran more than once")
     # and every step's side effect happened at least once
     missing = [(r, s) for r in run_ids for s in CRASH_STEPS if counts[(r, s)] == 0]
@@ -186,7 +227,6 @@ def test_kill9_at_random_moments_loses_no_step_and_reruns_no_reported_one(
     # and no step the daemon had reported COMPLETED ran again
     again = {key: (n, counts[key]) for key, n in reported.items() if counts[key] != n}
     assert not again, f"reported-completed steps that ran again ((run, step): (lines then, lines now)): {again}"
-    assert in_flight_kills >= CRASH_KILLS // 2
 
 
 # -- losing every worker -------------------------------------------------------------------------------------------

@@ -116,7 +116,8 @@ class Simulator:
 
     # -- carrying out actions -------------------------------------------------------------
 
-    def carry_out(self, actions: list[Action]) -> None:
+    def carry_out(self, actions: list[Action], reissued: dict[str, float] | None = None) -> None:
+        """Carry out `actions`; `reissued` (recovery only): the retry times the checkpoint kept, per task."""
         for action in actions:
             if isinstance(action, Dispatch):
                 if action.phase is Phase.COMPENSATE:
@@ -130,7 +131,10 @@ class Simulator:
                 assert current is not None and current.attempt == action.attempt, f"cancel of a task not running: {action}"
                 del self.in_flight[action.task]
             elif isinstance(action, ScheduleRetry):
-                assert action.at >= self.now
+                if reissued is not None:  # recovery re-issues a pending retry at its time, which may have passed
+                    assert action.at == reissued[action.task], f"recovery moved the retry of {action.task}: {action}"
+                else:  # a new retry (or a re-armed timer) is never set in the past
+                    assert action.at >= self.now, f"{action} scheduled in the past (now {self.now})"
                 self.timers.append(action.at)
             elif isinstance(action, Emit) and action.topic in ("step.completed", "step.failed", "step.skipped"):
                 self.terminal_emits[action.data["step"]] = self.terminal_emits.get(action.data["step"], 0) + 1
@@ -272,7 +276,8 @@ class Simulator:
         self.machine = RunMachine(self.plan, state, rng=random.Random(self.crashes))  # added steps come back from state
         self.in_flight.clear()
         self.crashes += 1
-        self.carry_out(self.machine.recover(self.now))
+        kept = {t.id: t.retry_at for t in state.tasks.values() if t.status is TaskStatus.WAITING_RETRY and t.retry_at is not None}
+        self.carry_out(self.machine.recover(self.now), reissued=kept)
         for task, old in lost.items():
             if task in self.in_flight:  # else an earlier-defined queued task took the free slot first
                 assert self.in_flight[task].attempt == old.attempt + 1, f"{task} not re-run after the crash"
@@ -368,6 +373,55 @@ def test_random_runs_keep_every_scheduling_invariant(plan: Plan, data: st.DataOb
         if task.phase is not Phase.COMPENSATE and task.status is TaskStatus.FAILED and task.error is not None and task.error.retryable:
             budget = sim.specs[task.step].retry.max_retries
             assert sim.charged.get(task.id, 0) == budget + 1, f"{task.id} failed before its retries ran out"
+
+
+class Scripted:
+    """Stands in for Hypothesis' `data`: each draw takes the next scripted value, to replay a found case."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy: Any) -> Any:
+        return self.values.pop(0)
+
+
+def test_a_recovery_after_retry_times_passed_reissues_them_at_their_time_and_runs_them() -> None:
+    """The case Hypothesis found (a retry re-issued in the past). Given one slot, s0 and s2 failed retryably
+    (retries due at about 1.0 and 1.16) and the clock moved on to 1.4 while s3 ran, when the machine crashes
+    and recovers at 1.4, then it keeps both retry times (s2's has passed: a shell fires it at once), s0 takes
+    the slot, and the run still ends with every step in one terminal state."""
+    p = Pipeline("prop", max_concurrent_steps=1)
+    p.step("s0", fn=noop, max_retries=1, retry_delay=1.0)
+    p.step("s1", fn=noop, execution_mode=ExecutionMode.CONCURRENT, max_retries=0, retry_delay=0.5)
+    p.step("s2", fn=noop, execution_mode=ExecutionMode.CONCURRENT, max_retries=1, retry_delay=0.5)
+    p.step("s3", fn=noop, execution_mode=ExecutionMode.CONCURRENT, max_retries=0, retry_delay=0.5)
+    p.step("s4", fn=noop, max_retries=0, retry_delay=0.5)
+    script = Scripted()
+    sim = Simulator(p.plan(), script)  # type: ignore[arg-type]
+    sim.carry_out(sim.machine.start(sim.now))
+    script.values += ["s0", "retryable", 0.0]  # s0 fails: retry at ~1.0
+    script.values += ["s1", "succeed", 0.0, 0, 0, OUTPUTS[0]]  # s1 adds a step named s1: refused, fails
+    script.values += ["s2", "retryable", 0.7]  # s2 fails at 0.7: retry at ~1.16
+    script.values += ["s3", "succeed", 0.7, 1, OUTPUTS[0]]  # s3 ends at 1.4; s0's retry takes the slot
+    for _ in range(4):
+        sim.answer()
+    overdue = sim.machine.state.tasks["s2"].retry_at
+    assert overdue is not None and overdue < sim.now == 1.4
+
+    sim.crash_and_recover()
+
+    assert sim.timers.count(overdue) == 2  # set when s2 failed, and again by the recovery: the same time
+    while not sim.machine.finished:  # then everything else succeeds
+        if sim.in_flight:
+            script.values += [min(sim.in_flight), "succeed", 0.1, 1, OUTPUTS[0]]
+            sim.answer()
+        else:
+            sim.fire_timer()
+    state = sim.machine.state
+    assert {n: s.status for n, s in state.steps.items()} == {
+        "s0": StepStatus.COMPLETED, "s1": StepStatus.FAILED, "s2": StepStatus.COMPLETED,
+        "s3": StepStatus.COMPLETED, "s4": StepStatus.COMPLETED}
+    assert len(sim.finishes) == 1
 
 
 def _run_with_outcomes(plan: Plan, outcomes: dict[str, list[str]]) -> dict[str, Any]:

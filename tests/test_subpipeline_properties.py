@@ -39,12 +39,13 @@ from tagent_client.core.events import (
     Finish,
     ScheduleRetry,
     StepFailed,
+    StepInterrupted,
     StepSucceeded,
     StepTimedOut,
     TimerFired,
 )
 from tagent_client.core.result import PipelineResult
-from tagent_client.core.state import ErrorInfo, Phase, RunState, RunStatus, StepStatus
+from tagent_client.core.state import ErrorInfo, Phase, RunState, RunStatus, StepStatus, TaskStatus
 from tagent_client.define.plan import DependencyType, ExecutionMode, Plan, RetrySpec, StepKind, StepSpec
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,14 +123,18 @@ class Family:
             self.child_ended(run_id)
 
     def check_no_orphan(self) -> None:
-        """Every unfinished child's task is still live in the parent (queued, running or waiting to retry), unless
-        the child is rolling back: its compensations run to their end on their own, whoever waited for it."""
+        """Every unfinished child's task is still live in the parent (queued, running or waiting to retry) and its
+        current or next attempt is the one the child belongs to (a retry starts a child of its own), unless the
+        child is rolling back: its compensations run to their end on their own, whoever waited for it."""
         for child, task in self.links.items():
             if not self.machines[child].finished and self.machines[child].state.status is not RunStatus.ROLLING_BACK:
                 assert not self.parent.finished, f"child {child} outlived its parent"
                 state = self.parent.state.tasks.get(task)
                 assert state is not None and state.status.name not in ("CANCELLED", "FAILED", "SUCCEEDED"), (
                     f"child {child} runs for {task}, which no longer waits for it")
+                next_charged = state.attempt - state.interrupted + (state.status.name != "RUNNING")
+                assert child == child_run_id(PARENT, task, next_charged), (
+                    f"child {child} runs for {task}, whose attempt {state.attempt} ({state.status.name}) has another")
 
     def child_ended(self, child: str) -> None:
         waiter = self.ledger.ended(child)
@@ -270,3 +275,50 @@ def test_a_child_whose_task_was_cancelled_is_an_orphan_while_its_parent_goes_on(
 
     assert not machine.finished and may_orphan(actions)
     assert orphans(machine.state, live) == list(live)
+
+
+def parent_with_a_child_running() -> tuple[RunMachine, dict[str, str]]:
+    """A parent whose step `paid` (it has a compensation) completed and whose sub-pipeline task `sub` runs its
+    child (the child of its first charged attempt); returns the machine and {child id: task}."""
+    child = Pipeline("child")
+    child.step("x", fn=noop)
+    parent = Pipeline("parent", max_concurrent_steps=2)
+    parent.step("paid", fn=noop, compensate=noop, execution_mode=ExecutionMode.CONCURRENT)
+    parent.step("sub", pipeline=child, max_retries=2, execution_mode=ExecutionMode.CONCURRENT)
+    machine = RunMachine.new(parent.plan(), PARENT, rng=random.Random(0))
+    assert sorted(a.task for a in machine.start(0.0) if isinstance(a, Dispatch)) == ["paid", "sub"]
+    machine.handle(StepSucceeded(task="paid", attempt=1, output=None), 0.1)
+    live = {child_run_id(PARENT, "sub", 1): "sub"}
+    assert orphans(machine.state, live) == []
+    return machine, live
+
+
+def test_a_task_that_moves_on_to_a_retry_orphans_the_child_of_its_earlier_attempt() -> None:
+    """A case Hypothesis found. Given a sub-pipeline task whose child runs, and whose attempt re-run after a
+    crash (same charged attempt: it would re-attach) ends before re-attaching (it timed out)
+    When the task waits to retry (its retry is charged: it will start a child of its own)
+    Then `may_orphan` says so and `orphans` names the old child, which nobody will re-attach to."""
+    machine, live = parent_with_a_child_running()
+    machine.handle(StepInterrupted(task="sub", attempt=1, reason="crash"), 0.2)  # re-run at once, as attempt 2
+    assert machine.state.tasks["sub"].attempt == 2 and orphans(machine.state, live) == []
+
+    actions = machine.handle(StepTimedOut(task="sub", attempt=2, timeout=1.0), 0.3)
+
+    assert machine.state.tasks["sub"].status is TaskStatus.WAITING_RETRY
+    assert may_orphan(actions) and orphans(machine.state, live) == list(live)
+
+
+def test_a_cancel_that_rolls_the_parent_back_orphans_the_child_of_a_queued_task() -> None:
+    """A case Hypothesis found. Given a sub-pipeline task whose child runs and which is queued to re-run
+    (re-attach) after an interruption, and a completed step with a compensation
+    When the run is cancelled, so it rolls back (no Finish yet) and the queued task is cancelled (no CancelTask)
+    Then `may_orphan` says so and `orphans` names the child: it is cancelled now, not when the rollback ends."""
+    machine, live = parent_with_a_child_running()
+    machine.hold()  # (the daemon is stopping: the interrupted attempt stays queued)
+    machine.handle(StepInterrupted(task="sub", attempt=1, reason="crash"), 0.2)
+    assert machine.state.tasks["sub"].status is TaskStatus.QUEUED and orphans(machine.state, live) == []
+
+    actions = machine.handle(Cancelled(reason="user"), 0.3)
+
+    assert machine.state.status is RunStatus.ROLLING_BACK and not any(isinstance(a, (Finish, CancelTask)) for a in actions)
+    assert may_orphan(actions) and orphans(machine.state, live) == list(live)

@@ -131,22 +131,35 @@ class ChildLedger:
         return self._by_child.pop(child_id, None)
 
 
-#: What may leave a child without anyone to report to: a cancelled task, a failed step, the run's end.
+#: What may leave a child without anyone to report to: a cancelled task, a failed step, the run's end, an
+#: attempt that failed and waits to retry (the retry starts a new child), or a cancelled or failed run that
+#: rolls back first (its queued and waiting tasks are cancelled with no CancelTask; Finish comes at the end).
 _ORPHANING = (CancelTask, Finish)
+_ORPHANING_TOPICS = ("step.failed", "step.retrying", "run.rolling_back")
 
 
 def may_orphan(actions: list[Action]) -> bool:
     """Whether `actions` of a parent run may have left one of its children waited for by nobody."""
-    return any(isinstance(a, _ORPHANING) or (isinstance(a, Emit) and a.topic == "step.failed") for a in actions)
+    return any(isinstance(a, _ORPHANING) or (isinstance(a, Emit) and a.topic in _ORPHANING_TOPICS) for a in actions)
+
+
+def awaited_child(parent_id: str, task: TaskState) -> str | None:
+    """The child run `task` waits for (running) or will re-attach to or start (queued, waiting to retry); None
+    when it has ended. A re-run after a crash keeps the charged attempt, so the same child; a retry does not."""
+    if task.status is TaskStatus.RUNNING:
+        return child_run_id(parent_id, task.id, charged_attempt(task))
+    if task.status in (TaskStatus.QUEUED, TaskStatus.WAITING_RETRY):
+        return child_run_id(parent_id, task.id, task.attempt + 1 - task.interrupted)
+    return None
 
 
 def orphans(parent: RunState, live_children: Mapping[str, str]) -> list[str]:
     """Of the parent's unfinished children (child id -> its task), those nobody waits for: the parent has
-    finished, or the child's task is no longer queued, running or waiting to retry (it was cancelled).
+    finished, or the child's task has ended (succeeded, failed, cancelled) or moved on to a retry, which
+    starts a child of its own.
 
     Works from the durable state only, so it also finds a child the crashed shell had not re-attached yet."""
     if parent.status.finished:
         return list(live_children)
-    waiting = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_RETRY)
     return [child for child, task in live_children.items()
-            if (state := parent.tasks.get(task)) is None or state.status not in waiting]
+            if (state := parent.tasks.get(task)) is None or awaited_child(parent.run_id, state) != child]
