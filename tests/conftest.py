@@ -112,8 +112,15 @@ class DaemonProcess:
         return self
 
     def _workers_ready(self) -> bool:
-        with self.client(timeout=5.0) as c:
-            workers = c.daemon_status().workers
+        """Whether every worker is ready; a status call slow to answer (a busy daemon) is "not yet", not a failure:
+        `start`'s own deadline decides."""
+        from tagent_client.errors import TagentError
+
+        try:
+            with self.client(timeout=5.0) as c:
+                workers = c.daemon_status().workers
+        except TagentError:
+            return False
         return len(workers) == self.workers and all(w.state == "ready" for w in workers)
 
     def _answers(self) -> bool:
