@@ -20,7 +20,6 @@ one warm-up. `child_run_ms` = (children - inline) / N is what one child run adds
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,7 +34,7 @@ for _p in (str(REPO), str(REPO / "client"), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import CLEANUP, enable_bytecode_cache, entry, repeat, run_facts, running_daemon, say  # noqa: E402
+from daemon import CLEANUP, enable_bytecode_cache, entry, repeat, report, running_daemon, say  # noqa: E402
 
 RESULT_FILE = BENCH / "results" / "compose-latest.json"
 
@@ -103,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         out["added_step_ms"] = round((out["added_ms"] - out["inline_ms"]) / items, 2)
     finally:
         CLEANUP.run()
-    out.update(run_facts(load_before, started, args.quick))
-    line = json.dumps(out)
-    print(line)
-    if not args.quick:
-        RESULT_FILE.parent.mkdir(exist_ok=True)
-        RESULT_FILE.write_text(line + "\n")
+    report(out, load_before, started, args.quick, RESULT_FILE)
     return 0
 
 

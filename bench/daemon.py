@@ -748,6 +748,16 @@ def run_facts(load_before: float, started: float, quick: bool) -> dict[str, Any]
     }
 
 
+def report(out: dict[str, Any], load_before: float, started: float, quick: bool, result_file: Path) -> None:
+    """Print a bench script's one JSON line (with `run_facts`) and, for a full run, save it to `result_file`."""
+    out.update(run_facts(load_before, started, quick))
+    line = json.dumps(out)
+    print(line)
+    if not quick:
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(line + "\n")
+
+
 def entry(main_fn: Callable[[], int]) -> None:
     """Run a bench script's main; Ctrl-C still stops every daemon it started (CLEANUP runs in main's finally)."""
     try:

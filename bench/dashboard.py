@@ -14,7 +14,6 @@ clock). Prints one JSON line: steps/s without and with the dashboard (medians) a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ for _p in (str(BENCH), str(REPO), str(REPO / "client")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import CLEANUP, FANOUT_WIDTH, enable_bytecode_cache, entry, run_facts, running_daemon, say  # noqa: E402
+from daemon import CLEANUP, FANOUT_WIDTH, enable_bytecode_cache, entry, report, running_daemon, say  # noqa: E402
 
 from tagent_client.client.sync import Client  # noqa: E402
 
@@ -117,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                    runs={k: [round(v, 1) for v in vs] for k, vs in rates.items()})
     finally:
         CLEANUP.run()
-    out.update(run_facts(load_before, started, args.quick))
-    line = json.dumps(out)
-    print(line)
-    if not args.quick:
-        RESULT_FILE.parent.mkdir(exist_ok=True)
-        RESULT_FILE.write_text(line + "\n")
+    report(out, load_before, started, args.quick, RESULT_FILE)
     return 0
 
 

@@ -20,7 +20,6 @@ every daemon and the cluster are stopped at the end, also on an error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ from daemon import (  # noqa: E402
     measure_chain,
     measure_fanout,
     measure_io,
-    run_facts,
+    report,
     running_daemon,
     say,
     write_pipelines,
@@ -123,12 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             out[f"ray_over_local_{key}"] = round(out[f"ray_{key}"] / out[f"local_{key}"], 2)
     finally:
         CLEANUP.run()
-    out.update(run_facts(load_before, started, args.quick))
-    line = json.dumps(out)
-    print(line)
-    if not args.quick:
-        RESULT_FILE.parent.mkdir(exist_ok=True)
-        RESULT_FILE.write_text(line + "\n")
+    report(out, load_before, started, args.quick, RESULT_FILE)
     return 0
 
 
