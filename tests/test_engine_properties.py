@@ -305,16 +305,10 @@ class Simulator:
                 moves.append("cancel")
             assert self.in_flight or self.timers, "the run is stuck: nothing in flight, no timer, not finished"
             move = self.data.draw(st.sampled_from(moves))
-            if move == "answer":
-                self.answer()
-            elif move == "timer":
-                self.fire_timer()
-            elif move == "redeliver":
-                self.redeliver()
-            elif move == "crash":
-                self.crash_and_recover()
-            elif move == "interrupt":
-                self.interrupt()
+            actions = {"answer": self.answer, "timer": self.fire_timer, "redeliver": self.redeliver,
+                       "crash": self.crash_and_recover, "interrupt": self.interrupt}
+            if move in actions:
+                actions[move]()
             elif self.data.draw(st.integers(0, 9)) == 0:
                 self.cancelled = True
                 self.handle(Cancelled())
