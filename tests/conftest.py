@@ -75,6 +75,15 @@ def processes_using(root: Path) -> list[int]:
     return found
 
 
+@pytest.fixture
+def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
+    """After the test, every daemon, worker and CLI it started under its temp dir has exited (waited for, 10 s at
+    most). Modules take it with `pytest.mark.usefixtures("no_process_left_behind")`: set up before the test's own
+    fixtures (`make_daemon`), so torn down after them."""
+    yield
+    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
+
+
 class DaemonProcess:
     """A real `tagentd start --foreground` in its own runtime/state dirs, driven by tests."""
 

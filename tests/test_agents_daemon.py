@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, DaemonProcess, processes_using, wait_until, write_pipeline
+from conftest import REPO, DaemonProcess, write_pipeline
 from openai_server import Reply, ScriptedServer, final_for
 
 from tagent_client import TokenUsage
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_process_left_behind")]
 
 SECRET = "sk-daemon-test-5e8d2a91"
 RESEARCH = REPO / "pipelines" / "examples" / "research.py"
@@ -51,11 +51,6 @@ FIND = """
                   tools_filter=["lookup"], retry_delay=0.05)
 """
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 @pytest.fixture

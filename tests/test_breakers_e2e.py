@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DaemonProcess, processes_using, wait_until, write_pipeline
+from conftest import DaemonProcess, wait_until, write_pipeline
 from openai_server import Reply, ScriptedServer
 
 from tagent_client import Pipeline
 from tagent_client.run.local import run_pipeline
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_process_left_behind")]
 
 COOLDOWN = 4.0  # how long the endpoint's breaker stays open; the tests hold at any machine speed
 
@@ -57,11 +57,6 @@ PAY = """
         return "charged"
 """
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 @pytest.fixture

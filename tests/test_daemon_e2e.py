@@ -25,7 +25,7 @@ from tagent_client.client.sync import Client
 from tagent_client.errors import exit_code_for
 from tagent_client.wire.paths import CONTROL_SOCKET, EVENTS_SOCKET, PIDFILE, WORKERS_SOCKET
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_process_left_behind")]
 
 RESEARCH = REPO / "pipelines" / "examples" / "research.py"
 RUN_ID = re.compile(r"^[0-9a-z]{8,32}$")
@@ -69,12 +69,6 @@ def worker_states(daemon: DaemonProcess) -> list[tuple[int, str]]:
     info = as_json(daemon.admin("status", "--json"))
     return [(w["pid"], w["state"]) for w in info["workers"]]
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    """Set up before `make_daemon`, so torn down after it: every daemon, worker and CLI of the test has exited."""
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 # -- the CLI, start to stop -------------------------------------------------------------------------

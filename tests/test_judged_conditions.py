@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import DaemonProcess, processes_using, wait_until, write_pipeline
+from conftest import DaemonProcess, wait_until, write_pipeline
 from openai_server import Reply, ScriptedServer, Seen
 
 from tagent_client import ExecutionMode, Pipeline, PipelineResult, run_agent, run_pipeline
@@ -33,7 +33,7 @@ from tagent_client.run.context import StepContext
 from tagent_client.run.runners.judge import EVIDENCE_CHARS, evidence
 from tagent_client.run.services import LocalServices
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_process_left_behind")]
 
 CONSTRAINT = "Only if the research shows a market gap"
 LAUNCH = f"""
@@ -69,11 +69,6 @@ def answering(decision: bool, reason: str) -> Callable[[Seen], Reply]:
         return Reply.say("demand is strong")
     return respond
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 @pytest.fixture

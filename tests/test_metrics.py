@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, DaemonProcess, processes_using, wait_until, write_pipeline
+from conftest import REPO, DaemonProcess, wait_until, write_pipeline
 from openai_server import ScriptedServer, final_for
 from prometheus_client.parser import text_string_to_metric_families
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.usefixtures("no_process_left_behind")]
 
 RESEARCH = REPO / "pipelines" / "examples" / "research.py"
 MiB = 1 << 20
@@ -74,11 +74,6 @@ FIND = """
     pipeline.step("find", goal="Find the founding year", output_schema=Company, model="local:llama3")
 """
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 @pytest.fixture

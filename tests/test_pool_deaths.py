@@ -12,11 +12,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, pid_alive, processes_using, wait_until, write_pipeline
+from conftest import DaemonProcess, pid_alive, wait_until, write_pipeline
 
 from tagent_client.core.events import Dispatch, StepFailed, StepInterrupted, StepTimedOut, WorkerLost
 from tagent_client.core.state import Phase
@@ -24,7 +24,7 @@ from tagentd.executor.deaths import Cause, DeathLedger, how_it_ended
 from tagentd.executor.interface import PipelineCode, StepAttempt
 from tagentd.executor.queues import DispatchQueues
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("no_process_left_behind")]
 
 
 # -- the rules, in process ---------------------------------------------------------------------------------------
@@ -189,12 +189,6 @@ class Effects:
     def of(self, task: str) -> list[tuple[str, int, int, float, float]]:
         return [row for row in self.rows() if row[0] == task]
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    """Set up before `make_daemon`, so torn down after it: every daemon and worker of the test has exited."""
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 def submit(daemon: DaemonProcess, path: Path, effects: Effects, **params: object) -> str:

@@ -29,12 +29,12 @@ from types import ModuleType
 
 import msgspec
 import pytest
-from conftest import REPO, DaemonProcess, processes_using, wait_until, write_pipeline
+from conftest import REPO, DaemonProcess, write_pipeline
 from openai_server import Reply, ScriptedServer, tagent_phase, tagent_script, tagent_task
 
 from tagent_client import TokenUsage, run_agent
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("no_process_left_behind")]
 
 GUARD_DIR = REPO / "tests" / "network_guard"
 API_KEY = "sk-tagent-test"
@@ -139,11 +139,6 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
         monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
         yield s
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 def load_pipeline_module(path: Path) -> ModuleType:

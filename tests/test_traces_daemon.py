@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonProcess, processes_using, wait_until, write_pipeline
+from conftest import DaemonProcess, wait_until, write_pipeline
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 from tagent_client.client.sync import Client
 from tagent_client.errors import ConfigError
 from tagentd.settings.config import load_settings
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_process_left_behind")]
 
 TRACED = """
     from tagent_client import Pipeline, StepContext
@@ -61,11 +61,6 @@ MODULES = """
         return sorted(m for m in sys.modules if m.startswith("opentelemetry") or m.startswith("google.protobuf"))
 """
 
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
-    yield
-    wait_until(lambda: not processes_using(tmp_path), 10, what=f"processes of {tmp_path} to exit")
 
 
 @pytest.fixture
