@@ -16,7 +16,6 @@ bench/README.md explains the keys and targets.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -27,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_daemon", BENCH / "daemon.py")
-assert _spec is not None and _spec.loader is not None
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)  # shares its helpers: Cleanup, running_daemon, the bytecode cache
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, running_daemon, the bytecode cache)
 
 from tagentd.plumbing.lock import is_locked  # noqa: E402
 

@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_daemon", BENCH / "daemon.py")
-assert _spec is not None and _spec.loader is not None
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)  # shares its helpers: Cleanup, BenchDaemon, the workload pipelines
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, BenchDaemon, the workload pipelines)
 
 say, CLEANUP, median = base.say, base.CLEANUP, base.median
 CHAIN, WIDTH, WAITS, WAIT_S = base.CHAIN_STEPS, base.FANOUT_WIDTH, base.IO_STEPS, base.IO_SLEEP

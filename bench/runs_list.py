@@ -21,19 +21,18 @@ Prints ONE JSON line (progress on stderr) with both sizes and `cli_ratio` = larg
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_daemon", BENCH / "daemon.py")
-assert _spec is not None and _spec.loader is not None
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)  # shares its helpers: Cleanup, BenchDaemon, /proc readers, generate_state
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, BenchDaemon, /proc readers, generate_state)
 
 say, CLEANUP, median = base.say, base.CLEANUP, base.median
 

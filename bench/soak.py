@@ -19,19 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_daemon", BENCH / "daemon.py")
-assert _spec is not None and _spec.loader is not None
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)  # shares its helpers: Cleanup, running_daemon, /proc readers
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, running_daemon, /proc readers)
 
 from tagent_client.client.aio import AsyncClient  # noqa: E402
 

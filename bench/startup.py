@@ -24,7 +24,6 @@ key's ratio this/other. bench/README.md explains the numbers.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -35,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("bench_daemon", BENCH / "daemon.py")
-assert _spec is not None and _spec.loader is not None
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)  # shares its helpers: Cleanup, BenchDaemon, /proc readers, generate_state
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, BenchDaemon, /proc readers, generate_state)
 
 from tagent_client.client.sync import Client  # noqa: E402
 
