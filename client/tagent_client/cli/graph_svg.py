@@ -120,7 +120,8 @@ def _outline(kind: str, x: float, y: float, w: float, h: float, inset: float) ->
         points = [(x + inset, y), (x + w - inset, y), (x + w, y + h / 2), (x + w - inset, y + h), (x + inset, y + h),
                   (x, y + h / 2)]
         return f'<polygon class="shape" points="{" ".join(f"{_num(a)},{_num(b)}" for a, b in points)}"/>'
-    radius = 14.0 if kind == StepKind.AGENT.value else 3.0
+    # An agent's corners scale with its height (at most 14), so the legend's small icon stays a rounded box.
+    radius = min(14.0, h * 0.28) if kind == StepKind.AGENT.value else 3.0
     rect = (f'<rect class="shape" x="{_num(x)}" y="{_num(y)}" width="{_num(w)}" height="{_num(h)}" '
             f'rx="{_num(radius)}"/>')
     if kind == StepKind.PIPELINE.value:
