@@ -12,8 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reaper import mark_children, reap_orphans
 
 REPO = Path(__file__).resolve().parent.parent
+
+mark_children()  # every daemon, worker and CLI a test starts carries this process's identity (tests/reaper.py)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before the first test: end what a killed earlier session left running (never another live session's)."""
+    if hasattr(session.config, "workerinput"):
+        return  # xdist workers: the controller reaps once
+    reaped = reap_orphans()
+    if reaped:
+        print(f"\nreaped {len(reaped)} process(es) left by a killed test session: {reaped}", file=sys.stderr)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
