@@ -194,8 +194,39 @@ def test_watch_shows_a_files_error_without_repeating_its_path(make_daemon: Calla
     shown = daemon.cli("watch").stdout
     # Then the file's row names it once, and its DETAIL is only the line and the reason
     header, row = next((h, r) for h, r in zip(shown.splitlines(), shown.splitlines()[1:]) if r.startswith("broken."))
-    detail = row[header.index("DETAIL"):header.index("WHEN")].strip()
+    detail = row[header.index("DETAIL"):].strip()
     assert detail == "line 2: not valid JSON: Expecting value" and str(inbox) not in row, shown
+
+
+def test_watch_rows_fit_80_columns_beside_a_long_error(make_daemon: Callable[..., DaemonProcess],
+                                                        tmp_path: Path) -> None:
+    # Given a watched folder with a file whose error is long (a goal-only .toml without a model)
+    # and a file that started a run
+    daemon, inbox = watching(make_daemon, tmp_path)
+    dropped(daemon, inbox / "summary.toml", 'name = "summary"\n\n[[steps]]\nname = "summarize"\ngoal = "Summarize"\n')
+    started = inbox / "hello.py"
+    started.write_text(HELLO)
+    started.chmod(0o600)
+    with daemon.client() as client:
+        wait_until(lambda: any(f.path == str(started) and f.status == "started" for f in client.watch().files), 20,
+                   what="hello.py to start a run")
+    # When the watched folders are shown
+    shown = daemon.cli("watch").stdout.splitlines()
+    # Then the header and the started file's row fit 80 columns: the long error widens only its own row
+    header = next(line for line in shown if line.startswith("FILE"))
+    row = next(line for line in shown if line.startswith("hello.py"))
+    assert header.endswith("DETAIL") and len(header) <= 80 and len(row) <= 80, "\n".join(shown)
+
+
+HELLO = """
+from tagent_client import Pipeline
+
+pipeline = Pipeline("hello")
+
+@pipeline.task(final=True)
+def hello(ctx):
+    return "hi"
+"""
 
 
 def test_a_dropped_file_without_a_model_is_told_how_to_give_it_one(make_daemon: Callable[..., DaemonProcess],

@@ -149,7 +149,10 @@ def history_table(entries: Sequence[Mapping[str, Any]]) -> str:
 
 
 def watch_view(info: WatchInfo, now: float) -> str:
-    """The watched folders, then one line per known file: name, short hash, status, detail, when."""
+    """The watched folders, then one line per known file: name, short hash, status, when, detail.
+
+    DETAIL comes last and is not padded, so one file's long error does not widen every other row
+    past an 80-column terminal."""
     lines = ["watched folders:"]
     for folder in info.folders:
         note = f" ({folder.message})" if folder.message and folder.status != "watching" else ""
@@ -163,8 +166,8 @@ def watch_view(info: WatchInfo, now: float) -> str:
             detail = f"run {f.run_id}" if f.run_id else without_path(f.message or "", f.path)
             if f.path in info.settling and f.status != "loading":
                 detail = f"{detail}; a newer version is settling" if detail else "settling"
-            rows.append((name, (f.hash or "-")[:12], f.status, detail, f"{age(now - f.at)} ago"))
-        lines += ["", table(("FILE", "HASH", "STATUS", "DETAIL", "WHEN"), rows)]
+            rows.append((name, (f.hash or "-")[:12], f.status, f"{age(now - f.at)} ago", detail))
+        lines += ["", table(("FILE", "HASH", "STATUS", "WHEN", "DETAIL"), rows)]
     else:
         lines += ["", "no pipeline files yet: drop a .py, .toml or .json pipeline into a watched folder"]
     waiting = [path for path in info.settling if path not in {f.path for f in info.files}]
