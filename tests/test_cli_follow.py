@@ -8,6 +8,7 @@ and log lines scroll above it; anywhere else each is one plain line among the ev
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import pty
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
+
+from tagent_client import Pipeline, run_pipeline
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,3 +130,44 @@ def test_follow_on_a_terminal_shows_the_progress_note_on_the_steps_line_and_log_
     logged = next(i for i, line in enumerate(lines) if line.endswith("INFO    work: fetching the feed"))
     assert "run " in lines[logged + 1] and " of story:" in lines[logged + 1], lines[logged:logged + 3]
     assert code == 0, out.text
+
+
+NOTES = """
+from tagent_client import Pipeline
+
+pipeline = Pipeline("notes")
+
+@pipeline.task(final=True)
+def work(ctx):
+    ctx.progress("fetching the feed")  # a note alone, as a new user writes it first
+    ctx.progress(1, "all fetched")
+    return "done"
+"""
+
+
+def test_a_note_alone_and_an_integer_fraction_reach_the_follower(daemon: DaemonProcess, tmp_path: Path) -> None:
+    # Given a step that reports a note without a fraction, then an int fraction (they used to be dropped by the
+    # daemon as a bad worker message: only its log said so)
+    path = write_pipeline(tmp_path, "notes.py", NOTES)
+    # When it is submitted with --follow and stdout is a pipe
+    done = daemon.cli("submit", str(path), "--follow")
+    # Then both notes are among the event lines
+    assert done.returncode == 0, done
+    lines = done.stdout.splitlines()
+    assert any(line.endswith("step.progress work: fetching the feed") for line in lines), done.stdout
+    assert any(line.endswith("step.progress work 100%: all fetched") for line in lines), done.stdout
+
+
+def test_a_fraction_that_is_not_a_number_fails_the_step_saying_so() -> None:
+    # Given a step that passes a list as the fraction
+    pipeline = Pipeline("bad_note")
+
+    @pipeline.task(final=True, max_retries=0)
+    def work(ctx):  # noqa: ANN001, ANN202
+        ctx.progress([1, 2], "half")
+
+    # When it runs in-process / Then the step fails with a TypeError that says what progress() takes
+    result = asyncio.run(run_pipeline(pipeline))
+    assert result.status == "failed"
+    error = str(result.step_metadata["work"]["error"])
+    assert "TypeError" in error and "fraction must be a number" in error, error

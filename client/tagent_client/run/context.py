@@ -7,6 +7,7 @@ behind it differ (`services.LocalServices` in-process, a daemon-backed one in th
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -164,8 +165,22 @@ class StepContext(BrokerAbilities, DependencyAbilities):
         """
         return StepBreaker(self._services.breakers, name, ignore)
 
-    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
-        """Report progress (best effort: shown by `--follow`, never stored)."""
+    def progress(self, fraction: float | str | None = None, message: str | None = None) -> None:
+        """Report progress (best effort: shown by `--follow`, never stored): `ctx.progress(0.5, "half done")`,
+        `ctx.progress(0.5)`, or a note alone, `ctx.progress("fetching the feed")`.
+
+        Raises TypeError when `fraction` is not a number or `message` not a string: such a note could not
+        reach the daemon, and nothing would say so.
+        """
+        if isinstance(fraction, str) and message is None:
+            fraction, message = None, fraction
+        if fraction is not None:
+            if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+                raise TypeError(f"ctx.progress(fraction, message): fraction must be a number (0.5 for half done) "
+                                f"or None, not {fraction!r}")
+            fraction = float(fraction)
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"ctx.progress(fraction, message): message must be a string, not {message!r}")
         self._services.progress(self.run_id, self.step_name, fraction, message)
 
     def __repr__(self) -> str:
