@@ -118,6 +118,39 @@ def test_no_command_loads_heavy_modules_it_does_not_need(daemon: DaemonProcess, 
                           "them, or list them in COMMANDS):\n  " + "\n  ".join(problems))
 
 
+#: The commands with a start-time target (issue 11, finding 2: <= 3x a bare start) and what they may load beyond
+#: FLOOR, the imports every command that talks to the daemon needs, besides the client's own modules.
+TARGETED = [["runs"], ["status", "{run}"], ["logs", "{run}"], ["send", "{pipeline}", '{"n": 2}']]
+FLOOR = "import click, msgspec, zmq"
+BEYOND_FLOOR = {"gc", "copy", "dataclasses", "locale", "_locale"}  # gc: built in, the console scripts' start
+
+
+def test_targeted_commands_load_little_beyond_click_msgspec_and_zmq(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Small standard modules add up too: templates (difflib, shutil) and pipeline loading (hashlib,
+    traceback) once crept into every command this way, ~10% of `tagent runs`."""
+    # Given a daemon with one finished run, and what importing click, msgspec and zmq alone loads
+    path = write_pipeline(tmp_path, "imports_check.py", PIPELINE)
+    with daemon.client() as client:
+        run_id = client.submit(path).id
+        client.wait(run_id, timeout=30)
+    floor = tmp_path / "floor.txt"
+    subprocess.run([sys.executable, "-c", f"{FLOOR}\nimport sys\nopen({str(floor)!r}, 'w').write('\\n'.join(sys.modules))"],
+                   check=True, timeout=60)
+    floor_modules = set(floor.read_text().split())
+    # When each targeted command runs to its end
+    problems = []
+    for index, template in enumerate(TARGETED):
+        args = [{"{run}": run_id, "{pipeline}": "imports_check"}.get(arg, arg) for arg in template]
+        modules = loaded_modules(daemon, "tagent", args, tmp_path / f"targeted-{index}.txt")
+        extra = sorted(m for m in modules - floor_modules - BEYOND_FLOOR
+                       if m != "tagent_client" and not m.startswith("tagent_client."))
+        if extra:
+            problems.append(f"'tagent {' '.join(template)}' loaded {', '.join(extra)}")
+    # Then each loaded nothing beyond the floor but the client's modules and the few listed
+    assert not problems, ("commands with a start-time target loaded more than they need (import it on the path "
+                          "that needs it):\n  " + "\n  ".join(problems))
+
+
 def test_tagent_ui_loads_neither_the_web_server_nor_anything_heavy(make_daemon: Any, tmp_path: Path) -> None:
     # Given a daemon serving the dashboard
     daemon = make_daemon(workers=1, extra=["--web"]).start()

@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-from ..define.conditions import condition_from_data
 from ..define.plan import DependencyType, Plan, StepKind, StepSpec
 
 __all__ = ["FORMATS", "condition_text", "layers", "render", "to_dot", "to_mermaid", "to_text"]
@@ -39,6 +38,8 @@ DOT_STYLES = {DependencyType.HARD: "solid", DependencyType.SOFT: "dashed", Depen
 def condition_text(spec: StepSpec) -> str | None:
     """The step's condition as a person reads it, or None when it has none."""
     if spec.condition is not None:
+        from ..define.conditions import condition_from_data  # noqa: PLC0415 - only a graph with conditions needs it
+
         try:
             return condition_from_data(spec.condition).describe()
         except ValueError:

@@ -20,7 +20,6 @@ from ..core.result import PipelineResult, to_builtins
 from ..core.state import RunStatus
 from ..errors import InvalidRequest, exit_code_for
 from .common import Session, emit_json, json_option, pass_session
-from .failures import diagnose, render
 from .render import (
     child_runs,
     history_table,
@@ -218,6 +217,8 @@ def why(session: Session, run_id: str, full: bool, as_json: bool) -> None:
     while batch := client.events(detail.run_id, after=after).events:
         events += batch
         after = batch[-1].seq
+    from .failures import diagnose, render  # noqa: PLC0415 - only this command needs them (tests/test_cli_imports.py)
+
     diagnosis = diagnose(detail, events)
     if as_json:
         emit_json(diagnosis.to_dict())

@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from ..define.templates import copy_template, find_template, list_templates
 from .common import emit_json, json_option
 
 
@@ -34,6 +33,8 @@ def templates(as_json: bool) -> None:
 
     Start a pipeline file from one with 'tagent new FILE --template NAME'.
     """
+    from ..define.templates import list_templates  # noqa: PLC0415 - only this command needs it (difflib, shutil)
+
     found = list_templates()
     if as_json:
         emit_json([t.to_dict() for t in found])
@@ -51,6 +52,8 @@ def templates(as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
 def new(file: Path, name: str, force: bool) -> None:
     """Start a pipeline file FILE from a template (and copy its sample data next to it); prints what to do next."""
+    from ..define.templates import copy_template, find_template  # noqa: PLC0415 - only this command needs them
+
     template = find_template(name)
     copied = copy_template(template, file, force=force)
     shown = os.path.relpath(copied.file) if not file.is_absolute() else str(copied.file)

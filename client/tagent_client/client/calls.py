@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from ..core.result import PipelineResult, to_builtins
-from ..define.loading import split_spec
 from ..errors import InvalidRequest, PipelineLoadError, ProtocolError, RequestTimeout
 from ..wire import protocol
 from ..wire.protocol import EventBatch, LogBatch, RunDetail, RunSummary, SubmitResult
@@ -136,6 +135,8 @@ def _handle(result: Any) -> RunHandle:
 def submit(path_or_spec: str | os.PathLike[str], params: Mapping[str, Any] | None, target: str | None,
            model: str | None, run: bool, idempotency_key: str | None, load_timeout: float) -> Call[RunHandle]:
     """A submit that waits as long as the daemon may take to import the file, under one idempotency key."""
+    from ..define.loading import split_spec  # noqa: PLC0415 - only a submit needs it; see tests/test_cli_imports.py
+
     path, spec_target = split_spec(os.fspath(path_or_spec))
     file = Path(path).expanduser().resolve()
     try:
