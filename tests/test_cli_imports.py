@@ -182,3 +182,18 @@ def test_a_console_script_loads_its_program_with_collection_off_and_runs_it_with
     import probe_program
 
     assert probe_program.LOADING is False and probe_program.RUNNING == [True] and gc.isenabled()
+
+
+def test_ctrl_c_while_a_command_loads_ends_it_quietly_with_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a program whose import is interrupted by Ctrl-C (as `tagent` is when Ctrl-C comes in its first 0.1 s,
+    # e.g. in `make demo`)
+    (tmp_path / "interrupted_program.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # When the console scripts' start loads it
+    with pytest.raises(SystemExit) as ended:
+        try:
+            start("interrupted_program")
+        finally:
+            gc.unfreeze()
+    # Then it ends with the status of an interrupted command, not with a KeyboardInterrupt traceback
+    assert ended.value.code == 130

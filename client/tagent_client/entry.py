@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import gc
 import importlib
+import sys
+
+#: Exit status of a command stopped by Ctrl-C while it loads: 128 + SIGINT, as once it runs (cli/common.py).
+EXIT_INTERRUPTED = 130
 
 
 def start(module: str) -> None:
-    """Import `module` with collection off, freeze what is loaded, turn collection back on, run its main()."""
+    """Import `module` with collection off, freeze what is loaded, turn collection back on, run its main().
+
+    Ctrl-C while the program loads (most of a short command's life) ends it with status 130 and no
+    traceback of the import machinery, as it does once the command runs.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         program = importlib.import_module(module)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         gc.freeze()
         if was_enabled:
