@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import os
 import pty
 import struct
@@ -23,6 +24,8 @@ import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
 from tagent_client import Pipeline, run_pipeline
+from tagent_client.cli.live import LiveView, StepBoard
+from tagent_client.wire.protocol import EventRecord, LogRecord
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,8 +110,10 @@ def test_follow_without_a_terminal_prints_progress_notes_and_log_lines_as_event_
     assert any(line.endswith("step.log work INFO: fetching the feed") for line in lines), out.text
     started = next(i for i, line in enumerate(lines) if "step.started work" in line)
     noted = next(i for i, line in enumerate(lines) if "step.progress work" in line)
+    logged = next(i for i, line in enumerate(lines) if "step.log work" in line)
     ended = next(i for i, line in enumerate(lines) if "step.completed work" in line)
     assert started < noted < ended, out.text  # in time order among the run's events
+    assert started < logged < ended, out.text  # the step's log line too, whatever the worker's clock said
     assert code == 0, out.text
 
 
@@ -171,3 +176,19 @@ def test_a_fraction_that_is_not_a_number_fails_the_step_saying_so() -> None:
     assert result.status == "failed"
     error = str(result.step_metadata["work"]["error"])
     assert "TypeError" in error and "fraction must be a number" in error, error
+
+
+def test_a_log_line_stamped_before_its_steps_start_event_is_shown_after_it() -> None:
+    # Given a follower's view of a run whose step logged at 10.0, a moment before the daemon recorded its start
+    out = io.StringIO()
+    view = LiveView(StepBoard("r1", "p", ["work"]), out=out, tty=False)
+    early = LogRecord(seq=1, ts=10.0, step="work", level="INFO", message="fetching the feed")
+    # When the log line comes before the events that start the step, then with them
+    view.update([], [early])
+    held = out.getvalue()
+    view.update([EventRecord(seq=1, ts=10.1, topic="run.started", data={}),
+                 EventRecord(seq=2, ts=10.2, topic="step.started", data={"step": "work", "attempt": 1})], [])
+    # Then the line waited for them and follows them
+    assert held == ""
+    assert [line.split(" ", 1)[1] for line in out.getvalue().splitlines()] == [
+        "run.started", "step.started work (attempt 1)", "step.log work INFO: fetching the feed"]

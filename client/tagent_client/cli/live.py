@@ -168,28 +168,50 @@ class LiveView:
         self.tty = is_terminal(self.out) if tty is None else tty
         self.symbols = SYMBOLS if _encodable(self.out, "".join(SYMBOLS.values())) else ASCII_SYMBOLS
         self._drawn = 0
+        self._held: list[LogRecord] = []
 
     def update(self, records: Sequence[EventRecord], lines: Sequence[LogRecord] = ()) -> None:
         """Apply new events and progress notes (in time order) and show new log lines.
 
         On a terminal the log lines are printed above the board, which is then redrawn (also with
-        nothing new: running durations tick); elsewhere every event, note and log line is one line.
+        nothing new: running durations tick); elsewhere every event, note and log line is one line,
+        and a step's log line never comes before the event that says the step started.
         """
         for record in records:
             self.board.apply(record)
         if self.tty:
             self._redraw([log_line(line) for line in lines])
         else:
-            shown = [(r.ts, event_line(r)) for r in records] + [(line.ts, log_event_line(line)) for line in lines]
+            shown = [(r.ts, event_line(r)) for r in records] + self._after_start([*self._held, *lines])
             for _, text in sorted(shown, key=lambda item: item[0]):
                 self.out.write(text + "\n")
         self.out.flush()
 
+    def _after_start(self, lines: Sequence[LogRecord]) -> list[tuple[float, str]]:
+        """(when, text) of the log lines whose step has started, none before its start; the others are held.
+
+        A worker stamps a log line when the step logs it, the daemon its step.started event when it records
+        it, which can be a little later: by time alone the line would come first.
+        """
+        shown, self._held = [], []
+        for line in lines:
+            row = self.board.rows.get(line.step)
+            if row is not None and row.started_at is None:
+                self._held.append(line)
+            else:
+                start = row.started_at if row is not None and row.started_at is not None else line.ts
+                shown.append((max(line.ts, start), log_event_line(line)))
+        return shown
+
     def finish(self, status: str, metadata: Mapping[str, Mapping[str, Any]]) -> None:
+        if not self.tty and self._held:  # a step whose started event was never seen: its lines still show
+            for line in self._held:
+                self.out.write(log_event_line(line) + "\n")
+            self._held = []
         self.board.settle(status, metadata)
         if self.tty:
             self._redraw()
-            self.out.flush()
+        self.out.flush()
 
     def _redraw(self, above: Sequence[str] = ()) -> None:
         size = shutil.get_terminal_size((100, 24))
