@@ -23,7 +23,8 @@ from tagent_client.entry import start
 
 pytestmark = pytest.mark.timeout(120)
 
-HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.settings.config", "grandalf", "starlette", "uvicorn")
+HEAVY = ("pydantic", "pydantic_ai", "asyncio", "tagentd.settings.config", "grandalf", "starlette", "uvicorn",
+         "prometheus_client", "opentelemetry", "ray")  # the metrics, traces and Ray executor came after the guard
 
 #: (program, arguments, HEAVY modules the command may load); {run}, {file}, {pipeline}, {checkpoint}, {new} are filled in.
 #: `tagentd stop` stops the daemon, so it comes last.
