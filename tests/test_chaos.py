@@ -4,14 +4,17 @@ Every run ends, no step the daemon reported COMPLETED runs again, no message is 
 or received again unless its lease ended unacknowledged — by a crash, or by the failure
 of the attempt holding it (docs/broker.md, "At-least-once, with acknowledgement") —,
 CAS counters are exact, each trigger event starts exactly one run, the daemon answers
-within 2 s whenever it is up, and no worker outlives the daemon that started it.
+within 2 s whenever it is up, and no process (worker template, worker) outlives the daemon
+that started it.
 
 Bounded to about a minute in `make test`; `TAGENTD_CHAOS_SECONDS=600` runs it longer
-(`TAGENTD_CHAOS_SEED` repeats a run). Side effects are observed from outside the
-daemon, as in test_durability.py: each step appends a line to an effects file
-(O_APPEND + fsync), and the test brackets every kill with a `KILL n` line before the
-first signal and a `KILLED n` line once every victim is gone, so the file is one
-timeline of what ran and when things died (chaos_timeline.py reads and judges it).
+(`TAGENTD_CHAOS_SEED` repeats a run). The workload comes in rounds: a new one is submitted
+whenever every run of the last has ended, so the kills meet work in flight however long it
+runs. Side effects are observed from outside the daemon, as in test_durability.py: each
+step appends a line to an effects file (O_APPEND + fsync), and the test brackets every
+kill with a `KILL n` line before the first signal and a `KILLED n` line once every victim
+is gone, so the file is one timeline of what ran and when things died (chaos_timeline.py
+reads and judges it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from pathlib import Path
 
 import pytest
 from chaos_timeline import Timeline, acks_lost_without_crash, unexplained_redeliveries, why_received_again
-from conftest import DaemonProcess, pid_alive, processes_using, wait_until, write_pipeline
+from conftest import DaemonProcess, children_of, pid_alive, processes_using, wait_until, write_pipeline
+
+from tagent_client.client.sync import Client
 
 CHAOS_SECONDS = float(os.environ.get("TAGENTD_CHAOS_SECONDS", "45"))
 pytestmark = pytest.mark.timeout(int(CHAOS_SECONDS) + 240)
@@ -158,6 +163,16 @@ def answers_within(daemon: DaemonProcess, limit: float) -> float:
     return time.monotonic() - began
 
 
+def submit_round(client: Client, files: dict[str, Path], runs: dict[str, list[str]], number: int) -> None:
+    """Submit one round of the workload (its runs are added to `runs`) and publish its trigger events."""
+    for name, count in [("chain.py", CHAINS), ("fan.py", FANS), ("flaky.py", FLAKY),
+                        ("producer.py", PRODUCERS), ("consumer.py", PRODUCERS)]:
+        for _ in range(count):
+            runs[name].append(client.submit(files[name]).id)
+    for n in range(TRIGGERS):
+        client.publish("chaos.tick", {"round": number, "n": n})
+
+
 def kill_workers(daemon: DaemonProcess, rng: random.Random) -> list[int]:
     pids = daemon.worker_pids()
     victims = rng.sample(pids, k=rng.randint(1, len(pids))) if pids else []
@@ -170,12 +185,12 @@ def kill_workers(daemon: DaemonProcess, rng: random.Random) -> list[int]:
 
 
 def kill_daemon_only(daemon: DaemonProcess) -> list[int]:
-    """SIGKILL the daemon alone: its workers must notice and exit by themselves."""
+    """SIGKILL the daemon alone: its worker template and its workers must notice and exit by themselves."""
     assert daemon.proc is not None
-    workers = daemon.worker_pids()
+    family = sorted(set(children_of(daemon.proc.pid)) | set(daemon.worker_pids()))
     os.kill(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait(timeout=10)
-    return workers
+    return family
 
 
 def test_a_message_received_again_is_judged_by_the_kills_and_failures_around_it() -> None:
@@ -206,13 +221,17 @@ def test_a_completed_step_leaves_its_messages_waiting_only_after_a_crash() -> No
 
 @pytest.fixture
 def reaper(tmp_path: Path) -> Iterator[None]:
-    """Whatever the outcome, no process of this test's dirs outlives it (a failed check may leave orphans)."""
+    """Torn down after the last daemon's stop: no process of this test's dirs outlives it. Leftovers fail the
+    test, and are killed whatever the outcome (a failed check may leave orphans)."""
     yield
-    for pid in processes_using(tmp_path):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    try:
+        wait_until(lambda: not processes_using(tmp_path), 10, what=f"every process of {tmp_path} to exit")
+    finally:
+        for pid in processes_using(tmp_path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_mixed_workload_survives_random_kills(
@@ -233,12 +252,8 @@ def test_mixed_workload_survives_random_kills(
     runs: dict[str, list[str]] = collections.defaultdict(list)
     with daemon.client(timeout=30) as client:
         assert client.submit(files["triggered.py"]).registered
-        for name, count in [("chain.py", CHAINS), ("fan.py", FANS), ("flaky.py", FLAKY),
-                            ("producer.py", PRODUCERS), ("consumer.py", PRODUCERS)]:
-            for _ in range(count):
-                runs[name].append(client.submit(files[name]).id)
-        for n in range(TRIGGERS):
-            client.publish("chaos.tick", {"n": n})
+        submit_round(client, files, runs, 0)
+    rounds = 1
 
     # When for CHAOS_SECONDS the daemon, its workers, or both are killed with SIGKILL at random moments
     reported: dict[tuple[str, str], int] = {}  # (run, step) -> its trace lines when the daemon first said COMPLETED
@@ -256,10 +271,16 @@ def test_mixed_workload_survives_random_kills(
         took = answers_within(daemon, 2.0)
         slowest = max(slowest, took)
         with daemon.client(timeout=5) as client:
+            ended = True
             for run_id in [r for ids in runs.values() for r in ids]:
-                for name, step in client.status(run_id).steps.items():
+                detail = client.status(run_id)
+                ended = ended and detail.finished_at is not None
+                for name, step in detail.steps.items():
                     if step.status == "completed" and (run_id, name) not in reported:
                         reported[(run_id, name)] = -1
+            if ended and time.monotonic() < deadline:  # the last round is done: the next keeps the kills busy
+                submit_round(client, files, runs, rounds)
+                rounds += 1
         counts = timeline.counts()  # read after the replies: every trace of a reported step is in it
         for key, value in reported.items():
             if value == -1:
@@ -273,9 +294,9 @@ def test_mixed_workload_survives_random_kills(
             timeline.mark("KILLED", n, f"workers={victims}")
             continue
         orphans = kill_daemon_only(daemon) if kind == "daemon" else (daemon.kill9() or [])
-        # Then no worker outlives the daemon that started it
+        # Then no process outlives the daemon that started it: neither its worker template nor a worker
         wait_until(lambda: not any(pid_alive(p) for p in orphans), timeout=10,
-                   what=f"the workers {orphans} of a killed daemon to exit")
+                   what=f"the worker template and workers {orphans} of a killed daemon to exit")
         timeline.mark("KILLED", n, f"orphans={orphans}")
         daemon.start()
 
@@ -292,18 +313,19 @@ def test_mixed_workload_survives_random_kills(
                 client.resume(run_id)
                 result = client.wait(run_id, timeout=120)
             assert result.status == "completed", f"run {run_id} ended {result.status}: {result.error_details}\n{daemon.log()}"
-        wait_until(lambda: sum(1 for w in timeline.step_lines() if w[1] == "on_tick") >= TRIGGERS, timeout=60,
+        wait_until(lambda: sum(1 for w in timeline.step_lines() if w[1] == "on_tick") >= rounds * TRIGGERS, timeout=60,
                    what="every trigger event to have run")
-        triggered = [r for r in client.runs(limit=1000) if r.pipeline == "triggered"]
+        everything = [r for ids in runs.values() for r in ids]
+        triggered = [r for r in client.runs(limit=len(everything) + rounds * TRIGGERS + 10) if r.pipeline == "triggered"]
         for summary in triggered:
             assert client.wait(summary.run_id, timeout=60).status == "completed"
         counter = client.space("chaos").get("counter")
         consumed = {run_id: set(client.result(run_id).step_outputs["consume"]) for run_id in runs["consumer.py"]}
-        waiting = {m.id for box in client.mailboxes("consumer", peek=PRODUCERS * SENDS) for m in box.peek}
+        waiting = {m.id for box in client.mailboxes("consumer", peek=rounds * PRODUCERS * SENDS) for m in box.peek}
     lines = timeline.lines()
     counts = timeline.counts()
     receptions = [w[4] for w in lines if len(w) > 4 and w[3] == "recv"]
-    print(f"{n} kills ({dict(kills)}), {len(reported)} steps reported completed before a kill, "
+    print(f"{rounds} rounds of work, {n} kills ({dict(kills)}), {len(reported)} steps reported completed before a kill, "
           f"{sum(counts.values())} step executions, {resumed} runs resumed after a quarantine, "
           f"{len(receptions) - len(set(receptions))} messages received again, {len(waiting)} left in the mailbox, "
           f"slowest answer {slowest:.2f} s")
@@ -321,7 +343,7 @@ def test_mixed_workload_survives_random_kills(
     # and a message was received again only after its lease ended without an acknowledgement (docs/broker.md,
     # "At-least-once, with acknowledgement"): by a crash, or by the failure of the attempt that held it
     sent = {w[4] for w in lines if len(w) > 4 and w[3] == "sent"}
-    assert len(sent) == PRODUCERS * SENDS, f"{len(sent)} distinct messages sent"
+    assert len(sent) == rounds * PRODUCERS * SENDS, f"{len(sent)} distinct messages sent"
     redelivered = unexplained_redeliveries(lines)
     if redelivered:
         message, before, again_at = redelivered[0]
@@ -338,13 +360,13 @@ def test_mixed_workload_survives_random_kills(
     assert not unacked, f"messages of completed consume steps offered again with no crash after: {unacked}"
     # and the CAS counter counted each producer run exactly once
     assert counter is not None
-    assert counter.value["n"] == len(counter.value["by"]) == len(set(counter.value["by"])) == PRODUCERS
+    assert counter.value["n"] == len(counter.value["by"]) == len(set(counter.value["by"])) == rounds * PRODUCERS
     assert set(counter.value["by"]) == set(runs["producer.py"])
     # and each trigger event started exactly one run
     events = collections.defaultdict(set)
     for words in lines:
         if len(words) > 4 and words[1] == "on_tick":
             events[words[4]].add(words[0])
-    assert len(events) == TRIGGERS, f"{len(events)} of {TRIGGERS} events ran"
+    assert len(events) == rounds * TRIGGERS, f"{len(events)} of {rounds * TRIGGERS} events ran"
     assert all(len(run_ids) == 1 for run_ids in events.values()), f"events with several runs: {events}"
-    assert len(triggered) == TRIGGERS
+    assert len(triggered) == rounds * TRIGGERS

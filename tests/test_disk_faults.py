@@ -1,4 +1,4 @@
-"""End-to-end: a real daemon whose state dir fills up, or is read-only when it starts.
+"""End-to-end: a real daemon whose state dir fills up, or is read-only or full when it starts.
 
 The full disk is a real one when the tests run as root and may mount (a small tmpfs as the state
 dir, filled with a file while the daemon runs), and always also the store's disk-full failpoint
@@ -255,3 +255,25 @@ def test_a_read_only_state_dir_stops_the_start_with_one_line_and_the_config_exit
         assert "TAGENTD_STATE_DIR" in line, line
     # And no daemon is left behind
     assert processes_using(tmp_path) == []
+
+
+def test_a_full_state_dir_stops_the_start_with_one_line_and_the_disk_full_exit_code(
+        make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    # Given a state dir on a file system that is full (a 1 MiB tmpfs, filled up)
+    daemon = make_daemon(workers=1)
+    state = daemon.state_dir
+    state.mkdir(mode=0o700)
+    if not mount_tmpfs(state, "size=1m,mode=0700"):
+        pytest.skip("a full file system needs root and mount(8)")
+    try:
+        Disk("tmpfs", state, tmp_path / "unused").fill()
+        # When the daemon is started in the foreground, and in the background
+        for done in (daemon.start_refused(), daemon.admin("start", "--workers", "1")):
+            # Then each exits with the disk-full status and one line: the state dir, why, what to do
+            assert done.returncode == exit_code_for(DiskFull.code) == 15, (done.returncode, done.stderr)
+            (line,) = done.stderr.strip().splitlines()
+            assert line == f"tagentd: state dir {state} is full (No space left on device); free space in {state}", line
+        # And no daemon is left behind
+        assert processes_using(tmp_path) == []
+    finally:
+        unmount(state)

@@ -306,8 +306,11 @@ def kill_workers(daemon: DaemonProcess) -> list[int]:
 @pytest.mark.timeout(90)
 def test_kill9_of_the_workers_with_one_second_steps_in_flight_neither_wedges_the_daemon_nor_charges_the_steps(
         make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
-    # Given two workers running forty ~1 s steps (max_retries=0) while fifty others keep failing and retrying
-    daemon = make_daemon(workers=2).start()
+    # Given two workers running forty ~1 s steps (max_retries=0) while fifty others keep failing and retrying.
+    # Workers fork from the template, as for users: a step in flight on both killed workers is quarantined by the
+    # rules, and each quarantined step then needs a fresh worker of its own — milliseconds to fork, but seconds
+    # to start cold on a loaded machine, which made "completes within 30 s" a matter of luck.
+    daemon = make_daemon(workers=2, template=True).start()
     effects = Effects(tmp_path / "effects.log")
     run_id = submit(daemon, write_pipeline(tmp_path, "long.py", LONG_STEPS), effects)
     with daemon.client(timeout=5.0) as client:

@@ -74,15 +74,20 @@ def ensure_private_dir(path: Path, what: str) -> Path:
 
 
 def check_writable_dir(path: Path, what: str) -> None:
-    """Raise ConfigError (DiskFull if it is full) unless a file can be created in `path`.
+    """Raise ConfigError (DiskFull if it is full) unless a file can be created in `path` and take a byte.
 
-    A probe file is created and removed: it is the only check that sees a read-only mount, a
-    read-only bind or an ACL as the kernel does, for root too.
+    A probe file is created, written and removed: it is the only check that sees a read-only mount, a
+    read-only bind or an ACL as the kernel does, for root too; the byte sees a full file system, where
+    an empty file can still be created.
     """
     probe = path / f".tagentd-write-probe-{os.getpid()}"
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
-        os.unlink(probe)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise unwritable(path, what, exc) from None
 
