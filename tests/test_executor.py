@@ -73,6 +73,8 @@ class World:
 
     def __init__(self, *, size: int = 2, capacity: int = 2, load_timeout: float = 5.0) -> None:
         self.sent: list[tuple[bytes, Any]] = []
+        self.frames: list[tuple[bytes, list[Any]]] = []  # each frame sent: to whom, the messages it held
+        self.accepts = True  # False: every send fails, as to a worker whose socket is gone
         self.procs: dict[int, FakeProcess] = {}
         self.results: list[tuple[str, Event]] = []
         self.lost: list[tuple[str, Event]] = []
@@ -99,8 +101,11 @@ class World:
 
     # the socket
     def send(self, identity: bytes, payload: bytes) -> bool:
-        self.sent.append((identity, wire.to_worker_decoder.decode(payload)))
-        return True
+        messages, errors = wire.unpack(payload, wire.to_worker_decoder)
+        assert not errors
+        self.frames.append((identity, messages))
+        self.sent.extend((identity, message) for message in messages)
+        return self.accepts
 
     def sent_of(self, kind: type) -> list[tuple[int, Any]]:
         """(worker id, message) of each message of that kind sent so far, oldest first."""
@@ -176,8 +181,8 @@ def test_a_run_gives_the_executor_plain_data_read_when_the_attempt_is_dispatched
 
 def test_attempts_go_to_free_slots_one_run_at_a_time_and_the_code_once_per_worker() -> None:
     """Given two ready workers with 2 slots each, when run x dispatches 5 attempts and run y 1, then 4 are sent,
-    x and y taking turns; each worker gets the file's text with its first attempt only; 2 wait, and the
-    executor says it is saturated."""
+    x and y taking turns, each worker's in one frame; each worker gets the file's text with its first attempt
+    only; 2 wait, and the executor says it is saturated."""
     world = started()
     assert world.executor.capacity() == Capacity(slots=4, free=4, in_flight=0, queued=0)
     for task in ("x1", "x2", "x3", "x4", "x5"):
@@ -187,8 +192,9 @@ def test_attempts_go_to_free_slots_one_run_at_a_time_and_the_code_once_per_worke
     assert world.executor.pump() == 4
 
     tasks = world.sent_of(wire.RunTask)
-    assert [(wid, msg.task.task) for wid, msg in tasks] == [(1, "x1"), (2, "y1"), (1, "x2"), (2, "x3")]
-    assert [msg.source for _, msg in tasks] == ["SOURCE", "SOURCE", None, None]
+    assert [(wid, msg.task.task) for wid, msg in tasks] == [(1, "x1"), (1, "x2"), (2, "y1"), (2, "x3")]
+    assert [msg.source for _, msg in tasks] == ["SOURCE", None, "SOURCE", None]
+    assert [len(messages) for _, messages in world.frames] == [2, 2]
     assert all(msg.params == {"n": 1} and msg.source_hash == CODE.source_hash for _, msg in tasks)
     capacity = world.executor.capacity()
     assert (capacity.free, capacity.in_flight, capacity.queued, capacity.saturated) == (0, 4, 2, True)

@@ -125,7 +125,9 @@ class FakeDaemon:
         if remaining <= 0 or not self.router.poll(int(remaining * 1000) + 1):
             return False
         identity, frame = self.router.recv_multipart()
-        self.inbox.append((identity, wire.from_worker_decoder.decode(frame)))
+        messages, errors = wire.unpack(frame, wire.from_worker_decoder)  # a frame holds a loop turn's messages
+        assert not errors
+        self.inbox.extend((identity, message) for message in messages)
         return True
 
     def expect(self, kind: type, where: Callable[[Any], bool] = lambda m: True, timeout: float = 10.0) -> Any:

@@ -9,7 +9,8 @@ permits) and anything from a worker the executor did not start is the executor's
 
 Guarantees:
 - no worker message can raise out of the loop: a malformed or failing one is dropped, counted
-  (`bad_worker_messages`) and logged, and the next one is handled;
+  (`bad_worker_messages`) and logged, and the next one is handled — also within one frame, whose
+  messages (a worker's `Batch`: what it sent in one loop turn) are decoded and handled one by one;
 - a step's memory write (`MemorySave`), broker call and dependency wait are answered only after the
   commit that makes them durable; a memory read is answered at once;
 - after every batch the executor sends what it can (a finished step freed a slot).
@@ -111,19 +112,26 @@ class WorkerMessages:
 
     def on_batch(self, batch: list[list[bytes]]) -> None:
         for frames in batch:
-            try:
-                self.handle(frames)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+            if len(frames) != 2:
                 self.stats["bad_worker_messages"] += 1
-                log.exception("bad message from worker %r", frames[0])
+                continue
+            identity, payload = frames
+            try:
+                messages, errors = wire.unpack(payload, wire.from_worker_decoder)
+            except Exception as exc:  # noqa: BLE001 - the frame itself is not a message
+                messages, errors = [], [exc]
+            for exc in errors:
+                self.stats["bad_worker_messages"] += 1
+                log.warning("dropped a message from worker %r that does not decode: %s", identity, exc)
+            for msg in messages:
+                try:
+                    self.handle(identity, msg)
+                except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                    self.stats["bad_worker_messages"] += 1
+                    log.exception("bad message from worker %r", identity)
         self.ports.executor.pump()
 
-    def handle(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self.stats["bad_worker_messages"] += 1
-            return
-        identity, payload = frames
-        msg = wire.from_worker_decoder.decode(payload)
+    def handle(self, identity: bytes, msg: Any) -> None:
         if self.ports.executor.on_worker_message(identity, msg):  # a worker's own business, or a stranger's
             return
         handler = TABLE.get(type(msg))

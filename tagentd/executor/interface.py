@@ -129,7 +129,9 @@ class Executor(Protocol):
         """Take an attempt: it is sent when a slot is free (`pump`), at most once."""
 
     def pump(self) -> int:
-        """Send waiting attempts to free slots now; how many were sent. Called after each batch of dispatches."""
+        """Send waiting attempts to free slots now; how many were sent. Called after each batch of dispatches and
+        of worker messages: what one worker is sent in one call (its tasks, the acknowledgements of its results)
+        leaves as one message."""
 
     def cancel(self, run_id: str, task: str, attempt: int) -> None:
         """Drop that attempt if it waits; tell its worker to stop it if it runs. Nothing is reported for it."""

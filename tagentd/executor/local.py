@@ -11,6 +11,9 @@ daemon's workers socket. Besides the interface's guarantees:
   (tagentd.executor.spawner), so a replacement's first agent step is as quick as any other;
 - waiting attempts are sent round-robin across runs (fairness, queues.py), each worker taking up to its
   capacity of concurrent steps; `pump` never offers work to a worker it has found dead, so it always returns;
+- what a worker is sent in one loop turn (the tasks `pump` hands it, the acknowledgements of its results)
+  leaves as one frame (outbox.py); a frame the worker cannot take puts each of its tasks back at the head of
+  its line, in order, and the worker is killed;
 - an isolated or quarantined step runs alone, in a worker started for it and stopped after it (at most
   `size` such workers at a time);
 - only this daemon's own workers get work: each is given the daemon's random token and must say it in its
@@ -41,6 +44,7 @@ from tagentd.executor.curve import CurveGate
 from tagentd.executor.deaths import VERDICT_STATS, Cause, DeathLedger, how_it_ended
 from tagentd.executor.interface import Capacity, PipelineCode, Report, RunningAttempt, StepAttempt
 from tagentd.executor.loading import PipelineLoads, plan_of
+from tagentd.executor.outbox import Outbox
 from tagentd.executor.permits import PermitDesk
 from tagentd.executor.queues import DispatchQueues
 from tagentd.executor.spawner import ProcessStarter, Spawner
@@ -74,6 +78,7 @@ class LocalExecutor:
         self.recycle_after = recycle_after
         self.load_timeout = load_timeout
         self.queues = DispatchQueues()
+        self.outbox = Outbox(send)
         self.loads = PipelineLoads()
         self.accepting = True
         self.counters = collections.Counter[str]()
@@ -158,7 +163,7 @@ class LocalExecutor:
                     self.pool.kill(worker, f"step {task.step!r} of run {run_id} would not stop at its timeout")
             if worker.state == "recycling" and not worker.running and worker.loading == 0:
                 worker.state = "stopping"
-                self.send(worker.identity, wire.encode(wire.StopWorker(graceful=True)))
+                self._tell(worker, wire.StopWorker(graceful=True))
         if self.accepting:
             missing = self.size - sum(1 for w in self.pool.by_id.values()
                                       if w.state not in ("stopping", "recycling") and not w.dedicated)
@@ -236,7 +241,7 @@ class LocalExecutor:
                         None if used is None else (used.seconds, used.cpu_seconds, used.peak_rss_bytes))
                 if self.recycle_after and worker.completed >= self.recycle_after and worker.state == "ready":
                     worker.state = "recycling"
-            self.send(worker.identity, wire.encode(wire.TaskAck(run_id=msg.run_id, task=event.task, attempt=event.attempt)))
+            self.outbox.put(worker, wire.encode(wire.TaskAck(run_id=msg.run_id, task=event.task, attempt=event.attempt)))
         self.on_result(msg.run_id, event)
 
     def _on_loaded(self, identity: bytes, worker: Worker | None, msg: wire.Loaded | wire.LoadFailed) -> None:
@@ -257,37 +262,57 @@ class LocalExecutor:
             if worker.alone_for is not None and worker.alone_for.key == key:
                 worker.alone_for = None  # its worker is still starting: it will be stopped unused
             if worker.running.pop(key, None) is not None:
-                self.send(worker.identity, wire.encode(wire.CancelRunning(run_id=run_id, task=task, attempt=attempt)))
+                self._tell(worker, wire.CancelRunning(run_id=run_id, task=task, attempt=attempt))
 
     def forget_run(self, run_id: str) -> None:
         self.queues.forget_run(run_id)
         self.ledger.forget(run_id)
 
     def pump(self) -> int:
-        """Hand queued tasks to workers with free slots, one run at a time in rotation.
+        """Hand queued tasks to workers with free slots, one run at a time in rotation, then send each worker what
+        this turn gave it as one frame (acknowledgements included); how many tasks were sent.
 
-        A worker leaves the rotation when it is full or found dead while sending (its task is queued again),
-        so the loop ends whatever happens to the workers.
+        A worker leaves the rotation when it is full, so the loop ends whatever happens to the workers; one
+        found dead when its frame is sent is killed and its tasks are queued again (the next pump offers them
+        to the others).
         """
-        if not self.accepting:
+        if self.accepting:
+            self._pump_alone()
+            ready = [w for w in self.pool.shared_ready() if w.free > 0]
+            while ready and (attempt := self.queues.next_shared()) is not None:
+                worker = max(ready, key=lambda w: w.free)
+                self._send_task(worker, attempt)
+                if worker.free <= 0:
+                    ready.remove(worker)
+        return self._deliver(None)
+
+    def _tell(self, worker: Worker, message: wire.WorkerMessage) -> None:
+        """Send `message` to `worker` now, after whatever waits for it in the outbox (the order is kept)."""
+        self.outbox.put(worker, wire.encode(message))
+        self._deliver(worker)
+
+    def _deliver(self, worker: Worker | None) -> int:
+        """Flush the outbox (only `worker`'s part, if given); how many tasks left. A worker that could not take its
+        frame is killed, and each task of that frame goes back to the head of its line, in order, exactly once."""
+        if not len(self.outbox):
             return 0
-        sent = self._pump_alone()
-        ready = [w for w in self.pool.shared_ready() if w.free > 0]
-        while ready and (attempt := self.queues.next_shared()) is not None:
-            worker = max(ready, key=lambda w: w.free)
-            sent += self._send_task(worker, attempt)
-            if worker.state != "ready" or worker.free <= 0:
-                ready.remove(worker)
+        sent, undelivered = self.outbox.flush(worker)
+        self.counters["tasks_dispatched"] += sent
+        for target, attempts in undelivered:
+            for attempt in reversed(attempts):
+                if target.running.pop(attempt.key, None) is not None:  # not cancelled meanwhile
+                    self.queues.put(attempt, alone=self.ledger.runs_alone(attempt.run_id, attempt.dispatch), first=True)
+            if target.state != "killed":
+                self.pool.kill(target, "its socket is gone")
         return sent
 
-    def _pump_alone(self) -> int:
+    def _pump_alone(self) -> None:
         """Send each step that must run alone to the worker started for it, and start workers for those waiting."""
-        sent = 0
         for worker in self.pool:
             if worker.dedicated and worker.state == "ready":
                 pending, worker.alone_for = worker.alone_for, None
-                if pending is not None and self._send_task(worker, pending):
-                    sent += 1
+                if pending is not None:
+                    self._send_task(worker, pending)
                     self.counters["steps_run_alone"] += 1
                 if worker.state == "ready":
                     worker.state = "recycling"  # nothing else is ever sent to it; stopped once its step is done
@@ -299,10 +324,9 @@ class LocalExecutor:
                 break
             worker.dedicated, worker.alone_for = True, self.queues.next_alone()
             dedicated += 1
-        return sent
 
-    def _send_task(self, worker: Worker, attempt: StepAttempt) -> int:
-        """Send one attempt to `worker`: 1 if sent; 0 if the worker is gone (it is killed, the attempt queued again)."""
+    def _send_task(self, worker: Worker, attempt: StepAttempt) -> None:
+        """Put one attempt in `worker`'s frame of this turn; it runs there from now on (unless the frame is refused)."""
         code, task = attempt.code, attempt.dispatch
         first = code.source_hash not in worker.sources
         msg = wire.RunTask(run_id=attempt.run_id, source_hash=code.source_hash, path=code.path, target=code.target,
@@ -313,13 +337,7 @@ class LocalExecutor:
         key = attempt.key
         worker.running[key] = Assignment(attempt, worker.id, now, deadline)
         worker.sources.add(code.source_hash)
-        if not self.send(worker.identity, wire.encode(msg)):
-            del worker.running[key]
-            self.pool.kill(worker, "its socket is gone")
-            self.queues.put(attempt, alone=self.ledger.runs_alone(attempt.run_id, task), first=True)
-            return 0
-        self.counters["tasks_dispatched"] += 1
-        return 1
+        self.outbox.put(worker, wire.encode(msg), attempt)
 
     async def load(self, code: PipelineCode) -> Plan:
         """Import and validate a pipeline file in a worker (never here); see the interface."""

@@ -7,6 +7,9 @@ re-reads ZMQ_EVENTS before it sleeps — no message ever waits unseen, and the
 loop wakes once per batch, not once per message. A socket used this way must
 not also be used through zmq.asyncio: both would claim the same FD.
 
+With `pack`, the messages queued when a pass sends are sent as the one message `pack` makes of them (the
+worker's link packs a loop turn's messages into one frame: tagentd/worker/wire.py `Batch`).
+
 A send is dropped only when ZeroMQ refuses it for good (a ROUTER_MANDATORY
 peer that is gone); each drop is counted (`dropped_sends`) and logged.
 """
@@ -42,8 +45,9 @@ class Channel:
     """
 
     def __init__(self, sock: zmq.Socket, *, multipart: bool = True, peers: bool = False, name: str = "socket",
-                 peer_property: str = "Peer-Address") -> None:
+                 peer_property: str = "Peer-Address", pack: Callable[[list[Frames]], Frames] | None = None) -> None:
         self.sock = sock
+        self.pack = pack
         self.multipart = multipart
         self.peers = peers
         self.peer_property = peer_property
@@ -92,6 +96,10 @@ class Channel:
         sock = self.sock
         if sock.closed:
             return
+        if self.pack is not None and len(self._out) > 1:
+            merged = self.pack(list(self._out))
+            self._out.clear()
+            self._out.append(merged)
         while self._out:
             try:
                 sock.send_multipart(self._out[0], zmq.NOBLOCK)

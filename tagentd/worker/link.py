@@ -1,7 +1,8 @@
 """The worker's end of workers.sock: batched sends, drained receives, re-send until acknowledged.
 
 The socket itself is driven by `Channel` (one loop wake-up per batch of frames,
-never a missed edge of ZMQ_FD). On top of it, messages that must arrive
+never a missed edge of ZMQ_FD); what the worker sends in one loop turn leaves as one frame (`wire.pack`),
+and a frame received may hold several messages (`wire.unpack`). On top of it, messages that must arrive
 (results, memory requests) stay in an unacked map and are re-sent every
 `RESEND_AFTER` seconds until `acked(key)`, because ZeroMQ alone may drop them.
 """
@@ -40,7 +41,7 @@ class WorkerLink:
         if credentials is not None:
             credentials.apply(sock)
         sock.connect(endpoint)
-        self._channel = Channel(sock, multipart=False)
+        self._channel = Channel(sock, multipart=False, pack=lambda queued: [wire.pack([m[0] for m in queued])])
         self._unacked: dict[Hashable, list] = {}  # key -> [frame, last sent (monotonic)]
 
     def start(self, handle: Callable[[bytes], None]) -> None:

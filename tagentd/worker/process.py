@@ -199,17 +199,21 @@ class Worker:
     # -- messages -----------------------------------------------------------------------------
 
     def on_frame(self, frame: bytes) -> None:
+        """Handle each message of a frame in order (a Batch holds several); a malformed one is counted and dropped."""
         try:
-            message = wire.to_worker_decoder.decode(frame)
+            messages, errors = wire.unpack(frame, wire.to_worker_decoder)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: UnicodeDecodeError for non-UTF-8 str
+            messages, errors = [], [exc]
+        for exc in errors:
             self.dropped += 1
             if self.dropped <= 10 or self.dropped % 1000 == 0:
-                log.warning("dropped a malformed frame of %d bytes (%d so far): %s", len(frame), self.dropped, exc)
-            return
-        try:
-            self.handle(message)
-        except Exception:  # noqa: BLE001 - one bad message must not stop the worker
-            log.exception("error handling %s", type(message).__name__)
+                log.warning("dropped a malformed message in a frame of %d bytes (%d so far): %s", len(frame),
+                            self.dropped, exc)
+        for message in messages:
+            try:
+                self.handle(message)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the worker
+                log.exception("error handling %s", type(message).__name__)
 
     def handle(self, message: wire.WorkerMessage) -> None:
         if isinstance(message, wire.RunTask):

@@ -6,6 +6,11 @@ daemon makes at start and hands only to the workers it spawns (TOKEN_ENV): a wor
 left over from another daemon has another identity and token, and is sent `Refused`. Results are re-sent until
 the daemon acknowledges them (`TaskAck`), because ZeroMQ alone does not
 guarantee delivery; the engine ignores duplicates (stale attempt).
+
+What one side sends the other in one loop turn travels as one frame: a `Batch` of the messages, each encoded
+on its own (`pack`), so a fan-out's hundred tasks to a worker, or the results it finishes together, cost one
+send and one wake-up. The receiver decodes each message of a batch on its own (`unpack`): one that does not
+decode is dropped alone, and the others are handled in order.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ def source_hash(source: str | bytes) -> str:
 
 class WorkerMessage(msgspec.Struct, tag_field="type", kw_only=True):
     """Base of every daemon <-> worker message."""
+
+
+class Batch(WorkerMessage, tag="batch"):
+    """Several messages in one frame, in the order they were sent, each a whole encoded message (`pack`), carried
+    as bytes: whatever one of them holds, the others decode."""
+
+    messages: list[bytes]
 
 
 # -- daemon -> worker ---------------------------------------------------------------
@@ -274,9 +286,9 @@ class DependencyWait(WorkerMessage, tag="dependency_wait"):
 
 
 ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
-            | Refused | BreakerAnswer | DependencyReply)
+            | Refused | BreakerAnswer | DependencyReply | Batch)
 FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
-              | PermitRequest | PermitRelease | BrokerCall | BreakerAsk | BreakerOutcome | DependencyWait)
+              | PermitRequest | PermitRelease | BrokerCall | BreakerAsk | BreakerOutcome | DependencyWait | Batch)
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
@@ -285,6 +297,35 @@ from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
 
 def encode(message: WorkerMessage) -> bytes:
     return _encoder.encode(message)
+
+
+def pack(frames: list[bytes]) -> bytes:
+    """One frame carrying the encoded messages `frames` in order: the frame itself when there is one, else a Batch."""
+    if len(frames) == 1:
+        return frames[0]
+    return _encoder.encode(Batch(messages=frames))
+
+
+def unpack(frame: bytes, decoder: msgspec.msgpack.Decoder) -> tuple[list[Any], list[Exception]]:
+    """The messages of one frame, in order (a Batch's, one by one), and the error of each that did not decode.
+
+    Raises msgspec.DecodeError (or UnicodeDecodeError) only when the frame itself is not a message."""
+    message = decoder.decode(frame)
+    if not isinstance(message, Batch):
+        return [message], []
+    messages: list[Any] = []
+    errors: list[Exception] = []
+    for encoded in message.messages:
+        try:
+            item = decoder.decode(encoded)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: UnicodeDecodeError for non-UTF-8 str
+            errors.append(exc)
+            continue
+        if isinstance(item, Batch):  # a batch holds messages, never batches
+            errors.append(msgspec.DecodeError("a batch inside a batch"))
+        else:
+            messages.append(item)
+    return messages, errors
 
 # Exit codes of a worker process, so the supervisor can say why one ended.
 EXIT_OK = 0

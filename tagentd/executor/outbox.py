@@ -1,0 +1,59 @@
+"""`Outbox`: what the local executor sends its workers in one loop turn, one frame per worker.
+
+The executor puts each message for a worker here (a task to run, the acknowledgement of a result, a
+cancel) and `flush`es at the end of the turn (`LocalExecutor.pump`): each worker gets everything put for
+it as one frame (`wire.pack`: one send, one wake-up of the worker, however many tasks a fan-out hands it).
+
+Guarantees:
+- a worker receives its messages in the order they were put;
+- `flush` reports each worker that could not take its frame together with the attempts that frame held, in
+  the order they were put, so the executor can queue each of them again exactly once (nothing of a frame
+  that was refused reached the worker); a refused frame that held no attempt (acknowledgements only) is
+  dropped: the worker re-sends its results until acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tagentd.executor.interface import StepAttempt
+from tagentd.executor.workers import Worker
+from tagentd.worker import wire
+
+Undelivered = list[tuple[Worker, list[StepAttempt]]]
+
+
+class Outbox:
+    """Messages waiting for the end of the loop turn, by worker, with the attempts among them."""
+
+    def __init__(self, send: Callable[[bytes, bytes], bool]) -> None:
+        self.send = send
+        self._waiting: dict[int, tuple[Worker, list[bytes], list[StepAttempt]]] = {}
+
+    def put(self, worker: Worker, frame: bytes, attempt: StepAttempt | None = None) -> None:
+        """Queue an encoded message for `worker`; `attempt`: the task it sends (given back if it cannot leave)."""
+        entry = self._waiting.get(worker.id)
+        if entry is None or entry[0] is not worker:
+            entry = self._waiting[worker.id] = (worker, [], [])
+        entry[1].append(frame)
+        if attempt is not None:
+            entry[2].append(attempt)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def flush(self, worker: Worker | None = None) -> tuple[int, Undelivered]:
+        """Send what waits (only `worker`'s, if given): how many attempts left, and what could not be delivered."""
+        if worker is None:
+            entries, self._waiting = list(self._waiting.values()), {}
+        else:
+            entry = self._waiting.pop(worker.id, None)
+            entries = [entry] if entry is not None else []
+        sent = 0
+        undelivered: Undelivered = []
+        for target, frames, attempts in entries:
+            if self.send(target.identity, wire.pack(frames)):
+                sent += len(attempts)
+            elif attempts:
+                undelivered.append((target, attempts))
+        return sent, undelivered
