@@ -60,23 +60,27 @@ class _Use:
     high_water: int  # the process's ru_maxrss when the attempt started
     peak: int  # the largest RSS sampled so far
     sync_cpu: list[float]  # CPU seconds of its sync calls' threads (function.SYNC_CPU adds to it)
-    cpu: float = 0.0  # its share of the event loop's CPU seconds
+    shares_at: float = 0.0  # the meter's `_per_attempt` when it started: its share is what that grew by since
 
 
 class ResourceMeter:
     """Per attempt (any hashable key): `begin`, `sample` on each tick, `end` -> (seconds, cpu_seconds, peak_rss).
 
-    Every method runs on the worker's event loop thread (whose CPU time it shares out)."""
+    Every method runs on the worker's event loop thread (whose CPU time it shares out). Sharing out costs the
+    same however many attempts run: the meter keeps the running sum of each sample's share (loop CPU since the
+    last sample / attempts running), and an attempt's share is what that sum grew by while it ran."""
 
     def __init__(self) -> None:
         self._running: dict[object, _Use] = {}
         self._cpu_at = time.thread_time()
+        self._per_attempt = 0.0  # the sum of every share handed out so far
         self._rss = ResidentSize()
 
     def begin(self, key: object) -> list[float]:
         """Start metering an attempt; returns the accumulator its sync calls add their thread CPU to (SYNC_CPU)."""
         self._share()
-        use = _Use(started=time.monotonic(), high_water=max_rss(), peak=self._rss(), sync_cpu=[0.0])
+        use = _Use(started=time.monotonic(), high_water=max_rss(), peak=self._rss(), sync_cpu=[0.0],
+                   shares_at=self._per_attempt)
         self._running[key] = use
         return use.sync_cpu
 
@@ -97,12 +101,10 @@ class ResourceMeter:
             return None
         high_water = max_rss()
         peak = high_water if high_water > use.high_water else max(use.peak, self._rss())
-        return (time.monotonic() - use.started, use.cpu + use.sync_cpu[0], peak)
+        return (time.monotonic() - use.started, self._per_attempt - use.shares_at + use.sync_cpu[0], peak)
 
     def _share(self) -> None:
         now = time.thread_time()
         if self._running:
-            share = (now - self._cpu_at) / len(self._running)
-            for use in self._running.values():
-                use.cpu += share
+            self._per_attempt += (now - self._cpu_at) / len(self._running)
         self._cpu_at = now
