@@ -41,6 +41,7 @@ from tagent_client.errors import TagentError  # noqa: E402
 
 CHAIN_STEPS = 200
 FANOUT_WIDTH = 500
+FANOUT_WIDE = 5_000
 IO_STEPS = 200
 IO_SLEEP = 0.5
 ZMQ_ROUND_TRIPS = 5_000
@@ -52,10 +53,13 @@ WORKERS = 2
 TARGETS = {
     "chain_ms_per_step": {"max": 1.5},
     "chain_ms_per_step_nodurable": {"max": 1.0},
-    "fanout_steps_per_s": {"min": 2500},
-    "fanout_steps_per_s_nodurable": {"min": 3000},
-    "io_wall_s": {"max": 0.7},
-    "io_wall_s_nodurable": {"max": 0.7},
+    "chain_vs_raw_rtt": {"max": 3.0},  # chain_ms_per_step / raw_zmq_rtt_us_p50 of the same run (issue 17)
+    "fanout_steps_per_s": {"min": 15000},
+    "fanout_steps_per_s_nodurable": {"min": 15000},
+    "fanout_5000_steps_per_s": {"min": 15000},
+    "fanout_5000_steps_per_s_nodurable": {"min": 15000},
+    "io_wall_s": {"max": 0.51},
+    "io_wall_s_nodurable": {"max": 0.51},
     "ready_s": {"max": 0.5},
     "pss_mb": {"max": 150},  # PSS, not RSS: forked workers share the worker template's pages
     "cli_runs_ms": {"max": 150},
@@ -225,6 +229,16 @@ def write_pipelines(directory: Path) -> dict[str, Path]:
                 pipeline.step(f"f{{i:03d}}", fn=noop, depends_on=["start"], execution_mode=ExecutionMode.CONCURRENT)
             pipeline.step("end", fn=noop, depends_on=[f"f{{i:03d}}" for i in range({FANOUT_WIDTH})])
         """,
+        "fanout_wide": f"""
+            async def noop():
+                return None
+
+            pipeline = Pipeline("bench_fanout_wide", max_concurrent_steps={FANOUT_WIDE + 12})
+            pipeline.step("start", fn=noop)
+            for i in range({FANOUT_WIDE}):
+                pipeline.step(f"f{{i:04d}}", fn=noop, depends_on=["start"], execution_mode=ExecutionMode.CONCURRENT)
+            pipeline.step("end", fn=noop, depends_on=[f"f{{i:04d}}" for i in range({FANOUT_WIDE})])
+        """,
         "io": f"""
             async def wait():
                 await asyncio.sleep({IO_SLEEP})
@@ -379,7 +393,9 @@ def measure_chain(client: Client, files: dict[str, Path], reps: int) -> dict[str
 
 def measure_fanout(client: Client, files: dict[str, Path], reps: int) -> dict[str, Any]:
     _, times = repeat(client, files["fanout"], reps)
-    return {"fanout_steps_per_s": round((FANOUT_WIDTH + 2) / median(times), 1)}
+    _, wide = repeat(client, files["fanout_wide"], reps)
+    return {"fanout_steps_per_s": round((FANOUT_WIDTH + 2) / median(times), 1),
+            "fanout_5000_steps_per_s": round((FANOUT_WIDE + 2) / median(wide), 1)}
 
 
 def measure_io(client: Client, files: dict[str, Path], reps: int) -> dict[str, Any]:
@@ -720,6 +736,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     result[key if durable else f"{key}_nodurable"] = value
         result.update(section("raw_zmq", measure_raw_zmq, ZMQ_ROUND_TRIPS) or {})
+        for suffix in ("", "_nodurable"):  # the chain's step in raw round trips of this same run
+            if f"chain_ms_per_step{suffix}" in result and result.get("raw_zmq_rtt_us_p50"):
+                result[f"chain_vs_raw_rtt{suffix}"] = round(
+                    result[f"chain_ms_per_step{suffix}"] * 1000 / result["raw_zmq_rtt_us_p50"], 2)
         section("recovery", measure_recovery, files, finished, unfinished, load_reps, result)
     finally:
         CLEANUP.run()
