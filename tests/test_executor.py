@@ -74,7 +74,7 @@ class World:
     def __init__(self, *, size: int = 2, capacity: int = 2, load_timeout: float = 5.0) -> None:
         self.sent: list[tuple[bytes, Any]] = []
         self.frames: list[tuple[bytes, list[Any]]] = []  # each frame sent: to whom, the messages it held
-        self.accepts = True  # False: every send fails, as to a worker whose socket is gone
+        self.gone: set[int] = set()  # workers whose socket is gone: every send to them fails
         self.procs: dict[int, FakeProcess] = {}
         self.results: list[tuple[str, Event]] = []
         self.lost: list[tuple[str, Event]] = []
@@ -103,9 +103,11 @@ class World:
     def send(self, identity: bytes, payload: bytes) -> bool:
         messages, errors = wire.unpack(payload, wire.to_worker_decoder)
         assert not errors
+        if int(identity.split(b".")[0][1:]) in self.gone:
+            return False
         self.frames.append((identity, messages))
         self.sent.extend((identity, message) for message in messages)
-        return self.accepts
+        return True
 
     def sent_of(self, kind: type) -> list[tuple[int, Any]]:
         """(worker id, message) of each message of that kind sent so far, oldest first."""
@@ -236,6 +238,52 @@ def test_a_worker_that_dies_gets_a_verdict_for_each_step_it_ran_and_a_replacemen
     stats = world.executor.stats()
     assert (stats["workers_lost"], stats["steps_interrupted"], stats["workers_spawned"]) == (1, 2, 2)
     assert [w.id for w in world.executor.workers()] == [2]
+
+
+def test_a_worker_that_dies_mid_batch_accounts_for_every_task_of_the_batch_exactly_once() -> None:
+    """Given one worker sent six tasks in one frame, when it reports two of them (one frame of results) and dies
+    with the other four running, then each of the six is reported exactly once: the two as results (acknowledged
+    together, in one frame), the four as lost; none is sent again by the executor."""
+    world = started(size=1, capacity=8)
+    tasks = [f"t{i}" for i in range(6)]
+    for task in tasks:
+        world.executor.dispatch(attempt("x", task))
+    assert world.executor.pump() == 6
+    assert [[m.task.task for m in messages] for _, messages in world.frames] == [tasks]
+
+    world.done(1, "x", "t1")
+    world.done(1, "x", "t4")
+    world.executor.pump()
+    world.procs[1].code = -signal.SIGKILL
+    world.executor.check(time.monotonic())
+
+    reported = [e.task for _, e in world.results] + [e.task for _, e in world.lost]
+    assert sorted(reported) == tasks
+    assert [e.task for _, e in world.results] == ["t1", "t4"]
+    assert [[m.task for m in messages] for _, messages in world.frames[1:2]] == [["t1", "t4"]]  # the acks: one frame
+    assert [m.task.task for _, m in world.sent_of(wire.RunTask)] == tasks  # each sent once, by the first frame
+
+
+def test_a_batch_its_worker_cannot_take_puts_each_task_back_once_in_order_for_the_next_worker() -> None:
+    """Given two workers, one of whose socket is gone (every send to it fails), when a pump hands out four tasks,
+    then that worker is killed and the tasks of its batch wait again, in their order, exactly once each; the
+    next pump sends them to the other worker, and nothing is reported for them meanwhile."""
+    world = started(size=2, capacity=6)
+    world.gone = {1}
+    for task in ("a", "b", "c", "d"):
+        world.executor.dispatch(attempt("x", task))
+
+    world.executor.pump()
+    assert world.procs[1].code == -signal.SIGKILL
+    first = [m.task.task for _, m in world.sent_of(wire.RunTask)]  # worker 2's batch
+    put_back = [t for t in ("a", "b", "c", "d") if t not in first]
+    assert put_back and world.executor.capacity().queued == len(put_back)
+
+    assert world.executor.pump() == len(put_back)
+    sent = [(wid, m.task.task) for wid, m in world.sent_of(wire.RunTask)]
+    assert sent == [(2, t) for t in first] + [(2, t) for t in put_back]
+    assert sorted(t for _, t in sent) == ["a", "b", "c", "d"]
+    assert world.lost == [] and world.results == []
 
 
 def test_a_step_past_its_timeout_plus_grace_is_reported_timed_out_and_its_worker_killed() -> None:

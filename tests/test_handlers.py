@@ -471,6 +471,24 @@ def test_a_bad_worker_message_is_dropped_and_the_next_one_handled(tmp_path: Path
     run_async(test, tmp_path)
 
 
+def test_a_batch_of_results_with_one_that_does_not_decode_hands_on_every_other_in_order(tmp_path: Path) -> None:
+    async def test(world: World) -> None:
+        # Given a worker's frame that holds three results, a message that is not valid msgpack, one of an unknown
+        # type, and a step's memory write (a Batch: what the worker sent in one loop turn)
+        done = [wire.TaskDone(run_id="r", event=StepSucceeded(task=f"t{i}", attempt=1)) for i in range(3)]
+        run = started(world)
+        save = wire.MemorySave(req=1, run_id=run.id, key="k", value=2)
+        frames = [wire.encode(done[0]), b"\xc1garbage", wire.encode(done[1]),
+                  msgspec.msgpack.encode({"type": "no_such_message"}), wire.encode(done[2]), wire.encode(save)]
+        # When it arrives
+        world.messages.on_batch([[b"w1", wire.pack(frames)]])
+        # Then the two bad ones are counted and dropped, and every other is handled, in the order it was sent
+        assert world.stats["bad_worker_messages"] == 2
+        assert [msg for _, msg in world.executor.messages] == [*done, save]
+        assert run.memory["k"] == 2
+    run_async(test, tmp_path)
+
+
 def test_a_steps_broker_call_is_answered_after_the_commit_and_a_resend_from_the_cache(tmp_path: Path) -> None:
     async def test(world: World) -> None:
         # Given a step of a running run

@@ -269,6 +269,23 @@ def test_a_malformed_frame_is_counted_and_dropped(fake_daemon: FakeDaemon, pipel
 # -- running tasks ----------------------------------------------------------------------
 
 
+def test_a_batch_runs_each_task_and_drops_only_the_message_that_does_not_decode(fake_daemon: FakeDaemon,
+                                                                               pipeline_file: File) -> None:
+    # Given a worker
+    fake_daemon.spawn()
+
+    # When one frame brings it three tasks (the file's text with the first only) around a malformed message
+    tasks = [wire.encode(run_task(pipeline_file, "greet", f"t{i}", with_source=i == 0)) for i in range(3)]
+    fake_daemon.send(wire.pack([tasks[0], b"\xc1 not msgpack", tasks[1], tasks[2]]))
+
+    # Then every task runs and reports, and the heartbeat counts the one dropped message
+    for i in range(3):
+        done = fake_daemon.done(f"t{i}")
+        assert isinstance(done.event, StepSucceeded), done.event
+    fake_daemon.expect(wire.Heartbeat, lambda m: m.dropped == 1)
+
+
+
 def test_a_function_step_succeeds_with_plain_data_output(fake_daemon: FakeDaemon, pipeline_file: File) -> None:
     # Given a worker that has never seen the file
     fake_daemon.spawn()
