@@ -404,11 +404,7 @@ class LocalExecutor:
                         in_flight=self.pool.in_flight(), queued=len(self.queues))
 
     def running(self) -> list[RunningAttempt]:
-        now = time.monotonic()
-        return [RunningAttempt(run_id=job.attempt.run_id, pipeline=job.attempt.pipeline, step=job.attempt.dispatch.step,
-                               task=job.attempt.dispatch.task, attempt=job.attempt.dispatch.attempt, worker=worker.id,
-                               elapsed_s=now - job.sent_at)
-                for worker in self.pool.by_id.values() for job in worker.running.values()]
+        return self.pool.running()
 
     def workers(self) -> list[WorkerInfo]:
         return self.pool.info()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from tagent_client.wire.protocol import WorkerInfo
 from tagentd.executor.deaths import Cause
-from tagentd.executor.interface import AttemptKey, StepAttempt
+from tagentd.executor.interface import AttemptKey, RunningAttempt, StepAttempt
 from tagentd.executor.spawner import ProcessStarter, WorkerProcess
 from tagentd.worker import wire
 
@@ -149,6 +149,14 @@ class WorkerSet:
     def identities(self) -> set[bytes]:
         """The socket identities of the workers it still has."""
         return {w.identity for w in self.by_id.values()}
+
+    def running(self) -> list[RunningAttempt]:
+        """Every attempt in flight on these workers, with how long since it was sent."""
+        now = time.monotonic()
+        return [RunningAttempt(run_id=job.attempt.run_id, pipeline=job.attempt.pipeline, step=job.attempt.dispatch.step,
+                               task=job.attempt.dispatch.task, attempt=job.attempt.dispatch.attempt, worker=worker.id,
+                               elapsed_s=now - job.sent_at)
+                for worker in self.by_id.values() for job in worker.running.values()]
 
     def info(self) -> list[WorkerInfo]:
         return [
