@@ -118,7 +118,7 @@ SUBSCRIBER = textwrap.dedent('''
                     frame = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                for seq, ts, topic, data in msgspec.msgpack.decode(frame):
+                for seq, ts, topic, data, *_ in msgspec.msgpack.decode(frame):
                     if topic == "broker.dropped":
                         dropped += data["dropped"]
                     else:
