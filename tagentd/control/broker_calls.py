@@ -30,7 +30,7 @@ CallKey = tuple[bytes, int]  # (worker identity, the worker's request number)
 
 
 class BrokerReplyShape:
-    """A `wire.BrokerReply` to one call (router.py's `Shape`); notes whether its result may leave before the commit."""
+    """A `wire.BrokerReply` to one call (router.py's `Shape`); keeps the result, by which `BrokerShell.reply` times it."""
 
     __slots__ = ("name", "op", "req", "result")
 
