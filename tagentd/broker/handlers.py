@@ -6,9 +6,12 @@ None for a client — a client is the owner and no allow-list applies to it. A
 handler returns the result (plain data or a result Struct) or raises a
 TagentError; tagentd/control/router.py turns either into the reply, for a client
 (tagentd/control/handlers.py's `route`) and for a step
-(tagentd/control/broker_calls.py) alike. `receive` and `wait_event` are
-coroutines: they may be parked until something arrives. Every reply leaves after
-the daemon's next commit, so what it reports is on disk.
+(tagentd/control/broker_calls.py) alike. `receive` returns a `Parked` (answered
+inside the send that fills it) and `wait_event` is a coroutine: both may wait
+until something arrives. Every reply leaves after the daemon's next commit, so
+what it reports is on disk — but for what `BrokerShell.answered_at_once` names:
+a non-durable send (`durable=False`) and a receive of such a message, which
+promise nothing a crash could break.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from tagent_client.errors import InvalidRequest, NotFound, PermissionDenied
 from tagent_client.wire import protocol_broker as b
 from tagentd.broker import views
 from tagentd.plumbing import peers
-from tagentd.plumbing.longpoll import wait_limit
+from tagentd.plumbing.longpoll import Parked, wait_limit
 
 if TYPE_CHECKING:
     from tagentd.broker.service import BrokerShell
@@ -45,7 +48,7 @@ def send(shell: BrokerShell, req: b.SendMessage, caller: Caller) -> dict[str, An
     message_id = req.message_id or uuid.uuid4().hex
     check_name("a message type", req.message_type)
     return shell.send(req.to, message_id, peers.who(req, caller), req.payload, message_type=req.message_type,
-                      from_pipeline=source_of(req.from_pipeline, caller))
+                      from_pipeline=source_of(req.from_pipeline, caller), durable=req.durable)
 
 
 def source_of(claimed: str | None, caller: Caller) -> str:
@@ -55,11 +58,11 @@ def source_of(claimed: str | None, caller: Caller) -> str:
     return check_name("a pipeline name", claimed) if claimed else ""
 
 
-async def receive(shell: BrokerShell, req: b.ReceiveMessage, caller: Caller) -> Any:
+def receive(shell: BrokerShell, req: b.ReceiveMessage, caller: Caller) -> Parked:
     if caller is None:
         raise InvalidRequest("only a step can receive messages (they are leased to its attempt); "
                              "look into a mailbox with 'tagent mailbox ls --peek N'")
-    return await shell.receive(caller, wait_limit(req.wait, b.MAX_WAIT))
+    return shell.receive(caller, wait_limit(req.wait, b.MAX_WAIT))
 
 
 def ack_messages(shell: BrokerShell, req: b.AckMessages, caller: Caller) -> dict[str, Any]:

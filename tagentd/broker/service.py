@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tagent_client.core.broker import attempt_error
-from tagent_client.core.broker_records import Entry, Lease, Record
+from tagent_client.core.broker_records import Entry, Lease, Message, Record
 from tagent_client.core.events import Action, CancelTask, StepSucceeded
 from tagent_client.core.lock_queue import LockQueue
 from tagent_client.core.locks import ended_why
@@ -46,6 +46,7 @@ from tagentd.broker.events import EventBus
 from tagentd.broker.state import Broker, QueuedTrigger, Registration
 from tagentd.broker.store import BrokerStore, MemoryBrokerStore
 from tagentd.executor.interface import RunningAttempt
+from tagentd.plumbing.longpoll import Parked
 from tagentd.plumbing.ports import MarkDirty
 from tagentd.runs.ports import RunOps
 from tagentd.runs.run import Run, RunSource
@@ -59,7 +60,7 @@ ENDED_KEEP = 10_000        # attempts known to be over: a late receive for one l
 RATE_WINDOW = 10           # seconds of counter samples behind the rates in `stats`
 Holder = tuple[str, str, int]
 #: What one commit makes safe to publish / journal: lifecycle events, user events, trigger starts, acks.
-Token = tuple[list[EventRecord], list[EventRecord], list[QueuedTrigger], list[Record]]
+Token = tuple[list[EventRecord], list[EventRecord], list[QueuedTrigger], list[Record], set[tuple[str, str]]]
 
 
 class BrokerShell:
@@ -86,6 +87,10 @@ class BrokerShell:
         self._pending: list[EventRecord] = []      # user and space events, published after them
         self._launched: list[QueuedTrigger] = []    # runs created; their TriggerStarted waits for the run's commit
         self._acks: list[Record] = []               # acks of succeeded attempts; wait for the attempt's commit
+        self._unwritten: set[tuple[str, str]] = set()  # (mailbox, id) of messages the next commit writes
+        self._volatile: set[tuple[str, str]] = set()   # the non-durable ones among them
+        self._writing: set[tuple[str, str]] = set()    # the messages the commit in flight writes
+        self._when_written: list[tuple[Callable[[], None], Callable[[], None]]] = []  # (on success, on failure)
         self._ended: collections.OrderedDict[Holder, None] = collections.OrderedDict()
         self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(maxlen=RATE_WINDOW + 1)
 
@@ -193,7 +198,8 @@ class BrokerShell:
 
     def prepare(self) -> Token:
         """Take what waits for this commit: events to publish, trigger starts and acks to journal after it."""
-        token = (self._lifecycle, self._pending, self._launched, self._acks)
+        token = (self._lifecycle, self._pending, self._launched, self._acks, set(self._unwritten))
+        self._writing = token[4]
         self._lifecycle, self._pending, self._launched, self._acks = [], [], [], []
         return token
 
@@ -202,11 +208,19 @@ class BrokerShell:
         return self.store.flush() if self.has_writes() else None
 
     def failed(self, token: Token) -> None:
-        self._lifecycle[:0], self._pending[:0], self._launched[:0], self._acks[:0] = token
+        self._lifecycle[:0], self._pending[:0], self._launched[:0], self._acks[:0] = token[:4]
+        self._writing, waiting, self._when_written = set(), self._when_written, []
+        for _, on_failure in waiting:
+            on_failure()
 
     def committed(self, token: Token) -> None:
         """The commit is on disk: journal the trigger starts and acks it made safe, publish, start queued triggers."""
-        lifecycle, pending, launched, acks = token
+        lifecycle, pending, launched, acks, written = token
+        self._unwritten -= written  # the messages this commit wrote are on disk now
+        self._volatile -= written
+        self._writing, waiting, self._when_written = set(), self._when_written, []
+        for on_success, _ in waiting:
+            on_success()
         for item in launched:
             self.broker.trigger_durable(item)
         self.broker.journal.extend(acks)
@@ -224,23 +238,61 @@ class BrokerShell:
     # -- mailboxes --------------------------------------------------------------------------------------------
 
     def send(self, to: str, message_id: str, sender: str, payload: Any, *, message_type: str = "data",
-             from_pipeline: str = "") -> dict[str, Any]:
+             from_pipeline: str = "", durable: bool = True) -> dict[str, Any]:
+        """Append a message to `to`'s mailbox (journalled for the next commit); parked receivers get it now.
+
+        A non-durable message (`durable=False`) is remembered as volatile until the commit that writes it:
+        its sender and its receiver are answered without waiting for that commit (`answered_at_once`).
+        """
         sent = self.broker.core.send(to, message_id, sender, payload, time.time(), message_type=message_type,
                                      from_pipeline=from_pipeline)
         self.broker.stats["messages_duplicate" if sent is None else "messages_sent"] += 1
         if sent is not None:
+            self._unwritten.add((to, message_id))
+            if not durable:
+                self._volatile.add((to, message_id))
+                self.broker.stats["messages_sent_not_durable"] += 1
             self._receivers.deliver(to)
+            self.mark_dirty()
         return {"id": message_id, "duplicate": sent is None}
 
-    async def receive(self, caller: b.StepRef, wait: float) -> Any:
+    def receive(self, caller: b.StepRef, wait: float) -> Parked:
+        """The oldest leasable message of the caller's mailbox, leased to its attempt: now, or when one comes
+        within `wait` s (resolved inside the send that brings it), else None."""
         holder = caller.holder
         run = self.ops.runs.live(caller.run_id)
         if holder in self._ended or run is None or run.finished:
-            return None  # a late re-send for an attempt that is over: lease nothing
-        message = await self._receivers.receive(caller.pipeline, holder, wait)
-        if message is not None:
-            self.broker.stats["messages_delivered"] += 1
-        return message
+            return Parked.now(None)  # a late re-send for an attempt that is over: lease nothing
+        parked = Parked()
+
+        def deliver(message: Any) -> None:
+            if message is not None:
+                self.broker.stats["messages_delivered"] += 1
+            parked.resolve(message)
+
+        self._receivers.park(caller.pipeline, holder, wait, deliver)
+        return parked
+
+    def reply(self, request: Any, result: Any, now: Callable[[], None], after_commit: Callable[[], None]) -> None:
+        """Send a step's reply at the right time: `now` when `answered_at_once`; when it leased a durable message
+        that the commit in flight is writing, as soon as that commit is on disk; else `after_commit` (the next)."""
+        if self.answered_at_once(request, result):
+            now()
+        elif isinstance(result, Message) and (result.mailbox, result.id) in self._writing:
+            self._when_written.append((now, after_commit))
+        else:
+            after_commit()
+
+    def answered_at_once(self, request: Any, result: Any) -> bool:
+        """Whether this reply need not wait for a commit: a non-durable send; a receive that leased a message
+        already on disk (the lease itself is never written), or one sent non-durably (it promised nothing a
+        crash could break). A receive of a durable message the next commit writes waits for that commit."""
+        if isinstance(request, b.SendMessage):
+            return not request.durable
+        if isinstance(request, b.ReceiveMessage) and isinstance(result, Message):
+            key = (result.mailbox, result.id)
+            return key not in self._unwritten or key in self._volatile
+        return False
 
     async def lock(self, caller: b.StepRef, space: str, key: str, ttl: float, wait: float) -> Lease | None:
         """A lease on `key` for the calling attempt (parked up to `wait` s); None for an attempt that is over."""

@@ -2,7 +2,9 @@
 
 The call goes to the broker's handler (tagentd/broker/handlers.py) through the router, with the
 step as its caller; the reply goes back to the worker after the next commit, so what it reports
-is on disk. Workers re-send a call every second until it is answered, so:
+is on disk — or sooner where `BrokerShell.reply` says so (a non-durable send, a receive of a
+message already on disk or being written by the commit in flight). Workers re-send a call every
+second until it is answered, so:
 
 - a re-send of a call still in progress is ignored (its reply is on its way);
 - a re-send of an answered call is answered again, at once, from a small cache (the last
@@ -28,15 +30,18 @@ CallKey = tuple[bytes, int]  # (worker identity, the worker's request number)
 
 
 class BrokerReplyShape:
-    """A `wire.BrokerReply` to one call (router.py's `Shape`)."""
+    """A `wire.BrokerReply` to one call (router.py's `Shape`); keeps the result, by which `BrokerShell.reply` times it."""
 
-    __slots__ = ("name", "req")
+    __slots__ = ("name", "op", "req", "result")
 
     def __init__(self, call: wire.BrokerCall) -> None:
         self.req = call.req
+        self.op = call.op
         self.name = type(call.op).__name__
+        self.result: Any = None
 
     def ok(self, result: Any) -> bytes:
+        self.result = result
         return wire.encode(wire.BrokerReply(req=self.req, result=result))
 
     def error(self, exc: TagentError) -> bytes:
@@ -67,13 +72,20 @@ class BrokerCalls:
         shape = BrokerReplyShape(call)
         handler = HANDLERS.get(type(call.op))
         if handler is None:
-            self._answer(key, shape.error(ProtocolError(f"unknown broker request {call.op!r:.60}")))
+            self._answer(key, shape, shape.error(ProtocolError(f"unknown broker request {call.op!r:.60}")))
             return
-        self.router.serve(handler, (self.broker, call.op, call.caller), shape, lambda payload: self._answer(key, payload))
+        self.router.serve(handler, (self.broker, call.op, call.caller), shape,
+                          lambda payload: self._answer(key, shape, payload))
 
-    def _answer(self, key: CallKey, payload: bytes) -> None:
+    def _answer(self, key: CallKey, shape: BrokerReplyShape, payload: bytes) -> None:
         self._in_progress.discard(key)
         self._answered[key] = payload
         while len(self._answered) > ANSWERED_KEEP:
             self._answered.popitem(last=False)
-        self.reply_after_commit(self.channel, [key[0], payload])
+        frames = [key[0], payload]
+
+        def now() -> None:
+            if not self.channel.send_now(frames):  # now, not a loop turn later; else queued
+                self.channel.send(frames)
+
+        self.broker.reply(shape.op, shape.result, now, lambda: self.reply_after_commit(self.channel, frames))

@@ -242,6 +242,11 @@ HANDLERS: dict[type, Callable[..., Any]] = {
 #: Replies that report nothing that must be on disk: sent at once, not after the next commit, so they answer
 #: even while the state dir cannot be written (`daemon_status` then says so).
 ANSWERED_AT_ONCE = (p.Ping, p.DaemonStatus, p.Shutdown, p.GetMetrics)
+
+
+def answered_at_once(req: p.Request) -> bool:
+    """ANSWERED_AT_ONCE, and a non-durable send (`durable=False`: acknowledged before the commit that writes it)."""
+    return isinstance(req, ANSWERED_AT_ONCE) or (isinstance(req, b.SendMessage) and not req.durable)
 #: Reads that may be parked for a while: if the state dir stopped being writable meanwhile, they end with its
 #: error at once rather than wait for a commit (what they would report may not be on disk).
 PARKED_READS = (p.GetEvents, p.GetLogs, b.WaitEvent)

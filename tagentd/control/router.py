@@ -2,7 +2,8 @@
 
 `Router.serve(handler, args, shape, deliver)` calls `handler(*args)` — a plain function, or a
 coroutine function (then in a task the daemon keeps) — and hands `deliver` exactly one encoded
-reply:
+reply. A plain handler may return a `Parked` (tagentd/plumbing/longpoll.py): its reply is
+delivered inside the call that resolves it (a parked receive, filled by a send). The reply is:
 
 - what the handler returned, as `shape.ok(result)`;
 - a TagentError it raised, as `shape.error(exc)`: its code (`not_found`, `invalid_request`, ...)
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from tagent_client.errors import TagentError
+from tagentd.plumbing.longpoll import Parked
 from tagentd.plumbing.ports import Spawn
 
 log = logging.getLogger("tagentd.router")
@@ -43,13 +45,11 @@ class Shape(Protocol):
         """The encoded error reply for `exc`."""
 
 
-def answer(handler: Callable[..., Any], args: tuple[Any, ...], shape: Shape) -> bytes:
-    """The reply to a plain (not async) handler's call."""
+def answer_parked(result: Any, shape: Shape) -> bytes:
+    """The reply carrying a plain handler's result (or a parked request's, once it came)."""
     try:
-        return shape.ok(handler(*args))
-    except TagentError as exc:
-        return shape.error(exc)
-    except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
+        return shape.ok(result)
+    except Exception as exc:  # noqa: BLE001 - e.g. a result that does not encode
         return shape.error(internal_error(shape.name, exc))
 
 
@@ -79,8 +79,19 @@ class Router:
         """Call `handler(*args)` and `deliver` its one reply: now for a plain handler, when it ends for an async one."""
         if inspect.iscoroutinefunction(handler):
             self.spawn(self._serve_async(handler, args, shape, deliver))
+            return
+        try:
+            result = handler(*args)
+        except TagentError as exc:
+            deliver(shape.error(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the daemon
+            deliver(shape.error(internal_error(shape.name, exc)))
+            return
+        if isinstance(result, Parked):  # answered when it resolves, in that very call (no task, no loop turn)
+            result.then(lambda value: deliver(answer_parked(value, shape)))
         else:
-            deliver(answer(handler, args, shape))
+            deliver(answer_parked(result, shape))
 
     @staticmethod
     async def _serve_async(handler: Callable[..., Any], args: tuple[Any, ...], shape: Shape, deliver: Deliver) -> None:

@@ -147,7 +147,7 @@ class ControlServer:
             self._reply(identity, _error(req, exc))
             return
         handler, args = control.route(self.ports, req)
-        if isinstance(req, control.ANSWERED_AT_ONCE):  # reports nothing that must be on disk: no commit to wait for
+        if control.answered_at_once(req):  # reports nothing that must be on disk: no commit to wait for
             self.router.serve(handler, args, ControlReplyShape(req), lambda reply: self._send_now(identity, reply))
             return
         if self.health.failing:  # its reply would wait for a commit that cannot happen: refuse, change nothing

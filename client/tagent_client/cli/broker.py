@@ -128,14 +128,17 @@ def access_table(entries: Sequence[AccessEntry]) -> str:
 @click.option("--id", "message_id", metavar="ID", help="Message id (a repeated id is dropped as a duplicate).")
 @text_option("JSON")
 @click.option("--create", is_flag=True, help="Queue it even if no pipeline of that name has run or registered yet.")
+@click.option("--no-durable", "not_durable", is_flag=True,
+              help="Return before the message is on disk (faster; a daemon crash right after may lose it).")
 @pass_session
-def send(session: Session, pipeline: str, payload: str, message_id: str | None, as_text: bool, create: bool) -> None:
+def send(session: Session, pipeline: str, payload: str, message_id: str | None, as_text: bool, create: bool,
+         not_durable: bool) -> None:
     """Put a message in PIPELINE's mailbox; its runs take it with ctx.receive(). Prints the message id."""
     value = parse_json(payload, as_text=as_text, param="JSON")
     client = session.client()
     if not create:
         check_known_pipeline(client, pipeline)
-    click.echo(client.send(pipeline, value, id=message_id))
+    click.echo(client.send(pipeline, value, id=message_id, durable=not not_durable))
 
 
 @click.command()

@@ -28,11 +28,11 @@ def _plain(result: Any) -> Any:
     return result
 
 
-def _send(pipeline: str, payload: Any, message_id: str | None) -> Call[str]:
+def _send(pipeline: str, payload: Any, message_id: str | None, durable: bool = True) -> Call[str]:
     """A send whose message id is chosen once: a resend of it (by the client, or by the caller with that id)
     is stored once at most."""
     request = b.SendMessage(to=pipeline, payload=plain_data("the message payload", payload),
-                            message_id=message_id or uuid.uuid4().hex)
+                            message_id=message_id or uuid.uuid4().hex, durable=durable)
     return Call(request, lambda r: str(r["id"]), resend=True)
 
 
@@ -151,14 +151,16 @@ class BrokerMethods:
     runtime_dir: Any
     _call: Callable[..., Any]
 
-    def send(self, pipeline: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002
+    def send(self, pipeline: str, payload: Any = None, *, id: str | None = None,  # noqa: A002
+             durable: bool = True) -> str:
         """Put a message in `pipeline`'s mailbox (kept until a run of it takes it); returns its id once durable.
 
         The id (`id`, or a random one chosen once per call) is stored once at most: the client resends a send
         that got no answer in time under the same id, and a RequestTimeout's `details["message_id"]` lets you
-        retry it under that id too.
+        retry it under that id too. `durable=False` returns before the message is on disk (a crash may lose
+        it; docs/broker.md, "Non-durable messages").
         """
-        return self._call(_send(pipeline, payload, id))
+        return self._call(_send(pipeline, payload, id, durable))
 
     def publish(self, topic: str, data: Any = None) -> dict[str, Any]:
         """Publish an event; returns {seq, triggered: [pipelines a run was queued for]}."""
@@ -218,8 +220,9 @@ class AsyncBrokerMethods:
     runtime_dir: Any
     _call: Callable[..., Any]
 
-    async def send(self, pipeline: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002
-        return await self._call(_send(pipeline, payload, id))
+    async def send(self, pipeline: str, payload: Any = None, *, id: str | None = None,  # noqa: A002
+                   durable: bool = True) -> str:
+        return await self._call(_send(pipeline, payload, id, durable))
 
     async def publish(self, topic: str, data: Any = None) -> dict[str, Any]:
         return await self._call(_publish(topic, data))

@@ -129,10 +129,12 @@ class PipelineCommunicator:
         self._on_close = on_close
 
     async def send_message(self, to_pipeline: str, message: Any = None, message_type: str = "data", *,
-                           from_pipeline: str | None = None, message_id: str | None = None) -> str:
-        """Send `message` to `to_pipeline`'s mailbox labelled `message_type`; its id once it is durable."""
+                           from_pipeline: str | None = None, message_id: str | None = None, durable: bool = True) -> str:
+        """Send `message` to `to_pipeline`'s mailbox labelled `message_type`; its id once it is durable
+        (`durable=False`: once the daemon has it, before it is on disk; docs/broker.md, "Non-durable messages")."""
         same_pipeline(self.pipeline, from_pipeline, "send_message's from_pipeline")
-        request = send_request(self.pipeline, to_pipeline, message, message_type, message_id or self._port.message_id())
+        request = send_request(self.pipeline, to_pipeline, message, message_type, message_id or self._port.message_id(),
+                               durable)
         return str((await self._port.call(request))["id"])
 
     async def receive_message(self, timeout: float | None = None) -> PipelineMessage | None:

@@ -78,9 +78,10 @@ def same_pipeline(pipeline: str, named: str | None, what: str) -> None:
                              f"one made for {named!r}: client.communicator(as_pipeline={named!r})")
 
 
-def send_request(pipeline: str, to_pipeline: str, message: Any, message_type: str, message_id: str) -> b.SendMessage:
+def send_request(pipeline: str, to_pipeline: str, message: Any, message_type: str, message_id: str,
+                 durable: bool = True) -> b.SendMessage:
     return b.SendMessage(to=to_pipeline, payload=to_builtins(message), message_id=message_id,
-                         message_type=message_type, from_pipeline=pipeline)
+                         message_type=message_type, from_pipeline=pipeline, durable=durable)
 
 
 def publish_request(pipeline: str, event_type: str, data: Any, event_id: str) -> b.Publish:

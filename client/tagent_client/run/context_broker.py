@@ -64,10 +64,15 @@ class BrokerAbilities:
         self._sends += 1
         return f"{self.run_id}/{self.task}/{self._sends}"
 
-    async def send(self, to: str, payload: Any = None, *, id: str | None = None) -> str:  # noqa: A002 - the issue's name
-        """Send `payload` to pipeline `to`'s mailbox; returns the message id once the message is durable."""
+    async def send(self, to: str, payload: Any = None, *, id: str | None = None,  # noqa: A002 - the issue's name
+                   durable: bool = True) -> str:
+        """Send `payload` to pipeline `to`'s mailbox; returns the message id once the message is durable.
+
+        `durable=False` returns once the daemon has it, before it is on disk: faster, and lost if the daemon
+        crashes before its next commit (docs/broker.md, "Non-durable messages")."""
         message_id = id if id is not None else self.next_message_id()
-        result = await self._call(b.SendMessage(to=to, payload=to_builtins(payload), message_id=message_id))
+        result = await self._call(b.SendMessage(to=to, payload=to_builtins(payload), message_id=message_id,
+                                                durable=durable))
         return str(result["id"])
 
     async def receive(self, timeout: float | None = None) -> Message | None:

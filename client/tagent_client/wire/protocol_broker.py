@@ -58,7 +58,9 @@ class SendMessage(BrokerRequest, tag="send", kw_only=True):
     """Put `payload` in pipeline `to`'s mailbox; answered once durable. A repeated `message_id` is dropped.
 
     `message_type` labels the message for its receiver; `from_pipeline` is the pipeline a client sends as
-    (a step's messages always come from its own pipeline, whatever this says).
+    (a step's messages always come from its own pipeline, whatever this says). With `durable=False` the
+    send is answered at once, before the commit that writes it, and so is a receive that takes it: a
+    crash before that commit loses it (docs/broker.md, "Non-durable messages").
     """
 
     to: str
@@ -66,6 +68,7 @@ class SendMessage(BrokerRequest, tag="send", kw_only=True):
     message_id: str | None = None
     message_type: str = "data"
     from_pipeline: str | None = None
+    durable: bool = True
 
 
 class ReceiveMessage(BrokerRequest, tag="receive", kw_only=True):
