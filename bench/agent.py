@@ -95,8 +95,9 @@ def measure_direct(base_url: str, runs: int) -> list[float]:
         founded: int
 
     async def go() -> list[float]:
-        model = OpenAIChatModel("llama3", provider=OpenAIProvider(base_url=base_url, api_key="k"),
-                                settings={"max_retries": 0})
+        provider = OpenAIProvider(base_url=base_url, api_key="k")
+        provider.client.max_retries = 0  # no SDK retries, set on the client as the worker's models do (no copy per request)
+        model = OpenAIChatModel("llama3", provider=provider)
         agent = Agent(model, output_type=Company, system_prompt="You are one step of a pipeline. Goal: find it.")
         prompt = json.dumps({"inputs": {"previous": OUTPUT}, "shared": {}, "params": {}}, indent=1)
         for _ in range(10):  # warm-up: connections, schemas, caches
