@@ -18,7 +18,7 @@ step = one model request.
 - daemon_limited: the same with `max_concurrent` set, so every request also takes a
   permit from the daemon (one more round trip to it per request).
 
-overhead = p50(daemon) - p50(direct); target: under 10 ms. Prints ONE JSON line on
+overhead = p50(daemon) - p50(direct); target: at most 1 ms (issue 17). Prints ONE JSON line on
 stdout (progress on stderr) and writes it to bench/results/agent-latest.json.
 """
 
@@ -46,7 +46,7 @@ for _p in (str(REPO), str(REPO / "client"), str(REPO / "tests"), str(BENCH)):
 
 from daemon import CLEANUP, BenchDaemon, child_env, enable_bytecode_cache, say  # noqa: E402  (bench/daemon.py)
 
-TARGET_MS = 10.0
+TARGET_MS = 1.0  # issue 17
 OUTPUT = {"name": "Acme", "founded": 1999}
 RESULT_FILE = BENCH / "results" / "agent-latest.json"
 
@@ -95,8 +95,9 @@ def measure_direct(base_url: str, runs: int) -> list[float]:
         founded: int
 
     async def go() -> list[float]:
-        model = OpenAIChatModel("llama3", provider=OpenAIProvider(base_url=base_url, api_key="k"),
-                                settings={"max_retries": 0})
+        provider = OpenAIProvider(base_url=base_url, api_key="k")
+        provider.client.max_retries = 0  # no SDK retries, set on the client as the worker's models do (no copy per request)
+        model = OpenAIChatModel("llama3", provider=provider)
         agent = Agent(model, output_type=Company, system_prompt="You are one step of a pipeline. Goal: find it.")
         prompt = json.dumps({"inputs": {"previous": OUTPUT}, "shared": {}, "params": {}}, indent=1)
         for _ in range(10):  # warm-up: connections, schemas, caches
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "bench_s": round(time.perf_counter() - started, 1),
     }
-    out["met_target"] = out["overhead_p50_ms"] < TARGET_MS and out["overhead_limited_p50_ms"] < TARGET_MS
+    out["met_target"] = out["overhead_p50_ms"] <= TARGET_MS and out["overhead_limited_p50_ms"] <= TARGET_MS
     line = json.dumps(out)
     print(line)
     if not args.quick:

@@ -27,6 +27,7 @@ from ..context import StepContext, constraints_of
 from ..llm import LLMRuntime, model_name
 from .attempt import Attempt
 from .broker_tools import broker_tools
+from .early import early_admission
 from .models import BuiltModel, mark, model_for
 from .tools import is_tagent_style, step_tools
 from .usage import attempt_usage
@@ -76,7 +77,7 @@ async def call(agent: Any, prompt: str, name: str, runtime: LLMRuntime, record: 
     from pydantic_ai.usage import UsageLimits
 
     record.model = name
-    with capture_run_messages() as messages:
+    with capture_run_messages() as messages, early_admission(agent.model):
         try:
             limits = UsageLimits(request_limit=runtime.request_limit) if runtime.request_limit else None
             result = await agent.run(prompt, infer_name=False, usage_limits=limits)

@@ -48,6 +48,7 @@ from pydantic_ai.tools import RunContext
 from ...errors import ConfigError
 from ..breakers import BreakerGate, Ticket, llm_breaker
 from ..llm import MAX_PAUSE, EndpointSettings, LLMRuntime, RequestLimiter
+from .early import take_early_admission
 
 DEFAULT_REQUEST_RETRIES = 3
 BACKOFF_BASE = 0.5
@@ -86,8 +87,23 @@ def _build(name: str, runtime: LLMRuntime) -> BuiltModel:
         base = _provider_model(name, prefix, runtime)
     limited = prefix if endpoint is not None and endpoint.limited else None
     model = LimitedModel(base, endpoint=limited, settings=endpoint, limiter=runtime.limiter,
-                         breaker=llm_breaker(prefix if sep else name), breakers=runtime.breakers)
+                         breaker=llm_breaker(prefix if sep else name), breakers=runtime.breakers,
+                         sdk_retries_off=sdk_retries_off(base))
     return BuiltModel(model, limited)
+
+
+def sdk_retries_off(model: Model) -> bool:
+    """Turn off the SDK client's own retries (LimitedModel retries, so permits and pauses apply); True if done.
+
+    Done on the model's client itself (an OpenAI or Anthropic SDK client, made for this model alone), not per
+    request: pydantic-ai honours a request's `max_retries` setting by copying the whole SDK client for that
+    request, and the copy then looks up its platform headers in a thread — ~1 ms and a thread hop per request.
+    """
+    client = getattr(model, "client", None)
+    if isinstance(getattr(client, "max_retries", None), int):
+        client.max_retries = 0  # type: ignore[union-attr]
+        return True
+    return False
 
 
 def _endpoint_model(prefix: str, model_name: str, endpoint: EndpointSettings) -> Model:
@@ -104,7 +120,7 @@ def _endpoint_model(prefix: str, model_name: str, endpoint: EndpointSettings) ->
         if key is None:
             raise ConfigError(f"endpoint {prefix!r} reads its API key from ${endpoint.api_key_env}, which is not set in "
                               f"the environment of the process running the step; export it before starting tagentd")
-    settings: ModelSettings = {"max_retries": 0}
+    settings: ModelSettings = {}
     if endpoint.timeout:
         settings["timeout"] = endpoint.timeout
     provider = OpenAIProvider(base_url=endpoint.base_url, api_key=key or "no-key")
@@ -207,11 +223,12 @@ def estimate_tokens(messages: list[ModelMessage]) -> int:
 class LimitedModel(WrapperModel):
     """A model whose every request holds a permit of its endpoint, goes through its circuit breaker (`breaker`,
     asked once the permit is held: a refused request fails fast with CircuitOpen) and is retried on transient
-    errors."""
+    errors. With `sdk_retries_off` the wrapped model's SDK client no longer retries by itself (sdk_retries_off());
+    else each request asks it not to (its `max_retries` setting), where the model supports that."""
 
     def __init__(self, wrapped: Model, *, endpoint: str | None, settings: EndpointSettings | None,
                  limiter: RequestLimiter | None, breaker: str | None = None,
-                 breakers: BreakerGate | None = None) -> None:
+                 breakers: BreakerGate | None = None, sdk_retries_off: bool = False) -> None:
         super().__init__(wrapped)
         self.endpoint = endpoint if limiter is not None else None
         self.limiter = limiter
@@ -223,16 +240,17 @@ class LimitedModel(WrapperModel):
             unsupported = wrapped._unsupported_settings()  # noqa: SLF001 - skip a setting the model would warn about
         except Exception:  # noqa: BLE001
             unsupported = frozenset()
-        self._own_retries = "max_retries" not in unsupported
+        self._own_retries = not sdk_retries_off and "max_retries" not in unsupported
 
     async def request(self, messages: list[ModelMessage], model_settings: ModelSettings | None,
                       model_request_parameters: ModelRequestParameters) -> ModelResponse:
         if self._own_retries:
             model_settings = {**(model_settings or {}), "max_retries": 0}  # we retry, so permits and pauses apply
         failures = 0
+        early = take_early_admission(self)
         while True:
-            permit = await self._acquire(messages)
-            ticket = await self._admit(permit)
+            permit, ticket = await (early or self.admission(messages))
+            early = None
             try:
                 response = await self.wrapped.request(messages, model_settings, model_request_parameters)
             except Exception as exc:
@@ -258,8 +276,7 @@ class LimitedModel(WrapperModel):
                              model_request_parameters: ModelRequestParameters,
                              run_context: RunContext[Any] | None = None) -> AsyncIterator[StreamedResponse]:
         """A streamed request holds a permit while it streams (it is not retried: part of it may be consumed)."""
-        permit = await self._acquire(messages)
-        ticket = await self._admit(permit)
+        permit, ticket = await (take_early_admission(self) or self.admission(messages))
         used, wait, verdict = 0, None, None
         try:
             async with self.wrapped.request_stream(messages, model_settings, model_request_parameters,
@@ -276,6 +293,24 @@ class LimitedModel(WrapperModel):
         finally:
             self._report(ticket, verdict)
             self._release(permit, used, wait)
+
+    @property
+    def admits_ahead(self) -> bool:
+        """Whether a run's first request may be admitted as the run starts (early.py): the request must be
+        admitted by someone (a limiter, a breaker), and its permit does not count the request's tokens."""
+        asks = (self.endpoint is not None and self.limiter is not None) or self.breaker is not None
+        return asks and not self.count_tokens_for_permit
+
+    async def admission(self, messages: list[ModelMessage]) -> tuple[Any, Ticket | None]:
+        """A permit (None when unlimited), then the breaker's ticket (None without a breaker) for one request.
+        A refusal or a cancellation gives back what was already held."""
+        permit = await self._acquire(messages)
+        return permit, await self._admit(permit)
+
+    def abandon(self, permit: Any, ticket: Ticket | None) -> None:
+        """An admission that no request used: the ticket ends with no verdict, the permit goes back unused."""
+        self._report(ticket, None)
+        self._release(permit, 0, None)
 
     async def _acquire(self, messages: list[ModelMessage]) -> Any:
         if self.endpoint is None or self.limiter is None:
@@ -307,3 +342,4 @@ class LimitedModel(WrapperModel):
         if wait is None:
             wait = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
         await asyncio.sleep(wait)
+

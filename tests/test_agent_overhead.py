@@ -1,0 +1,167 @@
+"""What an agent step costs beyond the model's own work (issue 17's "orchestration overhead per agent step").
+
+In one process against the scripted OpenAI-compatible server: an endpoint's SDK client is not copied per
+request, and the first request's permit and breaker verdict are asked for while pydantic-ai prepares the
+run (runners/early.py), given back when no request takes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from openai_server import Reply, ScriptedServer, final_for
+from pydantic import BaseModel
+
+from tagent_client import Pipeline
+from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded
+from tagent_client.core.state import Phase
+from tagent_client.run.context import StepContext
+from tagent_client.run.llm import EndpointSettings, LLMConfig, LLMRuntime
+from tagent_client.run.local import run_task
+from tagent_client.run.runners.models import model_for
+from tagent_client.run.services import LocalServices
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Company(BaseModel):
+    name: str
+    founded: int
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(default=final_for({"name": "Acme", "founded": 1999})) as s:
+        yield s
+
+
+def runtime(server: ScriptedServer, **endpoint: Any) -> LLMRuntime:
+    settings = EndpointSettings(base_url=server.base_url, **endpoint)
+    return LLMRuntime.local(LLMConfig(endpoints={"local": settings}))
+
+
+def pipeline() -> Pipeline:
+    p = Pipeline("overhead")
+    p.step("find", goal="Find the company's founding year", output_schema=Company, model="local:llama3")
+    return p
+
+
+async def attempt(p: Pipeline, llm: LLMRuntime) -> StepSucceeded | StepFailed:
+    task = Dispatch(task="find", step="find", phase=Phase.RUN, attempt=1, inputs={}, timeout=20)
+    ctx = StepContext(services=LocalServices(), run_id="r1", pipeline=p.name, step_name="find", attempt=1,
+                      params={}, shared={}, inputs={})
+    return await run_task(p, task, ctx, None, llm)  # type: ignore[return-value]
+
+
+def test_an_endpoints_requests_go_through_its_one_sdk_client_without_copies(
+        server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given an endpoint model, when three agent attempts run on it, then no request copies the SDK client
+    (a per-request `max_retries` setting makes pydantic-ai copy it: ~1 ms and a thread hop each), and the
+    SDK still does not retry by itself: with request_retries=0 a 500 reaches the server once."""
+    copies: list[Any] = []
+    original = openai.AsyncOpenAI.with_options
+
+    def counted(self: openai.AsyncOpenAI, *args: Any, **kwargs: Any) -> Any:
+        copies.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(openai.AsyncOpenAI, "with_options", counted)
+    llm, p = runtime(server), pipeline()
+
+    async def three() -> list[StepSucceeded | StepFailed]:
+        return [await attempt(p, llm) for _ in range(3)]
+
+    events = asyncio.run(three())
+    assert all(isinstance(e, StepSucceeded) for e in events), events
+    assert copies == []
+    assert len(server.requests) == 3
+
+    server.script(Reply.error(500))
+    failed = asyncio.run(attempt(p, runtime(server, request_retries=0)))
+    assert isinstance(failed, StepFailed) and failed.error.retryable
+    assert len(server.requests) == 4
+
+
+def test_the_first_requests_breaker_verdict_is_asked_as_the_run_starts(server: ScriptedServer) -> None:
+    """Given an endpoint with a breaker (every model has one), when an agent attempt runs, then the breaker is
+    asked before the model's request is even entered (the ask overlaps pydantic-ai's preparation of the run),
+    and only once for the one request."""
+    llm = runtime(server)
+    built = model_for("local:llama3", llm)
+    seen: list[str] = []
+    assert llm.breakers is not None
+    admit, request = llm.breakers.admit, built.model.request
+
+    async def asked(name: str) -> Any:
+        seen.append("breaker asked")
+        return await admit(name)
+
+    async def entered(*args: Any, **kwargs: Any) -> Any:
+        seen.append("request entered")
+        return await request(*args, **kwargs)
+
+    llm.breakers.admit = asked  # type: ignore[method-assign]
+    built.model.request = entered  # type: ignore[method-assign]
+    event = asyncio.run(attempt(pipeline(), llm))
+    assert isinstance(event, StepSucceeded), event
+    assert seen == ["breaker asked", "request entered"]
+
+
+class FakeModel:
+    """Stands for a LimitedModel: its admission waits until `answer` is set; `abandon` records what came back."""
+
+    admits_ahead = True
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.asking = asyncio.Event()
+        self.answered = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.abandoned: list[tuple[Any, Any]] = []
+
+    async def admission(self, messages: list[Any]) -> tuple[Any, Any]:
+        self.asking.set()
+        try:
+            await self.answer.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        self.answered.set()  # the ask returns in this same step: whoever wakes on this sees it done
+        return "permit", "ticket"
+
+    def abandon(self, permit: Any, ticket: Any) -> None:
+        self.abandoned.append((permit, ticket))
+
+
+def test_an_early_admission_no_request_took_is_given_back() -> None:
+    """Given runs whose early admission no request takes, when a run ends after its admission was granted,
+    then the permit and ticket are given back (abandoned, no verdict); when it ends while still asking, the
+    ask is cancelled (its own handlers give back what they hold); and a request takes an admission once."""
+    from tagent_client.run.runners.early import early_admission, take_early_admission
+
+    async def scenario() -> None:
+        granted = FakeModel()
+        with early_admission(granted):
+            granted.answer.set()
+            await granted.answered.wait()
+        assert granted.abandoned == [("permit", "ticket")]
+
+        pending = FakeModel()
+        with early_admission(pending):
+            await pending.asking.wait()
+        await asyncio.wait_for(pending.cancelled.wait(), 5)
+        assert pending.abandoned == []
+
+        taken = FakeModel()
+        with early_admission(taken):
+            taken.answer.set()
+            first = take_early_admission(taken)
+            assert first is not None and await first == ("permit", "ticket")
+            assert take_early_admission(taken) is None and take_early_admission(FakeModel()) is None
+        assert taken.abandoned == []
+
+    asyncio.run(scenario())
