@@ -199,7 +199,10 @@ def test_relative_paths_in_file_are_relative_to_the_file(tmp_path: Path) -> None
 
 
 def test_settings_forbid_unknown_fields() -> None:
-    with pytest.raises(ValueError, match="extra"):
+    # Given a setting that does not exist, When settings are made of it, Then it is refused by name
+    with pytest.raises(ValueError, match="bogus: unknown setting"):
+        Settings.checked({"bogus": 1})
+    with pytest.raises(TypeError, match="bogus"):
         Settings(bogus=1)  # type: ignore[call-arg]
 
 

@@ -338,7 +338,7 @@ def config_show(as_json: bool, config_path: Path | None, **values: Any) -> None:
     from tagentd.settings.config import FIELDS, load_settings  # noqa: PLC0415 - see TYPE_CHECKING above
 
     settings, sources = load_settings(config_path, _flags(**values))
-    data = settings.model_dump(mode="json")
+    data = settings.as_data()
     if as_json:
         click.echo(json.dumps({name: {"value": data[name], "source": sources[name]} for name in FIELDS}, indent=2))
         return
