@@ -12,6 +12,7 @@ socket answers a ping. systemd runs `tagentd start --foreground` directly (Type=
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -146,6 +147,8 @@ def _answers(runtime_dir: Path) -> bool:
 @_settings_options
 def start(foreground: bool, detached: bool, config_path: Path | None, **values: Any) -> None:
     """Start the daemon (in the background unless --foreground)."""
+    if foreground:  # no garbage collection until the daemon answers: tagentd.app.daemon.collect_after_start
+        gc.disable()
     from tagentd.settings.config import load_settings  # noqa: PLC0415 - see TYPE_CHECKING above
 
     flags = _flags(**values)
