@@ -32,7 +32,7 @@ from tagentd.cli.views import print_pairs, print_status, print_table, show_value
 from tagentd.plumbing.lock import already_running, is_locked, read_pid
 from tagentd.settings.locations import LOG_FILE, Locations, absolute_path, default_config_path
 
-if TYPE_CHECKING:  # tagentd.settings.config (pydantic, the LLM settings) is imported only by the commands that need it
+if TYPE_CHECKING:  # tagentd.settings.config (asyncio, the LLM settings) is imported only by the commands that need it
     from tagentd.settings.config import Settings
 
 START_WAIT = 10.0
