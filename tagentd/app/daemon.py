@@ -64,6 +64,7 @@ from tagentd.executor.curve import CurveGate
 from tagentd.executor.interface import Executor, RunningAttempt
 from tagentd.executor.permits import PermitDesk
 from tagentd.metrics.instruments import Metrics
+from tagentd.plumbing import lifeline
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.lock import InstanceLock
 from tagentd.plumbing.worker_sockets import WorkerSockets
@@ -335,7 +336,8 @@ class Daemon:
 
 
 def collect_after_start() -> None:
-    """Turn the garbage collector back on if the start-up turned it off, after one collection, freezing what is left.
+    """Turn the garbage collector back on if the start-up turned it off, after one collection, freezing what is left;
+    then give the C heap's free pages back (what recovery and imports freed).
 
     `tagentd start --foreground` turns it off before its imports (cli/main.py): what start-up allocates (modules,
     classes, recovered runs) lives as long as the daemon, so collections during it freed next to nothing and cost
@@ -345,6 +347,7 @@ def collect_after_start() -> None:
         gc.collect()
         gc.freeze()
         gc.enable()
+    lifeline.release_free_memory()
 
 
 def setup_logging(state_dir: Path, level: str, foreground: bool) -> int:

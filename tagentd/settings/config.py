@@ -15,7 +15,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -83,8 +83,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     wal_segment_bytes: int = 16 * MIB  # WAL size at which runs are snapshotted and the WAL dropped
     watch_dirs: list[Path] = msgspec.field(default_factory=list)  # empty = $XDG_DATA_HOME/tagentd/pipelines
     watch_recursive: bool = False  # also watch the watched folders' subfolders
-    on_change: Literal["keep", "restart"] = "keep"  # a watched file changed: keep or cancel its older runs
-    on_delete: Literal["ignore", "cancel"] = "ignore"  # a watched file was deleted: keep or cancel its runs
+    on_change: str = "keep"  # a watched file changed: "keep" or "restart" (cancel) its older runs
+    on_delete: str = "ignore"  # a watched file was deleted: "ignore", or "cancel" its runs
     endpoints: dict[str, EndpointSettings] = msgspec.field(default_factory=dict)  # [endpoints.NAME]: LLM servers
     price_overrides: dict[str, PriceOverride] = msgspec.field(default_factory=dict)  # model -> $ per million tokens
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)  # every circuit breaker's defaults
@@ -105,7 +105,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     web: bool = False  # serve the dashboard (a separate process the daemon supervises)
     web_host: str = "127.0.0.1"  # the dashboard's address; other than loopback exposes it
     web_port: int = 0  # the dashboard's port; 0 = a free port picked at start
-    executor: Literal["local", "ray"] = "local"  # where steps run: worker processes here, or a Ray cluster
+    executor: str = "local"  # where steps run: "local" worker processes here, or "ray": a Ray cluster
     ray_address: str | None = None  # the Ray cluster to join ('auto', 'ray://head:10001'); none = start one here
     ray_runtime_env: dict[str, Any] = msgspec.field(default_factory=dict)  # Ray's runtime_env for the workers
 
@@ -141,6 +141,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self.runtime_dir = absolute_path(Path(self.runtime_dir))
         self.state_dir = absolute_path(Path(self.state_dir))
         self.watch_dirs = [absolute_path(Path(p)) for p in self.watch_dirs]
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise Problem(name, f"must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         level = self.log_level.strip().upper()
         if level not in LOG_LEVELS:
             raise Problem("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
@@ -202,6 +205,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 FIELDS: tuple[str, ...] = Settings.__struct_fields__
 _BOOLS = frozenset(f.name for f in msgspec.structs.fields(Settings) if f.type is bool)
 _SIZES = ("max_message_bytes", "wal_segment_bytes")
+_CHOICES = {"on_change": ("keep", "restart"), "on_delete": ("ignore", "cancel"), "executor": ("local", "ray")}
 _TABLES: dict[str, type[Any]] = {"endpoints": EndpointSettings, "price_overrides": PriceOverride,
                                  "breakers": BreakerSettings, "mailboxes": MailboxSettings, "spaces": SpaceSettings}
 _AT_LEAST = {"workers": 1, "worker_concurrency": 1, "timeout_grace": 0, "recycle_after": 0, "max_message_bytes": 1024,
