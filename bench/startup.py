@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         args.reps, args.finished, args.unfinished = 2, 1_000, 10
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     repos = {"this": base.REPO, **({"other": args.against.resolve()} if args.against else {})}
+    # `python -m tagentd` puts its cwd first on sys.path: run every daemon from a folder holding no checkout, or
+    # one started from inside this repo would run this checkout's tagentd whatever PYTHONPATH says.
+    os.chdir(CLEANUP.tempdir("tagentd-startup-cwd-"))
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in repos}
     result: dict[str, Any] = {"bench": "startup", "reps": args.reps}
     try:

@@ -199,7 +199,10 @@ def test_relative_paths_in_file_are_relative_to_the_file(tmp_path: Path) -> None
 
 
 def test_settings_forbid_unknown_fields() -> None:
-    with pytest.raises(ValueError, match="extra"):
+    # Given a setting that does not exist, When settings are made of it, Then it is refused by name
+    with pytest.raises(ValueError, match="bogus: unknown setting"):
+        Settings.checked({"bogus": 1})
+    with pytest.raises(TypeError, match="bogus"):
         Settings(bogus=1)  # type: ignore[call-arg]
 
 
@@ -226,3 +229,31 @@ def test_cli_config_error_is_one_stderr_line_and_exit_code(monkeypatch: pytest.M
     assert result.exit_code == exit_code_for("config") == 9
     assert result.stderr == "tagentd: config: workers: must be a whole number, got 'many' (from env TAGENTD_WORKERS)\n"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("var, raw, message", [
+    ("TAGENTD_ON_CHANGE", "nope", "config: on_change: must be 'keep' or 'restart', got 'nope'"),
+    ("TAGENTD_WEB_PORT", "70000", "config: web_port: must be between 0 and 65535, got 70000"),
+    ("TAGENTD_MAILBOXES", '{"a": {"max_deliveries": 0}}', "config: mailboxes.a.max_deliveries: must be >= 1"),
+    ("TAGENTD_BREAKER", '{"window": 0}', "config: breaker.window: must be > 0"),
+    ("TAGENTD_BREAKERS", '{"pay": {"failure": 2}}', "config: breakers.pay.failure: unknown setting"),
+    ("TAGENTD_MAX_MESSAGE_BYTES", "12 parsecs", "config: max_message_bytes: must be a size in bytes"),
+    ("TAGENTD_LOAD_TIMEOUT", "soon", "config: load_timeout: must be a number, got 'soon'"),
+])
+def test_every_kind_of_bad_value_is_one_line_naming_the_setting(monkeypatch: pytest.MonkeyPatch, var: str, raw: str,
+                                                                message: str) -> None:
+    # Given a bad value of a choice, a bounded number, a nested table's entry, a size or a number
+    monkeypatch.setenv(var, raw)
+    # When loaded, Then one line names the setting (with its table and entry) and the variable it came from
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {})
+    assert caught.value.message.startswith(message) and caught.value.message.endswith(f"(from env {var})")
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("raw, value", [("on", True), ("yes", True), ("1", True), ("OFF", False), ("no", False)])
+def test_booleans_from_the_environment_take_the_documented_words(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                                                  value: bool) -> None:
+    # Given TAGENTD_DURABLE in any of the documented spellings, When loaded, Then it is that boolean
+    monkeypatch.setenv("TAGENTD_DURABLE", raw)
+    assert load_settings(None, {})[0].durable is value

@@ -11,6 +11,7 @@ import pytest
 from tagent_client import Pipeline
 from tagent_client.cli.transcript import render
 from tagent_client.errors import ConfigError, PipelineValidationError
+from tagent_client.run.checked import checked
 from tagent_client.run.llm import LLMConfig
 from tagent_client.run.transcript import REDACTED, scrub
 from tagentd.settings.config import load_settings
@@ -56,7 +57,7 @@ def test_endpoints_and_price_overrides_come_from_tagentd_toml(tmp_path: Path) ->
     assert settings.price_overrides["local:llama3"].cost(1_000_000, 1_000_000) == 2.0
     assert sources["endpoints"] == f"file {path}"
     flag, value = settings.worker_llm_args()
-    assert flag == "--llm" and LLMConfig.model_validate_json(value) == settings.llm_config()
+    assert flag == "--llm" and LLMConfig.from_json(value) == settings.llm_config()
 
 
 def test_endpoints_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +107,7 @@ def test_scrub_replaces_secret_values_anywhere_and_credential_fields() -> None:
 def test_llm_config_secrets_are_the_values_of_the_key_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_KEY", "sk-my-very-own")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-123")
-    config = LLMConfig.model_validate({"endpoints": {"mine": {"base_url": "http://x", "api_key_env": "MY_KEY"}}})
+    config = checked({"endpoints": {"mine": {"base_url": "http://x", "api_key_env": "MY_KEY"}}}, LLMConfig)
 
     assert {"sk-my-very-own", "sk-openai-123"} <= set(config.secrets())
 

@@ -16,6 +16,7 @@ from tagent_client.errors import ConfigError, PipelineLoadError, PipelineValidat
 from tagentd.storage.records import write_atomic
 from tagentd.watch import seen as seen_module
 from tagentd.watch.intake import SkippedFile, describe, read_document, read_file
+from tagentd.watch.observer import classify
 from tagentd.watch.rules import (
     CLOSED,
     CREATED,
@@ -32,7 +33,7 @@ from tagentd.watch.rules import (
     watchable,
 )
 from tagentd.watch.seen import SeenFiles, SeenRecord
-from tagentd.watch.watcher import Folder, classify
+from tagentd.watch.watcher import Folder
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -48,7 +48,6 @@ from tagent_client.wire import protocol as p
 from tagentd import __version__
 from tagentd.app.commit import GroupCommit
 from tagentd.app.executors import make_executor
-from tagentd.app.metering import Scraped
 from tagentd.app.notify import notify
 from tagentd.app.stopping import Stopper
 from tagentd.app.web import WebSupervisor
@@ -65,6 +64,7 @@ from tagentd.executor.curve import CurveGate
 from tagentd.executor.interface import Executor, RunningAttempt
 from tagentd.executor.permits import PermitDesk
 from tagentd.metrics.instruments import Metrics
+from tagentd.plumbing import lifeline
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.lock import InstanceLock
 from tagentd.plumbing.worker_sockets import WorkerSockets
@@ -169,23 +169,23 @@ class Daemon:
                                                 breakers=self.breakers, log_fd=log_fd, curve=self.curve,
                                                 metrics=self.metrics)
         self.driver.executor = self.executor
-        self.metrics.add_collector(Scraped(runs=self.runs, executor=self.executor, permits=self.permits,
-                                           breakers=self.breakers, broker=self.broker).collect)
+        self.metrics.add_collector(self._scraped)
         self.stopper = Stopper(self.driver, self.executor, self.store)
+        collecting = gc.isenabled()  # off already when `tagentd start` turned it off for the start-up (cli/main.py)
         gc.disable()  # recovery builds ~100 objects per unfinished run: full collections would double its time
         try:
             recovered = self.store.load()
         except OSError as exc:  # e.g. cutting a torn tail on a read-only or full disk
             raise paths.unwritable(self.state_dir, "state dir", exc) from None
         finally:
-            gc.enable()
+            if collecting:
+                gc.enable()
         self.runs.restore(recovered)  # finished runs stay on disk (index entries) until someone asks for one
         for entry in recovered.entries:
             self.submit_keys.add(entry)
         for run in recovered.runs:
             self.driver.recover(run)
         self.broker.load()
-        self.watcher.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopper.on_signal, sig)
@@ -209,9 +209,15 @@ class Daemon:
         log.info("tagentd %s ready: pid %d, %d workers, runtime dir %s, state dir %s", __version__, os.getpid(),
                  self.settings.workers, self.runtime_dir, self.state_dir)
         notify("READY=1")
-        # Workers start once the control socket answers: `tagentd start` does not wait for the worker template's
-        # imports, and a step submitted meanwhile waits for a worker (the load waits up to `load_timeout`).
+        # What answering needs no part of starts once the control socket answers (these callbacks run after the
+        # requests already waiting on it): workers (`tagentd start` does not wait for the worker template's imports,
+        # and a step submitted meanwhile waits for a worker; the load waits up to `load_timeout`), the folder
+        # watcher (watchdog; files dropped meanwhile are found by its first scan), prometheus-client
+        # (metrics/instruments.py), and the garbage collector.
         loop.call_soon(self.executor.start)
+        loop.call_soon(self.watcher.start)
+        loop.call_soon(self.metrics.build)
+        loop.call_soon(collect_after_start)
         await self.stopper.requested.wait()
         notify("STOPPING=1")
         await self._shutdown()
@@ -280,6 +286,13 @@ class Daemon:
     def _send_worker(self, identity: bytes, payload: bytes) -> bool:
         return self.workers_channel.send_now([identity, payload])
 
+    def _scraped(self) -> Any:
+        """The metric families read from the parts at a scrape (app/metering.py)."""
+        from tagentd.app.metering import Scraped  # noqa: PLC0415 - prometheus-client's families: with the first scrape
+
+        return Scraped(runs=self.runs, executor=self.executor, permits=self.permits, breakers=self.breakers,
+                       broker=self.broker).collect()
+
     def _steps_in_flight(self) -> list[RunningAttempt]:
         """The attempts running on workers now (the broker's registry)."""
         return self.executor.running()
@@ -320,6 +333,21 @@ class Daemon:
             watch_dirs=self.watcher.folder_paths() if self.watcher is not None else [],
             cluster=self.executor.cluster(),
         )
+
+
+def collect_after_start() -> None:
+    """Turn the garbage collector back on if the start-up turned it off, after one collection, freezing what is left;
+    then give the C heap's free pages back (what recovery and imports freed).
+
+    `tagentd start --foreground` turns it off before its imports (cli/main.py): what start-up allocates (modules,
+    classes, recovered runs) lives as long as the daemon, so collections during it freed next to nothing and cost
+    a tenth of the time to the first answer. Frozen (`gc.freeze`), those objects are skipped by later collections.
+    """
+    if not gc.isenabled():
+        gc.collect()
+        gc.freeze()
+        gc.enable()
+    lifeline.release_free_memory()
 
 
 def setup_logging(state_dir: Path, level: str, foreground: bool) -> int:

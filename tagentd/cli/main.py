@@ -12,6 +12,7 @@ socket answers a ping. systemd runs `tagentd start --foreground` directly (Type=
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from tagentd.cli.views import print_pairs, print_status, print_table, show_value
 from tagentd.plumbing.lock import already_running, is_locked, read_pid
 from tagentd.settings.locations import LOG_FILE, Locations, absolute_path, default_config_path
 
-if TYPE_CHECKING:  # tagentd.settings.config (pydantic, the LLM settings) is imported only by the commands that need it
+if TYPE_CHECKING:  # tagentd.settings.config (asyncio, the LLM settings) is imported only by the commands that need it
     from tagentd.settings.config import Settings
 
 START_WAIT = 10.0
@@ -146,6 +147,8 @@ def _answers(runtime_dir: Path) -> bool:
 @_settings_options
 def start(foreground: bool, detached: bool, config_path: Path | None, **values: Any) -> None:
     """Start the daemon (in the background unless --foreground)."""
+    if foreground:  # no garbage collection until the daemon answers: tagentd.app.daemon.collect_after_start
+        gc.disable()
     from tagentd.settings.config import load_settings  # noqa: PLC0415 - see TYPE_CHECKING above
 
     flags = _flags(**values)
@@ -338,7 +341,7 @@ def config_show(as_json: bool, config_path: Path | None, **values: Any) -> None:
     from tagentd.settings.config import FIELDS, load_settings  # noqa: PLC0415 - see TYPE_CHECKING above
 
     settings, sources = load_settings(config_path, _flags(**values))
-    data = settings.model_dump(mode="json")
+    data = settings.as_data()
     if as_json:
         click.echo(json.dumps({name: {"value": data[name], "source": sources[name]} for name in FIELDS}, indent=2))
         return

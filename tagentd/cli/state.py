@@ -44,7 +44,7 @@ def register(cli: click.Group, where_options: Any) -> None:
             with Client(runtime_dir=Locations(config_path, runtime_dir).runtime_dir) as client:
                 outcome = client.gc(max_age_s=max_age, max_runs=keep, dry_run=dry_run)
         except DaemonUnavailable:
-            from tagentd.settings.config import load_settings  # pydantic & co.: only when there is no daemon to ask
+            from tagentd.settings.config import load_settings  # asyncio & co.: only when there is no daemon to ask
 
             settings, _ = load_settings(config_path, {"runtime_dir": runtime_dir} if runtime_dir else {})
             outcome = _offline_gc(settings, max_age, keep, dry_run)

@@ -8,6 +8,10 @@ attempt, per WAL fsync and per commit. Everything else (runs and steps by state,
 permits, breakers, the broker's counters and depths) is read by collectors only when someone scrapes
 (`collect`, added with `add_collector`), so a daemon nobody scrapes pays nothing for it.
 
+Start-up: prometheus-client (with its HTTP and WSGI exposition modules) is imported, and the instruments made,
+by `build()`, which the daemon calls once it answers requests, or by the first observation or scrape before
+that, whichever comes first: the daemon's first answer does not wait for it.
+
 Cardinality (labels are bounded): `pipeline` x `step` (the steps of the pipelines the daemon ran since it
 started), `model` (the models steps used), `outcome` (3 values), `log` (2 values).
 """
@@ -15,14 +19,13 @@ started), `model` (the models steps used), `outcome` (3 values), `log` (2 values
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from tagent_client.core.events import StepFailed, StepSucceeded
 from tagent_client.core.state import Usage
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 #: Step attempts last from milliseconds (function steps) to many minutes (agent steps).
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -35,13 +38,104 @@ OUTCOMES = ("succeeded", "failed", "timed_out")
 #: What the worker sent for an attempt: (seconds, cpu_seconds, peak_rss_bytes), or None (not measured).
 Resources = tuple[float, float, int] | None
 
-prometheus_client.disable_created_metrics()  # no `_created` twin of every counter: half the exposition, no loss
 
 
 class Metrics:
-    """The registry and the instruments fed on the hot paths; `exposition()` renders everything on demand."""
+    """The registry and the instruments fed on the hot paths; `exposition()` renders everything on demand.
+
+    Made without importing prometheus-client; `build()` (or the first use) makes the registry and instruments.
+    """
 
     def __init__(self, *, process: bool = True) -> None:
+        self._process = process
+        self._built: _Instruments | None = None
+        self._collectors: list[Callable[[], Iterable[Any]]] = []
+        self._steps: dict[tuple[str, str], _StepSeries] = {}  # each step's series, looked up once per attempt
+
+    def build(self) -> _Instruments:
+        """The registry and its instruments, made on the first call (prometheus-client is imported then)."""
+        if self._built is None:
+            self._built = _Instruments(self._process)
+            for collect in self._collectors:
+                self._built.registry.register(_on_scrape(collect))
+        return self._built
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.build().registry
+
+    # -- what the hot paths call -------------------------------------------------------------------------
+
+    def attempt_ended(self, pipeline: str, step: str, event: Any, seconds: float, resources: Resources) -> None:
+        """An attempt of `step` reported `event` (StepSucceeded, StepFailed or StepTimedOut), once per attempt.
+
+        `seconds` is the daemon's own measure (sent to reported), used when the worker sent no `resources`."""
+        series = self._steps.get((pipeline, step))
+        if series is None:
+            series = self._steps[(pipeline, step)] = _StepSeries(self.build(), pipeline, step)
+        outcome = 0 if isinstance(event, StepSucceeded) else 1 if isinstance(event, StepFailed) else 2
+        series.attempts[outcome].inc()
+        if resources is not None:
+            seconds, cpu, rss = resources
+            series.cpu.inc(max(0.0, cpu))
+            series.rss.set(rss)
+        series.seconds.observe(max(0.0, seconds))
+        usage: Usage | None = getattr(event, "usage", None)
+        if usage is not None and usage.requests:
+            transcript = getattr(event, "transcript", None) or {}
+            model = str(transcript.get("model") or "unknown")
+            built = self.build()
+            built.llm_requests.labels(model).inc(usage.requests)
+            built.llm_tokens.labels(model, "input").inc(usage.input_tokens)
+            built.llm_tokens.labels(model, "output").inc(usage.output_tokens)
+            built.llm_cost.labels(model).inc(max(0.0, usage.cost))
+
+    def fsync_observer(self, log: str) -> Callable[[float], None]:
+        """What a write-ahead log calls with the seconds each fsync took."""
+        return _Observer(lambda: self.build().fsync_seconds.labels(log).observe)
+
+    def commit_observer(self) -> Callable[[float], None]:
+        """What the group commit calls with the seconds each successful commit took."""
+        return _Observer(lambda: self.build().commit_seconds.observe)
+
+    # -- scraping ------------------------------------------------------------------------------------------
+
+    def add_collector(self, collect: Callable[[], Iterable[Any]]) -> None:
+        """Read `collect()` (metric families) at every scrape, and only then."""
+        self._collectors.append(collect)
+        if self._built is not None:
+            self._built.registry.register(_on_scrape(collect))
+
+    def exposition(self) -> str:
+        """Every series, in the Prometheus text format (version 0.0.4)."""
+        import prometheus_client  # noqa: PLC0415 - imported by build() already; see the module's docstring
+
+        return prometheus_client.generate_latest(self.build().registry).decode("utf-8")
+
+
+class _Observer:
+    """An observation function resolved at its first call (which may build the instruments)."""
+
+    __slots__ = ("_observe", "_resolve")
+
+    def __init__(self, resolve: Callable[[], Callable[[float], None]]) -> None:
+        self._resolve = resolve
+        self._observe: Callable[[float], None] | None = None
+
+    def __call__(self, seconds: float) -> None:
+        if self._observe is None:
+            self._observe = self._resolve()
+        self._observe(seconds)
+
+
+class _Instruments:
+    """The registry and the instruments (prometheus-client objects)."""
+
+    def __init__(self, process: bool) -> None:
+        import prometheus_client  # noqa: PLC0415 - see the module's docstring
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector  # noqa: PLC0415
+
+        prometheus_client.disable_created_metrics()  # no `_created` twin of every counter: half the exposition, no loss
         self.registry = CollectorRegistry()
         if process:
             ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
@@ -75,68 +169,27 @@ class Metrics:
         self.fsync_seconds = Histogram(
             "tagentd_wal_fsync_duration_seconds", "Time of each fsync of a write-ahead log segment, by log "
             "(runs, broker).", ["log"], buckets=DISK_BUCKETS, registry=r)
-        self._steps: dict[tuple[str, str], _StepSeries] = {}  # each step's series, looked up once per attempt
-
-    # -- what the hot paths call -------------------------------------------------------------------------
-
-    def attempt_ended(self, pipeline: str, step: str, event: Any, seconds: float, resources: Resources) -> None:
-        """An attempt of `step` reported `event` (StepSucceeded, StepFailed or StepTimedOut), once per attempt.
-
-        `seconds` is the daemon's own measure (sent to reported), used when the worker sent no `resources`."""
-        series = self._steps.get((pipeline, step))
-        if series is None:
-            series = self._steps[(pipeline, step)] = _StepSeries(self, pipeline, step)
-        outcome = 0 if isinstance(event, StepSucceeded) else 1 if isinstance(event, StepFailed) else 2
-        series.attempts[outcome].inc()
-        if resources is not None:
-            seconds, cpu, rss = resources
-            series.cpu.inc(max(0.0, cpu))
-            series.rss.set(rss)
-        series.seconds.observe(max(0.0, seconds))
-        usage: Usage | None = getattr(event, "usage", None)
-        if usage is not None and usage.requests:
-            transcript = getattr(event, "transcript", None) or {}
-            model = str(transcript.get("model") or "unknown")
-            self.llm_requests.labels(model).inc(usage.requests)
-            self.llm_tokens.labels(model, "input").inc(usage.input_tokens)
-            self.llm_tokens.labels(model, "output").inc(usage.output_tokens)
-            self.llm_cost.labels(model).inc(max(0.0, usage.cost))
-
-    def fsync_observer(self, log: str) -> Callable[[float], None]:
-        """What a write-ahead log calls with the seconds each fsync took."""
-        return self.fsync_seconds.labels(log).observe
-
-    def commit_observer(self) -> Callable[[float], None]:
-        """What the group commit calls with the seconds each successful commit took."""
-        return self.commit_seconds.observe
-
-    # -- scraping ------------------------------------------------------------------------------------------
-
-    def add_collector(self, collect: Callable[[], Iterable[Any]]) -> None:
-        """Read `collect()` (metric families) at every scrape, and only then."""
-        self.registry.register(_OnScrape(collect))
-
-    def exposition(self) -> str:
-        """Every series, in the Prometheus text format (version 0.0.4)."""
-        return prometheus_client.generate_latest(self.registry).decode("utf-8")
 
 
 class _StepSeries:
     """The series of one (pipeline, step), resolved once: an attempt then costs no label lookup."""
 
-    def __init__(self, metrics: Metrics, pipeline: str, step: str) -> None:
+    def __init__(self, metrics: _Instruments, pipeline: str, step: str) -> None:
         self.attempts = [metrics.step_attempts.labels(pipeline, step, outcome) for outcome in OUTCOMES]
         self.seconds = metrics.step_seconds.labels(pipeline, step)
         self.cpu = metrics.step_cpu.labels(pipeline, step)
         self.rss = metrics.step_rss.labels(pipeline, step)
 
 
-class _OnScrape(Collector):
-    def __init__(self, collect: Callable[[], Iterable[Any]]) -> None:
-        self._collect = collect
+def _on_scrape(collect: Callable[[], Iterable[Any]]) -> Any:
+    """A prometheus-client Collector that reads `collect()` at every scrape, and only then."""
+    from prometheus_client.registry import Collector  # noqa: PLC0415 - see the module's docstring
 
-    def describe(self) -> list[Any]:
-        return []  # not collected at registration: the parts it reads may not exist yet
+    class OnScrape(Collector):
+        def describe(self) -> list[Any]:
+            return []  # not collected at registration: the parts it reads may not exist yet
 
-    def collect(self) -> Iterable[Any]:
-        return self._collect()
+        def collect(self) -> Iterable[Any]:
+            return collect()
+
+    return OnScrape()

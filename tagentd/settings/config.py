@@ -15,13 +15,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import msgspec
 
 from tagent_client.errors import ConfigError
 from tagent_client.run.breakers import BreakerRules, BreakerSettings
-from tagent_client.run.llm import EndpointSettings, LLMConfig, PriceOverride
+from tagent_client.run.checked import Problem, above, at_least, checked, checked_map, from_struct, parse_bool
+from tagent_client.run.llm import EndpointSettings, LLMConfig, PriceOverride, check_endpoint_name
 from tagent_client.wire import paths
 from tagentd.settings.locations import LOG_FILE, absolute_path, read_config_file, relative_to
 
@@ -37,162 +38,129 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": MIB, "mb"
                "g": 1024 * MIB, "gb": 1024 * MIB, "gib": 1024 * MIB}
 
 
-class _CrossFieldError(ValueError):
-    """A rule between two settings; `field` is the one the message is about."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-class SpaceSettings(BaseModel):
+class SpaceSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`[spaces.NAME]` in tagentd.toml: `allow` lists the only pipelines whose steps may use the space."""
-
-    model_config = ConfigDict(extra="forbid")
 
     allow: list[str] | None = None
 
 
-class MailboxSettings(BaseModel):
+class MailboxSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`[mailboxes.NAME]` in tagentd.toml: `max_deliveries` for pipeline NAME's mailbox (over the default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    max_deliveries: int
 
-    max_deliveries: int = Field(ge=1)
+    def __post_init__(self) -> None:
+        at_least(self, "max_deliveries", 1)
 
 
-class Settings(BaseModel):
-    """Every knob of the daemon. Paths are absolute once validated."""
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every knob of the daemon (docs/operations.md, "Configuration"). Paths are absolute once checked.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    A plain msgspec Struct, so that reading the settings imports no pydantic: `Settings.checked(values)`
+    converts and checks a dict of raw values (strings from the environment included); building one directly
+    checks the same rules (`__post_init__`), without converting types.
+    """
 
-    runtime_dir: Path = Field(default_factory=paths.runtime_dir)
-    state_dir: Path = Field(default_factory=paths.state_dir)
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    worker_concurrency: int = Field(128, ge=1, description="concurrent steps per worker")
-    heartbeat_interval: float = Field(0.5, gt=0)
-    heartbeat_timeout: float = Field(5.0, gt=0)
-    timeout_grace: float = Field(2.0, ge=0, description="cooperative cancel -> kill")
-    recycle_after: int = Field(0, ge=0, description="restart a worker after N tasks; 0 = never")
-    worker_template: bool = Field(True, description="fork workers from a process that has the agent runtime imported")
+    runtime_dir: Path = msgspec.field(default_factory=paths.runtime_dir)
+    state_dir: Path = msgspec.field(default_factory=paths.state_dir)
+    workers: int = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
+    worker_concurrency: int = 128  # concurrent steps per worker
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 5.0
+    timeout_grace: float = 2.0  # cooperative cancel -> kill
+    recycle_after: int = 0  # restart a worker after N tasks; 0 = never
+    worker_template: bool = True  # fork workers from a process that has the agent runtime imported
     durable: bool = True
-    max_message_bytes: int = Field(16 * MIB, ge=1024)
+    max_message_bytes: int = 16 * MIB
     log_level: str = "INFO"
-    load_timeout: float = Field(30.0, gt=0)
+    load_timeout: float = 30.0
     model: str | None = None
-    retention_days: float = Field(30, ge=0, description="delete finished runs older than this; 0 = no age limit")
-    retention_max_runs: int = Field(10000, ge=0, description="keep at most N finished runs, at any age; 0 = no limit")
-    max_child_depth: int = Field(5, ge=0, description="sub-pipelines nested deeper than this are refused at submit")
-    max_child_fan_out: int = Field(1000, ge=1, description="child runs one sub-pipeline step may start")
-    run_cache_size: int = Field(256, ge=0, description="finished runs kept in memory; others are read from disk when asked for")
-    wal_segment_bytes: int = Field(16 * MIB, ge=4096, description="WAL size at which runs are snapshotted and the WAL dropped")
-    watch_dirs: list[Path] = Field(default_factory=list, description="empty = $XDG_DATA_HOME/tagentd/pipelines")
-    watch_recursive: bool = Field(False, description="also watch the watched folders' subfolders")
-    on_change: Literal["keep", "restart"] = Field("keep", description="a watched file changed: keep or cancel its older runs")
-    on_delete: Literal["ignore", "cancel"] = Field("ignore", description="a watched file was deleted: keep or cancel its runs")
-    endpoints: dict[str, EndpointSettings] = Field(default_factory=dict, description="[endpoints.NAME]: LLM servers and limits")
-    price_overrides: dict[str, PriceOverride] = Field(default_factory=dict, description="model -> $ per million tokens")
-    breaker: BreakerSettings = Field(default_factory=BreakerSettings, description="[breaker]: every circuit breaker's defaults")
-    breakers: dict[str, BreakerSettings] = Field(default_factory=dict, description="[breakers.NAME]: ctx.breaker(NAME)'s own")
-    mailbox_max: int = Field(100_000, ge=1, description="unacknowledged messages a pipeline's mailbox may hold")
-    max_deliveries: int = Field(5, ge=1, description="failed deliveries before a message becomes a dead letter")
-    mailboxes: dict[str, MailboxSettings] = Field(default_factory=dict, description="[mailboxes.NAME] max_deliveries = N")
-    trigger_max_concurrent: int = Field(4, ge=1, description="runs a triggered pipeline may have going at once")
-    spaces: dict[str, SpaceSettings] = Field(default_factory=dict, description="[spaces.NAME] allow = [pipelines]")
-    worker_listen: str | None = Field(None, description="also take workers over tcp with ZeroMQ CURVE here, e.g. "
-                                      "tcp://127.0.0.1:0; a non-loopback address lets workers on other machines in")
-    worker_advertise: str | None = Field(None, description="the endpoint workers are told to connect to when "
-                                         "worker_listen is reached by another address (NAT, port forward, proxy)")
-    local_workers_via_curve: bool = Field(False, description="the local pool's workers join over worker_listen too "
-                                          "(tries the remote path on one machine)")
-    otlp_endpoint: str | None = Field(None, description="send traces over OTLP/HTTP to this collector, e.g. "
-                                      "http://127.0.0.1:4318 (needs tagentd[otel]); unset = no traces")
-    trace_url: str | None = Field(None, description="a run's trace in your trace viewer, shown by tagent status, "
-                                  "e.g. http://127.0.0.1:16686/trace/{trace_id}")
-    web: bool = Field(False, description="serve the dashboard (a separate process the daemon supervises)")
-    web_host: str = Field("127.0.0.1", min_length=1, description="the dashboard's address; other than loopback exposes it")
-    web_port: int = Field(0, ge=0, le=65535, description="the dashboard's port; 0 = a free port picked at start")
-    executor: Literal["local", "ray"] = Field("local", description="where steps run: worker processes here, or a Ray cluster")
-    ray_address: str | None = Field(None, description="the Ray cluster to join ('auto', 'ray://head:10001'); none = start one here")
-    ray_runtime_env: dict[str, Any] = Field(default_factory=dict, description="[ray_runtime_env]: Ray's runtime_env for the workers")
+    retention_days: float = 30  # delete finished runs older than this; 0 = no age limit
+    retention_max_runs: int = 10000  # keep at most N finished runs, at any age; 0 = no limit
+    max_child_depth: int = 5  # sub-pipelines nested deeper than this are refused at submit
+    max_child_fan_out: int = 1000  # child runs one sub-pipeline step may start
+    run_cache_size: int = 256  # finished runs kept in memory; others are read from disk when asked for
+    wal_segment_bytes: int = 16 * MIB  # WAL size at which runs are snapshotted and the WAL dropped
+    watch_dirs: list[Path] = msgspec.field(default_factory=list)  # empty = $XDG_DATA_HOME/tagentd/pipelines
+    watch_recursive: bool = False  # also watch the watched folders' subfolders
+    on_change: str = "keep"  # a watched file changed: "keep" or "restart" (cancel) its older runs
+    on_delete: str = "ignore"  # a watched file was deleted: "ignore", or "cancel" its runs
+    endpoints: dict[str, EndpointSettings] = msgspec.field(default_factory=dict)  # [endpoints.NAME]: LLM servers
+    price_overrides: dict[str, PriceOverride] = msgspec.field(default_factory=dict)  # model -> $ per million tokens
+    breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)  # every circuit breaker's defaults
+    breakers: dict[str, BreakerSettings] = msgspec.field(default_factory=dict)  # ctx.breaker(NAME)'s own
+    mailbox_max: int = 100_000  # unacknowledged messages a pipeline's mailbox may hold
+    max_deliveries: int = 5  # failed deliveries before a message becomes a dead letter
+    mailboxes: dict[str, MailboxSettings] = msgspec.field(default_factory=dict)  # [mailboxes.NAME] max_deliveries
+    trigger_max_concurrent: int = 4  # runs a triggered pipeline may have going at once
+    spaces: dict[str, SpaceSettings] = msgspec.field(default_factory=dict)  # [spaces.NAME] allow = [pipelines]
+    #: also take workers over tcp with ZeroMQ CURVE here, e.g. tcp://127.0.0.1:0; a non-loopback address lets
+    #: workers on other machines in
+    worker_listen: str | None = None
+    #: the endpoint workers are told to connect to when worker_listen is reached by another address (NAT, proxy)
+    worker_advertise: str | None = None
+    local_workers_via_curve: bool = False  # the local pool's workers join over worker_listen too
+    otlp_endpoint: str | None = None  # send traces over OTLP/HTTP to this collector (needs tagentd[otel])
+    trace_url: str | None = None  # a run's trace in your trace viewer, e.g. http://127.0.0.1:16686/trace/{trace_id}
+    web: bool = False  # serve the dashboard (a separate process the daemon supervises)
+    web_host: str = "127.0.0.1"  # the dashboard's address; other than loopback exposes it
+    web_port: int = 0  # the dashboard's port; 0 = a free port picked at start
+    executor: str = "local"  # where steps run: "local" worker processes here, or "ray": a Ray cluster
+    ray_address: str | None = None  # the Ray cluster to join ('auto', 'ray://head:10001'); none = start one here
+    ray_runtime_env: dict[str, Any] = msgspec.field(default_factory=dict)  # Ray's runtime_env for the workers
 
-    @field_validator("runtime_dir", "state_dir", mode="after")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return absolute_path(value)
+    def checked(cls, values: dict[str, Any]) -> Settings:
+        """Settings from raw values (TOML, strings of environment variables, flags); `Problem` names the setting."""
+        unknown = [name for name in values if name not in FIELDS]
+        if unknown:
+            raise Problem(unknown[0], "unknown setting")
+        data = dict(values)
+        for name, value in values.items():
+            if name in _BOOLS:
+                data[name] = parse_bool(value)
+            elif name in _SIZES:
+                data[name] = _size(name, value)
+            elif name == "watch_dirs" and isinstance(value, str):
+                data[name] = [part for part in value.split(os.pathsep) if part.strip()]
+            elif name in _TABLES:
+                data[name] = checked_map(value, _TABLES[name], where=name)
+            elif name == "breaker":
+                data[name] = checked(value, BreakerSettings, where=name)
+        return checked(data, cls)
 
-    @field_validator("watch_dirs", mode="before")
-    @classmethod
-    def _split_dirs(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part for part in value.split(os.pathsep) if part.strip()]
-        return value
-
-    @field_validator("watch_dirs", mode="after")
-    @classmethod
-    def _absolute_dirs(cls, value: list[Path]) -> list[Path]:
-        return [absolute_path(p) for p in value]
-
-    @field_validator("max_message_bytes", "wal_segment_bytes", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            match = _SIZE.match(value)
-            if match is None:
-                raise ValueError(f"must be a size in bytes such as 16777216 or '16MiB', got {value!r}")
-            return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
-        return value
-
-    @field_validator("log_level", mode="after")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        level = value.strip().upper()
+    def __post_init__(self) -> None:
+        for name, limit in _AT_LEAST.items():
+            at_least(self, name, limit)
+        for name in ("heartbeat_interval", "heartbeat_timeout", "load_timeout"):
+            above(self, name, 0)
+        if not 0 <= self.web_port <= 65535:
+            raise Problem("web_port", f"must be between 0 and 65535, got {self.web_port}")
+        if not self.web_host:
+            raise Problem("web_host", "must not be empty")
+        self.runtime_dir = absolute_path(Path(self.runtime_dir))
+        self.state_dir = absolute_path(Path(self.state_dir))
+        self.watch_dirs = [absolute_path(Path(p)) for p in self.watch_dirs]
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise Problem(name, f"must be {' or '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        level = self.log_level.strip().upper()
         if level not in LOG_LEVELS:
-            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-        return level
-
-    @field_validator("worker_listen", "worker_advertise", mode="after")
-    @classmethod
-    def _worker_listen(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip()
-        host, _, port = value.removeprefix("tcp://").rpartition(":")
-        if not value.startswith("tcp://") or not host or not port.isdigit():
-            raise ValueError(f"must be a tcp endpoint such as tcp://127.0.0.1:0 or tcp://0.0.0.0:7001, got {value!r}")
-        return value
-
-    @field_validator("model", mode="after")
-    @classmethod
-    def _model(cls, value: str | None) -> str | None:
-        return (value.strip() or None) if value is not None else None
-
-    @field_validator("otlp_endpoint", "trace_url", mode="after")
-    @classmethod
-    def _url(cls, value: str | None, info: Any) -> str | None:
-        value = (value.strip() or None) if value is not None else None
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        if value is not None and info.field_name == "trace_url" and "{trace_id}" not in value:
-            raise ValueError(f"must contain {{trace_id}} where the trace id goes, got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Settings:
+            raise Problem("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        self.log_level = level
+        self.model = (self.model.strip() or None) if self.model is not None else None
+        self.worker_listen = _tcp_endpoint("worker_listen", self.worker_listen)
+        self.worker_advertise = _tcp_endpoint("worker_advertise", self.worker_advertise)
+        self.otlp_endpoint = _url("otlp_endpoint", self.otlp_endpoint)
+        self.trace_url = _url("trace_url", self.trace_url)
+        if self.trace_url is not None and "{trace_id}" not in self.trace_url:
+            raise Problem("trace_url", f"must contain {{trace_id}} where the trace id goes, got {self.trace_url!r}")
+        for name in self.endpoints:
+            check_endpoint_name(name)
         if self.heartbeat_timeout <= self.heartbeat_interval:
-            raise _CrossFieldError(
-                "heartbeat_timeout",
-                f"must be greater than heartbeat_interval ({self.heartbeat_interval})",
-            )
+            raise Problem("heartbeat_timeout", f"must be greater than heartbeat_interval ({self.heartbeat_interval})")
         if self.local_workers_via_curve and self.worker_listen is None:
-            raise _CrossFieldError("local_workers_via_curve", "needs worker_listen (the endpoint they join over)")
-        return self
-
-    @field_validator("endpoints", mode="after")
-    @classmethod
-    def _endpoint_names(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
-        return LLMConfig(endpoints=value).endpoints
+            raise Problem("local_workers_via_curve", "needs worker_listen (the endpoint they join over)")
 
     def llm_config(self) -> LLMConfig:
         return LLMConfig(endpoints=self.endpoints, price_overrides=self.price_overrides)
@@ -205,7 +173,7 @@ class Settings(BaseModel):
         """The worker command-line flag carrying endpoints and prices (names of key variables, never keys)."""
         if not (self.endpoints or self.price_overrides):
             return []
-        return ["--llm", self.llm_config().model_dump_json(exclude_defaults=True)]
+        return ["--llm", self.llm_config().to_json()]
 
     def worker_trace_args(self) -> list[str]:
         """The worker command-line flag that turns traces on (none when `otlp_endpoint` is unset)."""
@@ -229,7 +197,48 @@ class Settings(BaseModel):
         }
 
 
-FIELDS: tuple[str, ...] = tuple(Settings.model_fields)
+    def as_data(self) -> dict[str, Any]:
+        """Every setting as plain JSON-able data (paths as strings), in field order."""
+        return from_struct(self)
+
+
+FIELDS: tuple[str, ...] = Settings.__struct_fields__
+_BOOLS = frozenset(f.name for f in msgspec.structs.fields(Settings) if f.type is bool)
+_SIZES = ("max_message_bytes", "wal_segment_bytes")
+_CHOICES = {"on_change": ("keep", "restart"), "on_delete": ("ignore", "cancel"), "executor": ("local", "ray")}
+_TABLES: dict[str, type[Any]] = {"endpoints": EndpointSettings, "price_overrides": PriceOverride,
+                                 "breakers": BreakerSettings, "mailboxes": MailboxSettings, "spaces": SpaceSettings}
+_AT_LEAST = {"workers": 1, "worker_concurrency": 1, "timeout_grace": 0, "recycle_after": 0, "max_message_bytes": 1024,
+             "retention_days": 0, "retention_max_runs": 0, "max_child_depth": 0, "max_child_fan_out": 1,
+             "run_cache_size": 0, "wal_segment_bytes": 4096, "mailbox_max": 1, "max_deliveries": 1,
+             "trigger_max_concurrent": 1}
+
+
+def _size(field: str, value: Any) -> Any:
+    """'16MiB', '512KiB', '1048576' as bytes; anything else unchanged (the type check then names it)."""
+    if not isinstance(value, str):
+        return value
+    match = _SIZE.match(value)
+    if match is None:
+        raise Problem(field, f"must be a size in bytes such as 16777216 or '16MiB', got {value!r}")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+def _tcp_endpoint(field: str, value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    host, _, port = value.removeprefix("tcp://").rpartition(":")
+    if not value.startswith("tcp://") or not host or not port.isdigit():
+        raise Problem(field, f"must be a tcp endpoint such as tcp://127.0.0.1:0 or tcp://0.0.0.0:7001, got {value!r}")
+    return value
+
+
+def _url(field: str, value: str | None) -> str | None:
+    value = (value.strip() or None) if value is not None else None
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise Problem(field, f"must start with http:// or https://, got {value!r}")
+    return value
 
 
 def env_var(field: str) -> str:
@@ -274,9 +283,10 @@ def load_settings(config_path: Path | None, flags: dict[str, Any]) -> tuple[Sett
         put(field, value, f"flag {flag_name(field, value)}")
 
     try:
-        settings = Settings(**values)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, sources)) from None
+        settings = Settings.checked(values)
+    except Problem as exc:
+        field = exc.field.split(".")[0] or "settings"
+        raise ConfigError(f"config: {exc.field or field}: {exc.message} (from {sources.get(field, 'default')})") from None
     return settings, {field: sources.get(field, "default") for field in FIELDS}
 
 
@@ -299,7 +309,7 @@ def _read_file(config_path: Path | None) -> dict[str, tuple[Any, str]]:
 
 
 def _env_value(field: str, raw: str) -> Any:
-    """Strings go to pydantic's lax parsing; paths are made absolute against the cwd."""
+    """Strings are converted by `Settings.checked`; paths are made absolute against the cwd."""
     if field in ("runtime_dir", "state_dir"):
         return absolute_path(Path(raw))
     if field == "watch_dirs":
@@ -308,38 +318,5 @@ def _env_value(field: str, raw: str) -> Any:
         try:
             return json.loads(raw)
         except ValueError:
-            return raw  # pydantic says what is wrong with it
+            return raw  # Settings.checked says what is wrong with it
     return raw
-
-
-def _describe(exc: ValidationError, sources: dict[str, str]) -> str:
-    """One line for all problems: 'config: workers: must be >= 1 (from env TAGENTD_WORKERS)'."""
-    parts = []
-    for error in exc.errors():
-        ctx = error.get("ctx") or {}
-        cross = ctx.get("error")
-        if isinstance(cross, _CrossFieldError):
-            field, problem = cross.field, cross.message
-        else:
-            field = str(error["loc"][0]) if error["loc"] else "settings"
-            problem = _problem(error)
-        where = ".".join(str(part) for part in error["loc"]) or field  # endpoints.local.max_concurrent
-        parts.append(f"{where}: {problem} (from {sources.get(field, 'default')})")
-    return "config: " + "; ".join(parts)
-
-
-def _problem(error: Any) -> str:
-    kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if kind in ("int_parsing", "int_from_float", "int_type"):
-        return f"must be a whole number, got {given!r}"
-    if kind in ("float_parsing", "float_type"):
-        return f"must be a number, got {given!r}"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false, got {given!r}"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    return f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {given!r}"

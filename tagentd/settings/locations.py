@@ -1,7 +1,7 @@
-"""Where the daemon keeps things (config file, runtime dir, state dir, log file), found without pydantic.
+"""Where the daemon keeps things (config file, runtime dir, state dir, log file), found without the settings.
 
 `tagentd status`, `stop` and `gc` only need to find a running daemon; loading the full settings
-(tagentd.settings.config: pydantic, the LLM settings) would triple their start-up time. The rules here are
+(tagentd.settings.config: asyncio, the LLM settings) would double their start-up time. The rules here are
 the ones `config.load_settings` applies to these two paths, and config.py reads the file through
 `read_config_file`, so both agree. Precedence, highest first: the flag, `TAGENTD_RUNTIME_DIR` /
 `TAGENTD_STATE_DIR`, the config file (relative paths against the file's folder), the default of

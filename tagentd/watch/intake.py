@@ -21,10 +21,8 @@ import logging
 import os
 import re
 import time
-import tomllib
 from typing import Any
 
-from tagent_client.define import export
 from tagent_client.define.plan import Plan
 from tagent_client.errors import InvalidRequest, PipelineLoadError, PipelineValidationError, TagentError
 from tagent_client.wire import protocol as p
@@ -81,6 +79,12 @@ def read_document(path: str, text: str) -> Plan:
     Raises PipelineLoadError (`path:line: not valid TOML: ...`, or where in the document) or
     PipelineValidationError (a cycle, an unknown dependency, ...).
     """
+    # The document reader (and the pipeline checks, which import pydantic) and the TOML parser load with the first
+    # document dropped, not with the daemon: most daemons never see one, and the daemon answers sooner without them.
+    import tomllib  # noqa: PLC0415
+
+    from tagent_client.define import export  # noqa: PLC0415
+
     if path.lower().endswith(".toml"):
         try:
             data: Any = tomllib.loads(text)

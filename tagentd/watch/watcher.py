@@ -25,10 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from watchdog import events as wd
-from watchdog.observers.api import BaseObserver, ObservedWatch
+from typing import TYPE_CHECKING, Any
 
 from tagent_client.wire import protocol as p
 from tagentd.plumbing.ports import Publish
@@ -36,13 +33,7 @@ from tagentd.runs.ports import Register, RunOps
 from tagentd.settings.config import Settings
 from tagentd.watch.intake import DroppedFiles
 from tagentd.watch.rules import (
-    CLOSED,
-    CREATED,
-    GONE,
-    MODIFIED,
-    MOVED_IN,
     SCAN,
-    TOUCHED,
     Debouncer,
     FolderSpec,
     folder_problem,
@@ -51,29 +42,14 @@ from tagentd.watch.rules import (
 )
 from tagentd.watch.seen import SeenFiles
 
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEvent
+    from watchdog.observers.api import BaseObserver, ObservedWatch
+
 log = logging.getLogger("tagentd.watcher")
 
 FOLDER_CHECK_S = 1.0
 RESCAN_S = 30.0
-_KINDS: dict[type, str] = {
-    wd.FileCreatedEvent: CREATED, wd.FileModifiedEvent: MODIFIED, wd.FileClosedEvent: CLOSED, wd.FileDeletedEvent: GONE,
-}
-if hasattr(wd, "FileAttribEvent"):  # watchdog >= 5; older ones report chmod as a modification
-    _KINDS[wd.FileAttribEvent] = TOUCHED
-
-
-def classify(event: wd.FileSystemEvent) -> list[tuple[str, str]]:
-    """(path, kind) pairs for one watchdog event. Directory events, opens and read-only closes give none."""
-    if event.is_directory:
-        return []
-    src = os.fsdecode(event.src_path)
-    if isinstance(event, wd.FileMovedEvent):  # with full events, "" marks the side outside the watched folders
-        dest = os.fsdecode(event.dest_path)
-        return [pair for pair in ((src, GONE), (dest, MOVED_IN)) if pair[0]]
-    kind = _KINDS.get(type(event))
-    return [(src, kind)] if kind else []
-
-
 @dataclass
 class Folder:
     """A watched folder and its watch: "watching", "missing" or "refused" (`message` says why)."""
@@ -93,36 +69,6 @@ class Folder:
         return len(parts) == 1 or (recursive and not any(hidden_dir(d) for d in parts[:-1]))
 
 
-class _Handoff(wd.FileSystemEventHandler):
-    """Runs in watchdog's thread: hands every event to the loop and touches nothing else."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Any) -> None:
-        self._loop = loop
-        self._callback = callback
-
-    def dispatch(self, event: wd.FileSystemEvent) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._callback, event)
-        except RuntimeError:  # the loop is closed: the daemon is stopping
-            pass
-
-
-def _observer() -> BaseObserver:
-    """inotify, asked to report renames from outside as moves (complete files), not creations; else polling."""
-    try:
-        from watchdog.observers.inotify import InotifyObserver  # noqa: PLC0415
-
-        try:
-            return InotifyObserver(generate_full_events=True)
-        except TypeError:  # an old watchdog: moves in look like creations, settled by the stall rule
-            return InotifyObserver()
-    except (ImportError, OSError) as exc:
-        from watchdog.observers.polling import PollingObserver  # noqa: PLC0415
-
-        log.warning("watch: inotify is not available (%s); polling the watched folders instead", exc)
-        return PollingObserver(timeout=0.5)
-
-
 class Watcher:
     """Watches the folders and starts the pipeline files dropped into them. Lives on the daemon's loop."""
 
@@ -140,7 +86,8 @@ class Watcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._observer: BaseObserver | None = None
-        self._handoff: _Handoff | None = None
+        self._events: Any = None  # the module tagentd.watch.observer, once started
+        self._handoff: Any = None  # observer.Handoff, once started
         self._next_check = 0.0
         self._next_rescan = 0.0
 
@@ -150,8 +97,11 @@ class Watcher:
         """Remember what earlier daemons started, arm the folders, rescan them, and start settling."""
         self.dropped.remember_runs()
         loop = asyncio.get_running_loop()
-        self._handoff = _Handoff(loop, self._on_event)
-        self._observer = _observer()
+        from tagentd.watch import observer  # noqa: PLC0415 - watchdog loads with the watcher's start (observer.py)
+
+        self._events = observer
+        self._handoff = observer.Handoff(loop, self._on_event)
+        self._observer = observer.make_observer()
         self._observer.start()
         now = time.monotonic()
         self._check_folders(now)
@@ -249,15 +199,15 @@ class Watcher:
 
     # -- events and settling -----------------------------------------------------------------------------------
 
-    def _on_event(self, event: wd.FileSystemEvent) -> None:
+    def _on_event(self, event: FileSystemEvent) -> None:
         """On the loop: note what the event says about each pipeline file it names."""
         if event.is_directory:
-            if isinstance(event, (wd.DirDeletedEvent, wd.DirMovedEvent)):
+            if self._events.folder_gone(event):
                 self._next_check = 0.0  # maybe a watched folder: check at once
                 self._wake.set()
             return
         now = time.monotonic()
-        for path, kind in classify(event):
+        for path, kind in self._events.classify(event):
             if self._folder_of(path) is not None:
                 self.debouncer.note(path, kind, now)
                 self._wake.set()

@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--capacity must be >= 1, --heartbeat and --load-timeout > 0, --grace >= 0")
     if args.llm is not None:
         try:
-            LLMConfig.model_validate_json(args.llm)
+            LLMConfig.from_json(args.llm)
         except ValueError as exc:
             parser.error(f"--llm is not a valid LLM config: {exc}")
     return args

@@ -107,7 +107,7 @@ class Worker:
         self.breakers = BreakerClient(self.link, self.loop)
         self.services = WorkerServices(self.link, self.loop, self.breakers, runtime_dir=runtime_dir)
         self.permits = PermitClient(self.link, self.loop)
-        self.llm = LLMRuntime(config=LLMConfig.model_validate_json(args.llm or "{}"), limiter=self.permits,
+        self.llm = LLMRuntime(config=LLMConfig.from_json(args.llm or "{}"), limiter=self.permits,
                               breakers=self.breakers)
         self.traces = WorkerTraces.start(args.otlp_endpoint, self.llm) if args.otlp_endpoint else None
         self.slots = asyncio.Semaphore(self.capacity)

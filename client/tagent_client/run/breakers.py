@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
 from ..bounds import NAME_MAX
 from ..core.breaker import Breaker, BreakerRule, Change
 from ..errors import InvalidRequest
+from .checked import above, at_least, pydantic_schema
 
 log = logging.getLogger("tagent.breaker")
 
@@ -38,14 +39,25 @@ _STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*\Z")
 T = TypeVar("T")
 
 
-class BreakerSettings(BaseModel):
-    """A breaker's settings (`[breaker]`, `[breakers.NAME]`, an endpoint's `breaker = {...}`); unset: inherited."""
+class BreakerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A breaker's settings (`[breaker]`, `[breakers.NAME]`, an endpoint's `breaker = {...}`); unset: inherited.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    `failures`: failures within `window` that open it (0 = never opens); `window`: seconds over which failures
+    are counted (> 0); `cooldown`: seconds open before one probe call is let through (> 0).
+    """
 
-    failures: int | None = Field(None, ge=0, description="failures within `window` that open it; 0 = never opens")
-    window: float | None = Field(None, gt=0, description="seconds over which failures are counted")
-    cooldown: float | None = Field(None, gt=0, description="seconds open before one probe call is let through")
+    failures: int | None = None
+    window: float | None = None
+    cooldown: float | None = None
+
+    def __post_init__(self) -> None:
+        at_least(self, "failures", 0)
+        above(self, "window", 0)
+        above(self, "cooldown", 0)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return pydantic_schema(cls)
 
     def over(self, base: BreakerRule) -> BreakerRule:
         """`base` with what these settings set."""

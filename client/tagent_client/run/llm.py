@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import msgspec
 
 from .breakers import BreakerGate, BreakerRules, BreakerSettings, LocalBreakers
+from .checked import Problem, above, at_least, problem, pydantic_schema
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-.]*\Z")
 
@@ -47,26 +48,36 @@ def model_name(name: str | None) -> str | None:
     return name
 
 
-class EndpointSettings(BaseModel):
-    """One `[endpoints.NAME]` table of tagentd.toml (or `RunConfig.endpoints[NAME]`)."""
+class EndpointSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One `[endpoints.NAME]` table of tagentd.toml (or `RunConfig.endpoints[NAME]`).
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    - `base_url`: OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1;
+    - `api_key_env`: the environment variable holding the API key (never the key itself);
+    - `max_concurrent`: requests in flight at once, all workers together; `requests_per_minute`,
+      `tokens_per_minute` (input + output tokens): 0 = no limit;
+    - `request_retries`: retries of one request on 429, 5xx, connection errors;
+    - `timeout`: seconds per HTTP request; `breaker`: this endpoint's circuit breaker (over `[breaker]`).
+    """
 
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1")
-    api_key_env: str | None = Field(None, description="environment variable holding the API key")
-    max_concurrent: int = Field(0, ge=0, description="requests in flight at once, all workers together; 0 = no limit")
-    requests_per_minute: float = Field(0, ge=0, description="0 = no limit")
-    tokens_per_minute: float = Field(0, ge=0, description="input + output tokens; 0 = no limit")
-    request_retries: int = Field(3, ge=0, description="retries of one request on 429, 5xx, connection errors")
-    timeout: float | None = Field(None, gt=0, description="seconds per HTTP request")
-    breaker: BreakerSettings | None = Field(None, description="this endpoint's circuit breaker (over [breaker])")
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrent: int = 0
+    requests_per_minute: float = 0
+    tokens_per_minute: float = 0
+    request_retries: int = 3
+    timeout: float | None = None
+    breaker: BreakerSettings | None = None
 
-    @field_validator("base_url")
+    def __post_init__(self) -> None:
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise Problem("base_url", f"must start with http:// or https://, got {self.base_url!r}")
+        for name in ("max_concurrent", "requests_per_minute", "tokens_per_minute", "request_retries"):
+            at_least(self, name, 0)
+        above(self, "timeout", 0)
+
     @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return pydantic_schema(cls)
 
     @property
     def limited(self) -> bool:
@@ -74,39 +85,58 @@ class EndpointSettings(BaseModel):
         return bool(self.max_concurrent or self.requests_per_minute or self.tokens_per_minute)
 
 
-class PriceOverride(BaseModel):
+class PriceOverride(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The price of a model in dollars per million tokens; wins over the genai-prices table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    input_per_mtok: float
+    output_per_mtok: float
 
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
+    def __post_init__(self) -> None:
+        at_least(self, "input_per_mtok", 0)
+        at_least(self, "output_per_mtok", 0)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return pydantic_schema(cls)
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
 
 
-class LLMConfig(BaseModel):
+class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """Endpoints and price overrides; plain data that crosses to workers as JSON (no keys in it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    endpoints: dict[str, EndpointSettings] = msgspec.field(default_factory=dict)
+    price_overrides: dict[str, PriceOverride] = msgspec.field(default_factory=dict)
 
-    endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
-    price_overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+    def __post_init__(self) -> None:
+        for name in self.endpoints:
+            check_endpoint_name(name)
 
-    @field_validator("endpoints")
     @classmethod
-    def _names(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
-        for name in value:
-            if not _NAME.match(name):
-                raise ValueError(f"endpoint name {name!r} must be lower-case letters, digits, '_', '-' or '.'")
-        return value
+    def from_json(cls, text: str | bytes) -> LLMConfig:
+        """The `--llm` flag a worker is given (`to_json`): ValueError when it is not one."""
+        try:
+            return msgspec.json.decode(text, type=cls)
+        except msgspec.ValidationError as exc:
+            raise problem(exc, None) from None
+
+    def to_json(self) -> str:
+        """Only what differs from the defaults, as JSON (the names of key variables, never keys)."""
+        return msgspec.json.encode(self).decode()
 
     def secrets(self) -> list[str]:
         """The values of every API key this process could send (to scrub from transcripts), longest first."""
         names = {*PROVIDER_KEY_ENV, *(e.api_key_env for e in self.endpoints.values() if e.api_key_env)}
         values = {os.environ.get(n, "").strip() for n in names}
         return sorted((v for v in values if len(v) >= 6), key=len, reverse=True)
+
+
+def check_endpoint_name(name: str) -> str:
+    """An endpoint's name: lower-case letters, digits, '_', '-' or '.' (it prefixes model strings)."""
+    if not _NAME.match(name):
+        raise Problem("", f"endpoint name {name!r} must be lower-case letters, digits, '_', '-' or '.'")
+    return name
 
 
 class RequestLimiter(Protocol):
