@@ -38,6 +38,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,10 +215,8 @@ class Daemon:
         # and a step submitted meanwhile waits for a worker; the load waits up to `load_timeout`), the folder
         # watcher (watchdog; files dropped meanwhile are found by its first scan), prometheus-client
         # (metrics/instruments.py), and the garbage collector.
-        loop.call_soon(self.executor.start)
-        loop.call_soon(self.watcher.start)
-        loop.call_soon(self.metrics.build)
-        loop.call_soon(collect_after_start)
+        # One per loop turn, so requests that arrive meanwhile are answered between them, not after all four.
+        one_per_turn(loop, [self.executor.start, self.watcher.start, self.metrics.build, collect_after_start])
         await self.stopper.requested.wait()
         notify("STOPPING=1")
         await self._shutdown()
@@ -333,6 +332,20 @@ class Daemon:
             watch_dirs=self.watcher.folder_paths() if self.watcher is not None else [],
             cluster=self.executor.cluster(),
         )
+
+
+def one_per_turn(loop: asyncio.AbstractEventLoop, calls: list[Callable[[], object]]) -> None:
+    """Run `calls` in order, each in its own turn of `loop` (the sockets are polled between two of them)."""
+    if not calls:
+        return
+
+    def step() -> None:
+        try:
+            calls[0]()
+        finally:  # a failing call (logged by the loop) does not keep the later ones from running
+            one_per_turn(loop, calls[1:])
+
+    loop.call_soon(step)
 
 
 def collect_after_start() -> None:
