@@ -1,0 +1,201 @@
+"""The run machine's work grows with the run, not with its square (issue 17: flat at scale).
+
+Each test drives a `RunMachine` directly through one shape of run at two sizes, N and 4N, and counts
+the work the engine does: the lines of `tagent_client/core/` executed (a `sys.settrace` counter, so
+no clock and no load on the machine sways it). Work per step must stay about the same when the run
+is four times bigger; an engine that looks again at every dependency, item or queued task each time
+one of them changes does about four times the work per step at 4N and fails here.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from tagent_client import DependencyType, ExecutionMode, Pipeline, when
+from tagent_client.core import engine
+from tagent_client.core.engine import RunMachine
+from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded, TimerFired
+from tagent_client.core.state import ErrorInfo, RunStatus, StepStatus
+
+pytestmark = pytest.mark.timeout(120)
+
+CORE = str(Path(engine.__file__).parent)
+SMALL, BIG = 150, 600
+#: Work per step at 4x the size over work per step at 1x: ~1 when linear, ~3-4 when quadratic.
+MAX_GROWTH = 1.3
+OUTPUT = {"valid": True, "url": "u", "n": 1}
+
+
+def noop() -> None:
+    return None
+
+
+def lines_run(body: Callable[[], Any]) -> int:
+    """How many lines of tagent_client/core/ `body` executes (loop iterations count each time)."""
+    count = 0
+
+    def in_core(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return in_core
+
+    def calls(frame: FrameType, event: str, arg: Any) -> Any:
+        return in_core if frame.f_code.co_filename.startswith(CORE) else None
+
+    sys.settrace(calls)
+    try:
+        body()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def drive(pipeline: Pipeline, fail_first: frozenset[str] = frozenset()) -> RunMachine:
+    """Run `pipeline` to its end: each dispatched task succeeds (with OUTPUT) in dispatch order, except the first
+    attempt of the steps in `fail_first`, which fails retryably; retries are due at once (the clock jumps)."""
+    machine = RunMachine.new(pipeline.plan(), "run-1", now=0.0, rng=random.Random(1))
+    now = 0.0
+    todo = deque(a for a in machine.start(now) if isinstance(a, Dispatch))
+    while todo or not machine.finished:
+        now += 1.0
+        if not todo:  # only retries are left: their time comes
+            now += 100.0
+            todo.extend(a for a in machine.handle(TimerFired(), now) if isinstance(a, Dispatch))
+            assert todo or machine.finished, "the run stalled"
+            continue
+        task = todo.popleft()
+        if task.attempt == 1 and task.step in fail_first:
+            event: Any = StepFailed(task=task.task, attempt=task.attempt, error=ErrorInfo(type="E", message="x", retryable=True))
+        else:
+            event = StepSucceeded(task=task.task, attempt=task.attempt, output=OUTPUT)
+        todo.extend(a for a in machine.handle(event, now) if isinstance(a, Dispatch))
+    assert machine.state.status is RunStatus.COMPLETED, machine.state.error
+    return machine
+
+
+def growth(shape: Callable[[int], Pipeline], **options: Any) -> float:
+    """Work per step of the run `shape(BIG)` over that of `shape(SMALL)`."""
+    per_step = []
+    for n in (SMALL, BIG):
+        pipeline = shape(n)
+        work = lines_run(lambda: drive(pipeline, **options))  # noqa: B023 - called at once
+        per_step.append(work / len(pipeline.plan().steps))
+    return per_step[1] / per_step[0]
+
+
+def fan_in(n: int, kinds: tuple[DependencyType, ...] = (DependencyType.HARD,), **end: Any) -> Pipeline:
+    """start -> n steps -> end, where end depends on each of the n by `kinds` in turn."""
+    p = Pipeline("fan_in", max_concurrent_steps=n + 2)
+    p.step("start", fn=noop)
+    for i in range(n):
+        p.step(f"f{i}", fn=noop, depends_on=["start"], execution_mode=ExecutionMode.CONCURRENT)
+    deps = {f"f{i}": kinds[i % len(kinds)] for i in range(n)}
+    data = {name: ["url"] for name, kind in deps.items() if kind is DependencyType.DATA}
+    p.step("end", fn=noop, depends_on=deps, data_fields=data, **end)
+    return p
+
+
+@pytest.mark.parametrize("kinds", [
+    (DependencyType.HARD,),
+    (DependencyType.SOFT,),
+    (DependencyType.DATA,),
+    (DependencyType.VALIDATION,),
+    (DependencyType.HARD, DependencyType.SOFT, DependencyType.DATA, DependencyType.VALIDATION),
+], ids=["hard", "soft", "data", "validation", "mixed"])
+def test_a_step_with_n_dependencies_costs_o1_per_finished_dependency(kinds: tuple[DependencyType, ...]) -> None:
+    """Given start -> N steps -> end (end depends on all N by each dependency type),
+    when the N finish one by one in definition order (the order that made the engine look at every
+    finished dependency again each time), then the work per step at 4N is about that at N."""
+    assert growth(lambda n: fan_in(n, kinds)) < MAX_GROWTH
+
+
+def test_a_fan_in_with_a_condition_stays_linear() -> None:
+    """Given the fan-in whose last step has a condition on the params, then its work per step stays flat too."""
+    assert growth(lambda n: fan_in(n, condition=when("params.mode") != "off")) < MAX_GROWTH
+
+
+def test_a_parallel_merge_of_n_items_through_few_slots_stays_linear() -> None:
+    """Given a PARALLEL_MERGE step over N items with a merge, run 4 at a time (most items queued),
+    when the items finish one by one, then neither counting the finished items nor picking the next
+    queued one looks at every item: the work per item at 4N is about that at N."""
+
+    def merge_of(n: int) -> Pipeline:
+        p = Pipeline("merge", max_concurrent_steps=4)
+        p.step("fan", fn=noop, execution_mode=ExecutionMode.PARALLEL_MERGE, over=list(range(n)), merge=len)
+        p.step("after", fn=noop, depends_on=["fan"])
+        return p
+
+    def per_item(n: int) -> float:
+        pipeline = merge_of(n)
+        return lines_run(lambda: drive(pipeline)) / n
+
+    assert per_item(BIG) / per_item(SMALL) < MAX_GROWTH
+
+
+def test_many_queued_serial_steps_stay_linear() -> None:
+    """Given N independent SERIAL steps (one runs at a time, the others wait queued), then picking the next
+    one does not walk past every waiting one: the work per step at 4N is about that at N."""
+
+    def serial(n: int) -> Pipeline:
+        p = Pipeline("serial")
+        for i in range(n):
+            p.step(f"s{i}", fn=noop)
+        return p
+
+    assert growth(serial) < MAX_GROWTH
+
+
+def test_many_retries_waiting_stay_linear() -> None:
+    """Given the fan-in whose N middle steps each fail once (retryable) before they succeed, then finding the
+    retries that are due does not look at every waiting one each time: the work per step at 4N is about that at N."""
+    per_step = []
+    for n in (SMALL, BIG):
+        pipeline = fan_in(n)
+        fail = frozenset(f"f{i}" for i in range(n))
+        per_step.append(lines_run(lambda: drive(pipeline, fail_first=fail)) / n)  # noqa: B023 - called at once
+    assert per_step[1] / per_step[0] < MAX_GROWTH
+
+
+def test_the_fan_in_step_gets_every_input_and_is_skipped_by_a_gate_that_did_not_pass() -> None:
+    """Given the fan-in by every dependency type, then end is dispatched with each dependency's output as its
+    input; and given one VALIDATION dependency whose output says invalid, then end is SKIPPED naming that gate."""
+    kinds = (DependencyType.HARD, DependencyType.SOFT, DependencyType.DATA, DependencyType.VALIDATION)
+    machine = RunMachine.new(fan_in(8, kinds).plan(), "run-1", now=0.0)
+    todo = deque(a for a in machine.start(0.0) if isinstance(a, Dispatch))
+    ends = []
+    while todo:
+        task = todo.popleft()
+        output = {"valid": task.step != "f3", "url": "u"}  # f3 is a VALIDATION dependency of end
+        actions = machine.handle(StepSucceeded(task=task.task, attempt=task.attempt, output=output), 1.0)
+        ends += [a for a in actions if isinstance(a, Dispatch) and a.step == "end"]
+        todo.extend(a for a in actions if isinstance(a, Dispatch) and a.step != "end")
+    assert not ends
+    assert machine.state.steps["end"].status is StepStatus.SKIPPED
+    assert machine.state.steps["end"].skip_reason == "validation gate 'f3' did not pass"
+    assert drive(fan_in(8, kinds)).state.steps["end"].status is StepStatus.COMPLETED
+
+
+def test_the_fan_in_step_runs_with_every_dependency_output() -> None:
+    """Given the fan-in by every dependency type, when all N succeed, then end's dispatch carries all N inputs."""
+    kinds = (DependencyType.HARD, DependencyType.SOFT, DependencyType.DATA, DependencyType.VALIDATION)
+    machine = RunMachine.new(fan_in(8, kinds).plan(), "run-1", now=0.0)
+    todo = deque(a for a in machine.start(0.0) if isinstance(a, Dispatch))
+    ends = []
+    while todo:
+        task = todo.popleft()
+        output = {"valid": True, "url": task.step}
+        dispatched = [a for a in machine.handle(StepSucceeded(task=task.task, attempt=task.attempt, output=output), 1.0)
+                      if isinstance(a, Dispatch)]
+        ends += [a for a in dispatched if a.step == "end"]
+        todo.extend(a for a in dispatched if a.step != "end")
+    assert len(ends) == 1
+    assert ends[0].inputs == {f"f{i}": {"valid": True, "url": f"f{i}"} for i in range(8)}
