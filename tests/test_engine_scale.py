@@ -24,6 +24,8 @@ from tagent_client.core import engine
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded, TimerFired
 from tagent_client.core.state import ErrorInfo, RunStatus, StepStatus
+from tagentd.runs import run as run_module
+from tagentd.runs import submission
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -240,3 +242,22 @@ def test_steps_by_name_follow_every_change_of_the_list() -> None:
     assert "c" not in steps and steps.get("c") is None
     p.step("a", fn=noop).step("a", fn=noop)
     assert [s.name for s in steps] == ["a"] and "duplicate step name 'a'" in " ".join(p.problems())
+
+
+def test_a_follower_asking_for_new_events_of_a_long_run_is_not_answered_by_a_scan() -> None:
+    """Given a run that has announced 20,000 events and 20,000 log lines (a 10,000-step run), when a follower
+    (`tagent watch`, `Client.wait`) asks for what came after the newest few, as it does after every commit,
+    then the daemon finds them by a binary search: a handful of lines run, not one per event."""
+    run = submission.new_run(Pipeline("long").step("a", fn=noop).plan(), path="/p/long.py", source="src",
+                             target=None, params=None, model=None, who="test")
+    for i in range(20_000):
+        run.add_event("step.completed", {"step": f"s{i}"}, float(i))
+        run.add_log("a", 20, f"line {i}", float(i))
+    newest = run.event_seq - 3
+    here = str(Path(run_module.__file__))
+    events, lines = [], []
+    work = lines_run(lambda: (events.extend(run.events_after(newest)), lines.extend(run.logs_after(run.log_seq - 3))),
+                     here)
+    assert [e.seq for e in events] == [newest + 1, newest + 2, newest + 3]
+    assert [line.message for line in lines] == ["line 19997", "line 19998", "line 19999"]
+    assert work < 50
