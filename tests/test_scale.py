@@ -1,14 +1,17 @@
-"""The run machine's work grows with the run, not with its square (issue 17: flat at scale).
+"""A step costs the same in a big run as in a small one (issue 17: flat at scale), and memory stays bounded.
 
-Each test drives a `RunMachine` directly through one shape of run at two sizes, N and 4N, and counts
+Most tests drive a `RunMachine` directly through one shape of run at two sizes, N and 4N, and count
 the work the engine does: the lines of `tagent_client/core/` executed (a `sys.settrace` counter, so
 no clock and no load on the machine sways it). Work per step must stay about the same when the run
 is four times bigger; an engine that looks again at every dependency, item or queued task each time
-one of them changes does about four times the work per step at 4N and fails here.
+one of them changes does about four times the work per step at 4N and fails here. The same counter
+watches defining a pipeline and answering a follower's "events after N"; the last test bounds the
+finished runs the daemon keeps in memory by their steps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 from collections import deque
@@ -22,10 +25,12 @@ import pytest
 from tagent_client import DependencyType, ExecutionMode, Pipeline, when
 from tagent_client.core import engine
 from tagent_client.core.engine import RunMachine
-from tagent_client.core.events import Dispatch, StepFailed, StepSucceeded, TimerFired
+from tagent_client.core.events import Cancelled, Dispatch, StepFailed, StepSucceeded, TimerFired
 from tagent_client.core.state import ErrorInfo, RunStatus, StepStatus
 from tagentd.runs import run as run_module
 from tagentd.runs import submission
+from tagentd.runs.durable import DurableStore
+from tagentd.runs.table import RunTable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -261,3 +266,35 @@ def test_a_follower_asking_for_new_events_of_a_long_run_is_not_answered_by_a_sca
     assert [e.seq for e in events] == [newest + 1, newest + 2, newest + 3]
     assert [line.message for line in lines] == ["line 19997", "line 19998", "line 19999"]
     assert work < 50
+
+
+def test_finished_runs_in_memory_are_bounded_by_their_steps_not_only_their_number(tmp_path: Path) -> None:
+    """Given a durable run table that may keep 256 finished runs but 1,000 steps in memory, when five 400-step runs
+    finish (each written by a flush), then only the two most recent stay whole (800 steps) and the others are read
+    back from disk when asked for; a run bigger than the budget alone still stays while it is the most recent."""
+    store = DurableStore(tmp_path)
+    table = RunTable(store, cache_size=256, cache_steps=1_000)
+    wide = Pipeline("wide")
+    for i in range(400):
+        wide.step(f"s{i}", fn=noop)
+
+    def finish(pipeline: Pipeline) -> str:
+        run = submission.new_run(pipeline.plan(), path="/p/w.py", source="src", target=None, params=None, model=None,
+                                 who="test")
+        table.add(run)
+        store.created(run)
+        run.machine.handle(Cancelled(reason="done"), 1.0)
+        asyncio.run(store.flush())
+        table.finished(run)
+        table.trim()
+        return run.id
+
+    ids = [finish(wide) for _ in range(5)]
+    assert table.stats()["finished_in_memory"] == 2
+    assert [table.live(rid) is not None for rid in ids] == [False, False, False, True, True]
+    assert table.get(ids[0]).id == ids[0]  # read back from its snapshot
+    huge = Pipeline("huge")
+    for i in range(1_500):
+        huge.step(f"h{i}", fn=noop)
+    big = finish(huge)
+    assert table.live(big) is not None and table.stats()["finished_in_memory"] == 1
