@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_right
 from functools import cached_property
+from operator import attrgetter
 from sys import intern
 from typing import Any
 
@@ -28,6 +30,7 @@ from tagentd.executor.interface import PipelineCode, StepAttempt
 MAX_LOG_LINES = 10_000
 CHILD_STARTED = "child.started"  # the audit entry that links a parent run to a child run (data: step, task, child)
 MAX_EVENTS = 50_000
+_SEQ = attrgetter("seq")
 TRACE = "trace"  # the audit entry that keeps a run span's ids (data: trace_id, span_id, why): runs/traces.py
 
 
@@ -193,10 +196,12 @@ class Run:
         self.history.append(AuditEntry(ts=time.time(), who=who, what=what, data=data))
 
     def events_after(self, seq: int) -> list[EventRecord]:
-        return [e for e in self.events if e.seq > seq] if self.events and self.events[-1].seq > seq else []
+        """The events numbered above `seq`: a binary search (they are kept in order), not a scan of the run's events."""
+        return self.events[bisect_right(self.events, seq, key=_SEQ):] if self.events and self.events[-1].seq > seq else []
 
     def logs_after(self, seq: int) -> list[LogRecord]:
-        return [line for line in self.logs if line.seq > seq] if self.logs and self.logs[-1].seq > seq else []
+        """The log lines numbered above `seq`, found the same way."""
+        return self.logs[bisect_right(self.logs, seq, key=_SEQ):] if self.logs and self.logs[-1].seq > seq else []
 
     # -- views --------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """`RunTable`: every run the daemon knows, in creation order, and which of them are in memory.
 
 Unfinished runs are always in memory (a `Run`). A finished run stays in memory
-while it is among the `cache_size` most recently used finished runs; beyond
-that, once the store has written all of it and released it, only its `RunEntry`
+while it is among the `cache_size` most recently used finished runs and, together
+with the more recently used ones, holds at most `cache_steps` steps (so a few
+10,000-step runs do not pin gigabytes; the most recently used one always stays);
+beyond that, once the store has written all of it and released it, only its `RunEntry`
 stays (a few hundred bytes), and `get` reads the run back from the store when
 someone asks for it. A store that cannot read runs back (`durable = false`)
 keeps every run in memory; retention is then what bounds them.
@@ -30,13 +32,19 @@ from tagentd.runs import retention
 from tagentd.runs.run import Run, RunEntry
 from tagentd.runs.store import Recovered, RunStore
 
+#: Steps the finished runs in memory may hold together (a run holds ~5 KB per step: state, events, history).
+CACHE_STEPS = 50_000
+
 
 class RunTable:
     """Every run by id, in creation order: the Run if it is in memory, else its RunEntry."""
 
-    def __init__(self, store: RunStore, cache_size: int) -> None:
+    def __init__(self, store: RunStore, cache_size: int, cache_steps: int = CACHE_STEPS) -> None:
         self._store = store
         self.cache_size = cache_size
+        self.cache_steps = cache_steps
+        self._weights: dict[str, int] = {}  # finished run in memory -> its steps when it joined the cache
+        self._cached_steps = 0
         self._rows: dict[str, Run | RunEntry] = {}
         self._active: dict[str, Run] = {}  # unfinished (or not yet announced as finished)
         self._cache: collections.OrderedDict[str, Run] = collections.OrderedDict()  # finished, least recent first
@@ -90,7 +98,7 @@ class RunTable:
             raise
         self.reads += 1
         self._rows[run_id] = run
-        self._cache[run_id] = run  # trimmed after the next commit, never before the caller is done with it
+        self._cache_put(run)  # trimmed after the next commit, never before the caller is done with it
         return run
 
     def finished(self, run: Run) -> None:
@@ -98,14 +106,13 @@ class RunTable:
         if not run.finished or self._rows.get(run.id) is not run:
             return
         self._active.pop(run.id, None)
-        self._cache[run.id] = run
-        self._cache.move_to_end(run.id)
+        self._cache_put(run)
         self._finished.pop(run.id, None)
         self._finished[run.id] = run.state.finished_at or time.time()
 
     def reopened(self, run: Run) -> None:
         """`run` runs again (resume, retry): it stays in memory until it has finished again."""
-        self._cache.pop(run.id, None)
+        self._cache_drop(run.id)
         self._finished.pop(run.id, None)
         self._active[run.id] = run
 
@@ -113,12 +120,35 @@ class RunTable:
         """Let the least recently used finished runs beyond `cache_size` leave memory (call after a commit)."""
         if not self._store.durable:
             return
-        excess = len(self._cache) - self.cache_size
-        for run_id in list(islice(self._cache, max(0, excess))):
+        for run_id in self._beyond_budget():
             entry = self._store.release(run_id)
             if entry is not None:  # else it has unwritten changes: it goes at a later commit
-                del self._cache[run_id]
+                self._cache_drop(run_id)
                 self._rows[run_id] = entry
+
+    def _beyond_budget(self) -> list[str]:
+        """The least recently used finished runs beyond `cache_size` runs or `cache_steps` steps (never the most
+        recently used one); walks only those."""
+        runs_over, steps_over = len(self._cache) - self.cache_size, self._cached_steps - self.cache_steps
+        doomed: list[str] = []
+        for run_id in islice(self._cache, max(0, len(self._cache) - 1)):
+            if runs_over <= 0 and steps_over <= 0:
+                break
+            doomed.append(run_id)
+            runs_over -= 1
+            steps_over -= self._weights[run_id]
+        return doomed
+
+    def _cache_put(self, run: Run) -> None:
+        """`run` joins the finished runs in memory as the most recently used (counted by its steps)."""
+        self._cache_drop(run.id)
+        self._cache[run.id] = run
+        self._weights[run.id] = len(run.state.steps)
+        self._cached_steps += self._weights[run.id]
+
+    def _cache_drop(self, run_id: str) -> None:
+        if self._cache.pop(run_id, None) is not None:
+            self._cached_steps -= self._weights.pop(run_id)
 
     def expire(self, *, now: float, max_age_s: float, max_runs: int, dry_run: bool = False,
                at_most: int | None = None) -> list[str]:
@@ -134,7 +164,7 @@ class RunTable:
         """Forget the run here (the store keeps it: see `expire`)."""
         self._rows.pop(run_id, None)
         self._active.pop(run_id, None)
-        self._cache.pop(run_id, None)
+        self._cache_drop(run_id)
         self._finished.pop(run_id, None)
         place = self._place.pop(run_id, None)
         if place is not None:

@@ -40,7 +40,7 @@ from .events import (
 )
 from .judged import condition_verdict
 from .result import to_builtins
-from .rules import backoff_delay, completed_output, upstream
+from .rules import backoff_delay, completed_output, gates, upstream
 from .run_index import RunIndex
 from .state import (
     DEADLOCK,
@@ -183,8 +183,7 @@ class RunMachine:
 
     def next_timer(self) -> float | None:
         """The earliest pending retry time, if any."""
-        times = [t.retry_at for t in self.index.waiting.values() if t.retry_at is not None]
-        return min(times) if times else None
+        return self.index.next_retry()
 
     def running_tasks(self) -> list[TaskState]:
         return list(self.index.running.values())
@@ -216,8 +215,7 @@ class RunMachine:
                 out += self._skip(task.step, reason, now)
             return out + self._advance(now)
         if task.phase is Phase.RUN and task.item_index is not None:
-            items = [t for t in self.index.tasks_of[task.step].values() if t.phase is Phase.RUN]
-            if any(t.status is not TaskStatus.SUCCEEDED for t in items):
+            if self.index.items_left.get(task.step, 0) > 0:  # a count, not a look at every item
                 return [Persist()] + self._advance(now)
             if spec.has_merge:
                 self.index.add_task(task.step, Phase.MERGE, None)
@@ -356,7 +354,10 @@ class RunMachine:
 
     def _resolve(self, spec: StepSpec, now: float) -> list[Action] | None:
         """Decide a PENDING step with no tasks: wait (None), skip, fail, or create its tasks."""
-        verdict = upstream(spec, self.state.steps)
+        gated = self.index.gates.get(spec.name)
+        if gated is None:
+            gated = self.index.gates[spec.name] = gates(spec)
+        verdict, self.index.passed[spec.name] = upstream(spec, self.state.steps, gated, self.index.passed.get(spec.name, 0))
         if verdict.waiting:
             return None
         if verdict.skip is not None:
@@ -398,23 +399,19 @@ class RunMachine:
         room = self.plan.max_concurrent_steps - len(self.index.running) + len(self.index.lent)
         if room <= 0 or self.held:
             return []
-        due = list(self.index.queued.values())
-        due += [t for t in self.index.waiting.values() if t.retry_at is not None and t.retry_at <= now]
-        if not due:
-            return []
-        if len(due) > 1:
-            due.sort(key=lambda t: (self._order[t.step], t.item_index or 0))  # definition order, then item order
+        due = self.index.take_due(now)
+        passed_over: list[TaskState] = []
         out: list[Action] = []
-        for task in due:
-            if room <= 0:
-                break
+        while room > 0 and (task := self.index.next_ready(due)) is not None:  # definition order, then item order
             spec = self.specs[task.step]
             step = self.state.steps[task.step]
             if (spec.mode is ExecutionMode.SERIAL and task.phase is Phase.RUN and step.status is StepStatus.PENDING
                     and self.index.serial_active):
+                passed_over.append(task)
                 continue
             out += self._dispatch(task, spec, step, now)
             room -= 1
+        self.index.put_back(passed_over + due)
         return out
 
     def _dispatch(self, task: TaskState, spec: StepSpec, step: StepState, now: float) -> list[Action]:

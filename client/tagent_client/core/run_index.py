@@ -1,9 +1,11 @@
 """`RunIndex`: the run machine's derived indexes over a `RunState`, kept in step with every change.
 
 The persisted `RunState` is the truth; these indexes (the tasks of each step; the
-queued, running and waiting tasks; busy SERIAL steps; how many steps are still open;
-the steps worth looking at again) let `RunMachine` handle one event in time
-proportional to what it changes, not to the size of the run. Every change to a task's
+queued, running and waiting tasks, and the order they are dispatched in; busy SERIAL
+steps; how many steps are still open; how many of each step's dependencies have passed
+and how many of its items are not done yet; the steps worth looking at again) let
+`RunMachine` handle one event in time proportional to what it changes, not to the size
+of the run (nor to the number of a step's dependencies or items). Every change to a task's
 or a step's status goes through here (`task_to`, `add_task`, `drop_tasks`, `set_step`),
 so the indexes never drift, and what changed is noted for the store (`take_changes`).
 After the machine rewrites `state` wholesale (recovery, reset) it calls `rebuild()`.
@@ -11,6 +13,7 @@ After the machine rewrites `state` wholesale (recovery, reset) it calls `rebuild
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,9 +41,22 @@ class RunIndex:
         self.running: dict[str, TaskState] = {}
         self.waiting: dict[str, TaskState] = {}
         self.lent: set[str] = set()  # running tasks whose slot is lent while they wait (RunMachine.lend_slot)
+        self.order = {name: i for i, name in enumerate(self.specs)}  # definition order: the dispatch order
+        #: Heaps of (step order, item index, tie, task id): queued tasks, and (retry time, ...) of waiting ones.
+        #: Entries of tasks that have left since are dropped when they reach the top (`_top`).
+        self.ready: list[tuple[int, int, int, str]] = []
+        self.serial_ready: list[tuple[int, int, int, str]] = []  # queued tasks that would start a SERIAL step
+        self.retries: list[tuple[float, int, int, int, str]] = []
+        self._pushes = 0
+        #: Per step: its non-SOFT dependencies in order, and how many of them are known to have passed.
+        self.gates: dict[str, list[str]] = {}
+        self.passed: dict[str, int] = {}
+        #: Per PARALLEL_MERGE step with items: how many of its item tasks have not succeeded.
+        self.items_left: dict[str, int] = {}
         for task in self.state.tasks.values():
             self.tasks_of[task.step][task.id] = task
             self.file(task)
+            self._count_item(task, 1)
         self.serial_active = {
             n for n, s in self.state.steps.items()
             if self.specs[n].mode is ExecutionMode.SERIAL and s.status in (StepStatus.RUNNING, StepStatus.RETRYING)
@@ -76,15 +92,101 @@ class RunIndex:
         self.lent.discard(task.id)  # a lent slot ends with the attempt that lent it
         if task.status is TaskStatus.QUEUED:
             self.queued[task.id] = task
+            heap = self.serial_ready if self._waits_for_serial(task) else self.ready
+            self._push(heap, (*self._key(task), task.id), len(self.queued))
         elif task.status is TaskStatus.RUNNING:
             self.running[task.id] = task
         elif task.status is TaskStatus.WAITING_RETRY:
             self.waiting[task.id] = task
+            if task.retry_at is not None:
+                self._push(self.retries, (task.retry_at, *self._key(task), task.id), len(self.waiting))
 
     def task_to(self, task: TaskState, status: TaskStatus) -> None:
+        self._count_item(task, -1)
         task.status = status
+        self._count_item(task, 1)
         self.file(task)
         self.changed_tasks.add(task.id)
+
+    def _count_item(self, task: TaskState, sign: int) -> None:
+        """Count `task` into (`sign` 1) or out of (-1) `items_left`, if it is an item task that has not succeeded."""
+        if task.item_index is not None and task.phase is Phase.RUN and task.status is not TaskStatus.SUCCEEDED:
+            self.items_left[task.step] = self.items_left.get(task.step, 0) + sign
+
+    # -- dispatch order ----------------------------------------------------------------
+
+    def _key(self, task: TaskState) -> tuple[int, int, int]:
+        self._pushes += 1
+        return self.order[task.step], task.item_index or 0, self._pushes
+
+    def _waits_for_serial(self, task: TaskState) -> bool:
+        """Whether `task` would start a SERIAL step: it waits while another SERIAL step is busy."""
+        return (task.phase is Phase.RUN and self.specs[task.step].mode is ExecutionMode.SERIAL
+                and self.state.steps[task.step].status is StepStatus.PENDING)
+
+    def _push(self, heap: list[Any], entry: tuple[Any, ...], live: int) -> None:
+        heapq.heappush(heap, entry)
+        if len(heap) > 2 * live + 64:  # mostly entries of tasks that left: keep the heaps in proportion
+            self._reheap()
+
+    def _reheap(self) -> None:
+        self.ready, self.serial_ready, self.retries = [], [], []
+        for task in self.queued.values():
+            (self.serial_ready if self._waits_for_serial(task) else self.ready).append((*self._key(task), task.id))
+        self.retries = [(t.retry_at, *self._key(t), t.id) for t in self.waiting.values() if t.retry_at is not None]
+        for heap in (self.ready, self.serial_ready, self.retries):
+            heapq.heapify(heap)
+
+    def _top(self, heap: list[Any], live: Mapping[str, TaskState], retry: bool = False) -> TaskState | None:
+        """The task at the top of `heap` that is still in `live` (as of its entry), dropping stale entries above it."""
+        while heap:
+            entry = heap[0]
+            task = live.get(entry[-1])
+            if task is not None and (not retry or task.retry_at == entry[0]):
+                return task
+            heapq.heappop(heap)
+        return None
+
+    def next_retry(self) -> float | None:
+        """The earliest retry time of a waiting task, if any."""
+        task = self._top(self.retries, self.waiting, retry=True)
+        return None if task is None else task.retry_at
+
+    def take_due(self, now: float) -> list[TaskState]:
+        """The waiting tasks whose retry time has come, in dispatch order, taken off their heap: hand them to
+        `next_ready`, then `put_back` what is left of the list."""
+        due: list[TaskState] = []
+        while (task := self._top(self.retries, self.waiting, retry=True)) is not None and (task.retry_at or 0.0) <= now:
+            due.append(task)
+            heapq.heappop(self.retries)
+        due.sort(key=lambda t: (self.order[t.step], t.item_index or 0))
+        return due
+
+    def next_ready(self, due: list[TaskState]) -> TaskState | None:
+        """The next task to dispatch, in dispatch order (definition order, then item order): a queued one, one of
+        `due` (taken from the list), or one that starts a SERIAL step if no SERIAL step is busy; taken off its heap.
+        A task handed out and not dispatched must be `put_back`. Costs O(log n), whatever is queued."""
+        best: TaskState | None = None
+        heaps = [self.ready] if self.serial_active else [self.ready, self.serial_ready]
+        source: list[Any] | None = None
+        for heap in heaps:
+            task = self._top(heap, self.queued)
+            if task is not None and (best is None or heap[0] < source[0]):  # type: ignore[index]
+                best, source = task, heap
+        if due and (best is None or self._rank(due[0]) < self._rank(best)):
+            return due.pop(0)
+        if source is not None:
+            heapq.heappop(source)
+        return best
+
+    def _rank(self, task: TaskState) -> tuple[int, int]:
+        return self.order[task.step], task.item_index or 0
+
+    def put_back(self, tasks: list[TaskState]) -> None:
+        """Tasks `take_due` / `next_ready` handed out that were not dispatched: back on their heap."""
+        for task in tasks:
+            if task.status is TaskStatus.QUEUED or task.status is TaskStatus.WAITING_RETRY:
+                self.file(task)
 
     def add_task(self, step: str, phase: Phase, item_index: int | None) -> None:
         tid = task_id(step, phase, item_index)
@@ -93,12 +195,14 @@ class RunIndex:
         self.state.tasks[tid] = task
         self.tasks_of[step][tid] = task
         self.file(task)
+        self._count_item(task, 1)
         self.changed_tasks.add(tid)
 
     def drop_tasks(self, step: str, phase: Phase | None = None) -> None:
         """Remove the step's tasks (only those of `phase`, if given) from `state` and every index."""
         for tid, task in list(self.tasks_of[step].items()):
             if phase is None or task.phase is phase:
+                self._count_item(task, -1)
                 del self.state.tasks[tid]
                 del self.tasks_of[step][tid]
                 for index in (self.queued, self.running, self.waiting):

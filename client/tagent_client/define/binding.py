@@ -15,6 +15,7 @@ and in-process alike.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
@@ -35,11 +36,25 @@ def is_context(index: int, name: str, param: inspect.Parameter) -> bool:
 
 
 def signature(fn: Callable[..., Any]) -> inspect.Signature | None:
-    """The function's signature, or None when Python cannot tell it (some builtins)."""
+    """The function's signature, or None when Python cannot tell it (some builtins).
+
+    Remembered for the last SIGNATURES functions: checking a pipeline asks for each step's several times, and
+    a pipeline of 10,000 steps often shares one function (computing it again each time was most of the check)."""
+    try:
+        return _signature(fn)
+    except TypeError:  # an unhashable callable: not remembered
+        return _uncached_signature(fn)
+
+
+def _uncached_signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     try:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return None
+
+
+SIGNATURES = 1024
+_signature = functools.lru_cache(maxsize=SIGNATURES)(_uncached_signature)
 
 
 def param_names(fn: Callable[..., Any], deps: Collection[str]) -> list[str]:

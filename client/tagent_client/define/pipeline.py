@@ -42,7 +42,61 @@ class PipelineWarning(UserWarning):
 
 class StepList(list[PipelineStep]):
     """`pipeline.steps`: the steps in the order they were added (the design documents' list),
-    also looked up by name: `steps["search"]`, `"search" in steps`, `steps.get(name)`, `steps.by_name()`."""
+    also looked up by name: `steps["search"]`, `"search" in steps`, `steps.get(name)`, `steps.by_name()`.
+
+    A lookup by name costs O(1): the list keeps an index by name, kept up to date by `append` and rebuilt
+    after any other change to the list, so adding N steps costs O(N), not O(N^2). (A step's `name` is
+    read when it is added: rename a step before adding it, not after.)"""
+
+    _by_name: dict[str, PipelineStep] | None = None
+
+    def _index(self) -> dict[str, PipelineStep]:
+        if self._by_name is None:
+            self._by_name = {}
+            for step in self:
+                self._by_name.setdefault(step.name, step)  # the first of a name, as a scan would find
+        return self._by_name
+
+    def append(self, step: PipelineStep) -> None:
+        super().append(step)
+        if self._by_name is not None:
+            self._by_name.setdefault(step.name, step)
+
+    def _changed(self) -> None:
+        self._by_name = None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def __iadd__(self, other: Any) -> StepList:  # type: ignore[override,misc]
+        super().__iadd__(other)
+        self._changed()
+        return self
+
+    def extend(self, steps: Any) -> None:
+        super().extend(steps)
+        self._changed()
+
+    def insert(self, index: SupportsIndex, step: PipelineStep) -> None:
+        super().insert(index, step)
+        self._changed()
+
+    def remove(self, step: PipelineStep) -> None:
+        super().remove(step)
+        self._changed()
+
+    def pop(self, index: SupportsIndex = -1) -> PipelineStep:
+        self._changed()
+        return super().pop(index)
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
 
     @overload
     def __getitem__(self, key: str) -> PipelineStep: ...
@@ -52,20 +106,17 @@ class StepList(list[PipelineStep]):
     def __getitem__(self, key: slice) -> list[PipelineStep]: ...
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
-            for step in self:
-                if step.name == key:
-                    return step
-            raise KeyError(key)
+            return self._index()[key]
         return super().__getitem__(key)
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, str):
-            return any(step.name == key for step in self)
+            return key in self._index()
         return super().__contains__(key)
 
     def get(self, name: str, default: PipelineStep | None = None) -> PipelineStep | None:
         """The step called `name`, or `default`."""
-        return next((step for step in self if step.name == name), default)
+        return self._index().get(name, default)
 
     def by_name(self) -> dict[str, PipelineStep]:
         """Name -> step, in order."""

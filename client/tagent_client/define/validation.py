@@ -104,10 +104,10 @@ def parameter_problems(step: PipelineStep, steps: Mapping[str, PipelineStep], de
         out.append(f"{where}: parameter 'item' of {label} is only filled in PARALLEL_MERGE steps (with the current "
                    f"item); make the step execution_mode=PARALLEL_MERGE with over=, or rename the parameter")
     known = params if params is not None else declared
-    in_scope = [binding.CONTEXT, binding.ITEM, *deps, *steps]
     for name in binding.param_names(fn, deps):
         if known is not None and name in known:
             continue
+        in_scope = [binding.CONTEXT, binding.ITEM, *deps, *steps]  # only here: a list of every step for each step is O(N^2)
         guess = binding.misspelling(name, known or (), in_scope)
         if name in steps:
             reason = f"names step {name!r}, which is not among its depends_on: add it there, or rename the parameter"
