@@ -239,6 +239,8 @@ def test_cli_config_error_is_one_stderr_line_and_exit_code(monkeypatch: pytest.M
     ("TAGENTD_BREAKERS", '{"pay": {"failure": 2}}', "config: breakers.pay.failure: unknown setting"),
     ("TAGENTD_MAX_MESSAGE_BYTES", "12 parsecs", "config: max_message_bytes: must be a size in bytes"),
     ("TAGENTD_LOAD_TIMEOUT", "soon", "config: load_timeout: must be a number, got 'soon'"),
+    ("TAGENTD_OTLP_ENDPOINT", "127.0.0.1:4318", "config: otlp_endpoint: must start with http:// or https://"),
+    ("TAGENTD_TRACE_URL", "http://127.0.0.1:16686/trace/", "config: trace_url: must contain {trace_id}"),
 ])
 def test_every_kind_of_bad_value_is_one_line_naming_the_setting(monkeypatch: pytest.MonkeyPatch, var: str, raw: str,
                                                                 message: str) -> None:

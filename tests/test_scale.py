@@ -173,38 +173,38 @@ def test_many_retries_waiting_stay_linear() -> None:
     assert per_step[1] / per_step[0] < MAX_GROWTH
 
 
-def test_the_fan_in_step_gets_every_input_and_is_skipped_by_a_gate_that_did_not_pass() -> None:
-    """Given the fan-in by every dependency type, then end is dispatched with each dependency's output as its
-    input; and given one VALIDATION dependency whose output says invalid, then end is SKIPPED naming that gate."""
-    kinds = (DependencyType.HARD, DependencyType.SOFT, DependencyType.DATA, DependencyType.VALIDATION)
-    machine = RunMachine.new(fan_in(8, kinds).plan(), "run-1", now=0.0)
+ALL_KINDS = (DependencyType.HARD, DependencyType.SOFT, DependencyType.DATA, DependencyType.VALIDATION)
+
+
+def _run_fan_in(output: Callable[[str], dict[str, Any]]) -> tuple[RunMachine, list[Dispatch]]:
+    """The 8-way fan-in by every dependency type, each f<i> succeeding with `output(step)`: the machine after,
+    and the dispatches of `end`."""
+    machine = RunMachine.new(fan_in(8, ALL_KINDS).plan(), "run-1", now=0.0)
     todo = deque(a for a in machine.start(0.0) if isinstance(a, Dispatch))
     ends = []
     while todo:
         task = todo.popleft()
-        output = {"valid": task.step != "f3", "url": "u"}  # f3 is a VALIDATION dependency of end
-        actions = machine.handle(StepSucceeded(task=task.task, attempt=task.attempt, output=output), 1.0)
-        ends += [a for a in actions if isinstance(a, Dispatch) and a.step == "end"]
-        todo.extend(a for a in actions if isinstance(a, Dispatch) and a.step != "end")
+        dispatched = [a for a in machine.handle(StepSucceeded(task=task.task, attempt=task.attempt,
+                                                              output=output(task.step)), 1.0)
+                      if isinstance(a, Dispatch)]
+        ends += [a for a in dispatched if a.step == "end"]
+        todo.extend(a for a in dispatched if a.step != "end")
+    return machine, ends
+
+
+def test_the_fan_in_step_gets_every_input_and_is_skipped_by_a_gate_that_did_not_pass() -> None:
+    """Given the fan-in by every dependency type, then end is dispatched with each dependency's output as its
+    input; and given one VALIDATION dependency whose output says invalid, then end is SKIPPED naming that gate."""
+    machine, ends = _run_fan_in(lambda step: {"valid": step != "f3", "url": "u"})  # f3 is a VALIDATION dependency
     assert not ends
     assert machine.state.steps["end"].status is StepStatus.SKIPPED
     assert machine.state.steps["end"].skip_reason == "validation gate 'f3' did not pass"
-    assert drive(fan_in(8, kinds)).state.steps["end"].status is StepStatus.COMPLETED
+    assert drive(fan_in(8, ALL_KINDS)).state.steps["end"].status is StepStatus.COMPLETED
 
 
 def test_the_fan_in_step_runs_with_every_dependency_output() -> None:
     """Given the fan-in by every dependency type, when all N succeed, then end's dispatch carries all N inputs."""
-    kinds = (DependencyType.HARD, DependencyType.SOFT, DependencyType.DATA, DependencyType.VALIDATION)
-    machine = RunMachine.new(fan_in(8, kinds).plan(), "run-1", now=0.0)
-    todo = deque(a for a in machine.start(0.0) if isinstance(a, Dispatch))
-    ends = []
-    while todo:
-        task = todo.popleft()
-        output = {"valid": True, "url": task.step}
-        dispatched = [a for a in machine.handle(StepSucceeded(task=task.task, attempt=task.attempt, output=output), 1.0)
-                      if isinstance(a, Dispatch)]
-        ends += [a for a in dispatched if a.step == "end"]
-        todo.extend(a for a in dispatched if a.step != "end")
+    _, ends = _run_fan_in(lambda step: {"valid": True, "url": step})
     assert len(ends) == 1
     assert ends[0].inputs == {f"f{i}": {"valid": True, "url": f"f{i}"} for i in range(8)}
 

@@ -17,8 +17,6 @@ from conftest import DaemonProcess, wait_until, write_pipeline
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 from tagent_client.client.sync import Client
-from tagent_client.errors import ConfigError
-from tagentd.settings.config import load_settings
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_process_left_behind")]
 
@@ -196,19 +194,6 @@ def test_without_an_endpoint_no_process_imports_the_sdk(make_daemon: Callable[..
     assert "tagentd.runs.driver" in imports and "tagentd.worker.process" in imports  # the reports are there
     assert "opentelemetry" not in imports and "google.protobuf" not in imports
     assert shown["trace_id"] is None and '"trace"' not in history
-
-
-@pytest.mark.parametrize(("env", "value", "problem"), [
-    ("TAGENTD_OTLP_ENDPOINT", "127.0.0.1:4318", "otlp_endpoint: must start with http:// or https://"),
-    ("TAGENTD_TRACE_URL", "http://127.0.0.1:16686/trace/", "trace_url: must contain {trace_id}"),
-])
-def test_a_bad_trace_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, env: str, value: str,
-                                                   problem: str) -> None:
-    # Given a trace setting that cannot work / When the settings load / Then one line says which, why, whence
-    monkeypatch.setenv(env, value)
-    with pytest.raises(ConfigError) as caught:
-        load_settings(None, {})
-    assert caught.value.message.startswith(f"config: {problem}") and f"(from env {env})" in caught.value.message
 
 
 def test_an_endpoint_without_the_sdk_installed_refuses_to_start(make_daemon: Callable[..., DaemonProcess],
