@@ -185,16 +185,19 @@ def test_retention_max_runs_removes_finished_runs_of_any_age(
         assert client.daemon_status().runs_total == 10
     assert [r["run_id"] for r in cli_json(daemon, "runs", "-n", "100")] == ids[::-1][:10]
     assert stats(daemon)["runs"]["in_memory"] <= 5
+    assert stats(daemon)["idempotency_keys"] == 10  # each submit's key leaves with its run (not 40)
     gone = daemon.cli("status", ids[0])
     assert gone.returncode == 6 and "no run" in gone.stderr, gone.stderr
     # and `tagentd gc --keep 3` removes recent runs too, oldest first
     removed = daemon.admin("gc", "--keep", "3", "--json")
     assert removed.returncode == 0, removed.stderr
     assert json.loads(removed.stdout)["removed"] == ids[30:37]
+    assert stats(daemon)["idempotency_keys"] == 3
     # and after a kill -9 the same 3 runs come back, no more
     daemon.kill9()
     daemon.start()
     assert [r["run_id"] for r in cli_json(daemon, "runs", "-n", "100")] == ids[::-1][:3]
+    assert stats(daemon)["idempotency_keys"] == 3
 
 
 def runs_in_wal(wal_dir: Path) -> set[str]:

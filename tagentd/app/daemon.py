@@ -69,7 +69,6 @@ from tagentd.plumbing import lifeline
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.lock import InstanceLock
 from tagentd.plumbing.worker_sockets import WorkerSockets
-from tagentd.runs import submission as submit
 from tagentd.runs.driver import RunDriver
 from tagentd.runs.durable import DurableStore
 from tagentd.runs.store import MemoryStore, RunStore
@@ -114,7 +113,7 @@ class Daemon:
         self.driver.observe(self.broker)
         self.breakers = BreakerDesk(settings.breaker_rules().rule_for, self._send_worker, self.publish)
         self.router = Router(self.spawn)
-        self.submit_keys = submit.SubmitKeys()
+        self.submit_keys = self.driver.submit_keys
         ports = control.Ports(settings=settings, ops=self.driver, broker=self.broker, submit_keys=self.submit_keys,
                               status=self.info, watch=self._watch_info, stop=self.request_stop,
                               metrics=self.metrics.exposition)
@@ -310,6 +309,7 @@ class Daemon:
         stats["in_flight_tasks"] = capacity.in_flight
         stats["checkpoint_problems"] = list(self.store.problems)
         stats["replies_dropped"] = self.control.replies_dropped
+        stats["idempotency_keys"] = len(self.submit_keys)
         stats["runs"] = self.runs.stats()
         stats["llm_permits_granted"] = self.permits.granted
         stats["llm_endpoints"] = self.permits.stats()

@@ -89,6 +89,7 @@ class RunDriver:
         self.wait_committed = committed
         self.accepting = True
         self.observer: RunObserver = _Unobserved()
+        self.submit_keys = submit.SubmitKeys()  # which run each submit's idempotency key started, while the run is kept
         self._emits: list[tuple[Run, str, dict[str, Any]]] = []
         self._unpublished: Announced = []
         self.children = ChildRuns(settings=settings, runs=runs, start=self.start_run, feed=self.feed,
@@ -243,6 +244,7 @@ class RunDriver:
         if doomed and not dry_run:
             for run_id in doomed:
                 self.executor.forget_run(run_id)
+                self.submit_keys.forget(run_id)
             self.mark_dirty()
         return doomed
 

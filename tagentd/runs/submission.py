@@ -94,18 +94,35 @@ class SubmitKeys:
     """Which run each submit's idempotency key started, so that a repeat of the key starts nothing.
 
     A key is stored with its run (RunSource.idempotency_key), so it outlives a restart, and is
-    remembered as long as the run is kept. A repeat that arrives while the first submit is still
-    loading its file waits for it. Only the daemon's loop uses this.
+    remembered exactly as long as the run is kept: `forget` drops it with its run (every client
+    submit carries a key, so keys kept after their runs would grow with history). A repeat that
+    arrives while the first submit is still loading its file waits for it. Only the daemon's loop
+    uses this.
     """
 
     def __init__(self) -> None:
         self._runs: dict[str, str] = {}
+        self._key_of: dict[str, str] = {}  # run id -> its key
         self._loading: dict[str, asyncio.Event] = {}
+
+    def __len__(self) -> int:
+        """How many keys are remembered (one per kept run that was submitted with one)."""
+        return len(self._runs)
 
     def add(self, entry: RunEntry) -> None:
         """Remember a recovered run under its key, if its submit had one (`once` remembers the runs it starts)."""
         if entry.idempotency_key:
-            self._runs[entry.idempotency_key] = entry.run_id
+            self._remember(entry.idempotency_key, entry.run_id)
+
+    def forget(self, run_id: str) -> None:
+        """The run is gone (retention, gc): its key is free again and no longer held."""
+        key = self._key_of.pop(run_id, None)
+        if key is not None:
+            self._runs.pop(key, None)
+
+    def _remember(self, key: str, run_id: str) -> None:
+        self._runs[key] = run_id
+        self._key_of[run_id] = key
 
     async def once(self, key: str, runs: RunTable, path: str, start: Callable[[], Awaitable[SubmitResult]]
                    ) -> SubmitResult:
@@ -128,7 +145,7 @@ class SubmitKeys:
         try:
             result = await start()
             if result.run_id:
-                self._runs[key] = result.run_id
+                self._remember(key, result.run_id)
             return result
         finally:
             del self._loading[key]
@@ -142,6 +159,6 @@ class SubmitKeys:
             run = runs.get(run_id)
         except NotFound:  # its snapshot is lost (reported in checkpoint_problems)
             run = None
-        if run is None:  # removed by retention: the key is free again
-            del self._runs[key]
+        if run is None:  # removed meanwhile: the key is free again
+            self.forget(run_id)
         return run
