@@ -57,6 +57,7 @@ from tagentd.broker.service import BrokerShell
 from tagentd.control import handlers as control
 from tagentd.control.broker_calls import BrokerCalls
 from tagentd.control.dependency_waits import DependencyWaits
+from tagentd.control.porter import Porter
 from tagentd.control.router import Router
 from tagentd.control.server import ControlServer
 from tagentd.control.workers import WorkerMessages, WorkerPorts
@@ -67,13 +68,12 @@ from tagentd.executor.permits import PermitDesk
 from tagentd.metrics.instruments import Metrics
 from tagentd.plumbing import lifeline
 from tagentd.plumbing.channel import Channel
-from tagentd.plumbing.lock import InstanceLock
 from tagentd.plumbing.worker_sockets import WorkerSockets
 from tagentd.runs.driver import RunDriver
 from tagentd.runs.durable import DurableStore
 from tagentd.runs.store import MemoryStore, RunStore
 from tagentd.runs.table import RunTable
-from tagentd.settings.config import LOG_FILE, Settings
+from tagentd.settings.config import Settings
 from tagentd.storage.health import StoreHealth
 from tagentd.watch.rules import watch_folders
 from tagentd.watch.seen import SeenFiles
@@ -122,16 +122,12 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def _bind(self) -> None:
-        self.zctx = zmq.Context()
-        for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
-            stale = self.runtime_dir / name
-            if stale.exists() or stale.is_symlink():
-                stale.unlink()
-        (self.runtime_dir / paths.WEB_FILE).unlink(missing_ok=True)  # a dashboard of a daemon that died
+    def _bind(self, zctx: zmq.Context, control_sock: zmq.Socket) -> None:
+        """Take over control.sock (bound by launch.py, its porter answering pings meanwhile); bind the others."""
+        self.zctx = zctx
+        self.control.attach(control_sock)
         old = os.umask(0o177)
         try:
-            self.control.bind(self.zctx, self.sockets["control"])
             self.broker.bind(self.zctx, self.sockets["events"])
             self.workers = self.zctx.socket(zmq.ROUTER)
             self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -147,10 +143,11 @@ class Daemon:
             self.curve = CurveGate(self.zctx, self.settings.worker_listen, self.stats,
                                    advertise=self.settings.worker_advertise)
             self.workers_channel.add_remote(self.curve.channel, self.curve.admits)
-        for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
+        for name in (paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             os.chmod(self.runtime_dir / name, 0o600)
 
-    async def run(self, log_fd: int | None = None) -> int:
+    async def run(self, zctx: zmq.Context, porter: Porter, log_fd: int | None = None) -> int:
+        """Load and recover, then serve until stopped; the requests `porter` held are answered first."""
         specs = watch_folders(self.settings.watch_dirs)  # ConfigError: refuse to start
         if self.settings.otlp_endpoint:  # traces on: the SDK is imported only now (ConfigError if missing)
             from tagent_client.run.tracing import SCOPE
@@ -163,7 +160,7 @@ class Daemon:
         self.commit.join(self.driver, self.broker, seen)  # in this order: the runs' events go first (triggers)
         self.watcher = Watcher(self.settings, specs, ops=self.driver, register=self.broker.register,
                                publish=self.publish, seen=seen)
-        self._bind()
+        self._bind(zctx, porter.sock)
         self.executor: Executor = make_executor(self.settings, endpoint=self.sockets["workers"], send=self._send_worker,
                                                 report=self.driver.on_attempt, permits=self.permits,
                                                 breakers=self.breakers, log_fd=log_fd, curve=self.curve,
@@ -189,7 +186,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopper.on_signal, sig)
-        self.control.start()
+        self.control.start(porter.handover(), porter.pings)
         calls = BrokerCalls(broker=self.broker, router=self.router, channel=self.workers_channel,
                             reply_after_commit=self.commit.reply_after_commit)
         self.dependency_waits = DependencyWaits(ops=self.driver, channel=self.workers_channel,
@@ -264,16 +261,6 @@ class Daemon:
         for name in (paths.CONTROL_SOCKET, paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             (self.runtime_dir / name).unlink(missing_ok=True)
         log.info("tagentd stopped")
-
-    def abandon_sockets(self) -> None:
-        """Close every socket at once (linger 0) and end the ZeroMQ context, if bound: after a failed start.
-
-        Left to the garbage collector, the context's term() could wait forever for a socket with queued
-        messages, and the process, having reported its error, would never exit.
-        """
-        zctx = getattr(self, "zctx", None)
-        if zctx is not None and not zctx.closed:
-            zctx.destroy(linger=0)
 
     # -- ports ------------------------------------------------------------------------------------
 
@@ -363,42 +350,15 @@ def collect_after_start() -> None:
     lifeline.release_free_memory()
 
 
-def setup_logging(state_dir: Path, level: str, foreground: bool) -> int:
-    """Log to state_dir/tagentd.log (and stderr in the foreground); returns the log file's fd for workers."""
-    handlers: list[logging.Handler] = []
-    log_path = state_dir / LOG_FILE
-    file_handler = logging.FileHandler(log_path, encoding="utf-8")
-    handlers.append(file_handler)
-    if foreground:
-        handlers.append(logging.StreamHandler())
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = logging.getLogger()
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    root.setLevel(level.upper())
-    os.chmod(log_path, 0o600)
-    return file_handler.stream.fileno()
-
-
-def serve(settings: Settings, *, foreground_log: bool = True) -> int:
-    """Run a daemon until it is stopped; returns the process exit code. Raises TagentError on bad setup."""
-    runtime_dir = paths.ensure_private_dir(Path(settings.runtime_dir), "runtime dir")
-    state_dir = paths.ensure_private_dir(Path(settings.state_dir), "state dir")
-    lock = InstanceLock(runtime_dir)
+def serve(settings: Settings, zctx: zmq.Context, porter: Porter, log_fd: int) -> int:
+    """Build the daemon and run it until it is stopped (launch.py has claimed the dirs and bound control.sock);
+    returns the process exit code. Raises TagentError on bad setup."""
+    state_dir = Path(settings.state_dir)
     try:
-        try:
-            log_fd = setup_logging(state_dir, settings.log_level, foreground_log)
-            metrics = Metrics()
-            store: RunStore = (DurableStore(state_dir, settings.wal_segment_bytes, on_fsync=metrics.fsync_observer("runs"))
-                               if settings.durable else MemoryStore())
-            daemon = Daemon(settings, store, metrics)
-        except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
-            raise paths.unwritable(state_dir, "state dir", exc) from None
-        try:
-            return asyncio.run(daemon.run(log_fd))
-        except BaseException:
-            daemon.abandon_sockets()  # a start that failed after binding leaves nothing for the GC to term()
-            raise
-    finally:
-        lock.close()
+        metrics = Metrics()
+        store: RunStore = (DurableStore(state_dir, settings.wal_segment_bytes, on_fsync=metrics.fsync_observer("runs"))
+                           if settings.durable else MemoryStore())
+        daemon = Daemon(settings, store, metrics)
+    except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
+        raise paths.unwritable(state_dir, "state dir", exc) from None
+    return asyncio.run(daemon.run(zctx, porter, log_fd))

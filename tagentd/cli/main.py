@@ -7,7 +7,8 @@ config, 5 timed out, ...). `--json` output is nothing but JSON on stdout.
 `tagentd start` runs the daemon in the background: it re-executes itself as
 `python -m tagentd start --foreground --detached ...` in a new session with stdio on
 /dev/null (the daemon logs to `<state dir>/tagentd.log`), then waits until the control
-socket answers a ping. systemd runs `tagentd start --foreground` directly (Type=notify).
+socket answers a ping and the daemon its status (it answers pings while it still loads: app/launch.py).
+systemd runs `tagentd start --foreground` directly (Type=notify: READY=1 once it has loaded and recovered).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def start(foreground: bool, detached: bool, config_path: Path | None, **values: 
 
 
 def _serve(settings: Settings, *, detached: bool) -> int:
-    from tagentd.app.daemon import serve  # noqa: PLC0415 - keep `tagentd status` & co. light
+    from tagentd.app.launch import serve  # noqa: PLC0415 - keep `tagentd status` & co. light
 
     try:
         return serve(settings, foreground_log=not detached)
@@ -219,10 +220,16 @@ def _start_background(settings: Settings, config_path: Path | None, flags: dict[
             return exit_code_for(RequestTimeout.code)
         time.sleep(POLL)
 
+    # A ping is answered while the daemon still loads (app/launch.py); its status comes once it has loaded and
+    # recovered, or the error that ended its start (a TagentError: one line and its exit status, as in the foreground).
     try:
-        info = _call(runtime_dir, 2.0, "daemon_status")
+        info = _call(runtime_dir, max(2.0, deadline - time.monotonic()), "daemon_status")
         pid, sockets, state_dir = info.pid, info.sockets, info.state_dir
     except (DaemonUnavailable, RequestTimeout):
+        status = child.poll()
+        if status is not None:
+            _report_early_exit(settings, status, log_start)
+            return status if 0 < status < 256 else 1
         pid, sockets, state_dir = child.pid, {k: str(v) for k, v in settings.socket_paths().items()}, str(settings.state_dir)
     rows = [(f"{name} socket", path) for name, path in sockets.items()]
     rows += [("runtime dir", str(runtime_dir)), ("state dir", state_dir), ("log file", str(Path(state_dir) / LOG_FILE))]

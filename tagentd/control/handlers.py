@@ -14,7 +14,6 @@ once (tagentd/storage/health.py).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ from tagent_client.core.state import RunStatus, StepStatus
 from tagent_client.errors import InvalidRequest, NotFound
 from tagent_client.wire import protocol as p
 from tagent_client.wire import protocol_broker as b
-from tagentd import __version__
 from tagentd.broker import handlers as broker
 from tagentd.broker.service import BrokerShell
+from tagentd.control.porter import ping_result
 from tagentd.plumbing import peers
 from tagentd.plumbing.longpoll import wait_limit
 from tagentd.runs import submission as submitting
@@ -73,8 +72,7 @@ def find_run(ports: Ports, run_id: str) -> Run:
 
 def ping(ports: Ports, req: p.Ping) -> dict[str, Any]:
     """Liveness, and the limits a client must know: request size, how long a submit's import may take."""
-    limits = p.Limits(max_message_bytes=ports.settings.max_message_bytes, load_timeout=ports.settings.load_timeout)
-    return {"pid": os.getpid(), "version": __version__, "protocol": p.PROTOCOL_VERSION, "limits": limits}
+    return ping_result(ports.settings.max_message_bytes, ports.settings.load_timeout)
 
 
 async def submit(ports: Ports, req: p.Submit) -> p.SubmitResult:

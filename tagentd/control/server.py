@@ -37,6 +37,7 @@ from tagent_client import bounds
 from tagent_client.errors import RequestTooLarge, TagentError
 from tagent_client.wire import protocol as p
 from tagentd.control import handlers as control
+from tagentd.control.porter import control_socket
 from tagentd.control.router import Deliver, Router
 from tagentd.plumbing import peers
 from tagentd.plumbing.channel import Channel, Frames
@@ -44,9 +45,6 @@ from tagentd.plumbing.ports import ReplyAfterCommit
 from tagentd.storage.health import StoreHealth
 
 log = logging.getLogger("tagentd.control")
-
-TRANSPORT_CEILING = 2  # ZeroMQ's MAXMSGSIZE, in multiples of max_message_bytes
-
 
 class ControlReplyShape:
     """A `Reply` / `ErrorReply` to one control request (router.py's `Shape`)."""
@@ -81,17 +79,20 @@ class ControlServer:
         self.channel: Channel | None = None
 
     def bind(self, zctx: zmq.Context, endpoint: str) -> None:
-        sock = zctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_CEILING * self.max_bytes)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply for a gone peer fails (and is counted), not silently
-        sock.sndhwm = 0  # never drop a reply because a client reads slowly
-        sock.linger = 0
-        sock.bind(endpoint)
+        self.attach(control_socket(zctx, endpoint, self.max_bytes))
+
+    def attach(self, sock: zmq.Socket) -> None:
+        """Serve `sock`, a control socket already bound (porter.control_socket), from `start` on."""
         self.sock = sock
         self.channel = Channel(sock, peers=True, name="control.sock")
 
-    def start(self) -> None:
+    def start(self, held: list[Frames] | None = None, pings: int = 0) -> None:
+        """Answer requests from now on: first `held` (what arrived while the daemon loaded, porter.py), in order;
+        `pings` were answered meanwhile and count as requests."""
         assert self.channel is not None
+        self.stats["requests"] += pings
+        if held:
+            self._on_batch(held)
         self.channel.start(self._on_batch)
 
     @property

@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import zmq
 
+from tagentd.plumbing.peers import receive
+
 MAX_DRAIN = 1000  # messages handled per pass before letting other tasks run
 
 log = logging.getLogger("tagentd.channel")
@@ -30,16 +32,10 @@ log = logging.getLogger("tagentd.channel")
 Frames = list[bytes]
 
 
-class Received(list[bytes]):
-    """One received message's frames, with its sender's property (`Channel.peer_property`; None where there is none)."""
-
-    peer: str | None = None
-
-
 class Channel:
     """Batched, non-blocking sends and receives on one socket, from the running event loop only.
 
-    With `peers`, each received message is a `Received` that carries its sender's `peer_property`: by default
+    With `peers`, each received message is a `peers.Received` that carries its sender's `peer_property`: by default
     "Peer-Address" (on ipc: the connecting process's uid, gid and pid; see peers.py); "User-Id" is the name a
     ZAP handler gave the sender's connection (on a CURVE socket: whose key it is).
     """
@@ -127,13 +123,7 @@ class Channel:
 
     def _receive(self, sock: zmq.Socket) -> Frames:
         if self.peers:
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            message = Received(frame.bytes for frame in frames)
-            try:
-                message.peer = frames[-1].get(self.peer_property)
-            except zmq.ZMQError:  # no such property on this transport
-                pass
-            return message
+            return receive(sock, self.peer_property)
         return sock.recv_multipart(zmq.NOBLOCK) if self.multipart else [sock.recv(zmq.NOBLOCK)]
 
     def _dropped(self, exc: zmq.ZMQError) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 from typing import Any, NamedTuple
 
+import zmq
+
 PEER_PROPERTY = "Peer-Address"
 _READABLE = sys.platform.startswith("linux")  # BSDs put uid and groups there, without a pid
 
@@ -23,6 +25,23 @@ class Peer(NamedTuple):
     uid: int
     gid: int
     pid: int
+
+
+class Received(list[bytes]):
+    """One received message's frames, with its sender's property (`receive`; None where there is none)."""
+
+    peer: str | None = None
+
+
+def receive(sock: zmq.Socket, peer_property: str = PEER_PROPERTY) -> Received:
+    """The next message on `sock` (without blocking: zmq.Again if there is none), with its sender's `peer_property`."""
+    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    message = Received(frame.bytes for frame in frames)
+    try:
+        message.peer = frames[-1].get(peer_property)
+    except zmq.ZMQError:  # no such property on this transport
+        pass
+    return message
 
 
 def parse(address: str | None) -> Peer | None:

@@ -17,7 +17,6 @@ in-process runs use `LocalLimiter` (concurrency and Retry-After pauses only).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -153,6 +152,8 @@ class LocalLimiter:
     """In-process limits: `max_concurrent` per endpoint and Retry-After pauses (rates are the daemon's job)."""
 
     def __init__(self, endpoints: Mapping[str, EndpointSettings]) -> None:
+        import asyncio  # noqa: PLC0415 - the daemon's settings import this module, and need no asyncio to answer
+
         self._gates = {n: asyncio.Semaphore(e.max_concurrent) for n, e in endpoints.items() if e.max_concurrent}
         self._paused_until: dict[str, float] = {}
 
@@ -161,6 +162,8 @@ class LocalLimiter:
         if gate is not None:
             await gate.acquire()
         while (wait := self._paused_until.get(endpoint, 0.0) - time.monotonic()) > 0:
+            import asyncio  # noqa: PLC0415 - see __init__
+
             await asyncio.sleep(wait)
         return endpoint
 

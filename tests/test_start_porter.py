@@ -1,0 +1,159 @@
+"""The daemon answers pings while it loads, and every other request once it has loaded (issue 17: ready <= 0.15 s).
+
+`tagentd start --foreground` binds control.sock once it holds its lock and knows its settings; a porter thread
+answers pings there while the rest is imported and built (tagentd/app/launch.py, tagentd/control/porter.py).
+Here a real daemon is held in the middle of that load: a `sitecustomize` on its path makes the import of
+`tagentd.app.daemon` (the first thing the load does) wait on a FIFO until the test writes to it, or fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+from conftest import DaemonProcess, wait_until
+
+from tagent_client.client.sync import Client
+from tagent_client.errors import TagentError
+from tagent_client.wire import protocol as p
+
+pytestmark = pytest.mark.timeout(60)
+
+#: Installed as sitecustomize: the import of HELD waits until a line is written to $HOLD_FIFO ("fail": it raises).
+HOLD = '''
+import os, sys
+
+HELD = "tagentd.app.daemon"
+
+
+class Hold:
+    def find_spec(self, name, path=None, target=None):
+        if name == HELD and os.environ.get("HOLD_FIFO"):
+            sys.meta_path.remove(self)
+            with open(os.environ["HOLD_FIFO"]) as fifo:  # blocks until the test opens it for writing
+                if fifo.read().strip() == "fail":
+                    raise ImportError("held import failed on purpose")
+        return None
+
+
+sys.meta_path.insert(0, Hold())
+'''
+
+
+def held_daemon(tmp_path: Path) -> tuple[DaemonProcess, Path, subprocess.Popen[bytes]]:
+    """A `tagentd start --foreground` whose import of tagentd.app.daemon waits for a line on the returned FIFO."""
+    daemon = DaemonProcess(tmp_path, workers=1)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(HOLD)
+    fifo = tmp_path / "hold.fifo"
+    os.mkfifo(fifo)
+    daemon.env["PYTHONPATH"] = os.pathsep.join([str(hooks), daemon.env["PYTHONPATH"]])
+    daemon.env["HOLD_FIFO"] = str(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "tagentd", "start", "--foreground", "--workers", "1"],
+                            env=daemon.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    daemon.proc = proc
+    return daemon, fifo, proc
+
+
+def release(fifo: Path, line: str) -> None:
+    with open(fifo, "w") as f:
+        f.write(line + "\n")
+
+
+def pings(daemon: DaemonProcess) -> dict[str, object] | None:
+    try:
+        with Client(runtime_dir=daemon.runtime_dir, timeout=1.0) as client:
+            return client.ping()
+    except TagentError:
+        return None
+
+
+class Peer:
+    """A raw DEALER on control.sock: what it sends on one connection reaches the daemon in that order."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(f"ipc://{daemon.runtime_dir / 'control.sock'}")
+
+    def send(self, request: p.Request) -> None:
+        self.sock.send(p.encode(request))
+
+    def reply(self, timeout_s: float) -> p.Reply | p.ErrorReply:
+        assert self.sock.poll(int(timeout_s * 1000)), f"no reply within {timeout_s}s"
+        return p.decode_reply(self.sock.recv())
+
+    def close(self) -> None:
+        self.zctx.destroy(linger=0)
+
+
+def held_status(daemon: DaemonProcess) -> Peer:
+    """A status request the daemon has surely received: a ping sent after it on the same connection was answered."""
+    peer = Peer(daemon)
+    peer.send(p.DaemonStatus(id=1))
+    peer.send(p.Ping(id=2))
+    answer = peer.reply(20)
+    assert isinstance(answer, p.Reply) and answer.id == 2, answer  # the ping, answered first: the status is held
+    return peer
+
+
+def test_a_ping_is_answered_while_the_daemon_loads_and_other_requests_once_it_has(tmp_path: Path) -> None:
+    # Given a daemon whose load is held before its engine, stores and executor are imported
+    daemon, fifo, proc = held_daemon(tmp_path)
+    try:
+        # When a client pings it
+        answer = wait_until(lambda: pings(daemon), 20, what="a ping answered while the daemon loads")
+        # Then the ping is answered, with this daemon's pid and limits, although the load has not gone on
+        assert answer["pid"] == proc.pid and answer["limits"]["max_message_bytes"] > 0
+        assert proc.poll() is None
+        # And a status request sent meanwhile is held (the ping sent after it is answered before it)
+        peer = held_status(daemon)
+        # And once the load goes on, it gets the real status: loaded, recovered, durable
+        release(fifo, "go")
+        status = peer.reply(30)
+        peer.close()
+        assert isinstance(status, p.Reply) and status.id == 1, status
+        assert status.result["pid"] == proc.pid and status.result["durable"] is True
+        assert status.result["runtime_dir"] == str(daemon.runtime_dir)
+        with Client(runtime_dir=daemon.runtime_dir, timeout=10.0) as client:
+            assert client.daemon_status().stats["requests"] >= 4  # the porter's pings are counted too
+    finally:
+        stop(proc)
+
+
+def test_a_start_that_fails_after_the_first_answer_answers_the_waiting_requests_with_its_error(tmp_path: Path) -> None:
+    # Given a daemon that answers pings while its load is held, and a status request it holds
+    daemon, fifo, proc = held_daemon(tmp_path)
+    try:
+        wait_until(lambda: pings(daemon), 20, what="a ping answered while the daemon loads")
+        peer = held_status(daemon)
+        # When the load fails
+        release(fifo, "fail")
+        # Then the held request is answered with the start's error, not left to time out
+        error = peer.reply(30)
+        peer.close()
+        assert isinstance(error, p.ErrorReply) and error.id == 1, error
+        assert "held import failed on purpose" in error.message, error
+        # And the daemon exits with an error, saying why
+        assert proc.wait(20) != 0
+        assert b"held import failed on purpose" in proc.stderr.read()
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if proc.stderr is not None:
+        proc.stderr.close()
