@@ -7,12 +7,15 @@ For each checkout (this one, and DIR when `--against` names another checkout of 
 `git archive main | tar -x -C DIR`), round by round so that load on the machine hits both alike:
 
 - `ready_s`: spawn of `tagentd start --foreground --workers 2` (empty state dir) -> first answered ping;
+- `loaded_s`: spawn -> first answered `daemon_status` (a ping is answered while the daemon still loads; every
+  other request waits until it has loaded and recovered);
 - `ready_cpu_s`: the CPU time (user + system) the daemon process had used when it first answered: the work
   before answering, which other load on the machine inflates much less than `ready_s`;
 - `start_cmd_s`: the whole `tagentd start` command (it daemonizes and returns once control.sock answers);
 - `workers_ready_s`: spawn -> both workers `ready` (the worker template's imports and warm-up);
 - `recovery_ready_s`: spawn -> first answered ping on a state dir of `--finished` finished runs (snapshots and
   index entries) and `--unfinished` unfinished runs (WAL only), copied afresh for every start;
+- `recovery_loaded_s`: the same start -> first answered `daemon_status` (the state recovered);
 - `recovery_load_s`: `DurableStore(state).load()` alone, in a fresh process;
 - idle memory, once both workers are ready and idle (bench/daemon.py's rule), per process and summed:
   RSS (shared pages counted once per process), PSS (shared pages split between sharers) and USS (private).
@@ -41,7 +44,7 @@ import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Clean
 from tagent_client.client.sync import Client  # noqa: E402
 
 say, CLEANUP, median = base.say, base.CLEANUP, base.median
-TARGETS = {"ready_s": 0.15, "recovery_ready_s": 0.3, "idle_pss_mb": 90.0}
+TARGETS = {"ready_s": 0.15, "recovery_ready_s": 0.3, "recovery_loaded_s": 0.3, "idle_pss_mb": 90.0}
 
 
 def checkout_env(env: dict[str, str], repo: Path) -> dict[str, str]:
@@ -84,12 +87,21 @@ def idle_memory(daemon: Any) -> dict[str, Any]:
     return {"idle_processes": per, **{f"idle_{k}": round(sum(p[k] for p in per), 1) for k in ("rss_mb", "pss_mb", "uss_mb")}}
 
 
+def loaded(daemon: Any, t0: float) -> float:
+    """Seconds from `t0` until the daemon answers `daemon_status`: it has loaded and recovered (a ping is answered
+    while it still loads, tagentd/app/launch.py, and every other request waits for the load)."""
+    with Client(runtime_dir=daemon.runtime_dir, timeout=60.0) as client:
+        client.daemon_status()
+    return time.monotonic() - t0
+
+
 def one_round(repo: Path, label: str, state: Path | None, first: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     daemon = new_daemon(repo, label)
     t0 = time.monotonic()
     out["ready_s"] = daemon.start()
     out["ready_cpu_s"] = base.cpu_ticks(daemon.proc.pid) / os.sysconf("SC_CLK_TCK")  # steadier than wall time when busy
+    out["loaded_s"] = loaded(daemon, t0)
     out["workers_ready_s"] = workers_ready(daemon) - t0
     if first:
         out.update(idle_memory(daemon))
@@ -105,7 +117,9 @@ def one_round(repo: Path, label: str, state: Path | None, first: bool) -> dict[s
         copy = CLEANUP.tempdir(f"tagentd-startup-state-{label}-") / "state"
         shutil.copytree(state, copy)
         daemon = new_daemon(repo, f"{label}-recovery", state_dir=copy)
+        t0 = time.monotonic()
         out["recovery_ready_s"] = daemon.start()
+        out["recovery_loaded_s"] = loaded(daemon, t0)
         daemon.stop()
         shutil.rmtree(copy.parent, ignore_errors=True)
     return out
