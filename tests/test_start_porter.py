@@ -20,6 +20,7 @@ from conftest import DaemonProcess, wait_until
 from tagent_client.client.sync import Client
 from tagent_client.errors import TagentError
 from tagent_client.wire import protocol as p
+from tagentd.control.porter import Porter, control_socket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,3 +158,34 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
     if proc.stderr is not None:
         proc.stderr.close()
+
+
+def test_the_porter_holds_what_it_does_not_answer_in_order_and_lets_go_of_the_socket(tmp_path: Path) -> None:
+    # Given a porter on a real control socket, and a client that sends a status request, a ping and a bad frame
+    zctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path / 'control.sock'}"
+    porter = Porter(control_socket(zctx, endpoint, 1 << 20), max_bytes=1 << 20, load_timeout=7.0)
+    porter.start()
+    client = zctx.socket(zmq.DEALER)
+    client.connect(endpoint)
+    try:
+        client.send(p.encode(p.DaemonStatus(id=1)))
+        client.send(p.encode(p.Ping(id=2)))
+        client.send(b"not msgpack")
+        client.send(p.encode(p.Ping(id=3)))
+        # When the pings are answered
+        answers = [p.decode_reply(client.recv()) for _ in range(2) if client.poll(10_000)]
+        # Then each has this process's pid and the limits given, and nothing else was answered
+        assert [a.id for a in answers] == [2, 3]
+        assert answers[0].result["pid"] == os.getpid() and answers[0].result["limits"]["load_timeout"] == 7.0
+        # And the handover gives the rest, in the order it came, with its sender's credentials
+        held = porter.handover()
+        assert [frames[1] for frames in held] == [p.encode(p.DaemonStatus(id=1)), b"not msgpack"]
+        assert held[0].peer is not None and porter.pings == 2
+        # And a failure reported after the handover leaves the socket to its new owner
+        porter.fail(RuntimeError("late"))
+        assert not porter.sock.closed
+        porter.sock.send_multipart([held[0][0], b"still mine"])
+        assert client.poll(10_000) and client.recv() == b"still mine"
+    finally:
+        zctx.destroy(linger=0)

@@ -79,7 +79,9 @@ class Porter:
 
     def fail(self, exc: BaseException) -> None:
         """The start failed: answer every held request with `exc` (a TagentError's code and message, else
-        `error`), then close the socket, leaving the replies FAIL_LINGER_MS to go."""
+        `error`), then close the socket, leaving the replies FAIL_LINGER_MS to go. Nothing once handed over."""
+        if self._stopping:  # handed over (the ControlServer owns the socket) or failed already
+            return
         self._stop()
         if isinstance(exc, TagentError):
             code, message = exc.code, exc.message
