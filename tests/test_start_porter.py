@@ -141,9 +141,10 @@ def test_a_start_that_fails_after_the_first_answer_answers_the_waiting_requests_
         peer.close()
         assert isinstance(error, p.ErrorReply) and error.id == 1, error
         assert "held import failed on purpose" in error.message, error
-        # And the daemon exits with an error, saying why
+        # And the daemon exits with an error, saying why, leaving no socket file for clients to try
         assert proc.wait(20) != 0
         assert b"held import failed on purpose" in proc.stderr.read()
+        assert not (daemon.runtime_dir / "control.sock").exists()
     finally:
         stop(proc)
 

@@ -75,7 +75,7 @@ from tagentd.runs.store import MemoryStore, RunStore
 from tagentd.runs.table import RunTable
 from tagentd.settings.config import Settings
 from tagentd.storage.health import StoreHealth
-from tagentd.watch.rules import watch_folders
+from tagentd.watch.rules import FolderSpec
 from tagentd.watch.seen import SeenFiles
 from tagentd.watch.watcher import Watcher
 
@@ -146,9 +146,10 @@ class Daemon:
         for name in (paths.EVENTS_SOCKET, paths.WORKERS_SOCKET):
             os.chmod(self.runtime_dir / name, 0o600)
 
-    async def run(self, zctx: zmq.Context, porter: Porter, log_fd: int | None = None) -> int:
-        """Load and recover, then serve until stopped; the requests `porter` held are answered first."""
-        specs = watch_folders(self.settings.watch_dirs)  # ConfigError: refuse to start
+    async def run(self, folders: list[FolderSpec], zctx: zmq.Context, porter: Porter, log_fd: int | None = None) -> int:
+        """Load and recover, then serve until stopped; the requests `porter` held are answered first.
+
+        `folders`: the watched folders, checked by launch.py (`watch_folders`)."""
         if self.settings.otlp_endpoint:  # traces on: the SDK is imported only now (ConfigError if missing)
             from tagent_client.run.tracing import SCOPE
             from tagentd.plumbing import otlp
@@ -158,7 +159,7 @@ class Daemon:
             self.driver.traces = RunTraces(self.tracer_provider.get_tracer(SCOPE), self.runs)
         seen = SeenFiles.load(self.state_dir, self.commit.mark_dirty)
         self.commit.join(self.driver, self.broker, seen)  # in this order: the runs' events go first (triggers)
-        self.watcher = Watcher(self.settings, specs, ops=self.driver, register=self.broker.register,
+        self.watcher = Watcher(self.settings, folders, ops=self.driver, register=self.broker.register,
                                publish=self.publish, seen=seen)
         self._bind(zctx, porter.sock)
         self.executor: Executor = make_executor(self.settings, endpoint=self.sockets["workers"], send=self._send_worker,
@@ -350,7 +351,7 @@ def collect_after_start() -> None:
     lifeline.release_free_memory()
 
 
-def serve(settings: Settings, zctx: zmq.Context, porter: Porter, log_fd: int) -> int:
+def serve(settings: Settings, folders: list[FolderSpec], zctx: zmq.Context, porter: Porter, log_fd: int) -> int:
     """Build the daemon and run it until it is stopped (launch.py has claimed the dirs and bound control.sock);
     returns the process exit code. Raises TagentError on bad setup."""
     state_dir = Path(settings.state_dir)
@@ -361,4 +362,4 @@ def serve(settings: Settings, zctx: zmq.Context, porter: Porter, log_fd: int) ->
         daemon = Daemon(settings, store, metrics)
     except OSError as exc:  # a file or subdir of the state dir we may not write (the dir itself was checked)
         raise paths.unwritable(state_dir, "state dir", exc) from None
-    return asyncio.run(daemon.run(zctx, porter, log_fd))
+    return asyncio.run(daemon.run(folders, zctx, porter, log_fd))
