@@ -1,7 +1,9 @@
 """The daemon process: sockets, the asyncio loop, and the wiring between the parts.
 
 This module only wires and runs: each part is given the ports it uses
-(tagentd/plumbing/ports.py, tagentd/runs/ports.py), never the daemon.
+(tagentd/plumbing/ports.py, tagentd/runs/ports.py), never the daemon. The start before it
+(the dirs, the lock, control.sock and the porter that answers pings while this module loads)
+is launch.py's.
 
 - runs: `RunDriver` (tagentd/runs/driver.py) starts, feeds and stops them;
 - the group commit: `GroupCommit` (commit.py), with the run driver, the broker and
