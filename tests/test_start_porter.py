@@ -55,8 +55,10 @@ def held_daemon(tmp_path: Path) -> tuple[DaemonProcess, Path, subprocess.Popen[b
     os.mkfifo(fifo)
     daemon.env["PYTHONPATH"] = os.pathsep.join([str(hooks), daemon.env["PYTHONPATH"]])
     daemon.env["HOLD_FIFO"] = str(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "tagentd", "start", "--foreground", "--workers", "1"],
-                            env=daemon.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    daemon.stderr_path = tmp_path / "stderr.txt"
+    with open(daemon.stderr_path, "wb") as stderr:  # a file, not a pipe nobody reads while the daemon runs
+        proc = subprocess.Popen([sys.executable, "-m", "tagentd", "start", "--foreground", "--workers", "1"],
+                                env=daemon.env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     daemon.proc = proc
     return daemon, fifo, proc
 
@@ -143,7 +145,7 @@ def test_a_start_that_fails_after_the_first_answer_answers_the_waiting_requests_
         assert "held import failed on purpose" in error.message, error
         # And the daemon exits with an error, saying why, leaving no socket file for clients to try
         assert proc.wait(20) != 0
-        assert b"held import failed on purpose" in proc.stderr.read()
+        assert "held import failed on purpose" in daemon.stderr_path.read_text()
         assert not (daemon.runtime_dir / "control.sock").exists()
     finally:
         stop(proc)
@@ -157,8 +159,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    if proc.stderr is not None:
-        proc.stderr.close()
 
 
 def test_the_porter_holds_what_it_does_not_answer_in_order_and_lets_go_of_the_socket(tmp_path: Path) -> None:
