@@ -89,8 +89,8 @@ class Channel:
     def _look(self) -> None:
         """Schedule a pass if one is needed now: a message waits, or queued ones may leave (ZMQ_EVENTS, which also
         re-arms the FD's edge) — without a pass of its own when there is nothing to do."""
-        if self.sock.closed:
-            return
+        if self._scheduled or self.sock.closed:
+            return  # the pass to come looks anyway
         events = self.sock.getsockopt(zmq.EVENTS)
         if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
             self._schedule()
