@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_pipeline
+from conftest import wait_until, write_pipeline
 
 from tagentd.storage.failpoints import DISK_FULL_ENV
 
@@ -71,6 +71,14 @@ def commits(client: Any) -> float:
         if line.startswith("tagentd_commit_duration_seconds_count"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError("no tagentd_commit_duration_seconds_count in the metrics")
+
+
+def broker_fsyncs(client: Any) -> float:
+    """The fsyncs the daemon's broker log made so far (its metrics)."""
+    for line in client.metrics().splitlines():
+        if line.startswith('tagentd_wal_fsync_duration_seconds_count{log="broker"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def queued(client: Any, mailbox: str) -> list[Any]:
@@ -177,3 +185,24 @@ def test_a_durable_send_keeps_every_non_durable_one_sent_before_it_across_kill9(
         assert len(kept) + len(fresh) >= durable_upto, "a message sent before a durable one was lost"
         kept = now
         sent = list(now)
+
+
+def test_non_durable_sends_are_written_without_an_fsync_and_survive_kill9_once_written(make_daemon: Any) -> None:
+    # Given a daemon whose broker log holds one durable message
+    daemon = make_daemon().start()
+    with daemon.client() as client:
+        client.send("box", "durable", durable=True)
+        fsyncs = broker_fsyncs(client)
+        records = client.broker_stats().store["records"]
+        # When a client sends 20 non-durable messages, and the daemon's commits have written them to the log
+        for i in range(20):
+            client.send("box", i, durable=False, id=f"v{i}")
+        wait_until(lambda: client.broker_stats().store["records"] >= records + 20, what="the 20 sends written")
+        # Then none of them cost an fsync of the broker log (each one did, in the commit after it)
+        assert broker_fsyncs(client) == fsyncs
+    # And once written they survive the daemon being killed -9 (the OS holds what was written; a power loss is
+    # what may lose them until the next fsync)
+    daemon.kill9()
+    daemon.start()
+    with daemon.client() as client:
+        assert queued(client, "box") == ["durable", *range(20)]

@@ -120,7 +120,8 @@ class _Outbox:
     def committed(self, token: Parked) -> None:
         replies, waiters = token
         for channel, frames in replies:
-            channel.send(frames)
+            if not channel.send_now(frames):  # in this turn, not the next: the commit is what they waited for
+                channel.send(frames)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)

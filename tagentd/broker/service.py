@@ -205,7 +205,7 @@ class BrokerShell:
 
     def flush(self, token: Token) -> Awaitable[None] | None:
         """Write the broker store in the same commit as the run store, when it has anything to write."""
-        return self.store.flush() if self.has_writes() else None
+        return self.store.flush(self._volatile) if self.has_writes() else None
 
     def failed(self, token: Token) -> None:
         self._lifecycle[:0], self._pending[:0], self._launched[:0], self._acks[:0] = token[:4]

@@ -9,10 +9,12 @@ Guarantees:
 - `flush()` appends every record the broker journalled since the last flush and
   fsyncs once; the daemon awaits it in the same commit as the run store, so a
   reply sent after the commit (a send, a put, a queued trigger) is on disk;
-- reads in a space's access log (`AccessLogged`) and failed deliveries
-  (`DeliveryFailed`) are appended without an fsync of their own: they become
-  durable with the next write (a crash may lose the last few read lines or
-  failure counts — a message is then delivered once more — never a write);
+- reads in a space's access log (`AccessLogged`), failed deliveries
+  (`DeliveryFailed`) and messages sent with `durable=False` (the `volatile` ids
+  given to `flush`) are appended without an fsync of their own: once appended they
+  survive the daemon being killed, and they reach the disk with the next fsync (a
+  power loss may lose the last few read lines, failure counts — a message is then
+  delivered once more — or non-durable messages, never a durable write);
 - when a segment passes SEGMENT_BYTES the whole state is snapshotted (encoded in
   the same tick as the last batch, so it is exactly the state as of `seq`) and
   the old segments are deleted;
@@ -25,12 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 
 import msgspec
 
-from tagent_client.core.broker_records import UNSYNCED, Record
+from tagent_client.core.broker_records import UNSYNCED, MessageSent, Record
 from tagent_client.errors import ConfigError
 from tagentd.broker.state import AnyRecord, Broker, BrokerSnapshot
 from tagentd.runs.records import peek_format
@@ -92,27 +94,30 @@ class BrokerStore:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def _encode(self, records: list[Record]) -> None:
+    def _encode(self, records: list[Record], volatile: Container[tuple[str, str]]) -> None:
         chunks = []
         for record in records:
             self._seq += 1
             chunks.append(frame(_encoder.encode(Logged(seq=self._seq, record=record))))
-            if not isinstance(record, UNSYNCED):
+            if not (isinstance(record, UNSYNCED) or (isinstance(record, MessageSent)
+                                                     and (record.message.mailbox, record.message.id) in volatile)):
                 self._needs_sync = True
         self._unwritten += b"".join(chunks)
         self.stats["records"] += len(records)
 
-    async def flush(self) -> None:
+    async def flush(self, volatile: Container[tuple[str, str]] = ()) -> None:
+        """Append what was journalled since the last flush; fsync unless it is only records that need none (the
+        unsynced kinds, and the sends of the `(mailbox, id)`s in `volatile`: messages sent with `durable=False`)."""
         async with self._lock:
             records = self.broker.core.take_journal()
             if records:
-                self._encode(records)
+                self._encode(records, volatile)
             if not self._unwritten:
                 return
             rotate = self._wal.size + len(self._unwritten) > SEGMENT_BYTES
             snapshot = _encoder.encode(BrokerCheckpoint(seq=self._seq, state=self.broker.snapshot())) if rotate else None
             loop = asyncio.get_running_loop()
-            # Reads and failure counts alone (UNSYNCED) are not fsynced; a failure cuts the segment back and raises.
+            # Reads, failure counts and non-durable sends alone are not fsynced; a failure cuts the segment back and raises.
             await self._wal.append(self._unwritten, fsync=self._needs_sync)
             self.stats["bytes"] += len(self._unwritten)
             self.stats["flushes"] += self._needs_sync
@@ -184,7 +189,7 @@ class MemoryBrokerStore:
         self.problems: list[str] = []
         self.stats: dict[str, int] = {}
 
-    async def flush(self) -> None:
+    async def flush(self, volatile: Container[tuple[str, str]] = ()) -> None:
         self.broker.core.take_journal()
 
     def load(self) -> None:

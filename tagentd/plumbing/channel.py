@@ -60,7 +60,7 @@ class Channel:
         self._loop = asyncio.get_running_loop()
         self._handle = handle
         self._fd = self.sock.getsockopt(zmq.FD)
-        self._loop.add_reader(self._fd, self._schedule)
+        self._loop.add_reader(self._fd, self._service)  # served in the loop turn that saw the FD, not one later
         self._schedule()
 
     def send(self, frames: Frames) -> None:
@@ -73,14 +73,23 @@ class Channel:
         try:
             self.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
+            self._schedule()
             return False
-        finally:
-            self._schedule()  # the send reset the FD's edge: look again
+        self._look()  # the send reset the FD's edge: look again
         return True
 
     def rearm(self) -> None:
         """Look at the socket again soon: call after sending on `sock` directly (a send resets the FD's edge)."""
         self._schedule()
+
+    def _look(self) -> None:
+        """Schedule a pass if one is needed now: a message waits, or queued ones may leave (ZMQ_EVENTS, which also
+        re-arms the FD's edge) — without a pass of its own when there is nothing to do."""
+        if self._scheduled or self.sock.closed:
+            return  # the pass to come looks anyway
+        events = self.sock.getsockopt(zmq.EVENTS)
+        if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
+            self._schedule()
 
     def _schedule(self) -> None:
         if not self._scheduled and self._loop is not None:

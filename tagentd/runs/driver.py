@@ -266,8 +266,9 @@ class RunDriver:
         events, self._unpublished = self._unpublished + emitted, []
         return events
 
-    def flush(self, events: Announced) -> Awaitable[None]:
-        return self.store.flush()
+    def flush(self, events: Announced) -> Awaitable[None] | None:
+        """The run store's flush, or None when it has nothing to write (the commit then awaits only the others')."""
+        return self.store.flush() if self.store.pending else None
 
     def committed(self, events: Announced) -> None:
         """The events are on disk: announce finishes, wake each touched run's waiters, apply the run limits."""

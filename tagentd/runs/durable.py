@@ -126,6 +126,11 @@ class DurableStore:
         self._dirty.pop(run_id, None)
         self._runs_by_id.pop(run_id, None)
 
+    @property
+    def pending(self) -> bool:
+        return self._lock.locked() or bool(self._created or self._dirty or self._removed or self._unwritten
+                                           or self._snapshots)
+
     async def flush(self) -> None:
         async with self._lock:
             await self._flush()

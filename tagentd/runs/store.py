@@ -41,6 +41,10 @@ class RunStore(Protocol):
     async def flush(self) -> None:
         """Make every change reported so far durable."""
 
+    @property
+    def pending(self) -> bool:
+        """Whether `flush` has anything to do: changes reported since the last one, or a flush still in flight."""
+
     async def compact(self) -> None:
         """At a graceful stop: leave the state so the next start reads as little as it can."""
 
@@ -64,6 +68,7 @@ class MemoryStore:
     """Keeps nothing: a daemon restart forgets every run. For tests and `durable = false`."""
 
     durable = False
+    pending = False
 
     def __init__(self) -> None:
         self.problems: list[str] = []
