@@ -124,3 +124,41 @@ def test_a_message_is_handled_in_the_loop_turn_its_socket_signals_it(pair) -> No
 
     # Then the message was handled in that very next turn (not one turn after it)
     assert asyncio.run(turns_to_handle()) == 1
+
+
+def test_a_message_sent_at_once_leaves_before_the_loop_turns_again_unless_others_wait(pair) -> None:  # type: ignore[no-untyped-def]
+    router, dealer = pair
+
+    async def converse() -> tuple[bytes | None, bytes | None, list[bytes]]:
+        # Given a Channel on the DEALER (as a worker's link), its peer connected
+        channel = Channel(dealer, multipart=False)
+        channel.start(lambda batch: None)
+        dealer.send(b"hello")
+        assert router.poll(5000)
+        router.recv_multipart()
+        got: dict[str, bytes | None] = {}
+
+        def peer_receives() -> bytes | None:
+            return router.recv_multipart()[1] if router.poll(2000) else None
+
+        def send_in_this_turn() -> None:
+            # When a message is sent at once, and the peer looks for it in the same loop turn
+            channel.send([b"alone"], at_once=True)
+            got["alone"] = peer_receives()
+            # and another is queued first, then one sent "at once" after it
+            channel.send([b"queued"])
+            channel.send([b"after"], at_once=True)
+            got["held"] = router.recv_multipart(zmq.NOBLOCK)[1] if router.poll(0) else None
+
+        asyncio.get_running_loop().call_soon(send_in_this_turn)
+        await _until(lambda: "held" in got, "the sends")
+        later = [peer_receives(), peer_receives()]
+        channel.close()
+        return got["alone"], got["held"], [m for m in later if m is not None]
+
+    alone, held, later = asyncio.run(converse())
+    # Then the lone message was there at once; the one behind a queued message kept its place, and both left
+    # with the next pass, in order
+    assert alone == b"alone"
+    assert held is None
+    assert later == [b"queued", b"after"]

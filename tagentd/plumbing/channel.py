@@ -75,8 +75,13 @@ class Channel:
         self._loop.add_reader(self._fd, self._readable)
         self._schedule()
 
-    def send(self, frames: Frames) -> None:
-        """Queue one message; it leaves on the next pass (or as soon as the peer accepts it)."""
+    def send(self, frames: Frames, *, at_once: bool = False) -> None:
+        """Queue one message; it leaves on the next pass (or as soon as the peer accepts it).
+
+        `at_once`: if nothing is queued before it and the peer takes it, it leaves now, alone, one loop turn
+        sooner (for a sender that knows nothing else of this turn will follow it)."""
+        if at_once and not self._out and self.send_now(frames):
+            return
         self._out.append(frames)
         self._schedule()
 
