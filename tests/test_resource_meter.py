@@ -11,7 +11,7 @@ def test_the_loops_cpu_is_shared_equally_among_the_attempts_running_at_each_samp
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a loop thread whose CPU clock the test sets
     clock = [0.0]
-    monkeypatch.setattr(resources.time, "thread_time", lambda: clock[0])
+    monkeypatch.setattr(resources, "thread_cpu_and_high_water", lambda: (clock[0], 0))
     meter = resources.ResourceMeter()
 
     # When a runs alone for 1 s of CPU, b joins for 2 s shared, then 1000 more start and end within 1 s
@@ -36,3 +36,32 @@ def test_the_loops_cpu_is_shared_equally_among_the_attempts_running_at_each_samp
     crowded = 1.0 / 1002
     assert used_a[1] == pytest.approx(1.0 + 1.0 + crowded + 0.5)
     assert used_b[1] == pytest.approx(1.0 + crowded + 0.5 + 2.0)
+
+
+@pytest.mark.skipif(not hasattr(resources.resource, "RUSAGE_THREAD"), reason="one call for both needs RUSAGE_THREAD")
+def test_metering_an_attempt_costs_two_system_calls_at_its_start_and_two_at_its_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a meter whose system calls are counted: the CPU clock, rusage, and reads of /proc/self/statm
+    calls: list[str] = []
+
+    def counted(name, fn):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(resources.time, "thread_time", counted("thread_time", resources.time.thread_time))
+    monkeypatch.setattr(resources.resource, "getrusage", counted("getrusage", resources.resource.getrusage))
+    monkeypatch.setattr(resources.os, "pread", counted("pread", resources.os.pread))
+    meter = resources.ResourceMeter()
+    calls.clear()
+
+    # When an attempt is metered from its start to its end (every attempt a worker runs is)
+    meter.begin("a")
+    started = len(calls)
+    used = meter.end("a")
+
+    # Then the start took two and the end two: a rusage of the loop thread (its CPU and the process's peak RSS)
+    # and a read of the RSS
+    assert used is not None
+    assert started == 2 and len(calls) - started == 2, calls

@@ -4,8 +4,12 @@ ZMQ_FD is edge-triggered: it says *something* changed and any send, receive or
 EVENTS query resets it. So one pass sends everything queued, receives
 everything already there (handing the whole batch to the handler at once), and
 re-reads ZMQ_EVENTS before it sleeps — no message ever waits unseen, and the
-loop wakes once per batch, not once per message. A socket used this way must
-not also be used through zmq.asyncio: both would claim the same FD.
+loop wakes once per batch, not once per message. The pass runs in the loop turn
+the FD fires in (not one turn later); a pass receives only while
+ZMQ_EVENTS says a message is there (never a receive that fails: pyzmq raises
+for those), and `send_now` re-reads ZMQ_EVENTS itself instead of costing the
+loop another pass. A socket used this way must not also be used through
+zmq.asyncio: both would claim the same FD.
 
 With `pack`, the messages queued when a pass sends are sent as the one message `pack` makes of them (the
 worker's link packs a loop turn's messages into one frame: tagentd/worker/wire.py `Batch`).
@@ -26,6 +30,9 @@ import zmq
 from tagentd.plumbing.peers import receive
 
 MAX_DRAIN = 1000  # messages handled per pass before letting other tasks run
+# ZMQ_EVENTS bits as plain ints: pyzmq's flag enums make every `&` a call into the enum machinery.
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 log = logging.getLogger("tagentd.channel")
 
@@ -53,6 +60,7 @@ class Channel:
         self._handle: Callable[[list[Frames]], None] = lambda batch: None
         self._out: deque[Frames] = deque()
         self._scheduled = False
+        self._servicing = False
         self._fd: int | None = None
 
     def start(self, handle: Callable[[list[Frames]], None]) -> None:
@@ -60,11 +68,16 @@ class Channel:
         self._loop = asyncio.get_running_loop()
         self._handle = handle
         self._fd = self.sock.getsockopt(zmq.FD)
-        self._loop.add_reader(self._fd, self._service)  # served in the loop turn that saw the FD, not one later
+        self._loop.add_reader(self._fd, self._readable)
         self._schedule()
 
-    def send(self, frames: Frames) -> None:
-        """Queue one message; it leaves on the next pass (or as soon as the peer accepts it)."""
+    def send(self, frames: Frames, *, at_once: bool = False) -> None:
+        """Queue one message; it leaves on the next pass (or as soon as the peer accepts it).
+
+        `at_once`: if nothing is queued before it and the peer takes it, it leaves now, alone, one loop turn
+        sooner (for a sender that knows nothing else of this turn will follow it)."""
+        if at_once and not self._out and self.send_now(frames):
+            return
         self._out.append(frames)
         self._schedule()
 
@@ -73,23 +86,28 @@ class Channel:
         try:
             self.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
-            self._schedule()
             return False
-        self._look()  # the send reset the FD's edge: look again
+        finally:
+            self._look_again()  # the send may have reset the FD's edge
         return True
 
     def rearm(self) -> None:
         """Look at the socket again soon: call after sending on `sock` directly (a send resets the FD's edge)."""
         self._schedule()
 
-    def _look(self) -> None:
-        """Schedule a pass if one is needed now: a message waits, or queued ones may leave (ZMQ_EVENTS, which also
-        re-arms the FD's edge) — without a pass of its own when there is nothing to do."""
-        if self._scheduled or self.sock.closed:
-            return  # the pass to come looks anyway
-        events = self.sock.getsockopt(zmq.EVENTS)
-        if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
+    def _look_again(self) -> None:
+        """After a send outside a pass: a pass only if ZMQ_EVENTS says there is something to do now (reading it
+        re-arms the FD's edge for whatever comes later)."""
+        if self._scheduled or self._servicing or self._loop is None or self.sock.closed:
+            return
+        events = self.sock.get(zmq.EVENTS)
+        if events & _POLLIN or (self._out and events & _POLLOUT):
             self._schedule()
+
+    def _readable(self) -> None:
+        """The FD fired: the pass runs now, in this loop turn, unless one is already due (it will see the same)."""
+        if not self._scheduled:
+            self._service()
 
     def _schedule(self) -> None:
         if not self._scheduled and self._loop is not None:
@@ -114,20 +132,24 @@ class Channel:
                 self._dropped(exc)  # e.g. a ROUTER peer that went away
             self._out.popleft()
         batch: list[Frames] = []
-        for _ in range(MAX_DRAIN):
+        while len(batch) < MAX_DRAIN and sock.get(zmq.EVENTS) & _POLLIN:
             try:
                 batch.append(self._receive(sock))
-            except zmq.Again:
+            except zmq.Again:  # not expected after POLLIN, but then the pass is over
                 break
         if batch:
-            self._handle(batch)
+            self._servicing = True  # the handler's sends leave the edge to this pass's last look
+            try:
+                self._handle(batch)
+            finally:
+                self._servicing = False
         if len(batch) >= MAX_DRAIN:
             self._schedule()
             return
         if sock.closed:
             return
-        events = sock.getsockopt(zmq.EVENTS)
-        if events & zmq.POLLIN or (self._out and events & zmq.POLLOUT):
+        events = sock.get(zmq.EVENTS)  # the handler may have sent: the edge is re-armed only by reading this
+        if events & _POLLIN or (self._out and events & _POLLOUT):
             self._schedule()
 
     def _receive(self, sock: zmq.Socket) -> Frames:

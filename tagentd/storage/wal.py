@@ -6,8 +6,8 @@ worded stay with each store.
 
 Guarantees:
 - `append()` writes a whole batch to the current segment (opened on demand, the
-  directory fsynced when it is created) and, with `fsync=True`, fsyncs it in a
-  thread; when it returns the batch is in the segment (and on disk if fsynced);
+  directory fsynced when it is created) and, with `fsync=True`, fsyncs it in the
+  log's own thread; when it returns the batch is in the segment (and on disk if fsynced);
   when it raises, the segment is cut back to its last whole record and closed,
   and the next append starts a new segment, so a failed batch is never half-kept
   in front of a later one; a segment left holding no record is deleted, so
@@ -27,6 +27,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -98,6 +99,10 @@ class SegmentLog:
         #: "is the segment full" check sees the last segment's size until the next one is opened).
         self.size = 0
         self._fd: int | None = None
+        # The fsyncs run in a thread of their own, not in the loop's default pool: a fsync hands its thread to
+        # the loop and back once (two takes of the GIL), where the pool's idle threads all wake for each job
+        # and each takes the GIL from the loop, mid-step, to find the queue empty again.
+        self._syncer: ThreadPoolExecutor | None = None
 
     def _open(self) -> int:
         if self._fd is None:
@@ -121,7 +126,9 @@ class SegmentLog:
             while view:
                 view = view[os.write(fd, view):]
             if fsync:
-                seconds = await asyncio.get_running_loop().run_in_executor(None, timed_fsync, fd)
+                if self._syncer is None:
+                    self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-fsync")
+                seconds = await asyncio.get_running_loop().run_in_executor(self._syncer, timed_fsync, fd)
                 if self.on_fsync is not None:
                     self.on_fsync(seconds)
         except BaseException:
@@ -154,14 +161,21 @@ class SegmentLog:
     def retire(self) -> None:
         """Everything the segments hold is snapshotted: delete them all (the next append starts a new one)."""
         old = sorted(self.dir.glob("*.wal"))
-        self.close()
+        self._close_segment()
         for path in old:
             path.unlink(missing_ok=True)
         fsync_dir(self.dir)
         self.size = 0  # the next segment starts empty: no second rotation right after this one
 
     def close(self) -> None:
-        """Fsync and close the current segment, if one is open."""
+        """Fsync and close the current segment, if one is open, and end the fsync thread (a later append makes
+        another)."""
+        self._close_segment()
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=False)
+            self._syncer = None
+
+    def _close_segment(self) -> None:
         if self._fd is not None:
             os.fsync(self._fd)
             os.close(self._fd)

@@ -62,11 +62,12 @@ class WorkerLink:
         """Queue a best-effort message (raises one of ENCODE_ERRORS if it cannot be encoded)."""
         self._channel.send([wire.encode(message)])
 
-    def send_until_acked(self, key: Hashable, message: wire.WorkerMessage) -> None:
-        """Queue a message and re-send it every RESEND_AFTER seconds until `acked(key)`."""
+    def send_until_acked(self, key: Hashable, message: wire.WorkerMessage, *, at_once: bool = False) -> None:
+        """Queue a message and re-send it every RESEND_AFTER seconds until `acked(key)`; `at_once`: see
+        `Channel.send` (it leaves now if nothing waits before it)."""
         frame = wire.encode(message)
         self._unacked[key] = [frame, time.monotonic()]
-        self._channel.send([frame])
+        self._channel.send([frame], at_once=at_once)
 
     def acked(self, key: Hashable) -> bool:
         """Stop re-sending `key`; False if it was not waiting for an acknowledgement."""

@@ -326,7 +326,8 @@ class Worker:
                 used = self.meter.end(key)
         resources = None if used is None else wire.AttemptResources(seconds=used[0], cpu_seconds=used[1],
                                                                     peak_rss_bytes=used[2])
-        self.send_result(message, event, resources)
+        # The only attempt here (a chain's step): no other result can join its frame; it leaves a loop turn sooner.
+        self.send_result(message, event, resources, at_once=len(self.running) <= 1)
         if isinstance(event, StepTimedOut):
             self.watch_thread(message, "timed out")
 
@@ -361,13 +362,16 @@ class Worker:
         return await run_task(pipeline, task, ctx, message.model, self.llm, as_data=True, tracer=self.traces.tracer,
                               trace_parent=self.traces.parent(message.traceparent))
 
-    def send_result(self, message: wire.RunTask, event: Event, resources: wire.AttemptResources | None = None) -> None:
+    def send_result(self, message: wire.RunTask, event: Event, resources: wire.AttemptResources | None = None, *,
+                    at_once: bool = False) -> None:
         """Send the attempt's outcome, re-sent until the daemon acknowledges it. The output is already plain
         data (run_task checked it); should the event still not encode (e.g. an agent transcript holding a tool's
-        odd return value), a StepFailed with StepOutputError goes instead: a result always goes back."""
+        odd return value), a StepFailed with StepOutputError goes instead: a result always goes back (`at_once`:
+        now rather than with this loop turn's frame, `Channel.send`)."""
         key = (message.run_id, message.task.task, message.task.attempt)
         try:
-            self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=event, resources=resources))
+            self.link.send_until_acked(key, wire.TaskDone(run_id=message.run_id, event=event, resources=resources),
+                                       at_once=at_once)
         except Exception as exc:  # noqa: BLE001 - RecursionError included: never leave the step RUNNING
             error = ErrorInfo(type="StepOutputError", retryable=False,
                               message=f"step {message.task.step!r}: its result cannot be sent to the daemon: {describe(exc)}")

@@ -1,7 +1,7 @@
 """`ResourceMeter`: what each attempt used of its worker process — wall time, CPU seconds, peak RSS.
 
-Measured in the worker, cheaply (a few microseconds at an attempt's start and end, and at each housekeeping
-tick while attempts run), and sent with the attempt's result (`wire.TaskDone.resources`). The definitions,
+Measured in the worker, cheaply (two system calls at an attempt's start and at its end, and at each
+housekeeping tick while attempts run), and sent with the attempt's result (`wire.TaskDone.resources`). The definitions,
 as docs/operations.md states them:
 
 - **seconds**: wall time from the attempt's start (it got a slot in the worker) to its end.
@@ -38,6 +38,19 @@ def max_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
 
 
+if hasattr(resource, "RUSAGE_THREAD"):
+    def thread_cpu_and_high_water() -> tuple[float, int]:
+        """The calling thread's CPU seconds and the process's peak RSS in bytes: on Linux one getrusage of the
+        thread gives both (its ru_maxrss is the process's high-water mark), where the thread's CPU clock and the
+        process's rusage (which sums every thread) would take two system calls and twice the time."""
+        used = resource.getrusage(resource.RUSAGE_THREAD)
+        return used.ru_utime + used.ru_stime, used.ru_maxrss * _MAXRSS_UNIT
+else:
+    def thread_cpu_and_high_water() -> tuple[float, int]:
+        """The calling thread's CPU seconds and the process's peak RSS in bytes."""
+        return time.thread_time(), max_rss()
+
+
 class ResidentSize:
     """The process's resident set size now, in bytes: one pread of /proc/<pid>/statm, kept open (the high-water
     mark where /proc is missing). Make it in the process it measures (after a fork)."""
@@ -72,14 +85,14 @@ class ResourceMeter:
 
     def __init__(self) -> None:
         self._running: dict[object, _Use] = {}
-        self._cpu_at = time.thread_time()
+        self._cpu_at = thread_cpu_and_high_water()[0]
         self._per_attempt = 0.0  # the sum of every share handed out so far
         self._rss = ResidentSize()
 
     def begin(self, key: object) -> list[float]:
         """Start metering an attempt; returns the accumulator its sync calls add their thread CPU to (SYNC_CPU)."""
-        self._share()
-        use = _Use(started=time.monotonic(), high_water=max_rss(), peak=self._rss(), sync_cpu=[0.0],
+        high_water = self._share()
+        use = _Use(started=time.monotonic(), high_water=high_water, peak=self._rss(), sync_cpu=[0.0],
                    shares_at=self._per_attempt)
         self._running[key] = use
         return use.sync_cpu
@@ -95,16 +108,17 @@ class ResourceMeter:
 
     def end(self, key: object) -> tuple[float, float, int] | None:
         """The attempt's (seconds, cpu_seconds, peak_rss_bytes); None if it was never begun."""
-        self._share()
+        high_water = self._share()
         use = self._running.pop(key, None)
         if use is None:
             return None
-        high_water = max_rss()
         peak = high_water if high_water > use.high_water else max(use.peak, self._rss())
         return (time.monotonic() - use.started, self._per_attempt - use.shares_at + use.sync_cpu[0], peak)
 
-    def _share(self) -> None:
-        now = time.thread_time()
+    def _share(self) -> int:
+        """Share out the loop's CPU since the last sample among the attempts running; the process's peak RSS."""
+        now, high_water = thread_cpu_and_high_water()
         if self._running:
             self._per_attempt += (now - self._cpu_at) / len(self._running)
         self._cpu_at = now
+        return high_water
