@@ -118,6 +118,9 @@ class FdSocket:
     def getsockopt(self, option: int) -> Any:
         return self.sock.getsockopt(option)
 
+    def get(self, option: int) -> Any:
+        return self.sock.get(option)
+
     def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
         self.sock.send_multipart(frames, flags)
 
