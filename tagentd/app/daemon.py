@@ -197,7 +197,8 @@ class Daemon:
         messages = WorkerMessages(WorkerPorts(executor=self.executor, ops=self.driver, broker=self.broker,
                                               broker_calls=calls, dependency_waits=self.dependency_waits,
                                               channel=self.workers_channel,
-                                              reply_after_commit=self.commit.reply_after_commit), self.stats)
+                                              reply_after_commit=self.commit.reply_after_commit,
+                                              results_together=self.driver.results_together), self.stats)
         self.workers_channel.start(messages.on_batch)
         if self.curve is not None:
             self.curve.start()
