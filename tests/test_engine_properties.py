@@ -2,7 +2,8 @@
 
 A small simulator plays the shell: it keeps the dispatched attempts "in flight",
 answers them in a random order with a random outcome, fires timers by advancing a
-fake clock, and now and then re-delivers an old event, interrupts an attempt (its
+fake clock (several results at once now and then, taken together as the daemon does), and now and then re-delivers
+an old event, interrupts an attempt (its
 worker died for another step's reason), crashes and recovers the machine from a
 msgpack checkpoint, or cancels the run. A successful attempt may add steps at run time
 (`ctx.add_step`), now and then a bad batch (a name in use), and steps may have a
@@ -20,6 +21,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tagent_client import DependencyType, ExecutionMode, Pipeline
+from tagent_client.core import together
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import (
     Action,
@@ -109,6 +111,7 @@ class Simulator:
         self.completion_order: list[str] = []
         self.compensation_order: list[str] = []  # steps in the order their compensation was first dispatched
         self.compensation_ends: dict[str, int] = {}
+        self.answered: dict[str, bool] = {}  # the tasks of the frame being answered together: was each charged
 
     @property
     def specs(self) -> dict[str, StepSpec]:
@@ -127,6 +130,10 @@ class Simulator:
                 assert action.task not in self.in_flight, f"{action.task} dispatched twice at once"
                 self.in_flight[action.task] = action
             elif isinstance(action, CancelTask):
+                if action.task in self.answered and action.task not in self.in_flight:  # its result is in this frame
+                    if self.answered[action.task]:
+                        self.charged[action.task] -= 1  # ignored: it uses no retry
+                    continue
                 current = self.in_flight.get(action.task)
                 assert current is not None and current.attempt == action.attempt, f"cancel of a task not running: {action}"
                 del self.in_flight[action.task]
@@ -207,7 +214,24 @@ class Simulator:
     # -- the shell's choices ------------------------------------------------------------------------
 
     def answer(self) -> None:
-        task = self.data.draw(st.sampled_from(sorted(self.in_flight)))
+        self.handle(self.outcome(self.data.draw(st.sampled_from(sorted(self.in_flight)))))
+
+    def answer_together(self) -> None:
+        """Several results at once, as one frame of a worker brings them: the machine takes them together
+        (core/together.py), as the daemon does. A result whose attempt an earlier one of the frame cancelled is
+        ignored by the machine, and its charge with it."""
+        tasks = self.data.draw(st.permutations(sorted(self.in_flight)))
+        tasks = tasks[:self.data.draw(st.integers(2, max(2, len(tasks))))]
+        charged = dict(self.charged)
+        events = [self.outcome(task) for task in tasks]
+        self.delivered += events
+        event(f"{len(events)} results together")
+        self.answered = {task: self.charged.get(task, 0) > charged.get(task, 0) for task in tasks}
+        self.carry_out(together.handle_all(self.machine, events, self.now))
+        self.answered = {}
+
+    def outcome(self, task: str) -> Event:
+        """A random result of the attempt of `task` in flight (no longer in flight)."""
         dispatch = self.in_flight.pop(task)
         outcome = self.data.draw(st.sampled_from(OUTCOMES))
         self.now += self.data.draw(st.sampled_from([0.0, 0.1, 0.7]))
@@ -223,7 +247,7 @@ class Simulator:
             event = StepFailed(task=task, attempt=dispatch.attempt, error=error)
         if outcome in ("retryable", "timeout"):
             self.charged[task] = self.charged.get(task, 0) + 1
-        self.handle(event)
+        return event
 
     def additions(self, dispatch: Dispatch) -> list[StepSpec]:
         """Now and then, steps this attempt adds: new names depending on steps of the run or of the batch,
@@ -293,6 +317,8 @@ class Simulator:
             moves = []
             if self.in_flight:
                 moves += ["answer"] * 6
+            if len(self.in_flight) > 1:
+                moves += ["together"] * 2
             if self.timers:
                 moves.append("timer")
             if self.delivered:
@@ -305,7 +331,8 @@ class Simulator:
                 moves.append("cancel")
             assert self.in_flight or self.timers, "the run is stuck: nothing in flight, no timer, not finished"
             move = self.data.draw(st.sampled_from(moves))
-            actions = {"answer": self.answer, "timer": self.fire_timer, "redeliver": self.redeliver,
+            actions = {"answer": self.answer, "together": self.answer_together, "timer": self.fire_timer,
+                       "redeliver": self.redeliver,
                        "crash": self.crash_and_recover, "interrupt": self.interrupt}
             if move in actions:
                 actions[move]()

@@ -228,3 +228,45 @@ def test_status_metrics_without_a_daemon_says_it_is_not_running(make_daemon: Cal
     done = daemon.admin("status", "--metrics")
     assert done.returncode == 3
     assert "tagentd is not running" in done.stdout and done.stdout.count("\n") == 1
+
+
+TALLY_SCRIPT = """
+import sys
+from tagent_client.core.events import StepFailed, StepSucceeded
+from tagent_client.core.state import ErrorInfo
+from tagentd.metrics.instruments import Metrics
+
+metrics = Metrics(process=False)
+for seconds in (0.003, 0.02, 0.02, 7.0):
+    metrics.attempt_ended("p", "s", StepSucceeded(task="s", attempt=1), 99.0, (seconds, 0.25, 1000 + int(seconds)))
+metrics.attempt_ended("p", "s", StepFailed(task="s", attempt=2, error=ErrorInfo(type="E", message="m")), 0.2, None)
+print("prometheus_client" in sys.modules)
+print(metrics.exposition())
+"""
+
+
+def test_finished_attempts_are_tallied_without_prometheus_client_and_scraped_as_the_step_series() -> None:
+    """Given a Metrics fed five finished attempts of one step (four with the worker's resources, one without),
+    when nothing has scraped yet, then prometheus-client was not even imported (the hot path adds to plain
+    tallies, a microsecond, not a labelled child's lock and bucket walk); and when scraped, the step's series
+    say exactly what was fed."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = {"PYTHONPATH": f"{REPO / 'client'}:{REPO}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", TALLY_SCRIPT], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    imported, _, text = done.stdout.partition("\n")
+    assert imported == "False"
+    found = samples(text)
+    step = {"pipeline": "p", "step": "s"}
+    assert value(found, "tagentd_step_attempts_total", outcome="succeeded", **step) == 4
+    assert value(found, "tagentd_step_attempts_total", outcome="failed", **step) == 1
+    assert value(found, "tagentd_step_attempts_total", outcome="timed_out", **step) == 0
+    assert value(found, "tagentd_step_duration_seconds_count", **step) == 5
+    assert value(found, "tagentd_step_duration_seconds_sum", **step) == pytest.approx(0.003 + 0.02 + 0.02 + 7.0 + 0.2)
+    expected = {"0.005": 1, "0.01": 1, "0.025": 3, "0.25": 4, "5.0": 4, "10.0": 5, "+Inf": 5}
+    for le, count in expected.items():
+        assert value(found, "tagentd_step_duration_seconds_bucket", le=le, **step) == count, le
+    assert value(found, "tagentd_step_cpu_seconds_total", **step) == 1.0
+    assert value(found, "tagentd_step_peak_rss_bytes", **step) == 1007

@@ -68,7 +68,7 @@ from tagentd.executor.curve import CurveGate
 from tagentd.executor.interface import Executor, RunningAttempt
 from tagentd.executor.permits import PermitDesk
 from tagentd.metrics.instruments import Metrics
-from tagentd.plumbing import lifeline
+from tagentd.plumbing import collector, lifeline
 from tagentd.plumbing.channel import Channel
 from tagentd.plumbing.worker_sockets import WorkerSockets
 from tagentd.runs.driver import RunDriver
@@ -197,7 +197,8 @@ class Daemon:
         messages = WorkerMessages(WorkerPorts(executor=self.executor, ops=self.driver, broker=self.broker,
                                               broker_calls=calls, dependency_waits=self.dependency_waits,
                                               channel=self.workers_channel,
-                                              reply_after_commit=self.commit.reply_after_commit), self.stats)
+                                              reply_after_commit=self.commit.reply_after_commit,
+                                              results_together=self.driver.results_together), self.stats)
         self.workers_channel.start(messages.on_batch)
         if self.curve is not None:
             self.curve.start()
@@ -344,12 +345,14 @@ def collect_after_start() -> None:
 
     `tagentd start --foreground` turns it off before its imports (cli/main.py): what start-up allocates (modules,
     classes, recovered runs) lives as long as the daemon, so collections during it freed next to nothing and cost
-    a tenth of the time to the first answer. Frozen (`gc.freeze`), those objects are skipped by later collections.
+    a tenth of the time to the first answer. Frozen (`gc.freeze`), those objects are skipped by later collections,
+    which come at the pace of `collector.tune()`.
     """
     if not gc.isenabled():
         gc.collect()
         gc.freeze()
         gc.enable()
+    collector.tune()
     lifeline.release_free_memory()
 
 

@@ -143,8 +143,23 @@ class BrokerShell:
         holder = (run.id, getattr(event, "task", ""), getattr(event, "attempt", 0))
         if not holder[1]:
             return
+        if self._quiet(holder):  # the attempt holds nothing and nothing is parked: only remember that it ended
+            self._note_ended(holder)
+            return
         self._end(holder, isinstance(event, StepSucceeded), attempt_error(event))
         self.locks.settle(holder, ended_why(event))
+
+    def _quiet(self, holder: Holder) -> bool:
+        """Whether settling `holder` would change nothing: it leases no message, and no receive or lock request is
+        parked and no lock held (by anyone: those are cheap to ask as a whole). The usual case for a step that
+        does not use the broker, which then costs its end a dictionary entry, not a walk of the broker's state."""
+        return holder not in self.broker.core.holders and not self._receivers.parked and self.locks.quiet
+
+    def _note_ended(self, holder: Holder) -> None:
+        """Remember that attempt `holder` is over (a late re-send of its receive or lock then gets nothing)."""
+        self._ended[holder] = None
+        if len(self._ended) > ENDED_KEEP:
+            self._ended.popitem(last=False)
 
     def on_actions(self, run: Run, actions: list[Action]) -> None:
         for action in actions:
@@ -161,9 +176,7 @@ class BrokerShell:
 
     def _end(self, holder: Holder, succeeded: bool, error: str | None) -> None:
         """Attempt `holder` ended: ack its messages (succeeded), count a failed delivery (`error`), or release them."""
-        self._ended[holder] = None
-        while len(self._ended) > ENDED_KEEP:
-            self._ended.popitem(last=False)
+        self._note_ended(holder)
         self._receivers.wake(holder)
         journal = self.broker.core.journal
         before = len(journal)

@@ -13,6 +13,8 @@ Guarantees:
   messages (a worker's `Batch`: what it sent in one loop turn) are decoded and handled one by one;
 - a step's memory write (`MemorySave`), broker call and dependency wait are answered only after the
   commit that makes them durable; a memory read is answered at once;
+- the steps' results of one batch reach each run together, in order, after the batch (`results_together`: one
+  look at what is ready per run, not one per result);
 - after every batch the executor sends what it can (a finished step freed a slot).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +50,9 @@ class WorkerPorts:
     #: workers.sock: `send_now` for an answer that needs no commit.
     channel: Channel
     reply_after_commit: ReplyAfterCommit
+    #: Within it, steps' results wait and each run takes those of one batch together (RunDriver.results_together);
+    #: it gives the function that hands them over at once (None: they were never held).
+    results_together: Callable[[], AbstractContextManager[Callable[[], None] | None]] = nullcontext
 
 
 def log_line(ports: WorkerPorts, identity: bytes, msg: wire.LogLine) -> None:
@@ -111,6 +117,11 @@ class WorkerMessages:
         stats.setdefault("bad_worker_messages", 0)
 
     def on_batch(self, batch: list[list[bytes]]) -> None:
+        with self.ports.results_together() as feed_results:  # a run takes the results of the batch together
+            self._on_frames(batch, feed_results or _nothing)
+        self.ports.executor.pump()
+
+    def _on_frames(self, batch: list[list[bytes]], feed_results: Callable[[], None]) -> None:
         for frames in batch:
             if len(frames) != 2:
                 self.stats["bad_worker_messages"] += 1
@@ -125,15 +136,20 @@ class WorkerMessages:
                 log.warning("dropped a message from worker %r that does not decode: %s", identity, exc)
             for msg in messages:
                 try:
-                    self.handle(identity, msg)
+                    self.handle(identity, msg, feed_results)
                 except Exception:  # noqa: BLE001 - one bad message must not stop the loop
                     self.stats["bad_worker_messages"] += 1
                     log.exception("bad message from worker %r", identity)
-        self.ports.executor.pump()
 
-    def handle(self, identity: bytes, msg: Any) -> None:
+    def handle(self, identity: bytes, msg: Any, feed_results: Callable[[], None] | None = None) -> None:
         if self.ports.executor.on_worker_message(identity, msg):  # a worker's own business, or a stranger's
             return
         handler = TABLE.get(type(msg))
         if handler is not None:
+            if feed_results is not None:
+                feed_results()  # the results before it reach their runs first (an ended attempt stays ended)
             handler(self.ports, identity, msg)
+
+
+def _nothing() -> None:
+    return None

@@ -3,8 +3,10 @@
 The daemon makes one `Metrics` and hands each part only what it feeds (a callable or this object); nothing
 uses prometheus-client's global default registry, so two daemons in one process (tests) never share series.
 
-Cost: what the hot paths do is O(1) and tiny: a counter increment or a histogram observation per finished
-attempt, per WAL fsync and per commit. Everything else (runs and steps by state, queue depth, workers,
+Cost: what the hot paths do is O(1) and tiny. A finished attempt adds to its step's plain tallies (`_StepTally`:
+a few additions, about a microsecond; prometheus-client's labelled children cost ten times that, a lock and a
+walk of the buckets per observation), which become the step series at each scrape; a WAL fsync and a commit are
+one histogram observation each. Everything else (runs and steps by state, queue depth, workers,
 permits, breakers, the broker's counters and depths) is read by collectors only when someone scrapes
 (`collect`, added with `add_collector`), so a daemon nobody scrapes pays nothing for it.
 
@@ -18,7 +20,8 @@ started), `model` (the models steps used), `outcome` (3 values), `log` (2 values
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from tagent_client.core.events import StepFailed, StepSucceeded
@@ -33,6 +36,16 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 #: A commit or an fsync takes from tens of microseconds (page cache, tmpfs) to seconds (a struggling disk).
 DISK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 float("inf"))
+_BUCKET_NAMES = tuple("+Inf" if b == float("inf") else repr(float(b)) for b in STEP_BUCKETS)  # the `le` labels
+#: The help text of each step series.
+STEP_HELP = {
+    "seconds": "Wall time of step attempts that reported a result, measured by the worker from the attempt's start "
+               "to its end.",
+    "attempts": "Step attempts that reported a result, by outcome (succeeded, failed, timed_out).",
+    "cpu": "CPU seconds of the step's attempts in their worker: a sync function's own thread, plus an equal share of "
+           "the worker's event loop among the attempts on it.",
+    "rss": "Peak resident set size of the worker process during the step's latest attempt.",
+}
 #: The `outcome` label of tagentd_step_attempts_total: StepSucceeded, StepFailed, StepTimedOut.
 OUTCOMES = ("succeeded", "failed", "timed_out")
 #: What the worker sent for an attempt: (seconds, cpu_seconds, peak_rss_bytes), or None (not measured).
@@ -50,12 +63,13 @@ class Metrics:
         self._process = process
         self._built: _Instruments | None = None
         self._collectors: list[Callable[[], Iterable[Any]]] = []
-        self._steps: dict[tuple[str, str], _StepSeries] = {}  # each step's series, looked up once per attempt
+        self._steps: dict[tuple[str, str], _StepTally] = {}  # each step's tallies, looked up once per attempt
 
     def build(self) -> _Instruments:
         """The registry and its instruments, made on the first call (prometheus-client is imported then)."""
         if self._built is None:
             self._built = _Instruments(self._process)
+            self._built.registry.register(_on_scrape(self._step_families))
             for collect in self._collectors:
                 self._built.registry.register(_on_scrape(collect))
         return self._built
@@ -70,16 +84,16 @@ class Metrics:
         """An attempt of `step` reported `event` (StepSucceeded, StepFailed or StepTimedOut), once per attempt.
 
         `seconds` is the daemon's own measure (sent to reported), used when the worker sent no `resources`."""
-        series = self._steps.get((pipeline, step))
-        if series is None:
-            series = self._steps[(pipeline, step)] = _StepSeries(self.build(), pipeline, step)
-        outcome = 0 if isinstance(event, StepSucceeded) else 1 if isinstance(event, StepFailed) else 2
-        series.attempts[outcome].inc()
+        tally = self._steps.get((pipeline, step))
+        if tally is None:
+            tally = self._steps[(pipeline, step)] = _StepTally()
+        tally.attempts[0 if isinstance(event, StepSucceeded) else 1 if isinstance(event, StepFailed) else 2] += 1
         if resources is not None:
-            seconds, cpu, rss = resources
-            series.cpu.inc(max(0.0, cpu))
-            series.rss.set(rss)
-        series.seconds.observe(max(0.0, seconds))
+            seconds, cpu, tally.rss = resources
+            tally.cpu += max(0.0, cpu)
+        seconds = max(0.0, seconds)
+        tally.buckets[bisect_left(STEP_BUCKETS, seconds)] += 1  # the first bucket whose bound is >= seconds ("le")
+        tally.seconds += seconds
         usage: Usage | None = getattr(event, "usage", None)
         if usage is not None and usage.requests:
             transcript = getattr(event, "transcript", None) or {}
@@ -99,6 +113,31 @@ class Metrics:
         return _Observer(lambda: self.build().commit_seconds.observe)
 
     # -- scraping ------------------------------------------------------------------------------------------
+
+    def _step_families(self) -> Iterator[Any]:
+        """The step series, from the tallies: attempts by outcome, duration histogram, CPU seconds, peak RSS."""
+        from prometheus_client.core import (  # noqa: PLC0415 - see the module's docstring
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        labels = ["pipeline", "step"]
+        attempts = CounterMetricFamily("tagentd_step_attempts", STEP_HELP["attempts"], labels=[*labels, "outcome"])
+        seconds = HistogramMetricFamily("tagentd_step_duration_seconds", STEP_HELP["seconds"], labels=labels)
+        cpu = CounterMetricFamily("tagentd_step_cpu_seconds", STEP_HELP["cpu"], labels=labels)
+        rss = GaugeMetricFamily("tagentd_step_peak_rss_bytes", STEP_HELP["rss"], labels=labels)
+        for (pipeline, step), tally in self._steps.items():
+            for outcome, count in zip(OUTCOMES, tally.attempts):
+                attempts.add_metric([pipeline, step, outcome], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip(_BUCKET_NAMES, tally.buckets):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            seconds.add_metric([pipeline, step], buckets, tally.seconds)
+            cpu.add_metric([pipeline, step], tally.cpu)
+            rss.add_metric([pipeline, step], tally.rss)
+        yield from (attempts, seconds, cpu, rss)
 
     def add_collector(self, collect: Callable[[], Iterable[Any]]) -> None:
         """Read `collect()` (metric families) at every scrape, and only then."""
@@ -133,26 +172,13 @@ class _Instruments:
 
     def __init__(self, process: bool) -> None:
         import prometheus_client  # noqa: PLC0415 - see the module's docstring
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector  # noqa: PLC0415
 
         prometheus_client.disable_created_metrics()  # no `_created` twin of every counter: half the exposition, no loss
         self.registry = CollectorRegistry()
         if process:
             ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         r = self.registry
-        self.step_seconds = Histogram(
-            "tagentd_step_duration_seconds", "Wall time of step attempts that reported a result, measured by the "
-            "worker from the attempt's start to its end.", ["pipeline", "step"], buckets=STEP_BUCKETS, registry=r)
-        self.step_attempts = Counter(
-            "tagentd_step_attempts_total", "Step attempts that reported a result, by outcome (succeeded, failed, "
-            "timed_out).", ["pipeline", "step", "outcome"], registry=r)
-        self.step_cpu = Counter(
-            "tagentd_step_cpu_seconds_total", "CPU seconds of the step's attempts in their worker: a sync "
-            "function's own thread, plus an equal share of the worker's event loop among the attempts on it.",
-            ["pipeline", "step"], registry=r)
-        self.step_rss = Gauge(
-            "tagentd_step_peak_rss_bytes", "Peak resident set size of the worker process during the step's "
-            "latest attempt.", ["pipeline", "step"], registry=r)
         self.llm_requests = Counter(
             "tagentd_llm_requests_total", "Model requests made by step attempts, by model.", ["model"], registry=r)
         self.llm_tokens = Counter(
@@ -171,14 +197,17 @@ class _Instruments:
             "(runs, broker).", ["log"], buckets=DISK_BUCKETS, registry=r)
 
 
-class _StepSeries:
-    """The series of one (pipeline, step), resolved once: an attempt then costs no label lookup."""
+class _StepTally:
+    """One (pipeline, step)'s figures as plain numbers, turned into its series at each scrape (`_step_families`)."""
 
-    def __init__(self, metrics: _Instruments, pipeline: str, step: str) -> None:
-        self.attempts = [metrics.step_attempts.labels(pipeline, step, outcome) for outcome in OUTCOMES]
-        self.seconds = metrics.step_seconds.labels(pipeline, step)
-        self.cpu = metrics.step_cpu.labels(pipeline, step)
-        self.rss = metrics.step_rss.labels(pipeline, step)
+    __slots__ = ("attempts", "buckets", "seconds", "cpu", "rss")
+
+    def __init__(self) -> None:
+        self.attempts = [0, 0, 0]  # by outcome, as OUTCOMES
+        self.buckets = [0] * len(STEP_BUCKETS)  # attempts whose duration falls in each bucket (not cumulative)
+        self.seconds = 0.0  # the sum of the durations
+        self.cpu = 0.0
+        self.rss = 0  # peak RSS of the latest attempt that sent its resources
 
 
 def _on_scrape(collect: Callable[[], Iterable[Any]]) -> Any:

@@ -20,11 +20,13 @@ Guarantees, as a `CommitParticipant` (tagentd/plumbing/ports.py):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from tagent_client.core import rollback
+from tagent_client.core import rollback, together
 from tagent_client.core.events import (
     Action,
     Cancelled,
@@ -53,6 +55,8 @@ from tagentd.runs.store import RunStore
 from tagentd.runs.table import RunTable
 from tagentd.runs.traces import RunTraces
 from tagentd.settings.config import Settings
+
+log = logging.getLogger("tagentd")
 
 RETENTION_EVERY_S = 3600.0
 Announced = list[tuple[Run, EventRecord]]
@@ -91,6 +95,7 @@ class RunDriver:
         self.observer: RunObserver = _Unobserved()
         self.submit_keys = submit.SubmitKeys()  # which run each submit's idempotency key started, while the run is kept
         self._emits: list[tuple[Run, str, dict[str, Any]]] = []
+        self._held: dict[Run, list[Event]] | None = None  # results waiting for the end of results_together
         self._unpublished: Announced = []
         self.children = ChildRuns(settings=settings, runs=runs, start=self.start_run, feed=self.feed,
                                   cancel=self.cancel_run)
@@ -196,18 +201,56 @@ class RunDriver:
             self.executor.pump()
 
     def on_attempt(self, run_id: str, event: Event) -> None:
-        """What became of an attempt, from the executor: its result, or the verdict on it once lost."""
+        """What became of an attempt, from the executor: its result, or the verdict on it once lost (kept for the
+        end of `results_together` when inside it)."""
         run = self.runs.live(run_id)
         if run is None:
             return
         task = self.children.waiting_task(run, event)
         if task is not None:  # a sub-pipeline attempt computed its child's params: start the child, wait for it
+            self._feed_held(run)  # what came before it, first
             self.children.start(run, task, event.output)
             self.store.changed(run)  # the link (an audit entry) is written with the child's Created record
             self.mark_dirty()
             self.executor.pump()
             return
+        if self._held is not None:
+            self._held.setdefault(run, []).append(event)
+            return
         self.feed(run, event)
+
+    @contextmanager
+    def results_together(self) -> Iterator[Callable[[], None]]:
+        """While inside, attempts' results (`on_attempt`) wait, in order, per run; on the way out, or when the
+        function it gives is called (before anything else that concerns runs is handled: a step's broker call, a
+        log line), each run's machine takes its results together (core/together.py): one look at what is ready per
+        run and batch of results (what workers sent in one loop turn), not one per result. Nothing else sees a run
+        between a result's arrival and its handling; its dispatches leave in the same turn."""
+        if self._held is not None:  # inside another: that one feeds them
+            yield self._feed_all_held
+            return
+        self._held = {}
+        try:
+            yield self._feed_all_held
+        finally:
+            self._feed_all_held()
+            self._held = None
+
+    def _feed_all_held(self) -> None:
+        if self._held:
+            for run in list(self._held):
+                self._feed_held(run)
+
+    def _feed_held(self, run: Run) -> None:
+        events = self._held.pop(run, None) if self._held is not None else None
+        if not events:
+            return
+        try:
+            self.apply(run, together.handle_all(run.machine, events, time.time()))
+            for event in events:
+                self.observer.on_event(run, event)
+        except Exception:  # noqa: BLE001 - one run's failure must not keep the others' results from their runs
+            log.exception("results of run %s could not be applied", run.id)
 
     async def load_plan(self, path: str, source: str, target: str | None = None) -> Plan:
         return await submit.load_plan(self.executor, path, source, target)

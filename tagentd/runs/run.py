@@ -47,8 +47,9 @@ class RunSource(msgspec.Struct, kw_only=True):
     parent: ChildLink | None = None  # a child run of a sub-pipeline step: which task of which run it reports to
 
 
-class AuditEntry(msgspec.Struct, kw_only=True, array_like=True):
-    """One line of a run's history: when, who (uid/pid, or "daemon"), what."""
+class AuditEntry(msgspec.Struct, kw_only=True, array_like=True, gc=False):
+    """One line of a run's history: when, who (uid/pid, or "daemon"), what. Not tracked by the garbage collector
+    (`gc=False`: plain data, never in a cycle; a run keeps two per step)."""
 
     ts: float
     who: str

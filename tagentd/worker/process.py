@@ -53,7 +53,7 @@ from tagent_client.run.llm import LLMConfig, LLMRuntime
 from tagent_client.run.local import run_task
 from tagent_client.run.runners.execute import coerce_input, coerce_inputs
 from tagent_client.run.runners.function import SYNC_CPU, sync_call_running
-from tagentd.plumbing import lifeline
+from tagentd.plumbing import collector, lifeline
 from tagentd.worker import wire
 from tagentd.worker.args import parse_args
 from tagentd.worker.breakers import BreakerClient
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     args.parent_pid = args.parent_pid or os.getppid()
     lifeline.die_with_parent(args.parent_pid, log)
     lifeline.set_name(f"tagentd-w{args.id}")
+    collector.tune()
     args.token = os.environ.pop(wire.TOKEN_ENV, "")  # user code and its subprocesses need not see it
     try:
         args.credentials = WorkerCredentials.pop_env()  # CURVE keys: as secret as the token

@@ -72,6 +72,7 @@ class RunMachine:
         dependents = self._learn(dynamic.with_added(plan, state))
         self.index = RunIndex(state, self.specs, dependents)
         self.held = False
+        self.deferring = self.deferred = False  # together.handle_all: scheduling waits for its last event
 
     def replan(self, plan: Plan) -> None:
         """Schedule from `plan` (the pipeline's steps, then those added at run time: core/dynamic.py);
@@ -162,6 +163,9 @@ class RunMachine:
         if isinstance(event, StepInterrupted):
             return self._task_interrupted(task, event.reason, now)
         return []
+
+    def handle_deferred(self, now: float) -> list[Action]:
+        return self._advance(now)  # the scheduling together.handle_all put off: dispatch what is ready now
 
     def hold(self) -> None:
         """Dispatch nothing from now on (the daemon is stopping): ready tasks stay QUEUED and due retries
@@ -324,6 +328,9 @@ class RunMachine:
         return out
 
     def _advance(self, now: float) -> list[Action]:
+        if self.deferring and self.state.status is RunStatus.RUNNING:
+            self.deferred = True
+            return []
         if self.state.status is RunStatus.ROLLING_BACK:
             return rollback.advance(self, now)
         if self.state.status is not RunStatus.RUNNING:

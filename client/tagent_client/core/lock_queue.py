@@ -98,6 +98,11 @@ class LockQueue:
         self._arm(lease)
         return lease
 
+    @property
+    def quiet(self) -> bool:
+        """Whether no lock request is parked and no lease is held (then `settle` has nothing to do)."""
+        return not self._waiting and not self._timers and not self._core.leases_held()
+
     def settle(self, holder: Holder, why: str) -> int:
         """The attempt `holder` ended: its parked requests get nothing and its leases end; returns how many ended."""
         self._wake(lambda h: h == holder)

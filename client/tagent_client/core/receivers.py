@@ -104,6 +104,11 @@ class Receivers:
         for mailbox in list(self._waiting):
             self.deliver(mailbox)
 
+    @property
+    def parked(self) -> bool:
+        """Whether any receive may still be parked (False: `wake` and `deliver` have nothing to do)."""
+        return bool(self._waiting)
+
     def wake(self, holder: Holder) -> None:
         """The attempt `holder` ended: its parked receives return None."""
         for queue in self._waiting.values():

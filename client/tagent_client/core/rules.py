@@ -52,6 +52,10 @@ class Upstream(NamedTuple):
     inputs: dict[str, Any] | None = None
 
 
+#: The verdict of a step whose dependencies have not all ended yet (the common one: made once).
+WAITING = Upstream(waiting=True)
+
+
 def gates(spec: StepSpec) -> list[str]:
     """The dependencies a step waits for, in the order `upstream` looks at them: every one but the SOFT ones."""
     return [dep for dep, kind in spec.deps.items() if kind is not DependencyType.SOFT]
@@ -71,7 +75,7 @@ def upstream(spec: StepSpec, steps: Mapping[str, StepState], gated: list[str], p
         dep = gated[passed]
         dep_state = steps[dep]
         if not dep_state.status.terminal:
-            return Upstream(waiting=True), passed
+            return WAITING, passed
         if dep_state.status is not StepStatus.COMPLETED:
             return Upstream(skip=f"upstream step {dep!r} {dep_state.status.value}"), passed
         kind = spec.deps[dep]

@@ -156,6 +156,8 @@ class RunIndex:
         """The waiting tasks whose retry time has come, in dispatch order, taken off their heap: hand them to
         `next_ready`, then `put_back` what is left of the list."""
         due: list[TaskState] = []
+        if not self.waiting:  # nothing waits for a retry (the usual case)
+            return due
         while (task := self._top(self.retries, self.waiting, retry=True)) is not None and (task.retry_at or 0.0) <= now:
             due.append(task)
             heapq.heappop(self.retries)

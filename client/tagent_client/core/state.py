@@ -148,9 +148,10 @@ class ErrorInfo(msgspec.Struct, kw_only=True):
         return f"{self.type}: {self.message}"
 
 
-class TaskState(msgspec.Struct, kw_only=True):
+class TaskState(msgspec.Struct, kw_only=True, gc=False):
     """One unit of work of a step. `attempt` is the number of its latest attempt (counting on from its step's
-    `attempts_before`); `interrupted` of its attempts were cut by a crash."""
+    `attempts_before`); `interrupted` of its attempts were cut by a crash. Like StepState, not tracked by the
+    garbage collector (see there)."""
 
     id: str
     step: str
@@ -179,8 +180,12 @@ class Compensation(str, enum.Enum):
 MAX_TRANSCRIPTS = 5
 
 
-class StepState(msgspec.Struct, kw_only=True):
+class StepState(msgspec.Struct, kw_only=True, gc=False):
     """A step's progress within one run.
+
+    Not tracked by the garbage collector (`gc=False`): it never takes part in a reference cycle (its output is
+    the step's data, which cannot refer to the run's state), and the daemon holds one per step of every run it
+    keeps, which full collections would otherwise walk again and again.
 
     `attempts` counts the step's attempts over the whole run, across resume and
     retry; `attempts_before` is how many it had when it was last reset (its tasks

@@ -55,8 +55,9 @@ class RetrySpec(msgspec.Struct, frozen=True, kw_only=True):
     jitter: float = 0.1
 
 
-class StepSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One step, declaratively. `deps` maps dependency name to DependencyType value."""
+class StepSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One step, declaratively. `deps` maps dependency name to DependencyType value. Not tracked by the garbage
+    collector (`gc=False`: plain data, never in a cycle; a plan of thousands of steps is held by every run of it)."""
 
     name: str
     kind: StepKind

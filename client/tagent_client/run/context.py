@@ -10,6 +10,7 @@ import logging
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .additions import Additions
@@ -105,13 +106,33 @@ class StepContext(BrokerAbilities, DependencyAbilities):
         self.trigger = trigger
         self.constraints = list(constraints)
         self.task = task or (step_name if item_index is None else f"{step_name}[{item_index}]")
-        self.memory = PipelineMemory(services, run_id, pipeline, self.space)
-        self.log = _StepLog(services, run_id, step_name)
         self._services = services
         self._decode = decode
+        self._definition = definition
         self._communicators: StepCommunicators | None = None
-        #: The steps this attempt added (`add_step`); its result carries them.
-        self.additions = Additions(definition, step_name)
+
+    # What most steps never touch is made on first use: a no-op step's context costs a few attribute writes.
+
+    @cached_property
+    def memory(self) -> PipelineMemory:
+        """The run's memory (`await ctx.memory.save(key, value)`, `get`, ...)."""
+        return PipelineMemory(self._services, self.run_id, self.pipeline, self.space)
+
+    @cached_property
+    def log(self) -> logging.LoggerAdapter:
+        """A logger whose lines land in the run's log (`ctx.log.info(...)`)."""
+        return _StepLog(self._services, self.run_id, self.step_name)
+
+    @cached_property
+    def additions(self) -> Additions:
+        """The steps this attempt added (`add_step`)."""
+        return Additions(self._definition, self.step_name)
+
+    @property
+    def added(self) -> list[StepSpec]:
+        """The specs of the steps this attempt added, in order: what its result carries ([] if none)."""
+        additions = self.__dict__.get("additions")
+        return additions.specs if additions is not None else []
 
     @property
     def communicator(self) -> PipelineCommunicator:

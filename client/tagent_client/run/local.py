@@ -112,12 +112,16 @@ async def _run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model:
                     llm: LLMRuntime | None, as_data: bool) -> Event:
     started = time.time()
     record = Attempt()
+    deadline: asyncio.Timeout | None = None
     try:
         pipeline = pipeline_for(pipeline, task)
-        async with asyncio.timeout(task.timeout) as deadline:
+        if task.timeout is None:  # no timer to arm (most steps): no Timeout to enter and leave
             output, usage = await execute(pipeline, task, ctx, model=model, llm=llm, record=record)
+        else:
+            async with asyncio.timeout(task.timeout) as deadline:
+                output, usage = await execute(pipeline, task, ctx, model=model, llm=llm, record=record)
     except TimeoutError as exc:
-        if deadline.expired():
+        if deadline is not None and deadline.expired():
             return StepTimedOut(task=task.task, attempt=task.attempt, timeout=task.timeout)
         return _failed(task, exc, started, record)
     except Exception as exc:  # noqa: BLE001 - every step error becomes an event
@@ -135,7 +139,7 @@ async def _run_task(pipeline: Pipeline, task: Dispatch, ctx: StepContext, model:
         return StepFailed(task=task.task, attempt=task.attempt, error=error, started_at=started, usage=usage,
                           transcript=_transcript(record))
     return StepSucceeded(task=task.task, attempt=task.attempt, output=data if as_data else output, usage=usage,
-                         started_at=started, transcript=_transcript(record), added=ctx.additions.specs)
+                         started_at=started, transcript=_transcript(record), added=ctx.added)
 
 
 def _failed(task: Dispatch, exc: BaseException, started: float, record: Attempt) -> StepFailed:

@@ -271,8 +271,9 @@ class RunDetail(msgspec.Struct, kw_only=True):
     trace_url: str | None = None
 
 
-class EventRecord(msgspec.Struct, kw_only=True, array_like=True):
+class EventRecord(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """One event. `data` is a dict for the daemon's own events; a published event's data is any JSON value.
+    Not tracked by the garbage collector (`gc=False`: it holds plain data, never a cycle); a run keeps two per step.
 
     A published event also says where it came from: `source` is the publishing step's pipeline (or the
     pipeline a client published as; "" when nobody said) and `id` the event id its publisher chose
@@ -294,7 +295,7 @@ class EventBatch(msgspec.Struct, kw_only=True):
     status: str
 
 
-class LogRecord(msgspec.Struct, kw_only=True, array_like=True):
+class LogRecord(msgspec.Struct, kw_only=True, array_like=True, gc=False):  # plain data: not tracked by the gc
     seq: int
     ts: float
     step: str
