@@ -233,3 +233,30 @@ def test_only_outcomes_that_can_change_the_daemons_breaker_are_sent(tmp_path: An
     outcomes = [(m.name, m.ok) for m in received if isinstance(m, wire.BreakerOutcome)]
     assert outcomes == [("llm:a", False), ("probe", True), ("probe", None)]
     assert [m.name for m in received if isinstance(m, wire.BreakerAsk)] == ["llm:a"] * 3 + ["probe"] * 2 + ["marker"]
+
+
+def test_an_agent_is_built_once_per_definition_and_the_cache_is_bounded(server: ScriptedServer) -> None:
+    """Given two loads of one pipeline (two step objects with one definition: what a re-submitted file or a step
+    added at run time gives a worker), when an attempt of each runs in one runtime, then one pydantic-ai Agent
+    serves both (building one costs ~1 ms); a step that differs in anything the Agent is built from (here its
+    goal) gets its own; and the cache keeps at most its limit of Agents, the least recently used going first."""
+    llm = runtime(server)
+    first, second = pipeline(), pipeline()
+    assert first.steps["find"] is not second.steps["find"]
+    for p in (first, second):
+        assert isinstance(asyncio.run(attempt(p, llm)), StepSucceeded)
+    assert len(llm.agents) == 1
+
+    other = Pipeline("overhead")
+    other.step("find", goal="Find the company's city", output_schema=Company, model="local:llama3")
+    assert isinstance(asyncio.run(attempt(other, llm)), StepSucceeded)
+    assert len(llm.agents) == 2
+    assert len(server.requests) == 3
+
+    from tagent_client.run.llm import AgentCache
+
+    cache = AgentCache(limit=2)
+    cache["a"], cache["b"] = "agent a", "agent b"
+    assert cache.get("a") == "agent a"  # used: "b" is now the least recently used
+    cache["c"] = "agent c"
+    assert list(cache) == ["a", "c"]
