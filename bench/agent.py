@@ -17,9 +17,13 @@ step = one model request.
   the commit and the next dispatch.
 - daemon_limited: the same with `max_concurrent` set, so every request also takes a
   permit from the daemon (one more round trip to it per request).
+- noop_chain: in the same (plain) daemon, the same chain of async no-op function steps returning
+  the same output: what the daemon <-> worker hand-off alone costs a step, measured in this run.
 
-overhead = p50(daemon) - p50(direct); target: at most 1 ms (issue 17). Prints ONE JSON line on
-stdout (progress on stderr) and writes it to bench/results/agent-latest.json.
+overhead = p50(daemon) - p50(direct); target: at most 1 ms (issue 17). agent_specific = overhead -
+p50(noop_chain): what an agent step adds beyond a no-op step and the direct pydantic-ai work. CPU per
+step (daemon, workers) and per direct run: steadier than wall time on a busy machine. Prints ONE JSON
+line on stdout (progress on stderr) and writes it to bench/results/agent-latest.json.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ for _p in (str(REPO), str(REPO / "client"), str(REPO / "tests"), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import CLEANUP, BenchDaemon, child_env, enable_bytecode_cache, say  # noqa: E402  (bench/daemon.py)
+from daemon import CLEANUP, BenchDaemon, child_env, cpu_ticks, enable_bytecode_cache, say  # noqa: E402  (bench/daemon.py)
 
 TARGET_MS = 1.0  # issue 17
 OUTPUT = {"name": "Acme", "founded": 1999}
@@ -70,6 +74,23 @@ def pipeline_source(steps: int) -> str:
     """)
 
 
+def noop_source(steps: int) -> str:
+    """The agent chain's shape with async no-op function steps returning the model's output."""
+    return textwrap.dedent(f"""
+        from tagent_client import Pipeline
+
+        async def noop(ctx):
+            return {OUTPUT!r}
+
+        pipeline = Pipeline("noop_chain", max_concurrent_steps=4)
+        previous = None
+        for i in range({steps}):
+            name = f"s{{i:03d}}"
+            pipeline.step(name, fn=noop, depends_on=[previous] if previous else None, max_retries=0)
+            previous = name
+    """)
+
+
 def p50(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -84,7 +105,8 @@ def start_server() -> str:
     return proc.stdout.readline().strip()
 
 
-def measure_direct(base_url: str, runs: int) -> list[float]:
+def measure_direct(base_url: str, runs: int) -> tuple[list[float], float]:
+    """Wall time of each direct run, and this process's CPU seconds per run."""
     from pydantic import BaseModel
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
@@ -103,16 +125,38 @@ def measure_direct(base_url: str, runs: int) -> list[float]:
         for _ in range(10):  # warm-up: connections, schemas, caches
             await agent.run(prompt)
         times = []
+        cpu = time.process_time()
         for _ in range(runs):
             t0 = time.perf_counter()
             await agent.run(prompt)
             times.append(time.perf_counter() - t0)
-        return times
+        return times, (time.process_time() - cpu) / runs
 
     return asyncio.run(go())
 
 
-def measure_daemon(base_url: str, steps: int, reps: int, limited: bool) -> list[float]:
+def chain_gaps(client: Any, pipeline: Path, steps: int, reps: int, label: str, warm_up: bool = True) -> list[float]:
+    """Submit `pipeline` reps times (and once more first, as a warm-up: imports, model and schema caches, unless
+    `warm_up` is False); the measured runs' gaps between step ends."""
+    gaps: list[float] = []
+    first = 0 if warm_up else 1
+    for rep in range(first, reps + 1):
+        handle = client.submit(pipeline)
+        result = client.wait(handle.id, timeout=300)
+        if not result.success:
+            raise RuntimeError(f"{label} run {handle.id} ended {result.status}: {result.error}")
+        ends = [result.step_metadata[f"s{i:03d}"]["finished_at"] for i in range(steps)]
+        starts = [result.step_metadata["s000"]["started_at"], *ends[:-1]]
+        run_gaps = [end - start for start, end in zip(starts, ends, strict=True)]
+        say(f"  {label} run {rep}: p50 {p50(run_gaps) * 1000:.2f} ms/step ({'warm-up' if rep == 0 else 'measured'})")
+        if rep:
+            gaps += run_gaps
+    return gaps
+
+
+def measure_daemon(base_url: str, steps: int, reps: int, limited: bool) -> dict[str, Any]:
+    """The agent chain's gaps, the daemon's and the workers' CPU seconds per measured step, and (plain daemon
+    only) the no-op chain's gaps."""
     label = "limited" if limited else "plain"
     root = CLEANUP.tempdir(f"tagentd-bench-agent-{label}-")
     config = root / "config" / "tagentd" / "tagentd.toml"
@@ -121,24 +165,23 @@ def measure_daemon(base_url: str, steps: int, reps: int, limited: bool) -> list[
     config.write_text(f'[endpoints.bench]\nbase_url = "{base_url}"\n{extra}')
     pipeline = root / "chain.py"
     pipeline.write_text(pipeline_source(steps))
+    noop = root / "noop_chain.py"
+    noop.write_text(noop_source(steps))
     daemon = BenchDaemon(root, durable=True)
     daemon.start()
     try:
         with daemon.client() as client:
-            gaps: list[float] = []
-            for rep in range(reps + 1):  # the first run is a warm-up (imports, model and schema caches)
-                handle = client.submit(pipeline)
-                result = client.wait(handle.id, timeout=300)
-                if not result.success:
-                    raise RuntimeError(f"agent chain run {handle.id} ended {result.status}: {result.error}")
-                ends = [result.step_metadata[f"s{i:03d}"]["finished_at"] for i in range(steps)]
-                starts = [result.step_metadata["s000"]["started_at"], *ends[:-1]]
-                run_gaps = [end - start for start, end in zip(starts, ends, strict=True)]
-                say(f"  daemon ({label}) run {rep}: p50 {p50(run_gaps) * 1000:.2f} ms/step "
-                    f"({'warm-up' if rep == 0 else 'measured'})")
-                if rep:
-                    gaps += run_gaps
-            return gaps
+            out: dict[str, Any] = {}
+            if not limited:
+                out["noop"] = chain_gaps(client, noop, steps, reps, "no-op chain")
+            chain_gaps(client, pipeline, steps, 0, f"daemon ({label})")  # the warm-up, outside the CPU count
+            pids = daemon.pids()  # the daemon, the worker template, the workers
+            before = [cpu_ticks(pid) for pid in pids]
+            out["gaps"] = chain_gaps(client, pipeline, steps, reps, f"daemon ({label})", warm_up=False)
+            ticks = [cpu_ticks(pid) - b for pid, b in zip(pids, before, strict=True)]
+            per_step = 1 / os.sysconf("SC_CLK_TCK") / (steps * reps)
+            out["daemon_cpu"], out["workers_cpu"] = ticks[0] * per_step, sum(ticks[1:]) * per_step
+            return out
     finally:
         daemon.stop()
 
@@ -156,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         enable_bytecode_cache()
         base_url = start_server()
         say(f"scripted server at {base_url}; direct pydantic-ai agent: {steps * reps} runs")
-        direct = measure_direct(base_url, steps * reps)
+        direct, direct_cpu = measure_direct(base_url, steps * reps)
         say(f"  direct: p50 {p50(direct) * 1000:.2f} ms")
         plain = measure_daemon(base_url, steps, reps, limited=False)
         limited = measure_daemon(base_url, steps, reps, limited=True)
@@ -170,10 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "reps": reps,
         "direct_p50_ms": round(p50(direct) * 1000, 2),
-        "daemon_p50_ms": round(p50(plain) * 1000, 2),
-        "daemon_limited_p50_ms": round(p50(limited) * 1000, 2),
-        "overhead_p50_ms": round((p50(plain) - p50(direct)) * 1000, 2),
-        "overhead_limited_p50_ms": round((p50(limited) - p50(direct)) * 1000, 2),
+        "daemon_p50_ms": round(p50(plain["gaps"]) * 1000, 2),
+        "daemon_limited_p50_ms": round(p50(limited["gaps"]) * 1000, 2),
+        "overhead_p50_ms": round((p50(plain["gaps"]) - p50(direct)) * 1000, 2),
+        "overhead_limited_p50_ms": round((p50(limited["gaps"]) - p50(direct)) * 1000, 2),
+        "noop_chain_p50_ms": round(p50(plain["noop"]) * 1000, 2),
+        "agent_specific_p50_ms": round((p50(plain["gaps"]) - p50(direct) - p50(plain["noop"])) * 1000, 2),
+        "direct_cpu_ms": round(direct_cpu * 1000, 2),
+        "workers_cpu_ms_per_step": round(plain["workers_cpu"] * 1000, 2),
+        "daemon_cpu_ms_per_step": round(plain["daemon_cpu"] * 1000, 2),
+        "workers_cpu_limited_ms_per_step": round(limited["workers_cpu"] * 1000, 2),
+        "daemon_cpu_limited_ms_per_step": round(limited["daemon_cpu"] * 1000, 2),
         "target_overhead_ms": TARGET_MS,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "bench_s": round(time.perf_counter() - started, 1),

@@ -165,3 +165,98 @@ def test_an_early_admission_no_request_took_is_given_back() -> None:
         assert taken.abandoned == []
 
     asyncio.run(scenario())
+
+
+def test_only_outcomes_that_can_change_the_daemons_breaker_are_sent(tmp_path: Any) -> None:
+    """Given a worker's BreakerClient on its real link, and a scripted daemon on a ROUTER socket that admits every
+    call (the one named "probe" as the breaker's probe), when calls end with success, no verdict and failure, then
+    the daemon receives a breaker_outcome for the failure and for each end of the probe only: a call that was not
+    the probe and did not fail changes nothing at the daemon (only the probe's success closes a breaker, only
+    failures open one), so it costs no message, one fewer per model request."""
+    import threading
+
+    import zmq
+
+    from tagentd.worker import wire
+    from tagentd.worker.breakers import BreakerClient
+    from tagentd.worker.link import WorkerLink
+
+    endpoint = f"ipc://{tmp_path}/workers.sock"
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    received: list[Any] = []
+    stop = threading.Event()
+
+    def daemon() -> None:  # answers every ask; records every message in arrival order
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        while not stop.is_set():
+            if not poller.poll(20):
+                continue
+            identity, frame = router.recv_multipart()
+            messages, _ = wire.unpack(frame, wire.from_worker_decoder)
+            for message in messages:
+                received.append(message)
+                if isinstance(message, wire.BreakerAsk):
+                    answer = wire.BreakerAnswer(req=message.req, allowed=True, generation=1,
+                                                probe=message.name == "probe")
+                    router.send_multipart([identity, wire.encode(answer)])
+
+    async def calls() -> None:
+        link = WorkerLink(context, endpoint, b"w1.token")
+        client = BreakerClient(link, asyncio.get_running_loop())
+
+        def on_frame(frame: bytes) -> None:
+            for message in wire.unpack(frame, wire.to_worker_decoder)[0]:
+                client.answered(message)
+
+        link.start(on_frame)
+        try:
+            for name, ok in [("llm:a", True), ("llm:a", None), ("llm:a", False), ("probe", True), ("probe", None)]:
+                client.report(await asyncio.wait_for(client.admit(name), 10), ok)
+            marker = await asyncio.wait_for(client.admit("marker"), 10)  # everything sent before it has arrived
+            assert client.outstanding == [marker.id]
+        finally:
+            link.close()
+
+    thread = threading.Thread(target=daemon, daemon=True)
+    thread.start()
+    try:
+        asyncio.run(calls())
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close()
+        context.term()
+    outcomes = [(m.name, m.ok) for m in received if isinstance(m, wire.BreakerOutcome)]
+    assert outcomes == [("llm:a", False), ("probe", True), ("probe", None)]
+    assert [m.name for m in received if isinstance(m, wire.BreakerAsk)] == ["llm:a"] * 3 + ["probe"] * 2 + ["marker"]
+
+
+def test_an_agent_is_built_once_per_definition_and_the_cache_is_bounded(server: ScriptedServer) -> None:
+    """Given two loads of one pipeline (two step objects with one definition: what a re-submitted file or a step
+    added at run time gives a worker), when an attempt of each runs in one runtime, then one pydantic-ai Agent
+    serves both (building one costs ~1 ms); a step that differs in anything the Agent is built from (here its
+    goal) gets its own; and the cache keeps at most its limit of Agents, the least recently used going first."""
+    llm = runtime(server)
+    first, second = pipeline(), pipeline()
+    assert first.steps["find"] is not second.steps["find"]
+    for p in (first, second):
+        assert isinstance(asyncio.run(attempt(p, llm)), StepSucceeded)
+    assert len(llm.agents) == 1
+
+    other = Pipeline("overhead")
+    other.step("find", goal="Find the company's city", output_schema=Company, model="local:llama3")
+    assert isinstance(asyncio.run(attempt(other, llm)), StepSucceeded)
+    assert len(llm.agents) == 2
+    assert len(server.requests) == 3
+
+    from tagent_client.run.llm import AgentCache
+
+    cache = AgentCache(limit=2)
+    cache["a"], cache["b"] = "agent a", "agent b"
+    assert cache.get("a") == "agent a"  # used: "b" is now the least recently used
+    cache["c"] = "agent c"
+    assert list(cache) == ["a", "c"]

@@ -3,7 +3,9 @@
 Implements `tagent_client.run.breakers.BreakerGate` for the LLM endpoints' breakers and `ctx.breaker(name)`:
 `admit` sends a `BreakerAsk` (re-sent until answered) and waits for the `BreakerAnswer`, so the daemon
 decides every call, for all workers together (exactly one probe when half-open); `report` sends the call's
-`BreakerOutcome`. Every heartbeat lists
+`BreakerOutcome` when it can change the daemon's breaker: a failure, or any end of the probe. A call that was
+not the probe and did not fail changes nothing there (core/breaker.py: only the probe's success closes, only
+failures open), so its end costs no message (one fewer per model request). Every heartbeat lists
 the calls admitted and not ended, so a probe whose outcome was lost is given up by the daemon.
 
 May be called from a sync step's thread: work is handed to the event loop thread-safely.
@@ -66,7 +68,7 @@ class BreakerClient:
             except RuntimeError:  # the loop is closed: the worker is exiting
                 pass
             return
-        if self._admitted.pop(ticket.id, None) is not None:
+        if self._admitted.pop(ticket.id, None) is not None and (ticket.probe or ok is False):
             self._link.send(wire.BreakerOutcome(req=ticket.id, name=ticket.name, generation=ticket.generation, ok=ok))
 
     def answered(self, message: wire.BreakerAnswer) -> None:

@@ -346,7 +346,8 @@ class Worker:
                 raise TagentError(f"pipeline {pipeline.name!r} in {message.path} has no step {task.step!r}")
             if needs_agent(step, task.phase):
                 self.want_agent_runtime()
-                await asyncio.wrap_future(self.agent_ready)
+                if not self.agent_ready.done():  # loaded already (a worker of the template): no thread-safe hop
+                    await asyncio.wrap_future(self.agent_ready)
             ctx = StepContext(
                 services=self.services, run_id=message.run_id, pipeline=pipeline.name, step_name=task.step,
                 attempt=task.attempt, params=message.params, shared=pipeline.shared_context,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -179,6 +180,28 @@ class LocalLimiter:
 MAX_PAUSE = 300.0  # a Retry-After longer than this is taken as this
 
 
+class AgentCache(OrderedDict[Any, Any]):
+    """pydantic-ai Agents built for steps, by everything that defines each (the runners make the keys); the
+    least recently used beyond `limit` are dropped, so a process that meets many steps (a long-lived worker,
+    steps added at run time) keeps a bounded number. Building an Agent costs ~1 ms (its output schema)."""
+
+    def __init__(self, limit: int = 256) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        agent = super().get(key, default)
+        if agent is not default:
+            self.move_to_end(key)
+        return agent
+
+    def __setitem__(self, key: Any, agent: Any) -> None:
+        super().__setitem__(key, agent)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 @dataclass
 class LLMRuntime:
     """What agent steps of one process (a worker, or one in-process run) share: settings, limiter, built models.
@@ -191,7 +214,7 @@ class LLMRuntime:
     limiter: RequestLimiter | None = None
     builtin_tools: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)  # model string -> BuiltModel
-    agents: dict[Any, Any] = field(default_factory=dict)  # (step, model string) -> a reusable pydantic-ai Agent
+    agents: AgentCache = field(default_factory=lambda: AgentCache())  # what defines an Agent -> the reusable Agent
     #: In-process runs only (`run_agent(api_key=...)`): the key for `openai:` models; never sent to a daemon.
     api_key: str | None = field(default=None, repr=False)
     #: Model requests one agent attempt may make (`max_iterations`); None: pydantic-ai's default.

@@ -24,48 +24,74 @@ _NOISE = frozenset({"run_id", "conversation_id", "state", "provider_details", "p
                     "model_id", "provider_response_id", "scope", "history_digest", "workspace_ref", "failed_attempts",
                     "tool_kind", "dynamic_ref", "context_id", "metadata", "instructions", "id", "provider_name",
                     })
+_USAGE = ("input_tokens", "output_tokens", "cost")  # what a response's usage keeps
 
 
 def from_messages(messages: Sequence[Any], secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """pydantic-ai messages -> a compact, scrubbed transcript."""
+    """pydantic-ai messages -> a compact, scrubbed transcript (the same as `scrub` of the compacted messages, made
+    in one pass: this runs once per agent attempt, on the step's critical path)."""
     from pydantic_ai.messages import ModelMessagesTypeAdapter
 
     raw = ModelMessagesTypeAdapter.dump_python(list(messages), mode="json")
-    return scrub([_compact(m) for m in raw], secrets)
+    known = _known(secrets)
+    return [_compact(m, known) for m in raw]
 
 
-def _compact(message: dict[str, Any]) -> dict[str, Any]:
-    """A message and its parts without bookkeeping fields; what the model and tools said is kept as is."""
-    out = _fields(message)
-    out["parts"] = [_fields(p) for p in message.get("parts") or []]
-    usage = out.get("usage")
-    if isinstance(usage, dict):
-        out["usage"] = {k: v for k, v in usage.items() if k in ("input_tokens", "output_tokens", "cost") and v}
+def _compact(message: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    """A message and its parts without bookkeeping fields, scrubbed; what the model and tools said is kept as is."""
+    out: dict[str, Any] = {}
+    for key, value in message.items():
+        if key in _NOISE or value is None or value == {} or value == []:
+            continue
+        if key == "parts":
+            out[key] = [_fields(part, secrets) for part in value]
+        elif key == "usage" and isinstance(value, dict):
+            out[key] = _scrub({k: v for k, v in value.items() if k in _USAGE and v}, secrets)
+        else:
+            out[key] = REDACTED if _secret_key(key) else _scrub(value, secrets)
+    out.setdefault("parts", [])
     return out
 
 
-def _fields(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k not in _NOISE and v is not None and v != {} and v != []}
+def _fields(data: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    return {k: REDACTED if _secret_key(k) else _scrub(v, secrets) for k, v in data.items()
+            if k not in _NOISE and v is not None and v != {} and v != []}
 
 
 def scrub(data: Any, secrets: Iterable[str] = ()) -> Any:
     """`data` with every secret value and every credential-named key's value replaced by REDACTED."""
-    known = sorted({s for s in secrets if s}, key=len, reverse=True)
-    return _scrub(data, known)
+    return _scrub(data, _known(secrets))
+
+
+def _known(secrets: Iterable[str]) -> list[str]:
+    return sorted({s for s in secrets if s}, key=len, reverse=True)
 
 
 def _scrub(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str or isinstance(value, str):
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
         return value if len(value) <= MAX_CHARS else value[:MAX_CHARS] + f"... [{len(value) - MAX_CHARS} more chars]"
-    if isinstance(value, Mapping):
+    if kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {k: REDACTED if _secret_key(k) else _scrub(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if kind is list or isinstance(value, (list, tuple)):
         return [_scrub(v, secrets) for v in value]
     return value
 
 
+_SECRET_KEY_SEEN: dict[str, bool] = {}  # key -> whether it names a credential (the keys of messages recur)
+
+
 def _secret_key(key: Any) -> bool:
-    return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_KEYS
+    if not isinstance(key, str):
+        return False
+    known = _SECRET_KEY_SEEN.get(key)
+    if known is None:
+        known = key.lower().replace("-", "_") in SECRET_KEYS
+        if len(_SECRET_KEY_SEEN) < 4096:  # bounded: a tool's output may bring any keys
+            _SECRET_KEY_SEEN[key] = known
+    return known

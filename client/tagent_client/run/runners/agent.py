@@ -97,22 +97,26 @@ async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model
     record = record if record is not None else Attempt()
     name = resolve_model(pipeline, step, model)
     built = await built_model(name, runtime)
-    agent = runtime.agents.get((step, name))
+    prompt = system_prompt(pipeline, step)
+    own_tools = pipeline.tools_for(step.name)
+    key = ("agent", name, step.name, step.output_schema, prompt, step.output_retries, step.tool_retries,
+           tuple(own_tools.items()))
+    agent = runtime.agents.get(key)
     if agent is None:
         extra = {**runtime.builtin_tools, **broker_tools(ctx, step)}
         tools = step_tools(pipeline, step, ctx, extra)
         agent = Agent(
             built.model,
             output_type=step.output_schema or str,
-            system_prompt=system_prompt(pipeline, step),
+            system_prompt=prompt,
             tools=tools,
             retries={"output": step.output_retries, "tools": step.tool_retries},
             name=step.name,
         )
         if runtime.tracer_provider is not None:  # traces are on: LLM call and tool spans, under the attempt's
             agent.instrument = runtime.instrumentation()
-        if not extra and not any(is_tagent_style(t) for t in pipeline.tools_for(step.name).values()):
-            runtime.agents[(step, name)] = agent  # nothing in it is bound to this attempt: reuse it (~1 ms a step)
+        if not extra and not any(is_tagent_style(t) for t in own_tools.values()):
+            runtime.agents[key] = agent  # nothing in it is bound to this attempt: reuse it (~1 ms a step)
     output = await call(agent, user_prompt(ctx), name, runtime, record)
     assert record.usage is not None
     return output, record.usage

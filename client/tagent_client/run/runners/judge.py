@@ -89,11 +89,12 @@ async def decide(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, mo
     record = record if record is not None else Attempt()
     name = resolve_model(pipeline, step, model)
     built = await built_model(name, runtime)
-    key = ("condition", step, name)
+    prompt = system_prompt(pipeline, step)
+    key = ("condition", name, step.name, prompt, step.output_retries)  # everything the Agent is built from
     agent = runtime.agents.get(key)
     if agent is None:
         agent = runtime.agents[key] = Agent(
-            built.model, output_type=Judgement, system_prompt=system_prompt(pipeline, step),
+            built.model, output_type=Judgement, system_prompt=prompt,
             retries={"output": step.output_retries}, name=f"{step.name}#condition",
         )
     judgement: Judgement = await call(agent, evidence(ctx), name, runtime, record)
