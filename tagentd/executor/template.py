@@ -152,7 +152,7 @@ class Template:
             random.seed()  # os.fork re-seeds it too; the promise does not rest on that
             gc.enable()
             os.environ.update(self.secrets)
-            from tagentd.worker.process import main
+            from tagentd.worker.start import main
 
             main([*argv, "--parent-pid", str(self.pid)])  # ends with os._exit
         except SystemExit as exc:  # argparse: bad arguments

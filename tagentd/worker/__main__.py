@@ -1,6 +1,6 @@
-"""`python -m tagentd.worker`: one worker process (see tagentd/worker/process.py)."""
+"""`python -m tagentd.worker`: one worker process (see tagentd/worker/start.py and process.py)."""
 
-from tagentd.worker.process import main
+from tagentd.worker.start import main
 
 if __name__ == "__main__":
     main()

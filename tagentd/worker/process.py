@@ -33,7 +33,6 @@ import functools
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -53,11 +52,8 @@ from tagent_client.run.llm import LLMConfig, LLMRuntime
 from tagent_client.run.local import run_task
 from tagent_client.run.runners.execute import coerce_input, coerce_inputs
 from tagent_client.run.runners.function import SYNC_CPU, sync_call_running
-from tagentd.plumbing import collector, lifeline
 from tagentd.worker import wire
-from tagentd.worker.args import parse_args
 from tagentd.worker.breakers import BreakerClient
-from tagentd.worker.credentials import WorkerCredentials
 from tagentd.worker.link import ENCODE_ERRORS, WorkerLink
 from tagentd.worker.llm import PermitClient, agent_runtime_loaded, needs_agent, preload_agent_runtime
 from tagentd.worker.loader import CACHE, schema_classes
@@ -401,52 +397,3 @@ class Worker:
                     f"function is still running {self.grace:g}s later", STUCK_FLUSH)
 
         self.loop.call_later(self.grace, check)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)  # only the worker's own lines; step logs travel as LogLine
-    handler.setFormatter(logging.Formatter(f"%(asctime)s tagentd-worker w{args.id} pid {os.getpid()} %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    args.parent_pid = args.parent_pid or os.getppid()
-    lifeline.die_with_parent(args.parent_pid, log)
-    lifeline.set_name(f"tagentd-w{args.id}")
-    collector.tune()
-    args.token = os.environ.pop(wire.TOKEN_ENV, "")  # user code and its subprocesses need not see it
-    try:
-        args.credentials = WorkerCredentials.pop_env()  # CURVE keys: as secret as the token
-    except ValueError as exc:
-        log.error("%s; exiting", exc)
-        sys.exit(2)
-    if args.credentials is not None:
-        args.token = args.credentials.token
-    asyncio.run(serve(args))
-
-
-async def serve(args: argparse.Namespace) -> None:
-    """Run a Worker, then leave with os._exit: a stuck step thread must not keep the process alive."""
-    asyncio.get_running_loop().set_exception_handler(
-        lambda _loop, context: log.error("uncaught error: %s", context.get("message"), exc_info=context.get("exception")))
-    code = 1
-    worker: Worker | None = None
-    try:
-        worker = Worker(args)
-        code = await worker.serve()
-    except Exception:  # noqa: BLE001 - say why, then exit 1
-        log.exception("worker crashed")
-    finally:
-        if worker is not None and worker.traces is not None:
-            worker.traces.stop()  # the last spans leave (at most a few seconds) before os._exit
-        if worker is not None:
-            worker.link.close(linger_ms=100)
-            worker.zmq.term()  # waits up to the linger for queued messages
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -21,6 +21,7 @@ import msgspec
 from ..bounds import DEPTH_MAX, NAME_MAX, too_large
 from ..errors import ProtocolError, TagentError, error_from_wire
 from .protocol_broker import AnyBrokerRequest
+from .protocol_watch import WatchedFile, WatchFolder, WatchInfo  # noqa: F401 - GetWatch's answer, part of this protocol
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -273,7 +274,7 @@ class RunDetail(msgspec.Struct, kw_only=True):
 
 class EventRecord(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """One event. `data` is a dict for the daemon's own events; a published event's data is any JSON value.
-    Not tracked by the garbage collector (`gc=False`: it holds plain data, never a cycle); a run keeps two per step.
+    Like LogRecord, plain data (never a cycle), so not tracked by the garbage collector; a run keeps two per step.
 
     A published event also says where it came from: `source` is the publishing step's pipeline (or the
     pipeline a client published as; "" when nobody said) and `id` the event id its publisher chose
@@ -356,45 +357,6 @@ class DaemonInfo(msgspec.Struct, kw_only=True):
     stats: dict[str, Any] = {}
     watch_dirs: list[str] = []
     cluster: ClusterInfo | None = None  # with --executor ray
-
-
-class WatchFolder(msgspec.Struct, kw_only=True):
-    """A watched folder: "watching", "missing" (watched again once it exists) or "refused" (`message` says why)."""
-
-    path: str
-    status: str
-    message: str | None = None
-    recursive: bool = False
-
-
-class WatchedFile(msgspec.Struct, kw_only=True):
-    """A pipeline file in a watched folder and what became of its latest content.
-
-    `status`: "loading", "started" (`run_id`), "registered" (it declares triggers), "error" (`message`:
-    one line `path:line: reason`; `line`) or "skipped" (`message` says why). `at`: when the status was
-    reached; `checked_at`: when the file was last read.
-    """
-
-    path: str
-    folder: str
-    status: str
-    hash: str | None = None
-    run_id: str | None = None
-    message: str | None = None
-    line: int | None = None
-    at: float
-    checked_at: float
-
-
-class WatchInfo(msgspec.Struct, kw_only=True):
-    """The answer to GetWatch. `settling`: paths with recent events, waiting to be complete."""
-
-    folders: list[WatchFolder]
-    files: list[WatchedFile]
-    settling: list[str] = []
-    on_change: str = "keep"
-    on_delete: str = "ignore"
-    problems: list[str] = []
 
 
 # -- encoding -------------------------------------------------------------------------------
