@@ -53,7 +53,7 @@ class Disk:
         return self._flush()
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # ok-sleep: the fake fsync takes one loop turn, as a real one takes at least one
         self.log.append("on disk")
 
     def committed(self, token: str) -> None:
@@ -152,7 +152,7 @@ def test_a_readable_socket_is_served_by_the_callback_that_saw_it_and_a_send_now_
             got: list[list[bytes]] = []
             channel = Channel(wrapped, multipart=False)  # type: ignore[arg-type]
             channel.start(lambda batch: got.extend(batch))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # ok-sleep: one loop turn, for the pass start() scheduled
             # When the peer sends and the socket's FD says so
             peer.send(b"hello")
             assert wrapped.sock.poll(5000) == zmq.POLLIN
@@ -163,7 +163,7 @@ def test_a_readable_socket_is_served_by_the_callback_that_saw_it_and_a_send_now_
             before = wrapped.receives
             assert channel.send_now([b"answer"])
             for _ in range(3):
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # ok-sleep: loop turns counted, in which no pass may come
             assert wrapped.receives == before
             assert peer.recv() == b"answer"
         finally:
