@@ -270,15 +270,19 @@ def test_killing_every_worker_at_once_mid_run_retries_its_steps_and_the_run_comp
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
 
-        # Then the pool replaces them, both steps run again as attempt 2 without using a retry (the deaths are not
-        # theirs to pay for: StepInterrupted), and the run completes
+        # Then the pool replaces them, both steps run once more without using a retry (the deaths are not theirs to
+        # pay for: StepInterrupted), and the run completes. Their next attempt is 2, unless that one is lost with a
+        # worker too (on a loaded machine the daemon may offer it to the other killed worker before it sees that
+        # one exit): it is then uncharged as well and never runs, and the step runs as attempt 3.
         result = client.wait(run_id, timeout=30)
         assert result.status == "completed", daemon.log()
-        assert result.step_outputs["join"] == 4
-        assert effects.attempts(run_id, "a") == [1, 2] and effects.attempts(run_id, "b") == [1, 2]
+        ran = {step: effects.attempts(run_id, step) for step in ("a", "b")}
+        assert all(len(attempts) == 2 and attempts[0] == 1 and attempts[1] in (2, 3) for attempts in ran.values()), ran
+        assert result.step_outputs["join"] == ran["a"][1] + ran["b"][1]
         assert effects.attempts(run_id, "join") == [1]
         retries = [e for e in client.history(run_id) if e["what"] == "step.retrying"]
         assert {e["data"]["step"] for e in retries} == {"a", "b"}
+        assert len(retries) == ran["a"][1] - 1 + ran["b"][1] - 1  # one per lost attempt, none for anything else
         assert all("WorkerLostError" in e["data"]["error"] and not e["data"]["charged"] for e in retries)
     assert pid_alive(daemon.pid)
     replacements = daemon.worker_pids()
