@@ -26,54 +26,59 @@ pytestmark = pytest.mark.timeout(60)
 LATER = ("pydantic", "pydantic_core", "pydantic_ai", "prometheus_client", "watchdog", "tomllib", "starlette",
          "uvicorn", "ray", "opentelemetry", "tagent_client.define.validation")
 
-#: Runs `tagentd start --foreground` as its console script does; at READY=1 it writes the state to argv[1] and exits.
-PROBE = """
+
+def probe(hook: str) -> str:
+    """A script that runs `tagentd start --foreground` as its console script does, with `hook` installed first; the
+    hook calls `report()` at its moment, which writes the loaded modules and the GC's state to argv[1] and exits."""
+    return f"""
 import gc, json, os, sys
 out = sys.argv[1]
-import tagentd.app.daemon as daemon
 
-def notify(state):
-    if state.startswith("READY"):
-        with open(out, "w") as f:
-            json.dump({"modules": sorted(sys.modules), "gc_enabled": gc.isenabled()}, f)
-        os._exit(0)
-
-daemon.notify = notify
+def report():
+    with open(out, "w") as f:
+        json.dump({{"modules": sorted(sys.modules), "gc_enabled": gc.isenabled()}}, f)
+    os._exit(0)
+{hook}
 sys.argv = ["tagentd", "start", "--foreground", "--workers", "1"]
 from tagent_client.entry import start
 start("tagentd.cli.main")
 """
+
+
+#: At READY=1 (the daemon has loaded and answers every request).
+PROBE = probe("""
+import tagentd.app.daemon as daemon
+
+def notify(state):
+    if state.startswith("READY"):
+        report()
+
+daemon.notify = notify
+""")
 
 
 #: Modules (and their submodules) the daemon must not have loaded when control.sock starts answering pings.
 BEFORE_LOAD = (*LATER, "asyncio", "tagentd.app.daemon", "tagentd.runs", "tagentd.broker", "tagentd.executor",
                "tagentd.worker", "tagent_client.core.engine", "tagent_client.define")
 
-#: The same start; once control.sock is bound and its porter answers, it writes the state to argv[1] and exits.
-DOOR_PROBE = """
-import gc, json, os, sys
-out = sys.argv[1]
+#: Once control.sock is bound and its porter answers pings.
+DOOR_PROBE = probe("""
 import tagentd.app.launch as launch
 
 open_door = launch.open_door
 
 def opened(*args, **kwargs):
     open_door(*args, **kwargs)
-    with open(out, "w") as f:
-        json.dump({"modules": sorted(sys.modules), "gc_enabled": gc.isenabled()}, f)
-    os._exit(0)
+    report()
 
 launch.open_door = opened
-sys.argv = ["tagentd", "start", "--foreground", "--workers", "1"]
-from tagent_client.entry import start
-start("tagentd.cli.main")
-"""
+""")
 
 
-def loaded_at_ready(tmp_path: Path, probe: str = PROBE) -> dict[str, object]:
+def loaded_at_ready(tmp_path: Path, script: str = PROBE) -> dict[str, object]:
     env = DaemonProcess(tmp_path).env  # private runtime, state, config and data dirs
     out = tmp_path / "ready.json"
-    done = subprocess.run([sys.executable, "-c", probe, str(out)], env=env, capture_output=True, text=True, timeout=50)
+    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, timeout=50)
     assert done.returncode == 0 and out.exists(), done.stderr[-2000:]
     return json.loads(out.read_text())
 
