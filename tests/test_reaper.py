@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import pid_alive, wait_until
@@ -20,10 +24,21 @@ SESSION = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from reaper import mark_children
     mark_children()
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # ok-sleep: the orphan
+    child = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)"],  # ok-sleep: the orphan
+                             stdout=subprocess.PIPE)
+    child.stdout.readline()  # it runs: its exec is over (until then /proc shows it without its environment)
     print(child.pid, flush=True)
     time.sleep(60)  # ok-sleep: killed by the test
 """)
+
+
+@pytest.fixture(autouse=True)
+def one_reaper_test_at_a_time() -> Iterator[None]:
+    """The tests here reap while they hold sessions' children: run in parallel (pytest-xdist), one test's reap would
+    end the other's orphan before that test looks. A lock file in the temp dir lets one run at a time."""
+    with open(Path(tempfile.gettempdir()) / "tagentd-test-reaper.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _session_with_a_child() -> tuple[subprocess.Popen[str], int]:
