@@ -38,10 +38,8 @@ def test_the_loops_cpu_is_shared_equally_among_the_attempts_running_at_each_samp
     assert used_b[1] == pytest.approx(1.0 + crowded + 0.5 + 2.0)
 
 
-@pytest.mark.skipif(not hasattr(resources.resource, "RUSAGE_THREAD"), reason="one call for both needs RUSAGE_THREAD")
-def test_metering_an_attempt_costs_two_system_calls_at_its_start_and_two_at_its_end(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a meter whose system calls are counted: the CPU clock, rusage, and reads of /proc/self/statm
+def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count the meter's system calls: the CPU clock, rusage, and reads of /proc/self/statm."""
     calls: list[str] = []
 
     def counted(name, fn):  # type: ignore[no-untyped-def]
@@ -53,15 +51,64 @@ def test_metering_an_attempt_costs_two_system_calls_at_its_start_and_two_at_its_
     monkeypatch.setattr(resources.time, "thread_time", counted("thread_time", resources.time.thread_time))
     monkeypatch.setattr(resources.resource, "getrusage", counted("getrusage", resources.resource.getrusage))
     monkeypatch.setattr(resources.os, "pread", counted("pread", resources.os.pread))
+    return calls
+
+
+@pytest.mark.skipif(not hasattr(resources.resource, "RUSAGE_THREAD"), reason="one call for both needs RUSAGE_THREAD")
+def test_metering_an_attempt_costs_one_rusage_at_its_start_and_one_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a meter whose system calls are counted, and a clock that stands still
+    calls = _count_calls(monkeypatch)
+    monkeypatch.setattr(resources.time, "monotonic", lambda: 100.0)
     meter = resources.ResourceMeter()
     calls.clear()
 
     # When an attempt is metered from its start to its end (every attempt a worker runs is)
     meter.begin("a")
-    started = len(calls)
+    started = calls[:]
     used = meter.end("a")
 
-    # Then the start took two and the end two: a rusage of the loop thread (its CPU and the process's peak RSS)
-    # and a read of the RSS
+    # Then the start took a rusage of the loop thread (its CPU and the process's peak RSS) and a read of the RSS,
+    # and the end only a rusage: the RSS read a moment before serves as the one at its end
     assert used is not None
-    assert started == 2 and len(calls) - started == 2, calls
+    assert started == ["getrusage", "pread"], calls
+    assert calls[len(started):] == ["getrusage"], calls
+
+
+def test_attempts_started_and_ended_within_a_millisecond_share_one_read_of_the_rss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a meter whose reads of /proc/self/statm are counted, and a clock the test moves
+    calls = _count_calls(monkeypatch)
+    clock = [100.0]
+    monkeypatch.setattr(resources.time, "monotonic", lambda: clock[0])
+    meter = resources.ResourceMeter()
+    calls.clear()
+
+    # When a fan-out's hundred attempts start and end in one loop turn (well within a millisecond)
+    for i in range(100):
+        meter.begin(i)
+        meter.end(i)
+    within = calls.count("pread")
+    # and, 1 ms later, one more starts and ends
+    clock[0] += resources.RSS_FRESH
+    meter.begin("late")
+    used = meter.end("late")
+
+    # Then the RSS was read once for the hundred (not twice per attempt), and afresh once the sample was 1 ms old
+    assert within == 1, calls
+    assert calls.count("pread") == 2, calls
+    assert used is not None and used[2] > 0
+
+
+def test_a_housekeeping_tick_always_reads_the_rss_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a running attempt whose start read the RSS a moment ago
+    calls = _count_calls(monkeypatch)
+    monkeypatch.setattr(resources.time, "monotonic", lambda: 100.0)
+    meter = resources.ResourceMeter()
+    meter.begin("a")
+    calls.clear()
+
+    # When the housekeeping tick samples
+    meter.sample()
+
+    # Then it reads the RSS itself: a spike between two ticks is what the ticks are there to catch
+    assert calls.count("pread") == 1, calls

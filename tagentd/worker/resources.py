@@ -1,7 +1,7 @@
 """`ResourceMeter`: what each attempt used of its worker process — wall time, CPU seconds, peak RSS.
 
-Measured in the worker, cheaply (two system calls at an attempt's start and at its end, and at each
-housekeeping tick while attempts run), and sent with the attempt's result (`wire.TaskDone.resources`). The definitions,
+Measured in the worker, cheaply (a system call at an attempt's start and at its end, a read of the RSS at most
+every millisecond, and at each housekeeping tick while attempts run), and sent with the attempt's result (`wire.TaskDone.resources`). The definitions,
 as docs/operations.md states them:
 
 - **seconds**: wall time from the attempt's start (it got a slot in the worker) to its end.
@@ -17,8 +17,10 @@ as docs/operations.md states them:
   high-water mark (`getrusage().ru_maxrss`) is read at the start and at the end: when it rose during the
   attempt, that new peak is the attempt's (exact). Otherwise the attempt's peak is the largest RSS sampled
   (`/proc/self/statm`) at its start, its end and each tick in between, so a short spike between two ticks
-  that stays below the process's earlier peak can be missed. RSS belongs to the process: attempts running
-  at the same time see the same figure.
+  that stays below the process's earlier peak can be missed. A sample taken less than `RSS_FRESH` (1 ms)
+  before serves as the one at a start or an end: a fan-out starts and ends its attempts by the hundred in one
+  loop turn, and one read of /proc then serves them all instead of two per attempt. RSS belongs to the
+  process: attempts running at the same time see the same figure.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+#: How old (seconds, monotonic) an RSS sample may be to count as an attempt's sample at its start or end.
+RSS_FRESH = 0.001
 
 
 def max_rss() -> int:
@@ -88,11 +92,13 @@ class ResourceMeter:
         self._cpu_at = thread_cpu_and_high_water()[0]
         self._per_attempt = 0.0  # the sum of every share handed out so far
         self._rss = ResidentSize()
+        self._rss_sample = (-RSS_FRESH, 0)  # (monotonic time, RSS bytes) of the newest sample
 
     def begin(self, key: object) -> list[float]:
         """Start metering an attempt; returns the accumulator its sync calls add their thread CPU to (SYNC_CPU)."""
         high_water = self._share()
-        use = _Use(started=time.monotonic(), high_water=high_water, peak=self._rss(), sync_cpu=[0.0],
+        now = time.monotonic()
+        use = _Use(started=now, high_water=high_water, peak=self._recent_rss(now), sync_cpu=[0.0],
                    shares_at=self._per_attempt)
         self._running[key] = use
         return use.sync_cpu
@@ -102,7 +108,7 @@ class ResourceMeter:
         if not self._running:
             return
         self._share()
-        rss = self._rss()
+        rss = self._recent_rss(time.monotonic(), fresh=0.0)
         for use in self._running.values():
             use.peak = max(use.peak, rss)
 
@@ -112,8 +118,17 @@ class ResourceMeter:
         use = self._running.pop(key, None)
         if use is None:
             return None
-        peak = high_water if high_water > use.high_water else max(use.peak, self._rss())
-        return (time.monotonic() - use.started, self._per_attempt - use.shares_at + use.sync_cpu[0], peak)
+        now = time.monotonic()
+        peak = high_water if high_water > use.high_water else max(use.peak, self._recent_rss(now))
+        return (now - use.started, self._per_attempt - use.shares_at + use.sync_cpu[0], peak)
+
+    def _recent_rss(self, now: float, fresh: float = RSS_FRESH) -> int:
+        """The RSS: the newest sample if it is less than `fresh` seconds old, else a new one."""
+        taken, rss = self._rss_sample
+        if now - taken >= fresh:
+            rss = self._rss()
+            self._rss_sample = (now, rss)
+        return rss
 
     def _share(self) -> int:
         """Share out the loop's CPU since the last sample among the attempts running; the process's peak RSS."""
