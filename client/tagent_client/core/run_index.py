@@ -90,22 +90,39 @@ class RunIndex:
         for index in (self.queued, self.running, self.waiting):
             index.pop(task.id, None)
         self.lent.discard(task.id)  # a lent slot ends with the attempt that lent it
-        if task.status is TaskStatus.QUEUED:
+        self._enter(task)
+
+    def _enter(self, task: TaskState) -> None:
+        """Add `task`, which is in none of them, to the index of its status."""
+        status = task.status
+        if status is TaskStatus.QUEUED:
             self.queued[task.id] = task
             heap = self.serial_ready if self._waits_for_serial(task) else self.ready
             self._push(heap, (*self._key(task), task.id), len(self.queued))
-        elif task.status is TaskStatus.RUNNING:
+        elif status is TaskStatus.RUNNING:
             self.running[task.id] = task
-        elif task.status is TaskStatus.WAITING_RETRY:
+        elif status is TaskStatus.WAITING_RETRY:
             self.waiting[task.id] = task
             if task.retry_at is not None:
                 self._push(self.retries, (task.retry_at, *self._key(task), task.id), len(self.waiting))
 
     def task_to(self, task: TaskState, status: TaskStatus) -> None:
-        self._count_item(task, -1)
+        """Move `task` to `status`: out of the index of the status it had (only that one: a task is in the index of
+        its status and no other), into that of the new one."""
+        was = task.status
+        if task.item_index is not None:
+            self._count_item(task, -1)
+        if was is TaskStatus.RUNNING:
+            self.running.pop(task.id, None)
+            self.lent.discard(task.id)  # a lent slot ends with the attempt that lent it (only running ones lend)
+        elif was is TaskStatus.QUEUED:
+            self.queued.pop(task.id, None)  # its heap entry goes stale and is dropped when it reaches the top
+        elif was is TaskStatus.WAITING_RETRY:
+            self.waiting.pop(task.id, None)
         task.status = status
-        self._count_item(task, 1)
-        self.file(task)
+        if task.item_index is not None:
+            self._count_item(task, 1)
+        self._enter(task)
         self.changed_tasks.add(task.id)
 
     def _count_item(self, task: TaskState, sign: int) -> None:
@@ -194,10 +211,15 @@ class RunIndex:
         tid = task_id(step, phase, item_index)
         before = self.state.steps[step].attempts_before  # a reset step's attempts count on (ctx.attempt == attempts)
         task = TaskState(id=tid, step=step, phase=phase, item_index=item_index, attempt=before)
+        replaces = tid in self.state.tasks
         self.state.tasks[tid] = task
         self.tasks_of[step][tid] = task
-        self.file(task)
-        self._count_item(task, 1)
+        if replaces:  # an old task of that id may still be in an index
+            self.file(task)
+        else:
+            self._enter(task)
+        if item_index is not None:
+            self._count_item(task, 1)
         self.changed_tasks.add(tid)
 
     def drop_tasks(self, step: str, phase: Phase | None = None) -> None:
