@@ -329,8 +329,10 @@ class Worker:
 
     async def execute(self, message: wire.RunTask) -> Event:
         task = message.task
-        try:
-            pipeline = await self.pipeline(message.source_hash, message.path, message.source, message.target)
+        try:  # a pipeline already validated is taken without an await (every task but a file's first)
+            pipeline = CACHE.cached_pipeline(message.source_hash, message.target)
+            if pipeline is None:
+                pipeline = await self.pipeline(message.source_hash, message.path, message.source, message.target)
         except (PipelineLoadError, PipelineValidationError) as exc:
             text = one_line(exc) if isinstance(exc, PipelineLoadError) else f"{message.path}: {one_line(exc)}"
             error = ErrorInfo(type=type(exc).__name__, message=text, retryable=is_retryable(exc))

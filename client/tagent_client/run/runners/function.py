@@ -73,6 +73,12 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether a step function is an `async def`, found once (inspect's answer costs a few unwrappings per call)."""
+    return inspect.iscoroutinefunction(fn)
+
+
 def bind(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], positional: list[Any] | None = None) -> tuple[list[Any], dict[str, Any]]:
     """Arguments for `fn` by the binding rules; `positional` fill leading unbound parameters (merge, condition)."""
     args: list[Any] = []
@@ -113,7 +119,7 @@ def bind(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], po
 async def call(fn: Callable[..., Any], ctx: StepContext, inputs: Mapping[str, Any], positional: list[Any] | None = None) -> Any:
     """Call `fn` (sync in a worker thread, async awaited) with bound arguments."""
     args, kwargs = bind(fn, ctx, inputs, positional)
-    if inspect.iscoroutinefunction(fn):
+    if _is_async(fn):
         return await fn(*args, **kwargs)
     key = (ctx.run_id, ctx.step_name, ctx.attempt, ctx.item_index)
     result = await asyncio.to_thread(_tracked, key, fn, *args, **kwargs)
