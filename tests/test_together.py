@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from tagent_client import ExecutionMode, Pipeline
-from tagent_client.core import engine, together
+from tagent_client.core import scheduling, together
 from tagent_client.core.engine import RunMachine
 from tagent_client.core.events import Action, Dispatch, Emit, Event, StepSucceeded
 
@@ -55,13 +55,13 @@ def test_a_frame_of_results_is_scheduled_once_and_the_run_ends_as_with_one_handl
     last step's dependencies are looked at once per frame (not once per result), and the run's state and its events
     are exactly those of one `handle` per result."""
     looks: list[str] = []
-    real_upstream = engine.upstream
+    real_upstream = scheduling.upstream
 
     def counting(spec, *args):  # noqa: ANN001, ANN002, ANN202
         looks.append(spec.name)
         return real_upstream(spec, *args)
 
-    monkeypatch.setattr(engine, "upstream", counting)
+    monkeypatch.setattr(scheduling, "upstream", counting)
     one_by_one, events_one = drive(lambda m, frame: [a for e in frame for a in m.handle(e, 1.0)])
     looks_one = looks.count("end")
     looks.clear()
