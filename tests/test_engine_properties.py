@@ -218,16 +218,29 @@ class Simulator:
 
     def answer_together(self) -> None:
         """Several results at once, as one frame of a worker brings them: the machine takes them together
-        (core/together.py), as the daemon does. A result whose attempt an earlier one of the frame cancelled is
-        ignored by the machine, and its charge with it."""
+        (core/together.py), as the daemon does. A result whose attempt an earlier one of the frame cancelled (or
+        whose run an earlier one ended) is ignored by the machine, and its charge and its refused additions with it."""
         tasks = self.data.draw(st.permutations(sorted(self.in_flight)))
         tasks = tasks[:self.data.draw(st.integers(2, max(2, len(tasks))))]
-        charged = dict(self.charged)
+        charged, refused = dict(self.charged), len(self.refused)
         events = [self.outcome(task) for task in tasks]
         self.delivered += events
         event(f"{len(events)} results together")
         self.answered = {task: self.charged.get(task, 0) > charged.get(task, 0) for task in tasks}
-        self.carry_out(together.handle_all(self.machine, events, self.now))
+        machine, taken = self.machine, set()
+
+        def handle(result: Event, now: float) -> list[Action]:  # notes which results the machine acts on
+            running = machine.index.running.get(getattr(result, "task", ""))
+            if not machine.finished and running is not None and running.attempt == getattr(result, "attempt", None):
+                taken.add(running.id)
+            return RunMachine.handle(machine, result, now)
+
+        machine.handle = handle  # type: ignore[method-assign]
+        try:
+            self.carry_out(together.handle_all(machine, events, self.now))
+        finally:
+            del machine.handle
+        self.refused[refused:] = [task for task in self.refused[refused:] if task in taken]
         self.answered = {}
 
     def outcome(self, task: str) -> Event:
