@@ -113,7 +113,10 @@ def _cycle(batch: Mapping[str, StepSpec]) -> list[str] | None:
 
 def pending_additions(tasks: Iterable[TaskState]) -> list[StepSpec]:
     """What a completing step's tasks added: its items' in item order, then its merge's."""
-    ordered = sorted(tasks, key=lambda t: (t.phase is Phase.MERGE, t.item_index or 0))
+    adders = [task for task in tasks if task.added]
+    if not adders:  # (nearly every step): nothing to order
+        return []
+    ordered = sorted(adders, key=lambda t: (t.phase is Phase.MERGE, t.item_index or 0))
     return [spec for task in ordered for spec in task.added]
 
 

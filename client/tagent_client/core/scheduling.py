@@ -45,14 +45,15 @@ class Scheduling:
         if self.state.status is not RunStatus.RUNNING:
             return []
         out: list[Action] = []
+        steps, tasks_of, specs = self.state.steps, self.index.tasks_of, self.specs
         while self.index.candidates and self.state.status is RunStatus.RUNNING:
             batch = sorted(self.index.candidates, key=self._order.__getitem__)
             self.index.candidates.clear()
             for name in batch:
                 if self.state.status is not RunStatus.RUNNING:
                     break
-                if self.state.steps[name].status is StepStatus.PENDING and not self.index.tasks_of[name]:
-                    produced = self._resolve(self.specs[name], now)
+                if steps[name].status is StepStatus.PENDING and not tasks_of[name]:
+                    produced = self._resolve(specs[name], now)
                     if produced:
                         out += produced
         if self.state.status is not RunStatus.RUNNING:  # finished, or rolling back
@@ -73,7 +74,10 @@ class Scheduling:
         gated = self.index.gates.get(spec.name)
         if gated is None:
             gated = self.index.gates[spec.name] = gates(spec)
-        verdict, self.index.passed[spec.name] = upstream(spec, self.state.steps, gated, self.index.passed.get(spec.name, 0))
+        passed = self.index.passed.get(spec.name, 0)
+        if passed < len(gated) and not self.state.steps[gated[passed]].status.terminal:
+            return None  # the next dependency to look at has not ended: `upstream` would say WAITING
+        verdict, self.index.passed[spec.name] = upstream(spec, self.state.steps, gated, passed)
         if verdict.waiting:
             return None
         if verdict.skip is not None:
