@@ -171,14 +171,15 @@ class RunDriver:
         """
         loop = asyncio.get_running_loop()
         if actions:
-            self.store.changed(run)
+            self.store.changed(run)  # what a Persist asks for: done once for all of them
         for action in actions:
-            if isinstance(action, Dispatch):
-                self.executor.dispatch(run.attempt(action))
-            elif isinstance(action, Persist):
-                self.store.changed(run)
-            elif isinstance(action, Emit):
+            kind = type(action)  # the engine's actions are final classes: by type, the commonest first
+            if kind is Emit:
                 self._emits.append((run, action.topic, action.data))
+            elif kind is Dispatch:
+                self.executor.dispatch(run.attempt(action))
+            elif kind is Persist:
+                pass
             elif isinstance(action, CancelTask):
                 self.executor.cancel(run.id, action.task, action.attempt)
             elif isinstance(action, ScheduleRetry):

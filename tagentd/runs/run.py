@@ -284,4 +284,8 @@ class Run:
 
 
 def _brief(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k not in ("run_id", "pipeline")}
+    """An event's data without what its run's history already says (its run and pipeline)."""
+    brief = data.copy()
+    brief.pop("run_id", None)
+    brief.pop("pipeline", None)
+    return brief
