@@ -18,6 +18,10 @@ from tagentd.worker import wire
 
 log = logging.getLogger("tagentd.pool")
 
+#: How many of its workers' identities the daemon remembers parsed (workers are numbered on: a daemon that
+#: replaces workers for long parses the newer ones' identities on each message, as it did before).
+MAX_KNOWN = 4096
+
 
 class Admission:
     """The daemon's token, and the checks and refusals that use it."""
@@ -27,16 +31,23 @@ class Admission:
         self._send = send
         self._stats = stats
         self._logged: collections.deque[bytes] = collections.deque(maxlen=32)  # refused identities already logged
+        self._ids: dict[bytes, int] = {}  # identities of this daemon's workers seen so far -> their numbers
 
     def worker_id(self, identity: bytes) -> int | None:
         """The worker number in one of this daemon's workers' identities; None for any other identity."""
+        known = self._ids.get(identity)
+        if known is not None:  # every message of a worker asks: its identity is parsed once
+            return known
         number, _, token = identity.partition(b".")
         if token != self.token.encode() or not number.startswith(b"w"):
             return None
         try:
-            return int(number[1:])
+            wid = int(number[1:])
         except ValueError:
             return None
+        if len(self._ids) < MAX_KNOWN:
+            self._ids[identity] = wid
+        return wid
 
     def is_stranger(self, identity: bytes) -> bool:
         """True for a peer this daemon did not start (its identity lacks the daemon's token)."""
