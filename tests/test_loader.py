@@ -6,6 +6,7 @@ import hashlib
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -102,6 +103,28 @@ def test_the_same_text_is_imported_once_and_then_served_from_the_cache(tmp_path:
     assert counter.read_text() == "x"
     assert pipeline is first.p
     assert cache.cached_pipeline(hash_, "p") is pipeline
+
+
+def test_a_file_loaded_again_is_not_validated_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a cache holding a validated pipeline, and a count of the validations
+    path, source, hash_ = write(tmp_path, "from tagent_client import Pipeline\np = Pipeline('again').step('a', fn=print)\n")
+    cache = ModuleCache()
+    pipeline = cache.pipeline(hash_, path, source, None)
+    validations: list[str] = []
+    real = Pipeline.validate
+
+    def counted(self: Pipeline, *args: Any, **kwargs: Any) -> Pipeline:
+        validations.append(self.name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "validate", counted)
+
+    # When a worker answers three loads of the file (each answer carries its plan)
+    plans = [cache.plan(hash_, None, cache.cached_pipeline(hash_, None) or pipeline) for _ in range(3)]
+
+    # Then its plan was made (and the pipeline validated for it) once, and every answer holds the same plan
+    assert validations == ["again"]
+    assert plans[0] == pipeline.plan() and all(plan is plans[0] for plan in plans)
 
 
 def test_an_unknown_hash_without_source_is_a_load_error(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 
 from tagent_client.define.loading import DOCUMENT_SUFFIXES, exec_module, on_sys_path
 from tagent_client.define.pipeline import Pipeline
+from tagent_client.define.plan import Plan
 from tagent_client.define.subpipeline import find_pipeline as find_pipeline_in
 from tagent_client.errors import PipelineLoadError, PipelineValidationError
 
@@ -70,6 +71,7 @@ class ModuleCache:
         self.max_modules = max_modules
         self._modules: OrderedDict[str, types.ModuleType] = OrderedDict()
         self._pipelines: dict[tuple[str, str | None], Pipeline] = {}
+        self._plans: dict[tuple[str, str | None], Plan] = {}
         self._lock = threading.Lock()
         self._import_lock = threading.Lock()
 
@@ -105,6 +107,7 @@ class ModuleCache:
                 sys.modules.pop(module_name(old), None)
                 for key in [k for k in self._pipelines if k[0] == old]:
                     del self._pipelines[key]
+                    self._plans.pop(key, None)
 
     def cached_pipeline(self, hash_: str, target: str | None) -> Pipeline | None:
         """The already validated pipeline, or None (never imports, never waits for an import)."""
@@ -125,6 +128,20 @@ class ModuleCache:
             if hash_ in self._modules:
                 self._pipelines[(hash_, target)] = pipeline
         return pipeline
+
+
+    def plan(self, hash_: str, target: str | None, pipeline: Pipeline) -> Plan:
+        """`pipeline.plan()` of the validated pipeline cached for (hash_, target), computed once: a file submitted
+        again is not validated again (for a 5,000-step pipeline that is most of what a submit costs a worker)."""
+        key = (hash_, target)
+        with self._lock:
+            plan = self._plans.get(key)
+        if plan is None:
+            plan = pipeline.plan()
+            with self._lock:
+                if self._pipelines.get(key) is pipeline:  # still the cached one: keep its plan with it
+                    self._plans[key] = plan
+        return plan
 
 
 #: The cache a worker process uses.

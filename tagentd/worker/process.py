@@ -251,7 +251,8 @@ class Worker:
             if any(step.uses_model for step in pipeline.steps.values()):
                 self.want_agent_runtime()
             schemas = {step: schema_ref(cls) for step, cls in schema_classes(pipeline).items()}
-            self.link.send(wire.Loaded(req=message.req, plan=pipeline.plan(), schemas=schemas))
+            plan = CACHE.plan(message.source_hash, message.target, pipeline)
+            self.link.send(wire.Loaded(req=message.req, plan=plan, schemas=schemas))
         except PipelineValidationError as exc:
             self.link.send(wire.LoadFailed(req=message.req, code=exc.code, message=f"{message.path}: {one_line(exc)}",
                                            problems=exc.problems, pipeline=exc.pipeline))
