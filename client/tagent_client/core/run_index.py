@@ -109,9 +109,18 @@ class RunIndex:
     def task_to(self, task: TaskState, status: TaskStatus) -> None:
         """Move `task` to `status`: out of the index of the status it had (only that one: a task is in the index of
         its status and no other), into that of the new one."""
-        was = task.status
         if task.item_index is not None:
             self._count_item(task, -1)
+        self._leave(task)
+        task.status = status
+        if task.item_index is not None:
+            self._count_item(task, 1)
+        self._enter(task)
+        self.changed_tasks.add(task.id)
+
+    def _leave(self, task: TaskState) -> None:
+        """Take `task` out of the index of its status (a task is in that one and no other)."""
+        was = task.status
         if was is TaskStatus.RUNNING:
             self.running.pop(task.id, None)
             self.lent.discard(task.id)  # a lent slot ends with the attempt that lent it (only running ones lend)
@@ -119,11 +128,6 @@ class RunIndex:
             self.queued.pop(task.id, None)  # its heap entry goes stale and is dropped when it reaches the top
         elif was is TaskStatus.WAITING_RETRY:
             self.waiting.pop(task.id, None)
-        task.status = status
-        if task.item_index is not None:
-            self._count_item(task, 1)
-        self._enter(task)
-        self.changed_tasks.add(task.id)
 
     def _count_item(self, task: TaskState, sign: int) -> None:
         """Count `task` into (`sign` 1) or out of (-1) `items_left`, if it is an item task that has not succeeded."""
@@ -224,14 +228,14 @@ class RunIndex:
 
     def drop_tasks(self, step: str, phase: Phase | None = None) -> None:
         """Remove the step's tasks (only those of `phase`, if given) from `state` and every index."""
-        for tid, task in list(self.tasks_of[step].items()):
+        tasks_of = self.tasks_of[step]
+        for tid, task in list(tasks_of.items()):
             if phase is None or task.phase is phase:
-                self._count_item(task, -1)
+                if task.item_index is not None:
+                    self._count_item(task, -1)
                 del self.state.tasks[tid]
-                del self.tasks_of[step][tid]
-                for index in (self.queued, self.running, self.waiting):
-                    index.pop(tid, None)
-                self.lent.discard(tid)
+                del tasks_of[tid]
+                self._leave(task)
                 self.changed_tasks.add(tid)
 
     def item_outputs(self, step: str) -> list[Any]:
