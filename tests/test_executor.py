@@ -215,10 +215,28 @@ def test_a_result_is_acknowledged_reported_and_frees_its_slot() -> None:
     assert world.done(1, "x", "a")
     world.executor.pump()
 
-    assert [(wid, msg.task) for wid, msg in world.sent_of(wire.TaskAck)] == [(1, "a")]
+    assert [(wid, msg.keys) for wid, msg in world.sent_of(wire.TaskAcks)] == [(1, [("x", "a", 1)])]
     assert [(run_id, type(e).__name__, e.task) for run_id, e in world.results] == [("x", "StepSucceeded", "a")]
     assert [msg.task.task for _, msg in world.sent_of(wire.RunTask)] == ["a", "b"]
     assert world.executor.workers()[0].completed == 1
+
+
+def test_the_results_of_one_frame_are_acknowledged_in_one_message_before_the_next_tasks() -> None:
+    """Given a worker running three steps, when it reports all three in one frame (one loop turn), then the frame
+    it gets back holds one acknowledgement of the three, first, and then the tasks that took their slots."""
+    world = started(size=1, capacity=3)
+    for task in "abcdef":
+        world.executor.dispatch(attempt("x", task))
+    world.executor.pump()
+    frames_before = len(world.frames)
+
+    assert all(world.done(1, "x", task) for task in "abc")
+    world.executor.pump()
+
+    [(_, messages)] = world.frames[frames_before:]
+    assert [type(m).__name__ for m in messages] == ["TaskAcks", "RunTask", "RunTask", "RunTask"]
+    assert messages[0].keys == [("x", "a", 1), ("x", "b", 1), ("x", "c", 1)]
+    assert [m.task.task for m in messages[1:]] == ["d", "e", "f"]
 
 
 def test_a_worker_that_dies_gets_a_verdict_for_each_step_it_ran_and_a_replacement() -> None:
@@ -260,7 +278,7 @@ def test_a_worker_that_dies_mid_batch_accounts_for_every_task_of_the_batch_exact
     reported = [e.task for _, e in world.results] + [e.task for _, e in world.lost]
     assert sorted(reported) == tasks
     assert [e.task for _, e in world.results] == ["t1", "t4"]
-    assert [[m.task for m in messages] for _, messages in world.frames[1:2]] == [["t1", "t4"]]  # the acks: one frame
+    assert [[m.keys for m in messages] for _, messages in world.frames[1:2]] == [[[("x", "t1", 1), ("x", "t4", 1)]]]  # the acks: one message
     assert [m.task.task for _, m in world.sent_of(wire.RunTask)] == tasks  # each sent once, by the first frame
 
 

@@ -195,8 +195,8 @@ def run_task(file: File, step: str, task: str | None = None, *, attempt: int = 1
                         source=source if with_source else None, task=dispatch, params=params or {})
 
 
-def ack(done: wire.TaskDone) -> wire.TaskAck:
-    return wire.TaskAck(run_id=done.run_id, task=done.event.task, attempt=done.event.attempt)
+def ack(done: wire.TaskDone) -> wire.TaskAcks:
+    return wire.TaskAcks(keys=[(done.run_id, done.event.task, done.event.attempt)])
 
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

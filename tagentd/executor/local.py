@@ -241,7 +241,7 @@ class LocalExecutor:
                         None if used is None else (used.seconds, used.cpu_seconds, used.peak_rss_bytes))
                 if self.recycle_after and worker.completed >= self.recycle_after and worker.state == "ready":
                     worker.state = "recycling"
-            self.outbox.put(worker, wire.encode(wire.TaskAck(run_id=msg.run_id, task=event.task, attempt=event.attempt)))
+            self.outbox.ack(worker, (msg.run_id, event.task, event.attempt))
         self.on_result(msg.run_id, event)
 
     def _on_loaded(self, identity: bytes, worker: Worker | None, msg: wire.Loaded | wire.LoadFailed) -> None:

@@ -1,11 +1,13 @@
 """`Outbox`: what the local executor sends its workers in one loop turn, one frame per worker.
 
-The executor puts each message for a worker here (a task to run, the acknowledgement of a result, a
-cancel) and `flush`es at the end of the turn (`LocalExecutor.pump`): each worker gets everything put for
-it as one frame (`wire.pack`: one send, one wake-up of the worker, however many tasks a fan-out hands it).
+The executor puts each message for a worker here (a task to run, a cancel) and each result to acknowledge,
+and `flush`es at the end of the turn (`LocalExecutor.pump`): each worker gets everything put for it as one
+frame (`wire.pack`: one send, one wake-up of the worker, however many tasks a fan-out hands it), the
+acknowledgements first, as one `TaskAcks`.
 
 Guarantees:
-- a worker receives its messages in the order they were put;
+- a worker receives its messages in the order they were put, after the acknowledgements of the same frame
+  (an acknowledgement only stops the re-sending of a result, whatever comes with it);
 - `flush` reports each worker that could not take its frame together with the attempts that frame held, in
   the order they were put, so the executor can queue each of them again exactly once (nothing of a frame
   that was refused reached the worker); a refused frame that held no attempt (acknowledgements only) is
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tagentd.executor.interface import StepAttempt
+from tagentd.executor.interface import AttemptKey, StepAttempt
 from tagentd.executor.workers import Worker
 from tagentd.worker import wire
 
@@ -28,16 +30,24 @@ class Outbox:
 
     def __init__(self, send: Callable[[bytes, bytes], bool]) -> None:
         self.send = send
-        self._waiting: dict[int, tuple[Worker, list[bytes], list[StepAttempt]]] = {}
+        self._waiting: dict[int, tuple[Worker, list[bytes], list[StepAttempt], list[AttemptKey]]] = {}
 
     def put(self, worker: Worker, frame: bytes, attempt: StepAttempt | None = None) -> None:
         """Queue an encoded message for `worker`; `attempt`: the task it sends (given back if it cannot leave)."""
-        entry = self._waiting.get(worker.id)
-        if entry is None or entry[0] is not worker:
-            entry = self._waiting[worker.id] = (worker, [], [])
+        entry = self._entry(worker)
         entry[1].append(frame)
         if attempt is not None:
             entry[2].append(attempt)
+
+    def ack(self, worker: Worker, key: AttemptKey) -> None:
+        """Acknowledge the result of attempt `key` to `worker` (with the others of this turn, in one message)."""
+        self._entry(worker)[3].append(key)
+
+    def _entry(self, worker: Worker) -> tuple[Worker, list[bytes], list[StepAttempt], list[AttemptKey]]:
+        entry = self._waiting.get(worker.id)
+        if entry is None or entry[0] is not worker:
+            entry = self._waiting[worker.id] = (worker, [], [], [])
+        return entry
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -51,7 +61,9 @@ class Outbox:
             entries = [entry] if entry is not None else []
         sent = 0
         undelivered: Undelivered = []
-        for target, frames, attempts in entries:
+        for target, frames, attempts, acks in entries:
+            if acks:
+                frames.insert(0, wire.encode(wire.TaskAcks(keys=acks)))
             if self.send(target.identity, wire.pack(frames)):
                 sent += len(attempts)
             elif attempts:

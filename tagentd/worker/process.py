@@ -10,7 +10,7 @@ hash, and speaks `tagentd.worker.wire` over a DEALER socket with identity `w<N>.
 token being the daemon's, taken from $TAGENTD_WORKER_TOKEN (and removed from the environment).
 
 Guarantees:
-- A result (`TaskDone`) is re-sent about every second until the daemon acknowledges it (`TaskAck`).
+- A result (`TaskDone`) is re-sent about every second until the daemon acknowledges it (`TaskAcks`).
 - One bad message never stops the loop: malformed or unknown frames are counted (`Heartbeat.dropped`) and dropped.
 - The worker does not outlive the process that started it (`--parent-pid`): PR_SET_PDEATHSIG on Linux, armed
   first thing in main() and followed by a check that the parent is still that pid (a parent that died before the
@@ -214,8 +214,9 @@ class Worker:
     def handle(self, message: wire.WorkerMessage) -> None:
         if isinstance(message, wire.RunTask):
             self.on_run(message)
-        elif isinstance(message, wire.TaskAck):
-            self.link.acked((message.run_id, message.task, message.attempt))
+        elif isinstance(message, wire.TaskAcks):
+            for key in message.keys:
+                self.link.acked(tuple(key))
             self.check_exit()
         elif isinstance(message, (wire.MemoryReply, wire.BrokerReply, wire.DependencyReply)):
             self.services.resolve(message)

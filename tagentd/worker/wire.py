@@ -4,7 +4,7 @@ Workers connect DEALER sockets (identity `w<id>.<token>`) to the daemon's ROUTER
 frame per message, msgpack-encoded tagged Structs. `token` is a random value each
 daemon makes at start and hands only to the workers it spawns (TOKEN_ENV): a worker
 left over from another daemon has another identity and token, and is sent `Refused`. Results are re-sent until
-the daemon acknowledges them (`TaskAck`), because ZeroMQ alone does not
+the daemon acknowledges them (`TaskAcks`), because ZeroMQ alone does not
 guarantee delivery; the engine ignores duplicates (stale attempt).
 
 What one side sends the other in one loop turn travels as one frame: a `Batch` of the messages, each encoded
@@ -82,12 +82,11 @@ class CancelRunning(WorkerMessage, tag="cancel"):
     attempt: int
 
 
-class TaskAck(WorkerMessage, tag="ack"):
-    """The daemon has the result of this attempt; stop re-sending it."""
+class TaskAcks(WorkerMessage, tag="acks"):
+    """The daemon has the results of these attempts, each `(run_id, task, attempt)`; stop re-sending them. What a
+    worker's results get back in one loop turn is one of these, not one message per result."""
 
-    run_id: str
-    task: str
-    attempt: int
+    keys: list[tuple[str, str, int]]
 
 
 class MemoryReply(WorkerMessage, tag="memory_reply"):
@@ -285,7 +284,7 @@ class DependencyWait(WorkerMessage, tag="dependency_wait"):
     wait: float = 0.0
 
 
-ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAck | MemoryReply | PermitGrant | BrokerReply | StopWorker
+ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAcks | MemoryReply | PermitGrant | BrokerReply | StopWorker
             | Refused | BreakerAnswer | DependencyReply | Batch)
 FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
               | PermitRequest | PermitRelease | BrokerCall | BreakerAsk | BreakerOutcome | DependencyWait | Batch)
