@@ -279,11 +279,13 @@ class LocalExecutor:
         if self.accepting:
             self._pump_alone()
             ready = [w for w in self.pool.shared_ready() if w.free > 0]
+            free = [w.free for w in ready]  # each send takes one of its worker's slots
             while ready and (attempt := self.queues.next_shared()) is not None:
-                worker = max(ready, key=lambda w: w.free)
-                self._send_task(worker, attempt)
-                if worker.free <= 0:
-                    ready.remove(worker)
+                index = free.index(max(free))  # the freest worker (the first of them on a tie)
+                self._send_task(ready[index], attempt)
+                free[index] -= 1
+                if free[index] <= 0:
+                    del ready[index], free[index]
         return self._deliver(None)
 
     def _tell(self, worker: Worker, message: wire.WorkerMessage) -> None:
