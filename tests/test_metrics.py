@@ -201,6 +201,8 @@ def test_metrics_of_a_daemon_that_ran_agent_and_function_steps(daemon: DaemonPro
     assert value(found, "tagentd_breaker_state", breaker="payments", state="closed") == 1
     assert value(found, "tagentd_breaker_state", breaker="payments", state="open") == 0
     assert value(found, "tagentd_breaker_opened_total", breaker="payments") == 0
+    assert value(found, "tagentd_breaker_asks_total", breaker="payments") == 1  # its one call, on a lease it granted
+    assert value(found, "tagentd_breaker_leases_total", breaker="payments") == 1
 
     # Then: the broker
     assert value(found, "tagentd_broker_messages_sent_total") == 2  # hold's parcel and the test's "go"

@@ -107,6 +107,15 @@ class Scraped:
             opened.add_metric([breaker["name"]], breaker["opened"])
         yield states
         yield opened
+        asked = CounterMetricFamily("tagentd_breaker_asks", "Calls through each circuit breaker that a worker asked the "
+                                    "daemon about (calls admitted on a lease are not asked).", labels=["breaker"])
+        leased = CounterMetricFamily("tagentd_breaker_leases", "Leases each circuit breaker granted (docs/agents.md, "
+                                     "Circuit breakers).", labels=["breaker"])
+        for name, (asks, leases) in self.breakers.counts().items():
+            asked.add_metric([name], asks)
+            leased.add_metric([name], leases)
+        yield asked
+        yield leased
 
     def messages(self) -> Iterator[Metric]:
         totals = self.broker.counters()

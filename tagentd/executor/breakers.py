@@ -1,9 +1,17 @@
 """`BreakerDesk`: the daemon's circuit breakers, one per LLM endpoint (`llm:NAME`) or `ctx.breaker(NAME)`,
 shared by every worker over workers.sock (the state machine is tagent_client.core.breaker).
 
-- A worker sends `BreakerAsk` before each call and is answered at once (`BreakerAnswer`): the daemon's
-  loop decides every call, so once a breaker opens no call of any worker is let through until it
+- A worker sends `BreakerAsk` before a call and is answered at once (`BreakerAnswer`): the daemon's
+  loop decides, so once a breaker opens no call of any worker is let through on an answer until it
   half-opens, and then exactly one (the probe) until that call's `BreakerOutcome`.
+- Leases: while a breaker is closed and counts no failure within its window, the answer also grants the
+  asking worker a lease: it admits up to LEASE_CALLS more calls through that breaker by itself, for at most
+  LEASE_S seconds from its ask, so a healthy service costs no round trip per call. The first failure the
+  breaker counts revokes every lease of it (`BreakerRevoke` to each holder; a worker also drops its own
+  lease when one of its calls fails), and no lease is granted while a failure is counted within the window
+  or the breaker is not closed. So, with `failures` >= 2, every lease has been revoked before the breaker
+  can open; a call can start through an open breaker only on a worker that has not yet read its
+  revocation, and never later than LEASE_S after that worker asked for its lease (docs/agents.md).
 - A call is `(worker identity, req)`. A probe is given up (no verdict: the next call is the probe) when
   its worker's heartbeat no longer lists it, or its worker is gone; so a lost outcome or a dead worker
   never leaves a breaker half-open for good.
@@ -22,7 +30,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from tagent_client.core.breaker import Breaker, BreakerRule, Change
+from tagent_client.core.breaker import Breaker, BreakerRule, Change, State
 from tagent_client.run.breakers import LLM_PREFIX
 from tagentd.worker import wire
 
@@ -32,6 +40,9 @@ CallKey = tuple[bytes, int]  # (worker identity, request number)
 #: Breakers kept at most; calls through a breaker past this many are let through unguarded (and logged).
 MAX_BREAKERS = 10_000
 TOPICS = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
+#: A lease: the calls a worker may admit through a healthy breaker without asking, and for how long (seconds).
+LEASE_CALLS = 100
+LEASE_S = 1.0
 
 
 class BreakerDesk:
@@ -43,6 +54,9 @@ class BreakerDesk:
         self.send = send
         self.publish = publish
         self.breakers: dict[str, Breaker] = {}
+        self.leases: dict[str, dict[bytes, float]] = {}  # breaker -> worker identity -> when its lease ends
+        self.asked: dict[str, int] = {}  # breaker -> asks answered
+        self.leased: dict[str, int] = {}  # breaker -> leases granted
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._overflow_logged = False
@@ -57,10 +71,16 @@ class BreakerDesk:
         now = time.monotonic()
         verdict = breaker.admit((identity, msg.req), now)
         refusal = verdict.refusal
+        self.asked[msg.name] = self.asked.get(msg.name, 0) + 1
+        lease = verdict.allowed and not verdict.probe and self._healthy(breaker, now)
+        if lease:
+            self.leases.setdefault(msg.name, {})[identity] = now + LEASE_S
+            self.leased[msg.name] = self.leased.get(msg.name, 0) + 1
         self._answer(identity, wire.BreakerAnswer(
             req=msg.req, allowed=verdict.allowed, generation=verdict.generation, probe=verdict.probe,
             message=refusal.message if refusal is not None else None,
-            reopens_in=refusal.retry_after if refusal is not None else None))
+            reopens_in=refusal.retry_after if refusal is not None else None,
+            lease=LEASE_CALLS if lease else 0, lease_s=LEASE_S if lease else 0.0))
         self._announce(breaker, now)
 
     def on_outcome(self, identity: bytes, msg: wire.BreakerOutcome) -> None:
@@ -74,6 +94,7 @@ class BreakerDesk:
             breaker.succeeded(key, msg.generation, now)
         else:
             breaker.failed(key, msg.generation, now)
+            self._revoke(breaker, now)
         self._announce(breaker, now)
 
     def on_heartbeat(self, identity: bytes, outstanding: Collection[int]) -> None:
@@ -82,8 +103,10 @@ class BreakerDesk:
         self._give_up(lambda key: key[0] == identity and key[1] not in listed)
 
     def worker_gone(self, identity: bytes) -> None:
-        """Give up the probes of a worker that is gone."""
+        """Give up the probes and forget the leases of a worker that is gone."""
         self._give_up(lambda key: key[0] == identity)
+        for held in self.leases.values():
+            held.pop(identity, None)
 
     def _give_up(self, stale: Callable[[CallKey], bool]) -> None:
         for breaker in self.breakers.values():
@@ -106,7 +129,29 @@ class BreakerDesk:
                         "probe_out": breaker.probe is not None})
         return out
 
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Per breaker: the asks answered and the leases granted (metrics)."""
+        return {name: (self.asked.get(name, 0), self.leased.get(name, 0)) for name in sorted(self.breakers)}
+
     # -- inside ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _healthy(breaker: Breaker, now: float) -> bool:
+        """Whether calls through `breaker` may be leased: closed, with no failure counted within its window."""
+        return breaker.state is State.CLOSED and breaker.failures(now) == 0
+
+    def _revoke(self, breaker: Breaker, now: float) -> None:
+        """Once `breaker` counts a failure (or is no longer closed), every lease of it ends: each holder whose lease
+        is still running is told so (one message, on workers.sock, before anything else the daemon sends it later)."""
+        if self._healthy(breaker, now):
+            return  # a stale outcome, or a breaker that never opens: nothing changed
+        held = self.leases.pop(breaker.name, None)
+        if not held:
+            return
+        frame = wire.encode(wire.BreakerRevoke(name=breaker.name))
+        for identity, until in held.items():
+            if until > now:
+                self.send(identity, frame)
 
     def _breaker(self, name: str) -> Breaker | None:
         breaker = self.breakers.get(name)

@@ -224,6 +224,8 @@ class Worker:
             self.permits.granted(message)
         elif isinstance(message, wire.BreakerAnswer):
             self.breakers.answered(message)
+        elif isinstance(message, wire.BreakerRevoke):
+            self.breakers.revoked(message)
         elif isinstance(message, wire.LoadPipeline):
             self.loop.create_task(self.on_load(message))
         elif isinstance(message, wire.CancelRunning):

@@ -106,7 +106,9 @@ class PermitGrant(WorkerMessage, tag="permit_grant"):
 class BreakerAnswer(WorkerMessage, tag="breaker_answer"):
     """The answer to BreakerAsk `req`: the call may go (as the breaker's probe, if `probe`) under `generation`,
     or not: `message` says why (CircuitOpen), `reopens_in` is the seconds until the breaker half-opens (None: its
-    probe is out)."""
+    probe is out). `lease` > 0: a lease comes with it (tagentd.executor.breakers): the worker may admit up to
+    `lease` more calls through this breaker by itself, under `generation`, for `lease_s` seconds counted from
+    when it asked, unless it is revoked (BreakerRevoke) or one of its calls fails first."""
 
     req: int
     allowed: bool
@@ -114,6 +116,14 @@ class BreakerAnswer(WorkerMessage, tag="breaker_answer"):
     probe: bool = False
     message: str | None = None
     reopens_in: float | None = None
+    lease: int = 0
+    lease_s: float = 0.0
+
+
+class BreakerRevoke(WorkerMessage, tag="breaker_revoke"):
+    """Stop admitting calls through breaker `name` on a lease: ask the daemon before each call again."""
+
+    name: str
 
 
 class BrokerReply(WorkerMessage, tag="broker_reply"):
@@ -285,7 +295,7 @@ class DependencyWait(WorkerMessage, tag="dependency_wait"):
 
 
 ToWorker = (LoadPipeline | RunTask | CancelRunning | TaskAcks | MemoryReply | PermitGrant | BrokerReply | StopWorker
-            | Refused | BreakerAnswer | DependencyReply | Batch)
+            | Refused | BreakerAnswer | BreakerRevoke | DependencyReply | Batch)
 FromWorker = (Hello | Heartbeat | Loaded | LoadFailed | TaskDone | LogLine | ProgressNote | MemoryGet | MemorySave
               | PermitRequest | PermitRelease | BrokerCall | BreakerAsk | BreakerOutcome | DependencyWait | Batch)
 
