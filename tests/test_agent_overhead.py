@@ -8,6 +8,7 @@ run (runners/early.py), given back when no request takes them.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -260,3 +261,41 @@ def test_an_agent_is_built_once_per_definition_and_the_cache_is_bounded(server: 
     assert cache.get("a") == "agent a"  # used: "b" is now the least recently used
     cache["c"] = "agent c"
     assert list(cache) == ["a", "c"]
+
+
+def test_a_model_the_price_table_does_not_know_is_looked_up_once_not_per_response(
+        server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given an endpoint model genai-prices does not know (`llama3` on a local server), when four attempts run,
+    then the table is searched for it on the first response only (pydantic-ai searched again for every response:
+    ~0.1-0.2 ms each), each costs 0 as before and the transcripts carry no cost; and a model the table knows
+    (`gpt-4o-mini`, the server echoing the name) is still priced by it."""
+    from genai_prices.data_snapshot import DataSnapshot
+
+    lookups: list[str] = []
+    find = DataSnapshot.find_provider_model
+
+    def counted(self: DataSnapshot, model_ref: str, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(model_ref)
+        return find(self, model_ref, *args, **kwargs)
+
+    monkeypatch.setattr(DataSnapshot, "find_provider_model", counted)
+    llm, p = runtime(server), pipeline()
+
+    async def three(p: Pipeline) -> list[StepSucceeded | StepFailed]:
+        return [await attempt(p, llm) for _ in range(3)]
+
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        events = [asyncio.run(attempt(p, llm))]
+        assert lookups  # the first response: the table was searched for the model
+        lookups.clear()
+        events += asyncio.run(three(p))
+    assert lookups == []  # not again for the next three
+    assert not [w for w in warned if "cost" in str(w.message)]  # a cost of the type pydantic-ai serializes
+    assert all(isinstance(e, StepSucceeded) and e.usage is not None and e.usage.cost == 0 for e in events), events
+    assert all("cost" not in m.get("usage", {}) for e in events for m in e.transcript["messages"])  # type: ignore[index]
+
+    known = Pipeline("priced")
+    known.step("find", goal="Find the company's founding year", output_schema=Company, model="local:gpt-4o-mini")
+    priced = asyncio.run(three(known))
+    assert all(isinstance(e, StepSucceeded) and e.usage is not None and e.usage.cost > 0 for e in priced), priced

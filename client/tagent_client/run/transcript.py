@@ -24,7 +24,8 @@ _NOISE = frozenset({"run_id", "conversation_id", "state", "provider_details", "p
                     "model_id", "provider_response_id", "scope", "history_digest", "workspace_ref", "failed_attempts",
                     "tool_kind", "dynamic_ref", "context_id", "metadata", "instructions", "id", "provider_name",
                     })
-_USAGE = ("input_tokens", "output_tokens", "cost")  # what a response's usage keeps
+_USAGE = ("input_tokens", "output_tokens", "cost")  # what a response's usage keeps (when not zero)
+_ZERO = ("0", "0.0")  # a zero cost as pydantic-ai dumps it (a Decimal, as a string)
 
 
 def from_messages(messages: Sequence[Any], secrets: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -46,7 +47,7 @@ def _compact(message: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
         if key == "parts":
             out[key] = [_fields(part, secrets) for part in value]
         elif key == "usage" and isinstance(value, dict):
-            out[key] = _scrub({k: v for k, v in value.items() if k in _USAGE and v}, secrets)
+            out[key] = _scrub({k: v for k, v in value.items() if k in _USAGE and v and v not in _ZERO}, secrets)
         else:
             out[key] = REDACTED if _secret_key(key) else _scrub(value, secrets)
     out.setdefault("parts", [])

@@ -49,6 +49,7 @@ from ...errors import ConfigError
 from ..breakers import BreakerGate, Ticket, llm_breaker
 from ..llm import MAX_PAUSE, EndpointSettings, LLMRuntime, RequestLimiter
 from .early import take_early_admission
+from .usage import skip_unpriced
 
 DEFAULT_REQUEST_RETRIES = 3
 BACKOFF_BASE = 0.5
@@ -269,6 +270,7 @@ class LimitedModel(WrapperModel):
                 raise
             self._report(ticket, True)
             self._release(permit, (response.usage.input_tokens or 0) + (response.usage.output_tokens or 0), None)
+            skip_unpriced(response)
             return response
 
     @asynccontextmanager
