@@ -19,6 +19,9 @@ step = one model request.
   permit from the daemon (one more round trip to it per request).
 - noop_chain: in the same (plain) daemon, the same chain of async no-op function steps returning
   the same output: what the daemon <-> worker hand-off alone costs a step, measured in this run.
+- daemon_quiet: the plain daemon's agent chain again, each run waited for by asking its status every
+  0.25 s instead of `client.wait` (a long poll answered at each step's events): the same step without
+  the benchmark's own per-step load on the daemon.
 
 overhead = p50(daemon) - p50(direct); target: at most 1 ms (issue 17). agent_specific = overhead -
 p50(noop_chain): what an agent step adds beyond a no-op step and the direct pydantic-ai work. CPU per
@@ -135,14 +138,30 @@ def measure_direct(base_url: str, runs: int) -> tuple[list[float], float]:
     return asyncio.run(go())
 
 
-def chain_gaps(client: Any, pipeline: Path, steps: int, reps: int, label: str, warm_up: bool = True) -> list[float]:
+QUIET_POLL_S = 0.25  # how often a quiet wait asks for the run's status
+
+
+def quiet_wait(client: Any, run_id: str, timeout: float) -> Any:
+    """The run's result once it has finished, found by asking its status every QUIET_POLL_S seconds: unlike
+    `client.wait` (a long poll the daemon answers at each step's events, then asked again), it costs the
+    daemon nothing per step."""
+    deadline = time.monotonic() + timeout
+    while client.status(run_id).finished_at is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} did not finish within {timeout}s")
+        time.sleep(QUIET_POLL_S)
+    return client.result(run_id)
+
+
+def chain_gaps(client: Any, pipeline: Path, steps: int, reps: int, label: str, warm_up: bool = True,
+               quiet: bool = False) -> list[float]:
     """Submit `pipeline` reps times (and once more first, as a warm-up: imports, model and schema caches, unless
-    `warm_up` is False); the measured runs' gaps between step ends."""
+    `warm_up` is False); the measured runs' gaps between step ends. `quiet`: wait with `quiet_wait`."""
     gaps: list[float] = []
     first = 0 if warm_up else 1
     for rep in range(first, reps + 1):
         handle = client.submit(pipeline)
-        result = client.wait(handle.id, timeout=300)
+        result = quiet_wait(client, handle.id, 300) if quiet else client.wait(handle.id, timeout=300)
         if not result.success:
             raise RuntimeError(f"{label} run {handle.id} ended {result.status}: {result.error}")
         ends = [result.step_metadata[f"s{i:03d}"]["finished_at"] for i in range(steps)]
@@ -181,6 +200,12 @@ def measure_daemon(base_url: str, steps: int, reps: int, limited: bool) -> dict[
             ticks = [cpu_ticks(pid) - b for pid, b in zip(pids, before, strict=True)]
             per_step = 1 / os.sysconf("SC_CLK_TCK") / (steps * reps)
             out["daemon_cpu"], out["workers_cpu"] = ticks[0] * per_step, sum(ticks[1:]) * per_step
+            if not limited:  # the same runs again, waited for without a long poll per step
+                before = [cpu_ticks(pid) for pid in pids]
+                out["quiet"] = chain_gaps(client, pipeline, steps, reps, f"daemon ({label}, quiet wait)", warm_up=False,
+                                          quiet=True)
+                ticks = [cpu_ticks(pid) - b for pid, b in zip(pids, before, strict=True)]
+                out["daemon_cpu_quiet"] = ticks[0] * per_step
             return out
     finally:
         daemon.stop()
@@ -219,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_limited_p50_ms": round((p50(limited["gaps"]) - p50(direct)) * 1000, 2),
         "noop_chain_p50_ms": round(p50(plain["noop"]) * 1000, 2),
         "agent_specific_p50_ms": round((p50(plain["gaps"]) - p50(direct) - p50(plain["noop"])) * 1000, 2),
+        "daemon_quiet_p50_ms": round(p50(plain["quiet"]) * 1000, 2),
+        "overhead_quiet_p50_ms": round((p50(plain["quiet"]) - p50(direct)) * 1000, 2),
+        "daemon_cpu_quiet_ms_per_step": round(plain["daemon_cpu_quiet"] * 1000, 2),
         "direct_cpu_ms": round(direct_cpu * 1000, 2),
         "workers_cpu_ms_per_step": round(plain["workers_cpu"] * 1000, 2),
         "daemon_cpu_ms_per_step": round(plain["daemon_cpu"] * 1000, 2),
