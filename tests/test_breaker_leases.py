@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import DaemonProcess, write_pipeline
-from test_worker import FakeDaemon, run_task
+from test_worker import FakeDaemon, ack, run_task
 
 from tagent_client.core.breaker import BreakerRule
 from tagent_client.core.events import StepSucceeded
@@ -228,7 +228,7 @@ def test_a_worker_asks_once_per_lease_and_again_after_a_revocation(fake_daemon: 
     fake_daemon.send(wire.BreakerAnswer(req=fifth.req, allowed=True, lease=LEASE_CALLS, lease_s=60.0))
     done = fake_daemon.done("calls")
     assert isinstance(done.event, StepSucceeded) and done.event.output == 5
-    fake_daemon.send(wire.TaskAck(run_id="r1", task="calls", attempt=1))
+    fake_daemon.send(ack(done))
     fake_daemon.send(wire.BreakerRevoke(name="svc"))
     fake_daemon.send(run_task(file, "calls", attempt=2, with_source=False, params={"n": 1}))
     again = fake_daemon.expect(wire.BreakerAsk)
