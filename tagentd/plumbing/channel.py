@@ -3,13 +3,17 @@
 ZMQ_FD is edge-triggered: it says *something* changed and any send, receive or
 EVENTS query resets it. So one pass sends everything queued, receives
 everything already there (handing the whole batch to the handler at once), and
-re-reads ZMQ_EVENTS before it sleeps — no message ever waits unseen, and the
-loop wakes once per batch, not once per message. The pass runs in the loop turn
-the FD fires in (not one turn later); a pass receives only while
-ZMQ_EVENTS says a message is there (never a receive that fails: pyzmq raises
-for those), and `send_now` re-reads ZMQ_EVENTS itself instead of costing the
-loop another pass. A socket used this way must not also be used through
-zmq.asyncio: both would claim the same FD.
+re-reads ZMQ_EVENTS before it sleeps unless nothing touched the socket since it
+last read them — no message ever waits unseen, and the loop wakes once per
+batch, not once per message. The pass runs in the loop turn the FD fires in
+(not one turn later). Each ZMQ_EVENTS query costs libzmq a poll of its command
+pipe (two syscalls), so a pass asks only what it must: one the FD started
+receives at once (the FD fires for a message almost every time; for anything
+else the receive fails, which pyzmq raises, and the pass goes on as usual),
+then receives only while ZMQ_EVENTS says a message is there; `send_now`
+re-reads ZMQ_EVENTS itself instead of costing the loop another pass. A socket
+used this way must not also be used through zmq.asyncio: both would claim the
+same FD.
 
 With `pack`, the messages queued when a pass sends are sent as the one message `pack` makes of them (the
 worker's link packs a loop turn's messages into one frame: tagentd/worker/wire.py `Batch`).
@@ -56,6 +60,9 @@ class Channel:
         self.peer_property = peer_property
         self.name = name
         self.dropped_sends = 0
+        #: Receives that found nothing: the FD fired for something other than a message (see the module docstring).
+        self.empty_receives = 0
+        self._touched = False  # a send or receive since ZMQ_EVENTS was last read: the FD's edge may be spent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: Callable[[list[Frames]], None] = lambda batch: None
         self._out: deque[Frames] = deque()
@@ -83,6 +90,7 @@ class Channel:
 
     def send_now(self, frames: Frames) -> bool:
         """Send at once, without queueing; False if the peer cannot take it (gone, or full)."""
+        self._touched = True
         try:
             self.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -93,6 +101,7 @@ class Channel:
 
     def rearm(self) -> None:
         """Look at the socket again soon: call after sending on `sock` directly (a send resets the FD's edge)."""
+        self._touched = True
         self._schedule()
 
     def _look_again(self) -> None:
@@ -101,20 +110,23 @@ class Channel:
         if self._scheduled or self._servicing or self._loop is None or self.sock.closed:
             return
         events = self.sock.get(zmq.EVENTS)
+        self._touched = False
         if events & _POLLIN or (self._out and events & _POLLOUT):
             self._schedule()
 
     def _readable(self) -> None:
         """The FD fired: the pass runs now, in this loop turn, unless one is already due (it will see the same)."""
         if not self._scheduled:
-            self._service()
+            self._service(fired=True)
 
     def _schedule(self) -> None:
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._service)
 
-    def _service(self) -> None:
+    def _service(self, fired: bool = False) -> None:
+        """One pass: send what is queued, receive what is there, hand it over, and make sure the FD will fire for
+        whatever comes next. `fired`: the FD fired (a message is most likely there: receive it without asking)."""
         self._scheduled = False
         sock = self.sock
         if sock.closed:
@@ -124,6 +136,7 @@ class Channel:
             self._out.clear()
             self._out.append(merged)
         while self._out:
+            self._touched = True
             try:
                 sock.send_multipart(self._out[0], zmq.NOBLOCK)
             except zmq.Again:
@@ -132,11 +145,23 @@ class Channel:
                 self._dropped(exc)  # e.g. a ROUTER peer that went away
             self._out.popleft()
         batch: list[Frames] = []
-        while len(batch) < MAX_DRAIN and sock.get(zmq.EVENTS) & _POLLIN:
+        if fired:
+            self._touched = True
             try:
                 batch.append(self._receive(sock))
-            except zmq.Again:  # not expected after POLLIN, but then the pass is over
-                break
+            except zmq.Again:  # the FD fired for something else (the receive took the signal: see below)
+                self.empty_receives += 1
+        if batch or not fired:
+            while len(batch) < MAX_DRAIN:
+                more = sock.get(zmq.EVENTS) & _POLLIN
+                self._touched = False
+                if not more:
+                    break
+                self._touched = True
+                try:
+                    batch.append(self._receive(sock))
+                except zmq.Again:  # not expected after POLLIN, but then the pass is over
+                    break
         if batch:
             self._servicing = True  # the handler's sends leave the edge to this pass's last look
             try:
@@ -146,9 +171,10 @@ class Channel:
         if len(batch) >= MAX_DRAIN:
             self._schedule()
             return
-        if sock.closed:
-            return
+        if sock.closed or not (self._touched or self._out):
+            return  # nothing touched the socket since ZMQ_EVENTS said it had nothing: the FD will fire for news
         events = sock.get(zmq.EVENTS)  # the handler may have sent: the edge is re-armed only by reading this
+        self._touched = False
         if events & _POLLIN or (self._out and events & _POLLOUT):
             self._schedule()
 
