@@ -3,16 +3,21 @@
 Before, `wait` read the run's whole event stream: every commit of a running run woke its long poll, and the
 daemon encoded and sent the new events to a caller that only wanted the end (a 200-step chain: a reply, a
 request and a client wake-up every few steps, on the loop that also dispatches the next step). Now it asks
-for the end only (`events` with `until_finished`), and a `--follow` reader still gets every event.
+for the end only (`events` with `until_finished`), whose parked poll only the run's finish wakes, and a `--follow`
+reader still gets every event.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from tagent_client.client import calls
+from tagent_client.core.engine import RunMachine
+from tagent_client.define.plan import Plan, StepKind, StepSpec
 from tagent_client.wire.protocol import GetEvents
+from tagentd.runs.run import Run, RunSource
 from tests.conftest import DaemonProcess, write_pipeline
 
 CHAIN = """
@@ -76,3 +81,29 @@ def test_a_poll_for_the_end_sends_no_events_and_says_whether_the_run_finished(da
         assert late.events == [] and late.finished and late.status == "completed"
         every = client._call(calls.events(handle.id, 0, 0.0))
         assert [event.topic for event in every.events][-1] == "run.finished"
+
+
+def test_a_wait_for_the_end_is_woken_by_the_finish_not_by_every_commit() -> None:
+    # Given a run (in process) and a long poll parked for its end
+    plan = Plan(name="p", steps=[StepSpec(name="s", kind=StepKind.FUNCTION)])
+    run = Run(RunSource(path="/p.py", source="x = 1", source_hash="h"), plan,
+              RunMachine.new(plan, "r1", params={}, now=0.0))
+
+    async def scenario() -> tuple[bool, bool]:
+        parked = asyncio.ensure_future(run.wait_for_end(10.0))
+        await asyncio.sleep(0)  # ok-sleep: one loop turn, for the poll to park
+        # When a commit that is not the end notifies the run's waiters
+        run.notify()
+        await asyncio.sleep(0)  # ok-sleep: one loop turn, for a woken poll to run
+        await asyncio.sleep(0)  # ok-sleep: and one for its task to end
+        woken_by_news = parked.done()
+        # and then the commit that announces the finish does
+        run.announced_finish = True
+        run.notify()
+        await asyncio.wait_for(parked, 5.0)
+        return woken_by_news, parked.done()
+
+    woken_by_news, woken_by_end = asyncio.run(scenario())
+    # Then only the finish woke it
+    assert not woken_by_news
+    assert woken_by_end
