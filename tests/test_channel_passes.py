@@ -212,3 +212,37 @@ def test_a_message_sent_at_once_leaves_before_the_loop_turns_again_unless_others
     assert alone == b"alone"
     assert held is None
     assert later == [b"queued", b"after"]
+
+
+def test_a_message_that_arrives_while_the_handler_runs_is_served_before_callbacks_queued_meanwhile(pair) -> None:  # type: ignore[no-untyped-def]
+    router, dealer = pair
+
+    async def order_of_work() -> list[str]:
+        # Given a Channel on the ROUTER whose handler answers the first message and, meanwhile, the loop gets other
+        # work (as the group commit is woken by the result the handler applies), and the peer's next message
+        # arrives before the handler returns (as a worker's next result does while the daemon's send is preempted)
+        loop = asyncio.get_running_loop()
+        log: list[str] = []
+
+        def handle(batch: list[list[bytes]]) -> None:
+            for identity, payload in batch:
+                log.append(payload.decode())
+                if payload == b"first":
+                    loop.call_soon(log.append, "queued meanwhile")
+                    channel.send_now([identity, b"re:first"])
+                    dealer.send(b"second")
+                    assert router.poll(5000), "the second message never arrived"
+
+        channel = Channel(router)
+        channel.start(handle)
+        dealer.send(b"warm-up")
+        await _until(lambda: log, "the warm-up message")
+        log.clear()
+        # When the first message comes
+        dealer.send(b"first")
+        await _until(lambda: len(log) == 3, "both messages and the queued callback")
+        channel.close()
+        return log
+
+    # Then the second message was handled in the same callback, before the work queued meanwhile
+    assert asyncio.run(order_of_work()) == ["first", "second", "queued meanwhile"]

@@ -6,7 +6,8 @@ everything already there (handing the whole batch to the handler at once), and
 re-reads ZMQ_EVENTS before it sleeps unless nothing touched the socket since it
 last read them — no message ever waits unseen, and the loop wakes once per
 batch, not once per message. The pass runs in the loop turn the FD fires in
-(not one turn later). Each ZMQ_EVENTS query costs libzmq a poll of its command
+(not one turn later), and what arrived while its handler ran is served by the
+same callback, before whatever the loop queued meanwhile (PASSES_AT_ONCE). Each ZMQ_EVENTS query costs libzmq a poll of its command
 pipe (two syscalls), so a pass asks only what it must: one the FD started
 receives at once (the FD fires for a message almost every time; for anything
 else the receive fails, which pyzmq raises, and the pass goes on as usual),
@@ -34,6 +35,10 @@ import zmq
 from tagentd.plumbing.peers import receive
 
 MAX_DRAIN = 1000  # messages handled per pass before letting other tasks run
+#: Passes one callback may run back to back: what arrived while a handler ran (say, during its send, which on a
+#: busy machine often hands the CPU to the I/O threads and the peer for a while) is served at once, before the
+#: callbacks the loop queued meanwhile (a commit's encoding and write, which would delay it by a whole turn).
+PASSES_AT_ONCE = 4
 # ZMQ_EVENTS bits as plain ints: pyzmq's flag enums make every `&` a call into the enum machinery.
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
@@ -125,12 +130,21 @@ class Channel:
             self._loop.call_soon(self._service)
 
     def _service(self, fired: bool = False) -> None:
-        """One pass: send what is queued, receive what is there, hand it over, and make sure the FD will fire for
-        whatever comes next. `fired`: the FD fired (a message is most likely there: receive it without asking)."""
+        """Passes until nothing waits (at most PASSES_AT_ONCE, then one more is scheduled). `fired`: the FD fired (a
+        message is most likely there: receive it without asking)."""
         self._scheduled = False
+        for _ in range(PASSES_AT_ONCE):
+            if not self._pass(fired):
+                return
+            fired = True  # the last look saw a message
+        self._schedule()
+
+    def _pass(self, fired: bool) -> bool:
+        """Send what is queued, receive what is there, hand it over, and make sure the FD will fire for whatever comes
+        next; True when a message arrived meanwhile (serve it now)."""
         sock = self.sock
         if sock.closed:
-            return
+            return False
         if self.pack is not None and len(self._out) > 1:
             merged = self.pack(list(self._out))
             self._out.clear()
@@ -170,13 +184,16 @@ class Channel:
                 self._servicing = False
         if len(batch) >= MAX_DRAIN:
             self._schedule()
-            return
+            return False
         if sock.closed or not (self._touched or self._out):
-            return  # nothing touched the socket since ZMQ_EVENTS said it had nothing: the FD will fire for news
+            return False  # nothing touched the socket since ZMQ_EVENTS said it had nothing: the FD will fire for news
         events = sock.get(zmq.EVENTS)  # the handler may have sent: the edge is re-armed only by reading this
         self._touched = False
-        if events & _POLLIN or (self._out and events & _POLLOUT):
+        if events & _POLLIN:
+            return True
+        if self._out and events & _POLLOUT:
             self._schedule()
+        return False
 
     def _receive(self, sock: zmq.Socket) -> Frames:
         if self.peers:
