@@ -246,3 +246,31 @@ def test_a_message_that_arrives_while_the_handler_runs_is_served_before_callback
 
     # Then the second message was handled in the same callback, before the work queued meanwhile
     assert asyncio.run(order_of_work()) == ["first", "second", "queued meanwhile"]
+
+
+def test_a_message_for_a_peer_that_is_gone_is_dropped_and_counted_and_the_next_one_still_leaves(pair) -> None:  # type: ignore[no-untyped-def]
+    router, dealer = pair
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+
+    async def send_to_nobody() -> tuple[bool, int, list[bytes]]:
+        # Given a Channel on a ROUTER that refuses messages for peers it does not know (as workers.sock does)
+        heard: list[list[bytes]] = []
+        channel = Channel(router)
+        channel.start(heard.extend)
+        dealer.send(b"hello")  # the peer is known from its first message
+        await _until(lambda: heard, "the peer's hello")
+        # When a message goes at once to a peer that is gone, and two are queued: for the gone peer, then for the
+        # known one
+        at_once = channel.send_now([b"gone", b"a"])
+        channel.send([b"gone", b"b"])
+        channel.send([b"peer", b"c"])
+        await _until(lambda: dealer.poll(0), "the message for the known peer")
+        got = [dealer.recv()]
+        channel.close()
+        return at_once, channel.dropped_sends, got
+
+    at_once, dropped, got = asyncio.run(send_to_nobody())
+    # Then the send at once says it did not leave, the queued one is dropped and counted, and the next one arrived
+    assert at_once is False
+    assert dropped == 1
+    assert got == [b"c"]
