@@ -1,9 +1,10 @@
 """`Channel` (tagentd/plumbing/channel.py) on real ZeroMQ sockets: what one message costs the loop.
 
 Every step hand-off between the daemon and a worker is a message each way through a `Channel`, so each loop turn
-and each failed ZeroMQ call it spends is paid by every step of a chain (issue 17): a pass must not ask for a
-message that is not there (pyzmq raises for that), a `send_now` must not cost a pass of its own, and a message
-must be handled in the loop turn its socket signals it, not one turn later.
+and each ZeroMQ call it spends is paid by every step of a chain (issue 17): a pass must not ask for a message that
+is not there but when the FD fired for something else (pyzmq raises for that), nor read ZMQ_EVENTS more often than
+the FD's edge needs (each read polls libzmq's command pipe: two syscalls), a `send_now` must not cost a pass of its
+own, and a message must be handled in the loop turn its socket signals it, not one turn later.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from tagentd.plumbing.channel import Channel
 
 
 class CountingSocket(zmq.Socket):
-    """A ZeroMQ socket that counts the receives that found nothing (each a zmq.Again raised by pyzmq)."""
+    """A ZeroMQ socket that counts the receives that found nothing (each a zmq.Again raised by pyzmq) and its
+    ZMQ_EVENTS reads."""
 
     empty_receives = 0
+    events_reads = 0
 
     def recv_multipart(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         try:
@@ -29,6 +32,18 @@ class CountingSocket(zmq.Socket):
         except zmq.Again:
             type(self).empty_receives += 1
             raise
+
+    def recv(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().recv(*args, **kwargs)
+        except zmq.Again:
+            type(self).empty_receives += 1
+            raise
+
+    def get(self, option):  # type: ignore[no-untyped-def]
+        if option == zmq.EVENTS:
+            type(self).events_reads += 1
+        return super().get(option)
 
 
 @pytest.fixture
@@ -43,7 +58,7 @@ def pair(tmp_path) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:  # type: ignore[n
     dealer.linger = 0
     dealer.setsockopt(zmq.IDENTITY, b"peer")
     dealer.connect(endpoint)
-    CountingSocket.empty_receives = 0
+    CountingSocket.empty_receives = CountingSocket.events_reads = 0
     yield router, dealer
     dealer.close()
     router.close()
@@ -58,7 +73,7 @@ async def _until(condition, what: str, timeout: float = 10.0) -> None:  # type: 
         await asyncio.sleep(0.001)  # ok-sleep: polling interval of a deadline-bounded wait
 
 
-def test_an_echo_conversation_never_asks_for_a_message_that_is_not_there(pair) -> None:  # type: ignore[no-untyped-def]
+def test_an_echo_conversation_reads_zmq_events_twice_per_message_and_rarely_asks_for_nothing(pair) -> None:  # type: ignore[no-untyped-def]
     router, dealer = pair
 
     async def converse() -> list[list[bytes]]:
@@ -73,6 +88,11 @@ def test_an_echo_conversation_never_asks_for_a_message_that_is_not_there(pair) -
 
         channel = Channel(router)
         channel.start(handle)
+        dealer.send(b"warm-up")  # the connection's own commands arrive with the first message
+        await _until(lambda: dealer.poll(0), "the answer to the warm-up")
+        dealer.recv()
+        got.clear()
+        CountingSocket.empty_receives = CountingSocket.events_reads = 0
         # When the peer sends 50 messages, one after the other's answer
         for i in range(50):
             dealer.send(b"%d" % i)
@@ -82,9 +102,39 @@ def test_an_echo_conversation_never_asks_for_a_message_that_is_not_there(pair) -
         return got
 
     got = asyncio.run(converse())
-    # Then every message was handled and answered, and no pass tried a receive that found nothing
+    # Then every message was handled and answered; each pass read ZMQ_EVENTS twice (after its receive: nothing
+    # more; after the answer's send: the edge re-armed), not three times, and a receive found nothing only when
+    # the FD fired for something other than a message (at most a few times, never once per message)
     assert [payload for _, payload in got] == [b"%d" % i for i in range(50)]
-    assert CountingSocket.empty_receives == 0
+    assert CountingSocket.events_reads <= 2 * 50
+    assert CountingSocket.empty_receives <= 3
+
+
+def test_a_pass_whose_handler_sends_nothing_reads_zmq_events_once(pair) -> None:  # type: ignore[no-untyped-def]
+    router, dealer = pair
+
+    async def receive_all() -> list[list[bytes]]:
+        # Given a Channel on the ROUTER whose handler only takes the messages, as a worker takes its tasks
+        got: list[list[bytes]] = []
+        channel = Channel(router)
+        channel.start(got.extend)
+        dealer.send(b"warm-up")
+        await _until(lambda: got, "the warm-up message")
+        got.clear()
+        CountingSocket.empty_receives = CountingSocket.events_reads = 0
+        # When 30 messages come one at a time, each handled before the next is sent
+        for i in range(30):
+            dealer.send(b"%d" % i)
+            await _until(lambda: len(got) > i, f"message {i}")
+        channel.close()
+        return got
+
+    got = asyncio.run(receive_all())
+    # Then each was handled, and each pass read ZMQ_EVENTS once: after its receive, to see that nothing more
+    # waits (the FD's edge is then armed, and nothing touched the socket after it)
+    assert [payload for _, payload in got] == [b"%d" % i for i in range(30)]
+    assert CountingSocket.events_reads <= 30
+    assert CountingSocket.empty_receives <= 3
 
 
 def test_a_message_is_handled_in_the_loop_turn_its_socket_signals_it(pair) -> None:  # type: ignore[no-untyped-def]
@@ -162,3 +212,65 @@ def test_a_message_sent_at_once_leaves_before_the_loop_turns_again_unless_others
     assert alone == b"alone"
     assert held is None
     assert later == [b"queued", b"after"]
+
+
+def test_a_message_that_arrives_while_the_handler_runs_is_served_before_callbacks_queued_meanwhile(pair) -> None:  # type: ignore[no-untyped-def]
+    router, dealer = pair
+
+    async def order_of_work() -> list[str]:
+        # Given a Channel on the ROUTER whose handler answers the first message and, meanwhile, the loop gets other
+        # work (as the group commit is woken by the result the handler applies), and the peer's next message
+        # arrives before the handler returns (as a worker's next result does while the daemon's send is preempted)
+        loop = asyncio.get_running_loop()
+        log: list[str] = []
+
+        def handle(batch: list[list[bytes]]) -> None:
+            for identity, payload in batch:
+                log.append(payload.decode())
+                if payload == b"first":
+                    loop.call_soon(log.append, "queued meanwhile")
+                    channel.send_now([identity, b"re:first"])
+                    dealer.send(b"second")
+                    assert router.poll(5000), "the second message never arrived"
+
+        channel = Channel(router)
+        channel.start(handle)
+        dealer.send(b"warm-up")
+        await _until(lambda: log, "the warm-up message")
+        log.clear()
+        # When the first message comes
+        dealer.send(b"first")
+        await _until(lambda: len(log) == 3, "both messages and the queued callback")
+        channel.close()
+        return log
+
+    # Then the second message was handled in the same callback, before the work queued meanwhile
+    assert asyncio.run(order_of_work()) == ["first", "second", "queued meanwhile"]
+
+
+def test_a_message_for_a_peer_that_is_gone_is_dropped_and_counted_and_the_next_one_still_leaves(pair) -> None:  # type: ignore[no-untyped-def]
+    router, dealer = pair
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+
+    async def send_to_nobody() -> tuple[bool, int, list[bytes]]:
+        # Given a Channel on a ROUTER that refuses messages for peers it does not know (as workers.sock does)
+        heard: list[list[bytes]] = []
+        channel = Channel(router)
+        channel.start(heard.extend)
+        dealer.send(b"hello")  # the peer is known from its first message
+        await _until(lambda: heard, "the peer's hello")
+        # When a message goes at once to a peer that is gone, and two are queued: for the gone peer, then for the
+        # known one
+        at_once = channel.send_now([b"gone", b"a"])
+        channel.send([b"gone", b"b"])
+        channel.send([b"peer", b"c"])
+        await _until(lambda: dealer.poll(0), "the message for the known peer")
+        got = [dealer.recv()]
+        channel.close()
+        return at_once, channel.dropped_sends, got
+
+    at_once, dropped, got = asyncio.run(send_to_nobody())
+    # Then the send at once says it did not leave, the queued one is dropped and counted, and the next one arrived
+    assert at_once is False
+    assert dropped == 1
+    assert got == [b"c"]

@@ -121,8 +121,8 @@ class FdSocket:
     def get(self, option: int) -> Any:
         return self.sock.get(option)
 
-    def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
-        self.sock.send_multipart(frames, flags)
+    def send(self, data: bytes, flags: int = 0) -> None:
+        self.sock.send(data, flags)
 
     def recv(self, flags: int = 0) -> bytes:
         self.receives += 1

@@ -159,11 +159,11 @@ async def get_events(ports: Ports, req: p.GetEvents) -> p.EventBatch:
     run = find_run(ports, req.run_id)
     deadline = time.monotonic() + wait_limit(req.wait, MAX_WAIT)
     while True:
-        events = run.events_after(req.after)
+        events = [] if req.until_finished else run.events_after(req.after)
         remaining = deadline - time.monotonic()
         if events or run.announced_finish or remaining <= 0:
             return p.EventBatch(events=events, finished=run.announced_finish, status=run.state.status.value)
-        await run.wait_for_news(remaining)
+        await (run.wait_for_end(remaining) if req.until_finished else run.wait_for_news(remaining))
 
 
 async def get_logs(ports: Ports, req: p.GetLogs) -> p.LogBatch:

@@ -3,13 +3,18 @@
 ZMQ_FD is edge-triggered: it says *something* changed and any send, receive or
 EVENTS query resets it. So one pass sends everything queued, receives
 everything already there (handing the whole batch to the handler at once), and
-re-reads ZMQ_EVENTS before it sleeps — no message ever waits unseen, and the
-loop wakes once per batch, not once per message. The pass runs in the loop turn
-the FD fires in (not one turn later); a pass receives only while
-ZMQ_EVENTS says a message is there (never a receive that fails: pyzmq raises
-for those), and `send_now` re-reads ZMQ_EVENTS itself instead of costing the
-loop another pass. A socket used this way must not also be used through
-zmq.asyncio: both would claim the same FD.
+re-reads ZMQ_EVENTS before it sleeps unless nothing touched the socket since it
+last read them — no message ever waits unseen, and the loop wakes once per
+batch, not once per message. The pass runs in the loop turn the FD fires in
+(not one turn later), and what arrived while its handler ran is served by the
+same callback, before whatever the loop queued meanwhile (PASSES_AT_ONCE). Each ZMQ_EVENTS query costs libzmq a poll of its command
+pipe (two syscalls), so a pass asks only what it must: one the FD started
+receives at once (the FD fires for a message almost every time; for anything
+else the receive fails, which pyzmq raises, and the pass goes on as usual),
+then receives only while ZMQ_EVENTS says a message is there; `send_now`
+re-reads ZMQ_EVENTS itself instead of costing the loop another pass. A socket
+used this way must not also be used through zmq.asyncio: both would claim the
+same FD.
 
 With `pack`, the messages queued when a pass sends are sent as the one message `pack` makes of them (the
 worker's link packs a loop turn's messages into one frame: tagentd/worker/wire.py `Batch`).
@@ -30,9 +35,15 @@ import zmq
 from tagentd.plumbing.peers import receive
 
 MAX_DRAIN = 1000  # messages handled per pass before letting other tasks run
+#: Passes one callback may run back to back: what arrived while a handler ran (say, during its send, which on a
+#: busy machine often hands the CPU to the I/O threads and the peer for a while) is served at once, before the
+#: callbacks the loop queued meanwhile (a commit's encoding and write, which would delay it by a whole turn).
+PASSES_AT_ONCE = 4
 # ZMQ_EVENTS bits as plain ints: pyzmq's flag enums make every `&` a call into the enum machinery.
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE) | _NOBLOCK
 
 log = logging.getLogger("tagentd.channel")
 
@@ -56,6 +67,9 @@ class Channel:
         self.peer_property = peer_property
         self.name = name
         self.dropped_sends = 0
+        #: Receives that found nothing: the FD fired for something other than a message (see the module docstring).
+        self.empty_receives = 0
+        self._touched = False  # a send or receive since ZMQ_EVENTS was last read: the FD's edge may be spent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: Callable[[list[Frames]], None] = lambda batch: None
         self._out: deque[Frames] = deque()
@@ -83,8 +97,9 @@ class Channel:
 
     def send_now(self, frames: Frames) -> bool:
         """Send at once, without queueing; False if the peer cannot take it (gone, or full)."""
+        self._touched = True
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            _send(self.sock, frames)
         except zmq.ZMQError:
             return False
         finally:
@@ -93,6 +108,7 @@ class Channel:
 
     def rearm(self) -> None:
         """Look at the socket again soon: call after sending on `sock` directly (a send resets the FD's edge)."""
+        self._touched = True
         self._schedule()
 
     def _look_again(self) -> None:
@@ -101,42 +117,67 @@ class Channel:
         if self._scheduled or self._servicing or self._loop is None or self.sock.closed:
             return
         events = self.sock.get(zmq.EVENTS)
+        self._touched = False
         if events & _POLLIN or (self._out and events & _POLLOUT):
             self._schedule()
 
     def _readable(self) -> None:
         """The FD fired: the pass runs now, in this loop turn, unless one is already due (it will see the same)."""
         if not self._scheduled:
-            self._service()
+            self._service(fired=True)
 
     def _schedule(self) -> None:
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._service)
 
-    def _service(self) -> None:
+    def _service(self, fired: bool = False) -> None:
+        """Passes until nothing waits (at most PASSES_AT_ONCE, then one more is scheduled). `fired`: the FD fired (a
+        message is most likely there: receive it without asking)."""
         self._scheduled = False
+        for _ in range(PASSES_AT_ONCE):
+            if not self._pass(fired):
+                return
+            fired = True  # the last look saw a message
+        self._schedule()
+
+    def _pass(self, fired: bool) -> bool:
+        """Send what is queued, receive what is there, hand it over, and make sure the FD will fire for whatever comes
+        next; True when a message arrived meanwhile (serve it now)."""
         sock = self.sock
         if sock.closed:
-            return
+            return False
         if self.pack is not None and len(self._out) > 1:
             merged = self.pack(list(self._out))
             self._out.clear()
             self._out.append(merged)
         while self._out:
+            self._touched = True
             try:
-                sock.send_multipart(self._out[0], zmq.NOBLOCK)
+                _send(sock, self._out[0])
             except zmq.Again:
                 break  # the peer is not reading; POLLOUT will signal the FD
             except zmq.ZMQError as exc:
                 self._dropped(exc)  # e.g. a ROUTER peer that went away
             self._out.popleft()
         batch: list[Frames] = []
-        while len(batch) < MAX_DRAIN and sock.get(zmq.EVENTS) & _POLLIN:
+        if fired:
+            self._touched = True
             try:
                 batch.append(self._receive(sock))
-            except zmq.Again:  # not expected after POLLIN, but then the pass is over
-                break
+            except zmq.Again:  # the FD fired for something else (the receive took the signal: see below)
+                self.empty_receives += 1
+        if batch or not fired:
+            while len(batch) < MAX_DRAIN:
+                more = sock.get(zmq.EVENTS) & _POLLIN
+                self._touched = False
+                if not more:
+                    break
+                self._touched = True
+                try:
+                    batch.append(self._receive(sock))
+                except zmq.Again:  # not expected after POLLIN, but then the pass is over
+                    break
         if batch:
             self._servicing = True  # the handler's sends leave the edge to this pass's last look
             try:
@@ -145,12 +186,16 @@ class Channel:
                 self._servicing = False
         if len(batch) >= MAX_DRAIN:
             self._schedule()
-            return
-        if sock.closed:
-            return
+            return False
+        if sock.closed or not (self._touched or self._out):
+            return False  # nothing touched the socket since ZMQ_EVENTS said it had nothing: the FD will fire for news
         events = sock.get(zmq.EVENTS)  # the handler may have sent: the edge is re-armed only by reading this
-        if events & _POLLIN or (self._out and events & _POLLOUT):
+        self._touched = False
+        if events & _POLLIN:
+            return True
+        if self._out and events & _POLLOUT:
             self._schedule()
+        return False
 
     def _receive(self, sock: zmq.Socket) -> Frames:
         if self.peers:
@@ -166,7 +211,7 @@ class Channel:
         """Send what is queued now, as far as the peer takes it (used just before closing)."""
         while self._out:
             try:
-                self.sock.send_multipart(self._out.popleft(), zmq.NOBLOCK)
+                _send(self.sock, self._out.popleft())
             except zmq.ZMQError:
                 break
 
@@ -174,3 +219,12 @@ class Channel:
         if self._loop is not None and self._fd is not None and not self.sock.closed:
             self._loop.remove_reader(self._fd)
         self.sock.close(linger=linger_ms)
+
+
+def _send(sock: zmq.Socket, frames: Frames) -> None:
+    """`sock.send_multipart(frames, zmq.NOBLOCK)` without pyzmq's per-call checks of each frame and its flag enums
+    (about half of a send's cost here, paid by every step hand-off). Raises as that would: zmq.Again or another
+    ZMQError at the first frame (a full or gone ROUTER peer), when nothing of the message has left."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        sock.send(frame, _MORE if index < last else _NOBLOCK)

@@ -118,6 +118,7 @@ class Run:
         self._seq = 0
         self._log_seq = 0
         self._news = asyncio.Event()
+        self._end: asyncio.Event | None = None  # made by the first `wait_for_end`, set by the notify after the finish
 
     @property
     def id(self) -> str:
@@ -165,9 +166,25 @@ class Run:
     # -- news --------------------------------------------------------------------------
 
     def notify(self) -> None:
-        """Wake every long-poll waiting on this run."""
+        """Wake every long-poll waiting on this run (those waiting for its end only once its finish is announced)."""
         self._news.set()
         self._news = asyncio.Event()
+        if self._end is not None and self.announced_finish:
+            self._end.set()
+            self._end = None
+
+    async def wait_for_end(self, timeout: float) -> None:
+        """Return once the run's finish has been announced, or after `timeout` s: the news of each commit that is not
+        the end does not wake it (a `Client.wait` costs the loop nothing per commit of a running run)."""
+        if timeout <= 0 or self.announced_finish:
+            return
+        if self._end is None:
+            self._end = asyncio.Event()
+        end = self._end
+        try:
+            await asyncio.wait_for(end.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def wait_for_news(self, timeout: float) -> None:
         if timeout <= 0:

@@ -210,7 +210,7 @@ class AsyncClient(AsyncBrokerMethods, ClientBase):
                 yield line
 
     async def wait(self, run_id: str, timeout: float | None = None, schemas: Schemas | None = None) -> PipelineResult:
-        feed = calls.Feed(run_id, timeout=timeout)
+        feed = calls.Feed(run_id, timeout=timeout, end_only=True)  # one reply at the end, not one per commit
         while not feed.done:
             feed.take(await self._call(feed.call()))
         return await self.result(run_id, schemas)

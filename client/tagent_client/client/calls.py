@@ -150,8 +150,9 @@ def submit(path_or_spec: str | os.PathLike[str], params: Mapping[str, Any] | Non
     return Call(request, _handle, extra_timeout=load_timeout, resend=True)
 
 
-def events(run_id: str, after: int, wait: float) -> Call[EventBatch]:
-    return Call(protocol.GetEvents(run_id=run_id, after=after, wait=wait), decode_as(EventBatch), wait)
+def events(run_id: str, after: int, wait: float, *, until_finished: bool = False) -> Call[EventBatch]:
+    request = protocol.GetEvents(run_id=run_id, after=after, wait=wait, until_finished=until_finished)
+    return Call(request, decode_as(EventBatch), wait)
 
 
 def logs(run_id: str, after: int, wait: float) -> Call[LogBatch]:
@@ -191,11 +192,14 @@ class Feed:
     and ends at the first batch that is empty *and* says the run finished, so
     nothing sent before the end is missed even if the daemon caps batch sizes.
     With a `timeout`, asking for the next batch after that many seconds raises RequestTimeout.
+    With `end_only` (events only), the daemon sends no events and answers once the run has finished (or the
+    long poll's `wait` ends): one round trip per run, not one per commit, for a caller that waits for the end.
     """
 
     def __init__(self, run_id: str, *, logs: bool = False, follow: bool = True, wait: float = 5.0,
-                 after: int = 0, timeout: float | None = None) -> None:
+                 after: int = 0, timeout: float | None = None, end_only: bool = False) -> None:
         self.run_id, self.logs, self.follow, self.timeout = run_id, logs, follow, timeout
+        self.end_only = end_only and not logs
         self.wait = wait if follow else 0.0
         self.after = after
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -209,7 +213,9 @@ class Feed:
                 raise RequestTimeout(f"run {self.run_id} did not finish within {self.timeout:g}s; it keeps running "
                                      f"(see 'tagent status {self.run_id}')", run_id=self.run_id)
             wait = min(wait, left)
-        return (logs if self.logs else events)(self.run_id, self.after, wait)
+        if self.logs:
+            return logs(self.run_id, self.after, wait)
+        return events(self.run_id, self.after, wait, until_finished=self.end_only)
 
     def take(self, batch: EventBatch | LogBatch) -> list[Any]:
         items = batch.lines if isinstance(batch, LogBatch) else batch.events

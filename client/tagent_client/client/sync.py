@@ -171,7 +171,7 @@ class Client(BrokerMethods, ClientBase):
 
     def wait(self, run_id: str, timeout: float | None = None, schemas: Schemas | None = None) -> PipelineResult:
         """Block until the run finishes, then return its result; RequestTimeout after `timeout` s."""
-        feed = calls.Feed(run_id, timeout=timeout)
+        feed = calls.Feed(run_id, timeout=timeout, end_only=True)  # one reply at the end, not one per commit
         while not feed.done:
             feed.take(self._call(feed.call()))
         return self.result(run_id, schemas)

@@ -105,11 +105,15 @@ class Retry(Request, tag="retry"):
 
 
 class GetEvents(Request, tag="events"):
-    """The run's lifecycle events with seq > `after`; waits up to `wait` seconds for one to arrive."""
+    """The run's lifecycle events with seq > `after`; waits up to `wait` seconds for one to arrive.
+
+    With `until_finished`, no events are sent: the reply waits until the run has finished (or `wait` ends).
+    """
 
     run_id: str
     after: int = 0
     wait: float = 0.0
+    until_finished: bool = False
 
 
 class GetLogs(Request, tag="logs"):
