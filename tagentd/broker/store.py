@@ -9,7 +9,7 @@ Guarantees:
 - `flush()` appends every record the broker journalled since the last flush and
   fsyncs once; the daemon awaits it in the same commit as the run store, so a
   reply sent after the commit (a send, a put, a queued trigger) is on disk; its
-  `written` callback runs once those records are in the file and before the fsync
+  `written` callback runs once those records are in the file, while the fsync runs
   (what a parked receive waits for: docs/checkpoints.md, "Writing: group commit");
 - reads in a space's access log (`AccessLogged`), failed deliveries
   (`DeliveryFailed`) and messages sent with `durable=False` (the `volatile` ids
@@ -110,7 +110,7 @@ class BrokerStore:
     async def flush(self, volatile: Container[tuple[str, str]] = (), written: Callable[[], None] | None = None) -> None:
         """Append what was journalled since the last flush; fsync unless it is only records that need none (the
         unsynced kinds, and the sends of the `(mailbox, id)`s in `volatile`: messages sent with `durable=False`).
-        `written()` is called once the records are in the file, before the fsync (at once if there is nothing to
+        `written()` is called once the records are in the file, while the fsync runs (at once if there is nothing to
         write); it must not raise."""
         async with self._lock:
             records = self.broker.core.take_journal()

@@ -9,7 +9,8 @@ Guarantees:
   directory fsynced when it is created) and, with `fsync=True`, fsyncs it in the
   log's own thread; when it returns the batch is in the segment (and on disk if fsynced);
   its `written` callback runs once the batch is in the file (the OS has it: a kill -9 of
-  this process no longer loses it) and before the fsync starts;
+  this process no longer loses it) and before the fsync ends (it is handed to the thread
+  first, so the thread wakes while the callback works);
   when it raises, the segment is cut back to its last whole record and closed,
   and the next append starts a new segment, so a failed batch is never half-kept
   in front of a later one; a segment left holding no record is deleted, so
@@ -117,8 +118,8 @@ class SegmentLog:
         return self._fd
 
     async def append(self, data: bytes, fsync: bool = True, written: Callable[[], None] | None = None) -> None:
-        """Write `data` whole to the current segment, call `written()` (if given), then (if `fsync`) fsync it in a
-        thread. `written` must not raise: it runs between the write and the fsync.
+        """Write `data` whole to the current segment and (if `fsync`) fsync it in a thread; `written()` (if given) is
+        called once the data is written, while the fsync runs. `written` must not raise.
 
         On any failure (or cancellation) the segment is cut back to its last whole record and closed before
         the error propagates.
@@ -129,14 +130,17 @@ class SegmentLog:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            if written is not None:
-                written()
             if fsync:
                 if self._syncer is None:
                     self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-fsync")
-                seconds = await asyncio.get_running_loop().run_in_executor(self._syncer, timed_fsync, fd)
+                syncing = asyncio.get_running_loop().run_in_executor(self._syncer, timed_fsync, fd)
+                if written is not None:
+                    written()  # after the fsync is handed over: its thread wakes while `written` works
+                seconds = await syncing
                 if self.on_fsync is not None:
                     self.on_fsync(seconds)
+            elif written is not None:
+                written()
         except BaseException:
             self.drop_partial()
             raise
