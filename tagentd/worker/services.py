@@ -109,12 +109,9 @@ class WorkerServices:
             return await asyncio.wrap_future(future)
         req = next(self._reqs)
         waiter: asyncio.Future[Any] = self._loop.create_future()
-        # A lone request (nothing else of this worker's awaits the daemon: a step that sends, then receives) leaves
-        # now, not a loop turn later; concurrent ones (`asyncio.gather` of sends) share the link's next frame.
-        alone = not self._waiting
         self._waiting[req] = waiter
         try:
-            self._link.send_until_acked((kind, req), make(req), at_once=alone)
+            self._link.send_until_acked((kind, req), make(req))
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
