@@ -214,7 +214,8 @@ class BrokerShell:
     # -- the group commit (CommitParticipant) ------------------------------------------------------------------
 
     def prepare(self) -> Token:
-        """Take what waits for this commit: events to publish, trigger starts and acks to journal after it."""
+        """Take what waits for this commit: events to publish, trigger starts and acks to journal after it, the
+        messages it writes (a receive of one is answered once it is written) and the steps' replies it holds."""
         token = (self._lifecycle, self._pending, self._launched, self._acks, set(self._unwritten), self._after_commit)
         self._writing, self._written = token[4], False
         self._lifecycle, self._pending, self._launched, self._acks, self._after_commit = [], [], [], [], []
