@@ -171,8 +171,7 @@ class World:
         self.executor = FakeExecutor()
         self.workers = FakeChannel()
         self.stats: dict[str, Any] = {}
-        calls = BrokerCalls(broker=self.broker, router=self.router, channel=self.workers,  # type: ignore[arg-type]
-                            reply_after_commit=self.commit.reply_after_commit)
+        calls = BrokerCalls(broker=self.broker, router=self.router, channel=self.workers)  # type: ignore[arg-type]
         waits = DependencyWaits(ops=self.ops, channel=self.workers, reply_after_commit=self.commit.reply_after_commit,  # type: ignore[arg-type]
                                 spawn=self.router.spawn)
         self.messages = WorkerMessages(WorkerPorts(

@@ -190,8 +190,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopper.on_signal, sig)
         self.control.start(porter.handover(), porter.pings)
-        calls = BrokerCalls(broker=self.broker, router=self.router, channel=self.workers_channel,
-                            reply_after_commit=self.commit.reply_after_commit)
+        calls = BrokerCalls(broker=self.broker, router=self.router, channel=self.workers_channel)
         self.dependency_waits = DependencyWaits(ops=self.driver, channel=self.workers_channel,
                                                 reply_after_commit=self.commit.reply_after_commit, spawn=self.spawn)
         messages = WorkerMessages(WorkerPorts(executor=self.executor, ops=self.driver, broker=self.broker,

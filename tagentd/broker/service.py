@@ -59,8 +59,10 @@ log = logging.getLogger("tagentd.broker")
 ENDED_KEEP = 10_000        # attempts known to be over: a late receive for one leases nothing
 RATE_WINDOW = 10           # seconds of counter samples behind the rates in `stats`
 Holder = tuple[str, str, int]
-#: What one commit makes safe to publish / journal: lifecycle events, user events, trigger starts, acks.
-Token = tuple[list[EventRecord], list[EventRecord], list[QueuedTrigger], list[Record], set[tuple[str, str]]]
+#: What one commit makes safe to publish / journal / send: lifecycle events, user events, trigger starts, acks, the
+#: messages it writes, the steps' replies that wait for it.
+Token = tuple[list[EventRecord], list[EventRecord], list[QueuedTrigger], list[Record], set[tuple[str, str]],
+              list[Callable[[], None]]]
 
 
 class BrokerShell:
@@ -90,7 +92,9 @@ class BrokerShell:
         self._unwritten: set[tuple[str, str]] = set()  # (mailbox, id) of messages the next commit writes
         self._volatile: set[tuple[str, str]] = set()   # the non-durable ones among them
         self._writing: set[tuple[str, str]] = set()    # the messages the commit in flight writes
-        self._when_written: list[tuple[Callable[[], None], Callable[[], None]]] = []  # (on success, on failure)
+        self._written = False                          # whether it has written them (its fsync may still run)
+        self._when_written: list[tuple[tuple[str, str], Callable[[], None]]] = []  # receives' replies: (message, send)
+        self._after_commit: list[Callable[[], None]] = []  # the steps' replies that wait for the next commit
         self._ended: collections.OrderedDict[Holder, None] = collections.OrderedDict()
         self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(maxlen=RATE_WINDOW + 1)
 
@@ -210,30 +214,45 @@ class BrokerShell:
     # -- the group commit (CommitParticipant) ------------------------------------------------------------------
 
     def prepare(self) -> Token:
-        """Take what waits for this commit: events to publish, trigger starts and acks to journal after it."""
-        token = (self._lifecycle, self._pending, self._launched, self._acks, set(self._unwritten))
-        self._writing = token[4]
-        self._lifecycle, self._pending, self._launched, self._acks = [], [], [], []
+        """Take what waits for this commit: events to publish, trigger starts and acks to journal after it, the
+        messages it writes (a receive of one is answered once it is written) and the steps' replies it holds."""
+        token = (self._lifecycle, self._pending, self._launched, self._acks, set(self._unwritten), self._after_commit)
+        self._writing, self._written = token[4], False
+        self._lifecycle, self._pending, self._launched, self._acks, self._after_commit = [], [], [], [], []
         return token
 
     def flush(self, token: Token) -> Awaitable[None] | None:
         """Write the broker store in the same commit as the run store, when it has anything to write."""
-        return self.store.flush(self._volatile) if self.has_writes() else None
+        return self.store.flush(self._volatile, self._on_written) if self.has_writes() else None
+
+    def _on_written(self) -> None:
+        """The commit in flight has written its records (its fsync may still run): the receives that leased one of
+        its messages are answered now. Whatever a receiver then does is written by a later commit, after this one's
+        fsync (docs/checkpoints.md, "Writing: group commit")."""
+        self._written = True
+        if not self._when_written:
+            return
+        ready = [send for key, send in self._when_written if key in self._writing]
+        self._when_written = [(key, send) for key, send in self._when_written if key not in self._writing]
+        for send in ready:
+            try:
+                send()
+            except Exception:  # noqa: BLE001 - a reply that cannot go must not cut the log back (wal.append)
+                log.exception("broker: a receive's reply could not be sent")
 
     def failed(self, token: Token) -> None:
         self._lifecycle[:0], self._pending[:0], self._launched[:0], self._acks[:0] = token[:4]
-        self._writing, waiting, self._when_written = set(), self._when_written, []
-        for _, on_failure in waiting:
-            on_failure()
+        self._after_commit[:0] = token[5]
+        self._writing, self._written = set(), False  # receives still waiting wait for the next try's write
 
     def committed(self, token: Token) -> None:
         """The commit is on disk: journal the trigger starts and acks it made safe, publish, start queued triggers."""
-        lifecycle, pending, launched, acks, written = token
+        lifecycle, pending, launched, acks, written, replies = token
         self._unwritten -= written  # the messages this commit wrote are on disk now
         self._volatile -= written
-        self._writing, waiting, self._when_written = set(), self._when_written, []
-        for on_success, _ in waiting:
-            on_success()
+        self._writing, self._written = set(), False
+        for send in replies:  # in the turn the commit ends
+            send()
         for item in launched:
             self.broker.trigger_durable(item)
         self.broker.journal.extend(acks)
@@ -286,25 +305,28 @@ class BrokerShell:
         self._receivers.park(caller.pipeline, holder, wait, deliver)
         return parked
 
-    def reply(self, request: Any, result: Any, now: Callable[[], None], after_commit: Callable[[], None]) -> None:
-        """Send a step's reply at the right time: `now` when `answered_at_once`; when it leased a durable message
-        that the commit in flight is writing, as soon as that commit is on disk; else `after_commit` (the next)."""
+    def reply(self, request: Any, result: Any, send: Callable[[], None]) -> None:
+        """Call `send` (a step's reply leaves) at the right time: now when `answered_at_once`; when it leased a
+        durable message not written yet, as soon as the commit that holds it has written it (`_on_written`: before
+        that commit's fsync ends); any other reply once the next commit is on disk."""
         if self.answered_at_once(request, result):
-            now()
-        elif isinstance(result, Message) and (result.mailbox, result.id) in self._writing:
-            self._when_written.append((now, after_commit))
+            send()
+        elif isinstance(request, b.ReceiveMessage) and isinstance(result, Message):
+            self._when_written.append(((result.mailbox, result.id), send))
         else:
-            after_commit()
+            self._after_commit.append(send)
+            self.mark_dirty()
 
     def answered_at_once(self, request: Any, result: Any) -> bool:
-        """Whether this reply need not wait for a commit: a non-durable send; a receive that leased a message
-        already on disk (the lease itself is never written), or one sent non-durably (it promised nothing a
-        crash could break). A receive of a durable message the next commit writes waits for that commit."""
+        """Whether this reply need not wait: a non-durable send; a receive that leased a message already written
+        (on disk, or written by the commit in flight, whose fsync may still run: the lease itself is never written,
+        and all the receiver can make of it is written after that fsync), or one sent non-durably (it promised
+        nothing a crash could break). A receive of a durable message not written yet waits for its write."""
         if isinstance(request, b.SendMessage):
             return not request.durable
         if isinstance(request, b.ReceiveMessage) and isinstance(result, Message):
             key = (result.mailbox, result.id)
-            return key not in self._unwritten or key in self._volatile
+            return key not in self._unwritten or key in self._volatile or (self._written and key in self._writing)
         return False
 
     async def lock(self, caller: b.StepRef, space: str, key: str, ttl: float, wait: float) -> Lease | None:

@@ -8,7 +8,9 @@ Layout under the state dir (its own directory, apart from the run store):
 Guarantees:
 - `flush()` appends every record the broker journalled since the last flush and
   fsyncs once; the daemon awaits it in the same commit as the run store, so a
-  reply sent after the commit (a send, a put, a queued trigger) is on disk;
+  reply sent after the commit (a send, a put, a queued trigger) is on disk; its
+  `written` callback runs once those records are in the file, while the fsync runs
+  (what a parked receive waits for: docs/checkpoints.md, "Writing: group commit");
 - reads in a space's access log (`AccessLogged`), failed deliveries
   (`DeliveryFailed`) and messages sent with `durable=False` (the `volatile` ids
   given to `flush`) are appended without an fsync of their own: once appended they
@@ -105,20 +107,24 @@ class BrokerStore:
         self._unwritten += b"".join(chunks)
         self.stats["records"] += len(records)
 
-    async def flush(self, volatile: Container[tuple[str, str]] = ()) -> None:
+    async def flush(self, volatile: Container[tuple[str, str]] = (), written: Callable[[], None] | None = None) -> None:
         """Append what was journalled since the last flush; fsync unless it is only records that need none (the
-        unsynced kinds, and the sends of the `(mailbox, id)`s in `volatile`: messages sent with `durable=False`)."""
+        unsynced kinds, and the sends of the `(mailbox, id)`s in `volatile`: messages sent with `durable=False`).
+        `written()` is called once the records are in the file, while the fsync runs (at once if there is nothing to
+        write); it must not raise."""
         async with self._lock:
             records = self.broker.core.take_journal()
             if records:
                 self._encode(records, volatile)
             if not self._unwritten:
+                if written is not None:
+                    written()
                 return
             rotate = self._wal.size + len(self._unwritten) > SEGMENT_BYTES
             snapshot = _encoder.encode(BrokerCheckpoint(seq=self._seq, state=self.broker.snapshot())) if rotate else None
             loop = asyncio.get_running_loop()
             # Reads, failure counts and non-durable sends alone are not fsynced; a failure cuts the segment back and raises.
-            await self._wal.append(self._unwritten, fsync=self._needs_sync)
+            await self._wal.append(self._unwritten, fsync=self._needs_sync, written=written)
             self.stats["bytes"] += len(self._unwritten)
             self.stats["flushes"] += self._needs_sync
             self._unwritten = b""
@@ -189,8 +195,10 @@ class MemoryBrokerStore:
         self.problems: list[str] = []
         self.stats: dict[str, int] = {}
 
-    async def flush(self, volatile: Container[tuple[str, str]] = ()) -> None:
+    async def flush(self, volatile: Container[tuple[str, str]] = (), written: Callable[[], None] | None = None) -> None:
         self.broker.core.take_journal()
+        if written is not None:
+            written()
 
     def load(self) -> None:
         return None

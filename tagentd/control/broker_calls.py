@@ -1,15 +1,16 @@
 """A step's broker request (`wire.BrokerCall` on workers.sock) to its handler, and its reply back, once.
 
 The call goes to the broker's handler (tagentd/broker/handlers.py) through the router, with the
-step as its caller; the reply goes back to the worker after the next commit, so what it reports
-is on disk — or sooner where `BrokerShell.reply` says so (a non-durable send, a receive of a
-message already on disk or being written by the commit in flight). Workers re-send a call every
-second until it is answered, so:
+step as its caller; the reply goes back to the worker when `BrokerShell.reply` lets it: after the
+next commit, so what it reports is on disk, or sooner where nothing it reports needs that (a
+non-durable send, a receive of a message already written). Workers re-send a call every second
+until it is answered, so:
 
-- a re-send of a call still in progress is ignored (its reply is on its way);
-- a re-send of an answered call is answered again, at once, from a small cache (the last
-  ANSWERED_KEEP replies): its answer was committed already, and a lost reply never makes a
-  `receive` lease a second message.
+- a re-send of a call whose reply has not left yet is ignored: it is on its way, and still waits
+  for its commit (a commit can take longer than a second: a slow or full disk);
+- a re-send of a call whose reply has left is answered again, at once, from a small cache (the last
+  ANSWERED_KEEP replies): what it reports is as safe as when it first left, and a lost reply never
+  makes a `receive` lease a second message.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from tagentd.broker.handlers import HANDLERS
 from tagentd.broker.service import BrokerShell
 from tagentd.control.router import Router
 from tagentd.plumbing.channel import Channel
-from tagentd.plumbing.ports import ReplyAfterCommit
 from tagentd.worker import wire
 
 ANSWERED_KEEP = 4096  # worker requests whose reply is kept to answer a re-send again
@@ -49,14 +49,12 @@ class BrokerReplyShape:
 
 
 class BrokerCalls:
-    """The steps' broker calls: routed once each, answered after the commit, re-sends answered from a cache."""
+    """The steps' broker calls: routed once each, answered when the broker says, re-sends answered from a cache."""
 
-    def __init__(self, *, broker: BrokerShell, router: Router, channel: Channel,
-                 reply_after_commit: ReplyAfterCommit) -> None:
+    def __init__(self, *, broker: BrokerShell, router: Router, channel: Channel) -> None:
         self.broker = broker
         self.router = router
         self.channel = channel
-        self.reply_after_commit = reply_after_commit
         self._in_progress: set[CallKey] = set()
         self._answered: collections.OrderedDict[CallKey, bytes] = collections.OrderedDict()
 
@@ -64,10 +62,10 @@ class BrokerCalls:
         key = (identity, call.req)
         cached = self._answered.get(key)
         if cached is not None:
-            self.channel.send([identity, cached])  # a re-send: the answer was committed already
+            self.channel.send([identity, cached])  # a re-send of a reply that has left
             return
         if key in self._in_progress:
-            return
+            return  # its reply waits for a commit (or a write), not for this re-send
         self._in_progress.add(key)
         shape = BrokerReplyShape(call)
         handler = HANDLERS.get(type(call.op))
@@ -78,14 +76,15 @@ class BrokerCalls:
                           lambda payload: self._answer(key, shape, payload))
 
     def _answer(self, key: CallKey, shape: BrokerReplyShape, payload: bytes) -> None:
-        self._in_progress.discard(key)
-        self._answered[key] = payload
-        while len(self._answered) > ANSWERED_KEEP:
-            self._answered.popitem(last=False)
         frames = [key[0], payload]
 
-        def now() -> None:
+        def send() -> None:
+            """The reply leaves: from now on a re-send of the call is answered from the cache."""
+            self._in_progress.discard(key)
+            self._answered[key] = payload
+            while len(self._answered) > ANSWERED_KEEP:
+                self._answered.popitem(last=False)
             if not self.channel.send_now(frames):  # now, not a loop turn later; else queued
                 self.channel.send(frames)
 
-        self.broker.reply(shape.op, shape.result, now, lambda: self.reply_after_commit(self.channel, frames))
+        self.broker.reply(shape.op, shape.result, send)

@@ -8,6 +8,9 @@ Guarantees:
 - `append()` writes a whole batch to the current segment (opened on demand, the
   directory fsynced when it is created) and, with `fsync=True`, fsyncs it in the
   log's own thread; when it returns the batch is in the segment (and on disk if fsynced);
+  its `written` callback runs once the batch is in the file (the OS has it: a kill -9 of
+  this process no longer loses it) and before the fsync ends (it is handed to the thread
+  first, so the thread wakes while the callback works);
   when it raises, the segment is cut back to its last whole record and closed,
   and the next append starts a new segment, so a failed batch is never half-kept
   in front of a later one; a segment left holding no record is deleted, so
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import msgspec
 
-from tagentd.storage.failpoints import check_disk_space
+from tagentd.storage.failpoints import check_disk_space, fsync_delay
 from tagentd.storage.records import HEADER, MAGIC, CorruptRecord, fsync_dir, read_frames
 
 
@@ -82,6 +85,7 @@ def cut_tail(path: Path, data: bytes, offset: int, keep_dir: Path | None = None)
 
 def timed_fsync(fd: int) -> float:
     """fsync `fd`; the seconds it took."""
+    fsync_delay()
     started = time.perf_counter()
     os.fsync(fd)
     return time.perf_counter() - started
@@ -113,8 +117,9 @@ class SegmentLog:
             fsync_dir(self.dir)
         return self._fd
 
-    async def append(self, data: bytes, fsync: bool = True) -> None:
-        """Write `data` whole to the current segment, then (if `fsync`) fsync it in a thread.
+    async def append(self, data: bytes, fsync: bool = True, written: Callable[[], None] | None = None) -> None:
+        """Write `data` whole to the current segment and (if `fsync`) fsync it in a thread; `written()` (if given) is
+        called once the data is written, while the fsync runs. `written` must not raise.
 
         On any failure (or cancellation) the segment is cut back to its last whole record and closed before
         the error propagates.
@@ -128,9 +133,14 @@ class SegmentLog:
             if fsync:
                 if self._syncer is None:
                     self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-fsync")
-                seconds = await asyncio.get_running_loop().run_in_executor(self._syncer, timed_fsync, fd)
+                syncing = asyncio.get_running_loop().run_in_executor(self._syncer, timed_fsync, fd)
+                if written is not None:
+                    written()  # after the fsync is handed over: its thread wakes while `written` works
+                seconds = await syncing
                 if self.on_fsync is not None:
                     self.on_fsync(seconds)
+            elif written is not None:
+                written()
         except BaseException:
             self.drop_partial()
             raise
