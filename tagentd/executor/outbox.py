@@ -2,8 +2,9 @@
 
 The executor puts each message for a worker here (a task to run, a cancel) and each result to acknowledge,
 and `flush`es at the end of the turn (`LocalExecutor.pump`): each worker gets everything put for it as one
-frame (`wire.pack`: one send, one wake-up of the worker, however many tasks a fan-out hands it), the
-acknowledgements first, as one `TaskAcks`.
+frame (`wire.pack`: one send, one wake-up of the worker), the acknowledgements first, as one `TaskAcks`. A
+turn that hands a worker many tasks flushes that worker's part early too, a few times (`LocalExecutor.pump`),
+so it starts the first tasks while the rest are encoded.
 
 Guarantees:
 - a worker receives its messages in the order they were put, after the acknowledgements of the same frame
@@ -48,6 +49,11 @@ class Outbox:
         if entry is None or entry[0] is not worker:
             entry = self._waiting[worker.id] = (worker, [], [], [])
         return entry
+
+    def attempts(self, worker: Worker) -> int:
+        """How many tasks wait for `worker`."""
+        entry = self._waiting.get(worker.id)
+        return len(entry[2]) if entry is not None and entry[0] is worker else 0
 
     def __len__(self) -> int:
         return len(self._waiting)
