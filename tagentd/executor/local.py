@@ -175,6 +175,7 @@ class LocalExecutor:
                 for _ in range(missing):
                     self.pool.spawn()
         self.pump()
+        self._deliver(None, everything=True)  # the acknowledgements that no frame took along
 
     # -- messages from workers ---------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class LocalExecutor:
                         None if used is None else (used.seconds, used.cpu_seconds, used.peak_rss_bytes))
                 if self.recycle_after and worker.completed >= self.recycle_after and worker.state == "ready":
                     worker.state = "recycling"
-            self.outbox.ack(worker, (msg.run_id, event.task, event.attempt))
+            self.outbox.ack(worker, (msg.run_id, event.task, event.attempt))  # with its next frame, or the tick's
         self.on_result(msg.run_id, event)
 
     def _on_loaded(self, identity: bytes, worker: Worker | None, msg: wire.Loaded | wire.LoadFailed) -> None:
@@ -307,12 +308,14 @@ class LocalExecutor:
         self.outbox.put(worker, wire.encode(message))
         self._deliver(worker)
 
-    def _deliver(self, worker: Worker | None) -> int:
-        """Flush the outbox (only `worker`'s part, if given); how many tasks left. A worker that could not take its
-        frame is killed, and each task of that frame goes back to the head of its line, in order, exactly once."""
+    def _deliver(self, worker: Worker | None, *, everything: bool = False) -> int:
+        """Flush the outbox (only `worker`'s part, if given; acknowledgements alone only with `everything`); how many
+        tasks left. A worker that could not take its frame is killed, and each task of that frame goes back to the
+        head of its line, in order, exactly once."""
         if not len(self.outbox):
             return 0
-        sent, undelivered = self.outbox.flush(worker)
+        frames, sent, undelivered = self.outbox.flush(worker, everything=everything)
+        self.counters["worker_frames_sent"] += frames
         self.counters["tasks_dispatched"] += sent
         for target, attempts in undelivered:
             for attempt in reversed(attempts):
