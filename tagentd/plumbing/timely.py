@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+_SELECT_LIMIT = 1024  # FD_SETSIZE: select() takes no higher descriptor (the loop's is made early, so it is low)
+
 if hasattr(selectors, "EpollSelector"):
 
     class TimelySelector(selectors.EpollSelector):
@@ -36,6 +38,8 @@ if hasattr(selectors, "EpollSelector"):
                 wait = 0.0
             elif (whole_ms := int(timeout * 1e3)) > 0:  # whole milliseconds in epoll_wait; the loop asks again
                 wait = (whole_ms - 0.5) / 1e3  # for the rest. epoll rounds its argument up: exactly whole_ms
+            elif self._selector.fileno() >= _SELECT_LIMIT:  # select() cannot watch it: 1 ms, as asyncio would
+                wait = 0.0005
             else:  # under a millisecond: select() on the epoll fd (readable when events wait), in microseconds
                 readable, _, _ = select.select([self._selector.fileno()], [], [], timeout)
                 if not readable:
