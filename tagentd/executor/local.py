@@ -12,8 +12,9 @@ daemon's workers socket. Besides the interface's guarantees:
 - waiting attempts are sent round-robin across runs (fairness, queues.py), each worker taking up to its
   capacity of concurrent steps; `pump` never offers work to a worker it has found dead, so it always returns;
 - what a worker is sent in one loop turn (the tasks `pump` hands it, the acknowledgements of its results)
-  leaves as one frame (outbox.py); a frame the worker cannot take puts each of its tasks back at the head of
-  its line, in order, and the worker is killed;
+  leaves as one frame (outbox.py), or, when `pump` hands it more than FIRST_CHUNK tasks, as a few frames of
+  growing size, the first sent as soon as it is encoded; a frame the worker cannot take puts each of its tasks
+  back at the head of its line, in order, and the worker is killed;
 - an isolated or quarantined step runs alone, in a worker started for it and stopped after it (at most
   `size` such workers at a time);
 - only this daemon's own workers get work: each is given the daemon's random token and must say it in its
@@ -53,6 +54,9 @@ from tagentd.metrics.instruments import Metrics
 from tagentd.worker import wire
 
 log = logging.getLogger("tagentd.pool")
+
+#: The tasks of a worker's first frame of a turn that hands it many (the next frames hold 2x, 4x, ... as many).
+FIRST_CHUNK = 8
 
 
 class LocalExecutor:
@@ -171,6 +175,7 @@ class LocalExecutor:
                 for _ in range(missing):
                     self.pool.spawn()
         self.pump()
+        self._deliver(None, everything=True)  # the acknowledgements that no frame took along
 
     # -- messages from workers ---------------------------------------------------------------
 
@@ -241,7 +246,7 @@ class LocalExecutor:
                         None if used is None else (used.seconds, used.cpu_seconds, used.peak_rss_bytes))
                 if self.recycle_after and worker.completed >= self.recycle_after and worker.state == "ready":
                     worker.state = "recycling"
-            self.outbox.ack(worker, (msg.run_id, event.task, event.attempt))
+            self.outbox.ack(worker, (msg.run_id, event.task, event.attempt))  # with its next frame, or the tick's
         self.on_result(msg.run_id, event)
 
     def _on_loaded(self, identity: bytes, worker: Worker | None, msg: wire.Loaded | wire.LoadFailed) -> None:
@@ -270,7 +275,9 @@ class LocalExecutor:
 
     def pump(self) -> int:
         """Hand queued tasks to workers with free slots, one run at a time in rotation, then send each worker what
-        this turn gave it as one frame (acknowledgements included); how many tasks were sent.
+        this turn gave it (acknowledgements included); how many tasks were sent. A worker given many tasks gets them
+        in frames of FIRST_CHUNK, twice that, and so on, each sent as soon as it is full, and the rest at the end:
+        it starts the first while the daemon encodes the others, and a turn costs it a few wake-ups, not one per task.
 
         A worker leaves the rotation when it is full, so the loop ends whatever happens to the workers; one
         found dead when its frame is sent is killed and its tasks are queued again (the next pump offers them
@@ -280,10 +287,18 @@ class LocalExecutor:
             self._pump_alone()
             ready = [w for w in self.pool.shared_ready() if w.free > 0]
             free = [w.free for w in ready]  # each send takes one of its worker's slots
+            chunks: dict[int, int] = {}  # per worker: how many tasks its next early frame waits for
             while ready and (attempt := self.queues.next_shared()) is not None:
                 index = free.index(max(free))  # the freest worker (the first of them on a tie)
-                self._send_task(ready[index], attempt)
+                worker = ready[index]
+                self._send_task(worker, attempt)
                 free[index] -= 1
+                if self.outbox.attempts(worker) >= chunks.setdefault(worker.id, FIRST_CHUNK):
+                    chunks[worker.id] *= 2
+                    self._deliver(worker)  # it starts these while the rest are encoded
+                    if worker.state == "killed":  # it could not take them: they are queued again, for the others
+                        del ready[index], free[index]
+                        continue
                 if free[index] <= 0:
                     del ready[index], free[index]
         return self._deliver(None)
@@ -293,12 +308,14 @@ class LocalExecutor:
         self.outbox.put(worker, wire.encode(message))
         self._deliver(worker)
 
-    def _deliver(self, worker: Worker | None) -> int:
-        """Flush the outbox (only `worker`'s part, if given); how many tasks left. A worker that could not take its
-        frame is killed, and each task of that frame goes back to the head of its line, in order, exactly once."""
+    def _deliver(self, worker: Worker | None, *, everything: bool = False) -> int:
+        """Flush the outbox (only `worker`'s part, if given; acknowledgements alone only with `everything`); how many
+        tasks left. A worker that could not take its frame is killed, and each task of that frame goes back to the
+        head of its line, in order, exactly once."""
         if not len(self.outbox):
             return 0
-        sent, undelivered = self.outbox.flush(worker)
+        frames, sent, undelivered = self.outbox.flush(worker, everything=everything)
+        self.counters["worker_frames_sent"] += frames
         self.counters["tasks_dispatched"] += sent
         for target, attempts in undelivered:
             for attempt in reversed(attempts):

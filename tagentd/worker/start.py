@@ -2,8 +2,8 @@
 
 main() sets up what the whole process needs before any user code runs: its log lines, SIGINT ignored, death
 with its parent (lifeline), the collector's pace, and the daemon's token and CURVE credentials taken out of the
-environment; serve() runs a `Worker` (process.py) and leaves with os._exit, so a stuck step thread cannot keep
-the process alive.
+environment; serve() runs a `Worker` (process.py) on an event loop whose timers fire on time (plumbing/timely.py)
+and leaves with os._exit, so a stuck step thread cannot keep the process alive.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from tagentd.plumbing import collector, lifeline
+from tagentd.plumbing import collector, lifeline, timely
 from tagentd.worker import wire
 from tagentd.worker.args import parse_args
 from tagentd.worker.credentials import WorkerCredentials
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if args.credentials is not None:
         args.token = args.credentials.token
-    asyncio.run(serve(args))
+    timely.run(serve(args))  # steps' timers (asyncio.sleep) end on time, not up to 1-2 ms late
 
 
 async def serve(args: argparse.Namespace) -> None:
