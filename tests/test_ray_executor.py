@@ -56,6 +56,10 @@ class RayCluster:
     def address(self) -> str:
         return self.cluster.address
 
+    def node_alive(self, node_id: str) -> bool:
+        """Whether the cluster's GCS still counts node `node_id` alive (a killed node is found by missed health checks)."""
+        return any(n["NodeID"] == node_id and n["Alive"] for n in self.ray.nodes())
+
     def named_actors(self, namespace: str) -> set[str]:
         named = self.ray.util.list_named_actors(all_namespaces=True)
         return {a["name"] for a in named if a["namespace"] == namespace}
@@ -380,6 +384,8 @@ def test_a_node_lost_mid_step_loses_no_completed_step(ray_daemon: Any, cluster: 
         assert (tmp_path / "first.count").read_text() == "x"
     daemon.stop()
     cluster.cluster.remove_node(spare, allow_graceful=False)
+    # (and the cluster has marked it dead before the next test places an actor: one placed on it meanwhile dies)
+    wait_until(lambda: not cluster.node_alive(spare.node_id), 30, what="the cluster to mark the removed node dead")
 
 
 def test_kill_9_of_the_daemon_leaks_no_actor_and_its_runs_resume(ray_daemon: Any, cluster: RayCluster,
