@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,36 +204,28 @@ def test_a_stale_failure_revokes_nothing_and_a_gone_workers_lease_is_forgotten()
 # -- a real worker process -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
-    fake = FakeDaemon(tmp_path)
-    try:
-        yield fake
-    finally:
-        fake.close()
-
-
-def test_a_worker_asks_once_per_lease_and_again_after_a_revocation(fake_daemon: FakeDaemon, tmp_path: Path) -> None:
+def test_a_worker_asks_once_per_lease_and_again_after_a_revocation(tmp_path: Path) -> None:
     """Given a worker whose step makes 5 calls through ctx.breaker("svc"): when the first ask is answered with a
     lease of 3 calls, then the worker asks again only for the 5th call; when the daemon then revokes the lease it
     granted there, then the next run's one call asks again."""
     path = tmp_path / "calls.py"
     path.write_text(CALLS)
     file = (str(path), CALLS, source_hash(CALLS))
-    fake_daemon.spawn()
-    fake_daemon.send(run_task(file, "calls", params={"n": 5}))
-    first = fake_daemon.expect(wire.BreakerAsk)
-    fake_daemon.send(wire.BreakerAnswer(req=first.req, allowed=True, lease=3, lease_s=60.0))
-    fifth = fake_daemon.expect(wire.BreakerAsk)
-    fake_daemon.send(wire.BreakerAnswer(req=fifth.req, allowed=True, lease=LEASE_CALLS, lease_s=60.0))
-    done = fake_daemon.done("calls")
-    assert isinstance(done.event, StepSucceeded) and done.event.output == 5
-    fake_daemon.send(ack(done))
-    fake_daemon.send(wire.BreakerRevoke(name="svc"))
-    fake_daemon.send(run_task(file, "calls", attempt=2, with_source=False, params={"n": 1}))
-    again = fake_daemon.expect(wire.BreakerAsk)
-    fake_daemon.send(wire.BreakerAnswer(req=again.req, allowed=True))
-    assert fake_daemon.done("calls").event.output == 1
+    with FakeDaemon(tmp_path) as fake_daemon:
+        fake_daemon.spawn()
+        fake_daemon.send(run_task(file, "calls", params={"n": 5}))
+        first = fake_daemon.expect(wire.BreakerAsk)
+        fake_daemon.send(wire.BreakerAnswer(req=first.req, allowed=True, lease=3, lease_s=60.0))
+        fifth = fake_daemon.expect(wire.BreakerAsk)
+        fake_daemon.send(wire.BreakerAnswer(req=fifth.req, allowed=True, lease=LEASE_CALLS, lease_s=60.0))
+        done = fake_daemon.done("calls")
+        assert isinstance(done.event, StepSucceeded) and done.event.output == 5
+        fake_daemon.send(ack(done))
+        fake_daemon.send(wire.BreakerRevoke(name="svc"))
+        fake_daemon.send(run_task(file, "calls", attempt=2, with_source=False, params={"n": 1}))
+        again = fake_daemon.expect(wire.BreakerAsk)
+        fake_daemon.send(wire.BreakerAnswer(req=again.req, allowed=True))
+        assert fake_daemon.done("calls").event.output == 1
 
 
 # -- a real daemon ------------------------------------------------------------------------------------------------

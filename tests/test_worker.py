@@ -170,14 +170,17 @@ class FakeDaemon:
         self.router.close()
         self.context.term()
 
+    def __enter__(self) -> FakeDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.fixture
 def fake_daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
-    fake = FakeDaemon(tmp_path)
-    try:
+    with FakeDaemon(tmp_path) as fake:
         yield fake
-    finally:
-        fake.close()
 
 
 @pytest.fixture
