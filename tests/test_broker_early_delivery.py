@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until, write_pipeline
+from conftest import DaemonProcess, wait_until, write_pipeline
 
+from tagent_client.client.calls import RunHandle
+from tagent_client.client.sync import Client
 from tagentd.storage.failpoints import DISK_FULL_ENV, SLOW_FSYNC_ENV
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,17 +79,28 @@ def failed_commits(client: Any) -> int:
     return int(found.group(1)) if found else 0
 
 
+def slow_fsync_daemon(make_daemon: Any, flag: Path) -> DaemonProcess:
+    """A started daemon each of whose fsyncs waits as many seconds as `flag` says, while that file exists."""
+    daemon = make_daemon()
+    daemon.env[SLOW_FSYNC_ENV] = str(flag)
+    return daemon.start()
+
+
+def pong_waiting_and_ping_sending(client: Client, pipes: Path, marker: Path) -> tuple[RunHandle, RunHandle]:
+    """Submit "pong" (waits for a message, notes it in `marker`) and "ping" (sends it one when told); both run."""
+    pong = client.submit(f"{pipes}:pong", {"marker": str(marker)})
+    ping = client.submit(f"{pipes}:ping")
+    wait_until(lambda: running(client, pong.id) and running(client, ping.id), 30, what="both steps running")
+    return pong, ping
+
+
 def test_a_parked_receive_gets_a_durable_message_while_its_fsync_runs_and_the_sender_after_it(
         make_daemon: Any, pipes: Path, tmp_path: Path) -> None:
     # Given a step of "pong" waiting for a message, and a step of "ping" about to send it one, durably
     flag, marker = tmp_path / "slow-fsync", tmp_path / "seen.txt"
-    daemon = make_daemon()
-    daemon.env[SLOW_FSYNC_ENV] = str(flag)
-    daemon.start()
+    daemon = slow_fsync_daemon(make_daemon, flag)
     with daemon.client(timeout=30) as client:
-        pong = client.submit(f"{pipes}:pong", {"marker": str(marker)})
-        ping = client.submit(f"{pipes}:ping")
-        wait_until(lambda: running(client, pong.id) and running(client, ping.id), 30, what="both steps running")
+        pong, ping = pong_waiting_and_ping_sending(client, pipes, marker)
         # When every fsync takes a second (a slow disk) and "ping" sends
         flag.write_text("1.0")
         client.send("ping", "go", durable=False)
@@ -103,13 +116,9 @@ def test_a_parked_receive_gets_a_durable_message_while_its_fsync_runs_and_the_se
 def test_a_message_received_during_its_fsync_survives_a_kill9_then(make_daemon: Any, pipes: Path, tmp_path: Path) -> None:
     # Given "pong" waiting, and "ping" sending it a message durably while every fsync takes 10 s
     flag, marker = tmp_path / "slow-fsync", tmp_path / "seen.txt"
-    daemon = make_daemon()
-    daemon.env[SLOW_FSYNC_ENV] = str(flag)
-    daemon.start()
+    daemon = slow_fsync_daemon(make_daemon, flag)
     with daemon.client(timeout=30) as client:
-        pong = client.submit(f"{pipes}:pong", {"marker": str(marker)})
-        ping = client.submit(f"{pipes}:ping")
-        wait_until(lambda: running(client, pong.id) and running(client, ping.id), 30, what="both steps running")
+        pong, ping = pong_waiting_and_ping_sending(client, pipes, marker)
         flag.write_text("10")
         client.send("ping", "go", durable=False)
         # When "pong" has acted on the message (its fsync still running: the sender's send has not returned)
