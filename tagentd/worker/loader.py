@@ -129,7 +129,6 @@ class ModuleCache:
                 self._pipelines[(hash_, target)] = pipeline
         return pipeline
 
-
     def plan(self, hash_: str, target: str | None, pipeline: Pipeline) -> Plan:
         """`pipeline.plan()` of the validated pipeline cached for (hash_, target), computed once: a file submitted
         again is not validated again (for a 5,000-step pipeline that is most of what a submit costs a worker)."""
