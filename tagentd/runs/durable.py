@@ -156,7 +156,10 @@ class DurableStore:
         self._index.write()  # the entries of the snapshots just written
         if rotate:
             self._index.sync()  # before the WAL goes: a run the index lacks must still be in the WAL
-            self._wal.retire()  # every run the old segments hold changes for is snapshotted
+            # every run the old segments hold changes for is snapshotted; deleting a full segment (and the fsyncs
+            # around it) takes milliseconds, so it runs in a thread while the loop goes on (the flush holds the lock:
+            # nothing else touches the log meanwhile)
+            await loop.run_in_executor(None, self._wal.retire)
 
     async def compact(self) -> None:
         """Flush, snapshot every run the WAL holds newer changes for, and drop the WAL (at a graceful stop, so the
@@ -165,9 +168,10 @@ class DurableStore:
             try:
                 await self._flush()
                 self._snapshots += self._stale_snapshots()
-                await asyncio.get_running_loop().run_in_executor(None, self._write_snapshots)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self._write_snapshots)
                 self._index.sync()
-                self._wal.retire()
+                await loop.run_in_executor(None, self._wal.retire)
             except OSError as exc:
                 log.warning("could not compact the checkpoints (%s); the next start replays the WAL", exc)
 
