@@ -22,6 +22,7 @@ from ..define.conditions import condition_from_data
 from ..define.plan import Plan, StepSpec
 from . import dynamic, rerun, rollback
 from .events import (
+    PERSIST,
     Action,
     Cancelled,
     CancelTask,
@@ -220,7 +221,7 @@ class RunMachine(Scheduling):
             return out + self._advance(now)
         if task.phase is Phase.RUN and task.item_index is not None:
             if self.index.items_left.get(task.step, 0) > 0:  # a count, not a look at every item
-                return [Persist()] + self._advance(now)
+                return [PERSIST, *self._advance(now)]
             if spec.has_merge:
                 self.index.add_task(task.step, Phase.MERGE, None)
                 return [Persist()] + self._advance(now)
@@ -235,9 +236,14 @@ class RunMachine(Scheduling):
         step.completed_seq = self.index.completions
         self.index.set_step(name, StepStatus.COMPLETED, now)
         self.index.drop_tasks(name)
-        # the step's result and when it completed ride with the event (the design documents' step_completed)
-        data = self._ev(step=name, attempts=step.attempts, result=to_builtins(output), timestamp=now)
-        return [Persist(), Emit(topic="step.completed", data=data), *dynamic.announce(self, name, added)]
+        # the step's result and when it completed ride with the event (the design documents' step_completed); the
+        # event's data written out, as `event_data` makes it, without its keyword dictionaries (once per step)
+        state = self.state
+        data = {"run_id": state.run_id, "pipeline": state.pipeline, "step": name, "attempts": step.attempts,
+                "result": to_builtins(output), "timestamp": now}
+        if added:
+            return [PERSIST, Emit(topic="step.completed", data=data), *dynamic.announce(self, name, added)]
+        return [PERSIST, Emit(topic="step.completed", data=data)]
 
     def _task_failed(self, task: TaskState, error: ErrorInfo, now: float) -> list[Action]:
         spec = self.specs[task.step]

@@ -124,6 +124,10 @@ class Persist(msgspec.Struct, tag=True, kw_only=True):
     """Make the run state durable before carrying out any Emit that follows."""
 
 
+#: A Persist (it has no fields): what the engine's busiest transitions hand out, rather than a new one each time.
+PERSIST = Persist()
+
+
 class Emit(msgspec.Struct, tag=True, kw_only=True):
     """Publish a lifecycle event (`run.started`, `step.completed`, ...)."""
 

@@ -61,7 +61,12 @@ def gates(spec: StepSpec) -> list[str]:
     return [dep for dep, kind in spec.deps.items() if kind is not DependencyType.SOFT]
 
 
-def upstream(spec: StepSpec, steps: Mapping[str, StepState], gated: list[str], passed: int = 0) -> tuple[Upstream, int]:
+#: The verdict of a step whose dependencies have all passed, when its inputs are not asked for.
+READY = Upstream()
+
+
+def upstream(spec: StepSpec, steps: Mapping[str, StepState], gated: list[str], passed: int = 0,
+             with_inputs: bool = True) -> tuple[Upstream, int]:
     """The dependency rules (docs/semantics.md): a HARD dependency must have completed, a VALIDATION one must
     also have passed (`gate_is_valid`), a DATA one must also have each of its `data_fields`. A SOFT one is
     never waited for and never skips or fails its dependent: its input is its output if it has completed,
@@ -70,7 +75,8 @@ def upstream(spec: StepSpec, steps: Mapping[str, StepState], gated: list[str], p
     `gated` is `gates(spec)`, looked at in order; the first one that has not passed decides. The first `passed`
     of them are known to have passed (an earlier call said so, and a passed dependency stays passed until its
     step is reset), so they are not looked at again: the verdict and the new count of passed ones come back.
-    A step whose dependencies end one by one thus costs O(1) per ended dependency, not O(dependencies)."""
+    A step whose dependencies end one by one thus costs O(1) per ended dependency, not O(dependencies).
+    Without `with_inputs`, a step whose dependencies all passed gets READY (no inputs): the caller does not need them."""
     while passed < len(gated):
         dep = gated[passed]
         dep_state = steps[dep]
@@ -86,6 +92,8 @@ def upstream(spec: StepSpec, steps: Mapping[str, StepState], gated: list[str], p
             if missing:
                 return Upstream(fail=f"DATA dependency {dep!r} output lacks field(s) {', '.join(missing)}"), passed
         passed += 1
+    if not with_inputs:
+        return READY, passed
     return Upstream(inputs={dep: completed_output(steps[dep]) for dep in spec.deps}), passed
 
 

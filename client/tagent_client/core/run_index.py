@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..define.plan import ExecutionMode, StepSpec
-from .rules import task_id
-from .state import STEP_TRANSITIONS, Phase, RunState, StepStatus, TaskState, TaskStatus
+from .rules import gates, task_id
+from .state import STEP_TRANSITIONS, TERMINAL_STEP, Phase, RunState, StepStatus, TaskState, TaskStatus
 
 
 class RunIndex:
@@ -64,7 +64,24 @@ class RunIndex:
         self.open_steps = sum(1 for s in self.state.steps.values() if not s.status.terminal)
         #: The latest `completed_seq` handed out (a rollback compensates in reverse of it).
         self.completions = max((s.completed_seq for s in self.state.steps.values()), default=0)
-        self.candidates = {n for n, s in self.state.steps.items() if s.status is StepStatus.PENDING}
+        #: PENDING steps worth a look: not those whose first dependency to wait for is still open (the scheduler would
+        #: only find that they wait); they become candidates when a dependency of theirs ends (`set_step`).
+        self.candidates = {n for n, s in self.state.steps.items() if s.status is StepStatus.PENDING and self._may_start(n)}
+
+    def gates_of(self, name: str) -> list[str]:
+        """The dependencies step `name` waits for, in the order they are looked at (`rules.gates`), made once."""
+        gated = self.gates.get(name)
+        if gated is None:
+            gated = self.gates[name] = gates(self.specs[name])
+        return gated
+
+    def _may_start(self, name: str) -> bool:
+        """Whether PENDING step `name` may be ready: it waits for nothing, or the first it waits for has ended."""
+        if name not in self.specs:
+            return True
+        gated = self.gates_of(name)
+        first = self.state.steps.get(gated[0]) if gated else None
+        return first is None or first.status.terminal
 
     def take_changes(self) -> tuple[set[str], set[str]]:
         """Names of steps and ids of tasks changed since the last call (a task id absent from state was removed)."""
@@ -249,11 +266,11 @@ class RunIndex:
         """Move a step to `status` (AssertionError on a transition STEP_TRANSITIONS forbids), with its times."""
         step = self.state.steps[name]
         self.changed_steps.add(name)
-        if status is step.status:
+        was = step.status
+        if status is was:
             return
-        if status not in STEP_TRANSITIONS[step.status]:
-            raise AssertionError(f"illegal step transition {step.status.value} -> {status.value} for {name!r}")
-        was_open = not step.status.terminal
+        if status not in STEP_TRANSITIONS[was]:
+            raise AssertionError(f"illegal step transition {was.value} -> {status.value} for {name!r}")
         step.status = status
         if self.specs[name].mode is ExecutionMode.SERIAL:
             if status in (StepStatus.RUNNING, StepStatus.RETRYING):
@@ -262,8 +279,8 @@ class RunIndex:
                 self.serial_active.discard(name)
         if status is StepStatus.RUNNING and step.started_at is None:
             step.started_at = now
-        if status.terminal:
+        if status in TERMINAL_STEP:
             step.finished_at = now
-            if was_open:
+            if was not in TERMINAL_STEP:
                 self.open_steps -= 1
             self.candidates.update(self.dependents[name])

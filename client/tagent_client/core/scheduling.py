@@ -16,7 +16,7 @@ from ..define.conditions import MISSING, Condition, lookup_path
 from ..define.plan import ExecutionMode, Plan, StepSpec
 from . import rollback
 from .events import Action, Dispatch, Emit
-from .rules import completed_output, gates, upstream
+from .rules import completed_output, upstream
 from .run_index import RunIndex
 from .state import DEADLOCK, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus
 
@@ -71,13 +71,15 @@ class Scheduling:
 
     def _resolve(self, spec: StepSpec, now: float) -> list[Action] | None:
         """Decide a PENDING step with no tasks: wait (None), skip, fail, or create its tasks."""
-        gated = self.index.gates.get(spec.name)
-        if gated is None:
-            gated = self.index.gates[spec.name] = gates(spec)
+        gated = self.index.gates_of(spec.name)
         passed = self.index.passed.get(spec.name, 0)
         if passed < len(gated) and not self.state.steps[gated[passed]].status.terminal:
             return None  # the next dependency to look at has not ended: `upstream` would say WAITING
-        verdict, self.index.passed[spec.name] = upstream(spec, self.state.steps, gated, passed)
+        step = self.state.steps[spec.name]
+        # a condition and an `over` path read the inputs; a plain step gets them only when it is dispatched
+        reads_inputs = (spec.name in self._conditions and not step.condition_passed) or (
+            spec.mode is ExecutionMode.PARALLEL_MERGE and not isinstance(spec.over, list))
+        verdict, self.index.passed[spec.name] = upstream(spec, self.state.steps, gated, passed, reads_inputs)
         if verdict.waiting:
             return None
         if verdict.skip is not None:
@@ -85,7 +87,6 @@ class Scheduling:
         if verdict.fail is not None:
             return self._fail_step(spec.name, verdict.fail, now)
         inputs = verdict.inputs or {}
-        step = self.state.steps[spec.name]
         if spec.name in self._conditions and not step.condition_passed:
             cond = self._conditions[spec.name]
             if not cond.evaluate(self._scope(inputs)):
@@ -143,7 +144,8 @@ class Scheduling:
             fan_out = task.item_index is not None or task.phase is Phase.MERGE
             step.attempts = max(step.attempts, task.attempt) if fan_out else step.attempts + 1
             self.index.set_step(task.step, StepStatus.RUNNING, now)
-        inputs = {dep: completed_output(self.state.steps[dep]) for dep in spec.deps}
+        steps = self.state.steps
+        inputs = {dep: completed_output(steps[dep]) for dep in spec.deps}
         item: Any = None
         if task.item_index is not None and step.items is not None:
             item = step.items[task.item_index]
@@ -152,6 +154,7 @@ class Scheduling:
         action = Dispatch(task=task.id, step=task.step, phase=task.phase, attempt=task.attempt, inputs=inputs,
                           item=item, item_index=task.item_index, timeout=spec.timeout, isolated=spec.isolated,
                           resources=spec.resources or None, spec=step.spec)
-        if announce:
-            return [Emit(topic="step.started", data=self._ev(step=task.step, attempt=task.attempt)), action]
+        if announce:  # the event's data as `_ev` makes it, without its keyword dictionaries (once per step)
+            data = {"run_id": self.state.run_id, "pipeline": self.state.pipeline, "step": task.step, "attempt": task.attempt}
+            return [Emit(topic="step.started", data=data), action]
         return [action]

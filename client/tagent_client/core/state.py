@@ -74,7 +74,9 @@ class StepStatus(str, enum.Enum):
         return self in _TERMINAL_STEP
 
 
-_TERMINAL_STEP = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})
+#: The terminal step statuses (`StepStatus.terminal`), for the engine's busiest checks.
+TERMINAL_STEP = _TERMINAL_STEP = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED,
+                                            StepStatus.CANCELLED})
 
 #: The one place that says which step transitions are legal.
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
