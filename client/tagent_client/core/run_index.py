@@ -112,12 +112,16 @@ class RunIndex:
     def _enter(self, task: TaskState) -> None:
         """Add `task`, which is in none of them, to the index of its status."""
         status = task.status
-        if status is TaskStatus.QUEUED:
-            self.queued[task.id] = task
-            heap = self.serial_ready if self._waits_for_serial(task) else self.ready
-            self._push(heap, (*self._key(task), task.id), len(self.queued))
-        elif status is TaskStatus.RUNNING:
+        if status is TaskStatus.RUNNING:  # the commonest, then QUEUED: `_key` and `_push` written out for them
             self.running[task.id] = task
+        elif status is TaskStatus.QUEUED:
+            queued = self.queued
+            queued[task.id] = task
+            heap = self.serial_ready if self._waits_for_serial(task) else self.ready
+            self._pushes += 1
+            heapq.heappush(heap, (self.order[task.step], task.item_index or 0, self._pushes, task.id))
+            if len(heap) > 2 * len(queued) + 64:  # mostly entries of tasks that left: keep the heaps in proportion
+                self._reheap()
         elif status is TaskStatus.WAITING_RETRY:
             self.waiting[task.id] = task
             if task.retry_at is not None:

@@ -16,7 +16,7 @@ from ..define.conditions import MISSING, Condition, lookup_path
 from ..define.plan import ExecutionMode, Plan, StepSpec
 from . import rollback
 from .events import Action, Dispatch, Emit
-from .rules import completed_output, upstream
+from .rules import READY, completed_output, upstream
 from .run_index import RunIndex
 from .state import DEADLOCK, Phase, RunState, RunStatus, StepState, StepStatus, TaskState, TaskStatus
 
@@ -79,7 +79,10 @@ class Scheduling:
         # a condition and an `over` path read the inputs; a plain step gets them only when it is dispatched
         reads_inputs = (spec.name in self._conditions and not step.condition_passed) or (
             spec.mode is ExecutionMode.PARALLEL_MERGE and not isinstance(spec.over, list))
-        verdict, self.index.passed[spec.name] = upstream(spec, self.state.steps, gated, passed, reads_inputs)
+        if gated or reads_inputs:
+            verdict, self.index.passed[spec.name] = upstream(spec, self.state.steps, gated, passed, reads_inputs)
+        else:  # it waits for nothing and reads nothing (a root step, or one with only SOFT dependencies)
+            verdict = READY
         if verdict.waiting:
             return None
         if verdict.skip is not None:
