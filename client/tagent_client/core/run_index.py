@@ -77,7 +77,8 @@ class RunIndex:
 
     def _may_start(self, name: str) -> bool:
         """Whether PENDING step `name` may be ready: it waits for nothing, or the first it waits for has ended."""
-        if name not in self.specs:
+        spec = self.specs.get(name)
+        if spec is None or not spec.deps:
             return True
         gated = self.gates_of(name)
         first = self.state.steps.get(gated[0]) if gated else None
