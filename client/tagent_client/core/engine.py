@@ -45,6 +45,7 @@ from .rules import backoff_delay
 from .run_index import RunIndex
 from .scheduling import Scheduling
 from .state import (
+    FINISHED_RUN,
     ErrorInfo,
     Phase,
     RunState,
@@ -130,7 +131,7 @@ class RunMachine(Scheduling):
 
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply one event; stale or unknown events change nothing and return []."""
-        if self.finished:
+        if self.state.status in FINISHED_RUN:  # `self.finished`, without two property calls
             return []
         if isinstance(event, TimerFired):
             return self._timer_fired(now)

@@ -25,8 +25,14 @@ if TYPE_CHECKING:
 STEP_RESULT_PREFIX = "step_result/"
 
 
+#: Values that are plain data as they are (exactly these types: a subclass, say an enum, is converted).
+_PLAIN = frozenset({type(None), bool, int, float, str})
+
+
 def to_builtins(value: Any) -> Any:
     """Plain data for a value that may hold pydantic models, enums or Structs."""
+    if type(value) in _PLAIN:  # most step outputs the daemon sees (none at all, a number, a string): nothing to do
+        return value
     return msgspec.to_builtins(value, enc_hook=_enc_hook, str_keys=True)
 
 

@@ -54,8 +54,9 @@ class RunStatus(str, enum.Enum):
         return self in _FINISHED_RUN
 
 
-_FINISHED_RUN = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.ROLLED_BACK,
-                           RunStatus.ROLLBACK_FAILED})
+#: The final run statuses (`RunStatus.finished`), for the engine's busiest check.
+FINISHED_RUN = _FINISHED_RUN = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED,
+                                          RunStatus.ROLLED_BACK, RunStatus.ROLLBACK_FAILED})
 
 
 class StepStatus(str, enum.Enum):
