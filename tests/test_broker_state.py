@@ -114,6 +114,29 @@ def test_a_torn_tail_is_cut_off_and_everything_before_it_loads(tmp_path: Path) -
     assert len(again.problems) == 1 and "torn record" in again.problems[0]
 
 
+def test_records_before_a_damaged_one_stay_on_disk_after_the_segment_is_moved_aside(tmp_path: Path) -> None:
+    # Given a flushed broker whose log then got a damaged record followed by a whole one: a later write reached the
+    # disk and the one before it did not (a power loss while two writes were in flight, docs/checkpoints.md)
+    broker = new_broker()
+    store = BrokerStore(tmp_path, broker)
+    fill(broker)
+    asyncio.run(store.flush())
+    store.close()
+    segment = sorted((tmp_path / "broker").glob("*.wal"))[-1]
+    later = frame(msgspec.msgpack.encode(Logged(seq=999, record=AccessLogged(
+        space="x", log=broker.core.spaces["research"].log[0]))))
+    with segment.open("ab") as f:
+        f.write(b"\0" * 64 + later)
+    # When it loads (the segment is moved aside, what came before the damage is kept), and then loads once more,
+    # as after a second crash before anything else was written
+    first, again = reload(tmp_path)
+    second, _ = reload(tmp_path)
+    # Then everything before the damage is there both times, and the record after it neither time; the damage was
+    # reported once (before, the second load lost everything the moved segment held)
+    assert picture(first) == picture(broker) == picture(second)
+    assert len(again.problems) == 1 and "corrupt" in again.problems[0]
+
+
 def test_a_big_log_is_snapshotted_and_its_segments_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a store that rotates after 2 KiB
     monkeypatch.setattr(broker_store, "SEGMENT_BYTES", 2048)

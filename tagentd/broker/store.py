@@ -168,8 +168,11 @@ class BrokerStore:
                 self.broker.apply(logged.record)
             self._seq = max(self._seq, logged.seq)
 
-        self._wal.replay(handle, self._cut_tail, self._move_aside, numbered_only=True)
+        lost = self._wal.replay(handle, self._cut_tail, self._move_aside, numbered_only=True)
         self.broker.core.take_journal()
+        if lost:  # a segment was moved aside: what it held before the damage is only in memory now
+            write_atomic(self.dir / SNAPSHOT, _encoder.encode(BrokerCheckpoint(seq=self._seq, state=self.broker.snapshot())))
+            self._wal.retire()
 
     def _move_aside(self, path: Path, reason: str) -> None:
         message = move_aside(path, self.corrupt_dir, "broker state", reason, prefix="broker-")
