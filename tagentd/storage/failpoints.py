@@ -11,6 +11,10 @@ once, at import); nothing else can turn one on. docs/checkpoints.md lists them.
   append first waits as many seconds as the file says (a number; empty: 1), as on a slow or
   busy disk — in the log's fsync thread, after the batch was written, where a real slow fsync
   spends its time.
+- `TAGENTD_FAILPOINT_FSYNC_FAILS=<flag file>`: when a WAL fsync finds `<flag file>`, it deletes it
+  and fails with EIO (after the slow-fsync wait), as a disk that reports a write error once:
+  each creation of the file fails exactly one fsync (Linux reports a writeback error once, and a
+  later fsync of the same file may then succeed although the data is lost).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 
 DISK_FULL_ENV = "TAGENTD_FAILPOINT_DISK_FULL"
 SLOW_FSYNC_ENV = "TAGENTD_FAILPOINT_SLOW_FSYNC"
+FSYNC_FAILS_ENV = "TAGENTD_FAILPOINT_FSYNC_FAILS"
 
 _disk_full_flag = os.environ.get(DISK_FULL_ENV) or None
 _slow_fsync_flag = os.environ.get(SLOW_FSYNC_ENV) or None
+_fsync_fails_flag = os.environ.get(FSYNC_FAILS_ENV) or None
 
 
 def check_disk_space(path: object) -> None:
@@ -42,3 +48,14 @@ def fsync_delay() -> None:
     except OSError:
         return  # no flag file: the disk is fast again
     time.sleep(float(text or 1))
+
+
+def fsync_fault() -> None:
+    """Raise OSError(EIO) once per creation of the fsync-fails flag file (deleting it), while that failpoint is on."""
+    if _fsync_fails_flag is None:
+        return
+    try:
+        os.unlink(_fsync_fails_flag)
+    except OSError:
+        return  # no flag file: the disk is healthy
+    raise OSError(errno.EIO, os.strerror(errno.EIO), "fsync (failpoint)")

@@ -15,6 +15,13 @@ Guarantees:
   and the next append starts a new segment, so a failed batch is never half-kept
   in front of a later one; a segment left holding no record is deleted, so
   appends that keep failing (a full disk) leave no empty segments behind;
+- `write()` and `sync()` are its two halves, for a caller that writes a batch while the
+  fsync of the one before still runs (pipelined commits, docs/checkpoints.md): fsyncs run
+  one at a time in the log's thread, in the order they were asked for, each covering
+  every byte written before it started (a later one finds its bytes covered and returns
+  at once); once an fsync of a segment failed, every later one of it fails the same way
+  without trying (Linux reports a writeback error once); `drop_partial(offset)` then cuts
+  the segment back to the first byte not known to be on disk, once no fsync is queued;
 - `retire()` deletes every segment (the caller has snapshotted what they hold)
   and fsyncs the directory; `close()` fsyncs and closes the current segment;
 - `replay()` hands every good record of every segment, oldest first, to a
@@ -35,7 +42,7 @@ from pathlib import Path
 
 import msgspec
 
-from tagentd.storage.failpoints import check_disk_space, fsync_delay
+from tagentd.storage.failpoints import check_disk_space, fsync_delay, fsync_fault
 from tagentd.storage.records import HEADER, MAGIC, CorruptRecord, fsync_dir, read_frames
 
 
@@ -86,9 +93,42 @@ def cut_tail(path: Path, data: bytes, offset: int, keep_dir: Path | None = None)
 def timed_fsync(fd: int) -> float:
     """fsync `fd`; the seconds it took."""
     fsync_delay()
+    fsync_fault()
     started = time.perf_counter()
     os.fsync(fd)
     return time.perf_counter() - started
+
+
+class _Segment:
+    """The open segment: its fd, bytes written, bytes an fsync has covered, and the error of a failed fsync.
+
+    The loop writes `size` (after each whole write); the fsync thread reads it and writes `synced` and `error`.
+    """
+
+    __slots__ = ("fd", "size", "synced", "error")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.synced = size
+        self.error: BaseException | None = None
+
+    def sync(self, end: int) -> float | None:
+        """In the fsync thread: make the first `end` bytes durable; the fsync's seconds, or None if an fsync that
+        started after they were written already covered them. Once an fsync failed, every later one fails with
+        its error without trying: after a failed fsync Linux may report the next one clean with the data lost."""
+        if self.error is not None:
+            raise self.error
+        if self.synced >= end:
+            return None
+        target = self.size  # everything written so far: one fsync serves every write queued behind it
+        try:
+            seconds = timed_fsync(self.fd)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        self.synced = max(self.synced, target)
+        return seconds
 
 
 class SegmentLog:
@@ -99,23 +139,62 @@ class SegmentLog:
         #: Told the seconds each append's fsync took (measured in the thread that ran it): the metrics' hook.
         self.on_fsync = on_fsync
         self.segment: Path | None = None
-        #: Bytes in the current segment as of the last successful append (kept after close, so a caller's
-        #: "is the segment full" check sees the last segment's size until the next one is opened).
+        #: Bytes written to the current segment (kept after close, so a caller's "is the segment full" check sees
+        #: the last segment's size until the next one is opened).
         self.size = 0
-        self._fd: int | None = None
+        self._open_segment: _Segment | None = None
         # The fsyncs run in a thread of their own, not in the loop's default pool: a fsync hands its thread to
         # the loop and back once (two takes of the GIL), where the pool's idle threads all wake for each job
-        # and each takes the GIL from the loop, mid-step, to find the queue empty again.
+        # and each takes the GIL from the loop, mid-step, to find the queue empty again. One thread: fsyncs run
+        # in the order they were asked for.
         self._syncer: ThreadPoolExecutor | None = None
 
-    def _open(self) -> int:
-        if self._fd is None:
+    def _open(self) -> _Segment:
+        if self._open_segment is None:
             number = 1 + max((int(p.stem) for p in self.dir.glob("*.wal") if p.stem.isdigit()), default=0)
             self.segment = self.dir / f"{number:08d}.wal"
-            self._fd = os.open(self.segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self.size = os.fstat(self._fd).st_size
+            fd = os.open(self.segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self.size = os.fstat(fd).st_size
+            self._open_segment = _Segment(fd, self.size)
             fsync_dir(self.dir)
-        return self._fd
+        return self._open_segment
+
+    def write(self, data: bytes) -> int:
+        """Write `data` whole at the end of the current segment (opened on demand); the offset where it begins.
+
+        Not durable yet: `sync()` makes it so. On a failure the segment is cut back to that offset (where it
+        still is open: an fsync of it may be running) and the error propagates; `drop_partial` closes it.
+        """
+        segment = self._open()
+        start = segment.size
+        try:
+            check_disk_space(self.segment)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(segment.fd, view):]
+        except BaseException:
+            try:
+                os.ftruncate(segment.fd, start)
+            except OSError:
+                pass  # `drop_partial` tries again; replay cuts a partial record or sets the segment aside
+            raise
+        segment.size = self.size = start + len(data)
+        return start
+
+    def sync(self) -> asyncio.Future[float | None]:
+        """Queue an fsync of everything written to the current segment so far, in the log's thread, behind the fsyncs
+        queued before it (so it starts the moment they end, without a turn of the loop in between); the future
+        ends once it is on disk, or raises what the fsync raised (and so does every sync of this segment after a
+        failed one). An fsync that starts after this one was asked for and covers its bytes serves it."""
+        segment = self._open()
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-fsync")
+        return asyncio.get_running_loop().run_in_executor(self._syncer, segment.sync, segment.size)
+
+    def synced(self, seconds: float | None) -> None:
+        """Tell the metrics about an fsync that `sync()` ran (None: it was served by an earlier one)."""
+        if seconds is not None and self.on_fsync is not None:
+            self.on_fsync(seconds)
 
     async def append(self, data: bytes, fsync: bool = True, written: Callable[[], None] | None = None) -> None:
         """Write `data` whole to the current segment and (if `fsync`) fsync it in a thread; `written()` (if given) is
@@ -124,42 +203,37 @@ class SegmentLog:
         On any failure (or cancellation) the segment is cut back to its last whole record and closed before
         the error propagates.
         """
-        fd = self._open()
+        start = self.size if self._open_segment is not None else None
         try:
-            check_disk_space(self.segment)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            start = self.write(data)
             if fsync:
-                if self._syncer is None:
-                    self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-fsync")
-                syncing = asyncio.get_running_loop().run_in_executor(self._syncer, timed_fsync, fd)
+                syncing = self.sync()
                 if written is not None:
                     written()  # after the fsync is handed over: its thread wakes while `written` works
-                seconds = await syncing
-                if self.on_fsync is not None:
-                    self.on_fsync(seconds)
+                self.synced(await syncing)
             elif written is not None:
                 written()
         except BaseException:
-            self.drop_partial()
+            self.drop_partial(start)
             raise
-        self.size += len(data)
 
-    def drop_partial(self) -> None:
-        """After a failed append: cut the segment back to its last whole record and start a new one next time.
+    def drop_partial(self, offset: int | None = None) -> None:
+        """After a failed append: cut the segment back to `offset` (where the first record not known to be on disk
+        begins; default: its end) and start a new one next time. Call it only once no fsync of it is queued.
 
         A segment that holds no record (the append that failed was its first) is deleted.
         """
-        fd, self._fd = self._fd, None
-        if fd is None:
+        segment, self._open_segment = self._open_segment, None
+        if segment is None:
             return
+        if offset is not None:
+            self.size = offset
         try:
-            os.ftruncate(fd, self.size)
+            os.ftruncate(segment.fd, self.size)
         except OSError:
             pass  # the segment may keep a partial record; replay cuts it or sets the segment aside
         try:
-            os.close(fd)
+            os.close(segment.fd)
         except OSError:
             pass
         if self.size == 0 and self.segment is not None:
@@ -186,10 +260,10 @@ class SegmentLog:
             self._syncer = None
 
     def _close_segment(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        segment, self._open_segment = self._open_segment, None
+        if segment is not None:
+            os.fsync(segment.fd)
+            os.close(segment.fd)
 
     def replay(
         self,
