@@ -111,7 +111,8 @@ class Daemon:
         self.dependency_waits: DependencyWaits | None = None  # made with the workers socket, in run()
         self.web: WebSupervisor | None = None  # started once the sockets answer, in run()
         self.broker = BrokerShell(settings, ops=self.driver, mark_dirty=self.commit.mark_dirty,
-                                  steps_in_flight=self._steps_in_flight, on_fsync=self.metrics.fsync_observer("broker"))
+                                  steps_in_flight=self._steps_in_flight, runs_written=self.driver.all_written,
+                                  on_fsync=self.metrics.fsync_observer("broker"))
         self.driver.observe(self.broker)
         self.breakers = BreakerDesk(settings.breaker_rules().rule_for, self._send_worker, self.publish)
         self.router = Router(self.spawn)

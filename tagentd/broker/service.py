@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tagent_client.core.broker import attempt_error
-from tagent_client.core.broker_records import Entry, Lease, Message, Record
+from tagent_client.core.broker_records import Entry, Lease, Record
 from tagent_client.core.events import Action, CancelTask, StepSucceeded
 from tagent_client.core.lock_queue import LockQueue
 from tagent_client.core.locks import ended_why
@@ -43,6 +43,7 @@ from tagent_client.errors import InvalidRequest
 from tagent_client.wire import protocol_broker as b
 from tagent_client.wire.protocol import EventRecord
 from tagentd.broker.events import EventBus
+from tagentd.broker.replies import StepReplies
 from tagentd.broker.state import Broker, QueuedTrigger, Registration
 from tagentd.broker.store import BrokerStore, MemoryBrokerStore
 from tagentd.executor.interface import RunningAttempt
@@ -60,9 +61,9 @@ ENDED_KEEP = 10_000        # attempts known to be over: a late receive for one l
 RATE_WINDOW = 10           # seconds of counter samples behind the rates in `stats`
 Holder = tuple[str, str, int]
 #: What one commit makes safe to publish / journal / send: lifecycle events, user events, trigger starts, acks, the
-#: messages it writes, the steps' replies that wait for it.
-Token = tuple[list[EventRecord], list[EventRecord], list[QueuedTrigger], list[Record], set[tuple[str, str]],
-              list[Callable[[], None]]]
+#: steps' replies that wait for it, and (filled in when its flush writes) the messages its flush covers.
+Token = tuple[list[EventRecord], list[EventRecord], list[QueuedTrigger], list[Record], list[Callable[[], None]],
+              set[tuple[str, str]]]
 
 
 class BrokerShell:
@@ -70,9 +71,13 @@ class BrokerShell:
 
     def __init__(self, settings: Settings, *, ops: RunOps, mark_dirty: MarkDirty,
                  steps_in_flight: Callable[[], Iterable[RunningAttempt]],
+                 runs_written: Callable[[], bool] = lambda: False,
                  on_fsync: Callable[[float], None] | None = None) -> None:
         self.ops = ops
         self.mark_dirty = mark_dirty
+        #: Whether every change of the runs is on disk (none waits for a flush, none is being written): only then may
+        #: messages be written ahead of their commit (docs/checkpoints.md, "Pipelined commits").
+        self.runs_written = runs_written
         #: The attempts running on workers right now (for the registry).
         self.steps_in_flight = steps_in_flight
         config_allow = {name: s.allow for name, s in settings.spaces.items() if s.allow is not None}
@@ -89,12 +94,8 @@ class BrokerShell:
         self._pending: list[EventRecord] = []      # user and space events, published after them
         self._launched: list[QueuedTrigger] = []    # runs created; their TriggerStarted waits for the run's commit
         self._acks: list[Record] = []               # acks of succeeded attempts; wait for the attempt's commit
-        self._unwritten: set[tuple[str, str]] = set()  # (mailbox, id) of messages the next commit writes
-        self._volatile: set[tuple[str, str]] = set()   # the non-durable ones among them
-        self._writing: set[tuple[str, str]] = set()    # the messages the commit in flight writes
-        self._written = False                          # whether it has written them (its fsync may still run)
-        self._when_written: list[tuple[tuple[str, str], Callable[[], None]]] = []  # receives' replies: (message, send)
-        self._after_commit: list[Callable[[], None]] = []  # the steps' replies that wait for the next commit
+        self.replies = StepReplies()  # which messages are written yet; the steps' replies waiting for a write or commit
+        self._ahead_soon = False      # a write ahead of the commit is scheduled for this loop turn
         self._ended: collections.OrderedDict[Holder, None] = collections.OrderedDict()
         self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(maxlen=RATE_WINDOW + 1)
 
@@ -214,43 +215,32 @@ class BrokerShell:
     # -- the group commit (CommitParticipant) ------------------------------------------------------------------
 
     def prepare(self) -> Token:
-        """Take what waits for this commit: events to publish, trigger starts and acks to journal after it, the
-        messages it writes (a receive of one is answered once it is written) and the steps' replies it holds."""
-        token = (self._lifecycle, self._pending, self._launched, self._acks, set(self._unwritten), self._after_commit)
-        self._writing, self._written = token[4], False
-        self._lifecycle, self._pending, self._launched, self._acks, self._after_commit = [], [], [], [], []
+        """Take what waits for this commit: events to publish, trigger starts and acks to journal after it, and the
+        steps' replies it holds."""
+        token = (self._lifecycle, self._pending, self._launched, self._acks, self.replies.after_commit, set())
+        self._lifecycle, self._pending, self._launched, self._acks, self.replies.after_commit = [], [], [], [], []
         return token
 
     def flush(self, token: Token) -> Awaitable[None] | None:
         """Write the broker store in the same commit as the run store, when it has anything to write."""
-        return self.store.flush(self._volatile, self._on_written) if self.has_writes() else None
+        return self._flush(token) if self.has_writes() else None
 
-    def _on_written(self) -> None:
-        """The commit in flight has written its records (its fsync may still run): the receives that leased one of
-        its messages are answered now. Whatever a receiver then does is written by a later commit, after this one's
-        fsync (docs/checkpoints.md, "Writing: group commit")."""
-        self._written = True
-        if not self._when_written:
-            return
-        ready = [send for key, send in self._when_written if key in self._writing]
-        self._when_written = [(key, send) for key, send in self._when_written if key not in self._writing]
-        for send in ready:
-            try:
-                send()
-            except Exception:  # noqa: BLE001 - a reply that cannot go must not cut the log back (wal.append)
-                log.exception("broker: a receive's reply could not be sent")
+    async def _flush(self, token: Token) -> None:
+        """The store's flush; the receives waiting for a message it writes are answered once it is written (its fsync
+        may still run: docs/checkpoints.md, "Writing: group commit")."""
+        try:
+            await self.store.flush(self.replies.volatile, lambda: token[5].update(self.replies.flush_wrote()))
+        except BaseException:
+            self.replies.undone(token[5])  # cut off the log, to be written again: receives of them wait again
+            raise
 
     def failed(self, token: Token) -> None:
         self._lifecycle[:0], self._pending[:0], self._launched[:0], self._acks[:0] = token[:4]
-        self._after_commit[:0] = token[5]
-        self._writing, self._written = set(), False  # receives still waiting wait for the next try's write
+        self.replies.after_commit[:0] = token[4]
 
     def committed(self, token: Token) -> None:
         """The commit is on disk: journal the trigger starts and acks it made safe, publish, start queued triggers."""
-        lifecycle, pending, launched, acks, written, replies = token
-        self._unwritten -= written  # the messages this commit wrote are on disk now
-        self._volatile -= written
-        self._writing, self._written = set(), False
+        lifecycle, pending, launched, acks, replies, _ = token
         for send in replies:  # in the turn the commit ends
             send()
         for item in launched:
@@ -261,6 +251,15 @@ class BrokerShell:
         self.pump_triggers()
         if self.broker.journal:
             self.mark_dirty()
+
+    def _write_ahead(self) -> None:
+        """Once per loop turn with new messages: while the commit in flight is being fsynced and wrote nothing but the
+        broker log, write them behind it now (their fsync starts the moment its fsync ends; the next commit awaits
+        it), and answer the receives waiting for them. Not while any change of the runs is unwritten or being
+        written: a message may be a consequence of one (docs/checkpoints.md, "Pipelined commits")."""
+        self._ahead_soon = False
+        if self.runs_written() and self.store.write_ahead(self.replies.volatile):
+            self.replies.written()
 
     def publish_now(self, topic: str, data: Any) -> None:
         """Best effort and at once, without a commit and without triggers (progress notes)."""
@@ -280,12 +279,14 @@ class BrokerShell:
                                      from_pipeline=from_pipeline)
         self.broker.stats["messages_duplicate" if sent is None else "messages_sent"] += 1
         if sent is not None:
-            self._unwritten.add((to, message_id))
+            self.replies.sent((to, message_id), durable)
             if not durable:
-                self._volatile.add((to, message_id))
                 self.broker.stats["messages_sent_not_durable"] += 1
             self._receivers.deliver(to)
             self.mark_dirty()
+            if not self._ahead_soon:
+                self._ahead_soon = True
+                asyncio.get_running_loop().call_soon(self._write_ahead)
         return {"id": message_id, "duplicate": sent is None}
 
     def receive(self, caller: b.StepRef, wait: float) -> Parked:
@@ -306,28 +307,10 @@ class BrokerShell:
         return parked
 
     def reply(self, request: Any, result: Any, send: Callable[[], None]) -> None:
-        """Call `send` (a step's reply leaves) at the right time: now when `answered_at_once`; when it leased a
-        durable message not written yet, as soon as the commit that holds it has written it (`_on_written`: before
-        that commit's fsync ends); any other reply once the next commit is on disk."""
-        if self.answered_at_once(request, result):
-            send()
-        elif isinstance(request, b.ReceiveMessage) and isinstance(result, Message):
-            self._when_written.append(((result.mailbox, result.id), send))
-        else:
-            self._after_commit.append(send)
+        """Call `send` (a step's reply leaves) at the right time (`StepReplies.reply`): now, once the message it leased
+        is written, or once the next commit is on disk."""
+        if self.replies.reply(request, result, send):
             self.mark_dirty()
-
-    def answered_at_once(self, request: Any, result: Any) -> bool:
-        """Whether this reply need not wait: a non-durable send; a receive that leased a message already written
-        (on disk, or written by the commit in flight, whose fsync may still run: the lease itself is never written,
-        and all the receiver can make of it is written after that fsync), or one sent non-durably (it promised
-        nothing a crash could break). A receive of a durable message not written yet waits for its write."""
-        if isinstance(request, b.SendMessage):
-            return not request.durable
-        if isinstance(request, b.ReceiveMessage) and isinstance(result, Message):
-            key = (result.mailbox, result.id)
-            return key not in self._unwritten or key in self._volatile or (self._written and key in self._writing)
-        return False
 
     async def lock(self, caller: b.StepRef, space: str, key: str, ttl: float, wait: float) -> Lease | None:
         """A lease on `key` for the calling attempt (parked up to `wait` s); None for an attempt that is over."""

@@ -314,6 +314,10 @@ class RunDriver:
         """The run store's flush, or None when it has nothing to write (the commit then awaits only the others')."""
         return self.store.flush() if self.store.pending else None
 
+    def all_written(self) -> bool:
+        """Whether every change of the runs is on disk: none waits for the next flush and none is being written."""
+        return not (self._emits or self.store.pending)
+
     def committed(self, events: Announced) -> None:
         """The events are on disk: announce finishes, wake each touched run's waiters, apply the run limits."""
         touched: set[Run] = set()
