@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -131,6 +132,49 @@ class _Segment:
         return seconds
 
 
+class _Syncer:
+    """The log's fsync thread: jobs run one at a time, in the order asked; each result reaches the loop through
+    `call_soon_threadsafe`. Lighter than a one-thread ThreadPoolExecutor: asking is a queue put (no work item, no
+    concurrent Future chained to an asyncio one, no idle-semaphore dance), and the thread touches nothing of the
+    loop's but its self-pipe when it is done (the pool's took the GIL for its Future's condition and semaphore
+    just as the loop wanted to resume)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[_Segment, int, asyncio.Future[float | None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="wal-fsync", daemon=True)
+        self._thread.start()
+
+    def ask(self, segment: _Segment, end: int) -> asyncio.Future[float | None]:
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.put((segment, end, future))
+        return future
+
+    def stop(self) -> None:
+        """End the thread once the jobs asked before have run."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            segment, end, future = job
+            try:
+                outcome: tuple[float | None, BaseException | None] = (segment.sync(end), None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting flush
+                outcome = (None, exc)
+            try:
+                future.get_loop().call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+
+def _settle(future: asyncio.Future[float | None], seconds: float | None, error: BaseException | None) -> None:
+    if future.done():
+        return  # cancelled meanwhile
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(seconds)
+
+
 class SegmentLog:
     """The numbered `*.wal` segments of one directory; appends go to the newest one this process opened."""
 
@@ -147,7 +191,7 @@ class SegmentLog:
         # the loop and back once (two takes of the GIL), where the pool's idle threads all wake for each job
         # and each takes the GIL from the loop, mid-step, to find the queue empty again. One thread: fsyncs run
         # in the order they were asked for.
-        self._syncer: ThreadPoolExecutor | None = None
+        self._syncer: _Syncer | None = None
 
     def _open(self) -> _Segment:
         if self._open_segment is None:
@@ -188,8 +232,8 @@ class SegmentLog:
         failed one). An fsync that starts after this one was asked for and covers its bytes serves it."""
         segment = self._open()
         if self._syncer is None:
-            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-fsync")
-        return asyncio.get_running_loop().run_in_executor(self._syncer, segment.sync, segment.size)
+            self._syncer = _Syncer()
+        return self._syncer.ask(segment, segment.size)
 
     def synced(self, seconds: float | None) -> None:
         """Tell the metrics about an fsync that `sync()` ran (None: it was served by an earlier one)."""
@@ -256,7 +300,7 @@ class SegmentLog:
         another)."""
         self._close_segment()
         if self._syncer is not None:
-            self._syncer.shutdown(wait=False)
+            self._syncer.stop()
             self._syncer = None
 
     def _close_segment(self) -> None:
