@@ -9,7 +9,7 @@ TagentError; tagentd/control/router.py turns either into the reply, for a client
 (tagentd/control/broker_calls.py) alike. `receive` returns a `Parked` (answered
 inside the send that fills it) and `wait_event` is a coroutine: both may wait
 until something arrives. Every reply leaves after the daemon's next commit, so
-what it reports is on disk — but for what `BrokerShell.answered_at_once` names:
+what it reports is on disk — but for what `StepReplies.answered_at_once` (replies.py) names:
 a non-durable send (`durable=False`) and a receive of such a message, which
 promise nothing a crash could break.
 """

@@ -273,7 +273,7 @@ class BrokerShell:
         """Append a message to `to`'s mailbox (journalled for the next commit); parked receivers get it now.
 
         A non-durable message (`durable=False`) is remembered as volatile until the commit that writes it:
-        its sender and its receiver are answered without waiting for that commit (`answered_at_once`).
+        its sender and its receiver are answered without waiting for that commit (`StepReplies.answered_at_once`).
         """
         sent = self.broker.core.send(to, message_id, sender, payload, time.time(), message_type=message_type,
                                      from_pipeline=from_pipeline)
