@@ -272,3 +272,46 @@ def test_finished_attempts_are_tallied_without_prometheus_client_and_scraped_as_
         assert value(found, "tagentd_step_duration_seconds_bucket", le=le, **step) == count, le
     assert value(found, "tagentd_step_cpu_seconds_total", **step) == 1.0
     assert value(found, "tagentd_step_peak_rss_bytes", **step) == 1007
+
+
+MODEL_TALLY_SCRIPT = """
+import sys
+from tagent_client.core.events import StepFailed, StepSucceeded
+from tagent_client.core.state import ErrorInfo, Usage
+from tagentd.metrics.instruments import Metrics
+
+metrics = Metrics(process=False)
+used = Usage(input_tokens=100, output_tokens=20, requests=1, cost=0.25)
+for attempt in (1, 2):
+    metrics.attempt_ended("p", "s", StepSucceeded(task="s", attempt=attempt, usage=used,
+                          transcript={"model": "local:llama3", "messages": []}), 0.01, None)
+failed = StepFailed(task="s", attempt=3, error=ErrorInfo(type="E", message="m"),
+                    usage=Usage(input_tokens=7, output_tokens=0, requests=2, cost=0.0))
+metrics.attempt_ended("p", "s", failed, 0.01, None)
+print("prometheus_client" in sys.modules)
+print(metrics.exposition())
+"""
+
+
+def test_agent_attempts_usage_is_tallied_without_prometheus_client_and_scraped_by_model() -> None:
+    """Given a Metrics fed three finished agent attempts (two on local:llama3, one failed without a transcript),
+    when nothing has scraped yet, then prometheus-client was not even imported: an agent step's usage is
+    counted in plain tallies on the step's critical path (the daemon handles the result before it dispatches
+    the next step), not through labelled counters; and when scraped, the model series say what was fed."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = {"PYTHONPATH": f"{REPO / 'client'}:{REPO}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", MODEL_TALLY_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    imported, _, text = done.stdout.partition("\n")
+    assert imported == "False"
+    found = samples(text)
+    assert value(found, "tagentd_llm_requests_total", model="local:llama3") == 2
+    assert value(found, "tagentd_llm_tokens_total", model="local:llama3", direction="input") == 200
+    assert value(found, "tagentd_llm_tokens_total", model="local:llama3", direction="output") == 40
+    assert value(found, "tagentd_llm_cost_dollars_total", model="local:llama3") == 0.5
+    assert value(found, "tagentd_llm_requests_total", model="unknown") == 2
+    assert value(found, "tagentd_llm_tokens_total", model="unknown", direction="input") == 7
+    assert value(found, "tagentd_llm_cost_dollars_total", model="unknown") == 0

@@ -5,7 +5,8 @@ uses prometheus-client's global default registry, so two daemons in one process 
 
 Cost: what the hot paths do is O(1) and tiny. A finished attempt adds to its step's plain tallies (`_StepTally`:
 a few additions, about a microsecond; prometheus-client's labelled children cost ten times that, a lock and a
-walk of the buckets per observation), which become the step series at each scrape; a WAL fsync and a commit are
+walk of the buckets per observation), and an agent attempt to its model's, which become the step and model
+series at each scrape; a WAL fsync and a commit are
 one histogram observation each. Everything else (runs and steps by state, queue depth, workers,
 permits, breakers, the broker's counters and depths) is read by collectors only when someone scrapes
 (`collect`, added with `add_collector`), so a daemon nobody scrapes pays nothing for it.
@@ -46,6 +47,13 @@ STEP_HELP = {
            "the worker's event loop among the attempts on it.",
     "rss": "Peak resident set size of the worker process during the step's latest attempt.",
 }
+#: The help text of each model series.
+LLM_HELP = {
+    "requests": "Model requests made by step attempts, by model.",
+    "tokens": "Tokens of model requests made by step attempts, by model and direction (input, output).",
+    "cost": "Cost in US dollars of the model requests made by step attempts, by model (the configured price, else "
+            "genai-prices; 0 for a model with no known price).",
+}
 #: The `outcome` label of tagentd_step_attempts_total: StepSucceeded, StepFailed, StepTimedOut.
 OUTCOMES = ("succeeded", "failed", "timed_out")
 #: What the worker sent for an attempt: (seconds, cpu_seconds, peak_rss_bytes), or None (not measured).
@@ -64,12 +72,14 @@ class Metrics:
         self._built: _Instruments | None = None
         self._collectors: list[Callable[[], Iterable[Any]]] = []
         self._steps: dict[tuple[str, str], _StepTally] = {}  # each step's tallies, looked up once per attempt
+        self._models: dict[str, list[Any]] = {}  # model -> [requests, input tokens, output tokens, cost in dollars]
 
     def build(self) -> _Instruments:
         """The registry and its instruments, made on the first call (prometheus-client is imported then)."""
         if self._built is None:
             self._built = _Instruments(self._process)
             self._built.registry.register(_on_scrape(self._step_families))
+            self._built.registry.register(_on_scrape(self._model_families))
             for collect in self._collectors:
                 self._built.registry.register(_on_scrape(collect))
         return self._built
@@ -98,11 +108,13 @@ class Metrics:
         if usage is not None and usage.requests:
             transcript = getattr(event, "transcript", None) or {}
             model = str(transcript.get("model") or "unknown")
-            built = self.build()
-            built.llm_requests.labels(model).inc(usage.requests)
-            built.llm_tokens.labels(model, "input").inc(usage.input_tokens)
-            built.llm_tokens.labels(model, "output").inc(usage.output_tokens)
-            built.llm_cost.labels(model).inc(max(0.0, usage.cost))
+            used = self._models.get(model)
+            if used is None:
+                used = self._models[model] = [0, 0, 0, 0.0]
+            used[0] += usage.requests
+            used[1] += usage.input_tokens
+            used[2] += usage.output_tokens
+            used[3] += max(0.0, usage.cost)
 
     def fsync_observer(self, log: str) -> Callable[[float], None]:
         """What a write-ahead log calls with the seconds each fsync took."""
@@ -139,6 +151,20 @@ class Metrics:
             rss.add_metric([pipeline, step], tally.rss)
         yield from (attempts, seconds, cpu, rss)
 
+    def _model_families(self) -> Iterator[Any]:
+        """The model series, from the tallies: requests, tokens by direction, cost."""
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 - see the module's docstring
+
+        requests = CounterMetricFamily("tagentd_llm_requests", LLM_HELP["requests"], labels=["model"])
+        tokens = CounterMetricFamily("tagentd_llm_tokens", LLM_HELP["tokens"], labels=["model", "direction"])
+        cost = CounterMetricFamily("tagentd_llm_cost_dollars", LLM_HELP["cost"], labels=["model"])
+        for model, (count, input_tokens, output_tokens, dollars) in self._models.items():
+            requests.add_metric([model], count)
+            tokens.add_metric([model, "input"], input_tokens)
+            tokens.add_metric([model, "output"], output_tokens)
+            cost.add_metric([model], dollars)
+        yield from (requests, tokens, cost)
+
     def add_collector(self, collect: Callable[[], Iterable[Any]]) -> None:
         """Read `collect()` (metric families) at every scrape, and only then."""
         self._collectors.append(collect)
@@ -172,22 +198,13 @@ class _Instruments:
 
     def __init__(self, process: bool) -> None:
         import prometheus_client  # noqa: PLC0415 - see the module's docstring
-        from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry, Histogram, ProcessCollector  # noqa: PLC0415
 
         prometheus_client.disable_created_metrics()  # no `_created` twin of every counter: half the exposition, no loss
         self.registry = CollectorRegistry()
         if process:
             ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         r = self.registry
-        self.llm_requests = Counter(
-            "tagentd_llm_requests_total", "Model requests made by step attempts, by model.", ["model"], registry=r)
-        self.llm_tokens = Counter(
-            "tagentd_llm_tokens_total", "Tokens of model requests made by step attempts, by model and direction "
-            "(input, output).", ["model", "direction"], registry=r)
-        self.llm_cost = Counter(
-            "tagentd_llm_cost_dollars_total", "Cost in US dollars of the model requests made by step attempts, "
-            "by model (the configured price, else genai-prices; 0 for a model with no known price).", ["model"],
-            registry=r)
         self.commit_seconds = Histogram(
             "tagentd_commit_duration_seconds", "Successful group commits: from the start of the commit to the end "
             "of every participant's flush (WAL writes and fsyncs included; a commit with nothing to write is near "
