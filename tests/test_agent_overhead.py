@@ -87,11 +87,9 @@ def test_an_endpoints_requests_go_through_its_one_sdk_client_without_copies(
     assert len(server.requests) == 4
 
 
-def test_the_first_requests_breaker_verdict_is_asked_as_the_run_starts(server: ScriptedServer) -> None:
-    """Given an endpoint with a breaker (every model has one), when an agent attempt runs, then the breaker is
-    asked before the model's request is even entered (the ask overlaps pydantic-ai's preparation of the run),
-    and only once for the one request."""
-    llm = runtime(server)
+def breaker_order(llm: LLMRuntime, at_once: bool) -> list[str]:
+    """One agent attempt on `llm` whose breaker gate answers at once or not (as a worker with or without a
+    lease): when the breaker was asked and when the model's request was entered, in order."""
     built = model_for("local:llama3", llm)
     seen: list[str] = []
     assert llm.breakers is not None
@@ -106,10 +104,27 @@ def test_the_first_requests_breaker_verdict_is_asked_as_the_run_starts(server: S
         return await request(*args, **kwargs)
 
     llm.breakers.admit = asked  # type: ignore[method-assign]
+    llm.breakers.admits_at_once = lambda name: at_once  # type: ignore[method-assign]
     built.model.request = entered  # type: ignore[method-assign]
     event = asyncio.run(attempt(pipeline(), llm))
     assert isinstance(event, StepSucceeded), event
-    assert seen == ["breaker asked", "request entered"]
+    return seen
+
+
+def test_the_first_requests_breaker_verdict_is_asked_as_the_run_starts(server: ScriptedServer) -> None:
+    """Given an endpoint with a breaker (every model has one) whose verdict is not answered at once (a worker
+    without a lease asks the daemon), when an agent attempt runs, then the breaker is asked before the model's
+    request is even entered (the ask overlaps pydantic-ai's preparation of the run), and only once for the one
+    request."""
+    assert breaker_order(runtime(server), at_once=False) == ["breaker asked", "request entered"]
+
+
+def test_a_breaker_that_answers_at_once_is_asked_by_the_request_itself(server: ScriptedServer) -> None:
+    """Given an endpoint without limits whose breaker answers at once (in-process, or a worker holding a lease),
+    when an agent attempt runs, then nothing is asked ahead (no task of its own: there is no wait to overlap):
+    the request admits itself, once; and an in-process runtime's breakers do answer at once."""
+    assert breaker_order(runtime(server), at_once=True) == ["request entered", "breaker asked"]
+    assert LLMRuntime.local().breakers.admits_at_once("llm:local")  # type: ignore[union-attr]
 
 
 class FakeModel:

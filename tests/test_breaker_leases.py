@@ -124,6 +124,29 @@ def test_a_lease_admits_its_calls_without_asking_and_ends_at_its_count_its_time_
     asyncio.run(scenario())
 
 
+def test_a_worker_admits_at_once_exactly_while_it_holds_a_running_lease() -> None:
+    """Given a worker's BreakerClient, `admits_at_once` (whether an agent run need not ask ahead, runners/early.py)
+    is True exactly while a call would not ask the daemon: not before any answer, not after a lease's calls, its
+    time or a revocation; and only on the worker's loop thread (a sync step's thread hands its calls over)."""
+    async def scenario() -> None:
+        clock, link = Clock(), Link()
+        client = BreakerClient(link, asyncio.get_running_loop(), clock)  # type: ignore[arg-type]
+        assert not client.admits_at_once("svc")
+        await admitted(client, link, leased(1))
+        assert client.admits_at_once("svc") and not client.admits_at_once("other")
+        assert not await asyncio.to_thread(client.admits_at_once, "svc")
+        await admitted(client, link)  # the lease's one call
+        assert not client.admits_at_once("svc")
+        await admitted(client, link, leased(5))
+        clock.now += 10.0
+        assert not client.admits_at_once("svc")
+        await admitted(client, link, leased(5))
+        client.revoked(wire.BreakerRevoke(name="svc"))
+        assert not client.admits_at_once("svc")
+
+    asyncio.run(scenario())
+
+
 def test_a_revocation_read_before_its_ask_resumes_still_ends_the_lease() -> None:
     """Given an answer granting a lease and the daemon's revocation read in the same frame, before the asking call
     resumes: then the lease is over (the daemon's order wins) and the next call asks."""

@@ -86,6 +86,12 @@ class BreakerClient:
         self._admitted[req] = ticket
         return ticket
 
+    def admits_at_once(self, name: str) -> bool:
+        """True while this worker holds a running lease on `name` (a call would not ask the daemon)."""
+        lease = self._leases.get(name)
+        return (lease is not None and lease.calls > 0 and self._clock() < lease.until
+                and threading.get_ident() == self._loop_thread)
+
     def _leased(self, name: str) -> int | None:
         """Take one call of the lease on `name`, if one is running: its generation (else None)."""
         lease = self._leases.get(name)

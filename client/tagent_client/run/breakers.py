@@ -116,6 +116,9 @@ class BreakerGate(Protocol):
     def report(self, ticket: Ticket, ok: bool | None) -> None:
         """The call ended: True succeeded, False failed (the service's fault), None no verdict (cancelled, ...)."""
 
+    def admits_at_once(self, name: str) -> bool:
+        """Whether `admit(name)` would be answered without waiting for anyone (nothing to gain by asking early)."""
+
 
 class BreakerRegistry:
     """This process's breakers (thread-safe: a sync step's thread may use one); one per process, `shared()`."""
@@ -179,6 +182,9 @@ class LocalBreakers:
 
     def report(self, ticket: Ticket, ok: bool | None) -> None:
         self.registry.report(ticket, ok)
+
+    def admits_at_once(self, name: str) -> bool:
+        return True  # this process's own registry decides, without waiting
 
 
 class StepBreaker:

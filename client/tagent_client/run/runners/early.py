@@ -13,7 +13,9 @@ a round trip to the daemon — so the wait overlaps the preparation instead of f
   back when the run ends: the breaker's ticket ends with no verdict (a probe is freed), the permit is
   released unused; one still being asked for is cancelled (the asks give back what they hold);
 - nothing is asked ahead when the permit counts the request's tokens (`tokens_per_minute`: they are not
-  known before the request exists), or when the model asks no one (`test`).
+  known before the request exists), when the model asks no one (`test`), or when its admission is answered
+  at once (no permit, and a breaker this process decides: in-process runs, or a worker holding a lease of
+  it): there is no wait to overlap, and the request admits itself without a task of its own.
 """
 
 from __future__ import annotations

@@ -298,10 +298,14 @@ class LimitedModel(WrapperModel):
 
     @property
     def admits_ahead(self) -> bool:
-        """Whether a run's first request may be admitted as the run starts (early.py): the request must be
-        admitted by someone (a limiter, a breaker), and its permit does not count the request's tokens."""
-        asks = (self.endpoint is not None and self.limiter is not None) or self.breaker is not None
-        return asks and not self.count_tokens_for_permit
+        """Whether a run's first request is better admitted as the run starts (early.py): its admission may
+        wait for someone (a limiter's permit; a breaker's verdict that is not answered at once, e.g. a worker
+        without a lease asks the daemon), and its permit does not count the request's tokens."""
+        if self.count_tokens_for_permit:
+            return False
+        if self.endpoint is not None and self.limiter is not None:
+            return True
+        return self.breaker is not None and self.breakers is not None and not self.breakers.admits_at_once(self.breaker)
 
     async def admission(self, messages: list[ModelMessage]) -> tuple[Any, Ticket | None]:
         """A permit (None when unlimited), then the breaker's ticket (None without a breaker) for one request.
