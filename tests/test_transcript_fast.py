@@ -102,15 +102,28 @@ def handmade() -> list[Any]:
     ]
 
 
-def test_the_fast_reading_gives_the_dumps_transcript_for_every_kind_of_message() -> None:
+def test_the_fast_reading_gives_the_dumps_transcript_for_every_kind_of_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """Given the messages of agent runs (tools, retries, structured and text output) and handmade ones (a cost, a
     credential-named argument, a secret, long text, empty parts, naive and non-UTC times, a file, a retry with
     errors, a structured tool result), when their transcript is made twice (the first time teaches the fast
-    reading each class's fields), then both times it is exactly what the dump gives, key order included."""
+    reading each class's fields), then both times it is exactly what the dump gives, key order included; and the
+    second time, a run of plain parts (text output) needed no dump at all (a tool's structured result or retry
+    does)."""
     batches = [*agent_runs(), handmade()]
-    for messages in batches:
-        for _ in range(2):
+    dumps: list[int] = []
+    original = transcript._dumped
+
+    def counted(message: Any, secrets: list[str]) -> dict[str, Any]:
+        dumps.append(1)
+        return original(message, secrets)
+
+    monkeypatch.setattr(transcript, "_dumped", counted)
+    for index, messages in enumerate(batches):
+        for again in (False, True):
+            dumps.clear()
             made = transcript.from_messages(messages, [SECRET])
+            if again and index == 2:
+                assert dumps == [], index
             expected = dumped(messages, [SECRET])
             assert made == expected
             assert [list(m) for m in made] == [list(m) for m in expected]

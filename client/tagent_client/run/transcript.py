@@ -194,6 +194,8 @@ def _part(part: Any, secrets: list[str]) -> dict[str, Any]:
             continue
         if value is _MISSING:
             raise _Unusual
+        if (type(value) is list or type(value) is dict) and not value:
+            continue  # dumped as it is, and left out
         value = _plain(value, container=key == _JSON_ARGS)
         if value == {} or value == []:
             continue
