@@ -27,6 +27,7 @@ Guarantees:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -37,6 +38,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import msgspec
 
@@ -181,24 +183,50 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
+#: Packages that the agent runtime's libraries import only because they happen to be installed (tagentd depends
+#: on none of them), for integrations tagentd's agent runner never uses: the OpenAI SDK's aiohttp transport
+#: (`openai.DefaultAioHttpClient`), pydantic-ai's support for clients of the legacy `httpx` package, and, through
+#: httpx, its command-line client (rich, pygments). Where they are installed (e.g. as some other package's
+#: dependencies) they are ~13 MB of every worker's shared heap. The template imports the runtime with them
+#: hidden, then un-hides them: a step can still import and use them; only those two integrations stay off.
+NOT_PRELOADED = ("aiohttp", "httpx", "rich")
+
+
+@contextlib.contextmanager
+def hidden_modules(names: tuple[str, ...]) -> Iterator[None]:
+    """While inside, `import NAME` (and its submodules) raises ImportError for each of `names` not yet imported;
+    afterwards they import as usual. For a single-threaded process only (another thread's import would fail)."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment] - the import system's "not importable" marker
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
 def warm_up() -> bool:
     """Import everything a worker needs and run one agent step in memory; True if the agent runtime works."""
     import concurrent.futures
 
     from tagentd.worker import process as worker  # noqa: F401 - the worker itself, zmq and the client library
+    from tagentd.worker import start  # noqa: F401 - what each child runs (become_worker): imported once, shared
     from tagentd.worker.llm import preload_agent_runtime
 
     done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-    preload_agent_runtime(done)  # on this thread: the template must never have another
-    if not done.result():
-        return False
-    try:
-        from tagentd.worker.warmup import warm_agent_path
+    with hidden_modules(NOT_PRELOADED):
+        preload_agent_runtime(done)  # on this thread: the template must never have another
+        if not done.result():
+            return False
+        try:
+            from tagentd.worker.warmup import warm_agent_path
 
-        warm_agent_path()
-    except Exception:  # noqa: BLE001 - an optimization: the workers still run agent steps, only slower at first
-        log.warning("the in-memory agent step failed; the first agent step of each worker will be slower",
-                    exc_info=True)
+            warm_agent_path()
+        except Exception:  # noqa: BLE001 - an optimization: the workers still run agent steps, only slower at first
+            log.warning("the in-memory agent step failed; the first agent step of each worker will be slower",
+                        exc_info=True)
     return True
 
 

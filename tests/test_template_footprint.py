@@ -1,0 +1,93 @@
+"""What the worker template holds in memory: guards on the idle memory of daemon + template + workers (issue 17).
+
+The template's heap is shared copy-on-write by every worker forked from it, so each module it imports is paid
+once (and kept for the daemon's lifetime); each module a worker imports after the fork is paid once per worker.
+These tests run the template's own warm-up (`tagentd.executor.template.warm_up`, what it does before its first
+fork) in a fresh interpreter and read its `sys.modules`, and start a real daemon with its template: they fail
+when the warm-up loads what no worker uses, or leaves for each worker to import what every worker imports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import DaemonProcess, children_of, is_worker_template, write_pipeline
+
+from tagentd.executor.template import NOT_PRELOADED
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Imported with the optional integrations NOT_PRELOADED leaves out (httpx's command-line client brings these).
+ALSO_NOT_PRELOADED = ("pygments",)
+
+INSTALLED = [name for name in (*NOT_PRELOADED, *ALSO_NOT_PRELOADED) if importlib.util.find_spec(name) is not None]
+
+
+def template_modules(then: str = "") -> dict[str, list[str]]:
+    """sys.modules of a fresh interpreter after the template's warm-up (`before`), and what `then` adds (`added`)."""
+    script = f"""
+import json, sys
+from tagentd.executor.template import warm_up
+assert warm_up(), "the agent runtime did not import"
+before = set(sys.modules)
+{then}
+print(json.dumps({{"before": sorted(before), "added": sorted(set(sys.modules) - before)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_template_preloads_no_optional_integration_of_the_runtime_and_every_worker_import() -> None:
+    """The OpenAI SDK imports aiohttp, and pydantic-ai the legacy httpx (with its CLI's rich and pygments), merely
+    because they are installed; tagentd's agent runner uses neither. And what a forked worker runs first
+    (tagentd.worker.start) must be in the shared heap, not imported by each worker."""
+    # Given the template's warm-up in a fresh interpreter, and a worker's start-up after it
+    modules = template_modules(then="import tagentd.worker.start")
+
+    # Then none of the optional integrations' packages was imported
+    loaded = set(modules["before"])
+    assert not [name for name in INSTALLED if name in loaded], "the template imported packages no worker uses"
+    # And the agent runtime itself was
+    assert {"pydantic_ai.models.openai", "openai", "genai_prices.data_snapshot"} <= loaded
+    # And a worker's start-up imports nothing the template has not imported already
+    assert modules["added"] == []
+
+
+def test_a_step_in_a_forked_worker_still_imports_what_the_template_left_out(
+        make_daemon: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+    if not INSTALLED:
+        pytest.skip("none of the optional integrations' packages is installed")
+    # Given a daemon whose workers are forked from its template
+    daemon = make_daemon(workers=1, template=True).start()
+    templates = [pid for pid in children_of(daemon.pid) if is_worker_template(pid)]
+    assert len(templates) == 1, children_of(daemon.pid)
+
+    # Then the template has mapped none of their extension modules (aiohttp's, where installed, are C extensions)
+    maps = Path(f"/proc/{templates[0]}/maps").read_text()
+    assert not [name for name in INSTALLED if f"/{name}/" in maps], "the template loaded an optional integration"
+
+    # When a function step imports them in a worker forked from that template
+    source = f"""
+        import importlib
+        from tagent_client import Pipeline
+
+        pipeline = Pipeline("optional")
+
+        @pipeline.task(max_retries=0)
+        def use(ctx):
+            return {{name: importlib.import_module(name).__name__ for name in {INSTALLED!r}}}
+    """
+    with daemon.client() as client:
+        result = client.wait(client.submit(write_pipeline(tmp_path, "optional.py", source)).id, timeout=60)
+
+    # Then each imports as in any Python process
+    assert result.success, result.summary()
+    assert result.step_outputs["use"] == {name: name for name in INSTALLED}
+    assert set(daemon.worker_pids()) <= set(children_of(templates[0]))
