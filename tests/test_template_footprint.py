@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import DaemonProcess, children_of, is_worker_template, write_pipeline
 
+from tagentd.executor.file_pages import clean_file_mappings
 from tagentd.executor.template import NOT_PRELOADED
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,6 +28,18 @@ pytestmark = pytest.mark.timeout(120)
 ALSO_NOT_PRELOADED = ("pygments",)
 
 INSTALLED = [name for name in (*NOT_PRELOADED, *ALSO_NOT_PRELOADED) if importlib.util.find_spec(name) is not None]
+
+
+def resident_kb(pid: int, path_part: str) -> int:
+    """Resident kB of `pid`'s file mappings whose path contains `path_part` (from /proc/PID/smaps)."""
+    total, counting = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and "-" in fields[0] and not fields[0].endswith(":"):
+            counting = len(fields) > 5 and path_part in fields[5]
+        elif counting and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
 
 
 def template_modules(then: str = "") -> dict[str, list[str]]:
@@ -91,3 +104,52 @@ def test_a_step_in_a_forked_worker_still_imports_what_the_template_left_out(
     assert result.success, result.summary()
     assert result.step_outputs["use"] == {name: name for name in INSTALLED}
     assert set(daemon.worker_pids()) <= set(children_of(templates[0]))
+
+
+SMAPS = """\
+7f0000000000-7f0000100000 r-xp 00000000 08:01 11 /venv/_pydantic_core.so
+Rss:                 400 kB
+Anonymous:             0 kB
+7f0000100000-7f0000104000 r--p 00100000 08:01 11 /venv/_pydantic_core.so
+Rss:                  16 kB
+Anonymous:            16 kB
+7f0000104000-7f0000108000 rw-p 00104000 08:01 11 /venv/_pydantic_core.so
+Rss:                  16 kB
+Anonymous:            16 kB
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+Rss:                1024 kB
+Anonymous:          1024 kB
+7f0000300000-7f0000301000 r--s 00000000 00:05 12 /dev/shm/shared
+Rss:                   4 kB
+Anonymous:             0 kB
+7f0000400000-7f0000500000 r--p 00000000 08:01 13 /usr/lib/locale/locale-archive
+Rss:                   0 kB
+Anonymous:             0 kB
+7f0000600000-7f0000602000 r--p 00000000 08:01 14 /venv/last.so
+Rss:                   8 kB
+Anonymous:             0 kB
+"""
+
+
+def test_only_read_only_file_mappings_without_private_copies_are_unmapped() -> None:
+    """Dropping a page of a mapping with private copies (relocated data, the heap) would lose what was written."""
+    # Given smaps lines of a library's code, its relocated read-only data and its data, the heap, a shared
+    # mapping, a mapping with nothing resident and, last, another library's code
+    # When the mappings to drop are chosen
+    chosen = list(clean_file_mappings(SMAPS.splitlines(keepends=True)))
+
+    # Then only the two read-only file mappings holding only file pages are
+    assert chosen == [(0x7F0000000000, 0x100000), (0x7F0000600000, 0x2000)]
+
+
+def test_the_template_leaves_the_extension_code_its_warm_up_ran_to_the_page_cache(
+        make_daemon: Callable[..., DaemonProcess]) -> None:
+    """Importing and warming the runtime runs ~4 MB of pydantic-core's code once; mapped in the template alone,
+    those pages counted in full in its PSS for the daemon's lifetime."""
+    # Given a daemon with its worker template, warm and forking
+    daemon = make_daemon(workers=1, template=True).start()
+    templates = [pid for pid in children_of(daemon.pid) if is_worker_template(pid)]
+    assert len(templates) == 1, children_of(daemon.pid)
+
+    # Then the template keeps next to none of pydantic-core's pages mapped
+    assert resident_kb(templates[0], "pydantic_core") < 512

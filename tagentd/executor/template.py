@@ -42,6 +42,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from tagentd.executor import file_pages
 from tagentd.plumbing import lifeline
 from tagentd.worker.credentials import CURVE_ENV
 from tagentd.worker.wire import TOKEN_ENV
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     # never scanned), because freeing it would leave free blocks all over the shared heap, and each worker's
     # first allocations would land there, copying those pages (measured: 0.7 MB more private memory per worker,
     # and no less for the template: freed blocks stay in its arenas).
+    file_pages.unmap_clean_file_pages()  # the extension code the imports ran once; workers map what they run
     lifeline.release_free_memory()
     gc.freeze()  # children's collections leave the imported objects (and their pages) alone
     ready = Ready(pid=os.getpid(), agent_runtime=agent_runtime, import_s=round(time.monotonic() - began, 3))
