@@ -6,7 +6,9 @@ Started by the daemon (tagentd.executor.spawner), which talks to it over a SOCK_
 message per packet, `Fork` in, `Ready` / `Forked` (with the child's pidfd attached, SCM_RIGHTS) / `Exited` out.
 A worker forked from it starts warm: pydantic-ai, its OpenAI client and the price table are already imported,
 and one agent step has already run in memory (tagentd.worker.warmup), so pydantic's lazily built schemas exist
-too; all of it is shared copy-on-write with the template and the other workers.
+too; all of it is shared copy-on-write with the template and the other workers. The runtime is imported without the
+integrations its libraries load only because they are installed (NOT_PRELOADED), and before the first fork the
+template drops its mappings of the extension code its imports ran once (tagentd.executor.file_pages).
 
 Guarantees:
 - It dies with the daemon: PR_SET_PDEATHSIG armed first thing, then the parent must still be --parent-pid;
