@@ -186,13 +186,14 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-#: Packages that the agent runtime's libraries import only because they happen to be installed (tagentd depends
-#: on none of them), for integrations tagentd's agent runner never uses: the OpenAI SDK's aiohttp transport
-#: (`openai.DefaultAioHttpClient`), pydantic-ai's support for clients of the legacy `httpx` package, and, through
-#: httpx, its command-line client (rich, pygments). Where they are installed (e.g. as some other package's
-#: dependencies) they are ~13 MB of every worker's shared heap. The template imports the runtime with them
-#: hidden, then un-hides them: a step can still import and use them; only those two integrations stay off.
-NOT_PRELOADED = ("aiohttp", "httpx", "rich")
+#: Packages that the agent runtime's libraries import only because they happen to be installed, for a feature no
+#: step can reach from a worker: rich, which the legacy `httpx` package (installed with the `tagent` extra) loads
+#: for its command-line client, ~4 MB of every worker's shared heap. The template imports the runtime with it
+#: hidden, then un-hides it: a step can still import and use it. aiohttp and httpx themselves (~12 MB, also from
+#: the `tagent` extra) stay preloaded: the OpenAI SDK and pydantic-ai decide at import whether they are there
+#: (`openai.DefaultAioHttpClient`, pydantic-ai's handling of legacy httpx clients), and hiding them would take
+#: those features away from steps.
+NOT_PRELOADED = ("rich",)
 
 
 @contextlib.contextmanager
