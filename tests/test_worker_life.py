@@ -130,7 +130,7 @@ def test_a_worker_left_over_from_another_daemon_is_refused_and_runs_no_step(
     # to workers.sock as worker 1 with that daemon's token
     daemon = make_daemon(template=True)
     env = {**daemon.env, wire.TOKEN_ENV: STALE_TOKEN}
-    endpoint = f"ipc://{daemon.runtime_dir / 'workers.sock'}"
+    endpoint = f"unix://{daemon.runtime_dir / 'workers.sock'}"
     stale = subprocess.Popen([sys.executable, "-m", "tagentd.worker", "--endpoint", endpoint, "--id", "1",
                               "--parent-pid", str(os.getpid())], env=env, cwd=REPO,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

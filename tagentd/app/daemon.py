@@ -10,8 +10,8 @@ is launch.py's.
   the watcher's seen-file as participants;
 - control.sock: `ControlServer` and its handlers (tagentd/control/), every reply
   through one router (tagentd/control/router.py);
-- workers.sock: the executor (tagentd/executor/: where steps run, its workers' own
-  messages) and the worker-message table for the steps' requests
+- workers.sock (a Unix stream socket the loop drives itself, tagentd/plumbing/framed.py):
+  the executor (tagentd/executor/: where steps run, its workers' own messages) and the worker-message table for the steps' requests
   (tagentd/control/workers.py); with `worker_listen`, also a CURVE tcp endpoint for
   workers on other machines (tagentd/executor/curve.py), replies routed per worker
   (tagentd/plumbing/worker_sockets.py);
@@ -69,7 +69,7 @@ from tagentd.executor.interface import Executor, RunningAttempt
 from tagentd.executor.permits import PermitDesk
 from tagentd.metrics.instruments import Metrics
 from tagentd.plumbing import collector, lifeline
-from tagentd.plumbing.channel import Channel
+from tagentd.plumbing.framed import FrameListener
 from tagentd.plumbing.worker_sockets import WorkerSockets
 from tagentd.runs.driver import RunDriver
 from tagentd.runs.durable import DurableStore
@@ -99,7 +99,7 @@ class Daemon:
         self.sockets = {
             "control": paths.endpoint(self.runtime_dir, paths.CONTROL_SOCKET),
             "events": paths.endpoint(self.runtime_dir, paths.EVENTS_SOCKET),
-            "workers": paths.endpoint(self.runtime_dir, paths.WORKERS_SOCKET),
+            "workers": f"unix://{self.runtime_dir / paths.WORKERS_SOCKET}",  # local workers: framed.py, not ZeroMQ
         }
         self._tasks: set[asyncio.Task[Any]] = set()
         self.health = StoreHealth(self.state_dir)
@@ -132,15 +132,10 @@ class Daemon:
         old = os.umask(0o177)
         try:
             self.broker.bind(self.zctx, self.sockets["events"])
-            self.workers = self.zctx.socket(zmq.ROUTER)
-            self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self.workers.sndhwm = 0
-            self.workers.rcvhwm = 0
-            self.workers.linger = 0
-            self.workers.bind(self.sockets["workers"])
+            self.workers = FrameListener(self.sockets["workers"].removeprefix("unix://"), self.stats)
         finally:
             os.umask(old)
-        self.workers_channel = WorkerSockets(Channel(self.workers), self.stats)
+        self.workers_channel = WorkerSockets(self.workers, self.stats)
         self.curve: CurveGate | None = None
         if self.settings.worker_listen is not None:  # workers on other machines: tcp with CURVE, issued keys only
             self.curve = CurveGate(self.zctx, self.settings.worker_listen, self.stats,
@@ -317,7 +312,7 @@ class Daemon:
         return p.DaemonInfo(
             pid=os.getpid(), version=__version__, started_at=self.started_at, uptime_s=now - self.started_at,
             runtime_dir=str(self.runtime_dir), state_dir=str(self.state_dir),
-            sockets={k: v.removeprefix("ipc://") for k, v in self.sockets.items()},
+            sockets={k: v.split("://", 1)[-1] for k, v in self.sockets.items()},
             workers=workers, runs_active=len(self.runs.active()), runs_total=len(self.runs),
             durable=self.store.durable, stats=stats,
             watch_dirs=self.watcher.folder_paths() if self.watcher is not None else [],

@@ -1,10 +1,13 @@
 """`WorkerSockets`: the daemon's worker sockets seen as one channel — workers.sock, plus the CURVE tcp endpoint.
 
+workers.sock is a `FrameListener` (framed.py: a Unix stream socket the loop drives itself); the CURVE endpoint a
+ZeroMQ `Channel`.
+
 Every part that answers workers (the executor, the worker-message table, broker calls, dependency waits, the
 group commit's replies) sends `[identity, payload]` here as it would on a `Channel`. Guarantees:
 
 - a message to a worker leaves on the socket that worker last spoke on: the tcp one for a worker that
-  joined over the network, workers.sock otherwise (a ROUTER can only reach its own peers);
+  joined over the network, workers.sock otherwise (each socket can only reach its own peers);
 - every message received on either socket reaches the one handler, in arrival order per socket;
 - a message that came over tcp is handed on only while its connection's credential is still admitted
   (`admits(User-Id)`): once revoked, a connection's messages are dropped, counted
@@ -17,19 +20,20 @@ import logging
 from collections.abc import Callable
 
 from tagentd.plumbing.channel import Channel, Frames
+from tagentd.plumbing.framed import FrameListener
 
 log = logging.getLogger("tagentd.channel")
 
 
 class WorkerSockets:
-    """The ipc channel, an optional remote (tcp) channel, and which identity is reached through which."""
+    """The local listener, an optional remote (tcp) channel, and which identity is reached through which."""
 
-    def __init__(self, local: Channel, stats: dict[str, int]) -> None:
+    def __init__(self, local: Channel | FrameListener, stats: dict[str, int]) -> None:
         self.local = local
         self.remote: Channel | None = None
         self._admits: Callable[[str | None], bool] = lambda user_id: False
         self._stats = stats
-        self._routes: dict[bytes, Channel] = {}  # identities that last spoke on the remote socket
+        self._routes: dict[bytes, Channel | FrameListener] = {}  # identities that last spoke on the remote socket
         self._revoked_logged: set[str] = set()
 
     def add_remote(self, channel: Channel, admits: Callable[[str | None], bool]) -> None:
@@ -62,7 +66,7 @@ class WorkerSockets:
         if self.remote is not None:
             self.remote.start(remote)
 
-    def _channel(self, frames: Frames) -> Channel:
+    def _channel(self, frames: Frames) -> Channel | FrameListener:
         return self._routes.get(frames[0], self.local)
 
     def send(self, frames: Frames) -> None:

@@ -99,7 +99,8 @@ class Worker:
         self.link = WorkerLink(self.zmq, args.endpoint, wire.identity(self.id, self.token),
                                getattr(args, "credentials", None))
         # events.sock is next to workers.sock: a step's event subscriptions connect to it as a client's do
-        runtime_dir = Path(args.endpoint.removeprefix("ipc://")).parent if args.endpoint.startswith("ipc://") else None
+        local = args.endpoint.startswith(("ipc://", "unix://"))
+        runtime_dir = Path(args.endpoint.split("://", 1)[1]).parent if local else None
         self.breakers = BreakerClient(self.link, self.loop)
         self.services = WorkerServices(self.link, self.loop, self.breakers, runtime_dir=runtime_dir)
         self.permits = PermitClient(self.link, self.loop)
@@ -129,7 +130,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():  # in-process (a Ray actor) it may not be
             self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         self.link.send(wire.Hello(worker_id=self.id, pid=os.getpid(), capacity=self.capacity, token=self.token))
-        self.link.start(self.on_frame)
+        self.link.start(self.on_frame, self.on_link_closed)
         housekeeping = self.loop.create_task(self.housekeep())
         try:
             return await self.exited
@@ -148,6 +149,13 @@ class Worker:
         log.log(logging.WARNING if code else logging.INFO, "%s; exiting with status %d", reason, code)
         self.exit_at = (code, deadline)
         self.check_exit()
+
+    def on_link_closed(self, why: str) -> None:
+        """The daemon ended this worker's connection (it stopped, or refused what it read): nothing can reach it."""
+        log.error("the connection to the daemon on %s ended (%s); exiting with status %d", self.link.endpoint, why,
+                  wire.EXIT_LOST_DAEMON)
+        if not self.exited.done():
+            self.exited.set_result(wire.EXIT_LOST_DAEMON)
 
     def check_exit(self) -> None:
         if self.exit_at is None or self.exited.done():
