@@ -546,6 +546,72 @@ def measure_raw_zmq(round_trips: int) -> dict[str, Any]:
     return out
 
 
+UNIX_ECHO_SERVER = """
+import socket, struct, sys
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+server.listen(1)
+print("ready", flush=True)
+conn, _ = server.accept()
+def read(n):
+    data = b""
+    while len(data) < n:
+        data += conn.recv(n - len(data))
+    return data
+while True:
+    (size,) = struct.unpack(">I", read(4))
+    payload = read(size)
+    conn.sendall(struct.pack(">I", size) + payload)
+    if payload == b"stop":
+        break
+"""
+
+
+def measure_raw_unix(round_trips: int) -> dict[str, Any]:
+    """The same echo over a plain Unix stream socket, length-prefixed frames (what workers.sock carries since
+    issue 17's fourth round, tagentd/plumbing/framed.py), blocking calls on both sides: one process wake-up per
+    hop, no I/O thread. The machine's floor under a daemon <-> worker hop."""
+    import socket
+    import struct
+
+    root = CLEANUP.tempdir("tagentd-bench-unix-")
+    path = f"{root}/echo.sock"
+    proc = subprocess.Popen([sys.executable, "-c", UNIX_ECHO_SERVER, path], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    CLEANUP.procs.append(proc)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    frame = struct.pack(">I", 64) + b"x" * 64
+
+    def trip(data: bytes) -> None:
+        sock.sendall(data)
+        got = 0
+        while got < len(data):
+            got += len(sock.recv(len(data) - got))
+
+    try:
+        for _ in range(500):
+            trip(frame)
+        samples = []
+        for _ in range(round_trips):
+            t0 = time.perf_counter_ns()
+            trip(frame)
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+        trip(struct.pack(">I", 4) + b"stop")
+    finally:
+        sock.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out = {"raw_unix_rtt_us_p50": round(percentile(samples, 50), 1),
+           "raw_unix_rtt_us_p99": round(percentile(samples, 99), 1)}
+    say(f"raw unix: {out}")
+    return out
+
+
 # -- recovery ---------------------------------------------------------------------------------------------
 
 
@@ -736,10 +802,11 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     result[key if durable else f"{key}_nodurable"] = value
         result.update(section("raw_zmq", measure_raw_zmq, ZMQ_ROUND_TRIPS) or {})
+        result.update(section("raw_unix", measure_raw_unix, ZMQ_ROUND_TRIPS) or {})
         for suffix in ("", "_nodurable"):  # the chain's step in raw round trips of this same run
-            if f"chain_ms_per_step{suffix}" in result and result.get("raw_zmq_rtt_us_p50"):
-                result[f"chain_vs_raw_rtt{suffix}"] = round(
-                    result[f"chain_ms_per_step{suffix}"] * 1000 / result["raw_zmq_rtt_us_p50"], 2)
+            for key, raw in (("chain_vs_raw_rtt", "raw_zmq_rtt_us_p50"), ("chain_vs_raw_unix_rtt", "raw_unix_rtt_us_p50")):
+                if f"chain_ms_per_step{suffix}" in result and result.get(raw):
+                    result[f"{key}{suffix}"] = round(result[f"chain_ms_per_step{suffix}"] * 1000 / result[raw], 2)
         section("recovery", measure_recovery, files, finished, unfinished, load_reps, result)
     finally:
         CLEANUP.run()

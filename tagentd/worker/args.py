@@ -12,8 +12,8 @@ LOAD_TIMEOUT = 30.0   # importing a pipeline file longer than this ends the work
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tagentd.worker", description="A tagentd worker process.")
     parser.add_argument("--endpoint", required=True,
-                        help="the daemon's workers socket, e.g. ipc:///run/tagentd/workers.sock (with $TAGENTD_WORKER_CURVE: "
-                             "its CURVE endpoint, tcp://HOST:PORT)")
+                        help="the daemon's workers socket, e.g. unix:///run/tagentd/workers.sock (with $TAGENTD_WORKER_CURVE: "
+                             "its CURVE endpoint, tcp://HOST:PORT; ipc://PATH: a ZeroMQ ROUTER there)")
     parser.add_argument("--id", type=int, required=True, help="worker number; the socket identity is w<id>.<token>")
     parser.add_argument("--capacity", type=int, default=4, help="tasks run at once (default 4)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats (default 1)")

@@ -1,6 +1,6 @@
 """The worker process: runs dispatched tasks of user pipelines for the daemon, up to K at once.
 
-    python -m tagentd.worker --endpoint ipc://PATH --id N --capacity K --heartbeat S --grace S
+    python -m tagentd.worker --endpoint unix://PATH --id N --capacity K --heartbeat S --grace S
 
 or, on another machine, with the credentials the daemon issued in $TAGENTD_WORKER_CURVE (credentials.py), over
 the daemon's CURVE endpoint: `--endpoint tcp://HOST:PORT` (in another process, e.g. a Ray actor: tagentd.worker.remote).
