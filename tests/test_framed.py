@@ -23,7 +23,8 @@ import pytest
 import zmq
 from conftest import DaemonProcess, wait_until, write_pipeline
 
-from tagentd.plumbing.framed import MAX_FRAME, FrameLink, FrameListener, FrameReader, frame
+from tagentd.plumbing.framed import MAX_FRAME, FrameListener, FrameReader, frame
+from tagentd.plumbing.framed_link import FrameLink
 
 BIG = """
     from tagent_client import Pipeline

@@ -11,7 +11,7 @@ worker's identity (`w<id>.<token>`, what a ZeroMQ DEALER would have announced, 1
 one worker-protocol message (tagentd/worker/wire.py), which the daemon's handler gets as `[identity, payload]`,
 as from a ROUTER socket.
 
-Guarantees (`FrameListener`, the daemon's side; `FrameLink`, the worker's):
+Guarantees (`FrameListener`, the daemon's side; both sides for the stream itself):
 - the loop is never blocked: a send writes what the socket takes at once and buffers the rest, which leaves,
   in order, as the socket becomes writable; receives drain what is there in batches (each batch handed to the
   handler at once, at most MAX_DRAIN frames), and what arrived while the handler ran is served by the same
@@ -19,7 +19,9 @@ Guarantees (`FrameListener`, the daemon's side; `FrameLink`, the worker's):
 - frames arrive whole and in order, however the kernel splits the bytes; a frame whose length is over
   MAX_FRAME (or a connection that starts with anything but a valid identity) closes that connection, with one
   log line saying what came from which process (pid) and what to do, counted in `stats`
-  (`worker_frames_refused`); an oversized frame is never sent (it is dropped, counted and logged);
+  (`worker_frames_refused`); the daemon never sends an oversized frame (it is dropped, counted and logged), and a
+  worker packs a loop turn's messages into one frame only while that fits (its link refuses to encode a single
+  message over the limit: tagentd/worker/link.py);
 - only processes of the daemon's own uid are accepted (SO_PEERCRED on each accepted connection; the socket file
   is 0600 in a 0700 dir besides); any other is closed at once, counted (`worker_peers_refused`) and logged;
 - a message for a worker that is not connected (it never was, or it is gone) is not delivered: `send_now` says
@@ -27,9 +29,7 @@ Guarantees (`FrameListener`, the daemon's side; `FrameLink`, the worker's):
   ROUTER_MANDATORY did; a connection that ends loses nothing already handed over and hands nothing over twice:
   whatever complete frames arrived before its end are handed over once, a torn last frame is discarded (its
   sender died writing it; the daemon learns of the death from the process, tagentd/executor/workers.py);
-- `FrameLink` connects (and retries every RECONNECT_S until the daemon listens, as a ZeroMQ DEALER would), sends
-  what was queued before then once connected, packs what one loop turn queued into one frame (`pack`), and
-  calls `on_closed` once if the daemon ends the connection.
+- the worker's side, `FrameLink`, is in framed_link.py.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ MAX_IDENTITY = 255  # what ZeroMQ allowed a socket identity
 #: Bytes asked of one recv. Under glibc's mmap threshold (128 KiB): Python allocates the whole size before each recv
 #: (also one that finds nothing), and a larger buffer is mapped and unmapped every time (~28 µs, measured).
 READ_SIZE = 64 * 1024
-RECONNECT_S = 0.1  # ZeroMQ's default reconnect interval
 _HEADER = struct.Struct(">I")
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SMALL = 64 * 1024  # below this a frame is copied behind its header (one send); above, sent from its own buffer
@@ -104,8 +103,10 @@ def frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-class _Stream:
-    """One connected socket on the loop: its reader, and the bytes waiting for it to become writable."""
+class Stream:
+    """One connected, non-blocking socket on the loop (either side's): its reader, and the bytes waiting for it to
+    become writable. Frames written leave whole and in order; `on_broken(stream, why)` is called when a write finds
+    the peer gone (the owner closes the stream then)."""
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, pid: int | None) -> None:
         self.sock = sock
@@ -116,7 +117,7 @@ class _Stream:
         self.out = bytearray()
         self.closed = False
         self.identity: bytes | None = None
-        self.on_broken: Callable[[_Stream, str], None] = lambda stream, why: None
+        self.on_broken: Callable[[Stream, str], None] = lambda stream, why: None
 
     def write(self, payload: bytes) -> bool:
         """Send one frame now, buffering what the socket does not take; False if the connection is gone (then
@@ -206,8 +207,8 @@ class FrameListener:
         self._uid = os.getuid()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: Callable[[list[Frames]], None] = lambda batch: None
-        self._routes: dict[bytes, _Stream] = {}  # identity -> its connection
-        self._streams: set[_Stream] = set()
+        self._routes: dict[bytes, Stream] = {}  # identity -> its connection
+        self._streams: set[Stream] = set()
 
     def start(self, handle: Callable[[list[Frames]], None]) -> None:
         """Accept workers and call `handle(batch)` with each batch of `[identity, payload]` messages from now on."""
@@ -238,12 +239,12 @@ class FrameListener:
                             "check who can reach %s", self.name, pid, uid, self._uid, self.path)
                 sock.close()
                 continue
-            stream = _Stream(sock, self._loop, pid)
+            stream = Stream(sock, self._loop, pid)
             stream.on_broken = self._ended
             self._streams.add(stream)
             self._loop.add_reader(stream.fd, self._readable, stream)
 
-    def _readable(self, stream: _Stream) -> None:
+    def _readable(self, stream: Stream) -> None:
         """Passes until nothing waits (at most PASSES_AT_ONCE; the loop calls again while there is more)."""
         for _ in range(PASSES_AT_ONCE):
             frames: list[bytes] = []
@@ -266,7 +267,7 @@ class FrameListener:
             if not frames or stream.closed or len(frames) >= MAX_DRAIN:
                 return
 
-    def _identify(self, stream: _Stream, identity: bytes) -> bool:
+    def _identify(self, stream: Stream, identity: bytes) -> bool:
         """A connection's first frame names it; False (and closed) if it cannot."""
         if not 0 < len(identity) <= MAX_IDENTITY or identity[0] == 0:
             self._refuse(stream, f"its first frame ({len(identity)} bytes) is not a worker identity")
@@ -279,14 +280,14 @@ class FrameListener:
         self._routes[identity] = stream
         return True
 
-    def _refuse(self, stream: _Stream, what: str) -> None:
+    def _refuse(self, stream: Stream, what: str) -> None:
         self.stats["worker_frames_refused"] += 1
         log.warning("%s: closed the connection of pid %s (%s): %s; a tagentd worker of another version, or not a "
                     "worker? Stop that process; the daemon replaces its own workers", self.name, stream.pid,
                     (stream.identity or b"?")[:24], what)
         self._ended(stream, what)
 
-    def _ended(self, stream: _Stream, why: str) -> None:
+    def _ended(self, stream: Stream, why: str) -> None:
         if stream.closed:
             return
         if stream.reader.torn:
@@ -324,118 +325,3 @@ class FrameListener:
         if self._loop is not None and self.sock.fileno() >= 0:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
-
-
-class FrameLink:
-    """The worker's side: one connection to `path`, announced as `identity`; `Channel`'s `send`/`flush`/`close`.
-
-    `pack`: what one loop turn queued leaves as the one frame `pack` makes of it."""
-
-    def __init__(self, path: str, identity: bytes, pack: Callable[[list[Frames]], Frames] | None = None) -> None:
-        self.path = path
-        self.identity = identity
-        self.pack = pack
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stream: _Stream | None = None
-        self._queued: list[Frames] = []
-        self._scheduled = False
-        self._closed = False
-        self._handle: Callable[[list[Frames]], None] = lambda batch: None
-        self._on_closed: Callable[[str], None] = lambda why: None
-
-    def start(self, handle: Callable[[list[Frames]], None], on_closed: Callable[[str], None] | None = None) -> None:
-        """Connect; call `handle(batch)` with each batch of frames received (each a one-element list, as from a
-        ZeroMQ DEALER), and `on_closed(why)` once if the daemon ends the connection."""
-        self._loop = asyncio.get_running_loop()
-        self._handle = handle
-        if on_closed is not None:
-            self._on_closed = on_closed
-        self._connect()
-
-    def _connect(self) -> None:
-        assert self._loop is not None
-        if self._closed:
-            return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            sock.connect(self.path)
-        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError, InterruptedError):
-            sock.close()  # the daemon does not listen (yet), or its backlog is full: again soon
-            self._loop.call_later(RECONNECT_S, self._connect)
-            return
-        self._stream = _Stream(sock, self._loop, None)
-        self._stream.on_broken = self._broken
-        self._loop.add_reader(self._stream.fd, self._readable)
-        self._stream.write(self.identity)
-        self._flush()
-
-    def send(self, frames: Frames, *, at_once: bool = False) -> None:
-        """Queue one message (`[payload]`); it leaves at the end of this loop turn, with the others queued in it.
-        `at_once`: if nothing is queued before it, it leaves now, alone."""
-        stream = self._stream
-        if at_once and not self._queued and stream is not None and not stream.out:
-            stream.write(frames[0])
-            return
-        self._queued.append(frames)
-        if not self._scheduled and self._loop is not None:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        stream = self._stream
-        if stream is None or not self._queued:
-            return
-        queued, self._queued = self._queued, []
-        if self.pack is not None and len(queued) > 1:
-            packed = self.pack(queued)
-            if len(packed[0]) <= MAX_FRAME:
-                queued = [packed]
-        for frames in queued:
-            stream.write(frames[0])
-
-    def _readable(self) -> None:
-        stream = self._stream
-        for _ in range(PASSES_AT_ONCE):
-            if stream is None or stream.closed:
-                return
-            frames: list[bytes] = []
-            try:
-                open_ = stream.receive(frames)
-            except (FrameError, OSError) as exc:
-                self._broken(stream, str(exc))
-                return
-            if frames:
-                self._handle([[payload] for payload in frames])
-            if not open_:
-                self._broken(stream, "the daemon closed the connection")
-                return
-            if not frames:
-                return
-
-    def _broken(self, stream: _Stream, why: str) -> None:
-        if stream.closed:
-            return
-        stream.close()
-        if not self._closed:
-            self._on_closed(why)
-
-    def flush(self) -> None:
-        """Write what is queued now, as far as the socket takes it (used just before closing)."""
-        self._flush()
-
-    def close(self, linger_ms: int = 0) -> None:
-        """Close; bytes the socket has not taken yet get up to `linger_ms` to leave."""
-        self._closed = True
-        stream = self._stream
-        if stream is None or stream.closed:
-            return
-        if stream.out and linger_ms > 0:
-            try:
-                stream.sock.setblocking(True)
-                stream.sock.settimeout(linger_ms / 1000)
-                stream.sock.sendall(stream.out)
-            except OSError:
-                pass
-        stream.close()

@@ -1,7 +1,7 @@
 """The worker's end of workers.sock: batched sends, drained receives, re-send until acknowledged.
 
 A local worker (`unix://PATH`) speaks over a Unix stream socket its loop drives itself (`FrameLink`,
-tagentd/plumbing/framed.py: one loop wake-up per batch of frames, no I/O thread); a worker given a ZeroMQ
+tagentd/plumbing/framed_link.py: one loop wake-up per batch of frames, no I/O thread); a worker given a ZeroMQ
 endpoint (`tcp://` with CURVE, or `ipc://`) over a DEALER driven by `Channel`. Either way, what the worker
 sends in one loop turn leaves as one frame (`wire.pack`),
 and a frame received may hold several messages (`wire.unpack`). On top of it, messages that must arrive
@@ -18,7 +18,8 @@ import msgspec
 import zmq
 
 from tagentd.plumbing.channel import Channel
-from tagentd.plumbing.framed import MAX_FRAME, FrameLink
+from tagentd.plumbing.framed import MAX_FRAME
+from tagentd.plumbing.framed_link import FrameLink
 from tagentd.worker import wire
 from tagentd.worker.credentials import WorkerCredentials
 
