@@ -506,6 +506,18 @@ while True:
 """
 
 
+def timed_round_trips(trip: Callable[[], None], round_trips: int) -> list[float]:
+    """µs of each of `round_trips` calls of `trip`, after 500 unmeasured ones (warm caches, a settled scheduler)."""
+    for _ in range(500):
+        trip()
+    samples = []
+    for _ in range(round_trips):
+        t0 = time.perf_counter_ns()
+        trip()
+        samples.append((time.perf_counter_ns() - t0) / 1000)
+    return samples
+
+
 def measure_raw_zmq(round_trips: int) -> dict[str, Any]:
     """DEALER -> ROUTER echo (another process) -> DEALER over ipc: the floor under every request."""
     import zmq
@@ -522,16 +534,13 @@ def measure_raw_zmq(round_trips: int) -> dict[str, Any]:
     sock.linger = 0
     sock.connect(endpoint)
     payload = b"x" * 64
+
+    def trip() -> None:
+        sock.send(payload)
+        sock.recv()
+
     try:
-        for _ in range(500):
-            sock.send(payload)
-            sock.recv()
-        samples = []
-        for _ in range(round_trips):
-            t0 = time.perf_counter_ns()
-            sock.send(payload)
-            sock.recv()
-            samples.append((time.perf_counter_ns() - t0) / 1000)
+        samples = timed_round_trips(trip, round_trips)
         sock.send(b"stop")
         sock.poll(2000)
     finally:
@@ -585,20 +594,14 @@ def measure_raw_unix(round_trips: int) -> dict[str, Any]:
     sock.connect(path)
     frame = struct.pack(">I", 64) + b"x" * 64
 
-    def trip(data: bytes) -> None:
+    def trip(data: bytes = frame) -> None:
         sock.sendall(data)
         got = 0
         while got < len(data):
             got += len(sock.recv(len(data) - got))
 
     try:
-        for _ in range(500):
-            trip(frame)
-        samples = []
-        for _ in range(round_trips):
-            t0 = time.perf_counter_ns()
-            trip(frame)
-            samples.append((time.perf_counter_ns() - t0) / 1000)
+        samples = timed_round_trips(trip, round_trips)
         trip(struct.pack(">I", 4) + b"stop")
     finally:
         sock.close()

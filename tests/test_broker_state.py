@@ -95,16 +95,22 @@ def test_reads_are_logged_without_an_fsync_of_their_own(tmp_path: Path) -> None:
     assert [e.op for e in fresh.core.spaces["s"].log] == ["put", "get"]
 
 
-def test_a_torn_tail_is_cut_off_and_everything_before_it_loads(tmp_path: Path) -> None:
-    # Given a flushed broker whose log then got half a record appended (a crash mid-write)
+def flushed_broker_and_a_record(tmp_path: Path) -> tuple[Broker, Path, bytes]:
+    """A filled broker flushed to `tmp_path` and closed, its last log segment, and one more framed record."""
     broker = new_broker()
     store = BrokerStore(tmp_path, broker)
     fill(broker)
     asyncio.run(store.flush())
     store.close()
     segment = sorted((tmp_path / "broker").glob("*.wal"))[-1]
-    whole = frame(msgspec.msgpack.encode(Logged(seq=999, record=AccessLogged(
+    record = frame(msgspec.msgpack.encode(Logged(seq=999, record=AccessLogged(
         space="x", log=broker.core.spaces["research"].log[0]))))
+    return broker, segment, record
+
+
+def test_a_torn_tail_is_cut_off_and_everything_before_it_loads(tmp_path: Path) -> None:
+    # Given a flushed broker whose log then got half a record appended (a crash mid-write)
+    broker, segment, whole = flushed_broker_and_a_record(tmp_path)
     with segment.open("ab") as f:
         f.write(whole[: len(whole) // 2])
     # When it loads
@@ -117,14 +123,7 @@ def test_a_torn_tail_is_cut_off_and_everything_before_it_loads(tmp_path: Path) -
 def test_records_before_a_damaged_one_stay_on_disk_after_the_segment_is_moved_aside(tmp_path: Path) -> None:
     # Given a flushed broker whose log then got a damaged record followed by a whole one: a later write reached the
     # disk and the one before it did not (a power loss while two writes were in flight, docs/checkpoints.md)
-    broker = new_broker()
-    store = BrokerStore(tmp_path, broker)
-    fill(broker)
-    asyncio.run(store.flush())
-    store.close()
-    segment = sorted((tmp_path / "broker").glob("*.wal"))[-1]
-    later = frame(msgspec.msgpack.encode(Logged(seq=999, record=AccessLogged(
-        space="x", log=broker.core.spaces["research"].log[0]))))
+    broker, segment, later = flushed_broker_and_a_record(tmp_path)
     with segment.open("ab") as f:
         f.write(b"\0" * 64 + later)
     # When it loads (the segment is moved aside, what came before the damage is kept), and then loads once more,
