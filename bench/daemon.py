@@ -506,6 +506,16 @@ while True:
 """
 
 
+def start_echo_server(script: str, address: str) -> subprocess.Popen[str]:
+    """Run `script` in another process, serving `address`; return once it says it is ready (stopped by CLEANUP)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, address], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    CLEANUP.procs.append(proc)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc
+
+
 def timed_round_trips(trip: Callable[[], None], round_trips: int) -> list[float]:
     """µs of each of `round_trips` calls of `trip`, after 500 unmeasured ones (warm caches, a settled scheduler)."""
     for _ in range(500):
@@ -522,13 +532,8 @@ def measure_raw_zmq(round_trips: int) -> dict[str, Any]:
     """DEALER -> ROUTER echo (another process) -> DEALER over ipc: the floor under every request."""
     import zmq
 
-    root = CLEANUP.tempdir("tagentd-bench-zmq-")
-    endpoint = f"ipc://{root}/echo.sock"
-    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, endpoint], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    CLEANUP.procs.append(proc)
-    assert proc.stdout is not None
-    proc.stdout.readline()
+    endpoint = f"ipc://{CLEANUP.tempdir('tagentd-bench-zmq-')}/echo.sock"
+    proc = start_echo_server(ECHO_SERVER, endpoint)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
@@ -583,13 +588,8 @@ def measure_raw_unix(round_trips: int) -> dict[str, Any]:
     import socket
     import struct
 
-    root = CLEANUP.tempdir("tagentd-bench-unix-")
-    path = f"{root}/echo.sock"
-    proc = subprocess.Popen([sys.executable, "-c", UNIX_ECHO_SERVER, path], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    CLEANUP.procs.append(proc)
-    assert proc.stdout is not None
-    proc.stdout.readline()
+    path = f"{CLEANUP.tempdir('tagentd-bench-unix-')}/echo.sock"
+    proc = start_echo_server(UNIX_ECHO_SERVER, path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     frame = struct.pack(">I", 64) + b"x" * 64
