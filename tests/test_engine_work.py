@@ -8,6 +8,7 @@ looked at when a run started (or was rebuilt), so a 1 -> N -> 1 fan-out decided 
 from __future__ import annotations
 
 import pytest
+from test_together import fan_out
 
 from tagent_client import DependencyType, ExecutionMode, Pipeline
 from tagent_client.core.engine import RunMachine
@@ -18,15 +19,6 @@ from tagent_client.core.state import RunStatus
 
 def noop() -> None:
     return None
-
-
-def fan_out(width: int) -> Pipeline:
-    pipeline = Pipeline("fan", max_concurrent_steps=width + 2)
-    pipeline.step("start", fn=noop)
-    for i in range(width):
-        pipeline.step(f"f{i}", fn=noop, depends_on=["start"], execution_mode=ExecutionMode.CONCURRENT)
-    pipeline.step("end", fn=noop, depends_on=[f"f{i}" for i in range(width)])
-    return pipeline
 
 
 @pytest.fixture
@@ -64,7 +56,7 @@ def test_each_step_of_a_fan_out_is_decided_once_its_dependency_ends(decided: lis
                  if isinstance(a, Dispatch)]
     # Then the run completed, each middle step decided once, and the last one once per middle step that ended
     assert machine.state.status is RunStatus.COMPLETED
-    assert all(decided.count(f"f{i}") == 1 for i in range(50)), decided
+    assert all(decided.count(f"f{i:03d}") == 1 for i in range(50)), decided
     assert decided.count("end") == 50
 
 

@@ -24,12 +24,13 @@ def noop() -> None:
     return None
 
 
-def fan_out() -> Pipeline:
-    pipeline = Pipeline("fan", max_concurrent_steps=WIDTH + 2)
+def fan_out(width: int = WIDTH) -> Pipeline:
+    """start -> f000 .. f<width-1> (concurrent) -> end, every step a no-op."""
+    pipeline = Pipeline("fan", max_concurrent_steps=width + 2)
     pipeline.step("start", fn=noop)
-    for i in range(WIDTH):
+    for i in range(width):
         pipeline.step(f"f{i:03d}", fn=noop, depends_on=["start"], execution_mode=ExecutionMode.CONCURRENT)
-    pipeline.step("end", fn=noop, depends_on=[f"f{i:03d}" for i in range(WIDTH)])
+    pipeline.step("end", fn=noop, depends_on=[f"f{i:03d}" for i in range(width)])
     return pipeline
 
 
