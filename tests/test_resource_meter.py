@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tagentd.worker import resources
@@ -112,3 +114,49 @@ def test_a_housekeeping_tick_always_reads_the_rss_afresh(monkeypatch: pytest.Mon
 
     # Then it reads the RSS itself: a spike between two ticks is what the ticks are there to catch
     assert calls.count("pread") == 1, calls
+
+
+@pytest.mark.skipif(not hasattr(resources.resource, "RUSAGE_THREAD"), reason="one call for both needs RUSAGE_THREAD")
+def test_attempts_starting_in_one_loop_turn_share_one_rusage(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> tuple[int, int, tuple[float, float, int] | None]:
+        # Given the worker's meter, on its loop, whose system calls are counted
+        meter = resources.ResourceMeter(asyncio.get_running_loop())
+        calls = _count_calls(monkeypatch)
+        # When a fan-out's 50 attempts start in one loop turn (a frame of tasks), and one more in a later turn
+        for i in range(50):
+            meter.begin(i)
+        in_one_turn = calls.count("getrusage")
+        await asyncio.sleep(0)  # ok-sleep: the next loop turn
+        meter.begin("later")
+        later = calls.count("getrusage") - in_one_turn
+        return in_one_turn, later, meter.end(0)
+
+    in_one_turn, later, used = asyncio.run(scenario())
+    # Then the 50 starts took one rusage between them (not 50), the start in the next turn its own, and an end
+    # is still measured
+    assert in_one_turn == 1
+    assert later == 1
+    assert used is not None and used[2] > 0
+
+
+def test_starts_sharing_a_sample_still_share_out_all_of_the_loops_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> tuple[float, float]:
+        # Given the worker's meter on its loop, and a CPU clock the test sets
+        clock = [0.0]
+        monkeypatch.setattr(resources, "thread_cpu_and_high_water", lambda: (clock[0], 0))
+        meter = resources.ResourceMeter(asyncio.get_running_loop())
+        # When a starts, the loop works 1 s, and b starts in the same turn; then, a turn later, 2 s on, both end
+        meter.begin("a")
+        clock[0] = 1.0
+        meter.begin("b")
+        await asyncio.sleep(0)  # ok-sleep: the next loop turn
+        clock[0] = 3.0
+        used_a, used_b = meter.end("a"), meter.end("b")
+        assert used_a is not None and used_b is not None
+        return used_a[1], used_b[1]
+
+    cpu_a, cpu_b = asyncio.run(scenario())
+    # Then the second before b's start (which b's start did not sample) was shared out with the two after it: all
+    # 3 s went to the two, none was lost
+    assert cpu_a + cpu_b == pytest.approx(3.0)
+    assert cpu_a == pytest.approx(1.5) and cpu_b == pytest.approx(1.5)

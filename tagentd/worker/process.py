@@ -109,7 +109,7 @@ class Worker:
         self.traces = WorkerTraces.start(args.otlp_endpoint, self.llm) if args.otlp_endpoint else None
         self.slots = asyncio.Semaphore(self.capacity)
         self.running: dict[AttemptKey, tuple[asyncio.Task[None], wire.RunTask]] = {}
-        self.meter = ResourceMeter()  # what each attempt used of this process, sent with its result
+        self.meter = ResourceMeter(self.loop)  # what each attempt used of this process, sent with its result
         self.loading: dict[str, asyncio.Future[Any]] = {}
         self.loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"w{self.id}-loader")
         self.agent_ready: concurrent.futures.Future[bool] = concurrent.futures.Future()

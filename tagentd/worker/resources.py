@@ -1,7 +1,8 @@
 """`ResourceMeter`: what each attempt used of its worker process — wall time, CPU seconds, peak RSS.
 
-Measured in the worker, cheaply (a system call at an attempt's start and at its end, a read of the RSS at most
-every millisecond, and at each housekeeping tick while attempts run), and sent with the attempt's result (`wire.TaskDone.resources`). The definitions,
+Measured in the worker, cheaply (a system call at an attempt's start, one per loop turn however many start in
+it, and one at its end, a read of the RSS at most every millisecond, and at each housekeeping tick while attempts
+run), and sent with the attempt's result (`wire.TaskDone.resources`). The definitions,
 as docs/operations.md states them:
 
 - **seconds**: wall time from the attempt's start (it got a slot in the worker) to its end.
@@ -10,9 +11,11 @@ as docs/operations.md states them:
   (`time.thread_time`, through `function.SYNC_CPU`) and is exact. Everything else of an attempt (an async
   function, an agent and its model requests, binding and checking) runs on the worker's event loop, which all
   the attempts running at once share: the loop thread's CPU time is shared out equally among them at every
-  sample (an attempt starting or ending, and every housekeeping tick). With one attempt at a time that is
-  exactly the loop's CPU time while it ran (the worker's own messaging included). CPU used by other threads
-  (a library's own) is not counted.
+  sample (an attempt starting or ending, and every housekeeping tick). Attempts that start in the same loop
+  turn (a fan-out's dozens, from one frame) share the first one's sample: the CPU the turn's earlier starts
+  used is shared out at the next sample, among all of them. With one attempt at a time that is exactly the
+  loop's CPU time while it ran (the worker's own messaging included). CPU used by other threads (a library's
+  own) is not counted.
 - **peak RSS**: the largest resident set size of the worker process seen during the attempt. The kernel's
   high-water mark (`getrusage().ru_maxrss`) is read at the start and at the end: when it rose during the
   attempt, that new peak is the attempt's (exact). Otherwise the attempt's peak is the largest RSS sampled
@@ -25,6 +28,7 @@ as docs/operations.md states them:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import sys
@@ -85,18 +89,29 @@ class ResourceMeter:
 
     Every method runs on the worker's event loop thread (whose CPU time it shares out). Sharing out costs the
     same however many attempts run: the meter keeps the running sum of each sample's share (loop CPU since the
-    last sample / attempts running), and an attempt's share is what that sum grew by while it ran."""
+    last sample / attempts running), and an attempt's share is what that sum grew by while it ran.
 
-    def __init__(self) -> None:
+    With `loop` (the worker's), the attempts that start in one turn of it share one sample: the first start's
+    (`begin` of a fan-out's hundred costs one system call, not a hundred). Without, every start samples."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._running: dict[object, _Use] = {}
-        self._cpu_at = thread_cpu_and_high_water()[0]
+        self._cpu_at, self._high_water = thread_cpu_and_high_water()
         self._per_attempt = 0.0  # the sum of every share handed out so far
         self._rss = ResidentSize()
         self._rss_sample = (-RSS_FRESH, 0)  # (monotonic time, RSS bytes) of the newest sample
+        self._loop = loop
+        self._sampled_this_turn = False  # a start sampled in this turn of `loop`: the next starts of it share that
 
     def begin(self, key: object) -> list[float]:
         """Start metering an attempt; returns the accumulator its sync calls add their thread CPU to (SYNC_CPU)."""
-        high_water = self._share()
+        if self._sampled_this_turn:
+            high_water = self._high_water
+        else:
+            high_water = self._share()
+            if self._loop is not None:
+                self._sampled_this_turn = True
+                self._loop.call_soon(self._turn_ended)  # runs after every callback this turn already holds
         now = time.monotonic()
         use = _Use(started=now, high_water=high_water, peak=self._recent_rss(now), sync_cpu=[0.0],
                    shares_at=self._per_attempt)
@@ -130,10 +145,13 @@ class ResourceMeter:
             self._rss_sample = (now, rss)
         return rss
 
+    def _turn_ended(self) -> None:
+        self._sampled_this_turn = False
+
     def _share(self) -> int:
         """Share out the loop's CPU since the last sample among the attempts running; the process's peak RSS."""
         now, high_water = thread_cpu_and_high_water()
         if self._running:
             self._per_attempt += (now - self._cpu_at) / len(self._running)
-        self._cpu_at = now
+        self._cpu_at, self._high_water = now, high_water
         return high_water
