@@ -59,6 +59,9 @@ from tagentd.settings.config import Settings
 log = logging.getLogger("tagentd")
 
 RETENTION_EVERY_S = 3600.0
+#: A starting run's tasks dispatched, and sent, before the engine works out the others (`RunMachine.start`'s
+#: `first`): a few for each of a pool's workers, so they start on them while the daemon plans the rest.
+FIRST_DISPATCHES = 16
 Announced = list[tuple[Run, EventRecord]]
 
 
@@ -111,7 +114,12 @@ class RunDriver:
             self.traces.opened(run, "started")  # the run's trace is chosen now, kept in its history
         self.runs.add(run)
         self.store.created(run)
-        self.apply(run, run.machine.start(time.time()))
+        now = time.time()
+        self.apply(run, run.machine.start(now, first=FIRST_DISPATCHES))
+        if run.machine.deferred:  # the first tasks leave now; workers start them while the engine does the rest
+            run.machine.deferred = False
+            self.executor.pump()
+            self.apply(run, run.machine.handle_deferred(now))
         self.executor.pump()
 
     def cancel_run(self, run: Run, reason: str) -> None:

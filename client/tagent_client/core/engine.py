@@ -75,6 +75,7 @@ class RunMachine(Scheduling):
         self.index = RunIndex(state, self.specs, dependents)
         self.held = False
         self.deferring = self.deferred = False  # together.handle_all: scheduling waits for its last event
+        self.dispatch_limit: int | None = None  # start(first=): dispatch at most that many; the rest are deferred
 
     def replan(self, plan: Plan) -> None:
         """Schedule from `plan` (the pipeline's steps, then those added at run time: core/dynamic.py);
@@ -108,12 +109,18 @@ class RunMachine(Scheduling):
     def finished(self) -> bool:
         return self.state.status.finished
 
-    def start(self, now: float) -> list[Action]:
-        """Begin a new run."""
+    def start(self, now: float, *, first: int | None = None) -> list[Action]:
+        """Begin a new run. `first`: dispatch at most that many of the tasks ready now and put the rest off
+        (`deferred`): `handle_deferred` dispatches them, in the same order, as if `start` had (a daemon sends the
+        first ones to its workers while the engine works out the others)."""
         self.state.status = RunStatus.RUNNING
         self.state.started_at = self.state.started_at or now
         out: list[Action] = [Persist(), Emit(topic="run.started", data=self._ev())]
-        return out + self._advance(now)
+        self.dispatch_limit = first
+        try:
+            return out + self._advance(now)
+        finally:
+            self.dispatch_limit = None
 
     def recover(self, now: float) -> list[Action]:
         """Continue after a crash: in-flight attempts run again (attempt + 1), pending retries keep their time."""

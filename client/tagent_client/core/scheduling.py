@@ -33,6 +33,7 @@ class Scheduling:
     held: bool
     deferring: bool
     deferred: bool
+    dispatch_limit: int | None
     _order: dict[str, int]
     _conditions: dict[str, Condition]
 
@@ -123,6 +124,10 @@ class Scheduling:
         room = self.plan.max_concurrent_steps - len(self.index.running) + len(self.index.lent)
         if room <= 0 or self.held:
             return []
+        limit = self.dispatch_limit
+        if limit is not None and limit < room:  # start(first=): the rest wait for handle_deferred
+            room = limit
+            self.deferred = True
         due = self.index.take_due(now)
         passed_over: list[TaskState] = []
         out: list[Action] = []
