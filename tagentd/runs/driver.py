@@ -60,8 +60,9 @@ log = logging.getLogger("tagentd")
 
 RETENTION_EVERY_S = 3600.0
 #: A starting run's tasks dispatched, and sent, before the engine works out the others (`RunMachine.start`'s
-#: `first`): a few for each of a pool's workers, so they start on them while the daemon plans the rest.
-FIRST_DISPATCHES = 16
+#: `first`), so the workers start on them while the daemon plans the rest. 200 x 0.5 s waits on 2 workers,
+#: A/B in pairs: 32 beat 16 and 64 (the first frames of each worker, 8 + 8 tasks, then the rest), 8 was worse.
+FIRST_DISPATCHES = 32
 Announced = list[tuple[Run, EventRecord]]
 
 
