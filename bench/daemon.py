@@ -290,8 +290,10 @@ class BenchDaemon:
         if not self.durable:
             argv.append("--no-durable")
         t0 = time.perf_counter()
+        # `python -m` puts its cwd first on sys.path: started from another checkout, the daemon (and every worker)
+        # would run that checkout's tagentd with this one's client, whatever PYTHONPATH says. Its root holds none.
         self.proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
         CLEANUP.procs.append(self.proc)
         CLEANUP.callbacks.append(self.stop)
         deadline = t0 + timeout
