@@ -98,6 +98,7 @@ class RunDriver:
         self.accepting = True
         self.observer: RunObserver = _Unobserved()
         self.submit_keys = submit.SubmitKeys()  # which run each submit's idempotency key started, while the run is kept
+        self.plans = submit.SharedPlans()  # the runs of one file share its Plan (encoded once for the run store)
         self._emits: list[tuple[Run, str, dict[str, Any]]] = []
         self._held: dict[Run, list[Event]] | None = None  # results waiting for the end of results_together
         self._unpublished: Announced = []
@@ -263,7 +264,7 @@ class RunDriver:
             log.exception("results of run %s could not be applied", run.id)
 
     async def load_plan(self, path: str, source: str, target: str | None = None) -> Plan:
-        return await submit.load_plan(self.executor, path, source, target)
+        return self.plans.same(await submit.load_plan(self.executor, path, source, target), source, target)
 
     async def submit_source(self, path: str, source: str, target: str | None = None, params: dict[str, Any] | None = None,
                             model: str | None = None, who: str = "daemon", *, plan: Plan | None = None,

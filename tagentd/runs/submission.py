@@ -8,6 +8,7 @@ The daemon never imports the file: the executor's workers do (`Executor.load`), 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +26,33 @@ from tagentd.runs.table import RunTable
 from tagentd.worker.wire import source_hash
 
 WATCHER = "watcher"  # `who` in the audit trail of the runs of files dropped into a watched folder
+
+
+class SharedPlans:
+    """The plan last loaded for each file (its source hash and target), so that the runs of one file share one Plan.
+
+    A worker hands back a new Plan for every submit; when it equals the one kept for that file, the kept one is used:
+    the run store encodes a Plan once for all the records that hold it (records.encoded_plan), instead of at every
+    run's start, on the loop, while the run's first step is already running. Comparing costs a fraction of encoding,
+    and happens before the run starts. The KEPT most recently loaded files are remembered."""
+
+    KEPT = 16
+
+    def __init__(self) -> None:
+        self._plans: collections.OrderedDict[tuple[str, str | None], Plan] = collections.OrderedDict()
+
+    def same(self, plan: Plan, source: str, target: str | None) -> Plan:
+        """`plan`, or the equal Plan kept for the same file."""
+        key = (source_hash(source), target)
+        kept = self._plans.get(key)
+        if kept is not None and kept == plan:
+            self._plans.move_to_end(key)
+            return kept
+        self._plans[key] = plan
+        self._plans.move_to_end(key)
+        if len(self._plans) > self.KEPT:
+            self._plans.popitem(last=False)
+        return plan
 
 
 async def load_plan(executor: Executor, path: str, source: str, target: str | None = None) -> Plan:

@@ -151,7 +151,7 @@ class ErrorInfo(msgspec.Struct, kw_only=True):
         return f"{self.type}: {self.message}"
 
 
-class TaskState(msgspec.Struct, kw_only=True, gc=False):
+class TaskState(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     """One unit of work of a step. `attempt` is the number of its latest attempt (counting on from its step's
     `attempts_before`); `interrupted` of its attempts were cut by a crash. Like StepState, not tracked by the
     garbage collector (see there)."""
@@ -183,7 +183,7 @@ class Compensation(str, enum.Enum):
 MAX_TRANSCRIPTS = 5
 
 
-class StepState(msgspec.Struct, kw_only=True, gc=False):
+class StepState(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     """A step's progress within one run.
 
     Not tracked by the garbage collector (`gc=False`): it never takes part in a reference cycle (its output is
