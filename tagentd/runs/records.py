@@ -108,8 +108,9 @@ def record_run_id(record: WalRecord) -> str:
 
 
 def checkpoint_of(run: Run, seq: int) -> RunCheckpoint:
-    """The whole run as a snapshot taken at WAL sequence `seq`, to be encoded (its plan is already: `encoded_plan`)."""
-    return RunCheckpoint(wal_seq=seq, source=run.source, plan=encoded_plan(run.plan), state=run.state,  # type: ignore[arg-type]
+    """The whole run as a snapshot taken at WAL sequence `seq`, to be encoded: its `plan` is the plan's encoding
+    (`encoded_plan`), which the encoder writes as it is; decoding gives a Plan back."""
+    return RunCheckpoint(wal_seq=seq, source=run.source, plan=encoded_plan(run.plan), state=run.state,
                          memory=run.memory, history=run.history, logs=run.logs, event_seq=run.event_seq)
 
 
