@@ -280,6 +280,40 @@ def test_an_agent_is_built_once_per_definition_and_the_cache_is_bounded(server: 
     assert list(cache) == ["a", "c"]
 
 
+def test_many_agent_steps_share_one_run_graph_when_not_traced(server: ScriptedServer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a pipeline of 130 agent steps (more distinct step names than pydantic-ai keeps run graphs for: it
+    builds one per agent name and keeps the last 128), when each step runs twice in one untraced runtime (a
+    worker meeting them again), then pydantic-ai builds its run graph at most once, not on every run (~1.5-3 ms
+    each, more than the rest of the step's orchestration)."""
+    from pydantic_graph.graph_builder import GraphBuilder
+
+    builds: list[str] = []
+    original = GraphBuilder.build
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        builds.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GraphBuilder, "build", counted)
+    llm, p, names = runtime(server), Pipeline("many"), [f"s{i:03d}" for i in range(130)]
+    for name in names:
+        p.step(name, goal="Find the company's founding year", output_schema=Company, model="local:llama3")
+
+    async def each_twice() -> list[Any]:
+        outcomes = []
+        for _ in range(2):
+            for name in names:
+                task = Dispatch(task=name, step=name, phase=Phase.RUN, attempt=1, inputs={}, timeout=20)
+                ctx = StepContext(services=LocalServices(), run_id="r1", pipeline=p.name, step_name=name, attempt=1,
+                                  params={}, shared={}, inputs={})
+                outcomes.append(await run_task(p, task, ctx, None, llm))
+        return outcomes
+
+    assert all(isinstance(outcome, StepSucceeded) for outcome in asyncio.run(each_twice()))
+    assert len(builds) <= 1, f"the run graph was built {len(builds)} times for 260 runs"
+
+
 def test_a_model_the_price_table_does_not_know_is_looked_up_once_not_per_response(
         server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Given an endpoint model genai-prices does not know (`llama3` on a local server), when four attempts run,

@@ -233,6 +233,13 @@ class LLMRuntime:
             self._instrumentation = instrumentation(self.tracer_provider)
         return self._instrumentation
 
+    def agent_name(self, name: str) -> str | None:
+        """The name a step's pydantic-ai Agent gets: `name` when traces are on (its spans are named after it,
+        `invoke_agent STEP`), else none. pydantic-ai builds a run graph per agent name and keeps the last 128, so
+        naming every Agent after its step made a process that meets more step names than that (a long-lived
+        worker, a long pipeline) build one on every run, ~1.5-3 ms each; unnamed, they all share one."""
+        return name if self.tracer_provider is not None else None
+
     @classmethod
     def local(cls, config: LLMConfig | None = None, *, api_key: str | None = None,
               request_limit: int | None = None, breakers: BreakerGate | None = None) -> LLMRuntime:

@@ -123,7 +123,7 @@ async def run(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, model
             system_prompt=prompt,
             tools=tools,
             retries={"output": step.output_retries, "tools": step.tool_retries},
-            name=step.name,
+            name=runtime.agent_name(step.name),
         )
         if runtime.tracer_provider is not None:  # traces are on: LLM call and tool spans, under the attempt's
             agent.instrument = runtime.instrumentation()

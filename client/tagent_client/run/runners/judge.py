@@ -95,7 +95,7 @@ async def decide(pipeline: Pipeline, step: PipelineStep, ctx: StepContext, *, mo
     if agent is None:
         agent = runtime.agents[key] = Agent(
             built.model, output_type=Judgement, system_prompt=prompt,
-            retries={"output": step.output_retries}, name=f"{step.name}#condition",
+            retries={"output": step.output_retries}, name=runtime.agent_name(f"{step.name}#condition"),
         )
     judgement: Judgement = await call(agent, evidence(ctx), name, runtime, record)
     assert record.usage is not None
