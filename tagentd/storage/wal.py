@@ -23,7 +23,8 @@ Guarantees:
   without trying (Linux reports a writeback error once); `drop_partial(offset)` then cuts
   the segment back to the first byte not known to be on disk, once no fsync is queued;
 - `retire()` deletes every segment (the caller has snapshotted what they hold)
-  and fsyncs the directory; `close()` fsyncs and closes the current segment;
+  and fsyncs the directory; `close()` waits for the fsyncs queued before it, then fsyncs and closes the
+  current segment;
 - `replay()` hands every good record of every segment, oldest first, to a
   handler (and deletes empty segments); damage that reaches the end of the newest segment (a crash
   mid-append) is a torn tail, any other bad frame or undecodable record makes
@@ -150,8 +151,10 @@ class _Syncer:
         return future
 
     def stop(self) -> None:
-        """End the thread once the jobs asked before have run."""
+        """End the thread once the jobs asked before have run, and return then (their results reach the loop as
+        usual, in its next turns)."""
         self._jobs.put(None)
+        self._thread.join()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -296,12 +299,12 @@ class SegmentLog:
         self.size = 0  # the next segment starts empty: no second rotation right after this one
 
     def close(self) -> None:
-        """Fsync and close the current segment, if one is open, and end the fsync thread (a later append makes
-        another)."""
-        self._close_segment()
+        """End the fsync thread once the fsyncs queued before have run (on the segment, still open: none fails for
+        want of it), then fsync and close the current segment, if one is open (a later append makes another)."""
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
+        self._close_segment()
 
     def _close_segment(self) -> None:
         segment, self._open_segment = self._open_segment, None
