@@ -51,7 +51,7 @@ for _p in (str(REPO), str(REPO / "client"), str(REPO / "tests"), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import CLEANUP, BenchDaemon, child_env, cpu_ticks, enable_bytecode_cache, say  # noqa: E402  (bench/daemon.py)
+from daemon import CLEANUP, BenchDaemon, child_env, cpu_ticks, enable_bytecode_cache, entry, say  # noqa: E402  (bench/daemon.py)
 
 TARGET_MS = 1.0  # issue 17
 OUTPUT = {"name": "Acme", "founded": 1999}
@@ -266,4 +266,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

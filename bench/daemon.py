@@ -124,6 +124,26 @@ def enable_bytecode_cache() -> None:
 # -- cleanup: every process and temp dir this script makes ----------------------------------------------
 
 
+#: The signals that end a bench script the way Ctrl-C does: its `finally` stops every daemon it started.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore STOP_SIGNALS inside (in the main thread; elsewhere signals cannot be handled anyway)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 class Cleanup:
     """Remembers every process group and temp dir; `run()` ends and removes them all (idempotent)."""
 
@@ -139,6 +159,11 @@ class Cleanup:
         return path
 
     def run(self) -> None:
+        """Stop and remove everything; a second Ctrl-C or SIGTERM meanwhile is ignored, so it cannot cut this short."""
+        with signals_ignored():
+            self._run()
+
+    def _run(self) -> None:
         for callback in reversed(self.callbacks):
             try:
                 callback()
@@ -774,10 +799,6 @@ def main(argv: list[str] | None = None) -> int:
     reps, cli_reps, load_reps = (1, 2, 1) if args.quick else (3, 7, 3)
     finished, unfinished = (1_000, 10) if args.quick else (RECOVERY_FINISHED, RECOVERY_UNFINISHED)
 
-    def on_signal(sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {sig}")
-
-    signal.signal(signal.SIGTERM, on_signal)
     t_start = time.perf_counter()
     load_before = os.getloadavg()[0]
     result: dict[str, Any] = {}
@@ -850,8 +871,23 @@ def report(out: dict[str, Any], load_before: float, started: float, quick: bool,
         result_file.write_text(line + "\n")
 
 
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGHUP end this script as Ctrl-C does (KeyboardInterrupt), so the `finally` that runs
+    CLEANUP stops every daemon it started; by default they end Python at once, and the daemons (each in a session
+    of its own) run on."""
+
+    def on_signal(sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(sig).name}")
+
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT:
+            signal.signal(sig, on_signal)
+
+
 def entry(main_fn: Callable[[], int]) -> None:
-    """Run a bench script's main; Ctrl-C still stops every daemon it started (CLEANUP runs in main's finally)."""
+    """Run a bench script's main; Ctrl-C, SIGTERM or SIGHUP still stops every daemon it started (CLEANUP runs in
+    main's finally)."""
+    stop_on_signals()
     try:
         sys.exit(main_fn())
     except KeyboardInterrupt:

@@ -44,7 +44,7 @@ for _p in (str(REPO), str(REPO / "client"), str(REPO / "tests"), str(BENCH)):
         sys.path.insert(0, _p)
 
 import daemon as bench_daemon  # noqa: E402  (bench/daemon.py)
-from daemon import CLEANUP, BenchDaemon, enable_bytecode_cache, measure_rss, say  # noqa: E402
+from daemon import CLEANUP, BenchDaemon, enable_bytecode_cache, entry, measure_rss, say  # noqa: E402
 from openai_server import ScriptedServer, final_for  # noqa: E402  (tests/openai_server.py)
 
 TARGET_S = 0.3
@@ -186,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

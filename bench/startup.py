@@ -108,11 +108,14 @@ def one_round(repo: Path, label: str, state: Path | None, first: bool) -> dict[s
     daemon.stop()
     # `tagentd start` (background): the command's own wall time, then `tagentd stop`
     daemon = new_daemon(repo, f"{label}-cmd")
+    stop_cmd = [sys.executable, "-m", "tagentd", "stop"]
+    # it runs detached, not a child of this script: an interrupted bench stops it with `tagentd stop` too
+    CLEANUP.callbacks.append(lambda env=daemon.env: subprocess.run(stop_cmd, env=env, capture_output=True, timeout=60))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "tagentd", "start", "--workers", str(base.WORKERS)], env=daemon.env,
                    check=True, capture_output=True, timeout=60)
     out["start_cmd_s"] = time.perf_counter() - t0
-    subprocess.run([sys.executable, "-m", "tagentd", "stop"], env=daemon.env, check=True, capture_output=True, timeout=60)
+    subprocess.run(stop_cmd, env=daemon.env, check=True, capture_output=True, timeout=60)
     if state is not None:
         copy = CLEANUP.tempdir(f"tagentd-startup-state-{label}-") / "state"
         shutil.copytree(state, copy)
