@@ -12,13 +12,31 @@ from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 
 from tagent_client.core.events import Event, StepSucceeded
 from tagent_client.define.plan import Plan
 from tagent_client.wire.protocol import WorkerInfo
 from tagentd.executor.interface import AttemptKey, Capacity, PipelineCode, Report, RunningAttempt, StepAttempt
+from tagentd.runs.driver import RunDriver
+from tagentd.runs.store import MemoryStore, RunStore
+from tagentd.runs.table import RunTable
+from tagentd.settings.config import Settings
 from tagentd.worker import wire
 from tagentd.worker.loader import load_pipeline
+
+
+async def committed_at_once() -> None:
+    """A commit that is done at once (the driver's `committed`, for tests that do not commit)."""
+
+
+def bare_driver(tmp_path: Path, *, store: RunStore | None = None, durable: bool = False) -> RunDriver:
+    """A run driver over `store` (a fresh MemoryStore by default) with state and runtime in `tmp_path`, whose
+    commits are done at once; the test gives it an executor (`driver.executor = ...`) before it submits."""
+    store = MemoryStore() if store is None else store
+    return RunDriver(settings=Settings(durable=durable, state_dir=tmp_path, runtime_dir=tmp_path),
+                     runs=RunTable(store, 16), store=store, stats={"events_published": 0},
+                     mark_dirty=lambda: None, committed=committed_at_once)
 
 
 def ignore(run_id: str, event: Event) -> None:

@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from fake_executor import bare_driver
 
 from tagentd.app.commit import GroupCommit
 from tagentd.plumbing.channel import Channel
-from tagentd.runs.driver import RunDriver
 from tagentd.runs.durable import DurableStore
 from tagentd.runs.store import MemoryStore
-from tagentd.runs.table import RunTable
-from tagentd.settings.config import Settings
 from tagentd.storage.health import StoreHealth
 
 
@@ -86,13 +84,7 @@ def test_a_run_store_with_nothing_to_write_is_not_awaited_by_the_commit(tmp_path
         # Given the durable run store with nothing written since its last flush, and the run driver over it
         store = DurableStore(tmp_path)
         await store.flush()
-
-        async def committed() -> None:
-            return None
-
-        driver = RunDriver(settings=Settings(durable=True, state_dir=tmp_path, runtime_dir=tmp_path),
-                           runs=RunTable(store, 16), store=store, stats={"events_published": 0},
-                           mark_dirty=lambda: None, committed=committed)
+        driver = bare_driver(tmp_path, store=store, durable=True)
         # When a commit asks the driver for its flush (the broker alone has something to write)
         flush = driver.flush([])
         # Then there is none: the commit awaits only the broker's, without tasks to gather them (two loop turns)

@@ -14,7 +14,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from fake_executor import FakeExecutor
+from fake_executor import FakeExecutor, bare_driver
 
 from tagent_client import ExecutionMode, Pipeline
 from tagent_client.core.engine import RunMachine
@@ -22,10 +22,6 @@ from tagent_client.core.events import Dispatch, Emit, StepSucceeded
 from tagent_client.define.plan import Plan
 from tagentd.executor.interface import StepAttempt
 from tagentd.runs import driver as driver_module
-from tagentd.runs.driver import RunDriver
-from tagentd.runs.store import MemoryStore
-from tagentd.runs.table import RunTable
-from tagentd.settings.config import Settings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -79,13 +75,7 @@ def test_first_never_lets_a_run_exceed_max_concurrent_steps_and_is_not_kept() ->
 def test_a_starting_run_sends_its_first_tasks_before_the_engine_dispatches_the_others(tmp_path: Path) -> None:
     async def scenario() -> None:
         # Given a run driver whose executor notes each dispatch and each time it is told to send
-        async def committed() -> None:
-            return None
-
-        store = MemoryStore()
-        driver = RunDriver(settings=Settings(durable=False, state_dir=tmp_path, runtime_dir=tmp_path),
-                           runs=RunTable(store, 16), store=store, stats={"events_published": 0},
-                           mark_dirty=lambda: None, committed=committed)
+        driver = bare_driver(tmp_path)
         notes: list[str] = []
 
         class Noting(FakeExecutor):

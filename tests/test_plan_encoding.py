@@ -13,18 +13,14 @@ import asyncio
 from pathlib import Path
 
 import msgspec
-from fake_executor import FakeExecutor
+from fake_executor import FakeExecutor, bare_driver
 from test_together import fan_out
 
 from tagent_client import Pipeline
 from tagent_client.define.plan import Plan
 from tagentd.executor.interface import PipelineCode
 from tagentd.runs import records, submission
-from tagentd.runs.driver import RunDriver
 from tagentd.runs.records import Created, RunCheckpoint, checkpoint_of, encoded_plan
-from tagentd.runs.store import MemoryStore
-from tagentd.runs.table import RunTable
-from tagentd.settings.config import Settings
 
 WHO = "uid=1000 pid=4242 (reported)"
 
@@ -50,10 +46,7 @@ def test_the_runs_of_one_file_share_one_plan_until_the_file_gives_another(tmp_pa
         changed = Pipeline("fan")
         changed.step("only", fn=noop)
         plans = [fan_out(20).plan(), fan_out(20).plan(), changed.plan()]
-        store = MemoryStore()
-        driver = RunDriver(settings=Settings(durable=True, state_dir=tmp_path, runtime_dir=tmp_path),
-                           runs=RunTable(store, 16), store=store, stats={"events_published": 0},
-                           mark_dirty=lambda: None, committed=asyncio.sleep)
+        driver = bare_driver(tmp_path, durable=True)
         driver.executor = executor = FreshPlans(plans)
         executor.start()
         # When the same file is submitted twice, and then once more after its plan changed

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_executor import FakeExecutor
+from fake_executor import FakeExecutor, bare_driver
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,10 +21,7 @@ from tagent_client.core.events import StepSucceeded
 from tagent_client.define.plan import Plan
 from tagent_client.run import tracing
 from tagentd.runs.driver import RunDriver
-from tagentd.runs.store import MemoryStore
-from tagentd.runs.table import RunTable
 from tagentd.runs.traces import RunTraces
-from tagentd.settings.config import Settings
 from tagentd.worker import wire
 
 pytestmark = pytest.mark.timeout(30)
@@ -46,14 +43,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 def make_driver(tmp_path: Path, exporter: InMemorySpanExporter | None) -> tuple[RunDriver, FakeExecutor]:
     """A run driver with the test as its workers; with traces when `exporter` is given (it gets the spans)."""
-
-    async def committed() -> None:
-        return None
-
-    store = MemoryStore()
-    driver = RunDriver(settings=Settings(durable=False, state_dir=tmp_path, runtime_dir=tmp_path),
-                       runs=RunTable(store, 16), store=store, stats={"events_published": 0},
-                       mark_dirty=lambda: None, committed=committed)
+    driver = bare_driver(tmp_path)
     driver.executor = executor = FakeExecutor(on_result=driver.on_attempt, on_lost=driver.on_attempt)
     executor.start()
     if exporter is not None:
