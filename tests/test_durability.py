@@ -40,7 +40,7 @@ from tagentd.runs.records import FORMAT, RunCheckpoint, WalRecord
 from tagentd.runs.run import AuditEntry, Run, RunSource
 from tagentd.storage import failpoints
 from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
-from tagentd.storage.wal import is_torn_tail
+from tagentd.storage.wal import is_torn_tail, written_frames
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -370,7 +370,7 @@ def flip_middle(path: Path) -> None:
 
 def last_record(path: Path) -> tuple[int, bytes]:
     """(offset, payload) of the last frame of a WAL segment."""
-    return list(read_frames(path.read_bytes(), path))[-1]
+    return list(written_frames(path.read_bytes(), path))[-1]
 
 
 @pytest.mark.timeout(90)
@@ -677,24 +677,44 @@ def test_a_retry_scheduled_before_a_kill9_happens_at_its_time_after_the_restart(
 
 # -- the fsync before a reply --------------------------------------------------------------------------------------
 
-# On PYTHONPATH as sitecustomize.py, it wraps os.fsync in every Python process started (the daemon, its workers):
-# each fsync that returned is recorded as "<monotonic time> <pid> <fd> <file size> <file the fd is open on>".
+# On PYTHONPATH as sitecustomize.py, it wraps os.fsync and os.fdatasync in every Python process started (the daemon,
+# its workers): each one that returned is recorded as "<monotonic time> <pid> <fd> <bytes> <file the fd is open on>",
+# <bytes> being, for a WAL segment, where its last whole record (magic, length, checksum all good) ended before the
+# call began: what the call surely covered (the segment's unwritten reserve after it is zeros).
 FSYNC_RECORDER = """
 import os
+import struct
 import time
+import zlib
 
-_fsync = os.fsync
 _log = os.open(os.environ["TAGENTD_TEST_FSYNC_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+_header = struct.Struct(">2sII")
 
 
-def fsync(fd):
-    fd = fd if isinstance(fd, int) else fd.fileno()
-    _fsync(fd)
-    size, path = os.fstat(fd).st_size, os.readlink(f"/proc/self/fd/{fd}")
-    os.write(_log, f"{time.monotonic()} {os.getpid()} {fd} {size} {path}\\n".encode())
+def _records_end(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    end = 0
+    while end + _header.size <= len(data):
+        magic, length, crc = _header.unpack_from(data, end)
+        payload = data[end + _header.size:end + _header.size + length]
+        if magic != b"TG" or len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        end += _header.size + length
+    return end
 
 
-os.fsync = fsync
+def _recorded(real):
+    def call(fd):
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        covered = _records_end(path) if path.endswith(".wal") else 0
+        real(fd)
+        os.write(_log, f"{time.monotonic()} {os.getpid()} {fd} {covered} {path}\\n".encode())
+    return call
+
+
+os.fsync, os.fdatasync = _recorded(os.fsync), _recorded(os.fdatasync)
 """
 
 
@@ -702,7 +722,7 @@ def record_ends(segment: Path, run_id: str) -> tuple[int, int]:
     """Where, in the WAL segment, the run's Created record ends and the Delta that completed it ends."""
     decoder = msgspec.msgpack.Decoder(WalRecord)
     created = completed = 0
-    for offset, payload in read_frames(segment.read_bytes(), segment):
+    for offset, payload in written_frames(segment.read_bytes(), segment):
         record = decoder.decode(payload)
         end = offset + HEADER.size + len(payload)
         if isinstance(record, checkpoint.Created) and record.checkpoint.state.run_id == run_id:
@@ -716,7 +736,7 @@ def record_ends(segment: Path, run_id: str) -> tuple[int, int]:
 def test_a_reply_leaves_only_after_the_wal_segment_holding_its_record_was_fsynced(
     make_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
-    # Given a durable daemon in which every fsync is recorded: when, on which fd, the file behind it and its size
+    # Given a durable daemon in which every fsync is recorded: when, on which fd, the file behind it and what it covered
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(FSYNC_RECORDER)
@@ -965,7 +985,7 @@ class TestDurableStore:
         h = Harness(DurableStore(tmp_path), chain_plan())
         run = h.submit()
         h.step(run)
-        real_fsync = os.fsync
+        real_fsync = os.fdatasync
         failures = iter([OSError(28, "No space left on device")])
 
         def flaky_fsync(fd: int) -> None:
@@ -974,7 +994,7 @@ class TestDurableStore:
                 raise error
             real_fsync(fd)
 
-        monkeypatch.setattr(checkpoint.os, "fsync", flaky_fsync)
+        monkeypatch.setattr(checkpoint.os, "fdatasync", flaky_fsync)  # what the WAL's commits call
         with pytest.raises(OSError, match="No space"):
             h.flush()
         # When the next flush succeeds (with more changes of its own)

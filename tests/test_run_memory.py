@@ -21,7 +21,7 @@ import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
 from tagent_client.client.aio import AsyncClient
-from tagentd.storage.records import read_frames
+from tagentd.storage.wal import written_frames
 
 STEADY = """
     import asyncio
@@ -204,7 +204,7 @@ def runs_in_wal(wal_dir: Path) -> set[str]:
     """The ids of the runs the WAL segments hold records of."""
     found = set()
     for segment in wal_dir.glob("*.wal"):
-        for _, payload in read_frames(segment.read_bytes(), segment):
+        for _, payload in written_frames(segment.read_bytes(), segment):
             record = msgspec.msgpack.decode(payload)
             found.add(record["run_id"] if "run_id" in record else record["checkpoint"]["state"]["run_id"])
     return found
