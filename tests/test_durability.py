@@ -39,8 +39,8 @@ from tagentd.runs.durable import DurableStore
 from tagentd.runs.records import FORMAT, RunCheckpoint, WalRecord
 from tagentd.runs.run import AuditEntry, Run, RunSource
 from tagentd.storage import failpoints
-from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic
-from tagentd.storage.wal import is_torn_tail, written_frames
+from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, read_single, write_atomic, written_frames
+from tagentd.storage.wal import is_torn_tail
 
 pytestmark = pytest.mark.timeout(180)
 

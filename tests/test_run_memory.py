@@ -21,7 +21,7 @@ import pytest
 from conftest import DaemonProcess, wait_until, write_pipeline
 
 from tagent_client.client.aio import AsyncClient
-from tagentd.storage.wal import written_frames
+from tagentd.storage.records import written_frames
 
 STEADY = """
     import asyncio

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames
-from tagentd.storage.wal import RESERVE, SegmentLog, is_torn_tail, written_frames
+from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, written_frames
+from tagentd.storage.wal import RESERVE, SegmentLog, is_torn_tail
 
 pytestmark = pytest.mark.timeout(60)
 

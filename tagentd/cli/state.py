@@ -64,7 +64,7 @@ def register(cli: click.Group, where_options: Any) -> None:
         from tagentd.broker.store import BrokerCheckpoint, Logged
         from tagentd.runs.index import IndexChanges
         from tagentd.runs.records import RunCheckpoint, WalRecord, check_format
-        from tagentd.storage.records import CorruptRecord, read_frames
+        from tagentd.storage.records import CorruptRecord, read_frames, written_frames
 
         if path.suffix == ".idx":
             decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(IndexChanges)
@@ -73,8 +73,9 @@ def register(cli: click.Group, where_options: Any) -> None:
         else:
             decoder = msgspec.msgpack.Decoder(RunCheckpoint if path.suffix == ".ckpt" else WalRecord)
         data = path.read_bytes()
+        frames = written_frames if path.suffix == ".wal" else read_frames  # a live segment ends in unwritten reserve
         try:
-            for _, payload in read_frames(data, path):
+            for _, payload in frames(data, path):
                 record = decoder.decode(payload)
                 check_format(record.format, path)
                 click.echo(_json_line(record))

@@ -57,6 +57,22 @@ def read_frames(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
         offset = start + length
 
 
+def is_unwritten(data: bytes, offset: int) -> bool:
+    """True if everything from `offset` to the end of `data` is zeros: reserve no record reached (or a file that
+    grew whose bytes never reached the disk). No frame starts with a zero byte (MAGIC)."""
+    return not data[offset:].strip(b"\0")
+
+
+def written_frames(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
+    """`read_frames` of a segment's contents, ending where its unwritten reserve begins (the WAL segment
+    open at a crash ends in zeros: tagentd.storage.wal); raises CorruptRecord at any other bad frame."""
+    try:
+        yield from read_frames(data, path)
+    except CorruptRecord as exc:
+        if not is_unwritten(data, exc.offset):
+            raise
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

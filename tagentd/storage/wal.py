@@ -45,35 +45,19 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
 from tagentd.storage.failpoints import check_disk_space, fsync_delay, fsync_fault
-from tagentd.storage.records import HEADER, MAGIC, CorruptRecord, fsync_dir, read_frames
+from tagentd.storage.records import HEADER, MAGIC, CorruptRecord, fsync_dir, is_unwritten, read_frames
 
 #: How far ahead of its writes the open segment is zero-filled: the log's thread tops the reserve up to this much
 #: whenever less than half of it is left (a write that outruns it extends the file as an append would). The next
 #: fsync after a top-up commits the file's new size and blocks, as an append's does; the ones after it overwrite.
 #: Small, so a full disk still fails the commits after it soon (a write into the reserve needs no space).
 RESERVE = 16 * 1024
-
-
-def is_unwritten(data: bytes, offset: int) -> bool:
-    """True if everything from `offset` to the end of `data` is zeros: reserve no record reached (or a file that
-    grew whose bytes never reached the disk). No frame starts with a zero byte (records.MAGIC)."""
-    return not data[offset:].strip(b"\0")
-
-
-def written_frames(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
-    """`read_frames` of a segment's contents, ending where its unwritten reserve begins (the segment open at a
-    crash ends in zeros); raises CorruptRecord at any other bad frame."""
-    try:
-        yield from read_frames(data, path)
-    except CorruptRecord as exc:
-        if not is_unwritten(data, exc.offset):
-            raise
 
 
 def is_torn_tail(data: bytes, exc: CorruptRecord) -> bool:
