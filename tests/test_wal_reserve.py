@@ -8,9 +8,12 @@ damage, a crash leaves nothing a replay reports, and a closed segment is cut bac
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import DaemonProcess, write_pipeline
 
 from tagentd.storage.records import HEADER, CorruptRecord, frame, read_frames, written_frames
 from tagentd.storage.wal import RESERVE, SegmentLog, is_torn_tail
@@ -126,3 +129,48 @@ def test_a_segment_that_only_ever_held_reserve_is_deleted_at_replay(tmp_path: Pa
     # Then the older segment's record loads, nothing is reported, and the empty segment is gone
     assert (records, problems) == ([b"older"], [])
     assert sorted(p.name for p in tmp_path.glob("*.wal")) == ["00000001.wal"]
+
+
+CHAIN = """
+from tagent_client import Pipeline
+
+pipeline = Pipeline("reserve_chain")
+
+
+async def first(ctx):
+    return 1
+
+
+async def second(ctx, first):
+    return first + 1
+
+
+pipeline.task(first)
+pipeline.task(second, depends_on=["first"])
+"""
+
+
+def test_a_daemon_killed_with_its_segment_open_starts_again_without_a_problem(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    # Given a durable daemon that completed three runs, so its WAL segment ends in reserve, killed with SIGKILL
+    daemon = make_daemon(workers=1).start()
+    path = write_pipeline(tmp_path, "chain.py", CHAIN)
+    with daemon.client() as client:
+        run_ids = [client.submit(path).id for _ in range(3)]
+        for run_id in run_ids:
+            assert client.wait(run_id, timeout=30).status == "completed"
+    (segment,) = (daemon.state_dir / "wal").glob("*.wal")
+    data = segment.read_bytes()
+    records_end = max(offset + HEADER.size + len(payload) for offset, payload in written_frames(data, segment))
+    assert len(data) > records_end and not data[records_end:].strip(b"\0"), "the segment has no reserve"
+    daemon.kill9()
+    # When it starts again
+    daemon.start()
+    # Then it reports no problem with its state and set nothing aside, and the three runs are there, completed
+    done = daemon.admin("status", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["stats"]["checkpoint_problems"] == []
+    assert not list((daemon.state_dir / "corrupt").glob("*"))
+    with daemon.client() as client:
+        assert [client.result(run_id).step_outputs["second"] for run_id in run_ids] == [2, 2, 2]
