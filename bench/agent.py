@@ -51,7 +51,7 @@ for _p in (str(REPO), str(REPO / "client"), str(REPO / "tests"), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import CLEANUP, BenchDaemon, child_env, cpu_ticks, enable_bytecode_cache, entry, say  # noqa: E402  (bench/daemon.py)
+from harness import CLEANUP, BenchDaemon, child_env, cpu_ticks, enable_bytecode_cache, entry, say  # noqa: E402  (bench/harness.py)
 
 TARGET_MS = 1.0  # issue 17
 OUTPUT = {"name": "Acme", "founded": 1999}

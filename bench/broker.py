@@ -26,7 +26,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, running_daemon, raw zmq echo, percentiles)
+import harness as base  # noqa: E402  (bench/harness.py: Cleanup, running_daemon, percentiles)
+from raw_rtt import measure_raw_zmq  # noqa: E402  (bench/raw_rtt.py)
 
 from tagent_client.client.sync import Client  # noqa: E402
 
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 # round trip, three times in turn so that the load of the moment weighs on each alike; medians.
                 rounds: dict[str, list[float]] = {}
                 for _ in range(3):
-                    for part in (base.measure_raw_zmq(int(1500 * scale)),
+                    for part in (measure_raw_zmq(int(1500 * scale)),
                                  measure_durable_round_trip(client, path, int(700 * scale)),
                                  measure_fsync(daemon.state_dir, int(100 * scale)),
                                  measure_round_trip(client, path, int(700 * scale), durable=False)):

@@ -4,7 +4,7 @@
     python bench/cli.py [--reps N] [--quick]
 
 Starts its own durable daemon (`python -m tagentd start --foreground --workers 2`) in private temp
-dirs (bench/daemon.py's helpers), runs one small pipeline so there is a run to look at, then times
+dirs (bench/harness.py's helpers), runs one small pipeline so there is a run to look at, then times
 each command as a whole process against it, interleaved round by round with a bare `python -c pass`
 of the same interpreter, so that load on the machine hits every command alike. `tagentd stop` is
 timed against a daemon started for each round; how long that daemon itself takes to exit once asked
@@ -28,7 +28,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, running_daemon, the bytecode cache)
+import harness as base  # noqa: E402  (bench/harness.py: Cleanup, running_daemon, the bytecode cache)
 
 from tagentd.plumbing.lock import is_locked  # noqa: E402
 

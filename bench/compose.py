@@ -3,7 +3,7 @@
 
     python bench/compose.py [--items N] [--reps R] [--quick]
 
-One durable `tagentd --workers 2` in private temp dirs (bench/daemon.py's helpers) runs three
+One durable `tagentd --workers 2` in private temp dirs (bench/harness.py's helpers) runs three
 pipelines over the same N items, each item one trivial function step:
 
 - inline: one PARALLEL_MERGE step over the items (N tasks of one run) — the baseline;
@@ -34,7 +34,7 @@ for _p in (str(REPO), str(REPO / "client"), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import CLEANUP, enable_bytecode_cache, entry, repeat, report, running_daemon, say  # noqa: E402
+from harness import CLEANUP, enable_bytecode_cache, entry, repeat, report, running_daemon, say  # noqa: E402
 
 RESULT_FILE = BENCH / "results" / "compose-latest.json"
 

@@ -28,7 +28,8 @@ for _p in (str(BENCH), str(REPO), str(REPO / "client")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import CLEANUP, FANOUT_WIDTH, enable_bytecode_cache, entry, report, running_daemon, say  # noqa: E402
+from daemon import FANOUT_WIDTH  # noqa: E402  (bench/daemon.py's fan-out)
+from harness import CLEANUP, enable_bytecode_cache, entry, report, running_daemon, say  # noqa: E402
 
 from tagent_client.client.sync import Client  # noqa: E402
 

@@ -14,7 +14,7 @@ pointing at the scripted OpenAI-compatible server of tests/openai_server.py, run
   pipeline is submitted again and measured the same way.
 - workers_ready_s (informational): spawn of the daemon -> both workers `ready`.
 - idle memory (first repetition): RSS, PSS and USS (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup)
-  of the daemon and every process under it, once they are idle (bench/daemon.py's rule): `idle_*` before any
+  of the daemon and every process under it, once they are idle (bench/harness.py's rule): `idle_*` before any
   step, `idle_after_agents_*` after both (replaced) workers ran an agent step. Forked workers share pages
   copy-on-write, which RSS counts once per process: PSS is what the machine pays.
 
@@ -43,8 +43,8 @@ for _p in (str(REPO), str(REPO / "client"), str(REPO / "tests"), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import daemon as bench_daemon  # noqa: E402  (bench/daemon.py)
-from daemon import CLEANUP, BenchDaemon, enable_bytecode_cache, entry, measure_rss, say  # noqa: E402
+import harness as base  # noqa: E402  (bench/harness.py)
+from harness import CLEANUP, BenchDaemon, enable_bytecode_cache, entry, measure_rss, say  # noqa: E402
 from openai_server import ScriptedServer, final_for  # noqa: E402  (tests/openai_server.py)
 
 TARGET_S = 0.3
@@ -109,14 +109,14 @@ def one_rep(rep: int, server: ScriptedServer, out: dict[str, Any]) -> dict[str, 
     began = time.perf_counter()
     daemon.start()
     try:
-        first = ready_workers(daemon, bench_daemon.WORKERS, set())
+        first = ready_workers(daemon, base.WORKERS, set())
         ready_s = time.perf_counter() - began
         if rep == 0:
             out.update(idle_memory(daemon))
         after_start = first_request_delay(daemon, server, pipeline)
         for pid in first:
             os.kill(pid, signal.SIGKILL)
-        ready_workers(daemon, bench_daemon.WORKERS, set(first))
+        ready_workers(daemon, base.WORKERS, set(first))
         after_replacement = first_request_delay(daemon, server, pipeline)
         if rep == 0:
             pair = root / "pair.py"
@@ -137,10 +137,10 @@ def idle_memory(daemon: BenchDaemon) -> dict[str, Any]:
     """RSS / PSS / USS in MB of the daemon and every process under it, once idle."""
     measure_rss(daemon)  # waits for idle (and prints per-process RSS)
     pids = daemon.pids()
-    rss = sum(bench_daemon.rss_kb(pid) for pid in pids)
-    pss = sum(bench_daemon.pss_kb(pid) for pid in pids)
-    uss = sum(bench_daemon.proc_kb(pid, "Private_Clean", "smaps_rollup")
-              + bench_daemon.proc_kb(pid, "Private_Dirty", "smaps_rollup") for pid in pids)
+    rss = sum(base.rss_kb(pid) for pid in pids)
+    pss = sum(base.pss_kb(pid) for pid in pids)
+    uss = sum(base.proc_kb(pid, "Private_Clean", "smaps_rollup")
+              + base.proc_kb(pid, "Private_Dirty", "smaps_rollup") for pid in pids)
     say(f"  idle: {len(pids)} processes, RSS {rss / 1024:.1f} MB, PSS {pss / 1024:.1f} MB, USS {uss / 1024:.1f} MB")
     return {"idle_processes": len(pids), "idle_rss_mb": round(rss / 1024, 1), "idle_pss_mb": round(pss / 1024, 1),
             "idle_uss_mb": round(uss / 1024, 1)}

@@ -34,10 +34,11 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, BenchDaemon, the workload pipelines)
+import harness as base  # noqa: E402  (bench/harness.py: Cleanup, running_daemon)
+from daemon import CHAIN_STEPS, FANOUT_WIDTH, IO_SLEEP, IO_STEPS, write_pipelines  # noqa: E402  (its workloads)
 
 say, CLEANUP, median = base.say, base.CLEANUP, base.median
-CHAIN, WIDTH, WAITS, WAIT_S = base.CHAIN_STEPS, base.FANOUT_WIDTH, base.IO_STEPS, base.IO_SLEEP
+CHAIN, WIDTH, WAITS, WAIT_S = CHAIN_STEPS, FANOUT_WIDTH, IO_STEPS, IO_SLEEP
 
 RAY_READY = """
 import sys, time
@@ -79,7 +80,7 @@ def ready_of(argv: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def tagentd_side(reps: int) -> dict[str, Any]:
-    files = base.write_pipelines(CLEANUP.tempdir("tagentd-peers-pipelines-"))
+    files = write_pipelines(CLEANUP.tempdir("tagentd-peers-pipelines-"))
     readies = []
     for i in range(reps):
         with base.running_daemon(f"peers-ready{i}", durable=True) as daemon:

@@ -4,7 +4,7 @@
     python bench/ray_fanout.py [--reps R] [--quick]
 
 Starts a Ray cluster simulated on this machine (ray.cluster_utils: a head without CPUs and two worker nodes;
-every Ray socket on 127.0.0.1), then two daemons in turn in private temp dirs (bench/daemon.py's helpers),
+every Ray socket on 127.0.0.1), then two daemons in turn in private temp dirs (bench/harness.py's helpers),
 each with 2 workers: `executor = "local"` (worker processes) and `executor = "ray"` (2 actors on the
 cluster, joined over the CURVE endpoint `worker_listen = tcp://127.0.0.1:0` when this tagentd has it).
 Each runs bench/daemon.py's pipelines: a 200-step chain of async no-ops (`chain_ms_per_step`: the control
@@ -37,19 +37,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.pop("RAY_ADDRESS", None)
 
-from daemon import (  # noqa: E402
-    CLEANUP,
-    WORKERS,
-    enable_bytecode_cache,
-    entry,
-    measure_chain,
-    measure_fanout,
-    measure_io,
-    report,
-    running_daemon,
-    say,
-    write_pipelines,
-)
+from daemon import measure_chain, measure_fanout, measure_io, write_pipelines  # noqa: E402  (bench/daemon.py's workloads)
+from harness import CLEANUP, WORKERS, enable_bytecode_cache, entry, report, running_daemon, say  # noqa: E402
 
 from tagentd.settings.config import FIELDS  # noqa: E402
 

@@ -32,7 +32,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, BenchDaemon, /proc readers, generate_state)
+import harness as base  # noqa: E402  (bench/harness.py: Cleanup, BenchDaemon, /proc readers)
+from daemon import generate_state, write_pipelines  # noqa: E402  (bench/daemon.py's recovery state)
 
 say, CLEANUP, median = base.say, base.CLEANUP, base.median
 
@@ -41,7 +42,7 @@ def make_history(state: Path, pipeline_file: Path, runs: int) -> None:
     """`runs` finished runs: one real run made through the store, then index entries and snapshot links."""
     from tagentd.runs.index import RunIndex
 
-    base.generate_state(state, pipeline_file, 1, 0)
+    generate_state(state, pipeline_file, 1, 0)
     index = RunIndex(state / "runs.idx")
     assert index.read() is None
     (model,) = index.entries.values()
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"bench": "runs_list"}
     try:
         base.enable_bytecode_cache()
-        files = base.write_pipelines(CLEANUP.tempdir("tagentd-runs-list-pipelines-"))
+        files = write_pipelines(CLEANUP.tempdir("tagentd-runs-list-pipelines-"))
         result["small"] = measure(files, args.small, args.reps)
         result["large"] = measure(files, args.large, args.reps)
     finally:

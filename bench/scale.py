@@ -3,7 +3,7 @@
 
     python bench/scale.py [--quick] [--reps N] [--steps 200,2000,10000] [--width 10000]
 
-Starts one durable daemon (`--workers 2`, bench/daemon.py's helpers), then measures, each after one
+Starts one durable daemon (`--workers 2`, bench/harness.py's helpers), then measures, each after one
 warm-up run of the same file: chains of 200, 2,000 and 10,000 steps (time per step, from the run's
 `started_at` to its `finished_at`), and a 1 -> 10,000 -> 1 fan-out (steps per second; the last step
 depends on all 10,000). The raw ZeroMQ round trip is measured in the same run. Prints ONE JSON line on
@@ -24,7 +24,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import daemon as base  # noqa: E402  (bench/daemon.py: Cleanup, running_daemon, raw round trip, report)
+import harness as base  # noqa: E402  (bench/harness.py: Cleanup, running_daemon, report)
+from raw_rtt import ZMQ_ROUND_TRIPS, measure_raw_zmq  # noqa: E402  (bench/raw_rtt.py)
 
 say, CLEANUP = base.say, base.CLEANUP
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"bench": "scale", "chain_steps": steps, "fanout_width": width, "reps": reps}
     try:
         base.enable_bytecode_cache()
-        out.update(base.measure_raw_zmq(base.ZMQ_ROUND_TRIPS))
+        out.update(measure_raw_zmq(ZMQ_ROUND_TRIPS))
         with base.running_daemon("scale", durable=True) as daemon:
             daemon.start()
             files = daemon.root / "pipelines"

@@ -4,7 +4,7 @@
     python bench/soak.py [--runs 100000] [--every 5000] [--concurrency 64] [--max-runs N] [--cache-size N]
 
 Starts its own durable daemon (`python -m tagentd start --foreground --workers 2`) in private temp dirs
-(bench/daemon.py's helpers), submits `--runs` runs of a one-step pipeline from one AsyncClient keeping
+(bench/harness.py's helpers), submits `--runs` runs of a one-step pipeline from one AsyncClient keeping
 `--concurrency` runs in flight, and every `--every` finished runs records the daemon's RSS and what
 `daemon_status` says it holds. It times listing runs (`runs(limit=50)`) after 100 runs and on the full
 table, then stops the daemon and starts it again on the same state dir (ready time and RSS after recovery). `--max-runs` /
@@ -30,7 +30,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, running_daemon, /proc readers)
+import harness as base  # noqa: E402  (bench/harness.py: Cleanup, running_daemon, /proc readers)
 
 from tagent_client.client.aio import AsyncClient  # noqa: E402
 

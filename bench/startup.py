@@ -17,7 +17,7 @@ For each checkout (this one, and DIR when `--against` names another checkout of 
   index entries) and `--unfinished` unfinished runs (WAL only), copied afresh for every start;
 - `recovery_loaded_s`: the same start -> first answered `daemon_status` (the state recovered);
 - `recovery_load_s`: `DurableStore(state).load()` alone, in a fresh process;
-- idle memory, once both workers are ready and idle (bench/daemon.py's rule), per process and summed:
+- idle memory, once both workers are ready and idle (bench/harness.py's rule), per process and summed:
   RSS (shared pages counted once per process), PSS (shared pages split between sharers) and USS (private).
 
 Medians over `--reps` rounds. Prints ONE JSON line on stdout (progress on stderr); with `--against`, also each
@@ -39,7 +39,14 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
-import daemon as base  # noqa: E402  (bench/daemon.py; shares its helpers: Cleanup, BenchDaemon, /proc readers, generate_state)
+import harness as base  # noqa: E402  (bench/harness.py: Cleanup, BenchDaemon, /proc readers)
+from daemon import (  # noqa: E402  (bench/daemon.py's recovery state and its sizes)
+    LOAD_TIMER,
+    RECOVERY_FINISHED,
+    RECOVERY_UNFINISHED,
+    generate_state,
+    write_pipelines,
+)
 
 from tagent_client.client.sync import Client  # noqa: E402
 
@@ -76,7 +83,7 @@ def workers_ready(daemon: Any, timeout: float = 60.0) -> float:
 
 
 def idle_memory(daemon: Any) -> dict[str, Any]:
-    """RSS/PSS/USS per process once idle (bench/daemon.py's measure_rss decides when), and their sums."""
+    """RSS/PSS/USS per process once idle (bench/harness.py's measure_rss decides when), and their sums."""
     base.measure_rss(daemon)
     per = []
     for pid in daemon.pids():
@@ -129,7 +136,7 @@ def one_round(repo: Path, label: str, state: Path | None, first: bool) -> dict[s
 
 
 def load_time(repo: Path, state: Path) -> float:
-    proc = subprocess.run([sys.executable, "-c", base.LOAD_TIMER, str(state)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", LOAD_TIMER, str(state)], capture_output=True, text=True,
                           env=checkout_env(base.child_env(), repo), timeout=300, check=True)
     return json.loads(proc.stdout)["load_s"]
 
@@ -137,8 +144,8 @@ def load_time(repo: Path, state: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--finished", type=int, default=base.RECOVERY_FINISHED)
-    parser.add_argument("--unfinished", type=int, default=base.RECOVERY_UNFINISHED)
+    parser.add_argument("--finished", type=int, default=RECOVERY_FINISHED)
+    parser.add_argument("--unfinished", type=int, default=RECOVERY_UNFINISHED)
     parser.add_argument("--against", type=Path, help="another checkout of the repo, measured in the same rounds")
     parser.add_argument("--quick", action="store_true", help="2 rounds, 1,000 finished runs")
     args = parser.parse_args(argv)
@@ -155,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         base.enable_bytecode_cache()
         state = None
         if args.finished or args.unfinished:
-            files = base.write_pipelines(CLEANUP.tempdir("tagentd-startup-pipelines-"))
+            files = write_pipelines(CLEANUP.tempdir("tagentd-startup-pipelines-"))
             state = CLEANUP.tempdir("tagentd-startup-recovery-") / "state"
             result["recovery_runs"] = {"finished": args.finished, "unfinished": args.unfinished,
-                                       **base.generate_state(state, files["recovery"], args.finished, args.unfinished)}
+                                       **generate_state(state, files["recovery"], args.finished, args.unfinished)}
         for name, repo in repos.items():  # compile each checkout's bytecode (the cache is per source path)
             warm = new_daemon(repo, f"{name}-warm")
             warm.start()

@@ -1,4 +1,4 @@
-"""bench/daemon.py measures the daemon of its own checkout, wherever it is run from.
+"""bench/harness.py's daemon (every bench script's) is its own checkout's, wherever it is run from.
 
 `python -m tagentd` puts its working directory first on sys.path. A/B runs of two checkouts (issue 17's rule:
 this branch against an unchanged main) start one checkout's bench from the other's directory; the daemon then
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.timeout(90)
 def test_the_bench_daemon_runs_its_own_checkouts_tagentd_from_any_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given the bench's module, run from a directory holding another "checkout" whose tagentd cannot be imported
-    spec = importlib.util.spec_from_file_location("bench_daemon_under_test", REPO / "bench" / "daemon.py")
+    spec = importlib.util.spec_from_file_location("bench_harness_under_test", REPO / "bench" / "harness.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_daemon_under_test", bench)
+    monkeypatch.setitem(sys.modules, "bench_harness_under_test", bench)
     spec.loader.exec_module(bench)
     other = tmp_path / "other-checkout"
     (other / "tagentd").mkdir(parents=True)

@@ -76,7 +76,7 @@ def test_a_bench_stopped_by_a_signal_leaves_no_process_behind(short_tmp: Path, s
 
 
 def test_every_bench_script_runs_its_main_through_entry() -> None:
-    """What makes the signals above stop a script's daemons (bench/daemon.py `entry`); a script that calls its main
+    """What makes the signals above stop a script's daemons (bench/harness.py `entry`); a script that calls its main
     directly dies at once on SIGTERM or SIGHUP."""
     scripts = sorted(p for p in BENCH.glob("*.py") if 'if __name__ == "__main__":' in p.read_text())
     assert scripts
