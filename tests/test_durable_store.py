@@ -5,8 +5,8 @@ What it guarantees: a run reads back equal (state, history, logs, memory) after 
 past their size are replaced by snapshots; a removed run stays removed; a failed write (fsync error, full disk)
 loses nothing once the disk recovers and leaves no empty segment or temporary file; a finished run whose snapshot
 a crash prevented gets it at the next load; a damaged record inside the newest segment sets the segment aside
-whole; a record of a newer format is refused. What a real daemon keeps across kill -9 (and how it handles damaged
-files) is tested in test_durability.py.
+whole; a record of a newer format is refused. What a real daemon keeps across kill -9 is tested in test_durability.py,
+how it handles damaged files in test_checkpoints.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 Every kind of damage (a cut header or payload, bad magic, a flipped byte, an implausible length, extra or missing
 records) is caught and reported at the offset where the bad record starts; only damage at the very end of a file
 counts as a torn tail. Pure functions on bytes and temp files; the daemon-level consequences (a damaged file set
-aside, the other runs going on) are in test_durability.py.
+aside, the other runs going on) are in test_checkpoints.py.
 """
 
 from __future__ import annotations
