@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: what tagentd adds to an agent step, against calling the same pydantic-ai agent directly.
 
-    python bench/agent.py [--steps N] [--quick]
+    python bench/agent.py [--steps N] [--quick] [--no-save]
 
 Both sides talk to the scripted OpenAI-compatible server of tests/openai_server.py
 (127.0.0.1, in a process of its own, so it does not share a GIL with either side),
@@ -26,7 +26,8 @@ step = one model request.
 overhead = p50(daemon) - p50(direct); target: at most 1 ms (issue 17). agent_specific = overhead -
 p50(noop_chain): what an agent step adds beyond a no-op step and the direct pydantic-ai work. CPU per
 step (daemon, workers) and per direct run: steadier than wall time on a busy machine. Prints ONE JSON
-line on stdout (progress on stderr) and writes it to bench/results/agent-latest.json.
+line on stdout (progress on stderr) and writes it to bench/results/agent-latest.json (not with --quick or
+--no-save).
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="agent steps per chain run (default 100)")
     parser.add_argument("--reps", type=int, default=3, help="measured chain runs per daemon (default 3)")
     parser.add_argument("--quick", action="store_true", help="30 steps, 1 measured run")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/agent-latest.json")
     args = parser.parse_args(argv)
     steps, reps = (30, 1) if args.quick else (args.steps, args.reps)
     started = time.perf_counter()
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     out["met_target"] = out["overhead_p50_ms"] <= TARGET_MS and out["overhead_limited_p50_ms"] <= TARGET_MS
     line = json.dumps(out)
     print(line)
-    if not args.quick:
+    if not args.quick and not args.no_save:
         RESULT_FILE.parent.mkdir(parents=True, exist_ok=True)
         RESULT_FILE.write_text(line + "\n")
     return 0
