@@ -386,3 +386,105 @@ def test_the_user_prompt_is_not_written_by_jsons_python_encoder(monkeypatch: pyt
                       params={"company": "acme"}, shared={}, inputs={"previous": {"name": "Acme", "founded": 1999}})
     assert user_prompt(ctx) == '{\n "inputs": {\n  "previous": {\n   "name": "Acme",\n   "founded": 1999\n  }\n },' \
                                '\n "shared": {},\n "params": {\n  "company": "acme"\n }\n}'
+
+
+def test_a_models_customized_request_parameters_are_remembered_per_definition_and_never_shared(
+        server: ScriptedServer) -> None:
+    """Given one endpoint model and four agent steps on it (different output schemas, one with a tool, and two
+    whose schemas differ only in a default of 1 and 1.0, which Python's == takes as equal), when they run in turn
+    three times in one runtime, then every request each step sends is the request it sends from a fresh runtime
+    (its own schema and tools, nothing of another step's, nothing changed by reuse), and the model customized the
+    parameters once per step (pydantic-ai's schema walk, ~60 us twice a request), remembering one answer each."""
+    from pydantic import BaseModel as Model
+
+    from tagent_client.run.runners.models import RememberedCustomizations
+
+    def scored(default: float) -> type[Model]:
+        class Scored(Model):
+            score: float = default
+
+        return Scored
+
+    class City(Model):
+        city: str
+
+    def lookup(company: str) -> str:
+        """Look up a company."""
+        return f"{company} is in Paris"
+
+    p = Pipeline("remembered")
+    p.step("founded", goal="Find the company's founding year", output_schema=Company, model="local:llama3")
+    p.step("city", goal="Find the company's city", output_schema=City, model="local:llama3", tools=[lookup])
+    p.step("int_default", goal="Score it", output_schema=scored(1), model="local:llama3")
+    p.step("float_default", goal="Score it", output_schema=scored(1.0), model="local:llama3")
+    outputs = {"founded": {"name": "Acme", "founded": 1999}, "city": {"city": "Paris"},
+               "int_default": {"score": 1}, "float_default": {"score": 1.0}}
+    # each step's own output; its name is the first quoted word of its system prompt ("You are one step, 'NAME', ...")
+    server.default = lambda seen: Reply.final(outputs[seen.body["messages"][0]["content"].split("'")[1]])
+
+    async def each(llm: LLMRuntime, names: list[str]) -> list[Any]:
+        outcomes = []
+        for name in names:
+            task = Dispatch(task=name, step=name, phase=Phase.RUN, attempt=1, inputs={}, timeout=20)
+            ctx = StepContext(services=LocalServices(), run_id="r1", pipeline=p.name, step_name=name, attempt=1,
+                              params={}, shared={}, inputs={})
+            outcomes.append(await run_task(p, task, ctx, None, llm))
+        return outcomes
+
+    fresh: dict[str, dict[str, Any]] = {}
+    for name in outputs:
+        assert all(isinstance(e, StepSucceeded) for e in asyncio.run(each(runtime(server), [name])))
+        fresh[name] = server.requests[-1].body
+    assert json_text(fresh["int_default"]["tools"]) != json_text(fresh["float_default"]["tools"])  # 1 and 1.0
+
+    llm, sent = runtime(server), len(server.requests)
+    assert all(isinstance(e, StepSucceeded) for e in asyncio.run(each(llm, list(outputs) * 3)))
+    bodies = [seen.body for seen in server.requests[sent:]]
+    assert [json_text(b) for b in bodies] == [json_text(fresh[name]) for name in list(outputs) * 3]
+    customize = model_for("local:llama3", llm).model.wrapped.customize_request_parameters
+    assert isinstance(customize, RememberedCustomizations) and len(customize) == 4
+
+
+def json_text(body: Any) -> str:
+    """A request body (or part of one) as JSON text: 1 and 1.0 written as the server received them."""
+    import json
+
+    return json.dumps(body)
+
+
+def test_remembered_customizations_answer_equal_parameters_only_as_they_were_when_asked(server: ScriptedServer) -> None:
+    """Given an endpoint model's own customization of request parameters, remembered, when parameters are asked
+    about, then asked about again in a new but equal object, then changed in place (a tool added) and asked again,
+    then the equal ones get the remembered answer, the changed ones a fresh one equal to the model's own (the
+    memory holds their form when asked, not the object); parameters with native tools are customized every time;
+    and no more than `size` answers are kept, the least recently used going first."""
+    import copy
+
+    from pydantic_ai.models import ModelRequestParameters
+    from pydantic_ai.native_tools import WebSearchTool
+    from pydantic_ai.tools import ToolDefinition
+
+    from tagent_client.run.runners.models import RememberedCustomizations
+
+    model = model_for("local:llama3", runtime(server)).model.wrapped
+    own = type(model).customize_request_parameters.__get__(model)
+    remembered = RememberedCustomizations(own, size=2)
+
+    def tool(name: str) -> ToolDefinition:
+        return ToolDefinition(name=name, parameters_json_schema={"type": "object", "properties": {"q": {"type": "string"}},
+                                                                 "required": ["q"]})
+
+    params = ModelRequestParameters(function_tools=[tool("a")], output_mode="tool", output_tools=[tool("final_result")])
+    first = remembered(params)
+    assert first == own(params) and remembered(copy.deepcopy(params)) is first
+
+    params.function_tools.append(tool("b"))
+    changed = remembered(params)
+    assert changed is not first and changed == own(params) and len(changed.function_tools) == 2
+    assert remembered(ModelRequestParameters(function_tools=[tool("a")], output_mode="tool",
+                                             output_tools=[tool("final_result")])) is first
+
+    native = ModelRequestParameters(native_tools=[WebSearchTool()])
+    assert remembered(native) is not remembered(native)
+    remembered(ModelRequestParameters(function_tools=[tool("c")]))  # a third: the least recently used goes
+    assert len(remembered) == 2 and remembered(params) is not changed

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from pydantic_ai.exceptions import (
     ModelAPIError,
     ModelConnectionError,
@@ -86,6 +89,7 @@ def _build(name: str, runtime: LLMRuntime) -> BuiltModel:
         base = _endpoint_model(prefix, model_name, endpoint)
     else:
         base = _provider_model(name, prefix, runtime)
+    remember_customizations(base)
     limited = prefix if endpoint is not None and endpoint.limited else None
     model = LimitedModel(base, endpoint=limited, settings=endpoint, limiter=runtime.limiter,
                          breaker=llm_breaker(prefix if sep else name), breakers=runtime.breakers,
@@ -105,6 +109,68 @@ def sdk_retries_off(model: Model) -> bool:
         client.max_retries = 0  # type: ignore[union-attr]
         return True
     return False
+
+
+#: Request parameters (and their customized form) a model remembers: the distinct output and tool schemas of the
+#: steps a process runs on it, in practice.
+REMEMBERED_CUSTOMIZATIONS = 32
+
+
+class RememberedCustomizations:
+    """A model's `customize_request_parameters`, answering parameters it was asked about before from memory.
+
+    pydantic-ai customizes a request's parameters for the model (the model profile's JSON-schema transformer walks
+    every tool's and the output's schema) twice per request, on parameters an agent builds alike on each of its
+    runs: ~60 us each for one small output schema, on the step's critical path. The customized parameters depend
+    on the model (fixed) and the parameters only, so parameters asked about before get the answer they got then;
+    pydantic-ai does not change what this returns (its `prepare_request` leaves it as it is, for models that reuse
+    it across requests). Guarantees:
+
+    - parameters are told apart by their whole JSON form, taken when asked (every field, private ones included,
+      dict keys in their own order, 1, 1.0 and true distinct): parameters that differ in anything the
+      customization reads never share an answer, and a change to a remembered object later cannot make it match;
+    - parameters with native tools (their classes are not in that form) or that msgspec cannot encode are
+      customized every time, as without this;
+    - the REMEMBERED_CUSTOMIZATIONS last asked about are kept.
+    """
+
+    def __init__(self, customize: Callable[[ModelRequestParameters], ModelRequestParameters],
+                 size: int = REMEMBERED_CUSTOMIZATIONS) -> None:
+        self.customize = customize
+        self.size = size
+        self._answers: OrderedDict[bytes, ModelRequestParameters] = OrderedDict()
+        self._lock = threading.Lock()  # a sync step's thread may run an agent on the same model
+
+    def __call__(self, params: ModelRequestParameters) -> ModelRequestParameters:
+        if params.native_tools:
+            return self.customize(params)
+        try:
+            key = msgspec.json.encode(params)
+        except (TypeError, ValueError, msgspec.EncodeError):
+            return self.customize(params)
+        with self._lock:
+            answer = self._answers.get(key)
+            if answer is not None:
+                self._answers.move_to_end(key)
+                return answer
+        answer = self.customize(params)
+        with self._lock:
+            self._answers[key] = answer
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        return answer
+
+    def __len__(self) -> int:
+        """How many answers are remembered."""
+        return len(self._answers)
+
+
+def remember_customizations(model: Model) -> None:
+    """Give `model` (one this module built, not shared with other code) a `RememberedCustomizations`."""
+    try:
+        model.customize_request_parameters = RememberedCustomizations(model.customize_request_parameters)  # type: ignore[method-assign]
+    except AttributeError:  # a model class with slots: customized as usual
+        pass
 
 
 def _endpoint_model(prefix: str, model_name: str, endpoint: EndpointSettings) -> Model:
