@@ -22,6 +22,10 @@ step = one model request.
 - daemon_quiet: the plain daemon's agent chain again, each run waited for by asking its status every
   0.25 s instead of `client.wait` (a long poll answered at each step's events): the same step without
   the benchmark's own per-step load on the daemon.
+- paired: the plain daemon's agent chain once more, each measured run right after `steps` direct runs in this
+  process: overhead_paired_ms is each run's p50 minus its direct batch's p50 (both sides measured within the same
+  second or two, where the direct p50 alone drifts by 1-2 ms between the start and the end of this script on a
+  shared machine), overhead_paired_median_ms their median.
 
 overhead = p50(daemon) - p50(direct); target: at most 1 ms (issue 17). agent_specific = overhead -
 p50(noop_chain): what an agent step adds beyond a no-op step and the direct pydantic-ai work. CPU per
@@ -109,34 +113,43 @@ def start_server() -> str:
     return proc.stdout.readline().strip()
 
 
-def measure_direct(base_url: str, runs: int) -> tuple[list[float], float]:
-    """Wall time of each direct run, and this process's CPU seconds per run."""
-    from pydantic import BaseModel
-    from pydantic_ai import Agent
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
+class DirectAgent:
+    """The same agent step as pydantic-ai called directly: one Agent, reused, on an event loop of its own that
+    stays open between batches (so batches can alternate with the daemon's chain runs)."""
 
-    class Company(BaseModel):
-        name: str
-        founded: int
+    def __init__(self, base_url: str) -> None:
+        from pydantic import BaseModel
+        from pydantic_ai import Agent
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
 
-    async def go() -> list[float]:
+        class Company(BaseModel):
+            name: str
+            founded: int
+
+        self.loop = asyncio.new_event_loop()
         provider = OpenAIProvider(base_url=base_url, api_key="k")
         provider.client.max_retries = 0  # no SDK retries, set on the client as the worker's models do (no copy per request)
         model = OpenAIChatModel("llama3", provider=provider)
-        agent = Agent(model, output_type=Company, system_prompt="You are one step of a pipeline. Goal: find it.")
-        prompt = json.dumps({"inputs": {"previous": OUTPUT}, "shared": {}, "params": {}}, indent=1)
-        for _ in range(10):  # warm-up: connections, schemas, caches
-            await agent.run(prompt)
-        times = []
-        cpu = time.process_time()
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            await agent.run(prompt)
-            times.append(time.perf_counter() - t0)
-        return times, (time.process_time() - cpu) / runs
+        self.agent = Agent(model, output_type=Company, system_prompt="You are one step of a pipeline. Goal: find it.")
+        self.prompt = json.dumps({"inputs": {"previous": OUTPUT}, "shared": {}, "params": {}}, indent=1)
+        self.run(10)  # warm-up: connections, schemas, caches
 
-    return asyncio.run(go())
+    def run(self, runs: int) -> tuple[list[float], float]:
+        """Wall time of each of `runs` direct runs, and this process's CPU seconds per run."""
+        async def go() -> tuple[list[float], float]:
+            times = []
+            cpu = time.process_time()
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                await self.agent.run(self.prompt)
+                times.append(time.perf_counter() - t0)
+            return times, (time.process_time() - cpu) / runs
+
+        return self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.close()
 
 
 QUIET_POLL_S = 0.25  # how often a quiet wait asks for the run's status
@@ -174,9 +187,11 @@ def chain_gaps(client: Any, pipeline: Path, steps: int, reps: int, label: str, w
     return gaps
 
 
-def measure_daemon(base_url: str, steps: int, reps: int, limited: bool) -> dict[str, Any]:
+def measure_daemon(base_url: str, steps: int, reps: int, limited: bool, direct: DirectAgent | None = None
+                   ) -> dict[str, Any]:
     """The agent chain's gaps, the daemon's and the workers' CPU seconds per measured step, and (plain daemon
-    only) the no-op chain's gaps."""
+    only) the no-op chain's gaps. With `direct`: also `paired`, each measured chain run's p50 gap minus the p50 of
+    `steps` direct runs made just before it (so both sides of each difference see the machine in the same state)."""
     label = "limited" if limited else "plain"
     root = CLEANUP.tempdir(f"tagentd-bench-agent-{label}-")
     config = root / "config" / "tagentd" / "tagentd.toml"
@@ -207,6 +222,12 @@ def measure_daemon(base_url: str, steps: int, reps: int, limited: bool) -> dict[
                                           quiet=True)
                 ticks = [cpu_ticks(pid) - b for pid, b in zip(pids, before, strict=True)]
                 out["daemon_cpu_quiet"] = ticks[0] * per_step
+            if direct is not None:
+                out["paired"] = []
+                for rep in range(1, reps + 1):
+                    direct_times, _ = direct.run(steps)
+                    gaps = chain_gaps(client, pipeline, steps, 1, f"daemon ({label}, paired {rep})", warm_up=False)
+                    out["paired"].append(p50(gaps) - p50(direct_times))
             return out
     finally:
         daemon.stop()
@@ -226,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         enable_bytecode_cache()
         base_url = start_server()
         say(f"scripted server at {base_url}; direct pydantic-ai agent: {steps * reps} runs")
-        direct, direct_cpu = measure_direct(base_url, steps * reps)
-        say(f"  direct: p50 {p50(direct) * 1000:.2f} ms")
-        plain = measure_daemon(base_url, steps, reps, limited=False)
-        limited = measure_daemon(base_url, steps, reps, limited=True)
+        agent = DirectAgent(base_url)
+        try:
+            direct, direct_cpu = agent.run(steps * reps)
+            say(f"  direct: p50 {p50(direct) * 1000:.2f} ms")
+            plain = measure_daemon(base_url, steps, reps, limited=False, direct=agent)
+            limited = measure_daemon(base_url, steps, reps, limited=True)
+        finally:
+            agent.close()
     finally:
         CLEANUP.run()
     out: dict[str, Any] = {
@@ -248,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "agent_specific_p50_ms": round((p50(plain["gaps"]) - p50(direct) - p50(plain["noop"])) * 1000, 2),
         "daemon_quiet_p50_ms": round(p50(plain["quiet"]) * 1000, 2),
         "overhead_quiet_p50_ms": round((p50(plain["quiet"]) - p50(direct)) * 1000, 2),
+        "overhead_paired_ms": [round(d * 1000, 2) for d in plain["paired"]],
+        "overhead_paired_median_ms": round(p50(plain["paired"]) * 1000, 2),
         "daemon_cpu_quiet_ms_per_step": round(plain["daemon_cpu_quiet"] * 1000, 2),
         "direct_cpu_ms": round(direct_cpu * 1000, 2),
         "workers_cpu_ms_per_step": round(plain["workers_cpu"] * 1000, 2),
