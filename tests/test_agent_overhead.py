@@ -53,9 +53,10 @@ def pipeline() -> Pipeline:
     return p
 
 
-async def attempt(p: Pipeline, llm: LLMRuntime) -> StepSucceeded | StepFailed:
-    task = Dispatch(task="find", step="find", phase=Phase.RUN, attempt=1, inputs={}, timeout=20)
-    ctx = StepContext(services=LocalServices(), run_id="r1", pipeline=p.name, step_name="find", attempt=1,
+async def attempt(p: Pipeline, llm: LLMRuntime, step: str = "find") -> StepSucceeded | StepFailed:
+    """The first attempt of `step` of `p`, run in process as a worker runs it."""
+    task = Dispatch(task=step, step=step, phase=Phase.RUN, attempt=1, inputs={}, timeout=20)
+    ctx = StepContext(services=LocalServices(), run_id="r1", pipeline=p.name, step_name=step, attempt=1,
                       params={}, shared={}, inputs={})
     return await run_task(p, task, ctx, None, llm)  # type: ignore[return-value]
 
@@ -301,14 +302,7 @@ def test_many_agent_steps_share_one_run_graph_when_not_traced(server: ScriptedSe
         p.step(name, goal="Find the company's founding year", output_schema=Company, model="local:llama3")
 
     async def each_twice() -> list[Any]:
-        outcomes = []
-        for _ in range(2):
-            for name in names:
-                task = Dispatch(task=name, step=name, phase=Phase.RUN, attempt=1, inputs={}, timeout=20)
-                ctx = StepContext(services=LocalServices(), run_id="r1", pipeline=p.name, step_name=name, attempt=1,
-                                  params={}, shared={}, inputs={})
-                outcomes.append(await run_task(p, task, ctx, None, llm))
-        return outcomes
+        return [await attempt(p, llm, name) for _ in range(2) for name in names]
 
     assert all(isinstance(outcome, StepSucceeded) for outcome in asyncio.run(each_twice()))
     assert len(builds) <= 1, f"the run graph was built {len(builds)} times for 260 runs"
@@ -423,13 +417,7 @@ def test_a_models_customized_request_parameters_are_remembered_per_definition_an
     server.default = lambda seen: Reply.final(outputs[seen.body["messages"][0]["content"].split("'")[1]])
 
     async def each(llm: LLMRuntime, names: list[str]) -> list[Any]:
-        outcomes = []
-        for name in names:
-            task = Dispatch(task=name, step=name, phase=Phase.RUN, attempt=1, inputs={}, timeout=20)
-            ctx = StepContext(services=LocalServices(), run_id="r1", pipeline=p.name, step_name=name, attempt=1,
-                              params={}, shared={}, inputs={})
-            outcomes.append(await run_task(p, task, ctx, None, llm))
-        return outcomes
+        return [await attempt(p, llm, name) for name in names]
 
     fresh: dict[str, dict[str, Any]] = {}
     for name in outputs:
